@@ -1,0 +1,42 @@
+"""The shared contract: settings, subjects, wire messages, errors, the NATS connection."""
+
+from ._codec import canonical as canonical
+from ._codec import decode as decode
+from ._codec import decode_control as decode_control
+from ._codec import decode_event as decode_event
+from ._codec import decode_heartbeat as decode_heartbeat
+from ._codec import decode_job as decode_job
+from ._codec import decode_notice as decode_notice
+from ._codec import decode_reply as decode_reply
+from ._codec import decode_request as decode_request
+from ._codec import encode as encode
+from ._codec import json_schemas as json_schemas
+from ._codec import sign_job as sign_job
+from ._codec import verify_job as verify_job
+from ._connection import Bus as Bus
+from ._connection import ensure_streams as ensure_streams
+from ._connection import publish_acked as publish_acked
+from ._embedded import EmbeddedNats as EmbeddedNats
+from ._embedded import find_nats_server as find_nats_server
+from ._embedded import free_port as free_port
+from ._errors import *  # noqa: F403  (the error tree is public as a whole)
+from ._errors import __all__ as _errors_all
+from ._messages import *  # noqa: F403
+from ._messages import __all__ as _messages_all
+from ._settings import ModelPrice as ModelPrice
+from ._settings import Settings as Settings
+from ._settings import settings_reference as settings_reference
+from ._subjects import JOB_KINDS as JOB_KINDS
+from ._subjects import JobKind as JobKind
+from ._subjects import Subjects as Subjects
+from ._subjects import check_token as check_token
+from ._subjects import new_task_id as new_task_id
+
+__all__ = [
+    "Bus", "EmbeddedNats", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
+    "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
+    "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
+    "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",
+    "settings_reference", "sign_job", "verify_job",
+    *_errors_all, *_messages_all,
+]

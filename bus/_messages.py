@@ -1,0 +1,351 @@
+"""Every wire message of taskbus, as msgspec Structs. No other module defines one.
+
+Rules (schema evolution): new fields go last with a default; a field never changes
+type; a breaking change gets a new tag or subject. All Structs are frozen and
+keyword-only. Tagged unions use the ``type`` field (events, submit replies) or the
+``kind`` field (requests).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+
+SCHEMA_VERSION = "1"
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:*()-]+$")]
+TaskId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Money = Annotated[float, msgspec.Meta(ge=0)]
+RelPath = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Base of every wire message (unknown fields are ignored for forward compatibility)."""
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class ChatMessage(Wire):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class InputFile(Wire):
+    """A file placed in the task's workspace before the agent starts."""
+
+    path: RelPath
+    """Relative path inside the workspace; no absolute paths, no '..'."""
+    content: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class CompleteRequest(Wire, tag="complete", tag_field="kind"):
+    """A plain model completion."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    system: str | None = None
+    model: str = "auto"
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=128_000)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    effort: Literal["low", "medium", "high"] | None = None
+    cache: bool = False
+    max_cost_usd: Money | None = None
+
+
+class TaskRequest(Wire, tag="task", tag_field="kind"):
+    """An agentic task run by Claude Code in a sandbox."""
+
+    description: NonEmpty
+    allow_tools: list[Name] | None = None
+    allow_agents: list[Name] | None = None
+    allow_skills: list[Name] | None = None
+    files: list[InputFile] = []
+    project: str | None = None
+    timeout_s: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_cost_usd: Money | None = None
+    model: str = "auto"
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    effort: Literal["low", "medium", "high"] | None = None
+
+
+Request: TypeAlias = CompleteRequest | TaskRequest
+
+
+# --------------------------------------------------------------------------- policy and jobs
+
+
+class Policy(Wire):
+    """What one task may do: the request intersected with the caller's profile."""
+
+    task_id: TaskId
+    kind: Literal["complete", "task"]
+    key_id: str
+    """Display prefix of the caller's API key (never the key)."""
+    profile: str
+    model: str
+    """The model the task runs with (after routing)."""
+    models: list[str]
+    """Every model the gateway lets this task call."""
+    tools: list[str] = []
+    agents: list[str] = []
+    skills: list[str] = []
+    cpus: float = 1.0
+    memory_mb: int = 1024
+    pids: int = 256
+    disk_mb: int = 512
+    timeout_s: int = 600
+    max_cost_usd: Money = 0.0
+    max_turns: int = 50
+    network: Literal["none", "model-api"] = "model-api"
+    fs_access: Literal["none", "readonly", "readwrite"] = "none"
+    project_root: str | None = None
+    issued_at: datetime = msgspec.field(default_factory=utcnow)
+    routing_reason: str = ""
+
+
+class Job(Wire):
+    """What the server publishes on ``<prefix>.jobs.<kind>``; runners verify ``signature``."""
+
+    task_id: TaskId
+    policy: Policy
+    request: Request
+    signature: str
+    """Hex HMAC-SHA256 over the canonical encoding of (task_id, policy, request)."""
+    submitted_at: datetime = msgspec.field(default_factory=utcnow)
+    retryable: bool = False
+
+
+# --------------------------------------------------------------------------- events
+
+
+class Usage(Wire):
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_creation_input_tokens: Count = 0
+    cache_read_input_tokens: Count = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens
+            + other.cache_creation_input_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
+
+
+class EventBase(Wire):
+    task_id: TaskId
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    """Per-task, gapless, from 1."""
+    ts: datetime
+
+
+class Accepted(EventBase, tag="accepted"):
+    kind: Literal["complete", "task"]
+    key_id: str
+    profile: str
+    model: str
+    routing_reason: str = ""
+
+
+class Started(EventBase, tag="started"):
+    runner_id: str
+    backend: str
+    sandbox_id: str = ""
+
+
+class Message(EventBase, tag="message"):
+    text: str
+    delta: bool = False
+    """True for a streamed fragment of a completion."""
+
+
+class ToolCall(EventBase, tag="tool_call"):
+    id: str
+    name: str
+    input: dict[str, Any] = {}
+
+
+class ToolResult(EventBase, tag="tool_result"):
+    id: str
+    is_error: bool = False
+    output: str = ""
+    """A preview; long outputs are truncated."""
+
+
+class ModelCall(EventBase, tag="model_call"):
+    model: str
+    usage: Usage
+    cost_usd: Money
+    total_cost_usd: Money
+    duration_ms: Count = 0
+    status: int = 200
+    stop_reason: str | None = None
+
+
+class Security(EventBase, tag="security"):
+    kind: str
+    """e.g. forged_policy, tool_denied, blocked_command, path_denied, model_denied, auth_failure."""
+    detail: str
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class Artifact(EventBase, tag="artifact"):
+    path: str
+    size: Count
+    sha256: str
+    object_key: str
+    change: Literal["added", "modified"] = "added"
+
+
+class Log(EventBase, tag="log"):
+    line: str
+    stream: Literal["stdout", "stderr", "runner"] = "stderr"
+
+
+FinishedStatus = Literal[
+    "succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"
+]
+FINISHED_STATUSES: tuple[str, ...] = FinishedStatus.__args__  # type: ignore[attr-defined]
+
+
+class Finished(EventBase, tag="finished"):
+    status: FinishedStatus
+    result: str = ""
+    reason: str | None = None
+    """Machine-readable detail, e.g. runner_lost, runner_shutdown, bad_signature."""
+    usage: Usage = Usage()
+    cost_usd: Money = 0.0
+    duration_ms: Count = 0
+    turns: Count = 0
+    model: str | None = None
+    diff: str | None = None
+
+
+Event: TypeAlias = (
+    Accepted | Started | Message | ToolCall | ToolResult | ModelCall | Security | Artifact | Log | Finished
+)
+EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- submit replies
+
+
+class SubmitAccepted(Wire, tag="accepted", tag_field="type"):
+    task_id: TaskId
+    events_subject: str
+
+
+class SubmitRejected(Wire, tag="rejected", tag_field="type"):
+    code: str
+    message: str
+
+
+SubmitReply: TypeAlias = SubmitAccepted | SubmitRejected
+
+
+# --------------------------------------------------------------------------- control, heartbeat, audit
+
+
+class Cancel(Wire, tag="cancel", tag_field="type"):
+    task_id: TaskId
+    reason: str = "cancelled by caller"
+
+
+class Heartbeat(Wire):
+    runner_id: str
+    backend: str
+    slots: Count
+    running: list[str] = []
+    version: str = ""
+    host: str = ""
+    pid: int = 0
+    kinds: list[str] = []
+    ts: datetime = msgspec.field(default_factory=utcnow)
+
+
+class AuditNotice(Wire):
+    """Something the server or CLI did or refused, published on ``<prefix>.audit.<kind>``.
+
+    kind: auth_failure, denied, budget_refused, rate_limited, key_created, key_revoked,
+    key_rotated, profile_changed, profile_deleted, budget_changed, task_cancelled.
+    """
+
+    kind: str
+    actor: str
+    """Key display prefix, ``cli:<user>`` or ``server``."""
+    ts: datetime = msgspec.field(default_factory=utcnow)
+    task_id: str | None = None
+    code: str | None = None
+    detail: dict[str, Any] = {}
+
+
+class ChainHead(Wire):
+    """The audit log's latest hash, published so an outside party can anchor it."""
+
+    row: Count
+    hash: str
+    ts: datetime = msgspec.field(default_factory=utcnow)
+
+
+PUBLIC_TYPES: tuple[type, ...] = (
+    CompleteRequest,
+    TaskRequest,
+    Policy,
+    Job,
+    *EVENT_TYPES,
+    SubmitAccepted,
+    SubmitRejected,
+    Cancel,
+    Heartbeat,
+    AuditNotice,
+    ChainHead,
+)
+
+__all__ = [
+    "Wire",
+    "ChatMessage",
+    "InputFile",
+    "CompleteRequest",
+    "TaskRequest",
+    "Policy",
+    "Job",
+    "Usage",
+    "EventBase",
+    "Accepted",
+    "Started",
+    "Message",
+    "ToolCall",
+    "ToolResult",
+    "ModelCall",
+    "Security",
+    "Artifact",
+    "Log",
+    "Finished",
+    "SubmitAccepted",
+    "SubmitRejected",
+    "Cancel",
+    "Heartbeat",
+    "AuditNotice",
+    "ChainHead",
+    "Request",
+    "Event",
+    "SubmitReply",
+    "EVENT_TYPES",
+    "FINISHED_STATUSES",
+    "FinishedStatus",
+    "PUBLIC_TYPES",
+    "SCHEMA_VERSION",
+    "utcnow",
+]

@@ -1,0 +1,237 @@
+"""Settings: one frozen Struct, built once at the entry point.
+
+Sources, later ones win: defaults, ``taskbus.toml`` (the path in ``TASKBUS_CONFIG``,
+else ``./taskbus.toml`` if present), then ``TASKBUS_<FIELD>`` environment variables.
+``ANTHROPIC_API_KEY`` is accepted as a fallback for ``TASKBUS_UPSTREAM_API_KEY``.
+Library code receives a Settings; it never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ._errors import ConfigError
+
+ENV_PREFIX = "TASKBUS_"
+SECRET_FIELDS = frozenset({"upstream_api_key", "job_secret"})
+
+
+class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_write: float = 0.0
+    cache_read: float = 0.0
+
+
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "claude-opus-4-8": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+    "claude-sonnet-4-6": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+    "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+}
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Prefix = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "taskbus")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything configurable. Each field is ``TASKBUS_<NAME>`` in the environment."""
+
+    # -- bus
+    nats_url: str = ""
+    """NATS server URL; empty starts an embedded nats-server in the data dir."""
+    subject_prefix: Prefix = "taskbus"
+    """First token of every subject and prefix of stream names."""
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    """Where SQLite files, JetStream storage, secrets and caches live."""
+    max_message_bytes: Positive = 1_048_576
+    """Largest bus message accepted (submit requests, jobs)."""
+    job_ack_wait_s: Positive = 30
+    """A job not acked or kept alive within this is redelivered to another runner."""
+    job_max_deliver: Positive = 5
+    """How many times a job is delivered before JetStream gives up on it."""
+    events_max_age_days: Positive = 30
+    """How long task events stay in the TASKBUS_EVENTS stream."""
+    # -- model upstream
+    upstream_url: str = ""
+    """Anthropic Messages API base URL; empty means https://api.anthropic.com when a key is set, else the offline scripted model."""
+    upstream_api_key: str = ""
+    """The real model credential. Only runners need it; it never enters a sandbox."""
+    prices: dict[str, ModelPrice] = msgspec.field(default_factory=lambda: dict(DEFAULT_PRICES))
+    """USD per million tokens by model (JSON in the environment)."""
+    default_model: str = "claude-sonnet-4-6"
+    """Model used when a request names none and routing is off."""
+    # -- security
+    job_secret: str = ""
+    """HMAC secret shared by server and runners; empty reads or creates <data_dir>/job_secret."""
+    # -- sandbox
+    sandbox_backend: Literal["bwrap", "docker"] = "bwrap"
+    """Backend runners use for run_task."""
+    sandbox_image: str = ""
+    """Docker image tag for sandboxes; empty uses the image `taskbus sandbox build-image` made."""
+    claude_path: str = ""
+    """Path to the Claude Code CLI; empty looks in ./.tools/claude then PATH."""
+    default_cpus: PositiveFloat = 1.0
+    default_memory_mb: Positive = 1024
+    default_pids: Positive = 256
+    default_disk_mb: Positive = 512
+    default_timeout_s: Positive = 600
+    docker_warm_pool: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Pre-created Docker sandboxes kept ready per limit class (0 = off)."""
+    artifact_max_bytes: Positive = 10_485_760
+    """Largest single file stored as an artifact."""
+    artifact_max_files: Positive = 200
+    # -- runner
+    runner_slots: Positive = 2
+    """Tasks a runner runs at once."""
+    heartbeat_s: PositiveFloat = 5.0
+    # -- server
+    http_host: str = "127.0.0.1"
+    http_port: Port = 8765
+    api_key: str = ""
+    """Key a stdio MCP server acts as (TASKBUS_API_KEY)."""
+    # -- audit
+    alert_command: str = ""
+    """Shell command run for each alert, the alert JSON on stdin; empty = none."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value:
+                value = "***"
+            parts.append(f"{name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        toml_path: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build Settings from a TOML file, the environment and explicit overrides.
+
+        Raises ConfigError naming the variable (or TOML key) that is wrong.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = toml_path or env.get(ENV_PREFIX + "CONFIG")
+        if path is None and Path("taskbus.toml").is_file():
+            path = "taskbus.toml"
+        if path:
+            values.update(_read_toml(Path(path)))
+        if env.get("ANTHROPIC_API_KEY") and not env.get(ENV_PREFIX + "UPSTREAM_API_KEY"):
+            values["upstream_api_key"] = env["ANTHROPIC_API_KEY"]
+        fields = {f.name: f for f in msgspec.structs.fields(cls)}
+        for name, field in fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            values[name] = _convert_env(ENV_PREFIX + name.upper(), raw, field.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name, value in values.items():
+            if name not in fields:
+                raise ConfigError(name, f"unknown setting; known: {', '.join(sorted(fields))}")
+            try:
+                msgspec.convert({name: value}, _single_field_struct(cls, name), strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(_origin(name, env), _problem(exc)) from None
+        return msgspec.convert(values, cls, strict=False)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return data.get("taskbus", data)
+
+
+def _convert_env(variable: str, raw: str, typ: Any) -> Any:
+    origin = getattr(typ, "__origin__", typ)
+    if origin in (dict, list):
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(variable, f"expected JSON: {exc}") from None
+    return raw
+
+
+_single_cache: dict[str, type] = {}
+
+
+def _single_field_struct(cls: type[Settings], name: str) -> type:
+    """A Struct with just one field of Settings, to validate values one at a time."""
+    if name not in _single_cache:
+        field = next(f for f in msgspec.structs.fields(cls) if f.name == name)
+        _single_cache[name] = msgspec.defstruct(
+            "One", [(name, field.type)], kw_only=True
+        )
+    return _single_cache[name]
+
+
+def _origin(name: str, env: Mapping[str, str]) -> str:
+    var = ENV_PREFIX + name.upper()
+    return var if var in env else name
+
+
+def _problem(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    return text.split(" - at ")[0]
+
+
+def settings_reference() -> list[tuple[str, str, str, str]]:
+    """(variable, type, default, description) for every setting, for docs and tests."""
+    import inspect
+    import re
+
+    source = inspect.getsource(Settings)
+    docs = dict(re.findall(r"^    (\w+):[^\n]*\n    \"\"\"(.*?)\"\"\"", source, re.M | re.S))
+    rows = []
+    for field in msgspec.structs.fields(Settings):
+        default = field.default
+        if field.default_factory is not msgspec.NODEFAULT:
+            default = "(computed)" if field.name == "data_dir" else "(built in)"
+        if field.name in SECRET_FIELDS:
+            default = '""'
+        type_name = _type_name(field.type)
+        rows.append(
+            (ENV_PREFIX + field.name.upper(), type_name, repr(default) if isinstance(default, str) else str(default), " ".join(docs.get(field.name, "").split()))
+        )
+    return rows
+
+
+def _type_name(typ: Any) -> str:
+    meta_origin = getattr(typ, "__origin__", None)
+    if meta_origin is Annotated or type(typ).__name__ == "_AnnotatedAlias":
+        return _type_name(typ.__origin__)
+    if getattr(typ, "__origin__", None) is Literal:
+        return " | ".join(repr(a) for a in typ.__args__)
+    if isinstance(typ, type):
+        return typ.__name__
+    return str(typ).replace("typing.", "").replace("bus._settings.", "")

