@@ -1,0 +1,1 @@
+"""Model scripts shipped with taskbus (TOML files; see docs/scripted-model.md)."""
