@@ -1,0 +1,204 @@
+"""From a bus message to the content of one audit row (decode, redact, search text).
+
+Hot path of the writer: one reusable msgspec decoder per message type, no per-field
+redaction unless the payload contains something that could be a credential.
+
+Redaction: ``bus.redact`` patterns all need one of a few literal markers (``tb_``,
+``sk-``, ``AKIA``, ``gh?_``, or case-insensitively bearer / api key / authorization /
+password / secret / token). Those are plain ASCII, which JSON encodes verbatim, so a
+payload whose bytes contain none of them (and no ``\\u`` escape that could hide
+one) has nothing to redact and is stored as sent. Any other payload is decoded to
+plain values, every string passes through ``bus.redact_obj``, and it is re-encoded.
+When a pattern is added to ``bus._redact`` its marker must be added to ``_MARKERS``
+(tests/audit/test_redaction.py checks the known shapes).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from bus import (
+    EVENT_TYPES,
+    Accepted,
+    Artifact,
+    AuditNotice,
+    Finished,
+    Log,
+    MessageDecodeError,
+    ModelCall,
+    Security,
+    Started,
+    ToolCall,
+    ToolResult,
+    check_token,
+    decode_event,
+    decode_notice,
+    redact,
+    redact_obj,
+)
+from bus import Message as MessageEvent
+
+_MARKERS = re.compile(
+    rb"tb_|sk-|AKIA|gh[pousr]_|\\u|(?i:bearer|api.?key|authorization|password|secret|token)"
+)
+_TAGS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in EVENT_TYPES}
+_encode = msgspec.json.Encoder().encode
+_decode_any = msgspec.json.Decoder().decode
+MAX_FTS_CHARS = 65_536
+MAX_MALFORMED_BYTES = 4096
+
+EVENTS = "events"
+NOTICES = "audit"
+
+
+def ts_us(ts: datetime) -> int:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return int(ts.timestamp() * 1_000_000)
+
+
+def needs_redaction(data: bytes) -> bool:
+    return _MARKERS.search(data) is not None
+
+
+class Prepared(msgspec.Struct, frozen=True, array_like=True):
+    """Content of one row, before the writer assigns its id and hashes it."""
+
+    ts_us: int
+    task_id: str | None
+    seq: int | None
+    type: str
+    kind: str | None
+    key_id: str | None
+    body: str
+    fts: str
+    severity: str | None = None
+    detail: str | None = None
+
+
+def prepare(stream: str, subject: str, data: bytes) -> Prepared:
+    """Decode and redact one message; a payload that does not decode becomes ``malformed``."""
+    try:
+        if stream == EVENTS:
+            return _event(data)
+        return _notice(data)
+    except MessageDecodeError as exc:
+        return _malformed(stream, subject, data, exc.describe())
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:  # redaction re-decode, odd values
+        return _malformed(stream, subject, data, f"{type(exc).__name__}: {exc}")
+
+
+def _redacted_body(data: bytes) -> str:
+    """Every string through ``redact_obj``, then the JSON text through ``redact`` too (which
+    also catches ``"password": "..."`` pairs), unless that would break the JSON."""
+    plain = _encode(redact_obj(_decode_any(data))).decode()
+    text = redact(plain)
+    if text != plain:
+        try:
+            _decode_any(text)
+        except msgspec.DecodeError:
+            return plain
+    return text
+
+
+def _event_fields(ev: Any) -> tuple[str, str | None, str | None, str | None, str | None]:
+    """(search text, kind, key_id, severity, detail) of one event."""
+    kind = key_id = severity = detail = None
+    match ev:
+        case MessageEvent(text=text):
+            fts = text
+        case ToolCall(name=name, input=tool_input):
+            fts = f"{name} {_encode(tool_input).decode()}"
+        case ToolResult(output=output):
+            fts = output
+        case Log(line=line):
+            fts = line
+        case Security(kind=kind, detail=detail, severity=severity):
+            fts = f"{kind} {detail}"
+        case Finished(status=status, result=result, reason=reason):
+            kind = status
+            fts = f"{status} {reason or ''} {result}"
+        case Accepted(key_id=key_id, profile=profile, model=model, routing_reason=why):
+            fts = f"{profile} {model} {why}"
+        case Artifact(path=path):
+            fts = path
+        case Started(runner_id=runner, backend=backend, sandbox_id=sandbox):
+            fts = f"{runner} {backend} {sandbox}"
+        case ModelCall(model=model, stop_reason=stop):
+            fts = f"{model} {stop or ''}"
+        case _:
+            fts = ""
+    return fts, kind, key_id, severity, detail
+
+
+def _event(data: bytes) -> Prepared:
+    ev = decode_event(data)
+    if needs_redaction(data):
+        body = _redacted_body(data)
+        try:  # the search text comes from the stored (redacted) body, so pruning can re-derive it
+            ev = decode_event(body.encode())
+        except MessageDecodeError:
+            pass
+        fts, kind, key_id, severity, detail = _event_fields(ev)
+        fts, detail = redact(fts), redact(detail) if detail else detail
+    else:
+        body = data.decode()
+        fts, kind, key_id, severity, detail = _event_fields(ev)
+    return Prepared(
+        ts_us=ts_us(ev.ts), task_id=ev.task_id, seq=ev.seq, type=_TAGS[type(ev)], kind=kind,
+        key_id=key_id, body=body, fts=fts[:MAX_FTS_CHARS], severity=severity, detail=detail,
+    )
+
+
+def _notice(data: bytes) -> Prepared:
+    notice: AuditNotice = decode_notice(data)
+    if needs_redaction(data):
+        body = _redacted_body(data)
+        try:
+            notice = decode_notice(body.encode())
+        except MessageDecodeError:
+            pass
+        fts = redact(_notice_text(notice))
+    else:
+        body = data.decode()
+        fts = _notice_text(notice)
+    return Prepared(
+        ts_us=ts_us(notice.ts), task_id=notice.task_id, seq=None, type="notice", kind=notice.kind,
+        key_id=redact(notice.actor), body=body, fts=fts[:MAX_FTS_CHARS],
+        detail=notice.code,
+    )
+
+
+def _notice_text(notice: AuditNotice) -> str:
+    return f"{notice.kind} {notice.actor} {notice.code or ''} {_encode(notice.detail).decode()}"
+
+
+def _malformed(stream: str, subject: str, data: bytes, error: str) -> Prepared:
+    task_id: str | None = None
+    if stream == EVENTS:
+        try:
+            task_id = check_token(subject.rsplit(".", 1)[-1])
+        except ValueError:
+            task_id = None
+    raw = redact(data[:MAX_MALFORMED_BYTES].decode("utf-8", "replace"))
+    error = redact(error)[:1000]
+    body: dict[str, Any] = {"error": error, "raw": raw, "size": len(data), "truncated": len(data) > MAX_MALFORMED_BYTES}
+    return Prepared(
+        ts_us=int(time.time() * 1_000_000), task_id=task_id, seq=None, type="malformed",
+        kind=stream, key_id=None, body=_encode(body).decode(), fts=error,
+    )
+
+
+def fts_text(type_: str, body: str) -> str:
+    """The search text of a stored row, derived again from its body (used when pruning,
+    because the FTS table is contentless and a delete must name the indexed text)."""
+    if type_ == "malformed":
+        return str(_decode_any(body).get("error", ""))
+    stream = NOTICES if type_ == "notice" else EVENTS
+    prepared = prepare(stream, "", body.encode())
+    return prepared.fts

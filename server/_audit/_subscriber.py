@@ -1,0 +1,222 @@
+"""The audit process: durable pull consumers on the events and audit streams feeding
+the batching writer, acks after commit, chain head and alerts publishing.
+
+The database is the cursor: at start the two durable consumers (``audit-events``,
+``audit-notices``) are recreated to deliver from the stream sequence after the last
+one stored, so a crash (even SIGKILL between commit and ack) loses nothing and stores
+nothing twice, and the catch-up after downtime is in stream order. Consumers use
+AckPolicy.ALL: one ack of the last message of a committed batch acks the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from bus import Bus, ChainHead, Settings, Subjects, encode
+
+from ._alerts import Alerter
+from ._db import WriterLock, default_db_path, open_db
+from ._rows import EVENTS, NOTICES
+from ._writer import BatchResult, Incoming, Writer
+
+logger = logging.getLogger(__name__)
+
+EVENTS_CONSUMER = "audit-events"
+NOTICES_CONSUMER = "audit-notices"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditOptions:
+    fetch_batch: int = 1000
+    """Most messages fetched per request."""
+    fetch_wait_s: float = 1.0
+    """How long a fetch lingers when nothing is waiting (also how fast stop is noticed)."""
+    max_batch: int = 5000
+    """Most messages written in one transaction (queued fetches are merged up to this)."""
+    head_interval_s: float = 30.0
+    """The chain head is published at least this often, and after a batch at most once a second."""
+    log_interval_s: float = 5.0
+    ack_wait_s: float = 60.0
+
+
+async def run_audit(
+    settings: Settings,
+    *,
+    db_path: Path | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    options: AuditOptions | None = None,
+) -> None:
+    """Run the audit writer until ``stop`` is set (forever if None)."""
+    path = db_path or default_db_path(settings.data_path)
+    stop = stop or asyncio.Event()
+    with WriterLock(path):
+        conn = open_db(path)
+        try:
+            writer = Writer(conn)
+            subjects = Subjects(settings.subject_prefix)
+            async with await Bus.open(settings.nats_url, subjects, name="taskbus-audit") as bus:
+                await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
+                service = AuditService(bus, writer, options or AuditOptions(), alert_command=settings.alert_command)
+                await service.run(stop, ready=ready)
+        finally:
+            conn.close()
+
+
+class AuditService:
+    def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "") -> None:
+        self.bus = bus
+        self.writer = writer
+        self.options = options
+        self.alerter = Alerter(bus.nc, bus.subjects, command=alert_command)
+        self._queue: asyncio.Queue[tuple[list[Incoming], Msg]] = asyncio.Queue(maxsize=8)
+        self._fetchers_running = 0
+        self._last_head_pub = 0.0
+        self._stats = [0, 0, 0, 0]  # stored, duplicates, malformed, batches since last log line
+        self._last_log = time.monotonic()
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        subs = [
+            await self._consumer(EVENTS, self.bus.subjects.events_stream, self.bus.subjects.events_all(), EVENTS_CONSUMER),
+            await self._consumer(NOTICES, self.bus.subjects.audit_stream, self.bus.subjects.audit_all(), NOTICES_CONSUMER),
+        ]
+        logger.info(
+            "audit writer started: head row %d, resuming events after seq %d, notices after seq %d",
+            self.writer.head_id, self.writer.last_seq.get(EVENTS, 0), self.writer.last_seq.get(NOTICES, 0),
+        )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
+        try:
+            if ready is not None:
+                ready.set()
+            async with asyncio.TaskGroup() as tg:
+                self._fetchers_running = len(subs)
+                for stream, psub in subs:
+                    tg.create_task(self._fetch_loop(stream, psub, stop))
+                tg.create_task(self._write_loop(executor))
+                tg.create_task(self._head_loop(stop))
+                tg.create_task(self.alerter.run())
+        finally:
+            executor.shutdown(wait=True)
+            for _, psub in subs:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(psub.unsubscribe(), 2.0)
+        self._log_progress(force=True)
+        logger.info("audit writer stopped at row %d", self.writer.head_id)
+
+    async def _consumer(self, stream: str, stream_name: str, subject: str, durable: str):  # noqa: ANN202
+        js = self.bus.js
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream_name, durable)
+        start = self.writer.last_seq.get(stream, 0) + 1
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_wait=self.options.ack_wait_s,
+            max_ack_pending=100_000,
+            filter_subject=subject,
+        )
+        psub = await js.pull_subscribe(subject, durable=durable, stream=stream_name, config=config)
+        return stream, psub
+
+    async def _fetch_loop(self, stream: str, psub, stop: asyncio.Event) -> None:  # noqa: ANN001
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await psub.fetch(self.options.fetch_batch, timeout=self.options.fetch_wait_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # disconnected, consumer gone: retry, never lose the loop
+                    logger.warning("audit fetch from %s failed: %s; retrying", stream, exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                items = [(stream, m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
+                await self._queue.put((items, msgs[-1]))
+        finally:
+            self._fetchers_running -= 1
+
+    async def _write_loop(self, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._fetchers_running or not self._queue.empty():
+                try:
+                    items, last = await asyncio.wait_for(self._queue.get(), 0.5)
+                except TimeoutError:
+                    continue
+                batch, acks = list(items), [last]
+                while not self._queue.empty() and len(batch) < self.options.max_batch:
+                    more, more_last = self._queue.get_nowait()
+                    batch.extend(more)
+                    acks.append(more_last)
+                result = await loop.run_in_executor(executor, self.writer.write_batch, batch)
+                await self._ack(acks)
+                self._count(result)
+                await self.alerter.handle(result.notable)
+                if time.monotonic() - self._last_head_pub >= 1.0:
+                    await self._publish_head()
+            await self._publish_head()
+        finally:
+            self.alerter.close()
+
+    async def _ack(self, msgs) -> None:  # noqa: ANN001
+        # Only the last message per stream matters with AckPolicy.ALL; acking each fetch's
+        # last message is cheap and keeps the consumer's ack floor exact.
+        for msg in msgs:
+            try:
+                await msg.ack()
+            except Exception as exc:  # a lost ack only means a redelivery, which is skipped
+                logger.warning("ack failed (%s); the batch will be redelivered and skipped", exc)
+
+    def _count(self, result: BatchResult) -> None:
+        s = self._stats
+        s[0] += result.stored
+        s[1] += result.duplicates
+        s[2] += result.malformed
+        s[3] += 1
+        self._log_progress()
+
+    def _log_progress(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_log < self.options.log_interval_s:
+            return
+        stored, dups, malformed, batches = self._stats
+        if batches:
+            logger.info(
+                "audit: stored %d rows in %d batches (%d duplicates skipped, %d malformed) in %.1fs; head row %d",
+                stored, batches, dups, malformed, now - self._last_log, self.writer.head_id,
+            )
+        self._stats = [0, 0, 0, 0]
+        self._last_log = now
+
+    async def _publish_head(self) -> None:
+        self._last_head_pub = time.monotonic()
+        row, digest = self.writer.head
+        head = ChainHead(row=row, hash=digest)
+        try:
+            await self.bus.nc.publish(self.bus.subjects.audit_head(), encode(head))
+        except Exception as exc:
+            logger.warning("cannot publish the audit chain head: %s", exc)
+
+    async def _head_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._publish_head()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.head_interval_s)
