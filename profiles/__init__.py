@@ -1,0 +1,61 @@
+"""API keys, permission profiles, policy resolution and signing, budgets, the task registry.
+
+Depends only on ``bus``; the server calls it, runners never import it (they verify jobs
+with ``bus.verify_job``).
+"""
+
+from ._apply import ApplyResult as ApplyResult
+from ._audit import NoticeBuffer as NoticeBuffer
+from ._audit import publish_notices as publish_notices
+from ._budgets import BudgetStatus as BudgetStatus
+from ._budgets import BudgetWindow as BudgetWindow
+from ._budgets import Reservation as Reservation
+from ._db import SCHEMA_VERSION as SCHEMA_VERSION
+from ._keys import KeyRecord as KeyRecord
+from ._keys import parse_duration as parse_duration
+from ._keys import parse_expiry as parse_expiry
+from ._policy import resolve_policy as resolve_policy
+from ._policy import sign_policy as sign_policy
+from ._policy import tool_granted as tool_granted
+from ._policy import verify as verify
+from ._profiles import KNOWN_TOOLS as KNOWN_TOOLS
+from ._profiles import PROFILE_FIELDS as PROFILE_FIELDS
+from ._profiles import Profile as Profile
+from ._profiles import check_tool_name as check_tool_name
+from ._profiles import default_profiles as default_profiles
+from ._profiles import parse_profiles_toml as parse_profiles_toml
+from ._profiles import profile_from_mapping as profile_from_mapping
+from ._profiles import profile_to_mapping as profile_to_mapping
+from ._store import DB_NAME as DB_NAME
+from ._store import Store as Store
+from ._tasks import STATUSES as STATUSES
+from ._tasks import TaskRecord as TaskRecord
+
+__all__ = [
+    "ApplyResult",
+    "BudgetStatus",
+    "BudgetWindow",
+    "DB_NAME",
+    "KNOWN_TOOLS",
+    "KeyRecord",
+    "NoticeBuffer",
+    "PROFILE_FIELDS",
+    "Profile",
+    "Reservation",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Store",
+    "TaskRecord",
+    "check_tool_name",
+    "default_profiles",
+    "parse_duration",
+    "parse_expiry",
+    "parse_profiles_toml",
+    "profile_from_mapping",
+    "profile_to_mapping",
+    "publish_notices",
+    "resolve_policy",
+    "sign_policy",
+    "tool_granted",
+    "verify",
+]

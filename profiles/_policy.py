@@ -1,0 +1,186 @@
+"""Policy resolution (profile x request -> ``bus.Policy``) and job signing.
+
+``resolve_policy`` is a pure function: no database, no clock but ``issued_at``.
+The result is the intersection of what the request asks and what the profile grants:
+
+- a request that names a tool, agent, skill, model, project, more time or more cost
+  than granted is denied (``PolicyDenied``, the message names the missing permission);
+- what the request leaves out is filled from the profile (everything it grants) and,
+  for resources the profile leaves unset, from the Settings defaults;
+- ``max_turns`` is clamped to the profile's; the default cost cap is clamped to the
+  remaining budget when the caller passes it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from datetime import datetime
+from fnmatch import fnmatchcase
+
+from bus import (
+    CompleteRequest,
+    InvalidInput,
+    Job,
+    Policy,
+    PolicyDenied,
+    Request,
+    Settings,
+    TaskRequest,
+    sign_job,
+    utcnow,
+    verify_job,
+)
+
+from ._profiles import Profile, check_tool_name
+
+_KIND_TOOL = {"complete": "complete", "task": "run_task"}
+
+
+def _deny(profile: Profile, what: str, permission: str) -> PolicyDenied:
+    return PolicyDenied(
+        f"profile {profile.name!r} does not allow {what}", profile=profile.name, permission=permission
+    )
+
+
+def _tool_base(name: str) -> str:
+    return name.split("(", 1)[0]
+
+
+def tool_granted(granted: list[str], name: str) -> bool:
+    """Is tool ``name`` (a name, ``Tool(rule)`` or MCP name) within ``granted``?"""
+    for entry in granted:
+        if entry == "*" or entry == name:
+            return True
+        if "(" not in entry and "(" in name and entry == _tool_base(name):
+            return True  # a whole tool covers any narrower rule of it
+        if entry.startswith("mcp__") and "*" in entry and fnmatchcase(name, entry):
+            return True
+    return False
+
+
+def _names(
+    profile: Profile, field: str, granted: list[str], asked: list[str] | None
+) -> list[str]:
+    if asked is None:
+        return list(granted)
+    singular = field[:-1]
+    out: list[str] = []
+    for name in asked:
+        if field == "tools":
+            check_tool_name(name)
+            ok = tool_granted(granted, name)
+        else:
+            ok = "*" in granted or name in granted
+        if not ok:
+            raise _deny(profile, f"{singular} {name!r}", f"{field}:{name}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def model_allowed(profile: Profile, model: str) -> bool:
+    return "*" in profile.models or model in profile.models
+
+
+def _project(profile: Profile, project: str | None) -> str | None:
+    if project is None:
+        return None
+    if profile.fs_access == "none":
+        raise _deny(profile, f"filesystem access (project {project!r})", "fs_access")
+    if not project.startswith("/"):
+        raise InvalidInput(f"project {project!r} must be an absolute path", field="project")
+    path = posixpath.normpath(project)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    for root in profile.project_roots:
+        root_n = posixpath.normpath(root)
+        if root_n == "/" or path == root_n or path.startswith(root_n.rstrip("/") + "/"):
+            return path
+    roots = ", ".join(profile.project_roots) or "none configured"
+    raise _deny(profile, f"project root {path!r} (allowed roots: {roots})", "project_roots")
+
+
+def resolve_policy(
+    profile: Profile,
+    request: Request,
+    *,
+    task_id: str,
+    key_id: str,
+    model: str,
+    settings: Settings,
+    routing_reason: str = "",
+    budget_remaining: float | None = None,
+    issued_at: datetime | None = None,
+) -> Policy:
+    """The Policy for one task, or PolicyDenied naming what the profile does not grant.
+
+    ``model`` is the concrete model the router chose; ``budget_remaining`` (USD, from
+    ``Store.remaining_budget``) clamps the default cost cap when the request gives none.
+    """
+    kind = "complete" if isinstance(request, CompleteRequest) else "task"
+    if kind not in profile.kinds:
+        raise _deny(profile, f"{_KIND_TOOL[kind]} ({kind} requests)", f"kinds:{kind}")
+    if request.model not in ("", "auto") and not model_allowed(profile, request.model):
+        raise _deny(profile, f"model {request.model!r}", f"models:{request.model}")
+    if not model_allowed(profile, model):
+        raise _deny(profile, f"model {model!r}", f"models:{model}")
+
+    cap = profile.max_cost_per_task_usd
+    if request.max_cost_usd is not None:
+        if request.max_cost_usd > cap:
+            raise _deny(
+                profile,
+                f"a cost cap of ${request.max_cost_usd:.4f} per task (at most ${cap:.4f})",
+                "max_cost_per_task_usd",
+            )
+        cap = request.max_cost_usd
+    elif budget_remaining is not None:
+        cap = max(0.0, min(cap, budget_remaining))
+
+    timeout = profile.timeout_s or settings.default_timeout_s
+    common = dict(
+        task_id=task_id,
+        kind=kind,
+        key_id=key_id,
+        profile=profile.name,
+        model=model,
+        models=sorted(set(profile.models) | {model}) if "*" not in profile.models else ["*"],
+        cpus=profile.cpus or settings.default_cpus,
+        memory_mb=profile.memory_mb or settings.default_memory_mb,
+        pids=profile.pids or settings.default_pids,
+        disk_mb=profile.disk_mb or settings.default_disk_mb,
+        max_cost_usd=cap,
+        network=profile.network,
+        issued_at=issued_at or utcnow(),
+        routing_reason=routing_reason,
+    )
+    if isinstance(request, CompleteRequest):
+        return Policy(**common, timeout_s=timeout, max_turns=1, fs_access="none")  # type: ignore[arg-type]
+
+    assert isinstance(request, TaskRequest)
+    if request.timeout_s is not None:
+        if request.timeout_s > timeout:
+            raise _deny(profile, f"{request.timeout_s}s of execution time (at most {timeout}s)", "timeout_s")
+        timeout = request.timeout_s
+    turns = min(request.max_turns or profile.max_turns, profile.max_turns)
+    return Policy(
+        **common,  # type: ignore[arg-type]
+        tools=_names(profile, "tools", profile.tools, request.allow_tools),
+        agents=_names(profile, "agents", profile.agents, request.allow_agents),
+        skills=_names(profile, "skills", profile.skills, request.allow_skills),
+        timeout_s=timeout,
+        max_turns=turns,
+        fs_access=profile.fs_access if request.project is not None else "none",
+        project_root=_project(profile, request.project),
+    )
+
+
+def sign_policy(policy: Policy, request: Request, secret: str | bytes, **job_fields: object) -> Job:
+    """The signed Job for ``policy`` and ``request`` (HMAC-SHA256 via ``bus.sign_job``)."""
+    signature = sign_job(policy.task_id, policy, request, secret)
+    return Job(task_id=policy.task_id, policy=policy, request=request, signature=signature, **job_fields)  # type: ignore[arg-type]
+
+
+def verify(job: Job, secret: str | bytes) -> None:
+    """Raise ``bus.SignatureError`` unless the job's signature matches (what runners call)."""
+    verify_job(job, secret)
