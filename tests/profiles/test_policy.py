@@ -1,0 +1,124 @@
+"""Policy resolution: the intersection of the request and the profile, or a named denial."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus import CompleteRequest, InvalidInput, PolicyDenied, Settings, TaskRequest
+from profiles import Profile, default_profiles, profile_from_mapping, resolve_policy
+
+SETTINGS = Settings.load({}, data_dir="/tmp/unused", default_cpus=1.5, default_memory_mb=999, default_timeout_s=300)
+PROFILES = default_profiles()
+ANALYST = PROFILES["readonly-analyst"]
+DEV = profile_from_mapping(
+    "dev",
+    {
+        "tools": ["Bash", "Read", "Edit", "mcp__github__*", "Bash(git diff:*)"],
+        "agents": ["Explore"],
+        "skills": ["pdf"],
+        "models": ["claude-haiku-4-5", "claude-sonnet-4-6"],
+        "timeout_s": 900,
+        "max_turns": 40,
+        "max_cost_per_task_usd": 2.0,
+        "fs_access": "readwrite",
+        "project_roots": ["/srv/projects"],
+    },
+)
+
+
+def resolve(profile: Profile, request, model: str = "claude-haiku-4-5", **kwargs):
+    return resolve_policy(
+        profile, request, task_id="t_1", key_id="tb_AbCd1234", model=model, settings=SETTINGS, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    ("profile", "request_fields", "model", "denied"),
+    [
+        (ANALYST, {"allow_tools": ["Bash"]}, "claude-haiku-4-5", "profile 'readonly-analyst' does not allow tool 'Bash'"),
+        (ANALYST, {"allow_tools": ["Read", "Write"]}, "claude-haiku-4-5", "does not allow tool 'Write'"),
+        (DEV, {"allow_tools": ["mcp__slack__post"]}, "claude-haiku-4-5", "tool 'mcp__slack__post'"),
+        (DEV, {"allow_agents": ["general-purpose"]}, "claude-haiku-4-5", "does not allow agent 'general-purpose'"),
+        (DEV, {"allow_skills": ["xlsx"]}, "claude-haiku-4-5", "does not allow skill 'xlsx'"),
+        (DEV, {}, "claude-opus-4-8", "does not allow model 'claude-opus-4-8'"),
+        (DEV, {"model": "claude-opus-4-8"}, "claude-haiku-4-5", "does not allow model 'claude-opus-4-8'"),
+        (DEV, {"project": "/etc"}, "claude-haiku-4-5", "does not allow project root '/etc'"),
+        (DEV, {"project": "/srv/projects/../../etc"}, "claude-haiku-4-5", "project root '/etc'"),
+        (DEV, {"project": "/srv/projects-evil"}, "claude-haiku-4-5", "project root '/srv/projects-evil'"),
+        (PROFILES["complete-only"], {}, "claude-haiku-4-5", "does not allow run_task"),
+        (ANALYST, {"project": "/srv/projects/a"}, "claude-haiku-4-5", "project root"),
+        (DEV, {"timeout_s": 901}, "claude-haiku-4-5", "901s of execution time (at most 900s)"),
+        (DEV, {"max_cost_usd": 2.5}, "claude-haiku-4-5", "cost cap of $2.5000 per task (at most $2.0000)"),
+    ],
+)
+def test_a_task_asking_for_more_than_the_profile_grants_is_denied_naming_the_permission(
+    profile, request_fields, model, denied
+):
+    request = TaskRequest(description="do it", **request_fields)
+    with pytest.raises(PolicyDenied) as refused:
+        resolve(profile, request, model=model)
+    assert denied in refused.value.message
+    assert refused.value.code == "permission_denied"
+
+
+def test_a_task_asking_for_less_gets_exactly_that():
+    request = TaskRequest(
+        description="x",
+        allow_tools=["Read", "mcp__github__get_issue", "Bash(git diff:*)"],
+        allow_agents=[],
+        allow_skills=["pdf"],
+        project="/srv/projects/app/",
+        timeout_s=60,
+        max_cost_usd=0.5,
+        max_turns=5,
+    )
+    policy = resolve(DEV, request)
+    assert policy.tools == ["Read", "mcp__github__get_issue", "Bash(git diff:*)"]
+    assert policy.agents == [] and policy.skills == ["pdf"]
+    assert policy.project_root == "/srv/projects/app" and policy.fs_access == "readwrite"
+    assert (policy.timeout_s, policy.max_cost_usd, policy.max_turns) == (60, 0.5, 5)
+    assert policy.model == "claude-haiku-4-5" and policy.models == ["claude-haiku-4-5", "claude-sonnet-4-6"]
+    assert (policy.task_id, policy.key_id, policy.profile, policy.kind) == ("t_1", "tb_AbCd1234", "dev", "task")
+
+
+def test_a_task_asking_for_nothing_gets_the_profile_defaults_and_settings_for_unset_limits():
+    policy = resolve(DEV, TaskRequest(description="x"))
+    assert policy.tools == DEV.tools and policy.agents == ["Explore"] and policy.skills == ["pdf"]
+    assert policy.timeout_s == 900 and policy.max_cost_usd == 2.0 and policy.max_turns == 40
+    assert policy.cpus == 1.5 and policy.memory_mb == 999  # DEV leaves these to Settings
+    assert policy.fs_access == "none" and policy.project_root is None
+
+
+def test_limits_clamp_turns_to_the_profile_and_the_default_cap_to_the_remaining_budget():
+    policy = resolve(DEV, TaskRequest(description="x", max_turns=500), budget_remaining=0.75)
+    assert policy.max_turns == 40
+    assert policy.max_cost_usd == 0.75
+    assert resolve(DEV, TaskRequest(description="x"), budget_remaining=-1).max_cost_usd == 0.0
+
+
+def test_a_star_grants_any_name_only_when_written_explicitly():
+    admin = PROFILES["admin"]
+    policy = resolve(admin, TaskRequest(description="x", allow_tools=["Bash", "WebFetch"], allow_agents=["any"]), model="claude-opus-4-8")
+    assert policy.tools == ["Bash", "WebFetch"] and policy.agents == ["any"] and policy.models == ["*"]
+    with pytest.raises(PolicyDenied):
+        resolve(DEV, TaskRequest(description="x", allow_tools=["*"]))
+
+
+def test_an_unknown_tool_name_in_a_request_is_invalid_input_listing_valid_names():
+    with pytest.raises(InvalidInput, match="unknown tool 'Bsh'.*Bash"):
+        resolve(DEV, TaskRequest(description="x", allow_tools=["Bsh"]))
+
+
+def test_a_complete_request_gets_no_tools_no_files_and_the_profile_cost_cap():
+    policy = resolve(PROFILES["complete-only"], CompleteRequest(prompt="hi"))
+    assert policy.kind == "complete" and policy.tools == [] and policy.fs_access == "none"
+    assert policy.max_cost_usd == 0.25
+    with pytest.raises(PolicyDenied, match="cost cap"):
+        resolve(PROFILES["complete-only"], CompleteRequest(prompt="hi", max_cost_usd=1.0))
+
+
+def test_a_profile_without_task_kind_denies_run_task_but_allows_complete():
+    profile = profile_from_mapping("c", {"kinds": ["complete"], "models": ["claude-haiku-4-5"]})
+    with pytest.raises(PolicyDenied, match="does not allow run_task"):
+        resolve(profile, TaskRequest(description="x"))
+    assert resolve(profile, CompleteRequest(prompt="x")).kind == "complete"
