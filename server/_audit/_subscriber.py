@@ -83,6 +83,7 @@ class AuditService:
         self._queue: asyncio.Queue[tuple[list[Incoming], Msg]] = asyncio.Queue(maxsize=8)
         self._fetchers_running = 0
         self._last_head_pub = 0.0
+        self._published_row = -1
         self._stats = [0, 0, 0, 0]  # stored, duplicates, malformed, batches since last log line
         self._last_log = time.monotonic()
 
@@ -148,6 +149,8 @@ class AuditService:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                if not msgs:
+                    continue
                 items = [(stream, m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
                 await self._queue.put((items, msgs[-1]))
         finally:
@@ -170,8 +173,6 @@ class AuditService:
                 await self._ack(acks)
                 self._count(result)
                 await self.alerter.handle(result.notable)
-                if time.monotonic() - self._last_head_pub >= 1.0:
-                    await self._publish_head()
             await self._publish_head()
         finally:
             self.alerter.close()
@@ -209,14 +210,18 @@ class AuditService:
     async def _publish_head(self) -> None:
         self._last_head_pub = time.monotonic()
         row, digest = self.writer.head
-        head = ChainHead(row=row, hash=digest)
+        self._published_row = row
         try:
-            await self.bus.nc.publish(self.bus.subjects.audit_head(), encode(head))
+            await self.bus.nc.publish(self.bus.subjects.audit_head(), encode(ChainHead(row=row, hash=digest)))
         except Exception as exc:
             logger.warning("cannot publish the audit chain head: %s", exc)
 
     async def _head_loop(self, stop: asyncio.Event) -> None:
+        """Publish the head when it moved (at most once a second) and every head_interval_s."""
+        await self._publish_head()
         while not stop.is_set():
-            await self._publish_head()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.options.head_interval_s)
+                await asyncio.wait_for(stop.wait(), 1.0)
+            idle = time.monotonic() - self._last_head_pub
+            if self.writer.head[0] != self._published_row or idle >= self.options.head_interval_s:
+                await self._publish_head()

@@ -1,0 +1,145 @@
+"""Audit test helpers: one event of every type, an in-process writer, a subprocess writer,
+and polling with deadlines (never sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bus import (
+    Accepted,
+    Artifact,
+    Bus,
+    Finished,
+    Log,
+    Message,
+    ModelCall,
+    Security,
+    Settings,
+    Started,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+from server._audit import AuditOptions, run_audit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def every_event(task_id: str, *, key_id: str = "tb_k1", ts: datetime | None = None) -> list[Any]:
+    """One event of every bus event type for ``task_id``, seq 1..10, ``finished`` last."""
+    t = ts or datetime.now(timezone.utc)
+    base = {"task_id": task_id}
+    return [
+        Accepted(**base, seq=1, ts=t, kind="task", key_id=key_id, profile="default", model="claude-haiku-4-5"),
+        Started(**base, seq=2, ts=t, runner_id="r1", backend="bwrap", sandbox_id="sb1"),
+        Message(**base, seq=3, ts=t, text=f"planning the work for {task_id}"),
+        ToolCall(**base, seq=4, ts=t, id="tc1", name="Bash", input={"command": "ls -la /workspace"}),
+        ToolResult(**base, seq=5, ts=t, id="tc1", output="total 0"),
+        ModelCall(**base, seq=6, ts=t, model="claude-haiku-4-5", usage=Usage(input_tokens=10, output_tokens=5),
+                  cost_usd=0.001, total_cost_usd=0.001),
+        Security(**base, seq=7, ts=t, kind="tool_denied", detail="WebFetch is not allowed", severity="warning"),
+        Artifact(**base, seq=8, ts=t, path="out/report.txt", size=3, sha256="0" * 64, object_key="k"),
+        Log(**base, seq=9, ts=t, line="stderr line"),
+        Finished(**base, seq=10, ts=t, status="succeeded", result="all done", turns=2),
+    ]
+
+
+async def publish_all(bus: Bus, events: list[Any]) -> None:
+    for ev in events:
+        await bus.publish(bus.subjects.events(ev.task_id), ev)
+
+
+def count_rows(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
+    finally:
+        conn.close()
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_rows(db: Path, n: int, *, timeout: float = 30.0) -> None:
+    await wait_until(lambda: count_rows(db) >= n, timeout=timeout, what=f"{n} rows in {db}")
+
+
+class RunningWriter:
+    def __init__(self, settings: Settings, db: Path, options: AuditOptions | None = None) -> None:
+        self.settings, self.db, self.options = settings, db, options
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> RunningWriter:
+        self.stop = asyncio.Event()
+        ready = asyncio.Event()
+        self.task = asyncio.create_task(
+            run_audit(self.settings, db_path=self.db, stop=self.stop, ready=ready, options=self.options)
+        )
+        done, _ = await asyncio.wait({self.task, asyncio.ensure_future(ready.wait())}, timeout=20,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self.task in done:
+            self.task.result()  # raises the start-up error
+        assert ready.is_set(), "audit writer did not start within 20s"
+        return self
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.stop.set()
+            await asyncio.wait_for(self.task, 20)
+            self.task = None
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
+    env.update(
+        TASKBUS_NATS_URL=settings.nats_url,
+        TASKBUS_SUBJECT_PREFIX=settings.subject_prefix,
+        TASKBUS_DATA_DIR=settings.data_dir,
+        PYTHONUNBUFFERED="1",
+        COLUMNS="200",
+    )
+    return env
+
+
+def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+    """``taskbus <args>`` as a subprocess in its own session, pointed at the test NATS."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "server._cli", *args],
+        cwd=ROOT, env=cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+def past(**delta: float) -> datetime:
+    return datetime.now(timezone.utc) - timedelta(**delta)

@@ -1,0 +1,131 @@
+"""The writer stores every event and notice once, in order, chained, from real JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgspec
+
+from bus import AuditNotice, Bus, ChainHead, Log, Settings, new_task_id
+from server._audit import open_db, verify
+
+from audit_helpers import RunningWriter, count_rows, every_event, publish_all, wait_rows
+
+
+def rows(db: Path, sql: str = "SELECT task_id, seq, type, key_id FROM audit ORDER BY id", *args: object) -> list:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_every_event_type_of_a_task_lands_once_in_order_per_task(bus: Bus, writer: RunningWriter, db: Path):
+    t1, t2 = new_task_id(), new_task_id()
+    a, b = every_event(t1, key_id="tb_alice"), every_event(t2, key_id="tb_bob")
+    for x, y in zip(a, b):  # interleaved, as two runners would publish
+        await publish_all(bus, [x, y])
+    await wait_rows(db, 20)
+    expected_types = ["accepted", "started", "message", "tool_call", "tool_result", "model_call",
+                      "security", "artifact", "log", "finished"]
+    for task_id, key in ((t1, "tb_alice"), (t2, "tb_bob")):
+        got = rows(db, "SELECT seq, type, key_id FROM audit WHERE task_id = ? ORDER BY id", task_id)
+        assert [r[0] for r in got] == list(range(1, 11))
+        assert [r[1] for r in got] == expected_types
+        assert {r[2] for r in got} == {key}  # later events carry the key of the task's accepted event
+    assert count_rows(db) == 20
+    assert verify(open_db(db, readonly=True)).ok
+
+
+async def test_audit_notices_are_stored_with_their_actor_as_key(bus: Bus, writer: RunningWriter, db: Path):
+    notice = AuditNotice(kind="key_revoked", actor="cli:root", detail={"key_id": "tb_gone"})
+    await bus.publish(bus.subjects.audit("key_revoked"), notice)
+    await wait_rows(db, 1)
+    assert rows(db, "SELECT stream, type, kind, key_id FROM audit") == [("audit", "notice", "key_revoked", "cli:root")]
+
+
+async def test_malformed_payload_is_stored_as_malformed_and_ingest_continues(bus: Bus, writer: RunningWriter, db: Path):
+    task_id = new_task_id()
+    subject = bus.subjects.events(task_id)
+    await bus.publish(subject, b"\xff\xfe not json at all")
+    await bus.publish(subject, b'{"type": "message", "task_id": "' + task_id.encode() + b'"}')  # fields missing
+    await bus.publish(subject, b'{"type": "teleport", "task_id": "x", "seq": 1, "ts": "2026-01-01T00:00:00Z"}')
+    await bus.publish(bus.subjects.audit("denied"), b"[1, 2, 3]")
+    await bus.publish(subject, Log(task_id=task_id, seq=1, ts=datetime.now(timezone.utc), line="still here"))
+    await wait_rows(db, 5)
+    got = rows(db, "SELECT type, task_id, body FROM audit WHERE stream = 'events' ORDER BY id")
+    assert [g[0] for g in got] == ["malformed", "malformed", "malformed", "log"]
+    assert got[0][1] == task_id  # the task is taken from the subject
+    bodies = [msgspec.json.decode(g[2]) for g in got[:3]]
+    assert "not valid JSON" in bodies[0]["error"]
+    assert "seq" in bodies[1]["error"]
+    assert "teleport" in bodies[2]["raw"]
+    (notice,) = rows(db, "SELECT type, body FROM audit WHERE stream = 'audit'")
+    assert notice[0] == "malformed" and msgspec.json.decode(notice[1])["raw"] == "[1, 2, 3]"
+    assert verify(open_db(db, readonly=True)).ok
+
+
+async def test_writer_catches_up_after_downtime_without_storing_anything_twice(
+    bus: Bus, settings: Settings, db: Path
+):
+    first = RunningWriter(settings, db)
+    await first.start()
+    t1 = new_task_id()
+    await publish_all(bus, every_event(t1))
+    await wait_rows(db, 10)
+    await first.close()
+
+    t2 = new_task_id()
+    await publish_all(bus, every_event(t2))  # published while no writer runs
+    second = RunningWriter(settings, db)
+    await second.start()
+    try:
+        await wait_rows(db, 20)
+    finally:
+        await second.close()
+    got = rows(db, "SELECT stream, stream_seq FROM audit ORDER BY id")
+    assert [seq for _, seq in got] == list(range(1, 21))
+    assert verify(open_db(db, readonly=True)).ok
+
+
+async def test_redelivered_messages_are_skipped_and_do_not_fork_the_chain(settings: Settings, db: Path):
+    from server._audit import Writer
+
+    conn = open_db(db)
+    try:
+        w = Writer(conn)
+        payload = msgspec.json.encode(every_event(new_task_id())[0])
+        first = w.write_batch([("events", 1, "x.events.t", payload), ("events", 2, "x.events.t", payload)])
+        again = w.write_batch([("events", 1, "x.events.t", payload), ("events", 2, "x.events.t", payload)])
+        assert (first.stored, first.duplicates) == (2, 0)
+        assert (again.stored, again.duplicates) == (0, 2)
+        reopened = Writer(conn)  # a restarted writer knows what it stored
+        assert reopened.write_batch([("events", 2, "x.events.t", payload)]).duplicates == 1
+        assert verify(conn).ok
+    finally:
+        conn.close()
+
+
+async def test_chain_head_is_published_with_the_last_row_and_hash(bus: Bus, settings: Settings, db: Path):
+    heads: asyncio.Queue[ChainHead] = asyncio.Queue()
+
+    async def on_head(msg) -> None:  # noqa: ANN001
+        heads.put_nowait(msgspec.json.decode(msg.data, type=ChainHead))
+
+    sub = await bus.nc.subscribe(bus.subjects.audit_head(), cb=on_head)
+    await publish_all(bus, every_event(new_task_id()))
+    w = RunningWriter(settings, db)
+    await w.start()
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                head = await heads.get()
+                if head.row == 10:
+                    break
+        assert head.hash == rows(db, "SELECT hash FROM audit WHERE id = 10")[0][0]
+    finally:
+        await w.close()
+        await sub.unsubscribe()
