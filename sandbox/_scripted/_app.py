@@ -163,7 +163,8 @@ class ScriptedModelApp:
             elif name == b"authorization" and value[:7].lower() == b"bearer " and not given:
                 given = value[7:]
         if not given or not hmac.compare_digest(given, self._key):
-            raise _HttpError(401, "authentication_error", "invalid x-api-key")
+            # A wrong key stays wrong: tell clients (Claude Code retries 401s 10 times) not to retry.
+            raise _HttpError(401, "authentication_error", "invalid x-api-key", [(b"x-should-retry", b"false")])
 
     def _view(self, body: bytes, record: dict[str, Any], *, need_max_tokens: bool) -> RequestView:
         try:
