@@ -1,0 +1,363 @@
+"""The dispatch service: the one path every request takes, from MCP or from NATS.
+
+    authenticate key -> rate limit -> route model -> resolve policy -> reserve budget
+    -> record task -> publish ``accepted`` (seq 1) then the signed job
+    -> follow the task's events -> settle the budget on ``finished``
+
+Refusals (bad key, denied permission, budget, rate limit, concurrency) are published
+as ``AuditNotice`` on ``<prefix>.audit.<kind>`` and raised as the ``bus`` error (stable
+``code``, ``describe()`` says what to do). A caller only ever sees its own key's
+tasks: another key's task id is ``NotFound``, exactly like an unknown one.
+
+Settlement is driven by the events stream, not by whoever waits: a follower per
+unfinished task runs in the dispatcher's TaskGroup, and on start-up the dispatcher
+resumes following every task the registry still lists as unfinished, so a restart in
+the middle of a task still settles its budget and records its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, NamedTuple
+
+from bus import (
+    Accepted,
+    AuditNotice,
+    AuthError,
+    Bus,
+    BudgetExceeded,
+    Cancel,
+    CompleteRequest,
+    ConcurrencyLimit,
+    Event,
+    Finished,
+    InvalidInput,
+    Job,
+    NotFound,
+    PolicyDenied,
+    RateLimited,
+    Request,
+    Settings,
+    Started,
+    TaskbusError,
+    encode,
+    new_task_id,
+    sign_job,
+    utcnow,
+)
+
+from profiles import Profile, Store, TaskRecord, resolve_policy
+
+from ._dispatch_events import TaskWatch, follow_events, replay_events
+from ._router import route_model
+
+logger = logging.getLogger(__name__)
+
+FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"})
+AUDIT_KINDS: dict[type[TaskbusError], str] = {
+    AuthError: "auth_failure",
+    PolicyDenied: "denied",
+    BudgetExceeded: "budget_refused",
+    ConcurrencyLimit: "budget_refused",
+    RateLimited: "rate_limited",
+}
+
+
+class Caller(NamedTuple):
+    """Who is calling: the key's display prefix (``key_id``) and its profile."""
+
+    key_id: str
+    profile: str
+
+
+class _Routed(NamedTuple):
+    model: str
+    reason: str
+    remaining_usd: float | None
+
+
+class Submission(NamedTuple):
+    task_id: str
+    events_subject: str
+    model: str
+    routing_reason: str
+    reserved_usd: float
+
+
+def request_kind(request: Request) -> str:
+    return "complete" if isinstance(request, CompleteRequest) else "task"
+
+
+def _audit_kind(exc: TaskbusError) -> str | None:
+    for cls in type(exc).__mro__:
+        if cls in AUDIT_KINDS:
+            return AUDIT_KINDS[cls]  # type: ignore[index]
+    return None
+
+
+class Dispatcher:
+    """Shared by the MCP tools and the NATS submit gateway. ``async with`` it."""
+
+    def __init__(self, settings: Settings, bus: Bus, store: Store, *, secret: str) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self._secret = secret
+        self._watches: dict[str, TaskWatch] = {}
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Dispatcher:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        await self._resume_unfinished()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._followers.values()):
+            task.cancel()
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            await tg.__aexit__(None, None, None)
+
+    async def _resume_unfinished(self) -> None:
+        rows: list[TaskRecord] = []
+        for status in ("accepted", "running"):
+            rows.extend(await self.store.list_tasks(None, status=status, limit=100_000))
+        for row in rows:
+            self._follow(row.task_id)
+        if rows:
+            logger.info("resumed following %d unfinished tasks", len(rows))
+
+    # ------------------------------------------------------------------ auth and audit
+
+    async def authenticate(self, api_key: str | None, *, via: str) -> Caller:
+        """The caller behind ``api_key``; AuthError (audited) when missing, unknown, revoked, expired."""
+        try:
+            if not api_key:
+                raise AuthError("no API key given")
+            record = await self.store.authenticate(api_key)
+        except AuthError as exc:
+            await self.audit(exc, actor="anonymous", detail={"via": via})
+            raise
+        return Caller(record.prefix, record.profile)
+
+    async def audit(
+        self, exc: TaskbusError, *, actor: str, task_id: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
+        kind = _audit_kind(exc) or "denied"
+        notice = AuditNotice(
+            kind=kind, actor=actor, task_id=task_id, code=exc.code, detail={"message": exc.message, **(detail or {})}
+        )
+        await self.notice(notice)
+
+    async def notice(self, notice: AuditNotice) -> None:
+        try:
+            await self.bus.publish(self.bus.subjects.audit(notice.kind), notice, attempts=3)
+        except TaskbusError as exc:  # the refusal itself must still reach the caller
+            logger.error("audit notice %s not published: %s", notice.kind, exc.message)
+
+    # ------------------------------------------------------------------ submit
+
+    async def submit(self, caller: Caller, request: Request, *, via: str = "mcp") -> Submission:
+        """Admit ``request`` for ``caller`` and publish its job; raise the refusal otherwise."""
+        task_id = new_task_id()
+        started = time.perf_counter()
+        kind = request_kind(request)
+        validate_request(request)
+        try:
+            await self.store.check_rate(caller.key_id)
+            profile = await self.store.get_profile(caller.profile)
+            route = await self._route(caller, profile, request)
+            policy = resolve_policy(
+                profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
+                settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
+            )
+            await self.store.reserve(caller.key_id, task_id, policy.max_cost_usd)
+        except (PolicyDenied, BudgetExceeded, RateLimited, ConcurrencyLimit) as exc:
+            await self.audit(exc, actor=caller.key_id, task_id=task_id, detail={"via": via, "kind": kind})
+            logger.info("refused %s for %s: %s", kind, caller.key_id, exc.code)
+            raise
+        try:
+            await self.store.record_task(
+                task_id, key_id=caller.key_id, profile=caller.profile, kind=kind,
+                reserved=policy.max_cost_usd, model=policy.model,
+            )
+            job = Job(task_id=task_id, policy=policy, request=request,
+                      signature=sign_job(task_id, policy, request, self._secret))
+            accepted = Accepted(
+                task_id=task_id, seq=1, ts=utcnow(), kind=kind, key_id=caller.key_id,
+                profile=caller.profile, model=policy.model, routing_reason=route.reason,
+            )
+            events = self.bus.subjects.events(task_id)
+            await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
+            self._follow(task_id)
+            await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)  # type: ignore[arg-type]
+        except BaseException as exc:
+            await asyncio.shield(self._never_started(task_id, exc))
+            raise
+        logger.info(
+            "accepted %s %s for %s on %s (%.1f ms)", kind, task_id, caller.key_id, policy.model,
+            (time.perf_counter() - started) * 1000,
+        )
+        return Submission(task_id, events, policy.model, route.reason, policy.max_cost_usd)
+
+    async def _route(self, caller: Caller, profile: Profile, request: Request) -> _Routed:
+        remaining = (await self.store.remaining_budget(caller.key_id)).remaining_usd
+        cap = request.max_cost_usd if request.max_cost_usd is not None else profile.max_cost_per_task_usd
+        model, reason = route_model(
+            request, allowed=profile.models, prices=self.settings.prices, remaining_usd=remaining, max_cost_usd=cap
+        )
+        return _Routed(model, reason, remaining)
+
+    async def _never_started(self, task_id: str, exc: BaseException) -> None:
+        """Publishing failed: give the money back and record why."""
+        logger.error("task %s never started: %s", task_id, exc)
+        follower = self._followers.pop(task_id, None)
+        if follower is not None:
+            follower.cancel()
+        code = exc.code if isinstance(exc, TaskbusError) else "internal_error"
+        try:
+            await self.store.release(task_id)
+            await self.store.update_task(task_id, status="failed", cost=0.0, error_code=code,
+                                         result_summary="the job could not be published")
+        except Exception as inner:
+            logger.error("task %s: release after failed publish failed: %s", task_id, inner)
+
+    # ------------------------------------------------------------------ following and settling
+
+    def _follow(self, task_id: str) -> TaskWatch:
+        watch = self._watches.get(task_id)
+        if watch is None:
+            watch = self._watches[task_id] = TaskWatch(task_id)
+        if task_id not in self._followers and watch.finished is None and self._tg is not None:
+            self._followers[task_id] = self._tg.create_task(self._run_follower(watch), name=f"follow-{task_id}")
+        return watch
+
+    async def _run_follower(self, watch: TaskWatch) -> None:
+        try:
+            finished = await follow_events(
+                self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event
+            )
+            await self._settle(finished)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("following task %s failed; it is resumed on the next start", watch.task_id)
+        finally:
+            self._followers.pop(watch.task_id, None)
+            # keep finished watches briefly for waiters; drop the oldest beyond a bound
+            if len(self._watches) > 4096:
+                for task_id in [t for t, w in self._watches.items() if w.finished is not None][:1024]:
+                    del self._watches[task_id]
+
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, Started):
+            await self.store.update_task(event.task_id, "running")
+
+    async def _settle(self, finished: Finished) -> None:
+        await self.store.settle(finished.task_id, finished.cost_usd)
+        await self.store.update_task(
+            finished.task_id, status=finished.status, cost=finished.cost_usd,
+            model=finished.model, result_summary=finished.result[:500] or None,
+            error_code=finished.reason if finished.status != "succeeded" else None,
+        )
+        logger.info("task %s %s, cost $%.6f", finished.task_id, finished.status, finished.cost_usd)
+
+    def live(self, task_id: str) -> TaskWatch:
+        """The in-memory watch of a task this process submitted or follows."""
+        return self._follow(task_id)
+
+    async def profile_of(self, caller: Caller) -> Profile:
+        return await self.store.get_profile(caller.profile)
+
+    # ------------------------------------------------------------------ queries (own tasks only)
+
+    async def task_record(self, caller: Caller, task_id: str) -> TaskRecord:
+        try:
+            record: TaskRecord | None = await self.store.get_task(task_id)
+        except NotFound:
+            record = None
+        if record is None or record.key_id != caller.key_id:
+            raise NotFound(f"no task {task_id} for this key; list yours with list_tasks", task_id=task_id)
+        return record
+
+    async def watch(self, caller: Caller, task_id: str) -> TaskWatch:
+        """The live watch of one of the caller's tasks (replayed from the stream if needed)."""
+        await self.task_record(caller, task_id)
+        watch = self._watches.get(task_id)
+        if watch is not None:
+            return watch
+        watch = TaskWatch(task_id)
+        for event in await replay_events(self.bus, task_id):
+            watch.add(event)
+        if watch.finished is None:
+            return self._follow(task_id)
+        self._watches.setdefault(task_id, watch)
+        return watch
+
+    async def list_tasks(self, caller: Caller, *, status: str | None = None, limit: int = 20) -> list[TaskRecord]:
+        return await self.store.list_tasks(caller.key_id, status=status, limit=limit)
+
+    async def read_artifact(self, caller: Caller, task_id: str, path: str) -> bytes:
+        await self.task_record(caller, task_id)
+        store = await self.bus.js.object_store(self.bus.subjects.artifacts_bucket)
+        try:
+            result = await store.get(f"{task_id}/{path}")
+        except Exception:
+            raise NotFound(f"task {task_id} has no artifact {path!r}; see the task's artifact list",
+                           task_id=task_id) from None
+        return result.data or b""
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel(self, caller: Caller, task_id: str, *, reason: str = "cancelled by caller") -> str:
+        """Ask the runner holding ``task_id`` to stop; returns the status known now."""
+        record = await self.task_record(caller, task_id)
+        if record.status in FINAL:
+            return record.status
+        await self.bus.nc.publish(self.bus.subjects.control(task_id), encode(Cancel(task_id=task_id, reason=reason)))
+        await self.bus.nc.flush(timeout=5)
+        await self.notice(AuditNotice(kind="task_cancelled", actor=caller.key_id, task_id=task_id,
+                                      detail={"reason": reason}))
+        await self._finish_if_queued(task_id, reason)
+        logger.info("cancel requested for %s by %s", task_id, caller.key_id)
+        return "cancelling"
+
+    async def _finish_if_queued(self, task_id: str, reason: str) -> None:
+        """A job no runner has started yet ends ``cancelled`` here (conditional on seq 1 being last)."""
+        subject = self.bus.subjects.events(task_id)
+        try:
+            last = await self.bus.js.get_last_msg(self.bus.subjects.events_stream, subject)
+        except Exception:
+            return
+        if not last.data or not last.data.startswith(b'{') or b'"type":"accepted"' not in last.data:
+            return
+        finished = Finished(task_id=task_id, seq=2, ts=utcnow(), status="cancelled", reason="cancelled_before_start",
+                            result=reason)
+        try:
+            await self.bus.js.publish(
+                subject, encode(finished),
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last.seq), "Nats-Msg-Id": f"{task_id}-2",
+                         "Taskbus-Schema": "1"},
+                timeout=5,
+            )
+        except Exception as exc:  # a runner published first: it handles the cancel
+            logger.debug("task %s already started; the runner cancels it (%s)", task_id, exc)
+
+
+def validate_request(request: Request) -> None:
+    """What the schema cannot say: a completion needs a prompt or messages (not both)."""
+    if isinstance(request, CompleteRequest):
+        if not request.prompt and not request.messages:
+            raise InvalidInput("a completion needs `prompt` (a string) or `messages` (a non-empty list)")
+        if request.prompt and request.messages:
+            raise InvalidInput("give either `prompt` or `messages`, not both (put earlier turns in messages)")
+        if request.messages and request.messages[-1].role != "user":
+            raise InvalidInput("the last of `messages` must have role 'user'")
+
+

@@ -1,0 +1,147 @@
+"""Following a task's events: one ordered JetStream consumer per task, fanned out in-process.
+
+``TaskWatch`` holds the events of one task seen so far and wakes any number of
+readers. ``follow_events`` fills a watch from ``<prefix>.events.<task_id>`` starting at
+the first stored message (DeliverPolicy.ALL), so nothing is missed even if the task
+finished before the follower started; it stops at the ``finished`` event.
+``replay_events`` reads what is stored right now without waiting for more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from bus import Artifact, Bus, Event, Finished, MessageDecodeError, ModelCall, decode_event
+
+logger = logging.getLogger(__name__)
+
+
+class TaskWatch:
+    """The events of one task seen so far, with a wake-up for readers."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.events: list[Event] = []
+        self.finished: Finished | None = None
+        self.cost_so_far = 0.0
+        self._changed = asyncio.Event()
+
+    def add(self, event: Event) -> bool:
+        """Append ``event`` if it is the next one; duplicates and stragglers are dropped."""
+        expected = len(self.events) + 1
+        if event.seq < expected or self.finished is not None:
+            return False
+        if event.seq > expected:
+            logger.warning("task %s: events %d..%d missing; continuing", self.task_id, expected, event.seq - 1)
+        self.events.append(event)
+        if isinstance(event, ModelCall):
+            self.cost_so_far = max(self.cost_so_far, event.total_cost_usd)
+        elif isinstance(event, Finished):
+            self.finished = event
+            self.cost_so_far = event.cost_usd
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [e for e in self.events if isinstance(e, Artifact)]
+
+    async def stream(self, *, start: int = 0, keepalive_s: float | None = None) -> AsyncIterator[Event | None]:
+        """Yield events from index ``start`` until ``finished``; ``None`` after each quiet ``keepalive_s``."""
+        index = start
+        while True:
+            while index < len(self.events):
+                event = self.events[index]
+                index += 1
+                yield event
+            if self.finished is not None:
+                return
+            changed = self._changed
+            if keepalive_s is None:
+                await changed.wait()
+                continue
+            try:
+                async with asyncio.timeout(keepalive_s):
+                    await changed.wait()
+            except TimeoutError:
+                yield None
+
+    async def wait_finished(self, *, timeout: float | None = None) -> Finished:
+        async with asyncio.timeout(timeout):
+            while self.finished is None:
+                await self._changed.wait()
+        return self.finished
+
+
+def _decode(task_id: str, data: bytes, max_bytes: int) -> Event | None:
+    try:
+        event = decode_event(data, max_bytes=max_bytes)
+    except MessageDecodeError as exc:
+        logger.warning("task %s: undecodable event skipped: %s", task_id, exc.message)
+        return None
+    if event.task_id != task_id:
+        logger.warning("task %s: event for %s on its subject skipped", task_id, event.task_id)
+        return None
+    return event
+
+
+async def follow_events(
+    bus: Bus,
+    watch: TaskWatch,
+    *,
+    max_bytes: int = 8 * 1024 * 1024,
+    on_event: Callable[[Event], Awaitable[None]] | None = None,
+) -> Finished:
+    """Fill ``watch`` from the task's stored and future events until ``finished``."""
+    subject = bus.subjects.events(watch.task_id)
+    sub = await bus.js.subscribe(
+        subject,
+        stream=bus.subjects.events_stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=300.0,
+    )
+    try:
+        async for msg in sub.messages:
+            event = _decode(watch.task_id, msg.data, max_bytes)
+            if event is not None and watch.add(event) and on_event is not None:
+                await on_event(event)
+            if watch.finished is not None:
+                return watch.finished
+    finally:
+        try:
+            await asyncio.shield(sub.unsubscribe())
+        except Exception as exc:  # connection already closing
+            logger.debug("unsubscribe of %s failed: %s", subject, exc)
+    raise asyncio.CancelledError  # the subscription ended without a finished event: connection closed
+
+
+async def replay_events(bus: Bus, task_id: str, *, timeout: float = 5.0, max_bytes: int = 8 * 1024 * 1024) -> list[Event]:
+    """Every event of ``task_id`` stored now, in order (empty if none)."""
+    subject = bus.subjects.events(task_id)
+    try:
+        last = await bus.js.get_last_msg(bus.subjects.events_stream, subject)
+    except NotFoundError:
+        return []
+    watch = TaskWatch(task_id)
+    sub = await bus.js.subscribe(
+        subject, stream=bus.subjects.events_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                event = _decode(task_id, msg.data, max_bytes)
+                if event is not None:
+                    watch.add(event)
+                if msg.metadata.sequence.stream >= last.seq:
+                    break
+    finally:
+        await asyncio.shield(sub.unsubscribe())
+    return watch.events
