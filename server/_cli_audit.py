@@ -8,13 +8,16 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from bus import Settings
+from bus import Settings, TaskbusError
+
+T = TypeVar("T")
 
 from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
 
@@ -122,7 +125,7 @@ def tail_cmd(
     if not follow:
         conn = _open(settings, db)
         try:
-            rows = run(_sync(lambda: tail(conn, limit=limit, task=task, key=key, types=types or ())))
+            rows = _guard(lambda: tail(conn, limit=limit, task=task, key=key, types=types or ()))
         finally:
             conn.close()
         for row in rows:
@@ -131,9 +134,12 @@ def tail_cmd(
     run(_follow(settings, db, task=task, key=key, types=types or (), json_output=json_output))
 
 
-async def _sync(fn):  # noqa: ANN001, ANN202
-    """Run a synchronous query inside ``run()`` so its TaskbusErrors print as one line."""
-    return fn()
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a synchronous query; an expected error becomes one red line and exit 1."""
+    try:
+        return fn()
+    except TaskbusError as exc:
+        fail(exc.describe())
 
 
 async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:  # noqa: ANN001
@@ -193,7 +199,7 @@ def search_cmd(
         )
 
     try:
-        rows = run(_sync(query))
+        rows = _guard(query)
     finally:
         conn.close()
     if json_output:
@@ -217,7 +223,7 @@ def verify_cmd(json_output: JsonOpt = False, db: DbOpt = None, config: ConfigOpt
     settings = load_settings(config)
     conn = _open(settings, db)
     try:
-        result = run(_sync(lambda: verify(conn)))
+        result = _guard(lambda: verify(conn))
     finally:
         conn.close()
     if json_output:
@@ -248,11 +254,11 @@ def export_cmd(
     conn = _open(settings, db)
     try:
         if out_path is None:
-            count = run(_sync(lambda: export_jsonl(conn, sys.stdout.buffer)))
+            count = _guard(lambda: export_jsonl(conn, sys.stdout.buffer))
             sys.stdout.flush()
         else:
             with out_path.open("wb") as fh:
-                count = run(_sync(lambda: export_jsonl(conn, fh)))
+                count = _guard(lambda: export_jsonl(conn, fh))
     finally:
         conn.close()
     err.print(f"exported {count} rows" + (f" to {out_path}" if out_path else ""))
@@ -267,7 +273,7 @@ def prune_cmd(
     """Delete old rows, keeping the chain verifiable through a recorded checkpoint."""
     import time
 
-    from ._audit import AuditError, open_db
+    from ._audit import open_db
     from ._audit._prune import prune
     from ._audit._query import parse_duration
 
@@ -281,10 +287,7 @@ def prune_cmd(
         with contextlib.closing(open_db(path)) as conn:
             return prune(conn, before_us=int((time.time() - seconds) * 1_000_000))
 
-    try:
-        result = run(_sync(do_prune))
-    except AuditError as exc:  # pragma: no cover - run() already turns these into fail()
-        fail(exc.describe())
+    result = _guard(do_prune)
     if json_output:
         print_json(result)
     else:

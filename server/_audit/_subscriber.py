@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from bus import Bus, ChainHead, Settings, Subjects, encode
 
-from ._alerts import Alerter
+from ._alerts import Alerter, AlertRules
 from ._db import WriterLock, default_db_path, open_db
 from ._rows import EVENTS, NOTICES
 from ._writer import BatchResult, Incoming, Writer
@@ -48,6 +48,11 @@ class AuditOptions:
     """The chain head is published at least this often, and after a batch at most once a second."""
     log_interval_s: float = 5.0
     ack_wait_s: float = 60.0
+    alert_timeout_s: float = 10.0
+    """The alert command hook is killed after this long."""
+    auth_failure_threshold: int = 5
+    """This many auth failures of one actor within auth_failure_window_s raise an alert."""
+    auth_failure_window_s: float = 60.0
 
 
 async def run_audit(
@@ -79,7 +84,10 @@ class AuditService:
         self.bus = bus
         self.writer = writer
         self.options = options
-        self.alerter = Alerter(bus.nc, bus.subjects, command=alert_command)
+        self.alerter = Alerter(
+            bus.nc, bus.subjects, command=alert_command, hook_timeout_s=options.alert_timeout_s,
+            rules=AlertRules(auth_threshold=options.auth_failure_threshold, auth_window_s=options.auth_failure_window_s),
+        )
         self._queue: asyncio.Queue[tuple[list[Incoming], Msg]] = asyncio.Queue(maxsize=8)
         self._fetchers_running = 0
         self._last_head_pub = 0.0

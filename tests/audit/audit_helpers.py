@@ -143,3 +143,31 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
 
 def past(**delta: float) -> datetime:
     return datetime.now(timezone.utc) - timedelta(**delta)
+
+
+def fill(db: Path, events: list[Any], *, stream: str = "events", start_seq: int = 1) -> None:
+    """Store ``events`` through the real writer (no bus needed), as if fetched in one batch."""
+    import msgspec
+
+    from server._audit import Writer, open_db
+
+    conn = open_db(db)
+    try:
+        w = Writer(conn)
+        batch = []
+        for i, ev in enumerate(events):
+            subject = f"t.events.{ev.task_id}" if stream == "events" else f"t.audit.{ev.kind}"
+            batch.append((stream, start_seq + i, subject, msgspec.json.encode(ev)))
+        w.write_batch(batch)
+    finally:
+        conn.close()
+
+
+def invoke(settings: Settings, *args: str) -> Any:
+    """``taskbus <args>`` through typer's CliRunner with the test's settings in the environment."""
+    from typer.testing import CliRunner
+
+    from server._cli import app
+
+    env = {k: v for k, v in cli_env(settings).items() if k.startswith("TASKBUS_")}
+    return CliRunner().invoke(app, list(args), env=env)
