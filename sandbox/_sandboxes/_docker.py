@@ -1,0 +1,400 @@
+"""The Docker backend: one container per sandbox, through the docker SDK.
+
+Every container: the ``taskbus-sandbox:<key>`` image (``build_image``), ``sleep
+infinity`` as its only process until we exec, ``network_mode=none``, read-only
+root, tmpfs /tmp and /home/agent (``disk_mb`` each), the workspace as the only
+writable bind, user 1000:1000, ``cap_drop=ALL``, ``no-new-privileges``, pids,
+memory (swap equal: none) and CPU limits, fsize/nofile/core ulimits, an
+environment built from scratch, labels ``taskbus.sandbox=1``,
+``taskbus.task_id``, ``taskbus.runner_id``, ``taskbus.life``. Blocking SDK calls
+run in threads (``asyncio.to_thread``).
+
+Warm pool (``settings.docker_warm_pool`` > 0): see ``_pool.py``. A pooled
+container's /workspace is a fresh per-container host folder; ``create`` moves the
+content of ``spec.workspace`` into it and ``destroy`` moves everything back, so
+callers may keep using ``spec.workspace`` before create and after destroy (while
+the sandbox lives, ``sandbox.workspace`` is the folder the agent sees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import socket
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bus import SandboxError, SandboxUnavailable, Settings
+
+from . import _labels
+from ._bwrap import prepare_host_dirs
+from ._exec import Execution, LineSplitter
+from ._image import image_tag
+from ._labels import new_sandbox_id
+from ._protocol import Sandbox, SandboxInfo
+from ._spec import HOME, PROJECT, SANDBOX_GID, SANDBOX_UID, SOCKET_MOUNT, WORKSPACE, SandboxSpec, base_env, rlimits
+
+logger = logging.getLogger(__name__)
+
+API_TIMEOUT_S = 60
+
+
+def container_config(
+    spec: SandboxSpec, *, sid: str, image: str, workspace: str, labels: dict[str, str]
+) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create`` enforcing the sandbox's limits."""
+    from docker.types import Mount, Ulimit
+
+    limits = rlimits(spec)
+    mounts = [Mount(WORKSPACE, workspace, type="bind", read_only=False)]
+    if spec.project:
+        mounts.append(Mount(PROJECT, spec.project, type="bind", read_only=True))
+    if spec.socket_dir:
+        mounts.append(Mount(SOCKET_MOUNT, spec.socket_dir, type="bind", read_only=True))
+    for host, target in spec.ro_mounts:
+        if not os.path.exists(host):
+            raise SandboxError(f"read-only mount source {host} does not exist")
+        mounts.append(Mount(target, host, type="bind", read_only=True))
+    disk = f"{spec.disk_mb}m"
+    return {
+        "image": image,
+        "command": ["sleep", "infinity"],
+        "name": f"taskbus-{sid}",
+        "hostname": "sandbox",
+        "user": f"{SANDBOX_UID}:{SANDBOX_GID}",
+        "working_dir": WORKSPACE,
+        "environment": base_env(spec.env),
+        "labels": labels,
+        "network_mode": "none",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": spec.pids,
+        "mem_limit": f"{spec.memory_mb}m",
+        "memswap_limit": f"{spec.memory_mb}m",
+        "nano_cpus": int(spec.cpus * 1e9),
+        "ipc_mode": "private",
+        "shm_size": f"{min(spec.disk_mb, 64)}m",
+        "tmpfs": {
+            "/tmp": f"rw,nosuid,nodev,size={disk},mode=1777",
+            HOME: f"rw,nosuid,nodev,size={disk},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_GID}",
+        },
+        "mounts": mounts,
+        "ulimits": [
+            Ulimit(name=name.lower(), soft=soft, hard=hard)
+            for name, (soft, hard) in limits.items()
+            if name in ("FSIZE", "NOFILE", "CORE", "CPU")
+        ],
+        "detach": True,
+    }
+
+
+class DockerSandbox(Sandbox):
+    backend = "docker"
+
+    def __init__(self, sandbox_id: str, spec: SandboxSpec, *, client: Any, container: Any, workspace: Path, pool_slot: Path | None) -> None:
+        super().__init__(sandbox_id, spec, workspace)
+        self._client = client
+        self._container = container
+        self._pool_slot = pool_slot
+
+    @property
+    def container_id(self) -> str:
+        return self._container.id
+
+    @property
+    def oom_killed(self) -> bool:
+        try:
+            self._container.reload()
+            return bool(self._container.attrs["State"].get("OOMKilled"))
+        except Exception:
+            return False
+
+    async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
+        api = self._client.api
+        full_env = base_env({**self.spec.env, **(env or {})})
+
+        def start() -> tuple[str, Any]:
+            eid = api.exec_create(
+                self._container.id, argv, stdin=stdin is not None, environment=full_env, workdir=cwd, user=f"{SANDBOX_UID}:{SANDBOX_GID}"
+            )["Id"]
+            return eid, api.exec_start(eid, socket=True)
+
+        try:
+            eid, sock = await asyncio.to_thread(start)
+        except Exception as exc:
+            raise SandboxError(f"cannot start {argv[0]!r} in sandbox {self.id}: {_short(exc)}") from None
+
+        async def kill_one() -> None:
+            await asyncio.to_thread(_kill_exec, api, eid)
+
+        ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
+        loop = asyncio.get_running_loop()
+        ex._track(loop.create_task(asyncio.to_thread(_pump_exec, loop, api, eid, sock, stdin, ex)))
+        return ex
+
+    async def put_home_files(self) -> None:
+        if not self.spec.home_files:
+            return
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for rel, content in self.spec.home_files.items():
+                info = tarfile.TarInfo(rel)
+                info.size = len(content)
+                info.mode = 0o600
+                tar.addfile(info, io.BytesIO(content))
+        result = await (await self.exec(["tar", "-x", "-C", HOME, "--no-same-owner"], stdin=buf.getvalue(), cwd=HOME)).collect(timeout=30)
+        if result.exit_code != 0:
+            raise SandboxError(f"writing home files into sandbox {self.id} failed: {result.err[-300:]}")
+
+    async def kill(self) -> None:
+        def kill() -> None:
+            try:
+                self._container.kill()
+            except Exception as exc:  # already stopped or gone
+                logger.debug("kill %s: %s", self.id, _short(exc))
+
+        await asyncio.to_thread(kill)
+
+    async def _teardown(self) -> None:
+        def remove() -> None:
+            import docker.errors
+
+            try:
+                self._container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+        await asyncio.to_thread(remove)
+        if self._pool_slot is not None:
+            from ._pool import release_workspace
+
+            await asyncio.to_thread(release_workspace, self._pool_slot, Path(self.spec.workspace))
+
+
+def _kill_exec(api: Any, eid: str) -> None:
+    pid = api.exec_inspect(eid).get("Pid") or 0
+    if pid > 0:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _pump_exec(loop: asyncio.AbstractEventLoop, api: Any, eid: str, sock: Any, stdin: bytes | None, ex: Execution) -> None:
+    """Thread: feed stdin, read Docker's multiplexed frames, hand lines to the loop."""
+    from docker.utils.socket import frames_iter
+
+    raw = getattr(sock, "_sock", sock)
+
+    def call(coro: Any) -> bool:
+        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        while True:
+            try:
+                fut.result(timeout=1)
+                return True
+            except TimeoutError:
+                if ex._closing:
+                    fut.cancel()
+                    return False
+
+    splitters = {1: LineSplitter(), 2: LineSplitter()}
+    names = {1: "stdout", 2: "stderr"}
+    try:
+        if stdin is not None:
+            try:
+                raw.sendall(stdin)
+            except OSError:
+                pass
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        for stream, data in frames_iter(sock, tty=False):
+            if stream not in splitters:
+                continue
+            for line in splitters[stream].feed(data):
+                if not call(ex._put(names[stream], line)):  # type: ignore[arg-type]
+                    return
+        for stream, splitter in splitters.items():
+            for line in splitter.flush():
+                if not call(ex._put(names[stream], line)):  # type: ignore[arg-type]
+                    return
+    except OSError:
+        pass
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+        call(ex._eof())
+        call(ex._eof())
+        try:
+            code = api.exec_inspect(eid).get("ExitCode")
+        except Exception:
+            code = None
+        loop.call_soon_threadsafe(ex._set_exit, -9 if code is None else int(code))
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return str(text)[:300]
+
+
+class DockerBackend:
+    """Sandboxes as Docker containers, with an optional warm pool."""
+
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.image = image_tag(settings)
+        self._client: Any = None
+        self._image_checked = False
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Any:
+        async with self._lock:
+            if self._client is None:
+                self._client = await asyncio.to_thread(_connect)
+            if not self._image_checked:
+                await asyncio.to_thread(_check_image, self._client, self.image)
+                self._image_checked = True
+            if self._pool is None and self.settings.docker_warm_pool > 0:
+                from ._pool import WarmPool
+
+                self._pool = WarmPool(self, self.settings.docker_warm_pool)
+            return self._client
+
+    def labels(self, *, sid: str, task_id: str, runner_id: str) -> dict[str, str]:
+        return {
+            _labels.LABEL_MARK: "1",
+            _labels.LABEL_TASK: task_id,
+            _labels.LABEL_RUNNER: runner_id,
+            _labels.LABEL_LIFE: _labels.life_token(),
+            "taskbus.sandbox_id": sid,
+        }
+
+    async def create(self, spec: SandboxSpec) -> DockerSandbox:
+        client = await self.client()
+        if self._pool is not None:
+            sandbox = await self._pool.take(spec)
+            if sandbox is not None:
+                return sandbox
+        started = time.monotonic()
+        sid = new_sandbox_id()
+        await asyncio.to_thread(prepare_host_dirs, spec, SANDBOX_UID, SANDBOX_GID)
+        config = container_config(
+            spec, sid=sid, image=self.image, workspace=spec.workspace, labels=self.labels(sid=sid, task_id=spec.task_id, runner_id=spec.runner_id)
+        )
+        container = await asyncio.to_thread(_create_started, client, config)
+        sandbox = DockerSandbox(sid, spec, client=client, container=container, workspace=Path(spec.workspace), pool_slot=None)
+        try:
+            await sandbox.put_home_files()
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        sandbox._start_clock()
+        logger.info("sandbox %s (docker, task %s) ready in %.0f ms", sid, spec.task_id, (time.monotonic() - started) * 1000)
+        return sandbox
+
+    async def prewarm(self, spec: SandboxSpec, *, timeout: float = 60.0) -> int:
+        """Fill the warm pool for sandboxes like ``spec`` and wait for it (0 when the pool is off)."""
+        await self.client()
+        if self._pool is None:
+            return 0
+        return await self._pool.prewarm(spec, timeout=timeout)
+
+    async def reap(self, live_runner_ids: set[str], own_runner_id: str) -> int:
+        from ._reaper import reap_docker
+
+        client = await asyncio.to_thread(_connect)
+        try:
+            return await asyncio.to_thread(reap_docker, client, live_runner_ids, own_runner_id, self.settings.data_path)
+        finally:
+            client.close()
+
+    async def list(self) -> list[SandboxInfo]:
+        client = await asyncio.to_thread(_connect)
+        try:
+            containers = await asyncio.to_thread(client.containers.list, all=True, filters={"label": f"{_labels.LABEL_MARK}=1"})
+        finally:
+            client.close()
+        infos = []
+        for c in containers:
+            labels = c.labels or {}
+            pooled = labels.get(_labels.LABEL_TASK) == "pool"
+            infos.append(
+                SandboxInfo(
+                    id=labels.get("taskbus.sandbox_id", c.name),
+                    backend="docker",
+                    task_id=labels.get(_labels.LABEL_TASK, "?"),
+                    runner_id=labels.get(_labels.LABEL_RUNNER, "?"),
+                    state="pooled" if pooled and c.status == "running" else c.status,
+                    created_at=_created(c),
+                    detail=c.short_id,
+                )
+            )
+        return infos
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _created(container: Any) -> float:
+    from datetime import datetime
+
+    raw = container.attrs.get("Created", "")
+    try:
+        return datetime.fromisoformat(raw[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _connect() -> Any:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=API_TIMEOUT_S)
+        client.ping()
+        return client
+    except Exception as exc:
+        raise SandboxUnavailable(f"Docker Engine not reachable ({type(exc).__name__}); start dockerd (scripts/setup dockerd)") from None
+
+
+def _check_image(client: Any, tag: str) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        raise SandboxUnavailable(f"sandbox image {tag} not in Docker; run `taskbus sandbox build-image`") from None
+
+
+def _create_started(client: Any, config: dict[str, Any]) -> Any:
+    import docker.errors
+
+    try:
+        container = client.containers.create(**config)
+    except docker.errors.DockerException as exc:
+        raise SandboxError(f"docker could not create the sandbox: {_short(exc)}") from None
+    try:
+        container.start()
+    except docker.errors.DockerException as exc:
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+        raise SandboxError(f"docker could not start the sandbox: {_short(exc)}") from None
+    return container

@@ -1,0 +1,197 @@
+"""Docker warm pool: started, idle containers handed out so start latency is near bwrap's.
+
+Pooled containers are grouped by *class*: the limits plus the mounts fixed at
+container creation (project, read-only mounts, whether a socket folder is used).
+Each pooled container has its own slot folder ``<data_dir>/sandboxes/pool/<id>/``
+with ``workspace/`` (bound at /workspace) and ``run/`` (bound read-only at
+/run/taskbus). Containers are never reused: one container, one task, removed on
+destroy. On hand-out:
+
+- the content of ``spec.workspace`` is moved (renamed) into the slot's workspace,
+  and moved back on destroy;
+- each unix socket in ``spec.socket_dir`` is hard-linked into the slot's ``run/``
+  (a hard link reaches the same listening socket), so both must be on one
+  filesystem; otherwise the sandbox is created cold;
+- ``spec.home_files`` are written into the tmpfs home with one exec.
+
+Labels: ``taskbus.task_id=pool`` (labels cannot change after creation; the task
+is recorded in the slot folder), ``taskbus.runner_id`` of the runner that
+filled it, ``taskbus.pool=<id>``. The pool fills in tasks it owns; ``close()``
+cancels them and removes idle containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _labels
+from ._bwrap import _chown_tree
+from ._spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
+
+if TYPE_CHECKING:
+    from ._docker import DockerBackend, DockerSandbox
+
+logger = logging.getLogger(__name__)
+
+PoolKey = tuple[Any, ...]
+
+
+def pool_key(spec: SandboxSpec) -> PoolKey:
+    return (spec.limit_class, spec.project, spec.ro_mounts, spec.socket_dir is not None)
+
+
+class _Slot:
+    def __init__(self, sid: str, folder: Path, container: Any) -> None:
+        self.sid = sid
+        self.folder = folder
+        self.container = container
+
+
+class WarmPool:
+    def __init__(self, backend: DockerBackend, size: int) -> None:
+        self._backend = backend
+        self._size = size
+        self._idle: dict[PoolKey, list[_Slot]] = {}
+        self._fillers: dict[PoolKey, asyncio.Task[None]] = {}
+        self._full: dict[PoolKey, asyncio.Event] = {}
+        self._root = _labels.sandboxes_dir(backend.settings.data_path) / "pool"
+        self._closed = False
+
+    def _ensure_filler(self, key: PoolKey, template: SandboxSpec) -> None:
+        task = self._fillers.get(key)
+        if self._closed or (task is not None and not task.done()):
+            return
+        self._full.setdefault(key, asyncio.Event()).clear()
+        self._fillers[key] = asyncio.get_running_loop().create_task(self._fill(key, template), name="warm-pool-fill")
+
+    async def _fill(self, key: PoolKey, template: SandboxSpec) -> None:
+        from ._docker import _create_started, container_config
+
+        idle = self._idle.setdefault(key, [])
+        client = await self._backend.client()
+        while len(idle) < self._size and not self._closed:
+            sid = _labels.new_sandbox_id()
+            folder = self._root / sid
+            try:
+                (folder / "workspace").mkdir(parents=True)
+                (folder / "run").mkdir()
+                os.chown(folder / "workspace", SANDBOX_UID, SANDBOX_GID)
+                os.chmod(folder / "run", 0o755)
+                spec = _slot_spec(template, folder)
+                labels = self._backend.labels(sid=sid, task_id="pool", runner_id=template.runner_id)
+                labels[_labels.LABEL_POOL] = sid
+                config = container_config(spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), labels=labels)
+                container = await asyncio.to_thread(_create_started, client, config)
+            except asyncio.CancelledError:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            except Exception:
+                logger.exception("warm pool: creating a container failed; pool stays at %d", len(idle))
+                shutil.rmtree(folder, ignore_errors=True)
+                break
+            idle.append(_Slot(sid, folder, container))
+        self._full.setdefault(key, asyncio.Event()).set()
+
+    async def prewarm(self, spec: SandboxSpec, *, timeout: float = 60.0) -> int:
+        """Fill the pool for ``spec``'s class and wait until it is full; returns its size."""
+        key = pool_key(spec)
+        self._ensure_filler(key, spec)
+        async with asyncio.timeout(timeout):
+            await self._full[key].wait()
+        return len(self._idle.get(key, []))
+
+    async def take(self, spec: SandboxSpec) -> DockerSandbox | None:
+        """A pooled sandbox for ``spec``, or None (then the caller creates one cold)."""
+        from ._docker import DockerSandbox
+
+        key = pool_key(spec)
+        idle = self._idle.get(key)
+        if not idle:
+            self._ensure_filler(key, spec)
+            return None
+        slot = idle.pop(0)
+        self._ensure_filler(key, spec)
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(_hand_out, slot.folder, spec)
+        except OSError as exc:
+            logger.info("warm pool: cannot hand out %s (%s); creating cold", slot.sid, exc)
+            await asyncio.to_thread(_remove_slot, slot)
+            return None
+        client = await self._backend.client()
+        sandbox = DockerSandbox(
+            slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", pool_slot=slot.folder
+        )
+        try:
+            await sandbox.put_home_files()
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        sandbox._start_clock()
+        logger.info("sandbox %s (docker pool, task %s) ready in %.0f ms", slot.sid, spec.task_id, (time.monotonic() - started) * 1000)
+        return sandbox
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._fillers.values():
+            task.cancel()
+        for task in self._fillers.values():
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        slots = [slot for idle in self._idle.values() for slot in idle]
+        self._idle.clear()
+        for slot in slots:
+            await asyncio.to_thread(_remove_slot, slot)
+
+
+def _slot_spec(template: SandboxSpec, folder: Path) -> SandboxSpec:
+    import msgspec
+
+    socket_dir = str(folder / "run") if template.socket_dir else None
+    return msgspec.structs.replace(template, workspace=str(folder / "workspace"), socket_dir=socket_dir, home_files={}, env={})
+
+
+def _hand_out(folder: Path, spec: SandboxSpec) -> None:
+    """Move the task's workspace content in, hard-link its gateway sockets, record the task."""
+    if spec.socket_dir:
+        for entry in Path(spec.socket_dir).iterdir():
+            if stat.S_ISSOCK(entry.lstat().st_mode):
+                os.chmod(entry, 0o666)
+                os.link(entry, folder / "run" / entry.name)
+    target = folder / "workspace"
+    source = Path(spec.workspace)
+    source.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        shutil.move(str(entry), str(target / entry.name))
+    _chown_tree(target, SANDBOX_UID, SANDBOX_GID)
+    (folder / "task_id").write_text(spec.task_id)
+
+
+def release_workspace(folder: Path, workspace: Path) -> None:
+    """On destroy: move the slot's workspace content back into the task's folder."""
+    source = folder / "workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        for entry in source.iterdir():
+            dest = workspace / entry.name
+            if dest.exists() or dest.is_symlink():
+                continue
+            shutil.move(str(entry), str(dest))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_slot(slot: _Slot) -> None:
+    try:
+        slot.container.remove(force=True)
+    except Exception as exc:
+        logger.debug("removing pooled %s: %s", slot.sid, exc)
+    shutil.rmtree(slot.folder, ignore_errors=True)
