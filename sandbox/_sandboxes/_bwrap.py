@@ -349,6 +349,12 @@ class BwrapBackend:
 
         return await asyncio.to_thread(reap_bwrap, self.settings.data_path, live_runner_ids, own_runner_id)
 
+    async def prune(self, *, everything: bool = False) -> int:
+        """Remove sandboxes whose bwrap process is gone (all of them with ``everything``)."""
+        from ._reaper import prune_bwrap
+
+        return await asyncio.to_thread(prune_bwrap, self.settings.data_path, everything=everything)
+
     async def list(self) -> list[SandboxInfo]:
         from ._reaper import list_bwrap
 

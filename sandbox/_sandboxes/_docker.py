@@ -320,6 +320,16 @@ class DockerBackend:
         finally:
             client.close()
 
+    async def prune(self, *, everything: bool = False) -> int:
+        """Remove stopped labelled containers (all of them with ``everything``)."""
+        from ._reaper import prune_docker
+
+        client = await asyncio.to_thread(_connect)
+        try:
+            return await asyncio.to_thread(prune_docker, client, self.settings.data_path, everything=everything)
+        finally:
+            client.close()
+
     async def list(self) -> list[SandboxInfo]:
         client = await asyncio.to_thread(_connect)
         try:

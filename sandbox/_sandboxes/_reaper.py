@@ -130,3 +130,30 @@ def _remove_pool_folder(data_path: Path, slot: str) -> None:
     folder = root / slot
     if folder.parent == root and slot.startswith("tb-"):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def prune_bwrap(data_path: Path, *, everything: bool) -> int:
+    removed = 0
+    for folder, state in _labels.read_states(data_path):
+        if everything or state is None or not state.process_alive():
+            remove_bwrap(folder, state)
+            removed += 1
+    return removed
+
+
+def prune_docker(client: object, data_path: Path, *, everything: bool) -> int:
+    import docker.errors
+
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": f"{_labels.LABEL_MARK}=1"}):  # type: ignore[attr-defined]
+        if not everything and container.status == "running":
+            continue
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        slot = (container.labels or {}).get(_labels.LABEL_POOL)
+        if slot:
+            _remove_pool_folder(data_path, slot)
+        removed += 1
+    return removed
