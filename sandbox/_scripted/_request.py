@@ -59,6 +59,10 @@ def _text_of(content: str | list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text", "") for b in content if b.get("type") == "text" and isinstance(b.get("text"), str))
 
 
+def _has_tool_result(content: str | list[dict[str, Any]]) -> bool:
+    return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+
+
 def _system_text(system: str | list[dict[str, Any]] | None) -> str:
     if system is None:
         return ""
@@ -76,15 +80,12 @@ class RequestView:
         messages = [m for m in request.messages if m.role != "system"]
         self.reply = sum(1 for m in messages if m.role == "assistant")
         last = messages[-1] if messages else None
-        self.after_tool_result = bool(
-            last is not None
-            and last.role == "user"
-            and isinstance(last.content, list)
-            and any(b.get("type") == "tool_result" for b in last.content)
-        )
+        self.after_tool_result = last is not None and last.role == "user" and _has_tool_result(last.content)
+        # The latest user text the user wrote: messages carrying tool results (Claude Code
+        # may add reminder text blocks to them) are not the prompt.
         self.user_text = ""
         for message in reversed(messages):
-            if message.role == "user":
+            if message.role == "user" and not _has_tool_result(message.content):
                 text = _text_of(message.content)
                 if text:
                     self.user_text = text

@@ -68,6 +68,24 @@ async def test_reply_number_selects_the_turn_and_tool_results_continue_the_scrip
         assert third["content"][0]["text"] == "and now?"
 
 
+async def test_prompt_is_the_latest_user_text_not_reminders_next_to_tool_results(tmp_path: Path) -> None:
+    async with ScriptedModelServer(CONVERSATION) as server, httpx.AsyncClient(base_url=server.url) as http:
+        result_with_reminder = {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
+                {"type": "text", "text": "<system-reminder>files changed</system-reminder>"},
+            ],
+        }
+        messages = [
+            _user("beta"),
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+            result_with_reminder,
+        ]
+        reply = await _post(http, "/v1/messages", {"model": "m", "max_tokens": 100, "messages": messages})
+    assert reply["content"][0]["text"] == "finished beta at reply 1"
+
+
 async def test_after_tool_result_false_turn_is_skipped_when_a_tool_result_came_back(tmp_path: Path) -> None:
     script = parse_script(
         """
