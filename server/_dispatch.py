@@ -315,14 +315,16 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ cancel
 
-    async def cancel(self, caller: Caller, task_id: str, *, reason: str = "cancelled by caller") -> str:
+    async def cancel(
+        self, caller: Caller, task_id: str, *, reason: str = "cancelled by caller", actor: str | None = None
+    ) -> str:
         """Ask the runner holding ``task_id`` to stop; returns the status known now."""
         record = await self.task_record(caller, task_id)
         if record.status in FINAL:
             return record.status
         await self.bus.nc.publish(self.bus.subjects.control(task_id), encode(Cancel(task_id=task_id, reason=reason)))
         await self.bus.nc.flush(timeout=5)
-        await self.notice(AuditNotice(kind="task_cancelled", actor=caller.key_id, task_id=task_id,
+        await self.notice(AuditNotice(kind="task_cancelled", actor=actor or caller.key_id, task_id=task_id,
                                       detail={"reason": reason}))
         await self._finish_if_queued(task_id, reason)
         logger.info("cancel requested for %s by %s", task_id, caller.key_id)

@@ -1,0 +1,309 @@
+"""``taskbus serve``, ``taskbus tasks list|show|watch|cancel`` and ``taskbus submit``."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+
+tasks_app = typer.Typer(help="Inspect, follow and cancel tasks (operators: every key's tasks).", no_args_is_help=True)
+
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", envvar="TASKBUS_API_KEY", help="API key to submit with.", show_default=False),
+]
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _run(coro: Any) -> Any:
+    from bus import TaskbusError
+
+    try:
+        return run(coro)
+    except BaseExceptionGroup as group:
+        inner = _unwrap(group)
+        if isinstance(inner, TaskbusError):
+            fail(inner.describe())
+        raise
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(submit)
+    app.add_typer(tasks_app, name="tasks")
+
+
+def serve(
+    transport: Annotated[str, typer.Option(help="stdio (one MCP client, key from TASKBUS_API_KEY) or http.")] = "http",
+    host: Annotated[str | None, typer.Option(help="HTTP address (default TASKBUS_HTTP_HOST).", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default TASKBUS_HTTP_PORT).", show_default=False)] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the MCP server and the NATS submit gateway."""
+    if transport not in ("stdio", "http", "none"):
+        fail("--transport must be stdio or http", code=2)
+    from ._service import run_server
+
+    settings = load_settings(config)
+    if transport == "stdio" and not settings.api_key:
+        fail("stdio needs an API key: set TASKBUS_API_KEY (operators create one with `taskbus keys create`)")
+    _run(run_server(settings, transport=transport, host=host, port=port))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _rows(records: list[Any]) -> Table:
+    table = Table("task", "key", "profile", "kind", "status", "model", "cost $", "created")
+    for r in records:
+        table.add_row(r.task_id, r.key_id, r.profile, r.kind, r.status, r.model or "",
+                      f"{r.cost_usd or 0:.4f}", r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    return table
+
+
+@tasks_app.command("list")
+def tasks_list(
+    status: Annotated[str | None, typer.Option(help="Only tasks with this status.")] = None,
+    key: Annotated[str | None, typer.Option("--key-id", help="Only this key (display prefix tb_XXXXXXXX).")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    json_output: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Recent tasks from the registry."""
+    from profiles import Store
+
+    settings = load_settings(config)
+
+    async def main() -> list[Any]:
+        async with Store.for_settings(settings) as store:
+            return await store.list_tasks(key, status=status, limit=limit)
+
+    records = _run(main())
+    if json_output:
+        print_json({"tasks": records})
+    elif records:
+        out.print(_rows(records))
+    else:
+        out.print("no tasks")
+
+
+async def _load(settings: Any, task_id: str) -> tuple[Any, list[Any]]:
+    from bus import Bus, Subjects
+    from profiles import Store
+
+    from ._dispatch_events import replay_events
+
+    async with Store.for_settings(settings) as store:
+        record = await store.get_task(task_id)
+    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+        events = await replay_events(bus, task_id)
+    return record, events
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task_id: Annotated[str, typer.Argument(help="Task id (t_...).")],
+    json_output: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """One task: its registry row and every event it has published."""
+    settings = load_settings(config)
+    record, events = _run(_load(settings, task_id))
+    if json_output:
+        print_json({"task": record, "events": events})
+        return
+    out.print(_rows([record]))
+    for event in events:
+        out.print(_event_line(event))
+
+
+def _event_line(event: Any) -> str:
+    from ._mcp_results import progress_message
+
+    text = progress_message(event, cost=getattr(event, "total_cost_usd", 0.0) or 0.0, elapsed=0) or ""
+    text = text.rsplit(" [$", 1)[0] if text else type(event).__name__.lower()
+    if type(event).__name__ == "Accepted":
+        text = f"accepted on {event.model} ({event.routing_reason})"
+    if type(event).__name__ == "Finished":
+        text = f"finished: {event.status} ${event.cost_usd:.4f} {event.duration_ms} ms — {event.result[:200]}"
+    return f"[dim]{event.seq:>4} {event.ts:%H:%M:%S}[/dim] {_escape(text)}"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+async def _follow(settings: Any, subject_task: str, *, quiet: bool) -> Any:
+    from bus import Bus, Subjects
+
+    from ._dispatch_events import TaskWatch, follow_events
+
+    watch = TaskWatch(subject_task)
+    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follow_events(bus, watch))
+            if quiet:
+                await watch.wait_finished()
+            else:
+                with err.status(f"following {subject_task}…") as status:
+                    async for event in watch.stream(keepalive_s=1.0):
+                        if event is not None:
+                            out.print(_event_line(event))
+                        status.update(f"{subject_task}: {len(watch.events)} events, ${watch.cost_so_far:.4f}")
+    return watch
+
+
+def _summary(watch: Any) -> dict[str, Any]:
+    import msgspec
+
+    finished = watch.finished
+    return {
+        "task_id": watch.task_id,
+        "status": finished.status,
+        "result": finished.result,
+        "reason": finished.reason,
+        "cost_usd": finished.cost_usd,
+        "duration_ms": finished.duration_ms,
+        "usage": msgspec.to_builtins(finished.usage),
+        "artifacts": [a.path for a in watch.artifacts],
+        "events": len(watch.events),
+    }
+
+
+@tasks_app.command("watch")
+def tasks_watch(
+    task_id: Annotated[str, typer.Argument(help="Task id (t_...).")],
+    json_output: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Follow a task's events live (from its first event) until it finishes."""
+    settings = load_settings(config)
+    watch = _run(_follow(settings, task_id, quiet=json_output))
+    if json_output:
+        print_json(_summary(watch))
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    task_id: Annotated[str, typer.Argument(help="Task id (t_...).")],
+    json_output: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Cancel a queued or running task (its sandbox is destroyed)."""
+    from bus import Bus, Subjects
+    from profiles import Store
+
+    from ._dispatch import Caller, Dispatcher
+    from ._secrets import load_or_create_job_secret
+
+    settings = load_settings(config)
+
+    async def main() -> str:
+        async with Store.for_settings(settings) as store:
+            record = await store.get_task(task_id)
+            async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+                dispatcher = Dispatcher(settings, bus, store, secret=load_or_create_job_secret(settings))
+                return await dispatcher.cancel(
+                    Caller(record.key_id, record.profile), task_id,
+                    reason="cancelled by an operator", actor=f"cli:{getpass.getuser()}",
+                )
+
+    status = _run(main())
+    if json_output:
+        print_json({"task_id": task_id, "status": status})
+    else:
+        out.print(f"{task_id}: {status}")
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def submit(
+    text: Annotated[str, typer.Argument(help="Task description (or the prompt with --complete).")],
+    complete: Annotated[bool, typer.Option("--complete", help="Submit a completion instead of a task.")] = False,
+    files: Annotated[list[Path] | None, typer.Option("--file", help="Put this file in the workspace (repeatable).")] = None,
+    timeout_s: Annotated[int | None, typer.Option("--timeout", help="Wall-clock limit in seconds.")] = None,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", help="Cost cap in USD.")] = None,
+    model: Annotated[str, typer.Option(help="'auto' or a model the profile allows.")] = "auto",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the events until it finishes.")] = True,
+    key: KeyOpt = None,
+    json_output: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Submit over NATS like any external publisher would, and show live progress."""
+    import nats
+
+    from bus import SubmitRejected, decode_reply
+
+    settings = load_settings(config)
+    if not key:
+        fail("no API key: pass --key or set TASKBUS_API_KEY", code=2)
+    if complete:
+        body: dict[str, Any] = {"prompt": text, "model": model}
+    else:
+        body = {"description": text, "model": model}
+        if files:
+            body["files"] = [{"path": f.name, "content": _read(f)} for f in files]
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+    if max_cost is not None:
+        body["max_cost_usd"] = max_cost
+    kind = "complete" if complete else "task"
+
+    async def main() -> Any:
+        from bus import Subjects
+
+        nc = await nats.connect(settings.nats_url, connect_timeout=5)
+        try:
+            msg = await nc.request(Subjects(settings.subject_prefix).submit(kind), json.dumps(body).encode(),
+                                   headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        finally:
+            await nc.drain()
+        reply = decode_reply(msg.data)
+        if isinstance(reply, SubmitRejected):
+            return reply
+        if not wait:
+            return reply
+        return await _follow(settings, reply.task_id, quiet=json_output)
+
+    result = _run(main())
+    if isinstance(result, SubmitRejected):
+        if json_output:
+            print_json(result)
+        fail(f"rejected ({result.code}): {result.message}")
+    if not wait:
+        if json_output:
+            print_json(result)
+        else:
+            out.print(f"accepted {result.task_id}; follow with `taskbus tasks watch {result.task_id}`")
+        return
+    summary = _summary(result)
+    if json_output:
+        print_json(summary)
+    else:
+        out.print(f"{summary['status']} (${summary['cost_usd']:.4f}, {summary['duration_ms']} ms)")
+        if summary["result"]:
+            out.print(summary["result"], markup=False)
+    if summary["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}; pass UTF-8 text files", code=2)

@@ -1,0 +1,86 @@
+"""The ``taskbus serve`` process: Bus, profiles Store, dispatcher, submit gateway and the
+MCP server (stdio or Streamable HTTP) under one TaskGroup.
+
+``run_server`` is also what ``taskbus up`` runs. It returns when ``stop`` is set (or,
+on stdio, when the client closes stdin); tasks still running keep running on their
+runners, and the next start resumes following them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+from bus import AuthError, Bus, Settings, Subjects
+
+from profiles import Store
+
+from ._dispatch import Dispatcher
+from ._http import create_http_app, serve_http
+from ._mcp_app import create_mcp_server
+from ._secrets import load_or_create_job_secret
+from ._submit_gateway import SubmitGateway
+
+logger = logging.getLogger(__name__)
+
+Transport = Literal["stdio", "http", "none"]
+SWEEP_EVERY_S = 600.0
+STALE_AFTER_S = 86_400.0
+
+
+async def _sweep(store: Store) -> None:
+    """Release reservations of tasks that never finished (a day old)."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            await store.sweep_stale(STALE_AFTER_S)
+        except Exception as exc:
+            logger.warning("stale reservation sweep failed: %s", exc)
+
+
+async def run_server(
+    settings: Settings,
+    *,
+    transport: Transport = "http",
+    host: str | None = None,
+    port: int | None = None,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    bound: list[int] | None = None,
+) -> None:
+    """Run the server until ``stop`` is set (stdio: also until stdin closes).
+
+    ``transport="none"`` serves only the NATS submit gateway. ``bound`` receives the
+    HTTP port actually used (useful with ``port=0``).
+    """
+    host = host or settings.http_host
+    port = settings.http_port if port is None else port
+    secret = load_or_create_job_secret(settings)
+    stop = stop or asyncio.Event()
+    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-server") as bus:
+        await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
+        async with Store.for_settings(settings) as store:
+            async with Dispatcher(settings, bus, store, secret=secret) as dispatcher:
+                if transport == "stdio":
+                    try:
+                        await dispatcher.authenticate(settings.api_key, via="mcp-stdio")
+                    except AuthError as exc:
+                        raise AuthError(
+                            f"the stdio MCP server needs a valid key in TASKBUS_API_KEY: {exc.message}"
+                        ) from None
+                async with SubmitGateway(dispatcher), asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(_sweep(store), name="sweep"), tg.create_task(stop.wait())]
+                    if transport == "http":
+                        app, _ = create_http_app(dispatcher, host=host, port=port)
+                        tasks.append(tg.create_task(serve_http(app, host=host, port=port, ready=ready, bound=bound)))
+                    elif transport == "stdio":
+                        mcp = create_mcp_server(dispatcher, api_key=settings.api_key)
+                        tasks.append(tg.create_task(mcp.run_stdio_async()))
+                    if transport != "http" and ready is not None:
+                        ready.set()
+                    # the first of: stop set, stdin closed, HTTP server ended
+                    await asyncio.wait(tasks[1:], return_when=asyncio.FIRST_COMPLETED)
+                    for task in tasks:
+                        task.cancel()
+    logger.info("server stopped")
