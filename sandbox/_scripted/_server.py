@@ -41,10 +41,14 @@ def http_impl() -> str:
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -61,6 +65,8 @@ class ScriptedModelServer:
     ``script``: a ``Script``, a shipped script name or a path; None = echo every prompt.
     ``scripts``: more named scripts that ``[script:NAME]`` markers can select.
     ``log_path``: JSON-lines request log. ``required_api_key``: 401 without it.
+    ``start_timeout`` (10 s) bounds start-up, ``stop_timeout`` (5 s) the graceful stop of
+    open connections; after that they are cancelled.
     """
 
     def __init__(
@@ -103,12 +109,12 @@ class ScriptedModelServer:
         return read_log(self.log_path)
 
     async def __aenter__(self) -> ScriptedModelServer:
+        self._socket = bind_socket(self.host, self.port)
+        self.port = self._socket.getsockname()[1]
         self._log = RequestLog(self.log_path) if self.log_path is not None else None
         self.app = ScriptedModelApp(
             self.script, scripts=self._scripts, required_api_key=self._required_api_key, log=self._log
         )
-        self._socket = bind_socket(self.host, self.port)
-        self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(
             self.app,
             lifespan="off",
