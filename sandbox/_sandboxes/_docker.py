@@ -109,11 +109,24 @@ class DockerSandbox(Sandbox):
 
     @property
     def oom_killed(self) -> bool:
+        """True when the memory limit killed a process (any exec, not only pid 1)."""
         try:
             self._container.reload()
-            return bool(self._container.attrs["State"].get("OOMKilled"))
+            if self._container.attrs["State"].get("OOMKilled"):
+                return True
         except Exception:
-            return False
+            pass
+        for base in (Path("/sys/fs/cgroup/memory/docker"), Path("/sys/fs/cgroup/system.slice")):
+            for name in (self._container.id, f"docker-{self._container.id}.scope"):
+                for knob in ("memory.oom_control", "memory.events"):
+                    try:
+                        text = (base / name / knob).read_text()
+                    except OSError:
+                        continue
+                    counts = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+                    if counts.get("oom_kill", "0").strip() != "0":
+                        return True
+        return False
 
     async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
         api = self._client.api
