@@ -46,20 +46,32 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    transport: Annotated[str, typer.Option(help="stdio (one MCP client, key from TASKBUS_API_KEY) or http.")] = "http",
+    transport: Annotated[
+        str, typer.Option(help="stdio (one MCP client, key from TASKBUS_API_KEY), http, or none (NATS gateway only).")
+    ] = "http",
     host: Annotated[str | None, typer.Option(help="HTTP address (default TASKBUS_HTTP_HOST).", show_default=False)] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default TASKBUS_HTTP_PORT).", show_default=False)] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the MCP server and the NATS submit gateway."""
     if transport not in ("stdio", "http", "none"):
-        fail("--transport must be stdio or http", code=2)
+        fail("--transport must be stdio, http or none (NATS submit gateway only)", code=2)
     from ._service import run_server
 
     settings = load_settings(config)
     if transport == "stdio" and not settings.api_key:
         fail("stdio needs an API key: set TASKBUS_API_KEY (operators create one with `taskbus keys create`)")
-    _run(run_server(settings, transport=transport, host=host, port=port))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_server(settings, transport=transport, host=host, port=port, stop=stop)  # type: ignore[arg-type]
+
+    _run(main())
 
 
 # --------------------------------------------------------------------------- tasks

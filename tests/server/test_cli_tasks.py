@@ -1,0 +1,83 @@
+"""The CLI: ``taskbus submit`` over NATS to a real ``taskbus serve``, then ``tasks list|show|cancel --json``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+from typer.testing import CliRunner
+
+from bus import Settings
+from profiles import Store
+from server._cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        "TASKBUS_NATS_URL": settings.nats_url,
+        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+        "TASKBUS_DATA_DIR": settings.data_dir,
+        "TASKBUS_JOB_SECRET": settings.job_secret,
+    }
+
+
+async def _wait_for_gateway(settings: Settings, deadline_s: float = 30) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        end = time.monotonic() + deadline_s
+        while True:
+            try:
+                await nc.request(f"{settings.subject_prefix}.submit.task", b"{}", timeout=0.5)
+                return
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+    finally:
+        await nc.drain()
+
+
+def test_submit_list_show_and_cancel_round_trip_with_json(settings: Settings) -> None:
+    async def make_key() -> str:
+        async with Store.for_settings(settings) as store:
+            return (await store.create_key("developer"))[0]
+
+    key = asyncio.run(make_key())
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}, **_env(settings)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server._cli", "--log-level", "warning", "serve", "--transport", "none"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        asyncio.run(_wait_for_gateway(settings))
+        runner = CliRunner()
+        result = runner.invoke(app, ["submit", "write hello.txt", "--no-wait", "--json", "--key", key], env=_env(settings))
+        assert result.exit_code == 0, result.output
+        task_id = json.loads(result.stdout)["task_id"]
+
+        bad = runner.invoke(app, ["submit", "x", "--key", "tb_" + "q" * 43], env=_env(settings))
+        assert bad.exit_code == 1 and "unauthorized" in bad.output and "qqqq" not in bad.output
+
+        listed = json.loads(runner.invoke(app, ["tasks", "list", "--json"], env=_env(settings)).stdout)
+        assert [t["task_id"] for t in listed["tasks"]] == [task_id]
+        cancelled = runner.invoke(app, ["tasks", "cancel", task_id, "--json"], env=_env(settings))
+        assert cancelled.exit_code == 0, cancelled.output
+        deadline = time.monotonic() + 20
+        while True:
+            shown = json.loads(runner.invoke(app, ["tasks", "show", task_id, "--json"], env=_env(settings)).stdout)
+            if shown["task"]["status"] == "cancelled" or time.monotonic() > deadline:
+                break
+        assert shown["task"]["status"] == "cancelled"
+        assert [e["type"] for e in shown["events"]] == ["accepted", "finished"]
+        missing = runner.invoke(app, ["tasks", "show", "t_nope"], env=_env(settings))
+        assert missing.exit_code == 1 and "t_nope" in missing.output
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
