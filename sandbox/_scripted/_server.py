@@ -72,9 +72,9 @@ class ScriptedModelServer:
     def __init__(
         self,
         script: Script | str | Path | None = None,
-        *,
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
         log_path: str | Path | None = None,
         required_api_key: str | None = None,
         scripts: Mapping[str, Script] | None = None,
