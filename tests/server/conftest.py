@@ -63,3 +63,65 @@ def anyio_backend() -> str:
 def make_stack():
     """``async with make_stack(settings) as stack:`` inside the test."""
     return server_stack
+
+
+# --------------------------------------------------------------------------- end to end (real runner)
+
+
+def require(present: bool, component: str, fix: str) -> None:
+    """Like the root conftest's ``require``: skip locally, FAIL under CI=true."""
+    import os
+
+    if present:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true: {component} is missing ({fix})", pytrace=False)
+    pytest.skip(f"{component} is missing ({fix})")
+
+
+@pytest.fixture
+def e2e_settings(settings: Settings, tmp_path, require_bwrap, require_claude) -> Settings:
+    """Settings for end-to-end tests: bwrap, the real Claude Code CLI, the shared sandbox image."""
+    import msgspec
+
+    try:
+        from sandbox import Runner  # noqa: F401
+    except ImportError:
+        require(False, "sandbox.Runner", "the runner package is not built yet")
+    images = Settings.load({}).data_path / "images"
+    require(images.is_dir(), "the sandbox image", "run `taskbus sandbox build-image`")
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "images").symlink_to(images)
+    return msgspec.structs.replace(settings, sandbox_backend="bwrap", claude_path=str(require_claude))
+
+
+@contextlib.asynccontextmanager
+async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stack]:
+    """Scripted model (echo by default; ``[script:NAME]`` markers pick a script), a real runner
+    with bwrap, and the server stack; ``stack.settings`` points at the model."""
+    import msgspec
+
+    from sandbox import Runner
+    from sandbox._scripted import ScriptedModelServer
+
+    async with ScriptedModelServer() as model:
+        settings = msgspec.structs.replace(settings, upstream_url=model.url)
+        async with Runner(settings, backend="bwrap", slots=slots):
+            async with server_stack(settings) as stack:
+                yield stack
+
+
+@pytest.fixture
+def make_e2e():
+    return e2e_stack
+
+
+async def sandboxes_left(settings: Settings) -> list[Any]:
+    from sandbox._sandboxes import get_backend
+
+    backend = get_backend("bwrap", settings)
+    try:
+        return await backend.list()
+    finally:
+        await backend.close()
