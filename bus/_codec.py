@@ -23,6 +23,7 @@ from ._messages import (
     Policy,
     Request,
     SubmitReply,
+    kind_of,
 )
 
 T = TypeVar("T")
@@ -123,7 +124,7 @@ def verify_job(job: Job, secret: str | bytes) -> None:
         raise SignatureError(job.task_id, "job is not signed")
     if job.policy.task_id != job.task_id:
         raise SignatureError(job.task_id, "policy belongs to another task")
-    if job.policy.kind != job.request.kind:
+    if job.policy.kind != kind_of(job.request):
         raise SignatureError(job.task_id, "policy kind does not match the request")
     expected = sign_job(job.task_id, job.policy, job.request, secret)
     if not hmac.compare_digest(expected, job.signature):

@@ -50,11 +50,18 @@ class Bus:
         subjects: Subjects | None = None,
         *,
         name: str = "taskbus",
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        open_timeout: float = 10.0,
         max_reconnect_attempts: int = -1,
     ) -> Bus:
+        """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever."""
+        connected = False
+
         async def on_error(exc: Exception) -> None:
-            logger.warning("nats error (%s): %s", name, exc)
+            if connected:
+                logger.warning("nats error (%s): %s", name, exc)
+            else:
+                logger.debug("nats connect attempt failed (%s): %s", name, exc)
 
         async def on_disconnect() -> None:
             logger.warning("nats disconnected (%s); reconnecting", name)
@@ -63,22 +70,25 @@ class Bus:
             logger.info("nats reconnected (%s)", name)
 
         try:
-            nc = await nats.connect(
-                url,
-                name=name,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=max_reconnect_attempts,
-                reconnect_time_wait=0.5,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
-            )
+            async with asyncio.timeout(open_timeout):
+                nc = await nats.connect(
+                    url,
+                    name=name,
+                    connect_timeout=connect_timeout,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=max_reconnect_attempts,
+                    reconnect_time_wait=0.5,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                )
         except Exception as exc:  # nats raises several unrelated types here
+            reason = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BusError(
-                f"cannot connect to NATS at {url}: {exc or type(exc).__name__}. "
+                f"cannot connect to NATS at {url} within {open_timeout:g}s ({reason}). "
                 "Is nats-server running? (`taskbus nats` starts one; `taskbus doctor` checks)"
             ) from None
+        connected = True
         return cls(nc, subjects or Subjects())
 
     async def close(self, *, timeout: float = 5.0) -> None:

@@ -7,6 +7,7 @@ waits until it accepts connections, and stops it with TERM, a deadline, then KIL
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from pathlib import Path
 
 from ._errors import EmbeddedServerError
@@ -47,16 +49,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def server_argv(binary: str, *, host: str, port: int, store_dir: Path, max_payload: int) -> list[str]:
-    return [
-        binary,
-        "-a", host,
-        "-p", str(port),
-        "-js",
-        "-sd", str(store_dir),
-        "--max_payload", str(max_payload),
-        "--name", f"taskbus-{port}",
-    ]
+def write_config(
+    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str
+) -> Path:
+    """A nats-server config file (some options, like max_payload, have no flag)."""
+    path.write_text(
+        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        f"server_name: {json.dumps(name)}\n"
+        f"max_payload: {max_payload}\n"
+        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
+    )
+    return path
 
 
 class EmbeddedNats:
@@ -81,6 +84,7 @@ class EmbeddedNats:
         self.stop_timeout = stop_timeout
         self.log_path = Path(log_path) if log_path else self.store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.name = f"taskbus-{self.port}-{uuid.uuid4().hex[:8]}"
 
     @property
     def url(self) -> str:
@@ -96,9 +100,15 @@ class EmbeddedNats:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
         binary = find_nats_server()
-        argv = server_argv(
-            binary, host=self.host, port=self.port, store_dir=self.store_dir, max_payload=self.max_payload
+        config = write_config(
+            self.store_dir / "nats-server.conf",
+            host=self.host,
+            port=self.port,
+            store_dir=self.store_dir,
+            max_payload=self.max_payload,
+            name=self.name,
         )
+        argv = [binary, "-c", str(config)]
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
@@ -114,13 +124,23 @@ class EmbeddedNats:
                 raise EmbeddedServerError(f"nats-server exited at start-up: {tail.strip()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2) as s:
-                    if s.recv(4).startswith(b"INFO"):
+                    if self._is_ours(s.recv(4096)):
                         logger.info("embedded nats-server on %s (pid %s)", self.url, self.process.pid)
                         return
             except OSError:
                 time.sleep(0.02)
         self.stop()
         raise EmbeddedServerError(f"nats-server did not accept connections within {self.start_timeout}s")
+
+    def _is_ours(self, greeting: bytes) -> bool:
+        """True when the INFO line comes from this process (not another server on the port)."""
+        if not greeting.startswith(b"INFO "):
+            return False
+        try:
+            info = json.loads(greeting[5:].split(b"\r\n", 1)[0])
+        except ValueError:
+            return False
+        return info.get("server_name") == self.name
 
     def stop(self) -> None:
         """TERM the process group, wait up to ``stop_timeout``, then KILL. Safe to call twice."""

@@ -313,7 +313,13 @@ PUBLIC_TYPES: tuple[type, ...] = (
     ChainHead,
 )
 
+def kind_of(request: CompleteRequest | TaskRequest) -> Literal["complete", "task"]:
+    """The job kind of a request (its tag)."""
+    return request.__struct_config__.tag  # type: ignore[return-value]
+
+
 __all__ = [
+    "kind_of",
     "Wire",
     "ChatMessage",
     "InputFile",
@@ -349,3 +355,4 @@ __all__ = [
     "SCHEMA_VERSION",
     "utcnow",
 ]
+

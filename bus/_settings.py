@@ -86,28 +86,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     claude_path: str = ""
     """Path to the Claude Code CLI; empty looks in ./.tools/claude then PATH."""
     default_cpus: PositiveFloat = 1.0
+    """CPU cores of a sandbox when the profile sets none."""
     default_memory_mb: Positive = 1024
+    """Memory limit of a sandbox (MiB, no swap) when the profile sets none."""
     default_pids: Positive = 256
+    """Process limit of a sandbox when the profile sets none."""
     default_disk_mb: Positive = 512
+    """Workspace and tmpfs size of a sandbox (MiB) when the profile sets none."""
     default_timeout_s: Positive = 600
+    """Wall-clock limit of a task (seconds) when the profile and request set none."""
     docker_warm_pool: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Pre-created Docker sandboxes kept ready per limit class (0 = off)."""
     artifact_max_bytes: Positive = 10_485_760
     """Largest single file stored as an artifact."""
     artifact_max_files: Positive = 200
+    """Most files of one task stored as artifacts."""
     # -- runner
     runner_slots: Positive = 2
     """Tasks a runner runs at once."""
     heartbeat_s: PositiveFloat = 5.0
+    """Seconds between runner heartbeats."""
     # -- server
     http_host: str = "127.0.0.1"
+    """Address the MCP Streamable HTTP server listens on."""
     http_port: Port = 8765
+    """Port of the MCP Streamable HTTP server."""
     api_key: str = ""
     """Key a stdio MCP server acts as (TASKBUS_API_KEY)."""
     # -- audit
     alert_command: str = ""
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Logging level of every taskbus process."""
 
     def __repr__(self) -> str:
         parts = []
