@@ -97,9 +97,9 @@ def e2e_settings(settings: Settings, tmp_path, require_bwrap, require_claude) ->
 
 
 @contextlib.asynccontextmanager
-async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stack]:
-    """Scripted model (echo by default; ``[script:NAME]`` markers pick a script), a real runner
-    with bwrap, and the server stack; ``stack.settings`` points at the model."""
+async def e2e_model_and_runner(settings: Settings, *, slots: int = 4) -> AsyncIterator[Settings]:
+    """Scripted model (echo by default; ``[script:NAME]`` markers pick a script) and a real
+    runner with bwrap; yields the settings pointing at that model."""
     import msgspec
 
     from sandbox import Runner
@@ -108,8 +108,15 @@ async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stac
     async with ScriptedModelServer() as model:
         settings = msgspec.structs.replace(settings, upstream_url=model.url)
         async with Runner(settings, backend="bwrap", slots=slots):
-            async with server_stack(settings) as stack:
-                yield stack
+            yield settings
+
+
+@contextlib.asynccontextmanager
+async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stack]:
+    """The model, a real runner and the server stack."""
+    async with e2e_model_and_runner(settings, slots=slots) as settings:
+        async with server_stack(settings) as stack:
+            yield stack
 
 
 @pytest.fixture

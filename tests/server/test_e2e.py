@@ -135,3 +135,82 @@ async def test_twenty_concurrent_tasks_against_a_budget_for_five_run_five_and_re
         budget = await stack.store.remaining_budget(prefix)
         assert budget.day.used_usd <= 0.25 + 1e-9
         assert budget.day.used_usd == pytest.approx(sum(r.structured_content["cost_usd"] for r in ran))
+
+
+async def _complete_and_task_over(client) -> None:
+    done = await client.call_tool("complete", {"prompt": "ping over the wire", "model": "claude-haiku-4-5"})
+    assert not done.is_error, _text(done)
+    assert "ping over the wire" in done.structured_content["text"]
+    progress: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+
+    result = await client.call_tool("run_task", {"description": WRITE_A_FILE}, progress_callback=on_progress)
+    assert not result.is_error, _text(result)
+    assert any(m.startswith("tool call Bash") for m in progress)
+    link = next(c for c in result.content if isinstance(c, types.ResourceLink))
+    assert (await client.read_resource(str(link.uri))).contents[0].text == "hello from the scripted model\n"
+
+
+async def test_complete_and_run_task_over_streamable_http(e2e_settings: Settings) -> None:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    from conftest import e2e_model_and_runner
+    from test_http import http_server
+
+    async with e2e_model_and_runner(e2e_settings) as settings:
+        from profiles import Store
+
+        async with Store.for_settings(settings) as store:
+            key = (await store.create_key("developer"))[0]
+        async with http_server(settings) as url:
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+                async with Client(streamable_http_client(url, http_client=http)) as client:
+                    await _complete_and_task_over(client)
+
+
+async def test_complete_and_run_task_over_stdio(e2e_settings: Settings) -> None:
+    from conftest import e2e_model_and_runner
+    from test_stdio import stdio_params
+
+    async with e2e_model_and_runner(e2e_settings) as settings:
+        from profiles import Store
+
+        async with Store.for_settings(settings) as store:
+            key = (await store.create_key("developer"))[0]
+        params = stdio_params(settings, key)
+        params.env["TASKBUS_UPSTREAM_URL"] = settings.upstream_url
+        async with Client(params) as client:
+            await _complete_and_task_over(client)
+
+
+async def test_a_nats_publisher_with_only_nats_py_gets_its_task_events(e2e_settings: Settings, make_e2e) -> None:
+    from test_publisher_example import _start
+
+    async with make_e2e(e2e_settings) as stack:
+        key = await stack.key("developer")
+        proc = await _start(stack.settings, key, WRITE_A_FILE)
+        async with asyncio.timeout(120):
+            out, err = await proc.communicate()
+        lines = out.decode().splitlines()
+        assert proc.returncode == 0, out.decode() + err.decode()
+        assert lines[0].startswith("accepted t_")
+        kinds = [line.split()[1] for line in lines[1:-1]]
+        assert kinds[0] == "accepted" and kinds[-1] == "finished" and "artifact" in kinds and "tool_call" in kinds
+        assert lines[-1].startswith("result: succeeded")
+
+
+async def test_a_cached_completion_is_answered_again_without_a_model_call(e2e_settings: Settings, make_e2e) -> None:
+    async with make_e2e(e2e_settings) as stack:
+        key = await stack.key("developer")
+        args = {"prompt": "cache me", "model": "claude-haiku-4-5", "temperature": 0, "cache": True}
+        async with Client(create_mcp_server(stack.dispatcher, api_key=key)) as client:
+            first = (await client.call_tool("complete", args)).structured_content
+            second = (await client.call_tool("complete", args)).structured_content
+            uncached = (await client.call_tool("complete", {**args, "cache": False})).structured_content
+        assert first["cached"] is False and first["cost_usd"] > 0
+        assert second["cached"] is True and second["cost_usd"] == 0 and second["text"] == first["text"]
+        assert uncached["cached"] is False and uncached["task_id"] != first["task_id"]
+        assert len(await stack.store.list_tasks(None)) == 2

@@ -116,3 +116,33 @@ async def test_wait_false_returns_the_task_id_at_once_and_cancel_before_start_en
         assert record.status == "cancelled" and record.cost_usd == 0
         reservation = await stack.store.get_reservation(task_id)
         assert reservation is not None and reservation.state == "settled" and reservation.actual_usd == 0
+
+
+@MODES
+async def test_a_waiting_run_task_sends_keepalive_progress_and_client_cancel_cancels_the_task(
+    settings: Settings, make_stack, mode: str
+) -> None:
+    async with make_stack(settings) as stack:
+        key = await stack.key("developer")
+        keepalives = asyncio.Event()
+        messages: list[str] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            messages.append(message or "")
+            if sum(m.startswith("working") for m in messages) >= 3:
+                keepalives.set()
+
+        server = create_mcp_server(stack.dispatcher, api_key=key, keepalive_s=0.05)
+        async with Client(server, mode=mode) as client:
+            # no runner here: the task stays queued, so only keep-alive progress arrives
+            call = asyncio.create_task(client.call_tool("run_task", {"description": "wait"}, progress_callback=on_progress))
+            async with asyncio.timeout(10):
+                await keepalives.wait()
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        (record,) = await stack.store.list_tasks(None)
+        async with asyncio.timeout(10):
+            while (record := await stack.store.get_task(record.task_id)).status != "cancelled":
+                await asyncio.sleep(0.02)
+        assert any(n.kind == "task_cancelled" and n.task_id == record.task_id for n in stack.notices)
