@@ -26,6 +26,8 @@ from ._messages import __all__ as _messages_all
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
 from ._redact import redact_obj as redact_obj
+from ._secrets import job_secret_path as job_secret_path
+from ._secrets import load_or_create_job_secret as load_or_create_job_secret
 from ._settings import ModelPrice as ModelPrice
 from ._settings import Settings as Settings
 from ._settings import settings_reference as settings_reference
@@ -40,6 +42,6 @@ __all__ = [
     "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",
-    "settings_reference", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
+    "settings_reference", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
     *_errors_all, *_messages_all,
 ]
