@@ -28,9 +28,10 @@ everything left in the cgroups; destroy removes the cgroups and the state folder
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import functools
 import logging
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -43,7 +44,7 @@ from . import _labels
 from ._exec import Execution, LineSplitter, Stream
 from ._image import find_rootfs
 from ._labels import BwrapState, new_sandbox_id
-from ._limits import Cgroups, apply_rlimits, remove_cgroup_dirs
+from ._limits import Cgroups, remove_cgroup_dirs
 from ._protocol import Sandbox, SandboxInfo
 from ._spec import HOME, PROJECT, SANDBOX_GID, SANDBOX_UID, SOCKET_MOUNT, WORKSPACE, SandboxSpec, base_env, rlimits
 
@@ -53,14 +54,14 @@ READY_TIMEOUT_S = 15.0
 HOST_NPROC = 4096
 _SKIP_ROOT = {"proc", "dev", "sys", "tmp", "run", "home", "workspace", "project", "lost+found"}
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_CAPBSET_DROP = 24
-_CAP_LAST = 63
 # nsenter needs these to join the namespaces (-r chroot) and become uid 1000.
-_NSENTER_CAPS = {2, 6, 7, 18, 19, 21}  # DAC_READ_SEARCH, SETGID, SETUID, SYS_CHROOT, SYS_PTRACE, SYS_ADMIN
+_NSENTER_CAPS = ("dac_read_search", "setgid", "setuid", "sys_chroot", "sys_ptrace", "sys_admin")
+_PRLIMIT_NAMES = {"NPROC": "nproc", "AS": "as", "FSIZE": "fsize", "NOFILE": "nofile", "CPU": "cpu", "CORE": "core"}
+_SH = "/bin/sh"
+_PRLIMIT = shutil.which("prlimit") or "/usr/bin/prlimit"
+_SETPRIV_HOST = shutil.which("setpriv") or "/usr/bin/setpriv"
 _SETPRIV = ["setpriv", "--reuid", str(SANDBOX_UID), "--regid", str(SANDBOX_GID), "--clear-groups",
             "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _privileged() -> bool:
@@ -130,30 +131,30 @@ class BwrapSandbox(Sandbox):
             # RLIMIT_NPROC counts every process of host uid 1000 (all sandboxes); the
             # pids cgroup is the per-sandbox limit, NPROC only a host-wide backstop.
             self._limits["NPROC"] = (HOST_NPROC, HOST_NPROC)
+        self._prefix = self._launcher()
 
     @property
     def oom_killed(self) -> bool:
         return self._cgroups.oom_killed()
 
-    def _preexec(self) -> None:
-        """In the child before exec: cgroups, rlimits, no-new-privileges, then uid 1000."""
-        for procs in self._cgroups.procs_files:
-            with open(procs, "w") as f:
-                f.write("0")
-        apply_rlimits(self._limits)
-        _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    def _launcher(self) -> list[str]:
+        """Host commands each exec goes through (spawned with vfork: no Python preexec):
+        sh joins the sandbox's cgroups, prlimit sets the rlimits, setpriv sets
+        no-new-privileges and a bounding set of only what nsenter needs, nsenter
+        joins the namespaces and becomes uid 1000."""
+        prefix = _join_cgroups(self._cgroups)
+        limits = [f"--{_PRLIMIT_NAMES[name]}={soft}:{hard}" for name, (soft, hard) in self._limits.items()]
+        prefix += [_PRLIMIT, *limits, _SETPRIV_HOST, "--no-new-privs"]
         if self._privileged:
-            for cap in range(_CAP_LAST + 1):
-                if cap not in _NSENTER_CAPS:
-                    _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
+            prefix += ["--bounding-set", "-all," + ",".join(f"+{c}" for c in _NSENTER_CAPS)]
+        prefix += ["--", self._nsenter, "-t", str(self._target), "-m", "-n", "-p", "-i", "-u", "-r", "-w"]
+        if self._privileged:
+            return prefix + ["-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID), "--"]
+        return prefix + ["-U", "--preserve-credentials", "--"]
 
     async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
-        cmd = [self._nsenter, "-t", str(self._target), "-m", "-n", "-p", "-i", "-u", "-r", "-w"]
-        if self._privileged:
-            cmd += ["-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID), "--"]
-        else:
-            cmd += ["-U", "--preserve-credentials", "--"]
+        cmd = list(self._prefix)
         if cwd != WORKSPACE:
             cmd += ["/usr/bin/env", "-C", cwd, "--"]
         try:
@@ -165,7 +166,6 @@ class BwrapSandbox(Sandbox):
                 stderr=asyncio.subprocess.PIPE,
                 env=full_env,
                 start_new_session=True,
-                preexec_fn=self._preexec,
             )
         except (OSError, SandboxError) as exc:
             raise SandboxError(f"cannot start {argv[0]!r} in sandbox {self.id}: {exc}") from None
@@ -266,14 +266,7 @@ class BwrapBackend:
         else:
             args = ["--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--cap-drop", "ALL"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
-        for entry in sorted(os.listdir(tree)):
-            if entry in _SKIP_ROOT:
-                continue
-            path = tree / entry
-            if path.is_symlink():
-                args += ["--symlink", os.readlink(path), f"/{entry}"]
-            elif path.is_dir():
-                args += ["--ro-bind", str(path), f"/{entry}"]
+        args += _root_binds(str(tree))
         args += ["--dir", "/run", "--dir", "/home", "--proc", "/proc"]
         args += ["--size", str(mib), "--tmpfs", "/dev"]
         for dev in _DEVICES:
@@ -305,23 +298,16 @@ class BwrapBackend:
         state = BwrapState(
             id=sid, task_id=spec.task_id, runner_id=spec.runner_id, life=_labels.life_token(), created_at=time.time(), uid=uid
         )
-        _labels.write_state(folder, state)
         cgroups = Cgroups([], False)
         try:
-            prepare_host_dirs(spec, uid, gid)
             if _privileged():
                 cgroups = Cgroups.create(sid, spec)
                 state.cgroups = [str(p) for p in cgroups.paths]
-                _labels.write_state(folder, state)
+            _labels.write_state(folder, state)
+            prepare_host_dirs(spec, uid, gid)
             args = self._args(spec, tree)
-            procs_files = cgroups.procs_files
-
-            def preexec() -> None:
-                for procs in procs_files:
-                    with open(procs, "w") as f:
-                        f.write("0")
-
             proc = await asyncio.create_subprocess_exec(
+                *_join_cgroups(cgroups),
                 bwrap,
                 *args,
                 stdin=asyncio.subprocess.PIPE,
@@ -329,13 +315,12 @@ class BwrapBackend:
                 stderr=asyncio.subprocess.PIPE,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 start_new_session=True,
-                preexec_fn=preexec if procs_files else None,
             )
             state.pid = proc.pid
             state.pid_start = _labels.process_start(proc.pid) or 0
             _labels.write_state(folder, state)
-            target = await _wait_ready(proc, sid)
-            await asyncio.to_thread(_fill_home, target, spec, uid, gid)
+            target = (await _wait_ready(proc, sid))[-1]
+            _fill_home(target, spec, uid, gid)  # a few syscalls on a fresh tmpfs
         except BaseException:
             await asyncio.shield(_cleanup_failed(state, folder, cgroups))
             raise
@@ -364,6 +349,31 @@ class BwrapBackend:
         return None
 
 
+def _join_cgroups(cgroups: Cgroups) -> list[str]:
+    """A prefix that makes the command start inside ``cgroups``: sh moves itself in
+    (v1 and v2 take "0" as "the writer") and execs the rest, so everything the
+    command starts is counted from its first instruction."""
+    if not cgroups.procs_files:
+        return []
+    joins = " && ".join(f"echo 0 > {shlex.quote(p)}" for p in cgroups.procs_files)
+    return [_SH, "-c", f'{joins} && exec "$0" "$@"']
+
+
+@functools.cache
+def _root_binds(tree: str) -> tuple[str, ...]:
+    """Read-only binds (and symlinks) of the image tree's top level; the tree never changes."""
+    args: list[str] = []
+    for entry in sorted(os.listdir(tree)):
+        if entry in _SKIP_ROOT:
+            continue
+        path = Path(tree, entry)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/{entry}"]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), f"/{entry}"]
+    return tuple(args)
+
+
 def _fill_home(target: int, spec: SandboxSpec, uid: int, gid: int) -> None:
     """Own the tmpfs home by the sandbox user and write ``spec.home_files`` into it,
     through /proc/<pid>/root before anything runs inside (nothing there to trick us)."""
@@ -388,8 +398,9 @@ def _fill_home(target: int, spec: SandboxSpec, uid: int, gid: int) -> None:
             os.close(fd)
 
 
-async def _wait_ready(proc: asyncio.subprocess.Process, sid: str) -> int:
-    """Echo a line through the sandbox's ``cat``; then find that process's host pid."""
+async def _wait_ready(proc: asyncio.subprocess.Process, sid: str) -> list[int]:
+    """Echo a line through the sandbox's ``cat``; returns the host pids bwrap, bwrap
+    (pid 1 inside), cat."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     proc.stdin.write(b"ready\n")
     try:
@@ -402,13 +413,14 @@ async def _wait_ready(proc: asyncio.subprocess.Process, sid: str) -> int:
                 raise SandboxError(f"bwrap could not start sandbox {sid}: {detail or 'exit ' + str(proc.returncode)}")
     except TimeoutError:
         raise SandboxError(f"bwrap sandbox {sid} not ready after {READY_TIMEOUT_S} s") from None
-    pid = proc.pid
+    chain = [proc.pid]
     for _ in range(2):  # outer bwrap -> bwrap as pid 1 -> cat (setpriv exec'd into it)
+        pid = chain[-1]
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         if not kids:
             raise SandboxError(f"bwrap sandbox {sid} lost its init process")
-        pid = int(kids[0])
-    return pid
+        chain.append(int(kids[0]))
+    return chain
 
 
 async def _cleanup_failed(state: BwrapState, folder: Path, cgroups: Cgroups) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import signal
 import time
+from functools import cache
 from pathlib import Path
 
 from ._spec import SandboxSpec
@@ -20,15 +20,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 PARENT = "taskbus"
 CPU_PERIOD_US = 100_000
-
-RLIMIT_IDS = {
-    "NPROC": resource.RLIMIT_NPROC,
-    "AS": resource.RLIMIT_AS,
-    "FSIZE": resource.RLIMIT_FSIZE,
-    "NOFILE": resource.RLIMIT_NOFILE,
-    "CPU": resource.RLIMIT_CPU,
-    "CORE": resource.RLIMIT_CORE,
-}
 
 
 def _is_v2() -> bool:
@@ -48,6 +39,7 @@ def _own_path(controller: str) -> str:
     return "/"
 
 
+@cache
 def _base(controller: str) -> Path | None:
     """``<mount>/<own path>/taskbus`` for a controller, or None when it is not usable."""
     mount = CGROUP_ROOT if controller == "" else CGROUP_ROOT / controller
@@ -157,7 +149,7 @@ class Cgroups:
                     pass
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     def oom_killed(self) -> bool:
         for path in self.paths:
@@ -192,7 +184,7 @@ def remove_cgroup_dirs(paths: list[Path], *, timeout: float = 5.0) -> bool:
                     left.remove(path)
         if not left or time.monotonic() > deadline:
             break
-        time.sleep(0.01)
+        time.sleep(0.002)
     return not left
 
 
@@ -202,8 +194,3 @@ def _write(path: Path, value: object) -> None:
     except OSError:
         pass  # an absent knob (e.g. memsw without swap accounting) is not fatal
 
-
-def apply_rlimits(limits: dict[str, tuple[int, int]]) -> None:
-    """setrlimit each limit in the calling process (used in a child before exec)."""
-    for name, (soft, hard) in limits.items():
-        resource.setrlimit(RLIMIT_IDS[name], (soft, hard))
