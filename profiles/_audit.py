@@ -8,6 +8,7 @@ the warning says).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from bus import AuditNotice, Bus, Settings, Subjects, TaskbusError
@@ -25,26 +26,44 @@ class NoticeBuffer:
         self.notices.append(notice)
 
 
+class _Quiet(logging.Filter):
+    """Drops the bus connection's per-attempt warnings; the caller gets one summary instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 async def publish_notices(
-    settings: Settings, notices: list[AuditNotice], *, connect_timeout: float = 3.0
+    settings: Settings, notices: list[AuditNotice], *, timeout: float = 3.0
 ) -> str | None:
-    """Publish ``notices`` (acked). Returns None on success or nothing to do, else a warning."""
+    """Publish ``notices`` (acked) within ``timeout`` seconds.
+
+    Returns None on success or when there is nothing to do, else one warning line
+    (without raising: the change is already committed).
+    """
     if not notices or not settings.nats_url:
         return None
     subjects = Subjects(settings.subject_prefix)
+    connection_logger = logging.getLogger("bus._connection")
+    quiet = _Quiet()
+    connection_logger.addFilter(quiet)
     try:
-        async with await Bus.open(
-            settings.nats_url, subjects, name="taskbus-cli", connect_timeout=connect_timeout,
-            max_reconnect_attempts=0,
-        ) as bus:
-            await bus.ensure_streams()
-            for notice in notices:
-                await bus.publish(subjects.audit(notice.kind), notice, attempts=2, timeout=connect_timeout)
+        async with asyncio.timeout(timeout):
+            bus = await Bus.open(
+                settings.nats_url, subjects, name="taskbus-cli", connect_timeout=min(2.0, timeout),
+                max_reconnect_attempts=0,
+            )
+            async with bus:
+                await bus.ensure_streams()
+                for notice in notices:
+                    await bus.publish(subjects.audit(notice.kind), notice, attempts=2, timeout=timeout / 2)
     except (TaskbusError, OSError, TimeoutError) as exc:
         kinds = ", ".join(sorted({n.kind for n in notices}))
-        logger.debug("audit publish failed: %s", exc)
+        reason = str(exc) or f"no answer within {timeout:g}s"
         return (
             f"the change is saved, but its audit notice ({kinds}) could not be published to "
-            f"{settings.nats_url}: {exc}"
+            f"{settings.nats_url}: {reason}"
         )
+    finally:
+        connection_logger.removeFilter(quiet)
     return None

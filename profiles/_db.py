@@ -148,7 +148,7 @@ async def migrate(
                     await db.execute(sql, tuple(args))
             await db.execute(f"PRAGMA user_version = {current + 1}")
             await db.execute("COMMIT")
-            logger.info("database migrated to schema version %d", current + 1)
+            logger.debug("database migrated to schema version %d", current + 1)
         except BaseException:
             try:
                 await asyncio.shield(db.execute("ROLLBACK"))

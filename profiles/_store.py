@@ -103,8 +103,9 @@ class Store:
         except BaseException:
             await asyncio.shield(db.close())
             raise
-        if before != after:
-            logger.info("%s: schema %d -> %d", self.path, before, after)
+        if before != after:  # a new file is routine; an upgrade is worth a line
+            log = logger.info if before else logger.debug
+            log("%s: schema version %d -> %d", self.path, before, after)
         self._db = db
 
     async def close(self) -> None:
