@@ -22,8 +22,7 @@ import asyncio
 import io
 import logging
 import os
-import signal
-import socket
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -32,8 +31,9 @@ from typing import Any
 from bus import SandboxError, SandboxUnavailable, Settings
 
 from . import _labels
-from ._bwrap import prepare_host_dirs
-from ._exec import Execution, LineSplitter
+from ._agent import AGENT_DIR, AGENT_SOCKET, AgentProcess, agent_command, wait_for_agent
+from ._bwrap import _pump, prepare_host_dirs
+from ._exec import Execution, Stream
 from ._image import image_tag
 from ._labels import new_sandbox_id
 from ._protocol import Sandbox, SandboxInfo
@@ -45,13 +45,16 @@ API_TIMEOUT_S = 60
 
 
 def container_config(
-    spec: SandboxSpec, *, sid: str, image: str, workspace: str, labels: dict[str, str]
+    spec: SandboxSpec, *, sid: str, image: str, workspace: str, agent_dir: str, labels: dict[str, str]
 ) -> dict[str, Any]:
     """Keyword arguments for ``containers.create`` enforcing the sandbox's limits."""
     from docker.types import Mount, Ulimit
 
     limits = rlimits(spec)
-    mounts = [Mount(WORKSPACE, workspace, type="bind", read_only=False)]
+    mounts = [
+        Mount(WORKSPACE, workspace, type="bind", read_only=False),
+        Mount(AGENT_DIR, agent_dir, type="bind", read_only=False),
+    ]
     if spec.project:
         mounts.append(Mount(PROJECT, spec.project, type="bind", read_only=True))
     if spec.socket_dir:
@@ -63,7 +66,7 @@ def container_config(
     disk = f"{spec.disk_mb}m"
     return {
         "image": image,
-        "command": ["sleep", "infinity"],
+        "command": agent_command(),
         "name": f"taskbus-{sid}",
         "hostname": "sandbox",
         "user": f"{SANDBOX_UID}:{SANDBOX_GID}",
@@ -97,11 +100,17 @@ def container_config(
 class DockerSandbox(Sandbox):
     backend = "docker"
 
-    def __init__(self, sandbox_id: str, spec: SandboxSpec, *, client: Any, container: Any, workspace: Path, pool_slot: Path | None) -> None:
+    def __init__(
+        self, sandbox_id: str, spec: SandboxSpec, *, client: Any, container: Any, workspace: Path, folder: Path, pool_slot: bool
+    ) -> None:
         super().__init__(sandbox_id, spec, workspace)
         self._client = client
         self._container = container
-        self._pool_slot = pool_slot
+        self._folder = folder
+        self._pool_slot = folder if pool_slot else None
+        # Connect through an O_PATH fd of the folder: unix socket paths are limited to 108 bytes.
+        self._agent_fd = os.open(folder / "agent", os.O_PATH | os.O_CLOEXEC)
+        self._agent_socket = f"/proc/self/fd/{self._agent_fd}/{AGENT_SOCKET}"
 
     @property
     def container_id(self) -> str:
@@ -129,27 +138,30 @@ class DockerSandbox(Sandbox):
         return False
 
     async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
-        api = self._client.api
         full_env = base_env({**self.spec.env, **(env or {})})
-
-        def start() -> tuple[str, Any]:
-            eid = api.exec_create(
-                self._container.id, argv, stdin=stdin is not None, environment=full_env, workdir=cwd, user=f"{SANDBOX_UID}:{SANDBOX_GID}"
-            )["Id"]
-            return eid, api.exec_start(eid, socket=True)
-
-        try:
-            eid, sock = await asyncio.to_thread(start)
-        except Exception as exc:
-            raise SandboxError(f"cannot start {argv[0]!r} in sandbox {self.id}: {_short(exc)}") from None
+        proc = await AgentProcess.start(self._agent_socket, argv, full_env, cwd, with_stdin=stdin is not None)
 
         async def kill_one() -> None:
-            await asyncio.to_thread(_kill_exec, api, eid)
+            proc.kill()
 
         ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
         loop = asyncio.get_running_loop()
-        ex._track(loop.create_task(asyncio.to_thread(_pump_exec, loop, api, eid, sock, stdin, ex)))
+        ex._track(loop.create_task(_pump_fd(proc.stdout, "stdout", ex)))
+        ex._track(loop.create_task(_pump_fd(proc.stderr, "stderr", ex)))
+        if proc.stdin is not None:
+            ex._track(loop.create_task(_feed_fd(proc.stdin, stdin or b"")))
+
+        async def reap() -> None:
+            ex._set_exit(await proc.wait())
+
+        ex._track(loop.create_task(reap()))
         return ex
+
+    async def wait_ready(self) -> None:
+        try:
+            await wait_for_agent(self._agent_socket)
+        except TimeoutError:
+            raise SandboxError(f"sandbox {self.id}: the container's exec agent did not start") from None
 
     async def put_home_files(self) -> None:
         if not self.spec.home_files:
@@ -184,74 +196,38 @@ class DockerSandbox(Sandbox):
                 pass
 
         await asyncio.to_thread(remove)
+        os.close(self._agent_fd)
         if self._pool_slot is not None:
             from ._pool import release_workspace
 
             await asyncio.to_thread(release_workspace, self._pool_slot, Path(self.spec.workspace))
+        else:
+            await asyncio.to_thread(shutil.rmtree, self._folder, True)
 
 
-def _kill_exec(api: Any, eid: str) -> None:
-    pid = api.exec_inspect(eid).get("Pid") or 0
-    if pid > 0:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _pump_exec(loop: asyncio.AbstractEventLoop, api: Any, eid: str, sock: Any, stdin: bytes | None, ex: Execution) -> None:
-    """Thread: feed stdin, read Docker's multiplexed frames, hand lines to the loop."""
-    from docker.utils.socket import frames_iter
-
-    raw = getattr(sock, "_sock", sock)
-
-    def call(coro: Any) -> bool:
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        while True:
-            try:
-                fut.result(timeout=1)
-                return True
-            except TimeoutError:
-                if ex._closing:
-                    fut.cancel()
-                    return False
-
-    splitters = {1: LineSplitter(), 2: LineSplitter()}
-    names = {1: "stdout", 2: "stderr"}
+async def _pump_fd(fd: int, stream: Stream, ex: Execution) -> None:
+    """Read a pipe from the agent's command line by line into the execution."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20, loop=loop)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0))
     try:
-        if stdin is not None:
-            try:
-                raw.sendall(stdin)
-            except OSError:
-                pass
-        try:
-            raw.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        for stream, data in frames_iter(sock, tty=False):
-            if stream not in splitters:
-                continue
-            for line in splitters[stream].feed(data):
-                if not call(ex._put(names[stream], line)):  # type: ignore[arg-type]
-                    return
-        for stream, splitter in splitters.items():
-            for line in splitter.flush():
-                if not call(ex._put(names[stream], line)):  # type: ignore[arg-type]
-                    return
-    except OSError:
-        pass
+        await _pump(reader, stream, ex)
     finally:
+        transport.close()
+
+
+async def _feed_fd(fd: int, data: bytes) -> None:
+    def write() -> None:
         try:
-            sock.close()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
         except OSError:
             pass
-        call(ex._eof())
-        call(ex._eof())
-        try:
-            code = api.exec_inspect(eid).get("ExitCode")
-        except Exception:
-            code = None
-        loop.call_soon_threadsafe(ex._set_exit, -9 if code is None else int(code))
+        finally:
+            os.close(fd)
+
+    await asyncio.to_thread(write)
 
 
 def _short(exc: BaseException) -> str:
@@ -302,13 +278,18 @@ class DockerBackend:
                 return sandbox
         started = time.monotonic()
         sid = new_sandbox_id()
-        await asyncio.to_thread(prepare_host_dirs, spec, SANDBOX_UID, SANDBOX_GID)
-        config = container_config(
-            spec, sid=sid, image=self.image, workspace=spec.workspace, labels=self.labels(sid=sid, task_id=spec.task_id, runner_id=spec.runner_id)
-        )
-        container = await asyncio.to_thread(_create_started, client, config)
-        sandbox = DockerSandbox(sid, spec, client=client, container=container, workspace=Path(spec.workspace), pool_slot=None)
+        folder = make_folder(_labels.sandboxes_dir(self.settings.data_path) / sid)
         try:
+            await asyncio.to_thread(prepare_host_dirs, spec, SANDBOX_UID, SANDBOX_GID)
+            labels = self.labels(sid=sid, task_id=spec.task_id, runner_id=spec.runner_id)
+            config = container_config(spec, sid=sid, image=self.image, workspace=spec.workspace, agent_dir=str(folder / "agent"), labels=labels)
+            container = await asyncio.to_thread(_create_started, client, config)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        sandbox = DockerSandbox(sid, spec, client=client, container=container, workspace=Path(spec.workspace), folder=folder, pool_slot=False)
+        try:
+            await sandbox.wait_ready()
             await sandbox.put_home_files()
         except BaseException:
             await sandbox.destroy()
@@ -373,6 +354,15 @@ class DockerBackend:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def make_folder(folder: Path) -> Path:
+    """The sandbox's host folder with ``agent/`` (the exec agent's socket, uid 1000 only)."""
+    (folder / "agent").mkdir(parents=True)
+    os.chmod(folder, 0o711)
+    os.chown(folder / "agent", SANDBOX_UID, SANDBOX_GID)
+    os.chmod(folder / "agent", 0o700)
+    return folder
 
 
 def _created(container: Any) -> float:

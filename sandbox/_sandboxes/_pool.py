@@ -72,24 +72,37 @@ class WarmPool:
         self._fillers[key] = asyncio.get_running_loop().create_task(self._fill(key, template), name="warm-pool-fill")
 
     async def _fill(self, key: PoolKey, template: SandboxSpec) -> None:
-        from ._docker import _create_started, container_config
+        from ._docker import _create_started, container_config, make_folder
 
         idle = self._idle.setdefault(key, [])
         client = await self._backend.client()
         while len(idle) < self._size and not self._closed:
             sid = _labels.new_sandbox_id()
+            creating: asyncio.Future[Any] | None = None
             folder = self._root / sid
             try:
-                (folder / "workspace").mkdir(parents=True)
+                make_folder(folder)
+                (folder / "workspace").mkdir()
                 (folder / "run").mkdir()
                 os.chown(folder / "workspace", SANDBOX_UID, SANDBOX_GID)
                 os.chmod(folder / "run", 0o755)
                 spec = _slot_spec(template, folder)
                 labels = self._backend.labels(sid=sid, task_id="pool", runner_id=template.runner_id)
                 labels[_labels.LABEL_POOL] = sid
-                config = container_config(spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), labels=labels)
-                container = await asyncio.to_thread(_create_started, client, config)
+                config = container_config(
+                    spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), agent_dir=str(folder / "agent"), labels=labels
+                )
+                creating = asyncio.ensure_future(asyncio.to_thread(_create_started, client, config))
+                container = await asyncio.shield(creating)
             except asyncio.CancelledError:
+                # The Docker call finishes in its thread anyway: remove what it made.
+                made = None
+                try:
+                    made = await creating
+                except Exception:
+                    pass
+                if made is not None:
+                    await asyncio.to_thread(_remove_slot, _Slot(sid, folder, made))
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             except Exception:
@@ -127,9 +140,10 @@ class WarmPool:
             return None
         client = await self._backend.client()
         sandbox = DockerSandbox(
-            slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", pool_slot=slot.folder
+            slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", folder=slot.folder, pool_slot=True
         )
         try:
+            await sandbox.wait_ready()
             await sandbox.put_home_files()
         except BaseException:
             await sandbox.destroy()

@@ -118,11 +118,19 @@ def reap_docker(client: object, live_runner_ids: set[str], own_runner_id: str, d
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        slot = labels.get(_labels.LABEL_POOL)
-        if slot:
-            _remove_pool_folder(data_path, slot)
+        _remove_folders(data_path, labels)
         removed += 1
     return removed
+
+
+def _remove_folders(data_path: Path, labels: dict[str, str]) -> None:
+    slot = labels.get(_labels.LABEL_POOL)
+    if slot:
+        _remove_pool_folder(data_path, slot)
+    sid = labels.get("taskbus.sandbox_id", "")
+    folder = _labels.sandboxes_dir(data_path) / sid
+    if sid.startswith("tb-") and folder.parent == _labels.sandboxes_dir(data_path):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remove_pool_folder(data_path: Path, slot: str) -> None:
@@ -152,8 +160,6 @@ def prune_docker(client: object, data_path: Path, *, everything: bool) -> int:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        slot = (container.labels or {}).get(_labels.LABEL_POOL)
-        if slot:
-            _remove_pool_folder(data_path, slot)
+        _remove_folders(data_path, container.labels or {})
         removed += 1
     return removed

@@ -1,0 +1,212 @@
+"""The exec agent: pid 1 of every Docker sandbox, so an exec costs a fork, not a ``runc exec``.
+
+It runs inside the container as the sandbox user (``python3 -I -S -c AGENT_SOURCE
+<socket>``) and listens on a unix socket in a per-sandbox host folder bound at
+/run/taskbus-agent. A request is: ``sendmsg`` of a 4-byte length with three file
+descriptors (stdin, stdout, stderr: pipes whose other ends the runner holds), then
+that many bytes of JSON ``{"argv", "env", "cwd"}``. The agent forks, the child
+starts a new session, takes the three fds as 0/1/2, chdirs and execs; the agent
+answers ``<exit code>\\n`` on the connection when the child ends (negative: killed
+by that signal). A byte from the runner (or closing the connection) SIGKILLs the
+command's process group. As pid 1 it also reaps orphans.
+
+The agent has no more rights than the commands it starts (same uid, same
+container); a command that talks to it gains nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+
+from bus import SandboxError
+
+AGENT_DIR = "/run/taskbus-agent"
+AGENT_SOCKET = "agent.sock"
+
+AGENT_SOURCE = r"""
+import json, os, selectors, signal, socket, struct, sys
+path = sys.argv[1]
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+server = socket.socket(socket.AF_UNIX)
+server.bind(path + ".new")
+os.chmod(path + ".new", 0o600)
+os.rename(path + ".new", path)
+server.listen(64)
+rfd, wfd = os.pipe()
+os.set_blocking(wfd, False)
+signal.set_wakeup_fd(wfd)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+sel = selectors.DefaultSelector()
+sel.register(server, selectors.EVENT_READ, "accept")
+sel.register(rfd, selectors.EVENT_READ, "child")
+running = {}
+def recv_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+def start(conn):
+    msg, fds, _, _ = socket.recv_fds(conn, 4, 3)
+    try:
+        if len(msg) != 4 or len(fds) != 3:
+            raise EOFError
+        req = json.loads(recv_exact(conn, struct.unpack("!I", msg)[0]))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                for i, fd in enumerate(fds):
+                    os.dup2(fd, i)
+                os.closerange(3, 65536)
+                os.chdir(req["cwd"])
+                signal.set_wakeup_fd(-1)
+                for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+                    signal.signal(s, signal.SIG_DFL)
+                os.execvpe(req["argv"][0], req["argv"], req["env"])
+            except BaseException as exc:
+                os.write(2, f"taskbus: cannot run {req['argv'][0]!r}: {exc}\n".encode())
+            os._exit(127)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    running[pid] = conn
+    sel.register(conn, selectors.EVENT_READ, pid)
+while True:
+    for key, _ in sel.select():
+        if key.data == "accept":
+            conn, _ = server.accept()
+            try:
+                start(conn)
+            except (EOFError, OSError, ValueError, KeyError):
+                conn.close()
+        elif key.data == "child":
+            os.read(rfd, 4096)
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                conn = running.pop(pid, None)
+                if conn is not None:
+                    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                    try:
+                        sel.unregister(conn)
+                    except KeyError:
+                        pass
+                    try:
+                        conn.sendall(f"{code}\n".encode())
+                    except OSError:
+                        pass
+                    conn.close()
+        else:
+            try:
+                key.fileobj.recv(16)
+            except OSError:
+                pass
+            try:
+                os.killpg(key.data, signal.SIGKILL)
+            except OSError:
+                pass
+            sel.unregister(key.fileobj)
+"""
+
+
+def agent_command() -> list[str]:
+    return ["python3", "-I", "-S", "-c", AGENT_SOURCE, f"{AGENT_DIR}/{AGENT_SOCKET}"]
+
+
+async def wait_for_agent(path: str, *, timeout: float = 15.0) -> None:
+    """Poll until the agent accepts connections (it starts with the container)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        delay = 0.001
+        while True:
+            if os.path.exists(path):
+                probe = socket.socket(socket.AF_UNIX)
+                probe.setblocking(False)
+                try:
+                    await loop.sock_connect(probe, path)
+                    return
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+class AgentProcess:
+    """Runner side of one command started through the agent."""
+
+    def __init__(self, sock: socket.socket, stdout: int, stderr: int, stdin: int | None) -> None:
+        self.sock = sock
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdin = stdin
+
+    @classmethod
+    async def start(cls, path: str, argv: list[str], env: dict[str, str], cwd: str, *, with_stdin: bool) -> AgentProcess:
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        if with_stdin:
+            in_r, in_w = os.pipe()
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY), None
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, path)
+            payload = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode()
+            sock.setblocking(True)
+            socket.send_fds(sock, [struct.pack("!I", len(payload))], [in_r, out_w, err_w])
+            sock.setblocking(False)
+            await loop.sock_sendall(sock, payload)
+        except OSError as exc:
+            sock.close()
+            for fd in (out_r, err_r, in_w):
+                if fd is not None:
+                    os.close(fd)
+            raise SandboxError(f"the sandbox's exec agent is not answering ({exc.strerror or exc}); the sandbox may have been killed") from None
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        return cls(sock, out_r, err_r, in_w)
+
+    async def wait(self) -> int:
+        """The exit code the agent reports; -9 when the sandbox died under it."""
+        loop = asyncio.get_running_loop()
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = await loop.sock_recv(self.sock, 64)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+        try:
+            return int(data.strip())
+        except ValueError:
+            return -9
+
+    def kill(self) -> None:
+        try:
+            self.sock.send(b"K")
+        except OSError:
+            pass
