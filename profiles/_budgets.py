@@ -12,6 +12,7 @@ counted per *account* (all keys of one rotation chain); concurrency and rate per
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -159,7 +160,7 @@ async def reserve(
     db: aiosqlite.Connection, key_id: str, task_id: str, amount_usd: float, now: datetime
 ) -> tuple[Reservation, bool]:
     """Reserve ``amount_usd`` for ``task_id``; (reservation, created). Same task id twice: no-op."""
-    if not isinstance(amount_usd, (int, float)) or amount_usd < 0 or amount_usd != amount_usd:
+    if not isinstance(amount_usd, (int, float)) or not math.isfinite(amount_usd) or amount_usd < 0:
         raise InvalidInput(f"reservation amount must be a non-negative number of USD (got {amount_usd!r})")
     existing = await get_reservation(db, task_id)
     if existing is not None:
@@ -210,7 +211,7 @@ async def settle(
 
     A reservation released by the stale sweep is still settled: the money was spent.
     """
-    if not isinstance(actual_usd, (int, float)) or actual_usd < 0 or actual_usd != actual_usd:
+    if not isinstance(actual_usd, (int, float)) or not math.isfinite(actual_usd) or actual_usd < 0:
         raise InvalidInput(f"actual cost must be a non-negative number of USD (got {actual_usd!r})")
     existing = await get_reservation(db, task_id)
     if existing is None:

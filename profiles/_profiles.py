@@ -20,9 +20,9 @@ import msgspec
 
 from bus import InvalidInput
 
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=4096)]
 ProfileName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 PROFILE_NAME_RULE = "1-64 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -43,7 +44,6 @@ from ._profiles import (
     parse_profiles_toml,
     profile_from_mapping,
     profile_to_mapping,
-    validate,
 )
 from ._tasks import TaskRecord
 
@@ -227,7 +227,8 @@ class Store:
         )
 
     async def create_profile(self, profile: Profile) -> Profile:
-        validate(profile)
+        # a Profile built in code skipped msgspec's constraint checks: run them now
+        profile = profile_from_mapping(profile.name, profile_to_mapping(profile))
         async with self._tx() as db:
             try:
                 await load_profile(db, profile.name)
@@ -288,7 +289,7 @@ class Store:
                 await self._write_profile(db, profile)
         for name in result.created:
             await self._emit("profile_changed", profile=name, action="created", source="apply")
-        for name, fields in result.updated.items():
+        for name in result.updated:
             await self._emit(
                 "profile_changed", profile=name, action="updated", source="apply",
                 changes=diff_profiles(existing[name], incoming[name]),
@@ -356,7 +357,7 @@ class Store:
         if (profile is None) == (key_id is None):
             raise InvalidInput("give exactly one of a profile or a key")
         for label, value in (("daily", day_usd), ("monthly", month_usd)):
-            if value is not None and (value < 0 or value != value):
+            if value is not None and (not math.isfinite(value) or value < 0):
                 raise InvalidInput(f"{label} budget must be zero or more USD (got {value})")
         if day_usd is None and month_usd is None:
             raise InvalidInput("nothing to set: give a daily and/or a monthly budget")

@@ -18,7 +18,16 @@ import msgspec
 import typer
 from rich.table import Column, Table
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    err,
+    fail,
+    load_settings,
+    out,
+    print_json,
+    run,
+)
 
 T = TypeVar("T")
 
@@ -80,27 +89,39 @@ def _usd(value: float | None) -> str:
 
 # ---------------------------------------------------------------------------- profiles
 
-ListOpt = Annotated[list[str] | None, typer.Option(help="Comma-separated or repeated; '' clears.", show_default=False)]
-IntOpt = Annotated[int | None, typer.Option(show_default=False)]
-FloatOpt = Annotated[float | None, typer.Option(show_default=False)]
-StrOpt = Annotated[str | None, typer.Option(show_default=False)]
+def _opt(help: str, *names: str) -> Any:
+    return typer.Option(*names, help=help, show_default=False)
 
 
-def _profile_fields(**given: Any) -> dict[str, Any]:
-    names = {
-        "tools": "tools", "agents": "agents", "skills": "skills", "models": "models", "kinds": "kinds",
-        "roots": "project_roots", "description": "description", "max_concurrent": "max_concurrent",
-        "cpus": "cpus", "memory_mb": "memory_mb", "pids": "pids", "disk_mb": "disk_mb",
-        "timeout": "timeout_s", "max_turns": "max_turns", "max_cost": "max_cost_per_task_usd",
-        "day": "budget_day_usd", "month": "budget_month_usd", "network": "network", "fs": "fs_access",
-        "rate_limit": "rate_limit_per_min", "cache": "cache_completions",
+ListOpt = Annotated[list[str] | None, _opt("Comma-separated or repeated; '' clears.")]
+IntOpt = Annotated[int | None, _opt("See docs/profiles.md.")]
+FloatOpt = Annotated[float | None, _opt("See docs/profiles.md.")]
+DescOpt = Annotated[str | None, _opt("For people.")]
+TimeoutOpt = Annotated[int | None, _opt("Max execution seconds.")]
+MaxCostOpt = Annotated[float | None, _opt("Max USD per task.")]
+DayOpt = Annotated[float | None, _opt("Budget USD per UTC day.")]
+MonthOpt = Annotated[float | None, _opt("Budget USD per UTC month.")]
+NetworkOpt = Annotated[str | None, _opt("none or model-api.")]
+FsOpt = Annotated[str | None, _opt("none, readonly or readwrite.")]
+RootsOpt = Annotated[list[str] | None, _opt("Allowed project root (repeat; replaces the list).", "--root")]
+RateOpt = Annotated[int | None, _opt("Requests per minute per key.")]
+CacheOpt = Annotated[bool | None, _opt("Opt in to the completion cache.", "--cache/--no-cache")]
+
+
+_RENAMED = {
+    "roots": "project_roots", "timeout": "timeout_s", "max_cost": "max_cost_per_task_usd", "day": "budget_day_usd",
+    "month": "budget_month_usd", "fs": "fs_access", "rate_limit": "rate_limit_per_min", "cache": "cache_completions",
+}
+_NOT_FIELDS = frozenset({"name", "copy_from", "json_output", "config"})
+
+
+def _profile_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The profile fields a command's options set (its ``locals()``; None = not given)."""
+    return {
+        _RENAMED.get(option, option): _split(value) if isinstance(value, list) else value
+        for option, value in options.items()
+        if option not in _NOT_FIELDS and value is not None
     }
-    fields: dict[str, Any] = {}
-    for option, value in given.items():
-        if value is None:
-            continue
-        fields[names[option]] = _split(value) if isinstance(value, list) else value
-    return fields
 
 
 def _profile_table(profiles: list[Any]) -> Table:
@@ -146,32 +167,19 @@ def profiles_show(name: str, json_output: JsonOpt = False, config: ConfigOpt = N
 @profiles_app.command("create")
 def profiles_create(
     name: str,
-    copy_from: Annotated[str | None, typer.Option("--from", help="Start from this profile's values.", show_default=False)] = None,
-    description: StrOpt = None, kinds: ListOpt = None, tools: ListOpt = None, agents: ListOpt = None,
+    copy_from: Annotated[str | None, _opt("Start from this profile's values.", "--from")] = None,
+    description: DescOpt = None, kinds: ListOpt = None, tools: ListOpt = None, agents: ListOpt = None,
     skills: ListOpt = None, models: ListOpt = None, max_concurrent: IntOpt = None, cpus: FloatOpt = None,
-    memory_mb: IntOpt = None, pids: IntOpt = None, disk_mb: IntOpt = None,
-    timeout: Annotated[int | None, typer.Option(help="Max execution seconds.", show_default=False)] = None,
-    max_turns: IntOpt = None,
-    max_cost: Annotated[float | None, typer.Option(help="Max USD per task.", show_default=False)] = None,
-    day: Annotated[float | None, typer.Option(help="Budget USD per UTC day.", show_default=False)] = None,
-    month: Annotated[float | None, typer.Option(help="Budget USD per UTC month.", show_default=False)] = None,
-    network: Annotated[str | None, typer.Option(help="none or model-api.", show_default=False)] = None,
-    fs: Annotated[str | None, typer.Option(help="none, readonly or readwrite.", show_default=False)] = None,
-    roots: Annotated[list[str] | None, typer.Option("--root", help="Allowed project root (repeat).", show_default=False)] = None,
-    rate_limit: Annotated[int | None, typer.Option(help="Requests per minute.", show_default=False)] = None,
-    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Cache completions.", show_default=False)] = None,
+    memory_mb: IntOpt = None, pids: IntOpt = None, disk_mb: IntOpt = None, timeout: TimeoutOpt = None,
+    max_turns: IntOpt = None, max_cost: MaxCostOpt = None, day: DayOpt = None, month: MonthOpt = None,
+    network: NetworkOpt = None, fs: FsOpt = None, roots: RootsOpt = None, rate_limit: RateOpt = None,
+    cache: CacheOpt = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Create a profile (unset fields take defaults; see docs/profiles.md)."""
+    fields = _profile_fields(locals())  # first statement: locals() are just the options here
     from profiles import profile_from_mapping, profile_to_mapping
-
-    fields = _profile_fields(
-        description=description, kinds=kinds, tools=tools, agents=agents, skills=skills, models=models,
-        max_concurrent=max_concurrent, cpus=cpus, memory_mb=memory_mb, pids=pids, disk_mb=disk_mb,
-        timeout=timeout, max_turns=max_turns, max_cost=max_cost, day=day, month=month, network=network,
-        fs=fs, roots=roots, rate_limit=rate_limit, cache=cache,
-    )
 
     async def action(store: Any) -> Any:
         base = profile_to_mapping(await store.get_profile(copy_from)) if copy_from else {}
@@ -187,29 +195,17 @@ def profiles_create(
 @profiles_app.command("update")
 def profiles_update(
     name: str,
-    description: StrOpt = None, kinds: ListOpt = None, tools: ListOpt = None, agents: ListOpt = None,
+    description: DescOpt = None, kinds: ListOpt = None, tools: ListOpt = None, agents: ListOpt = None,
     skills: ListOpt = None, models: ListOpt = None, max_concurrent: IntOpt = None, cpus: FloatOpt = None,
-    memory_mb: IntOpt = None, pids: IntOpt = None, disk_mb: IntOpt = None,
-    timeout: Annotated[int | None, typer.Option(help="Max execution seconds.", show_default=False)] = None,
-    max_turns: IntOpt = None,
-    max_cost: Annotated[float | None, typer.Option(help="Max USD per task.", show_default=False)] = None,
-    day: Annotated[float | None, typer.Option(help="Budget USD per UTC day.", show_default=False)] = None,
-    month: Annotated[float | None, typer.Option(help="Budget USD per UTC month.", show_default=False)] = None,
-    network: Annotated[str | None, typer.Option(help="none or model-api.", show_default=False)] = None,
-    fs: Annotated[str | None, typer.Option(help="none, readonly or readwrite.", show_default=False)] = None,
-    roots: Annotated[list[str] | None, typer.Option("--root", help="Allowed project roots (replaces the list).", show_default=False)] = None,
-    rate_limit: Annotated[int | None, typer.Option(help="Requests per minute.", show_default=False)] = None,
-    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Cache completions.", show_default=False)] = None,
+    memory_mb: IntOpt = None, pids: IntOpt = None, disk_mb: IntOpt = None, timeout: TimeoutOpt = None,
+    max_turns: IntOpt = None, max_cost: MaxCostOpt = None, day: DayOpt = None, month: MonthOpt = None,
+    network: NetworkOpt = None, fs: FsOpt = None, roots: RootsOpt = None, rate_limit: RateOpt = None,
+    cache: CacheOpt = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Change some fields of a profile (lists are replaced, not merged)."""
-    fields = _profile_fields(
-        description=description, kinds=kinds, tools=tools, agents=agents, skills=skills, models=models,
-        max_concurrent=max_concurrent, cpus=cpus, memory_mb=memory_mb, pids=pids, disk_mb=disk_mb,
-        timeout=timeout, max_turns=max_turns, max_cost=max_cost, day=day, month=month, network=network,
-        fs=fs, roots=roots, rate_limit=rate_limit, cache=cache,
-    )
+    fields = _profile_fields(locals())
     if not fields:
         fail("nothing to change: give at least one option (see `taskbus profiles update --help`)")
     profile = _with_store(config, lambda s: s.update_profile(name, **fields))
