@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import ipaddress
 import signal
-import socket
 import sys
 
 CHUNK = 65536
