@@ -240,7 +240,11 @@ async def release(db: aiosqlite.Connection, task_id: str, now: datetime) -> tupl
 
 
 async def sweep_stale(db: aiosqlite.Connection, older_than_s: float, now: datetime) -> list[str]:
-    """Release reservations still open after ``older_than_s``; returns their task ids."""
+    """Release reservations still open after ``older_than_s``; returns their task ids.
+
+    Their task rows, if still ``accepted`` or ``running``, become ``failed`` with error
+    code ``stale_reservation`` so the registry does not show them alive forever.
+    """
     if older_than_s < 0:
         raise InvalidInput(f"older_than_s must not be negative (got {older_than_s})")
     cutoff = now.timestamp() - older_than_s
@@ -252,6 +256,11 @@ async def sweep_stale(db: aiosqlite.Connection, older_than_s: float, now: dateti
     for task_id in ids:
         await db.execute(
             "UPDATE ledger SET state = 'released', actual = 0, updated_at = ? WHERE task_id = ?", (ts, task_id)
+        )
+        await db.execute(
+            "UPDATE tasks SET status = 'failed', error_code = 'stale_reservation', updated_at = ?,"
+            " finished_at = ? WHERE task_id = ? AND status IN ('accepted', 'running')",
+            (ts, ts, task_id),
         )
     await db.execute("DELETE FROM rate_events WHERE ts < ?", (ts - RATE_WINDOW_S,))
     return ids

@@ -138,6 +138,7 @@ async def test_stale_reservations_are_released_by_the_sweep_and_can_still_be_set
     await make_profile("p", budget_day_usd=2.0)
     key = await _key(store, "p")
     await store.reserve(key, "old", 2.0)
+    await store.record_task("old", key, "p", "task", 2.0)
     clock.advance(1800)
     assert await store.sweep_stale(3600) == []
 
@@ -146,6 +147,8 @@ async def test_stale_reservations_are_released_by_the_sweep_and_can_still_be_set
     assert await store.sweep_stale(3600) == ["old"]
 
     assert (await store.remaining_budget(key)).day.used_usd == 0.0
+    task = await store.get_task("old")
+    assert task.status == "failed" and task.error_code == "stale_reservation"
     late = await store.settle("old", 0.4)
     assert late.state == "settled" and late.actual_usd == 0.4
 
