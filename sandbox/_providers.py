@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -55,6 +55,7 @@ class CompletionResult:
     duration_ms: int
 
 
+@runtime_checkable
 class ModelProvider(Protocol):
     """Runs one completion under a policy; streamed text goes to ``on_delta``."""
 
