@@ -42,6 +42,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self._closed = False
+        self._state: dict[str, bool] = {"closing": False}
 
     @classmethod
     async def open(
@@ -56,6 +57,7 @@ class Bus:
     ) -> Bus:
         """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever."""
         connected = False
+        state = {"closing": False}
 
         async def on_error(exc: Exception) -> None:
             if connected:
@@ -64,7 +66,8 @@ class Bus:
                 logger.debug("nats connect attempt failed (%s): %s", name, exc)
 
         async def on_disconnect() -> None:
-            logger.warning("nats disconnected (%s); reconnecting", name)
+            if not state["closing"]:
+                logger.warning("nats disconnected (%s); reconnecting", name)
 
         async def on_reconnect() -> None:
             logger.info("nats reconnected (%s)", name)
@@ -89,12 +92,15 @@ class Bus:
                 "Is nats-server running? (`taskbus nats` starts one; `taskbus doctor` checks)"
             ) from None
         connected = True
-        return cls(nc, subjects or Subjects())
+        bus = cls(nc, subjects or Subjects())
+        bus._state = state
+        return bus
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
             return
         self._closed = True
+        self._state["closing"] = True
         try:
             async with asyncio.timeout(timeout):
                 await self.nc.drain()

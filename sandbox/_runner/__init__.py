@@ -1,0 +1,9 @@
+"""The sandbox runner: jobs from the bus, Claude Code in a sandbox, events back."""
+
+from ._claude import DENY_COMMANDS as DENY_COMMANDS
+from ._events import TaskEvents as TaskEvents
+from ._events import last_event as last_event
+from ._runner import Runner as Runner
+from ._runner import default_runner_id as default_runner_id
+
+__all__ = ["DENY_COMMANDS", "Runner", "TaskEvents", "default_runner_id", "last_event"]

@@ -1,0 +1,190 @@
+"""Driving the Claude Code CLI: its command line, the files that bind it to the policy,
+and the translation of its stream-json output into bus events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bus import Message, Policy, Security, ToolCall, ToolResult, redact, redact_obj
+
+logger = logging.getLogger(__name__)
+
+OPT_DIR = "/opt/taskbus"
+MANAGED_SETTINGS = "/etc/claude-code/managed-settings.json"
+GATEWAY_PORT = 8080
+PREVIEW_CHARS = 2000
+POLICY_MARK = "[taskbus policy: "
+
+# Commands the hook refuses even when Bash is allowed: network tools, privilege and
+# namespace changes, container control, reading other processes' environments.
+DENY_COMMANDS = [
+    {"pattern": r"(^|[\s;&|(`$])(curl|wget|nc|ncat|netcat|socat|telnet|ssh|scp|sftp|rsync|ftp)(\s|$)", "why": "network tool"},
+    {"pattern": r"/dev/(tcp|udp)/", "why": "raw network socket"},
+    {"pattern": r"(^|[\s;&|(`$])(sudo|su|doas|pkexec|chroot|nsenter|unshare|mount|umount|setcap|capsh)(\s|$)", "why": "privilege or namespace change"},
+    {"pattern": r"(^|[\s;&|(`$])(docker|podman|ctr|kubectl)(\s|$)|docker\.sock", "why": "container control"},
+    {"pattern": r"/proc/[0-9]+/(environ|mem|root)|/proc/self/(environ|mem|root)", "why": "reading process memory or environment"},
+    {"pattern": r"(^|\s)rm\s+(-[a-zA-Z]*\s+)*/(\s|$|\*)", "why": "deleting the root filesystem"},
+    {"pattern": r":\(\)\s*\{\s*:\|:&\s*\};:", "why": "fork bomb"},
+]
+
+
+def hook_source() -> bytes:
+    return resources.files(__package__).joinpath("pretooluse_hook.py").read_bytes()
+
+
+def hook_policy(policy: Policy) -> dict[str, Any]:
+    read_roots = ["/project"] if policy.fs_access != "none" and policy.project_root else []
+    return {
+        "tools": list(policy.tools),
+        "agents": list(policy.agents),
+        "skills": list(policy.skills),
+        "write_roots": ["/workspace", "/tmp"],
+        "read_roots": read_roots + ["/home/agent"],
+        "deny_commands": DENY_COMMANDS,
+    }
+
+
+def managed_settings() -> dict[str, Any]:
+    """Highest-precedence settings: the hook always runs; nothing can switch it off."""
+    return {
+        "hooks": {
+            "PreToolUse": [
+                {"matcher": "*", "hooks": [{"type": "command", "command": f"python3 {OPT_DIR}/hook.py", "timeout": 30}]}
+            ]
+        },
+        "allowManagedHooksOnly": True,
+        "disableAllHooks": False,
+        "permissions": {"disableBypassPermissionsMode": "disable"},
+        "cleanupPeriodDays": 1,
+    }
+
+
+def write_policy_files(opt_dir: Path, etc_dir: Path, policy: Policy, forwarder: bytes) -> None:
+    """Fill the folders mounted read-only at /opt/taskbus and /etc/claude-code."""
+    opt_dir.mkdir(parents=True, exist_ok=True)
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    (opt_dir / "hook.py").write_bytes(hook_source())
+    (opt_dir / "forwarder.py").write_bytes(forwarder)
+    (opt_dir / "policy.json").write_text(json.dumps(hook_policy(policy)))
+    (etc_dir / "managed-settings.json").write_text(json.dumps(managed_settings()))
+    for path in (opt_dir, etc_dir):
+        path.chmod(0o755)
+        for child in path.iterdir():
+            child.chmod(0o644)
+
+
+def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) -> list[str]:
+    """The CLI's command line; the prompt goes on stdin so no flag can swallow it."""
+    names = policy.tools if tools is None else tools
+    argv = [
+        binary,
+        "-p",
+        "--output-format=stream-json",
+        "--verbose",
+        f"--model={policy.model}",
+        f"--max-turns={policy.max_turns}",
+        "--strict-mcp-config",
+        "--no-session-persistence",
+        "--setting-sources=",
+    ]
+    if "*" not in names:
+        argv.append("--tools=" + ",".join(names))
+    if names:
+        argv.append("--allowedTools=" + ",".join(names))
+    return argv
+
+
+def claude_env(placeholder_key: str) -> dict[str, str]:
+    return {
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+        "ANTHROPIC_API_KEY": placeholder_key,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "CLAUDE_CODE_DISABLE_TERMINAL_TITLE": "1",
+        "IS_SANDBOX": "1",
+    }
+
+
+@dataclass
+class ClaudeOutcome:
+    """What the final ``result`` line said (cost comes from the gateway, not from here)."""
+
+    seen_result: bool = False
+    is_error: bool = False
+    subtype: str = ""
+    result: str = ""
+    turns: int = 0
+    denials: list[dict[str, Any]] = field(default_factory=list)
+    tool_names: dict[str, str] = field(default_factory=dict)
+
+
+def _preview(value: Any, secrets: tuple[str, ...]) -> str:
+    if isinstance(value, list):
+        value = "\n".join(
+            (block.get("text", "") if isinstance(block, dict) else str(block)) for block in value
+        )
+    text = value if isinstance(value, str) else json.dumps(value)
+    if len(text) > PREVIEW_CHARS:
+        text = text[:PREVIEW_CHARS] + f"... [{len(text) - PREVIEW_CHARS} more characters]"
+    return redact(text, secrets)
+
+
+def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[tuple[type, dict[str, Any]]]:
+    """One stream-json line -> (event type, fields) pairs. Never raises."""
+    from bus import Log
+
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return [(Log, {"line": redact(line[:PREVIEW_CHARS], secrets), "stream": "stdout"})] if line.strip() else []
+    if not isinstance(doc, dict):
+        return [(Log, {"line": redact(line[:PREVIEW_CHARS], secrets), "stream": "stdout"})]
+    kind = doc.get("type")
+    out: list[tuple[type, dict[str, Any]]] = []
+    try:
+        if kind == "system" and doc.get("subtype") == "init":
+            out.append((Log, {"stream": "runner", "line": f"claude {doc.get('claude_code_version', '?')} started: model {doc.get('model')}, tools {','.join(doc.get('tools', []))}"}))
+        elif kind == "assistant":
+            for block in (doc.get("message") or {}).get("content") or []:
+                if block.get("type") == "text" and block.get("text"):
+                    out.append((Message, {"text": redact(block["text"], secrets)}))
+                elif block.get("type") == "tool_use":
+                    outcome.tool_names[str(block.get("id"))] = str(block.get("name"))
+                    tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
+                    out.append((ToolCall, {"id": str(block.get("id")), "name": str(block.get("name")), "input": redact_obj(tool_input, secrets)}))
+        elif kind == "user":
+            content = (doc.get("message") or {}).get("content")
+            for block in content if isinstance(content, list) else []:
+                if not isinstance(block, dict) or block.get("type") != "tool_result":
+                    continue
+                output = _preview(block.get("content", ""), secrets)
+                tool_id = str(block.get("tool_use_id"))
+                out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output}))
+                if POLICY_MARK in output:
+                    kind_name = output.split(POLICY_MARK, 1)[1].split("]", 1)[0]
+                    severity = "critical" if kind_name in ("blocked_command", "path_denied") else "warning"
+                    out.append((Security, {"kind": kind_name, "severity": severity,
+                                           "detail": f"{outcome.tool_names.get(tool_id, 'tool')} call blocked: {output[:500]}"}))
+        elif kind == "result":
+            outcome.seen_result = True
+            outcome.is_error = bool(doc.get("is_error"))
+            outcome.subtype = str(doc.get("subtype", ""))
+            outcome.result = redact(str(doc.get("result") or ""), secrets)
+            outcome.turns = int(doc.get("num_turns") or 0)
+            for denial in doc.get("permission_denials") or []:
+                outcome.denials.append(denial)
+                out.append((Security, {"kind": "permission_denied", "severity": "warning",
+                                       "detail": redact(json.dumps(denial)[:500], secrets)}))
+        else:
+            out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
+    except Exception as exc:  # a surprising shape is a log line, never a crash
+        logger.debug("unexpected stream-json shape: %s", exc)
+        out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
+    return out

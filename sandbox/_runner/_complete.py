@@ -1,0 +1,43 @@
+"""Running one ``complete`` job: a metered model call, streamed as ``message`` deltas."""
+
+from __future__ import annotations
+
+import logging
+
+from bus import BudgetExceeded, CompleteRequest, Job, Message, ModelCall, Usage
+
+from .._gateway import CallRecord
+from .._providers import ModelProvider
+from ._events import TaskEvents
+from ._task import TaskOutcome
+
+logger = logging.getLogger(__name__)
+
+
+async def run_complete(job: Job, events: TaskEvents, provider: ModelProvider) -> TaskOutcome:
+    request: CompleteRequest = job.request  # type: ignore[assignment]
+    policy = job.policy
+
+    async def on_delta(text: str) -> None:
+        await events.emit(Message, text=text, delta=True)
+
+    async def on_call(record: CallRecord) -> None:
+        await events.emit(
+            ModelCall, model=record.model, usage=record.usage, cost_usd=record.cost_usd,
+            total_cost_usd=record.total_cost_usd, duration_ms=record.duration_ms,
+            status=record.status, stop_reason=record.stop_reason,
+        )
+
+    try:
+        result = await provider.complete(request, policy, on_delta=on_delta, on_call=on_call)
+    except BudgetExceeded as exc:
+        return TaskOutcome(status="budget_exceeded", reason="cost_cap", result=exc.describe(), model=policy.model)
+    return TaskOutcome(
+        status="succeeded",
+        result=result.text,
+        reason=result.stop_reason if result.stop_reason not in (None, "end_turn") else None,
+        usage=result.usage or Usage(),
+        cost_usd=result.cost_usd,
+        turns=1,
+        model=result.model,
+    )

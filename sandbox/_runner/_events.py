@@ -1,0 +1,84 @@
+"""One task's event stream: gapless ``seq`` from 1, JetStream-acked, exactly one ``finished``.
+
+The server publishes ``accepted`` as seq 1; a runner continues from the last event on the
+task's subject, so a redelivered job (after a runner died) keeps the sequence gapless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+from bus import Bus, Event, Finished, MessageDecodeError, decode_event, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+async def last_event(bus: Bus, task_id: str) -> Event | None:
+    """The newest event stored for ``task_id`` (None when there is none or it is unreadable)."""
+    try:
+        msg = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
+    except NotFoundError:
+        return None
+    try:
+        return decode_event(msg.data)
+    except MessageDecodeError:
+        logger.warning("last event of task %s does not decode; treating the task as started", task_id)
+        return None
+
+
+class TaskEvents:
+    """Publishes the events of one task. Safe to call from concurrent coroutines."""
+
+    def __init__(self, bus: Bus, task_id: str, *, next_seq: int = 1) -> None:
+        self.bus = bus
+        self.task_id = task_id
+        self.subject = bus.subjects.events(task_id)
+        self._next = next_seq
+        self._lock = asyncio.Lock()
+        self.finished: Finished | None = None
+        self.count = 0
+
+    @classmethod
+    async def resume(cls, bus: Bus, task_id: str) -> tuple[TaskEvents, Event | None]:
+        last = await last_event(bus, task_id)
+        if last is None:
+            # nothing readable: if a message exists at all we must not reuse its seq
+            try:
+                info = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
+                next_seq = int(info.seq) + 1  # fallback keeps us past whatever is there
+            except NotFoundError:
+                next_seq = 1
+            return cls(bus, task_id, next_seq=next_seq), None
+        events = cls(bus, task_id, next_seq=last.seq + 1)
+        if isinstance(last, Finished):
+            events.finished = last
+        return events, last
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    async def emit(self, event_type: type[Any], **fields: Any) -> Any:
+        """Publish one event with the next seq; returns it. Nothing after ``finished``."""
+        async with self._lock:
+            if self.finished is not None:
+                logger.debug("task %s: dropping %s after finished", self.task_id, event_type.__name__)
+                return None
+            event = event_type(task_id=self.task_id, seq=self._next, ts=utcnow(), **fields)
+            await self.bus.publish(self.subject, event, msg_id=f"{self.task_id}-{self._next}")
+            self._next += 1
+            self.count += 1
+            if isinstance(event, Finished):
+                self.finished = event
+            return event
+
+    async def finish(self, status: str, **fields: Any) -> Finished:
+        """Publish the one terminal event (idempotent: a second call returns the first)."""
+        if self.finished is not None:
+            return self.finished
+        event = await self.emit(Finished, status=status, **fields)
+        return event if event is not None else self.finished  # type: ignore[return-value]

@@ -1,0 +1,192 @@
+"""Handling one job message, from checks to ``finished`` to the ack.
+
+Order of checks, before anything runs:
+1. the payload decodes (else: ``term``, a ``security`` event and ``finished failed``
+   when the task id is known from ``Nats-Msg-Id``, else an audit notice);
+2. the task is not already finished (a redelivery after the ack was lost: just ack);
+3. the task was not started by a runner that died (``finished failed runner_lost``,
+   never a silent second run, unless the job is marked retryable);
+4. the policy signature verifies (else ``security forged_policy`` and ``finished denied``).
+The job is acked only after its ``finished`` event is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from bus import (
+    Accepted,
+    AuditNotice,
+    Bus,
+    Cancel,
+    Finished,
+    InvalidInput,
+    Job,
+    Log,
+    MessageDecodeError,
+    SandboxTimeout,
+    Security,
+    SignatureError,
+    Subjects,
+    TaskbusError,
+    check_token,
+    decode_control,
+    decode_job,
+    kind_of,
+    verify_job,
+)
+
+from ._events import TaskEvents
+from ._task import TaskOutcome
+
+logger = logging.getLogger(__name__)
+
+Execute = Callable[[Job, TaskEvents], Awaitable[TaskOutcome]]
+
+
+class JobHandler:
+    """Shared by a runner's pull loops; one ``handle`` call per job message."""
+
+    def __init__(self, bus: Bus, *, secret: str, runner_id: str, max_bytes: int, ack_wait_s: float) -> None:
+        self.bus = bus
+        self.subjects: Subjects = bus.subjects
+        self.secret = secret
+        self.runner_id = runner_id
+        self.max_bytes = max_bytes
+        self.keepalive_s = max(ack_wait_s / 3, 0.5)
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.cancel_reasons: dict[str, str] = {}
+
+    async def handle(self, msg: Msg, kind: str, execute: Execute) -> None:
+        keepalive = asyncio.create_task(self._keepalive(msg), name="job-keepalive")
+        try:
+            await self._handle(msg, kind, execute)
+        finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
+
+    async def _keepalive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive_s)
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                logger.debug("in-progress ack failed: %s", exc)
+
+    async def _handle(self, msg: Msg, kind: str, execute: Execute) -> None:
+        try:
+            job = decode_job(msg.data, max_bytes=self.max_bytes)
+            if kind_of(job.request) != kind:
+                raise MessageDecodeError(f"a {kind_of(job.request)} job on the {kind} subject", type_name="Job")
+        except MessageDecodeError as exc:
+            await self._reject_malformed(msg, exc)
+            return
+        events, last = await TaskEvents.resume(self.bus, job.task_id)
+        if isinstance(last, Finished):
+            logger.info("task %s already finished (%s); acking the redelivered job", job.task_id, last.status)
+            await msg.ack()
+            return
+        if last is not None and not isinstance(last, Accepted):
+            if not job.retryable:
+                await events.emit(Log, stream="runner", line=f"runner {self.runner_id} found this task started by a runner that stopped")
+                await events.finish("failed", reason="runner_lost",
+                                    result="the runner running this task stopped before it finished; submit it again")
+                await msg.ack()
+                return
+            await events.emit(Log, stream="runner", line="the previous runner stopped; retrying (job is retryable)")
+        try:
+            verify_job(job, self.secret)
+        except SignatureError as exc:
+            await events.emit(Security, kind="forged_policy", severity="critical", detail=str(exc))
+            await events.finish("denied", reason="bad_signature", result=f"{exc}; nothing was run")
+            await msg.ack()
+            return
+        await self._run(msg, job, events, execute)
+
+    async def _run(self, msg: Msg, job: Job, events: TaskEvents, execute: Execute) -> None:
+        started = time.monotonic()
+        control = await self.bus.nc.subscribe(self.subjects.control(job.task_id), cb=self._on_control)
+        work = asyncio.create_task(execute(job, events), name=f"task-{job.task_id}")
+        self.running[job.task_id] = work
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            reason = self.cancel_reasons.pop(job.task_id, None)
+            if reason is None:  # our own caller is being cancelled: not a task cancel
+                raise
+            outcome = TaskOutcome(status="cancelled", reason=reason, result=_cancel_text(reason), model=job.policy.model)
+        except (SandboxTimeout, TimeoutError):
+            outcome = TaskOutcome(status="timeout", reason="wall_clock", result=f"the task ran out of its {job.policy.timeout_s}s time limit")
+        except InvalidInput as exc:
+            outcome = TaskOutcome(status="failed", reason=exc.code, result=exc.describe())
+        except TaskbusError as exc:
+            logger.warning("task %s failed: %s", job.task_id, exc)
+            outcome = TaskOutcome(status="failed", reason=exc.code, result=exc.describe())
+        except Exception:
+            logger.exception("task %s crashed in the runner", job.task_id)
+            outcome = TaskOutcome(status="failed", reason="runner_error", result="the runner hit an internal error; see its log")
+        finally:
+            self.running.pop(job.task_id, None)
+            await control.unsubscribe()
+        await events.finish(
+            outcome.status, result=outcome.result, reason=outcome.reason, usage=outcome.usage,
+            cost_usd=outcome.cost_usd, duration_ms=int((time.monotonic() - started) * 1000),
+            turns=outcome.turns, model=outcome.model or job.policy.model, diff=outcome.diff,
+        )
+        await msg.ack_sync()
+        logger.info("task %s %s in %.2fs ($%.6f)", job.task_id, outcome.status, time.monotonic() - started, outcome.cost_usd)
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            command = decode_control(msg.data)
+        except MessageDecodeError as exc:
+            logger.warning("ignoring a malformed control message on %s: %s", msg.subject, exc)
+            return
+        if isinstance(command, Cancel):
+            self.cancel(command.task_id, "cancelled_by_caller")
+        if msg.reply:
+            await msg.respond(b'{"ok":true}')
+
+    def cancel(self, task_id: str, reason: str) -> bool:
+        work = self.running.get(task_id)
+        if work is None or work.done():
+            return False
+        self.cancel_reasons.setdefault(task_id, reason)
+        work.cancel()
+        return True
+
+    async def _reject_malformed(self, msg: Msg, exc: MessageDecodeError) -> None:
+        task_id = _task_id_from_headers(msg)
+        logger.warning("malformed job on %s (task %s): %s", msg.subject, task_id or "?", exc)
+        if task_id:
+            events, last = await TaskEvents.resume(self.bus, task_id)
+            if not isinstance(last, Finished):
+                await events.emit(Security, kind="malformed_job", severity="warning", detail=str(exc)[:1000])
+                await events.finish("failed", reason="malformed_job", result=exc.describe())
+        else:
+            notice = AuditNotice(kind="malformed_job", actor=f"runner:{self.runner_id}",
+                                 code=exc.code, detail={"subject": msg.subject, "error": str(exc)[:1000]})
+            await self.bus.publish(self.subjects.audit("malformed_job"), notice)
+        await msg.term()
+
+
+def _task_id_from_headers(msg: Msg) -> str | None:
+    value = (msg.headers or {}).get("Nats-Msg-Id")
+    if not value:
+        return None
+    try:
+        return check_token(value, "task id")
+    except TaskbusError:
+        return None
+
+
+def _cancel_text(reason: str) -> str:
+    if reason == "runner_shutdown":
+        return "the runner shut down before the task finished; submit it again"
+    return "the task was cancelled"

@@ -1,0 +1,301 @@
+"""The sandbox runner process: pulls jobs, runs them, reports, heartbeats, reaps.
+
+    async with Runner(settings, backend="bwrap", slots=2) as runner:
+        await runner.wait_closed()          # or: await runner.shutdown(grace_s=30)
+
+One durable pull consumer per job kind is shared by every runner (JetStream hands
+each job to one of them). ``task`` jobs use the runner's slots; ``complete`` jobs,
+which hold no sandbox, have their own larger limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from bus import (
+    JOB_KINDS,
+    Bus,
+    ConfigError,
+    Heartbeat,
+    Job,
+    Settings,
+    Subjects,
+    decode_heartbeat,
+    encode,
+    load_or_create_job_secret,
+)
+
+from .._gateway import Upstream
+from .._providers import AnthropicProvider
+from .._sandboxes import SandboxBackend, get_backend
+from ._complete import run_complete
+from ._events import TaskEvents
+from ._job import JobHandler
+from ._task import TaskOutcome, TaskRun, socket_root_for
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_CONCURRENCY = 64
+REAP_EVERY_S = 30.0
+
+
+def default_runner_id(backend: str) -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:60] or "host"
+    return f"{host}-{backend}"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taskbus")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: str | None = None,
+        slots: int | None = None,
+        runner_id: str | None = None,
+        kinds: tuple[str, ...] = JOB_KINDS,
+        complete_concurrency: int = COMPLETE_CONCURRENCY,
+    ) -> None:
+        if not settings.nats_url:
+            raise ConfigError("TASKBUS_NATS_URL", "a runner needs a NATS server; set it (`taskbus up` does this for you)")
+        self.settings = settings
+        self.backend_name = backend or settings.sandbox_backend
+        self.slots = slots or settings.runner_slots
+        self.id = runner_id or default_runner_id(self.backend_name)
+        self.kinds = kinds
+        self.subjects = Subjects(settings.subject_prefix)
+        self._task_slots = asyncio.Semaphore(self.slots)
+        self._complete_slots = asyncio.Semaphore(complete_concurrency)
+        self._stopping = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._peers: dict[str, float] = {}
+        self.bus: Bus | None = None
+        self.backend: SandboxBackend | None = None
+        self.handler: JobHandler | None = None
+        self.upstream: Upstream | None = None
+        self.provider: AnthropicProvider | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Runner:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def _start(self) -> None:
+        s = self.settings
+        self.bus = await self._stack.enter_async_context(await Bus.open(s.nats_url, self.subjects, name=f"runner-{self.id}"))
+        await self.bus.ensure_streams(events_max_age_s=s.events_max_age_days * 86_400)
+        secret = load_or_create_job_secret(s)
+        self.handler = JobHandler(self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes, ack_wait_s=s.job_ack_wait_s)
+        self.upstream = await self._stack.enter_async_context(Upstream(s))
+        self.provider = await self._stack.enter_async_context(AnthropicProvider(s, upstream=self.upstream))
+        if "task" in self.kinds:
+            self.backend = get_backend(self.backend_name, s)
+            self._stack.push_async_callback(self.backend.close)
+            await self._reap(startup=True)
+        self._run_root = run_root(s, self.id)
+        if self._run_root.exists():  # left by a previous life of this runner (its sandboxes are reaped)
+            await asyncio.to_thread(shutil.rmtree, self._run_root, True)
+        self._run_root.mkdir(parents=True, exist_ok=True)
+        self._socket_root = socket_root_for(self._run_root)
+        await asyncio.to_thread(shutil.rmtree, self._socket_root, True)
+        self._socket_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        await self.bus.nc.subscribe(self.subjects.runners_all(), cb=self._on_heartbeat)
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        for kind in self.kinds:
+            sub = await self.bus.js.pull_subscribe(
+                self.subjects.jobs(kind),  # type: ignore[arg-type]
+                durable=self.subjects.job_consumer(kind),  # type: ignore[arg-type]
+                stream=self.subjects.jobs_stream,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=s.job_ack_wait_s,
+                    max_deliver=s.job_max_deliver,
+                    max_ack_pending=-1,
+                ),
+            )
+            self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
+        self._tg.create_task(self._heartbeat_loop(), name="heartbeat")
+        if self.backend is not None:
+            self._tg.create_task(self._reap_loop(), name="reaper")
+        logger.info("runner %s ready: backend %s, %d slots, kinds %s", self.id, self.backend_name, self.slots, ",".join(self.kinds))
+
+    @property
+    def running(self) -> list[str]:
+        return sorted(self.handler.running) if self.handler else []
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def shutdown(self, *, grace_s: float = 30.0) -> None:
+        """Stop pulling; let running tasks finish for ``grace_s``; then cancel them
+        (``finished cancelled``, reason ``runner_shutdown``). Safe to call twice."""
+        if self._closed.is_set():
+            return
+        self._stopping.set()
+        if self._jobs:
+            logger.info("runner %s stopping: waiting up to %.0fs for %d job(s)", self.id, grace_s, len(self._jobs))
+            _done, pending = await asyncio.wait(set(self._jobs), timeout=grace_s)
+            if pending and self.handler:
+                for task_id in list(self.handler.running):
+                    self.handler.cancel(task_id, "runner_shutdown")
+                await asyncio.wait(pending, timeout=15)
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            for task in list(self._jobs):
+                task.cancel()
+            try:
+                await tg.__aexit__(None, None, None)
+            except BaseException:
+                logger.exception("runner %s: a background task failed at shutdown", self.id)
+        await self._stack.aclose()
+        if getattr(self, "_socket_root", None) is not None:
+            await asyncio.to_thread(shutil.rmtree, self._socket_root, True)
+        self._closed.set()
+        logger.info("runner %s stopped", self.id)
+
+    # ------------------------------------------------------------------ pulling
+    async def _pull_loop(self, sub: Any, kind: str) -> None:
+        slots = self._task_slots if kind == "task" else self._complete_slots
+        batch_max = 1 if kind == "task" else 16
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                taken = 1
+                while taken < batch_max and not slots.locked():
+                    await slots.acquire()
+                    taken += 1
+                try:
+                    msgs = await sub.fetch(batch=taken, timeout=1.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    msgs = []
+                except Exception as exc:  # reconnecting, stream briefly gone: retry
+                    logger.warning("runner %s: fetching %s jobs failed: %s", self.id, kind, exc)
+                    msgs = []
+                    await asyncio.sleep(0.5)
+                for _ in range(taken - len(msgs)):
+                    slots.release()
+                for msg in msgs:
+                    if self._stopping.is_set():
+                        await msg.nak()
+                        slots.release()
+                        continue
+                    self._spawn(msg, kind, slots)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _spawn(self, msg: Msg, kind: str, slots: asyncio.Semaphore) -> None:
+        assert self._tg is not None and self.handler is not None
+        execute = self._execute_task if kind == "task" else self._execute_complete
+
+        async def job() -> None:
+            try:
+                await self.handler.handle(msg, kind, execute)  # type: ignore[union-attr]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("runner %s: job on %s failed; it will be redelivered", self.id, msg.subject)
+            finally:
+                slots.release()
+
+        task = self._tg.create_task(job(), name=f"job-{kind}")
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _execute_task(self, job: Job, events: TaskEvents) -> TaskOutcome:
+        assert self.backend is not None and self.upstream is not None
+        run = TaskRun(self.settings, job, events, backend=self.backend, upstream=self.upstream,
+                      runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root)
+        return await run.run()
+
+    async def _execute_complete(self, job: Job, events: TaskEvents) -> TaskOutcome:
+        assert self.provider is not None
+        async with asyncio.timeout(job.policy.timeout_s):
+            return await run_complete(job, events, self.provider)
+
+    # ------------------------------------------------------------------ heartbeats and reaping
+    async def _heartbeat_loop(self) -> None:
+        assert self.bus is not None
+        while not self._stopping.is_set():
+            beat = Heartbeat(
+                runner_id=self.id, backend=self.backend_name, slots=self.slots, running=self.running,
+                version=_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
+            )
+            with contextlib.suppress(Exception):
+                await self.bus.nc.publish(self.subjects.runner(self.id), encode(beat))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_s):
+                    await self._stopping.wait()
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = decode_heartbeat(msg.data)
+        except Exception:
+            return
+        self._peers[beat.runner_id] = time.monotonic()
+
+    def live_runners(self) -> set[str]:
+        horizon = time.monotonic() - 3 * self.settings.heartbeat_s
+        return {rid for rid, seen in self._peers.items() if seen >= horizon} | {self.id}
+
+    async def _reap(self, *, startup: bool = False) -> None:
+        assert self.backend is not None
+        try:
+            if startup:  # peers unknown yet: only our own previous life
+                owners = {info.runner_id for info in await self.backend.list()}
+                live = owners | {self.id}
+            else:
+                live = self.live_runners()
+            removed = await self.backend.reap(live, self.id)
+            if removed:
+                logger.info("runner %s reaped %d orphaned sandbox(es)", self.id, removed)
+        except Exception as exc:
+            logger.warning("runner %s: reaping failed: %s", self.id, exc)
+
+    async def _reap_loop(self) -> None:
+        # wait long enough to have heard every live peer's heartbeat before judging
+        warmup = max(3 * self.settings.heartbeat_s, 1.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(warmup):
+                await self._stopping.wait()
+        while not self._stopping.is_set():
+            await self._reap()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REAP_EVERY_S):
+                    await self._stopping.wait()
+
+
+def run_root(settings: Settings, runner_id: str) -> Path:
+    return settings.data_path / "runs" / runner_id

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""taskbus PreToolUse hook for Claude Code, run inside the sandbox (stdlib only).
+
+Mounted read-only at /opt/taskbus/hook.py with the task's rules in
+/opt/taskbus/policy.json, and registered in the read-only managed settings, so the
+agent can neither edit nor bypass it. Reads the hook event (JSON) on stdin; to block a
+call it prints a reason on stderr and exits 2. Every reason starts with
+``[taskbus policy: <kind>]`` so the runner can turn the blocked call into a
+``security`` event.
+"""
+
+import json
+import os
+import re
+import sys
+
+POLICY_PATH = "/opt/taskbus/policy.json"
+PATH_KEYS = {
+    "Read": ("file_path", "read"),
+    "Write": ("file_path", "write"),
+    "Edit": ("file_path", "write"),
+    "MultiEdit": ("file_path", "write"),
+    "NotebookEdit": ("notebook_path", "write"),
+    "Glob": ("path", "read"),
+    "Grep": ("path", "read"),
+    "LS": ("path", "read"),
+}
+AGENT_TOOLS = ("Task", "Agent")
+
+
+def block(kind, detail):
+    sys.stderr.write("[taskbus policy: %s] %s\n" % (kind, detail))
+    sys.exit(2)
+
+
+def within(path, roots):
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def check_path(policy, tool, tool_input, cwd):
+    key, mode = PATH_KEYS[tool]
+    raw = tool_input.get(key)
+    if not raw:
+        return
+    if not isinstance(raw, str):
+        block("path_denied", "%s: %s must be a string" % (tool, key))
+    path = os.path.realpath(os.path.join(cwd or "/workspace", raw))
+    writable = policy.get("write_roots", [])
+    readable = writable + policy.get("read_roots", [])
+    if mode == "write" and not within(path, writable):
+        block("path_denied", "%s may not write %s: only %s are writable" % (tool, path, ", ".join(writable)))
+    if mode == "read" and not within(path, readable):
+        block("path_denied", "%s may not read %s: only %s are readable" % (tool, path, ", ".join(readable)))
+
+
+def check_command(policy, command):
+    for rule in policy.get("deny_commands", []):
+        if re.search(rule["pattern"], command):
+            block("blocked_command", "command refused (%s): %s" % (rule["why"], command[:300]))
+
+
+def allowed(name, names):
+    return "*" in names or name in names
+
+
+def main():
+    try:
+        event = json.load(sys.stdin)
+        with open(POLICY_PATH) as f:
+            policy = json.load(f)
+    except Exception as exc:  # fail closed
+        block("hook_error", "cannot read the hook input or policy: %s" % exc)
+    tool = event.get("tool_name") or ""
+    tool_input = event.get("tool_input") or {}
+    if not allowed(tool, policy.get("tools", [])):
+        block("tool_denied", "tool %s is not allowed for this task (allowed: %s)" % (tool, ", ".join(policy.get("tools", [])) or "none"))
+    if tool in PATH_KEYS:
+        check_path(policy, tool, tool_input, event.get("cwd"))
+    if tool == "Bash":
+        check_command(policy, str(tool_input.get("command", "")))
+    if tool in AGENT_TOOLS:
+        agent = tool_input.get("subagent_type") or "general-purpose"
+        if not allowed(agent, policy.get("agents", [])):
+            block("agent_denied", "agent %s is not allowed for this task" % agent)
+    if tool == "Skill":
+        skill = tool_input.get("skill") or tool_input.get("name") or ""
+        if not allowed(skill, policy.get("skills", [])):
+            block("skill_denied", "skill %s is not allowed for this task" % skill)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

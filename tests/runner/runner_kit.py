@@ -1,0 +1,74 @@
+"""Helpers for runner tests: the scripted model as upstream, signed jobs, following events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import bus
+from bus import Bus, Event, Finished, Settings
+from sandbox import ScriptedModelServer
+
+
+@contextlib.asynccontextmanager
+async def scripted_model(settings: Settings, tmp_path: Path, *, api_key: str | None = None) -> AsyncIterator[tuple[Settings, ScriptedModelServer]]:
+    """A scripted model server, and settings whose upstream is it (with the real key, if any)."""
+    async with ScriptedModelServer(log_path=tmp_path / "model-requests.jsonl", required_api_key=api_key) as model:
+        yield msgspec.structs.replace(settings, upstream_url=model.url, upstream_api_key=api_key or "scripted-model-key"), model
+
+
+def make_job(
+    settings: Settings,
+    request: bus.TaskRequest | bus.CompleteRequest,
+    *,
+    task_id: str | None = None,
+    secret: str | None = None,
+    **policy: Any,
+) -> bus.Job:
+    task_id = task_id or bus.new_task_id()
+    kind = bus.kind_of(request)
+    defaults: dict[str, Any] = dict(
+        task_id=task_id, kind=kind, key_id="tb_test", profile="test", model="claude-sonnet-4-6",
+        models=["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
+        tools=["Bash", "Read", "Write", "Edit", "Glob", "Grep"], max_cost_usd=5.0, timeout_s=120,
+        memory_mb=1024, pids=512, disk_mb=256, max_turns=20,
+    )
+    defaults.update(policy)
+    pol = bus.Policy(**defaults)
+    signature = bus.sign_job(task_id, pol, request, secret if secret is not None else settings.job_secret)
+    return bus.Job(task_id=task_id, policy=pol, request=request, signature=signature)
+
+
+async def submit(b: Bus, job: bus.Job, *, accepted: bool = True) -> None:
+    """Publish like the server does: ``accepted`` as seq 1, then the job."""
+    if accepted:
+        await b.publish(b.subjects.events(job.task_id), bus.Accepted(
+            task_id=job.task_id, seq=1, ts=bus.utcnow(), kind=job.policy.kind, key_id=job.policy.key_id,
+            profile=job.policy.profile, model=job.policy.model), msg_id=f"{job.task_id}-1")
+    await b.publish(b.subjects.jobs(job.policy.kind), job, msg_id=job.task_id)
+
+
+async def follow(b: Bus, task_id: str, *, timeout: float = 120) -> list[Event]:
+    """Every event of the task from seq 1 until ``finished``."""
+    from nats.js.api import DeliverPolicy
+
+    sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    events: list[Event] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not events or not isinstance(events[-1], Finished):
+                msg = await sub.next_msg(timeout=timeout)
+                events.append(bus.decode_event(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return events
+
+
+def assert_gapless(events: list[Event]) -> None:
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sum(isinstance(e, Finished) for e in events) == 1 and isinstance(events[-1], Finished)
