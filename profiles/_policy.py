@@ -14,6 +14,7 @@ The result is the intersection of what the request asks and what the profile gra
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from datetime import datetime
 from fnmatch import fnmatchcase
 
@@ -82,22 +83,36 @@ def model_allowed(profile: Profile, model: str) -> bool:
     return "*" in profile.models or model in profile.models
 
 
-def _project(profile: Profile, project: str | None) -> str | None:
+def _normal(path: str) -> str:
+    path = posixpath.normpath(path)
+    return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
+def _under_roots(profile: Profile, path: str) -> bool:
+    for root in profile.project_roots:
+        root_n = _normal(root)
+        if root_n == "/" or path == root_n or path.startswith(root_n.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _project(profile: Profile, project: str | None, realpath: Callable[[str], str] | None) -> str | None:
     if project is None:
         return None
     if profile.fs_access == "none":
         raise _deny(profile, f"filesystem access (project {project!r})", "fs_access")
     if not project.startswith("/"):
         raise InvalidInput(f"project {project!r} must be an absolute path", field="project")
-    path = posixpath.normpath(project)
-    if path.startswith("//"):
-        path = "/" + path.lstrip("/")
-    for root in profile.project_roots:
-        root_n = posixpath.normpath(root)
-        if root_n == "/" or path == root_n or path.startswith(root_n.rstrip("/") + "/"):
-            return path
     roots = ", ".join(profile.project_roots) or "none configured"
-    raise _deny(profile, f"project root {path!r} (allowed roots: {roots})", "project_roots")
+    path = _normal(project)
+    if not _under_roots(profile, path):
+        raise _deny(profile, f"project root {path!r} (allowed roots: {roots})", "project_roots")
+    if realpath is not None:  # symlinks must not lead out of the roots
+        real = _normal(realpath(path))
+        if not _under_roots(profile, real):
+            raise _deny(profile, f"project root {path!r}: it resolves to {real!r} (allowed roots: {roots})", "project_roots")
+        path = real
+    return path
 
 
 def resolve_policy(
@@ -111,6 +126,7 @@ def resolve_policy(
     routing_reason: str = "",
     budget_remaining: float | None = None,
     issued_at: datetime | None = None,
+    realpath: Callable[[str], str] | None = None,
 ) -> Policy:
     """The Policy for one task, or PolicyDenied naming what the profile does not grant.
 
@@ -171,7 +187,7 @@ def resolve_policy(
         timeout_s=timeout,
         max_turns=turns,
         fs_access=profile.fs_access if request.project is not None else "none",
-        project_root=_project(profile, request.project),
+        project_root=_project(profile, request.project, realpath),
     )
 
 

@@ -122,3 +122,21 @@ def test_a_profile_without_task_kind_denies_run_task_but_allows_complete():
     with pytest.raises(PolicyDenied, match="does not allow run_task"):
         resolve(profile, TaskRequest(description="x"))
     assert resolve(profile, CompleteRequest(prompt="x")).kind == "complete"
+
+
+def test_a_symlink_out_of_the_allowed_roots_is_denied_when_paths_are_resolved(tmp_path):
+    import os
+
+    root = tmp_path / "projects"
+    (root / "app").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (root / "escape").symlink_to(tmp_path / "secret")
+    profile = profile_from_mapping(
+        "p", {"models": ["claude-haiku-4-5"], "fs_access": "readonly", "project_roots": [str(root)]}
+    )
+
+    policy = resolve(profile, TaskRequest(description="x", project=str(root / "app")), realpath=os.path.realpath)
+    assert policy.project_root == os.path.realpath(root / "app")
+    assert resolve(profile, TaskRequest(description="x", project=str(root / "escape"))).project_root  # lexical only
+    with pytest.raises(PolicyDenied, match="resolves to"):
+        resolve(profile, TaskRequest(description="x", project=str(root / "escape")), realpath=os.path.realpath)
