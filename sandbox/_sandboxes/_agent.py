@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import struct
+from pathlib import Path
 
 from bus import SandboxError
 
@@ -128,9 +129,19 @@ def agent_command() -> list[str]:
     return ["python3", "-I", "-S", "-c", AGENT_SOURCE, f"{AGENT_DIR}/{AGENT_SOCKET}"]
 
 
-async def wait_for_agent(path: str, *, timeout: float = 15.0) -> None:
-    """Poll until the agent accepts connections (it starts with the container)."""
+async def wait_for_agent(folder: Path, *, timeout: float = 15.0) -> None:
+    """Poll until the agent in the sandbox whose host folder is ``folder`` accepts
+    connections (it starts with the container). Raises TimeoutError."""
     loop = asyncio.get_running_loop()
+    fd = os.open(folder / "agent", os.O_PATH | os.O_CLOEXEC)
+    path = f"/proc/self/fd/{fd}/{AGENT_SOCKET}"  # unix socket paths are limited to 108 bytes
+    try:
+        await _poll_connect(loop, path, timeout)
+    finally:
+        os.close(fd)
+
+
+async def _poll_connect(loop: asyncio.AbstractEventLoop, path: str, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         delay = 0.001
         while True:

@@ -63,6 +63,7 @@ class WarmPool:
         self._full: dict[PoolKey, asyncio.Event] = {}
         self._root = _labels.sandboxes_dir(backend.settings.data_path) / "pool"
         self._closed = False
+        self._removals: set[asyncio.Task[None]] = set()
 
     def _ensure_filler(self, key: PoolKey, template: SandboxSpec) -> None:
         task = self._fillers.get(key)
@@ -72,6 +73,7 @@ class WarmPool:
         self._fillers[key] = asyncio.get_running_loop().create_task(self._fill(key, template), name="warm-pool-fill")
 
     async def _fill(self, key: PoolKey, template: SandboxSpec) -> None:
+        from ._agent import wait_for_agent
         from ._docker import _create_started, container_config, make_folder
 
         idle = self._idle.setdefault(key, [])
@@ -94,6 +96,7 @@ class WarmPool:
                 )
                 creating = asyncio.ensure_future(asyncio.to_thread(_create_started, client, config))
                 container = await asyncio.shield(creating)
+                await wait_for_agent(folder)
             except asyncio.CancelledError:
                 # The Docker call finishes in its thread anyway: remove what it made.
                 made = None
@@ -142,6 +145,7 @@ class WarmPool:
         sandbox = DockerSandbox(
             slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", folder=slot.folder, pool_slot=True
         )
+        sandbox._remover = self._remove_later
         try:
             await sandbox.wait_ready()
             await sandbox.put_home_files()
@@ -152,8 +156,15 @@ class WarmPool:
         logger.info("sandbox %s (docker pool, task %s) ready in %.0f ms", slot.sid, spec.task_id, (time.monotonic() - started) * 1000)
         return sandbox
 
+    def _remove_later(self, container: Any) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(_remove_container, container), name="warm-pool-remove")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
     async def close(self) -> None:
         self._closed = True
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
         for task in self._fillers.values():
             task.cancel()
         for task in self._fillers.values():
@@ -201,6 +212,13 @@ def release_workspace(folder: Path, workspace: Path) -> None:
                 continue
             shutil.move(str(entry), str(dest))
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_container(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except Exception as exc:
+        logger.debug("removing %s: %s", container.short_id, exc)
 
 
 def _remove_slot(slot: _Slot) -> None:
