@@ -66,11 +66,12 @@ class ClientGone(ConnectionError):
 class Responder:
     """Sends one response: ``start`` + ``send``* + ``end``, or ``full``."""
 
-    __slots__ = ("_conn", "_writer", "started", "finished")
+    __slots__ = ("_conn", "_writer", "_head", "started", "finished")
 
-    def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter, *, head: bool = False) -> None:
         self._conn = conn
         self._writer = writer
+        self._head = head
         self.started = False
         self.finished = False
 
@@ -86,7 +87,7 @@ class Responder:
         await self._write(self._conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b"")
 
     async def send(self, chunk: bytes) -> None:
-        if chunk:
+        if chunk and not self._head:
             await self._write(self._conn.send(h11.Data(data=chunk)) or b"")
 
     async def end(self) -> None:
@@ -97,7 +98,7 @@ class Responder:
         headers = [*headers, ("content-length", str(len(body)))]
         self.started = True
         data = self._conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
-        if body:
+        if body and not self._head:
             data += self._conn.send(h11.Data(data=body)) or b""
         data += self._conn.send(h11.EndOfMessage()) or b""
         self.finished = True
@@ -258,7 +259,7 @@ class UnixHttpServer:
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers],
                 body=bytes(body),
             )
-            responder = Responder(conn, writer)
+            responder = Responder(conn, writer, head=request.method == "HEAD")
             try:
                 await self._handler(request, responder)
             except (asyncio.CancelledError, ClientGone):

@@ -84,6 +84,8 @@ class Meter:
         self.spent_pusd = 0
         self.reserved_pusd = 0
         self.calls = 0
+        self.refusals = 0
+        """Calls refused because the cap was reached."""
         self.usage = Usage()
         self.exhausted = False
         self._settled = asyncio.Condition()
@@ -137,6 +139,7 @@ class Meter:
                     worst_pusd=worst,
                 )
         self.exhausted = True
+        self.refusals += 1
         need = input_cost + self.min_output_tokens * rates.output
         raise BudgetExceeded(
             f"the cost cap of this task (${self.cap_usd:.6f}) is reached: ${self.spent_usd:.6f} "

@@ -2,8 +2,9 @@
 
 Routes: ``POST /v1/messages`` (JSON or SSE, ``?beta=true`` accepted) is metered and
 capped; ``POST /v1/messages/count_tokens`` is forwarded after the same model check and
-tool filter (it is free, so not metered); everything else is a 404 in the Anthropic
-error shape.
+tool filter (it is free, so not metered); ``HEAD /`` and ``GET /`` answer 200 ``{}``
+without going upstream (Claude Code checks that its base URL is reachable); everything
+else is a 404 in the Anthropic error shape.
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ class GatewayHandler:
         return all(hmac.compare_digest(v.encode(), self._placeholder) for v in presented)
 
     async def __call__(self, request: HttpRequest, response: Responder) -> None:
+        if request.path == "/" and request.method in ("GET", "HEAD"):  # Claude Code's reachability check
+            await response.full(200, [_JSON], b"{}")
+            return
         if request.path not in (MESSAGES, COUNT_TOKENS) or request.method != "POST":
             await response.full(
                 404, *anthropic_error(404, f"{request.method} {request.path}: not served by the taskbus model gateway")
