@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ._chain import latest_checkpoint, row_hash
 from ._db import GENESIS
+from ._errors import AuditError
 from ._rows import Prepared, prepare
 
 logger = logging.getLogger(__name__)
@@ -55,17 +56,31 @@ class BatchResult:
     notable: list[Notable] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
+class PreparedBatch:
+    """Rows of one batch, chained and ready to insert (the output of ``Writer.prepare``)."""
+
+    rows: list[tuple[object, ...]]
+    fts: list[tuple[int, str]]
+    new_keys: list[tuple[str, str]]
+    last_seq: dict[str, int]
+    result: BatchResult
+
+
 class Writer:
-    """Owns the write side of one audit database connection."""
+    """Owns the write side of one audit database connection.
+
+    ``write_batch`` = ``prepare`` (decode, redact, chain: Python) then ``commit`` (SQLite).
+    They are separate steps so each can be measured (benchmarks/bench_audit.py); running
+    them in two threads was tried and is slower (GIL hand-offs on every row). A failed
+    commit leaves the writer unusable (its chain went past what is stored): make a new one.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         row = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-        if row:
-            self.head_id, self.head_hash = int(row[0]), str(row[1])
-        else:
-            self.head_id, self.head_hash = latest_checkpoint(conn)
-        self.head: tuple[int, str] = (self.head_id, self.head_hash)
+        head = (int(row[0]), str(row[1])) if row else latest_checkpoint(conn)
+        self.head: tuple[int, str] = head
         """(row, hash) of the last committed row, replaced as one value (read from other threads)."""
         self.last_seq: dict[str, int] = {
             stream: int(seq)
@@ -74,16 +89,27 @@ class Writer:
         for name, value in conn.execute("SELECT name, value FROM meta WHERE name LIKE 'last_seq:%'"):
             stream = name.split(":", 1)[1]
             self.last_seq[stream] = max(self.last_seq.get(stream, 0), int(value))
+        self._next_head = head
+        self._next_seq = dict(self.last_seq)
         self._keys: dict[str, str | None] = {}
+        self._reader = _reader_for(conn)
+        self._broken = False
+
+    @property
+    def head_id(self) -> int:
+        return self.head[0]
+
+    @property
+    def head_hash(self) -> str:
+        return self.head[1]
+
+    def close(self) -> None:
+        self._reader.close()
 
     def _key_for(self, task_id: str | None) -> str | None:
         if task_id is None:
             return None
-        try:
-            return self._keys[task_id]
-        except KeyError:
-            pass
-        row = self.conn.execute("SELECT key_id FROM task_keys WHERE task_id = ?", (task_id,)).fetchone()
+        row = self._reader.execute("SELECT key_id FROM task_keys WHERE task_id = ?", (task_id,)).fetchone()
         if len(self._keys) >= _CACHE_LIMIT:
             self._keys.clear()
         key = self._keys[task_id] = row[0] if row else None
@@ -91,13 +117,19 @@ class Writer:
 
     def write_batch(self, batch: list[Incoming]) -> BatchResult:
         """Store every new message of ``batch`` in one transaction; return what was stored."""
+        return self.commit(self.prepare(batch))
+
+    def prepare(self, batch: list[Incoming]) -> PreparedBatch:
+        if self._broken:
+            raise AuditError("the audit writer failed to commit a batch; restart it")
         result = BatchResult()
         rows: list[tuple[object, ...]] = []
         fts: list[tuple[int, str]] = []
         new_keys: list[tuple[str, str]] = []
-        head_id, head_hash = self.head_id, self.head_hash
-        last_seq = dict(self.last_seq)
+        head_id, head_hash = self._next_head
+        last_seq = self._next_seq
         keys = self._keys
+        notable = result.notable
         for stream, stream_seq, subject, data in batch:
             if stream_seq <= last_seq.get(stream, 0):
                 result.duplicates += 1
@@ -119,40 +151,53 @@ class Writer:
             if p.type in NOTABLE_TYPES:
                 if p.type == "malformed":
                     result.malformed += 1
-                result.notable.append(Notable(
+                notable.append(Notable(
                     row=head_id, type=p.type, kind=p.kind, task_id=p.task_id, key_id=key_id,
                     ts_us=p.ts_us, severity=p.severity, detail=p.detail,
                 ))
-        if rows or last_seq != self.last_seq:
-            self._commit(rows, fts, new_keys, head_id, head_hash, last_seq)
-        self.head_id, self.head_hash, self.last_seq = head_id, head_hash, last_seq
-        self.head = (head_id, head_hash)
+        self._next_head = (head_id, head_hash)
         result.stored, result.head_id, result.head_hash = len(rows), head_id, head_hash
+        return PreparedBatch(rows=rows, fts=fts, new_keys=new_keys, last_seq=dict(last_seq), result=result)
+
+    def commit(self, batch: PreparedBatch) -> BatchResult:
+        """Write one prepared batch in one transaction."""
+        result = batch.result
+        if batch.rows or batch.last_seq != self.last_seq:
+            try:
+                self._commit(batch)
+            except BaseException:
+                self._broken = True
+                for task_id, _ in batch.new_keys:
+                    self._keys.pop(task_id, None)
+                raise
+        self.last_seq = batch.last_seq
+        self.head = (result.head_id, result.head_hash)
         return result
 
-    def _commit(
-        self,
-        rows: list[tuple[object, ...]],
-        fts: list[tuple[int, str]],
-        new_keys: list[tuple[str, str]],
-        head_id: int,
-        head_hash: str,
-        last_seq: dict[str, int],
-    ) -> None:
+    def _commit(self, batch: PreparedBatch) -> None:
         conn = self.conn
+        result = batch.result
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
-            if fts:
-                conn.executemany("INSERT INTO audit_fts (rowid, text) VALUES (?, ?)", fts)
-            if new_keys:
-                conn.executemany("INSERT OR REPLACE INTO task_keys (task_id, key_id) VALUES (?, ?)", new_keys)
-            meta = [("head_id", str(head_id)), ("head_hash", head_hash)]
-            meta += [(f"last_seq:{s}", str(v)) for s, v in last_seq.items()]
+            conn.executemany(_INSERT, batch.rows)
+            if batch.fts:
+                conn.executemany("INSERT INTO audit_fts (rowid, text) VALUES (?, ?)", batch.fts)
+            if batch.new_keys:
+                conn.executemany("INSERT OR REPLACE INTO task_keys (task_id, key_id) VALUES (?, ?)", batch.new_keys)
+            meta = [("head_id", str(result.head_id)), ("head_hash", result.head_hash)]
+            meta += [(f"last_seq:{s}", str(v)) for s, v in batch.last_seq.items()]
             conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            for task_id, _ in new_keys:  # the cache must not outlive a rolled-back batch
-                self._keys.pop(task_id, None)
             raise
+
+
+def _reader_for(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """A second connection to the same file for lookups while a commit runs in another thread."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    if not path:  # in-memory database: share the connection
+        return conn
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    reader.execute("PRAGMA query_only = ON")
+    return reader

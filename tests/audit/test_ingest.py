@@ -129,3 +129,17 @@ async def test_chain_head_is_published_with_the_last_row_and_hash(bus: Bus, sett
     finally:
         await w.close()
         await sub.unsubscribe()
+
+
+async def test_stream_sequence_is_read_from_the_ack_subject_like_nats_metadata(bus: Bus):
+    from server._audit._pull import stream_seq
+
+    task_id = new_task_id()
+    for ev in every_event(task_id)[:3]:
+        await bus.publish(bus.subjects.events(task_id), ev)
+    psub = await bus.js.pull_subscribe(bus.subjects.events(task_id), stream=bus.subjects.events_stream)
+    try:
+        msgs = await psub.fetch(3, timeout=5)
+        assert [stream_seq(m) for m in msgs] == [m.metadata.sequence.stream for m in msgs] == [1, 2, 3]
+    finally:
+        await psub.unsubscribe()
