@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    err,
+    fail,
+    load_settings,
+    out,
+    print_json,
+    run,
+)
 
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="bwrap or docker (default: TASKBUS_SANDBOX_BACKEND).")]
 

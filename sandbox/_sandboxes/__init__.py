@@ -16,9 +16,9 @@ from bus import InvalidInput, Settings
 
 from ._bwrap import BwrapBackend as BwrapBackend
 from ._bwrap import BwrapSandbox as BwrapSandbox
-from ._doctor import doctor_checks as doctor_checks
 from ._docker import DockerBackend as DockerBackend
 from ._docker import DockerSandbox as DockerSandbox
+from ._doctor import doctor_checks as doctor_checks
 from ._exec import ExecResult as ExecResult
 from ._exec import Execution as Execution
 from ._image import ImageInfo as ImageInfo

@@ -34,19 +34,29 @@ import os
 import shlex
 import shutil
 import signal
-import stat
 import time
 from pathlib import Path
 
 from bus import SandboxError, SandboxUnavailable, Settings
 
 from . import _labels
-from ._exec import Execution, LineSplitter, Stream
+from ._exec import Execution
+from ._host import feed_stdin, prepare_host_dirs, pump
 from ._image import find_rootfs
 from ._labels import BwrapState, new_sandbox_id
 from ._limits import Cgroups, remove_cgroup_dirs
 from ._protocol import Sandbox, SandboxInfo
-from ._spec import HOME, PROJECT, SANDBOX_GID, SANDBOX_UID, SOCKET_MOUNT, WORKSPACE, SandboxSpec, base_env, rlimits
+from ._spec import (
+    HOME,
+    PROJECT,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    SOCKET_MOUNT,
+    WORKSPACE,
+    SandboxSpec,
+    base_env,
+    rlimits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,33 +83,6 @@ def _host_ids() -> tuple[int, int]:
     if os.geteuid() == 0:
         return SANDBOX_UID, SANDBOX_GID
     return os.getuid(), os.getgid()
-
-
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    if os.geteuid() != 0:
-        return
-    os.chown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
-            except OSError:
-                pass
-
-
-def prepare_host_dirs(spec: SandboxSpec, uid: int, gid: int) -> None:
-    """Workspace owned by the sandbox user; gateway sockets connectable by it."""
-    workspace = Path(spec.workspace)
-    workspace.mkdir(parents=True, exist_ok=True)
-    _chown_tree(workspace, uid, gid)
-    if spec.socket_dir:
-        folder = Path(spec.socket_dir)
-        if not folder.is_dir():
-            raise SandboxError(f"socket folder {folder} does not exist")
-        os.chmod(folder, 0o755)
-        for entry in folder.iterdir():
-            if stat.S_ISSOCK(entry.lstat().st_mode):
-                os.chmod(entry, 0o666)
 
 
 class BwrapSandbox(Sandbox):
@@ -177,10 +160,10 @@ class BwrapSandbox(Sandbox):
         ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
         loop = asyncio.get_running_loop()
         assert proc.stdout is not None and proc.stderr is not None
-        ex._track(loop.create_task(_pump(proc.stdout, "stdout", ex)))
-        ex._track(loop.create_task(_pump(proc.stderr, "stderr", ex)))
+        ex._track(loop.create_task(pump(proc.stdout, "stdout", ex)))
+        ex._track(loop.create_task(pump(proc.stderr, "stderr", ex)))
         if stdin is not None:
-            ex._track(loop.create_task(_feed_stdin(proc, stdin)))
+            ex._track(loop.create_task(feed_stdin(proc, stdin)))
         ex._track(loop.create_task(self._reap_exec(proc, ex)))
         return ex
 
@@ -207,29 +190,6 @@ class BwrapSandbox(Sandbox):
             await asyncio.to_thread(self._cgroups.kill_all, timeout=2)
             await asyncio.to_thread(self._cgroups.remove)
         await asyncio.to_thread(shutil.rmtree, self._folder, True)
-
-
-async def _pump(reader: asyncio.StreamReader, stream: Stream, ex: Execution) -> None:
-    splitter = LineSplitter()
-    try:
-        while chunk := await reader.read(65536):
-            for line in splitter.feed(chunk):
-                await ex._put(stream, line)
-        for line in splitter.flush():
-            await ex._put(stream, line)
-    finally:
-        await ex._eof()
-
-
-async def _feed_stdin(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        proc.stdin.close()
 
 
 def _killpg(pgid: int) -> None:

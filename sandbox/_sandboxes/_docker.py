@@ -1,9 +1,10 @@
 """The Docker backend: one container per sandbox, through the docker SDK.
 
-Every container: the ``taskbus-sandbox:<key>`` image (``build_image``), ``sleep
-infinity`` as its only process until we exec, ``network_mode=none``, read-only
+Every container: the ``taskbus-sandbox:<key>`` image (``build_image``), the exec
+agent (``_agent.py``) as pid 1, so an exec is a fork inside rather than a ``runc
+exec`` (its socket folder is the second writable bind), ``network_mode=none``, read-only
 root, tmpfs /tmp and /home/agent (``disk_mb`` each), the workspace as the only
-writable bind, user 1000:1000, ``cap_drop=ALL``, ``no-new-privileges``, pids,
+writable bind for files, user 1000:1000, ``cap_drop=ALL``, ``no-new-privileges``, pids,
 memory (swap equal: none) and CPU limits, fsize/nofile/core ulimits, an
 environment built from scratch, labels ``taskbus.sandbox=1``,
 ``taskbus.task_id``, ``taskbus.runner_id``, ``taskbus.life``. Blocking SDK calls
@@ -25,78 +26,39 @@ import os
 import shutil
 import tarfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from bus import SandboxError, SandboxUnavailable, Settings
+from bus import SandboxError, Settings
 
 from . import _labels
-from ._agent import AGENT_DIR, AGENT_SOCKET, AgentProcess, agent_command, wait_for_agent
-from ._bwrap import _pump, prepare_host_dirs
-from ._exec import Execution, Stream
+from ._agent import AGENT_SOCKET, AgentProcess, wait_for_agent
+from ._docker_config import (
+    check_image,
+    connect,
+    container_config,
+    create_started,
+    created_at,
+    make_folder,
+    remove_container,
+    short_error,
+)
+from ._exec import Execution
+from ._host import feed_fd, prepare_host_dirs, pump_fd
 from ._image import image_tag
 from ._labels import new_sandbox_id
 from ._limits import Cgroups
 from ._protocol import Sandbox, SandboxInfo
-from ._spec import HOME, PROJECT, SANDBOX_GID, SANDBOX_UID, SOCKET_MOUNT, WORKSPACE, SandboxSpec, base_env, rlimits
+from ._spec import (
+    HOME,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    SandboxSpec,
+    base_env,
+)
 
 logger = logging.getLogger(__name__)
-
-API_TIMEOUT_S = 60
-
-
-def container_config(
-    spec: SandboxSpec, *, sid: str, image: str, workspace: str, agent_dir: str, labels: dict[str, str]
-) -> dict[str, Any]:
-    """Keyword arguments for ``containers.create`` enforcing the sandbox's limits."""
-    from docker.types import Mount, Ulimit
-
-    limits = rlimits(spec)
-    mounts = [
-        Mount(WORKSPACE, workspace, type="bind", read_only=False),
-        Mount(AGENT_DIR, agent_dir, type="bind", read_only=False),
-    ]
-    if spec.project:
-        mounts.append(Mount(PROJECT, spec.project, type="bind", read_only=True))
-    if spec.socket_dir:
-        mounts.append(Mount(SOCKET_MOUNT, spec.socket_dir, type="bind", read_only=True))
-    for host, target in spec.ro_mounts:
-        if not os.path.exists(host):
-            raise SandboxError(f"read-only mount source {host} does not exist")
-        mounts.append(Mount(target, host, type="bind", read_only=True))
-    disk = f"{spec.disk_mb}m"
-    return {
-        "image": image,
-        "command": agent_command(),
-        "name": f"taskbus-{sid}",
-        "hostname": "sandbox",
-        "user": f"{SANDBOX_UID}:{SANDBOX_GID}",
-        "working_dir": WORKSPACE,
-        "environment": base_env(spec.env),
-        "labels": labels,
-        "network_mode": "none",
-        "read_only": True,
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "pids_limit": spec.pids,
-        "mem_limit": f"{spec.memory_mb}m",
-        "memswap_limit": f"{spec.memory_mb}m",
-        "nano_cpus": int(spec.cpus * 1e9),
-        "ipc_mode": "private",
-        "shm_size": f"{min(spec.disk_mb, 64)}m",
-        "tmpfs": {
-            "/tmp": f"rw,nosuid,nodev,size={disk},mode=1777",
-            HOME: f"rw,nosuid,nodev,size={disk},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_GID}",
-        },
-        "mounts": mounts,
-        "ulimits": [
-            Ulimit(name=name.lower(), soft=soft, hard=hard)
-            for name, (soft, hard) in limits.items()
-            if name in ("FSIZE", "NOFILE", "CORE", "CPU")
-        ],
-        "detach": True,
-    }
 
 
 class DockerSandbox(Sandbox):
@@ -122,18 +84,14 @@ class DockerSandbox(Sandbox):
 
     @property
     def oom_killed(self) -> bool:
-        """True when the memory limit killed a process (any exec, not only pid 1)."""
-        try:
-            self._container.reload()
-            if self._container.attrs["State"].get("OOMKilled"):
-                return True
-        except Exception:
-            pass
-        for base in (Path("/sys/fs/cgroup/memory/docker"), Path("/sys/fs/cgroup/system.slice")):
-            for name in (self._container.id, f"docker-{self._container.id}.scope"):
+        """True when the memory limit killed a process (any exec, not only pid 1). Read it
+        before destroy (the container's cgroup goes with it)."""
+        cid = self._container.id
+        for base in ("memory/docker", "memory/system.slice", "docker", "system.slice"):
+            for name in (cid, f"docker-{cid}.scope"):
                 for knob in ("memory.oom_control", "memory.events"):
                     try:
-                        text = (base / name / knob).read_text()
+                        text = Path("/sys/fs/cgroup", base, name, knob).read_text()
                     except OSError:
                         continue
                     counts = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
@@ -150,10 +108,10 @@ class DockerSandbox(Sandbox):
 
         ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
         loop = asyncio.get_running_loop()
-        ex._track(loop.create_task(_pump_fd(proc.stdout, "stdout", ex)))
-        ex._track(loop.create_task(_pump_fd(proc.stderr, "stderr", ex)))
+        ex._track(loop.create_task(pump_fd(proc.stdout, "stdout", ex)))
+        ex._track(loop.create_task(pump_fd(proc.stderr, "stderr", ex)))
         if proc.stdin is not None:
-            ex._track(loop.create_task(_feed_fd(proc.stdin, stdin or b"")))
+            ex._track(loop.create_task(feed_fd(proc.stdin, stdin or b"")))
 
         async def reap() -> None:
             ex._set_exit(await proc.wait())
@@ -204,7 +162,7 @@ class DockerSandbox(Sandbox):
             try:
                 self._container.kill()
             except Exception as exc:  # already stopped or gone
-                logger.debug("kill %s: %s", self.id, _short(exc))
+                logger.debug("kill %s: %s", self.id, short_error(exc))
 
         await asyncio.to_thread(kill)
 
@@ -218,48 +176,9 @@ class DockerSandbox(Sandbox):
         if self._remover is not None:
             self._remover(self._container)  # nothing runs in it any more; the pool removes it
             return
-        await asyncio.to_thread(_remove_container, self._container)
+        await asyncio.to_thread(remove_container, self._container)
         if self._pool_slot is None:
             await asyncio.to_thread(shutil.rmtree, self._folder, True)
-
-
-def _remove_container(container: Any) -> None:
-    import docker.errors
-
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-
-
-async def _pump_fd(fd: int, stream: Stream, ex: Execution) -> None:
-    """Read a pipe from the agent's command line by line into the execution."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20, loop=loop)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0))
-    try:
-        await _pump(reader, stream, ex)
-    finally:
-        transport.close()
-
-
-async def _feed_fd(fd: int, data: bytes) -> None:
-    def write() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    await asyncio.to_thread(write)
-
-
-def _short(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    return str(text)[:300]
 
 
 class DockerBackend:
@@ -278,9 +197,9 @@ class DockerBackend:
     async def client(self) -> Any:
         async with self._lock:
             if self._client is None:
-                self._client = await asyncio.to_thread(_connect)
+                self._client = await asyncio.to_thread(connect)
             if not self._image_checked:
-                await asyncio.to_thread(_check_image, self._client, self.image)
+                await asyncio.to_thread(check_image, self._client, self.image)
                 self._image_checked = True
             if self._pool is None and self.settings.docker_warm_pool > 0:
                 from ._pool import WarmPool
@@ -310,7 +229,7 @@ class DockerBackend:
             await asyncio.to_thread(prepare_host_dirs, spec, SANDBOX_UID, SANDBOX_GID)
             labels = self.labels(sid=sid, task_id=spec.task_id, runner_id=spec.runner_id)
             config = container_config(spec, sid=sid, image=self.image, workspace=spec.workspace, agent_dir=str(folder / "agent"), labels=labels)
-            container = await asyncio.to_thread(_create_started, client, config)
+            container = await asyncio.to_thread(create_started, client, config)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -335,7 +254,7 @@ class DockerBackend:
     async def reap(self, live_runner_ids: set[str], own_runner_id: str) -> int:
         from ._reaper import reap_docker
 
-        client = await asyncio.to_thread(_connect)
+        client = await asyncio.to_thread(connect)
         try:
             return await asyncio.to_thread(reap_docker, client, live_runner_ids, own_runner_id, self.settings.data_path)
         finally:
@@ -345,14 +264,14 @@ class DockerBackend:
         """Remove stopped labelled containers (all of them with ``everything``)."""
         from ._reaper import prune_docker
 
-        client = await asyncio.to_thread(_connect)
+        client = await asyncio.to_thread(connect)
         try:
             return await asyncio.to_thread(prune_docker, client, self.settings.data_path, everything=everything)
         finally:
             client.close()
 
     async def list(self) -> list[SandboxInfo]:
-        client = await asyncio.to_thread(_connect)
+        client = await asyncio.to_thread(connect)
         try:
             containers = await asyncio.to_thread(client.containers.list, all=True, filters={"label": f"{_labels.LABEL_MARK}=1"})
         finally:
@@ -368,7 +287,7 @@ class DockerBackend:
                     task_id=labels.get(_labels.LABEL_TASK, "?"),
                     runner_id=labels.get(_labels.LABEL_RUNNER, "?"),
                     state="pooled" if pooled and c.status == "running" else c.status,
-                    created_at=_created(c),
+                    created_at=created_at(c),
                     detail=c.short_id,
                 )
             )
@@ -383,58 +302,3 @@ class DockerBackend:
             self._client = None
 
 
-def make_folder(folder: Path) -> Path:
-    """The sandbox's host folder with ``agent/`` (the exec agent's socket, uid 1000 only)."""
-    (folder / "agent").mkdir(parents=True)
-    os.chmod(folder, 0o711)
-    os.chown(folder / "agent", SANDBOX_UID, SANDBOX_GID)
-    os.chmod(folder / "agent", 0o700)
-    return folder
-
-
-def _created(container: Any) -> float:
-    from datetime import datetime
-
-    raw = container.attrs.get("Created", "")
-    try:
-        return datetime.fromisoformat(raw[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return 0.0
-
-
-def _connect() -> Any:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=API_TIMEOUT_S)
-        client.ping()
-        return client
-    except Exception as exc:
-        raise SandboxUnavailable(f"Docker Engine not reachable ({type(exc).__name__}); start dockerd (scripts/setup dockerd)") from None
-
-
-def _check_image(client: Any, tag: str) -> None:
-    import docker.errors
-
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        raise SandboxUnavailable(f"sandbox image {tag} not in Docker; run `taskbus sandbox build-image`") from None
-
-
-def _create_started(client: Any, config: dict[str, Any]) -> Any:
-    import docker.errors
-
-    try:
-        container = client.containers.create(**config)
-    except docker.errors.DockerException as exc:
-        raise SandboxError(f"docker could not create the sandbox: {_short(exc)}") from None
-    try:
-        container.start()
-    except docker.errors.DockerException as exc:
-        try:
-            container.remove(force=True)
-        except docker.errors.DockerException:
-            pass
-        raise SandboxError(f"docker could not start the sandbox: {_short(exc)}") from None
-    return container

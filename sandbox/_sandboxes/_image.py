@@ -173,8 +173,9 @@ def _extract(tarball: Path, tree: Path, say: Progress) -> None:
 
 def _docker_import(tarball: Path, tag: str, *, force: bool, say: Progress) -> bool:
     try:
-        import docker
         import docker.errors
+
+        import docker
 
         client = docker.from_env(timeout=300)
         client.ping()

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _labels
-from ._bwrap import _chown_tree
+from ._docker_config import remove_container
+from ._host import chown_tree
 from ._spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class WarmPool:
 
     async def _fill(self, key: PoolKey, template: SandboxSpec) -> None:
         from ._agent import wait_for_agent
-        from ._docker import _create_started, container_config, make_folder
+        from ._docker_config import container_config, create_started, make_folder
 
         idle = self._idle.setdefault(key, [])
         client = await self._backend.client()
@@ -94,7 +95,7 @@ class WarmPool:
                 config = container_config(
                     spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), agent_dir=str(folder / "agent"), labels=labels
                 )
-                creating = asyncio.ensure_future(asyncio.to_thread(_create_started, client, config))
+                creating = asyncio.ensure_future(asyncio.to_thread(create_started, client, config))
                 container = await asyncio.shield(creating)
                 await wait_for_agent(folder)
             except asyncio.CancelledError:
@@ -157,7 +158,7 @@ class WarmPool:
         return sandbox
 
     def _remove_later(self, container: Any) -> None:
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(_remove_container, container), name="warm-pool-remove")
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove_container, container), name="warm-pool-remove")
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
 
@@ -197,7 +198,7 @@ def _hand_out(folder: Path, spec: SandboxSpec) -> None:
     source.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         shutil.move(str(entry), str(target / entry.name))
-    _chown_tree(target, SANDBOX_UID, SANDBOX_GID)
+    chown_tree(target, SANDBOX_UID, SANDBOX_GID)
     (folder / "task_id").write_text(spec.task_id)
 
 
@@ -212,13 +213,6 @@ def release_workspace(folder: Path, workspace: Path) -> None:
                 continue
             shutil.move(str(entry), str(dest))
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _remove_container(container: Any) -> None:
-    try:
-        container.remove(force=True)
-    except Exception as exc:
-        logger.debug("removing %s: %s", container.short_id, exc)
 
 
 def _remove_slot(slot: _Slot) -> None:

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from bus import Policy, Settings
-from sandbox._sandboxes import Sandbox, SandboxBackend, build_image, get_backend, spec_from_policy
+from sandbox._sandboxes import (
+    Sandbox,
+    SandboxBackend,
+    build_image,
+    get_backend,
+    spec_from_policy,
+)
 from sandbox._sandboxes._image import image_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,8 +136,9 @@ def leftovers(sb: Sandbox) -> list[str]:
         if sb.id in mounts:
             left.append("a mount")
     else:
-        import docker
         import docker.errors
+
+        import docker
 
         client = docker.from_env()
         try:

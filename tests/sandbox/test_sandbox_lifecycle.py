@@ -16,7 +16,13 @@ import pytest
 from conftest import ROOT, assert_nothing_left, make_policy
 
 from bus import InvalidInput, Settings
-from sandbox._sandboxes import SandboxSpec, build_image, get_backend, life_token, spec_from_policy
+from sandbox._sandboxes import (
+    SandboxSpec,
+    build_image,
+    get_backend,
+    life_token,
+    spec_from_policy,
+)
 
 FORWARDER = r"""
 import socket, sys, threading

@@ -1,0 +1,88 @@
+"""Host-side helpers shared by the backends: workspace ownership, pipes to lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+from bus import SandboxError
+
+from ._exec import Execution, LineSplitter, Stream
+from ._spec import SandboxSpec
+
+
+def chown_tree(path: Path, uid: int, gid: int) -> None:
+    if os.geteuid() != 0:
+        return
+    os.chown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+            except OSError:
+                pass
+
+
+def prepare_host_dirs(spec: SandboxSpec, uid: int, gid: int) -> None:
+    """Workspace owned by the sandbox user; gateway sockets connectable by it."""
+    workspace = Path(spec.workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    chown_tree(workspace, uid, gid)
+    if spec.socket_dir:
+        folder = Path(spec.socket_dir)
+        if not folder.is_dir():
+            raise SandboxError(f"socket folder {folder} does not exist")
+        os.chmod(folder, 0o755)
+        for entry in folder.iterdir():
+            if stat.S_ISSOCK(entry.lstat().st_mode):
+                os.chmod(entry, 0o666)
+
+
+async def pump(reader: asyncio.StreamReader, stream: Stream, ex: Execution) -> None:
+    splitter = LineSplitter()
+    try:
+        while chunk := await reader.read(65536):
+            for line in splitter.feed(chunk):
+                await ex._put(stream, line)
+        for line in splitter.flush():
+            await ex._put(stream, line)
+    finally:
+        await ex._eof()
+
+
+async def feed_stdin(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        proc.stdin.close()
+
+
+async def pump_fd(fd: int, stream: Stream, ex: Execution) -> None:
+    """Read a pipe from the agent's command line by line into the execution."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20, loop=loop)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(fd, "rb", 0))
+    try:
+        await pump(reader, stream, ex)
+    finally:
+        transport.close()
+
+
+async def feed_fd(fd: int, data: bytes) -> None:
+    def write() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    await asyncio.to_thread(write)
