@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import httpx
 
-from bus import CompleteRequest, Policy, Settings  # noqa: E402
-from sandbox._gateway import ModelGateway, Upstream, new_placeholder_key  # noqa: E402
-from sandbox._providers import AnthropicProvider  # noqa: E402
+from bus import CompleteRequest, Policy, Settings
+from sandbox._gateway import ModelGateway, Upstream, new_placeholder_key
+from sandbox._providers import AnthropicProvider
 
 MODEL = "claude-sonnet-4-6"
 BODY = {"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

@@ -24,11 +24,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from bus import CompleteRequest, InvalidInput, ModelError, Policy, PolicyDenied, Settings, Usage
+from bus import (
+    CompleteRequest,
+    InvalidInput,
+    ModelError,
+    Policy,
+    PolicyDenied,
+    Settings,
+    Usage,
+)
 
 from ._gateway import (
-    CallRecord,
     Callback,
+    CallRecord,
     Meter,
     MeteredModel,
     PriceTable,

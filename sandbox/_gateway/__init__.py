@@ -1,12 +1,12 @@
 """The metering model gateway: what stands between a sandbox (or a completion) and the
 model API. See docs/gateway.md."""
 
+from ._filter import encode_body as encode_body
 from ._gateway import ModelGateway as ModelGateway
 from ._gateway import new_placeholder_key as new_placeholder_key
 from ._meter import CallRecord as CallRecord
 from ._meter import Meter as Meter
 from ._meter import Reservation as Reservation
-from ._filter import encode_body as encode_body
 from ._metered import Callback as Callback
 from ._metered import MeteredModel as MeteredModel
 from ._metered import notify as notify

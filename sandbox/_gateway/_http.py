@@ -66,7 +66,7 @@ class ClientGone(ConnectionError):
 class Responder:
     """Sends one response: ``start`` + ``send``* + ``end``, or ``full``."""
 
-    __slots__ = ("_conn", "_writer", "_head", "started", "finished")
+    __slots__ = ("_conn", "_head", "_writer", "finished", "started")
 
     def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter, *, head: bool = False) -> None:
         self._conn = conn

@@ -64,7 +64,7 @@ _INTERESTING = (b"message_start", b"message_delta", b"message_stop", b'"error"')
 class SseUsageReader:
     """Feed it the response bytes; read ``usage``, ``stop_reason``, ``completed``."""
 
-    __slots__ = ("_buf", "_on_text", "_counts", "model", "stop_reason", "completed", "error", "broken")
+    __slots__ = ("_buf", "_counts", "_on_text", "broken", "completed", "error", "model", "stop_reason")
 
     def __init__(self, on_text: Callable[[str], None] | None = None) -> None:
         self._buf = b""

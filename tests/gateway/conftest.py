@@ -14,7 +14,12 @@ import httpx
 import pytest
 
 from bus import Policy, Settings
-from sandbox._gateway import CallRecord, ModelGateway, SecurityNotice, new_placeholder_key
+from sandbox._gateway import (
+    CallRecord,
+    ModelGateway,
+    SecurityNotice,
+    new_placeholder_key,
+)
 from sandbox._scripted import Script, ScriptedModelServer, parse_script
 
 MODEL = "claude-sonnet-4-6"

@@ -98,7 +98,7 @@ async def test_claude_code_stops_at_the_cost_cap_without_retrying(
 ) -> None:
     opus = "claude-opus-4-8"
     async with open_stack(tmp_path, "expensive", tools=["Bash"], models=[opus], model=opus, max_cost_usd=3.0) as stack:
-        code, lines, _ = await run_claude_in_bwrap(tmp_path, image_cache, stack, require_claude, "do it", model=opus)
+        _code, lines, _ = await run_claude_in_bwrap(tmp_path, image_cache, stack, require_claude, "do it", model=opus)
         upstream = stack.upstream_requests()
     result = lines[-1]
     assert result["type"] == "result" and result["is_error"], result

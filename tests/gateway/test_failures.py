@@ -10,7 +10,15 @@ import httpx
 import pytest
 
 from bus import Settings
-from sandbox._gateway import Meter, MeteredModel, ModelGateway, PriceTable, Upstream, encode_body, new_placeholder_key
+from sandbox._gateway import (
+    Meter,
+    MeteredModel,
+    ModelGateway,
+    PriceTable,
+    Upstream,
+    encode_body,
+    new_placeholder_key,
+)
 
 from .conftest import body, make_policy, open_stack, script
 

@@ -29,7 +29,7 @@ async def test_a_streamed_reply_passes_through_and_is_metered_from_its_usage(tmp
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = _events(response.text)
-        assert [e["type"] for e in events][0] == "message_start" and events[-1]["type"] == "message_stop"
+        assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
         text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
         assert text == "Hello from the scripted model."
         logged = s.upstream_requests()[-1]

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bus import BudgetExceeded, ChatMessage, CompleteRequest, ModelError, PolicyDenied, Settings
+from bus import (
+    BudgetExceeded,
+    ChatMessage,
+    CompleteRequest,
+    ModelError,
+    PolicyDenied,
+    Settings,
+)
 from sandbox._gateway import CallRecord
 from sandbox._providers import AnthropicProvider, ModelProvider
 from sandbox._scripted import ScriptedModelServer

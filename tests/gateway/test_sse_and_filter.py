@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from hypothesis import given
@@ -9,7 +10,12 @@ from hypothesis import strategies as st
 
 from bus import InvalidInput, PolicyDenied, Usage
 from sandbox._gateway import SseUsageReader
-from sandbox._gateway._filter import check_model, count_tokens_body, filter_tools, lower_max_tokens
+from sandbox._gateway._filter import (
+    check_model,
+    count_tokens_body,
+    filter_tools,
+    lower_max_tokens,
+)
 from sandbox._gateway._sse import read_json_message
 
 from .conftest import make_policy
@@ -38,7 +44,7 @@ def test_usage_and_text_survive_any_split_of_the_stream(cuts: list[int]) -> None
     texts: list[str] = []
     reader = SseUsageReader(on_text=texts.append)
     edges = [0, *sorted(cuts), len(STREAM)]
-    for start, end in zip(edges, edges[1:]):
+    for start, end in itertools.pairwise(edges):
         reader.feed(STREAM[start:end])
     assert reader.usage == EXPECTED
     assert reader.completed and reader.stop_reason == "end_turn" and reader.model == "claude-x"
