@@ -48,6 +48,7 @@ from ._limits import Cgroups, remove_cgroup_dirs
 from ._protocol import Sandbox, SandboxInfo
 from ._spec import (
     HOME,
+    IMAGE_MOUNT_POINTS,
     PROJECT,
     SANDBOX_GID,
     SANDBOX_UID,
@@ -244,6 +245,7 @@ class BwrapBackend:
         for host, target in spec.ro_mounts:
             if not os.path.exists(host):
                 raise SandboxError(f"read-only mount source {host} does not exist")
+            _check_target(tree, target, is_dir=os.path.isdir(host))
             args += ["--ro-bind", host, target]
         args += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--"]
         return args + (_SETPRIV if _privileged() else []) + ["cat"]
@@ -317,6 +319,23 @@ def _join_cgroups(cgroups: Cgroups) -> list[str]:
         return []
     joins = " && ".join(f"echo 0 > {shlex.quote(p)}" for p in cgroups.procs_files)
     return [_SH, "-c", f'{joins} && exec "$0" "$@"']
+
+
+def _check_target(tree: Path, target: str, *, is_dir: bool) -> None:
+    """bwrap can only create a mount point on its tmpfs root, not inside the read-only
+    image: the target must exist in the image, or its top-level folder must not."""
+    parts = Path(target).parts[1:]
+    top = tree / parts[0]
+    if parts[0] in _SKIP_ROOT or not top.exists():
+        return
+    existing = tree.joinpath(*parts)
+    if existing.exists() and existing.is_dir() == is_dir:
+        return
+    kind = "folder" if is_dir else "file"
+    raise SandboxError(
+        f"cannot mount a {kind} at {target}: it is not in the sandbox image; mount it under one of "
+        f"the image's mount points ({', '.join(IMAGE_MOUNT_POINTS)}), e.g. a folder at /etc/claude-code"
+    )
 
 
 @functools.cache

@@ -27,10 +27,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def image_settings() -> Settings:
+    """Settings of the data dir ``scripts/setup`` built the image into (TASKBUS_DATA_DIR
+    when set, else the default), so the session reuses that image."""
+    keep = ("TASKBUS_DATA_DIR", "XDG_DATA_HOME")
+    return Settings.load({k: v for k, v in os.environ.items() if k in keep})
+
+
 @pytest.fixture(scope="session")
 def image_cache() -> Path:
-    """The images folder of the default data dir, built if missing (once per session)."""
-    settings = Settings.load({})
+    """The images folder of that data dir, built there if missing (once per session)."""
+    settings = image_settings()
     build_image(settings, docker=_docker_up())
     return image_folder(settings).parent
 

@@ -95,20 +95,29 @@ async def test_command_cannot_see_host_secrets(new_sandbox, tmp_path: Path, monk
 
 
 async def test_command_cannot_write_outside_workspace_and_tmpfs(new_sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    project, tool, run = tmp_path / "project", tmp_path / "tool", tmp_path / "run"
-    for folder in (project, tool, run):
+    project, tool, run, managed = tmp_path / "project", tmp_path / "tool", tmp_path / "run", tmp_path / "managed"
+    for folder in (project, tool, run, managed):
         folder.mkdir()
+    (managed / "managed-settings.json").write_text('{"permissions": {}}')
     sb = await new_sandbox(
-        fs_access="readonly", project_root=str(project), ro_mounts=[(str(tool), "/opt/claude")], socket_dir=str(run)
+        fs_access="readonly",
+        project_root=str(project),
+        ro_mounts=[(str(tool), "/opt/claude"), (str(managed), "/etc/claude-code")],
+        socket_dir=str(run),
     )
+    managed_view = await (await sb.exec(["cat", "/etc/claude-code/managed-settings.json"])).collect(timeout=30)
+    assert managed_view.stdout == ['{"permissions": {}}']
     denied = ["/etc/x", "/usr/bin/x", "/x", "/opt/claude/x", "/project/x", "/run/taskbus/x", "/home/x", "/var/x"]
+    denied += ["/etc/claude-code/managed-settings.json", "/etc/claude-code/x"]
     allowed = ["/workspace/ok", "/tmp/ok", "/home/agent/ok", "/dev/shm/ok"]
-    script = "; ".join(f"touch {p} 2>/dev/null && echo 'WROTE {p}' || echo 'blocked {p}'" for p in denied)
+    script = "; ".join(f"(echo x >> {p}) 2>/dev/null && echo 'WROTE {p}' || echo 'blocked {p}'" for p in denied)
     script += "; " + "; ".join(f"touch {p} && echo 'ok {p}' || echo 'FAILED {p}'" for p in allowed)
     result = await (await sb.exec(["bash", "-c", script])).collect(timeout=30)
     assert result.stdout == [f"blocked {p}" for p in denied] + [f"ok {p}" for p in allowed], result
     assert (sb.workspace / "ok").exists()
     assert [list(f.iterdir()) for f in (project, tool, run)] == [[], [], []]
+    assert (managed / "managed-settings.json").read_text() == '{"permissions": {}}'
+
 
 
 async def test_command_cannot_gain_privileges(new_sandbox, workspace: Path) -> None:  # type: ignore[no-untyped-def]

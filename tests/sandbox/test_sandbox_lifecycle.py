@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_nothing_left, make_policy
+from conftest import ROOT, assert_nothing_left, image_settings, make_policy
 
-from bus import InvalidInput, Settings
+from bus import InvalidInput, SandboxError, Settings
 from sandbox._sandboxes import (
     SandboxSpec,
     build_image,
@@ -154,7 +154,7 @@ def _no_taskbus_cgroup_for(ids: set[str]) -> bool:
 
 def test_image_build_is_cached(image_cache: Path) -> None:
     started = time.monotonic()
-    info = build_image(Settings.load({}))
+    info = build_image(image_settings())
     assert not info.built
     assert time.monotonic() - started < 15
     assert Path(info.rootfs, "usr/bin/python3").exists()
@@ -178,3 +178,17 @@ def test_policy_maps_onto_a_sandbox_spec(tmp_path: Path) -> None:
 
 def test_life_token_names_this_process() -> None:
     assert life_token().startswith(f"{os.getpid()}-")
+
+
+async def test_bwrap_refuses_a_file_mount_missing_from_the_image_with_a_clear_error(
+    require_bwrap: None, sandbox_settings: Settings, workspace: Path, tmp_path: Path
+) -> None:
+    settings_file = tmp_path / "managed-settings.json"
+    settings_file.write_text("{}")
+    backend = get_backend("bwrap", sandbox_settings)
+    spec = SandboxSpec(
+        task_id="t", runner_id="r", workspace=str(workspace), ro_mounts=((str(settings_file), "/etc/claude-code/managed-settings.json"),)
+    )
+    with pytest.raises(SandboxError, match="mount it under one of the image's mount points"):
+        await backend.create(spec)
+    assert await backend.list() == []  # nothing half-made is left
