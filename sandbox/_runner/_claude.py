@@ -123,6 +123,7 @@ class ClaudeOutcome:
     turns: int = 0
     denials: list[dict[str, Any]] = field(default_factory=list)
     tool_names: dict[str, str] = field(default_factory=dict)
+    allowed_tools: tuple[str, ...] = ("*",)
 
 
 def _preview(value: Any, secrets: tuple[str, ...]) -> str:
@@ -158,7 +159,11 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                 elif block.get("type") == "tool_use":
                     outcome.tool_names[str(block.get("id"))] = str(block.get("name"))
                     tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
-                    out.append((ToolCall, {"id": str(block.get("id")), "name": str(block.get("name")), "input": redact_obj(tool_input, secrets)}))
+                    name = str(block.get("name"))
+                    out.append((ToolCall, {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets)}))
+                    if "*" not in outcome.allowed_tools and name not in outcome.allowed_tools:
+                        out.append((Security, {"kind": "tool_denied", "severity": "warning",
+                                               "detail": f"the agent called {name}, which this task's policy does not allow; the call was refused"}))
         elif kind == "user":
             content = (doc.get("message") or {}).get("content")
             for block in content if isinstance(content, list) else []:

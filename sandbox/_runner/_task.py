@@ -107,7 +107,7 @@ class TaskRun:
         self.run_dir = run_root / job.task_id
         self.sock_dir = socket_root / job.task_id
         self.usage = Usage()
-        self.outcome = ClaudeOutcome()
+        self.outcome = ClaudeOutcome(allowed_tools=tuple(self.policy.tools))
         self.sandbox: Any = None
         self.gateway: ModelGateway | None = None
         self._log_lines = 0

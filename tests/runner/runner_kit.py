@@ -16,9 +16,15 @@ from sandbox import ScriptedModelServer
 
 
 @contextlib.asynccontextmanager
-async def scripted_model(settings: Settings, tmp_path: Path, *, api_key: str | None = None) -> AsyncIterator[tuple[Settings, ScriptedModelServer]]:
-    """A scripted model server, and settings whose upstream is it (with the real key, if any)."""
-    async with ScriptedModelServer(log_path=tmp_path / "model-requests.jsonl", required_api_key=api_key) as model:
+async def scripted_model(
+    settings: Settings, tmp_path: Path, *, api_key: str | None = None, scripts: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Settings, ScriptedModelServer]]:
+    """A scripted model server (plus extra TOML ``scripts`` by name), and settings whose
+    upstream is it (with the real key, if any)."""
+    from sandbox._scripted import parse_script
+
+    extra = {name: parse_script(text, source=name, name=name) for name, text in (scripts or {}).items()}
+    async with ScriptedModelServer(log_path=tmp_path / "model-requests.jsonl", required_api_key=api_key, scripts=extra) as model:
         yield msgspec.structs.replace(settings, upstream_url=model.url, upstream_api_key=api_key or "scripted-model-key"), model
 
 

@@ -1,0 +1,93 @@
+"""A runner killed with SIGKILL mid-task: the task ends runner_lost, never runs twice,
+and the restarted runner's reaper removes the dead runner's sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bus as bus_module
+from bus import Finished, Settings, Started
+from sandbox import get_backend
+
+from runner_kit import follow, make_job, scripted_model, submit
+
+pytestmark = pytest.mark.usefixtures("require_claude")
+
+
+def _runner_process(settings: Settings, runner_id: str, backend: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "TASKBUS_NATS_URL": settings.nats_url,
+        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+        "TASKBUS_DATA_DIR": settings.data_dir,
+        "TASKBUS_JOB_SECRET": settings.job_secret,
+        "TASKBUS_UPSTREAM_URL": settings.upstream_url,
+        "TASKBUS_UPSTREAM_API_KEY": settings.upstream_api_key,
+        "TASKBUS_JOB_ACK_WAIT_S": "3",
+        "TASKBUS_HEARTBEAT_S": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "server._cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task"],
+        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+async def _wait_started(b: bus_module.Bus, task_id: str) -> Started:
+    from nats.js.api import DeliverPolicy
+
+    """The ``started`` event, once the agent made its first tool call (it is really running)."""
+    sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    started: Started | None = None
+    try:
+        async with asyncio.timeout(90):
+            while True:
+                event = bus_module.decode_event((await sub.next_msg(timeout=90)).data)
+                if isinstance(event, Started):
+                    started = event
+                elif isinstance(event, bus_module.ToolCall) and started is not None:
+                    return started
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+async def test_a_task_whose_runner_was_killed_ends_runner_lost_and_its_sandbox_is_reaped(
+    backend: str, request: pytest.FixtureRequest, runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
+    request.getfixturevalue(f"require_{backend}")
+    log = tmp_path / "runner.log"
+    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+        first = _runner_process(settings, "r-crash", backend, log)
+        try:
+            job = make_job(settings, bus_module.TaskRequest(description="[script:runaway] keep going"), timeout_s=300, max_turns=1000)
+            await submit(bus, job)
+            started = await _wait_started(bus, job.task_id)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=10)
+            calls_at_kill = len(model.requests())
+            second = _runner_process(settings, "r-crash", backend, log)
+            try:
+                events = await follow(bus, job.task_id, timeout=90)
+                sandboxes = [s for s in await get_backend(backend, settings).list() if s.id == started.sandbox_id]
+            finally:
+                second.send_signal(signal.SIGTERM)
+                second.wait(timeout=60)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+        calls_after = len(model.requests())
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.status == "failed" and finished.reason == "runner_lost", log.read_text()[-3000:]
+    assert sum(isinstance(e, Started) for e in events) == 1, "the task never runs twice"
+    assert calls_after - calls_at_kill <= 1, "no new model conversation started after the kill"
+    assert sandboxes == [], f"sandbox {started.sandbox_id} of the killed runner is still there"
+    assert second.returncode == 0

@@ -1,0 +1,141 @@
+"""Cost cap, wall clock, cancel, malformed jobs, completions, and the Docker backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+import bus as bus_module
+from bus import Finished, Message, ModelCall, Security, Settings, Started
+from sandbox import Runner
+
+from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
+
+
+async def _running(b: bus_module.Bus, task_id: str, *, timeout: float = 60) -> None:
+    """Wait until the task's first tool call happened (the agent is really running)."""
+    from nats.js.api import DeliverPolicy
+
+    sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = bus_module.decode_event((await sub.next_msg(timeout=timeout)).data)
+                if isinstance(event, bus_module.ToolCall):
+                    return
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.usefixtures("require_bwrap", "require_claude")
+async def test_an_expensive_task_ends_budget_exceeded_within_its_cap(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    cap = 2.0  # one expensive Opus call is about 1.2 USD: the second cannot fit
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-cost"):
+            job = make_job(settings, bus_module.TaskRequest(description="[script:expensive] think hard"),
+                           model="claude-opus-4-8", max_cost_usd=cap)
+            await submit(bus, job)
+            events = await follow(bus, job.task_id)
+    assert_gapless(events)
+    finished = events[-1]
+    assert finished.status == "budget_exceeded", finished
+    metered = sum(e.cost_usd for e in events if isinstance(e, ModelCall))
+    assert 0 < metered <= cap and abs(finished.cost_usd - metered) < 1e-9
+
+
+@pytest.mark.usefixtures("require_bwrap", "require_claude")
+async def test_a_runaway_task_times_out_and_a_cancel_lands_within_two_seconds(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        async with Runner(settings, backend="bwrap", slots=2, runner_id="r-runaway") as runner:
+            slow = make_job(settings, bus_module.TaskRequest(description="[script:runaway] go"), timeout_s=8, max_turns=1000)
+            victim = make_job(settings, bus_module.TaskRequest(description="[script:runaway] again"), timeout_s=300, max_turns=1000)
+            await submit(bus, slow)
+            await submit(bus, victim)
+            await _running(bus, victim.task_id)
+            sent = time.monotonic()
+            await bus.nc.publish(bus.subjects.control(victim.task_id), bus_module.encode(bus_module.Cancel(task_id=victim.task_id)))
+            cancelled = await follow(bus, victim.task_id, timeout=30)
+            cancel_latency = time.monotonic() - sent
+            timed_out = await follow(bus, slow.task_id, timeout=120)
+            sandboxes = await runner.backend.list()
+    assert cancelled[-1].status == "cancelled" and cancelled[-1].reason == "cancelled_by_caller"
+    assert cancel_latency < 2.0, f"cancel took {cancel_latency:.2f}s"
+    assert timed_out[-1].status == "timeout"
+    assert_gapless(cancelled)
+    assert_gapless(timed_out)
+    assert [s for s in sandboxes if s.task_id in (slow.task_id, victim.task_id)] == []
+    assert not any((Path(settings.data_dir) / "runs" / "r-runaway").iterdir()), "workspaces are removed"
+
+
+async def test_a_malformed_job_is_rejected_with_a_reason_and_the_next_job_runs(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-malformed", kinds=("complete",)):
+            bad_id = bus_module.new_task_id()
+            await bus.publish(bus.subjects.jobs("complete"), b'{"task_id": 42, "policy": "all of it"}', msg_id=bad_id)
+            await bus.publish(bus.subjects.jobs("complete"), b"\xff\xfe not json", msg_id="not a task id!")
+            good = make_job(settings, bus_module.CompleteRequest(prompt="hello there"))
+            await submit(bus, good)
+            bad_events = await follow(bus, bad_id)
+            good_events = await follow(bus, good.task_id)
+            notices = await bus.js.subscribe(bus.subjects.audit("malformed_job"), ordered_consumer=True)
+            notice = bus_module.decode_notice((await notices.next_msg(timeout=10)).data)
+            await notices.unsubscribe()
+    assert bad_events[-1].status == "failed" and bad_events[-1].reason == "malformed_job"
+    assert any(isinstance(e, Security) and e.kind == "malformed_job" and "task_id" in e.detail for e in bad_events)
+    assert notice.kind == "malformed_job" and "JSON" in notice.detail["error"]
+    assert good_events[-1].status == "succeeded"
+
+
+async def test_a_completion_streams_deltas_and_reports_metered_usage(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        async with Runner(settings, slots=1, runner_id="r-complete", kinds=("complete",)):
+            job = make_job(settings, bus_module.CompleteRequest(prompt="Say hello to the bus", max_tokens=200))
+            await submit(bus, job)
+            events = await follow(bus, job.task_id)
+    assert_gapless(events)
+    finished = events[-1]
+    assert finished.status == "succeeded"
+    deltas = [e.text for e in events if isinstance(e, Message) and e.delta]
+    assert deltas and "".join(deltas) == finished.result
+    assert "Say hello to the bus" in finished.result  # the default reply echoes the prompt
+    (call,) = [e for e in events if isinstance(e, ModelCall)]
+    assert call.usage.output_tokens > 0 and finished.usage == call.usage
+    price = settings.prices["claude-sonnet-4-6"]
+    expected = (call.usage.input_tokens * price.input + call.usage.output_tokens * price.output) / 1e6
+    assert finished.cost_usd == pytest.approx(expected)
+
+
+async def test_a_job_already_finished_is_acked_without_running_again(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+        job = make_job(settings, bus_module.CompleteRequest(prompt="once"))
+        await submit(bus, job)
+        async with Runner(settings, slots=1, runner_id="r-once", kinds=("complete",)):
+            first = await follow(bus, job.task_id)
+        calls = len(model.requests())
+        # the same job again with a new message id (as if the ack had been lost)
+        await bus.publish(bus.subjects.jobs("complete"), job, msg_id=job.task_id + "-again")
+        async with Runner(settings, slots=1, runner_id="r-once", kinds=("complete",)):
+            async with asyncio.timeout(20):
+                while (await bus.js.stream_info(bus.subjects.jobs_stream)).state.messages:
+                    await asyncio.sleep(0.05)
+        assert len(model.requests()) == calls
+    again = await follow(bus, job.task_id)
+    assert again == first
+
+
+@pytest.mark.usefixtures("require_docker", "require_claude")
+async def test_write_a_file_task_runs_in_docker_too(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        async with Runner(settings, backend="docker", slots=1, runner_id="r-docker") as runner:
+            job = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] docker please"))
+            await submit(bus, job)
+            events = await follow(bus, job.task_id, timeout=180)
+            left = [s for s in await runner.backend.list() if s.task_id == job.task_id]
+    assert_gapless(events)
+    assert events[-1].status == "succeeded", events[-1]
+    assert any(isinstance(e, Started) and e.backend == "docker" for e in events)
+    assert any(isinstance(e, bus_module.Artifact) and e.path == "hello.txt" for e in events)
+    assert left == []
