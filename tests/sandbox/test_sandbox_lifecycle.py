@@ -55,12 +55,14 @@ print(s.recv(100).decode())
 
 async def test_output_streams_line_by_line_while_the_command_runs(new_sandbox) -> None:  # type: ignore[no-untyped-def]
     sb = await new_sandbox()
-    ex = await sb.exec(["bash", "-c", "echo first; echo warn >&2; read -t 30 line; echo \"second $line\""], stdin=None)
+    script = "echo first; echo warn >&2; until [ -e /workspace/go ]; do sleep 0.02; done; echo second"
+    ex = await sb.exec(["bash", "-c", script])
     stream, line = await asyncio.wait_for(ex.__anext__(), 30)
     assert (stream, line) == ("stdout", "first")
-    assert ex.returncode is None  # still running: the line came before the end
+    assert ex.returncode is None  # the command waits for us: the line came while it runs
+    (sb.workspace / "go").touch()
     rest = await ex.collect(timeout=60)
-    assert ("warn" in rest.stderr) and rest.stdout == ["second "]
+    assert rest.stderr == ["warn"] and rest.stdout == ["second"] and rest.exit_code == 0
 
 
 async def test_stdin_reaches_the_command(new_sandbox) -> None:  # type: ignore[no-untyped-def]
