@@ -177,7 +177,7 @@ async def _prune(settings, everything: bool) -> dict[str, int]:  # type: ignore[
     for name in ("bwrap", "docker"):
         backend = get_backend(name, settings)
         try:
-            counts[name] = await backend.prune(everything=everything)  # type: ignore[attr-defined]
+            counts[name] = await backend.prune(everything=everything)
         except TaskbusError:
             counts[name] = 0
         finally:

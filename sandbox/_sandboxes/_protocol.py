@@ -174,6 +174,11 @@ class SandboxBackend(Protocol):
         """Every labelled sandbox of this backend on this machine."""
         ...
 
+    async def prune(self, *, everything: bool = False) -> int:
+        """Remove leftovers whatever their runner: stale bwrap sandboxes, stopped
+        containers; with ``everything`` also running ones. Returns how many."""
+        ...
+
     async def close(self) -> None:
         """Release what the backend holds (warm pool, client). Idempotent."""
         ...

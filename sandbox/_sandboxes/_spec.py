@@ -58,9 +58,15 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     project: str | None = None
     """Host folder mounted read-only at /project, or None."""
     ro_mounts: tuple[tuple[str, str], ...] = ()
-    """(host_path, sandbox_path) read-only binds: Claude Code install, managed settings, hooks."""
+    """(host_path, sandbox_path) read-only binds: Claude Code install, managed settings, hooks.
+    For bwrap a target inside the image must exist there: use the image's mount points
+    (``IMAGE_MOUNT_POINTS``: /opt/claude, /opt/taskbus, /etc/claude-code), e.g. bind the
+    folder holding managed-settings.json at /etc/claude-code."""
     socket_dir: str | None = None
-    """Host folder mounted read-only at /run/taskbus; its sockets are made connectable by uid 1000."""
+    """Host folder mounted read-only at /run/taskbus (the model gateway's unix socket).
+    Create the socket before ``create``: its sockets are then made connectable by uid
+    1000 (mode 0666), and a pooled Docker sandbox gets them as hard links (same
+    filesystem as the data dir, else the sandbox is created cold)."""
     home_files: dict[str, bytes] = {}
     """relative path -> content, written into the tmpfs home before anything runs."""
     env: dict[str, str] = {}
