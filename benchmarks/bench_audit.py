@@ -27,14 +27,14 @@ import sqlite3
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bus import (  # noqa: E402
+from bus import (
     Accepted,
     Bus,
     EmbeddedNats,
@@ -49,8 +49,8 @@ from bus import (  # noqa: E402
     Usage,
     new_task_id,
 )
-from server._audit import AuditOptions, Writer, open_db, run_audit  # noqa: E402
-from server._audit._rows import prepare  # noqa: E402
+from server._audit import AuditOptions, Writer, open_db, run_audit
+from server._audit._rows import prepare
 
 TARGET_EPS = 50_000
 TARGET_RATIO = 2.0
@@ -59,7 +59,7 @@ TARGET_RATIO = 2.0
 def make_events(n: int, per_task: int = 200) -> list[tuple[str, bytes]]:
     """(task_id, payload) in publish order: a realistic mix of a task's event types."""
     out: list[tuple[str, bytes]] = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     task_id, seq = new_task_id(), 0
     for i in range(n):
         if seq == per_task:

@@ -7,8 +7,8 @@ import contextlib
 import json
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -19,7 +19,16 @@ from bus import Settings, TaskbusError
 
 T = TypeVar("T")
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    err,
+    fail,
+    load_settings,
+    out,
+    print_json,
+    run,
+)
 
 DbOpt = Annotated[
     Path | None,
@@ -59,7 +68,7 @@ def _db_path(settings: Settings, db: Path | None) -> Path:
     return db or default_db_path(settings.data_path)
 
 
-def _open(settings: Settings, db: Path | None):  # noqa: ANN202
+def _open(settings: Settings, db: Path | None):
     from ._audit import AuditError, open_db
 
     try:
@@ -142,7 +151,7 @@ def _guard(fn: Callable[[], T]) -> T:
         fail(exc.describe())
 
 
-async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:  # noqa: ANN001
+async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:
     from bus import Bus, Subjects
 
     from ._audit._follow import LiveFilter, follow
@@ -282,7 +291,7 @@ def prune_cmd(
     if not path.exists():
         fail(f"no audit database at {path}; pass --db or start `taskbus audit run` first")
 
-    def do_prune():  # noqa: ANN202
+    def do_prune():
         seconds = parse_duration(older_than)
         with contextlib.closing(open_db(path)) as conn:
             return prune(conn, before_us=int((time.time() - seconds) * 1_000_000))

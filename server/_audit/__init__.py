@@ -19,6 +19,17 @@ from ._subscriber import run_audit as run_audit
 from ._writer import Writer as Writer
 
 __all__ = [
-    "AlertRules", "AuditError", "AuditOptions", "CRITICAL_KINDS", "ChainBroken", "Problem",
-    "VerifyResult", "Writer", "default_db_path", "open_db", "row_hash", "run_audit", "verify",
+    "CRITICAL_KINDS",
+    "AlertRules",
+    "AuditError",
+    "AuditOptions",
+    "ChainBroken",
+    "Problem",
+    "VerifyResult",
+    "Writer",
+    "default_db_path",
+    "open_db",
+    "row_hash",
+    "run_audit",
+    "verify",
 ]

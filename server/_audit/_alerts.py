@@ -13,13 +13,13 @@ import logging
 import os
 import signal
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from bus import Subjects, SubjectError, redact
+from bus import SubjectError, Subjects, redact
 
 from ._writer import Notable
 
@@ -31,7 +31,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, timezone.utc).isoformat()
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat()
 
 
 class AlertRules:

@@ -34,11 +34,11 @@ _encode = msgspec.json.Encoder().encode
 _sha256 = hashlib.sha256
 
 
-def row_hash(prev_hash: str, content: tuple[Any, ...]) -> str:
-    """Hash of one row: sha256 over the previous hash and the canonical content."""
-    h = _sha256(prev_hash.encode())
+def row_hash(prev_hash: bytes, content: tuple[Any, ...]) -> bytes:
+    """Hash of one row: sha256 over the previous hash (32 bytes) and the canonical content."""
+    h = _sha256(prev_hash)
     h.update(_encode(content))
-    return h.hexdigest()
+    return h.digest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,16 +57,17 @@ class VerifyResult:
     first_row: int | None
     last_row: int | None
     head_hash: str
+    """Hex."""
     checkpoint_row: int
     problem: Problem | None = None
 
 
-def latest_checkpoint(conn: sqlite3.Connection) -> tuple[int, str]:
+def latest_checkpoint(conn: sqlite3.Connection) -> tuple[int, bytes]:
     """(last pruned row id, its hash); (0, GENESIS) when nothing was pruned."""
     row = conn.execute(
         "SELECT last_id, last_hash FROM checkpoints ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+    return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
 
 def verify(conn: sqlite3.Connection, *, chunk: int = 5000) -> VerifyResult:
@@ -92,7 +93,7 @@ def _verify(conn: sqlite3.Connection, chunk: int) -> VerifyResult:
     def result(problem: Problem | None) -> VerifyResult:
         return VerifyResult(
             ok=problem is None, rows=count, first_row=first, last_row=expected_id - 1 if count else None,
-            head_hash=prev_hash, checkpoint_row=base_id, problem=problem,
+            head_hash=prev_hash.hex(), checkpoint_row=base_id, problem=problem,
         )
 
     while rows := cursor.fetchmany(chunk):
@@ -132,7 +133,7 @@ def _verify(conn: sqlite3.Connection, chunk: int) -> VerifyResult:
     return result(_check_head(conn, expected_id - 1, prev_hash))
 
 
-def _check_head(conn: sqlite3.Connection, last_id: int, last_hash: str) -> Problem | None:
+def _check_head(conn: sqlite3.Connection, last_id: int, last_hash: bytes) -> Problem | None:
     """Compare the end of the chain with the head the writer recorded after its last batch."""
     head_id = get_meta(conn, "head_id")
     if head_id is None:
@@ -148,7 +149,7 @@ def _check_head(conn: sqlite3.Connection, last_id: int, last_hash: str) -> Probl
             row=head + 1, kind="inserted",
             message=f"row {head + 1} was inserted after the recorded head (row {head})",
         )
-    if get_meta(conn, "head_hash") != last_hash:
+    if get_meta(conn, "head_hash") != last_hash.hex():
         return Problem(
             row=head, kind="altered",
             message=f"row {head} was altered or replaced (its hash differs from the recorded head)",

@@ -19,7 +19,8 @@ from ._errors import AuditError
 
 logger = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
+GENESIS = bytes(32)
+"""prev_hash of the first row (hashes are stored as 32-byte BLOBs, shown as hex)."""
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: the chain, its indexes, FTS, task -> key map, checkpoints, meta
@@ -36,8 +37,8 @@ _MIGRATIONS: tuple[str, ...] = (
         key_id      TEXT,
         subject     TEXT    NOT NULL,
         body        TEXT    NOT NULL,
-        prev_hash   TEXT    NOT NULL,
-        hash        TEXT    NOT NULL,
+        prev_hash   BLOB    NOT NULL,
+        hash        BLOB    NOT NULL,
         UNIQUE (stream, stream_seq)
     );
     CREATE INDEX audit_task ON audit (task_id, seq);
@@ -49,7 +50,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE checkpoints (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
         last_id    INTEGER NOT NULL,
-        last_hash  TEXT    NOT NULL,
+        last_hash  BLOB    NOT NULL,
         rows       INTEGER NOT NULL,
         before_us  INTEGER NOT NULL,
         created_us INTEGER NOT NULL

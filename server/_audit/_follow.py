@@ -77,8 +77,8 @@ async def follow(
     queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(maxsize=queue_size)
     dropped = 0
 
-    def make_cb(stream: str):  # noqa: ANN202
-        async def cb(msg) -> None:  # noqa: ANN001
+    def make_cb(stream: str):
+        async def cb(msg) -> None:
             nonlocal dropped
             try:
                 queue.put_nowait((stream, msg.subject, msg.data))

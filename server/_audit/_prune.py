@@ -27,6 +27,7 @@ class PruneResult:
     checkpoint_row: int
     """The last deleted row; verification starts after it."""
     checkpoint_hash: str
+    """Hex."""
 
 
 def prune(conn: sqlite3.Connection, *, before_us: int) -> PruneResult:
@@ -45,7 +46,7 @@ def prune(conn: sqlite3.Connection, *, before_us: int) -> PruneResult:
         last = (first_new - 1) if first_new is not None else max_id
         if last is None or last <= base_id:
             conn.execute("COMMIT")
-            return PruneResult(rows=0, checkpoint_row=base_id, checkpoint_hash=base_hash)
+            return PruneResult(rows=0, checkpoint_row=base_id, checkpoint_hash=base_hash.hex())
         last_hash = conn.execute("SELECT hash FROM audit WHERE id = ?", (last,)).fetchone()[0]
         deletes = []
         for row_id, type_, body in conn.execute(
@@ -65,4 +66,4 @@ def prune(conn: sqlite3.Connection, *, before_us: int) -> PruneResult:
         conn.execute("ROLLBACK")
         raise
     logger.info("audit prune: deleted %d rows up to row %d (checkpoint recorded)", count, last)
-    return PruneResult(rows=count, checkpoint_row=last, checkpoint_hash=last_hash)
+    return PruneResult(rows=count, checkpoint_row=last, checkpoint_hash=last_hash.hex())

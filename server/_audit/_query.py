@@ -6,7 +6,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import msgspec
@@ -45,12 +45,12 @@ def parse_time(value: str, *, now: float | None = None) -> int:
             f"{value!r} is neither a duration (1h, 30m, 7d) nor an ISO time (2026-01-31T12:00:00Z)"
         ) from None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     return int(ts.timestamp() * 1_000_000)
 
 
 def iso(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1_000_000, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts_us / 1_000_000, UTC).isoformat(timespec="milliseconds")
 
 
 def row_dict(row: Sequence[Any], *, with_hashes: bool = False) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def row_dict(row: Sequence[Any], *, with_hashes: bool = False) -> dict[str, Any]
         "subject": values["subject"], "event": event,
     }
     if with_hashes:
-        out["prev_hash"], out["hash"] = values["prev_hash"], values["hash"]
+        out["prev_hash"], out["hash"] = values["prev_hash"].hex(), values["hash"].hex()
     return out
 
 
@@ -144,7 +144,9 @@ def export_jsonl(conn: sqlite3.Connection, out: IO[bytes]) -> int:
     conn.execute("BEGIN")
     try:
         for row in iter_rows(conn):
-            out.write(_encode(dict(zip(COLUMNS, row))) + b"\n")
+            doc = dict(zip(COLUMNS, row))
+            doc["prev_hash"], doc["hash"] = doc["prev_hash"].hex(), doc["hash"].hex()
+            out.write(_encode(doc) + b"\n")
             count += 1
     finally:
         conn.execute("COMMIT")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -26,9 +26,9 @@ import msgspec
 from bus import (
     EVENT_TYPES,
     Accepted,
-    Event,
     Artifact,
     AuditNotice,
+    Event,
     Finished,
     Log,
     MessageDecodeError,
@@ -67,7 +67,7 @@ NOTICES = "audit"
 
 def ts_us(ts: datetime) -> int:
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     return int(ts.timestamp() * 1_000_000)
 
 

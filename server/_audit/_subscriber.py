@@ -25,8 +25,8 @@ from nats.js.errors import NotFoundError
 from bus import Bus, ChainHead, Settings, Subjects, encode
 
 from ._alerts import Alerter, AlertRules
-from ._pull import BatchPull, stream_seq
 from ._db import WriterLock, default_db_path, open_db
+from ._pull import BatchPull, stream_seq
 from ._rows import EVENTS, NOTICES
 from ._writer import BatchResult, Incoming, Writer
 
@@ -201,7 +201,7 @@ class AuditService:
         self._count(result)
         await self.alerter.handle(result.notable)
 
-    async def _ack(self, msgs) -> None:  # noqa: ANN001
+    async def _ack(self, msgs) -> None:
         # Only the last message per stream matters with AckPolicy.ALL; acking each fetch's
         # last message is cheap and keeps the consumer's ack floor exact.
         for msg in msgs:
@@ -236,7 +236,7 @@ class AuditService:
         row, digest = self.writer.head
         self._published_row = row
         try:
-            await self.bus.nc.publish(self.bus.subjects.audit_head(), encode(ChainHead(row=row, hash=digest)))
+            await self.bus.nc.publish(self.bus.subjects.audit_head(), encode(ChainHead(row=row, hash=digest.hex())))
         except Exception as exc:
             logger.warning("cannot publish the audit chain head: %s", exc)
 

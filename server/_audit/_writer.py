@@ -52,7 +52,7 @@ class BatchResult:
     duplicates: int = 0
     malformed: int = 0
     head_id: int = 0
-    head_hash: str = GENESIS
+    head_hash: bytes = GENESIS
     notable: list[Notable] = field(default_factory=list)
 
 
@@ -79,8 +79,8 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         row = conn.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-        head = (int(row[0]), str(row[1])) if row else latest_checkpoint(conn)
-        self.head: tuple[int, str] = head
+        head = (int(row[0]), bytes(row[1])) if row else latest_checkpoint(conn)
+        self.head: tuple[int, bytes] = head
         """(row, hash) of the last committed row, replaced as one value (read from other threads)."""
         self.last_seq: dict[str, int] = {
             stream: int(seq)
@@ -100,7 +100,7 @@ class Writer:
         return self.head[0]
 
     @property
-    def head_hash(self) -> str:
+    def head_hash(self) -> bytes:
         return self.head[1]
 
     def close(self) -> None:
@@ -184,7 +184,7 @@ class Writer:
                 conn.executemany("INSERT INTO audit_fts (rowid, text) VALUES (?, ?)", batch.fts)
             if batch.new_keys:
                 conn.executemany("INSERT OR REPLACE INTO task_keys (task_id, key_id) VALUES (?, ?)", batch.new_keys)
-            meta = [("head_id", str(result.head_id)), ("head_hash", result.head_hash)]
+            meta = [("head_id", str(result.head_id)), ("head_hash", result.head_hash.hex())]
             meta += [(f"last_seq:{s}", str(v)) for s, v in batch.last_seq.items()]
             conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta)
             conn.execute("COMMIT")

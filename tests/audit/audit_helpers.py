@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def every_event(task_id: str, *, key_id: str = "tb_k1", ts: datetime | None = None) -> list[Any]:
     """One event of every bus event type for ``task_id``, seq 1..10, ``finished`` last."""
-    t = ts or datetime.now(timezone.utc)
+    t = ts or datetime.now(UTC)
     base = {"task_id": task_id}
     return [
         Accepted(**base, seq=1, ts=t, kind="task", key_id=key_id, profile="default", model="claude-haiku-4-5"),
@@ -142,7 +142,7 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
 
 
 def past(**delta: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(**delta)
+    return datetime.now(UTC) - timedelta(**delta)
 
 
 def fill(db: Path, events: list[Any], *, stream: str = "events", start_seq: int = 1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -18,7 +18,7 @@ from server._audit._writer import Notable
 async def collect_alerts(bus: Bus) -> tuple[asyncio.Queue[tuple[str, dict]], object]:
     queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
 
-    async def on_alert(msg) -> None:  # noqa: ANN001
+    async def on_alert(msg) -> None:
         queue.put_nowait((msg.subject, json.loads(msg.data)))
 
     sub = await bus.nc.subscribe(f"{bus.subjects.prefix}.alerts.*", cb=on_alert)
@@ -35,7 +35,7 @@ async def test_a_blocked_command_is_republished_as_an_alert_and_runs_the_hook(
     writer = await RunningWriter(settings, db).start()
     try:
         task_id = new_task_id()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         await bus.publish(bus.subjects.events(task_id), Security(
             task_id=task_id, seq=1, ts=now, kind="tool_denied", detail="WebFetch not allowed"))  # not critical
         await bus.publish(bus.subjects.events(task_id), Security(
@@ -75,7 +75,7 @@ async def test_a_hanging_alert_hook_is_killed_and_never_holds_up_ingest(bus: Bus
     writer = await RunningWriter(settings, db, AuditOptions(alert_timeout_s=0.5)).start()
     try:
         task_id = new_task_id()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for seq in range(1, 4):
             await bus.publish(bus.subjects.events(task_id), Security(
                 task_id=task_id, seq=seq, ts=now, kind="escape_attempt", detail="mount /proc", severity="critical"))

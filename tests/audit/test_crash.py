@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
 from audit_helpers import count_rows, start_cli, stop_process, wait_until
-
 from nats.js.errors import NotFoundError
 
 from bus import Bus, Message, Settings, new_task_id
@@ -24,7 +23,7 @@ PER_TASK = 1000
 
 async def _burst(bus: Bus, task_ids: list[str]) -> None:
     """10 tasks x 1,000 events, each task's events in order (as 10 runners would publish)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     async def one_task(task_id: str) -> None:
         subject = bus.subjects.events(task_id)
@@ -37,7 +36,7 @@ async def _burst(bus: Bus, task_ids: list[str]) -> None:
             tg.create_task(one_task(task_id))
 
 
-async def _wait_consumer(bus: Bus, proc) -> None:  # noqa: ANN001
+async def _wait_consumer(bus: Bus, proc) -> None:
     """The writer is ready once its durable consumer exists."""
     deadline = asyncio.get_running_loop().time() + 30
     while True:

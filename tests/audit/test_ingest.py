@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+from audit_helpers import RunningWriter, count_rows, every_event, publish_all, wait_rows
 
 from bus import AuditNotice, Bus, ChainHead, Log, Settings, new_task_id
 from server._audit import open_db, verify
-
-from audit_helpers import RunningWriter, count_rows, every_event, publish_all, wait_rows
 
 
 def rows(db: Path, sql: str = "SELECT task_id, seq, type, key_id FROM audit ORDER BY id", *args: object) -> list:
@@ -54,7 +53,7 @@ async def test_malformed_payload_is_stored_as_malformed_and_ingest_continues(bus
     await bus.publish(subject, b'{"type": "message", "task_id": "' + task_id.encode() + b'"}')  # fields missing
     await bus.publish(subject, b'{"type": "teleport", "task_id": "x", "seq": 1, "ts": "2026-01-01T00:00:00Z"}')
     await bus.publish(bus.subjects.audit("denied"), b"[1, 2, 3]")
-    await bus.publish(subject, Log(task_id=task_id, seq=1, ts=datetime.now(timezone.utc), line="still here"))
+    await bus.publish(subject, Log(task_id=task_id, seq=1, ts=datetime.now(UTC), line="still here"))
     await wait_rows(db, 5)
     got = rows(db, "SELECT type, task_id, body FROM audit WHERE stream = 'events' ORDER BY id")
     assert [g[0] for g in got] == ["malformed", "malformed", "malformed", "log"]
@@ -112,7 +111,7 @@ async def test_redelivered_messages_are_skipped_and_do_not_fork_the_chain(settin
 async def test_chain_head_is_published_with_the_last_row_and_hash(bus: Bus, settings: Settings, db: Path):
     heads: asyncio.Queue[ChainHead] = asyncio.Queue()
 
-    async def on_head(msg) -> None:  # noqa: ANN001
+    async def on_head(msg) -> None:
         heads.put_nowait(msgspec.json.decode(msg.data, type=ChainHead))
 
     sub = await bus.nc.subscribe(bus.subjects.audit_head(), cb=on_head)
@@ -125,7 +124,7 @@ async def test_chain_head_is_published_with_the_last_row_and_hash(bus: Bus, sett
                 head = await heads.get()
                 if head.row == 10:
                     break
-        assert head.hash == rows(db, "SELECT hash FROM audit WHERE id = 10")[0][0]
+        assert head.hash == rows(db, "SELECT hash FROM audit WHERE id = 10")[0][0].hex()
     finally:
         await w.close()
         await sub.unsubscribe()
@@ -143,3 +142,17 @@ async def test_stream_sequence_is_read_from_the_ack_subject_like_nats_metadata(b
         assert [stream_seq(m) for m in msgs] == [m.metadata.sequence.stream for m in msgs] == [1, 2, 3]
     finally:
         await psub.unsubscribe()
+
+
+async def test_stored_batches_are_acked_so_the_consumer_has_nothing_pending(bus: Bus, writer: RunningWriter, db: Path):
+    from server._audit._subscriber import EVENTS_CONSUMER
+
+    await publish_all(bus, every_event(new_task_id()))
+    await wait_rows(db, 10)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        info = await bus.js.consumer_info(bus.subjects.events_stream, EVENTS_CONSUMER)
+        if info.num_ack_pending == 0 and info.ack_floor.stream_seq == 10:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"still pending: {info.num_ack_pending}"
+        await asyncio.sleep(0.05)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -30,7 +30,7 @@ async def test_an_event_carrying_an_api_key_is_stored_redacted(
     bus: Bus, writer: RunningWriter, db: Path, settings: Settings
 ):
     task_id = new_task_id()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     await bus.publish(bus.subjects.events(task_id), Message(
         task_id=task_id, seq=1, ts=now, text=f"the key is {SECRETS[0]} and {SECRETS[1]}",
     ))

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from audit_helpers import ROOT, cli_env, every_event, fill, invoke
@@ -74,7 +74,7 @@ async def test_tail_follow_shows_the_events_of_a_running_task_as_they_happen(bus
 
 async def test_tail_follow_filters_by_task_key_and_type_and_prints_readable_lines(bus: Bus, settings: Settings):
     mine, other = new_task_id(), new_task_id()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with Tail(settings, "--key", "tb_carol", "--type", "message") as tail:
         # the key of a task comes from its accepted event (or the audit database's task map)
         await bus.publish(bus.subjects.events(mine), every_event(mine, key_id="tb_carol")[0])
