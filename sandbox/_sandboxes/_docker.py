@@ -210,6 +210,7 @@ class DockerBackend:
     def labels(self, *, sid: str, task_id: str, runner_id: str) -> dict[str, str]:
         return {
             _labels.LABEL_MARK: "1",
+            _labels.LABEL_SCOPE: _labels.scope_of(self.settings.data_path),
             _labels.LABEL_TASK: task_id,
             _labels.LABEL_RUNNER: runner_id,
             _labels.LABEL_LIFE: _labels.life_token(),
@@ -273,7 +274,7 @@ class DockerBackend:
     async def list(self) -> list[SandboxInfo]:
         client = await asyncio.to_thread(connect)
         try:
-            containers = await asyncio.to_thread(client.containers.list, all=True, filters={"label": f"{_labels.LABEL_MARK}=1"})
+            containers = await asyncio.to_thread(client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path))
         finally:
             client.close()
         infos = []

@@ -5,12 +5,17 @@ Docker objects carry labels (``taskbus.sandbox=1``, ``taskbus.task_id``,
 ``<data_dir>/sandboxes/<id>/`` holding ``state.json`` (the same facts plus the
 bwrap process id and start time, and its cgroup folders).
 
+``scope`` (a hash of the data dir) keeps runners of different installations on one
+Docker host apart: a reaper only looks at containers of its own scope, as bwrap's
+only looks at its own data dir.
+
 ``life`` identifies one process of a runner (pid and start time): a sandbox whose
 runner id is ours but whose life is not is left over from our previous life.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from functools import cache
@@ -23,6 +28,7 @@ LABEL_TASK = "taskbus.task_id"
 LABEL_RUNNER = "taskbus.runner_id"
 LABEL_LIFE = "taskbus.life"
 LABEL_POOL = "taskbus.pool"
+LABEL_SCOPE = "taskbus.scope"
 STATE_FILE = "state.json"
 
 
@@ -39,6 +45,15 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def scope_of(data_path: Path) -> str:
+    return hashlib.sha256(str(data_path.resolve()).encode()).hexdigest()[:12]
+
+
+def docker_filters(data_path: Path) -> dict[str, list[str]]:
+    """Filters for our containers of this scope."""
+    return {"label": [f"{LABEL_MARK}=1", f"{LABEL_SCOPE}={scope_of(data_path)}"]}
 
 
 def new_sandbox_id() -> str:

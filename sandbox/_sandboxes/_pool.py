@@ -140,6 +140,7 @@ class WarmPool:
             await asyncio.to_thread(_hand_out, slot.folder, spec)
         except OSError as exc:
             logger.info("warm pool: cannot hand out %s (%s); creating cold", slot.sid, exc)
+            await asyncio.to_thread(release_workspace, slot.folder, Path(spec.workspace))  # nothing is lost
             await asyncio.to_thread(_remove_slot, slot)
             return None
         client = await self._backend.client()

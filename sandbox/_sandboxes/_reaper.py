@@ -5,8 +5,8 @@ heartbeat), and sandboxes with our own runner id but another ``life`` (left by o
 previous process). bwrap: SIGKILL the process group recorded in the state folder
 (only if that pid still has the recorded start time), kill what is left in the
 recorded cgroups (only folders named ``taskbus/<id>``), remove them and the state
-folder. Docker: force-remove containers labelled ``taskbus.sandbox=1`` and remove
-their pool workspace folders. Called by runners on start and periodically, and by
+folder. Docker: force-remove containers labelled ``taskbus.sandbox=1`` with our
+``taskbus.scope`` (data dir) and remove their host folders. Called by runners on start and periodically, and by
 ``taskbus sandbox prune``.
 """
 
@@ -106,7 +106,7 @@ def reap_docker(client: object, live_runner_ids: set[str], own_runner_id: str, d
     import docker.errors
 
     removed = 0
-    containers = client.containers.list(all=True, filters={"label": f"{_labels.LABEL_MARK}=1"})  # type: ignore[attr-defined]
+    containers = client.containers.list(all=True, filters=_labels.docker_filters(data_path))  # type: ignore[attr-defined]
     for container in containers:
         labels = container.labels or {}
         runner = labels.get(_labels.LABEL_RUNNER, "")
@@ -153,7 +153,7 @@ def prune_docker(client: object, data_path: Path, *, everything: bool) -> int:
     import docker.errors
 
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": f"{_labels.LABEL_MARK}=1"}):  # type: ignore[attr-defined]
+    for container in client.containers.list(all=True, filters=_labels.docker_filters(data_path)):  # type: ignore[attr-defined]
         if not everything and container.status == "running":
             continue
         try:
