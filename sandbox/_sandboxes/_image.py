@@ -83,6 +83,12 @@ def find_rootfs(settings: Settings) -> Path:
         raise SandboxUnavailable(
             f"sandbox root filesystem not built (looked in {tree}); run `taskbus sandbox build-image`"
         )
+    for rel in ("usr/bin", "etc/shadow"):
+        if (tree / rel).stat().st_uid != 0:
+            raise SandboxUnavailable(
+                f"sandbox root filesystem {tree} was altered ({rel} is not owned by root); "
+                "rebuild it with `taskbus sandbox build-image --force`"
+            )
     return tree
 
 
