@@ -73,6 +73,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """The real model credential. Only runners need it; it never enters a sandbox."""
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=lambda: dict(DEFAULT_PRICES))
     """USD per million tokens by model (JSON in the environment)."""
+    complete_provider: Literal["anthropic", "claude-cli"] = "anthropic"
+    """How runners answer `complete` jobs: the Messages API directly, or `claude -p` with no tools in a sandbox."""
     default_model: str = "claude-sonnet-4-6"
     """Model used when a request names none and routing is off."""
     # -- security

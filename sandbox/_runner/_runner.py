@@ -39,12 +39,14 @@ from bus import (
 )
 
 from .._gateway import Upstream
-from .._providers import AnthropicProvider
+from .._providers import AnthropicProvider, ModelProvider
+from ._cli_provider import ClaudeCliProvider
 from .._sandboxes import SandboxBackend, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
 from ._job import JobHandler
-from ._task import TaskOutcome, TaskRun, socket_root_for
+from ._agent import socket_root_for
+from ._task import TaskOutcome, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class Runner:
         self.backend: SandboxBackend | None = None
         self.handler: JobHandler | None = None
         self.upstream: Upstream | None = None
-        self.provider: AnthropicProvider | None = None
+        self.provider: ModelProvider | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Runner:
@@ -118,8 +120,8 @@ class Runner:
         secret = load_or_create_job_secret(s)
         self.handler = JobHandler(self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes, ack_wait_s=s.job_ack_wait_s)
         self.upstream = await self._stack.enter_async_context(Upstream(s))
-        self.provider = await self._stack.enter_async_context(AnthropicProvider(s, upstream=self.upstream))
-        if "task" in self.kinds:
+        needs_sandbox = "task" in self.kinds or s.complete_provider == "claude-cli"
+        if needs_sandbox:
             self.backend = get_backend(self.backend_name, s)
             self._stack.push_async_callback(self.backend.close)
             await self._reap(startup=True)
@@ -130,6 +132,12 @@ class Runner:
         self._socket_root = socket_root_for(self._run_root)
         await asyncio.to_thread(shutil.rmtree, self._socket_root, True)
         self._socket_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if s.complete_provider == "claude-cli":
+            assert self.backend is not None
+            self.provider = ClaudeCliProvider(s, backend=self.backend, upstream=self.upstream, runner_id=self.id,
+                                              run_root=self._run_root, socket_root=self._socket_root)
+        else:
+            self.provider = await self._stack.enter_async_context(AnthropicProvider(s, upstream=self.upstream))
         await self.bus.nc.subscribe(self.subjects.runners_all(), cb=self._on_heartbeat)
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()

@@ -139,3 +139,25 @@ async def test_write_a_file_task_runs_in_docker_too(runner_settings: Settings, t
     assert any(isinstance(e, Started) and e.backend == "docker" for e in events)
     assert any(isinstance(e, bus_module.Artifact) and e.path == "hello.txt" for e in events)
     assert left == []
+
+
+@pytest.mark.usefixtures("require_bwrap", "require_claude")
+async def test_a_completion_through_the_claude_cli_provider_streams_and_is_metered(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    import msgspec
+
+    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+        settings = msgspec.structs.replace(settings, complete_provider="claude-cli")
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-cli", kinds=("complete",)):
+            job = make_job(settings, bus_module.CompleteRequest(prompt="Echo me through the CLI", system="Be brief."))
+            await submit(bus, job)
+            events = await follow(bus, job.task_id)
+        offered = [r["tools"] for r in model.requests() if r.get("path", "").startswith("/v1/messages") and "tools" in r]
+    assert_gapless(events)
+    finished = events[-1]
+    assert finished.status == "succeeded", finished
+    assert "Echo me through the CLI" in finished.result
+    deltas = "".join(e.text for e in events if isinstance(e, Message) and e.delta)
+    assert deltas and "Echo me through the CLI" in deltas
+    calls = [e for e in events if isinstance(e, ModelCall)]
+    assert calls and finished.cost_usd == pytest.approx(sum(c.cost_usd for c in calls))
+    assert all(tools == [] for tools in offered), "a completion offers the model no tools"

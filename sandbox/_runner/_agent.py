@@ -1,0 +1,161 @@
+"""The environment one Claude Code run needs: a model gateway on a unix socket, a
+sandbox with the CLI, the hook and the managed settings mounted read-only, and the
+loopback forwarder inside that connects the CLI to the gateway.
+
+    async with AgentSandbox(...) as agent:        # gateway up, sandbox created, forwarder ready
+        proc = await agent.sandbox.exec(claude_argv(agent.claude_binary, policy), env=agent.env)
+
+Leaving it stops the forwarder, destroys the sandbox, closes the gateway and removes
+the host folders, whatever happened (cancel, timeout, crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bus import Policy, SandboxError, Settings
+
+from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
+from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
+from .._tools import find_claude
+from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_policy_files
+
+logger = logging.getLogger(__name__)
+
+FORWARDER_READY_TIMEOUT_S = 20.0
+
+
+def forwarder_source() -> bytes:
+    return resources.files("sandbox").joinpath("_forwarder.py").read_bytes()
+
+
+def socket_root_for(run_root: Path) -> Path:
+    """A short folder for gateway sockets (unix socket paths are limited to 107 bytes)."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(run_root).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"taskbus-{digest}"
+
+
+class AgentSandbox:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        *,
+        backend: SandboxBackend,
+        upstream: Upstream,
+        runner_id: str,
+        run_dir: Path,
+        sock_dir: Path,
+        on_call: Callable[[CallRecord], Awaitable[None]],
+        on_security: Callable[[SecurityNotice], Awaitable[None]],
+        on_log: Callable[[str], Awaitable[None]],
+        on_started: Callable[[Sandbox], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.backend = backend
+        self.upstream = upstream
+        self.runner_id = runner_id
+        self.run_dir = run_dir
+        self.sock_dir = sock_dir
+        self.workspace = run_dir / "workspace"
+        self._on_call, self._on_security, self._on_log, self._on_started = on_call, on_security, on_log, on_started
+        self.placeholder = new_placeholder_key()
+        self.secrets = (self.placeholder, settings.upstream_api_key)
+        self.sandbox: Sandbox | None = None
+        self.gateway: ModelGateway | None = None
+        self.claude_binary = ""
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return claude_env(self.placeholder)
+
+    async def __aenter__(self) -> AgentSandbox:
+        try:
+            await self._enter()
+        except BaseException:
+            await asyncio.shield(self._close())
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            await asyncio.to_thread(_remove, self.run_dir, self.sock_dir)
+
+    async def _enter(self) -> None:
+        opt_dir, etc_dir = self.run_dir / "opt", self.run_dir / "etc"
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        claude = find_claude(self.settings)
+        self.claude_binary = f"/opt/claude/{claude.name}"
+        write_policy_files(opt_dir, etc_dir, self.policy, forwarder_source())
+        self.gateway = await self._stack.enter_async_context(
+            ModelGateway(
+                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
+                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
+            )
+        )
+        spec = spec_from_policy(
+            self.policy,
+            runner_id=self.runner_id,
+            workspace=str(self.workspace),
+            ro_mounts=[
+                (str(claude.parent), "/opt/claude"),
+                (str(opt_dir), OPT_DIR),
+                (str(etc_dir), str(Path(MANAGED_SETTINGS).parent)),
+            ],
+            socket_dir=str(self.sock_dir),
+        )
+        self.sandbox = await self._stack.enter_async_context(await self.backend.create(spec))
+        self.workspace = self.sandbox.workspace  # a pooled Docker sandbox has its own folder
+        if self._on_started is not None:
+            await self._on_started(self.sandbox)
+        forwarder = await self.sandbox.exec(
+            ["python3", "-I", f"{OPT_DIR}/forwarder.py", "--listen", f"127.0.0.1:{GATEWAY_PORT}",
+             "--socket", "/run/taskbus/model.sock"],
+            cwd="/tmp",
+        )
+        await self._wait_ready(forwarder)
+        drain = asyncio.create_task(self._drain(forwarder), name=f"forwarder-log-{self.policy.task_id}")
+
+        async def stop_drain() -> None:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+
+        self._stack.push_async_callback(stop_drain)
+
+    async def _wait_ready(self, forwarder: Any) -> None:
+        try:
+            async with asyncio.timeout(FORWARDER_READY_TIMEOUT_S):
+                async for stream, line in forwarder:
+                    if stream == "stdout" and line.startswith("ready"):
+                        return
+                    await self._on_log(f"forwarder: {line[:500]}")
+        except TimeoutError:
+            pass
+        raise SandboxError("the model forwarder inside the sandbox did not start (is python3 in the sandbox image?)")
+
+    async def _drain(self, forwarder: Any) -> None:
+        """Keep reading the forwarder's output so it never blocks on a full pipe."""
+        async for _stream, line in forwarder:
+            await self._on_log(f"forwarder: {line[:500]}")
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

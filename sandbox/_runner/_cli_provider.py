@@ -1,0 +1,108 @@
+"""The ``claude-cli`` completion provider: ``claude -p`` with no tools, in a sandbox.
+
+It answers ``complete`` jobs through the same gateway (metering, hard cost cap,
+credential injection) as agentic tasks. Text deltas come from the CLI's partial
+messages (``--include-partial-messages``). ``max_tokens`` and ``temperature`` are not
+CLI options, so they are not applied (the cost cap still is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import msgspec
+
+from bus import BudgetExceeded, CompleteRequest, ModelError, Policy, Settings, Usage, redact
+
+from .._gateway import CallRecord, Callback, SecurityNotice, Upstream, notify
+from .._providers import CompletionResult
+from .._sandboxes import SandboxBackend
+from ._agent import AgentSandbox
+from ._claude import claude_argv
+
+logger = logging.getLogger(__name__)
+
+
+def prompt_text(request: CompleteRequest) -> str:
+    parts = [f"{m.role}: {m.content}" for m in request.messages or []]
+    if request.prompt:
+        parts.append(request.prompt if not parts else f"user: {request.prompt}")
+    return "\n\n".join(parts)
+
+
+class ClaudeCliProvider:
+    name = "claude-cli"
+
+    def __init__(
+        self, settings: Settings, *, backend: SandboxBackend, upstream: Upstream, runner_id: str,
+        run_root: Path, socket_root: Path,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.upstream = upstream
+        self.runner_id = runner_id
+        self.run_root = run_root
+        self.socket_root = socket_root
+
+    async def complete(
+        self,
+        request: CompleteRequest,
+        policy: Policy,
+        *,
+        on_delta: Callback[str] | None = None,
+        on_call: Callback[CallRecord] | None = None,
+    ) -> CompletionResult:
+        started = time.monotonic()
+        no_tools = msgspec.structs.replace(policy, tools=[], agents=[], skills=[])
+        usage = Usage()
+
+        async def count(record: CallRecord) -> None:
+            nonlocal usage
+            usage = usage + record.usage
+            await notify(on_call, record)
+
+        async def security(notice: SecurityNotice) -> None:
+            logger.warning("completion %s: gateway refused something: %s", policy.task_id, notice.detail)
+
+        async def log(line: str) -> None:
+            logger.debug("completion %s: %s", policy.task_id, line)
+
+        agent = AgentSandbox(
+            self.settings, no_tools, backend=self.backend, upstream=self.upstream, runner_id=self.runner_id,
+            run_dir=self.run_root / policy.task_id, sock_dir=self.socket_root / policy.task_id,
+            on_call=count, on_security=security, on_log=log,
+        )
+        text, result, is_error = [], "", False
+        async with agent:
+            argv = claude_argv(agent.claude_binary, no_tools, tools=[]) + ["--include-partial-messages"]
+            if request.system:
+                argv.append("--system-prompt=" + request.system)
+            proc = await agent.sandbox.exec(argv, env=agent.env, stdin=prompt_text(request).encode())  # type: ignore[union-attr]
+            async for stream, line in proc:
+                if stream != "stdout":
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if doc.get("type") == "stream_event":
+                    delta = (doc.get("event") or {}).get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        text.append(delta["text"])
+                        await notify(on_delta, redact(delta["text"], agent.secrets))
+                elif doc.get("type") == "result":
+                    result, is_error = str(doc.get("result") or ""), bool(doc.get("is_error"))
+            await proc.wait()
+            gateway = agent.gateway
+            assert gateway is not None
+            if gateway.exhausted:
+                raise BudgetExceeded(f"the completion reached its cost cap of ${policy.max_cost_usd:.4f}")
+            if is_error or not (result or text):
+                raise ModelError(f"claude -p failed: {redact(result, agent.secrets)[:500] or 'no result'}")
+            return CompletionResult(
+                text=redact(result or "".join(text), agent.secrets), model=policy.model, usage=usage,
+                cost_usd=gateway.spent_usd, stop_reason="end_turn", duration_ms=int((time.monotonic() - started) * 1000),
+            )
