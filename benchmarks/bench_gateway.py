@@ -6,7 +6,8 @@ Paths, measured round-robin in the same run (so machine noise hits all alike):
 - ``gateway``: httpx -> gateway unix socket -> scripted model            (what the runner adds)
 - ``forwarder``: httpx -> forwarder (TCP, python3 subprocess) -> gateway -> model
   (the whole in-sandbox path, minus the sandbox)
-- ``provider``: AnthropicProvider.complete (streaming, metered) vs a direct streaming call
+- ``complete``: AnthropicProvider.complete (streaming, metered, count_tokens first) vs
+  one direct streaming request made with the same HTTP client
 
 for a short JSON reply and a short streamed reply. The gateway makes two upstream
 requests per call (count_tokens for the hard cap, then the call), which is most of what
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import httpx
 
 from bus import CompleteRequest, Policy, Settings
-from sandbox._gateway import ModelGateway, Upstream, new_placeholder_key
+from sandbox._gateway import ModelGateway, Upstream, encode_body, new_placeholder_key
 from sandbox._providers import AnthropicProvider
 
 MODEL = "claude-sonnet-4-6"
@@ -122,6 +123,15 @@ async def main() -> None:
             request = CompleteRequest(prompt="hi", max_tokens=100)
             complete_policy = Policy(task_id="c", kind="complete", key_id="k", profile="p", model=MODEL, models=[MODEL], max_cost_usd=1e6)
 
+            stream_body = encode_body({**BODY, "stream": True})
+
+            async def lean_direct() -> float:  # the same HTTP client the provider uses, one request
+                t = time.perf_counter()
+                response = await upstream.open("/v1/messages", "", stream_body, upstream.headers(()))
+                await response.aread()
+                await response.aclose()
+                return (time.perf_counter() - t) * 1000
+
             async def provider_call() -> float:
                 t = time.perf_counter()
                 await provider.complete(request, complete_policy)
@@ -134,6 +144,7 @@ async def main() -> None:
                 "stream/direct": lambda: timed_post(direct, "/v1/messages", {**BODY, "stream": True}, real),
                 "stream/gateway": lambda: timed_post(via_gw, "/v1/messages", {**BODY, "stream": True}, ph),
                 "stream/forwarder": lambda: timed_post(via_fw, "/v1/messages", {**BODY, "stream": True}, ph),
+                "complete/direct": lean_direct,
                 "complete/provider": provider_call,
             }
             samples: dict[str, list[float]] = {m: [] for m in modes}
@@ -162,7 +173,7 @@ async def main() -> None:
     print(f"\nmodel gateway, {n} sequential requests per path, round-robin ({platform.machine()}, {os.cpu_count()} cpus)")
     print(f"{'path':<22}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'x direct':>10}{'+p50 ms':>10}")
     for kind, paths in results.items():
-        base = statistics.median(paths["direct"]) if "direct" in paths else statistics.median(results["stream"]["direct"])
+        base = statistics.median(paths["direct"])
         for path, values in paths.items():
             p50, p99 = statistics.median(values), pct(values, 0.99)
             row = {"path": f"{kind}/{path}", "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
@@ -172,7 +183,7 @@ async def main() -> None:
             print(f"{row['path']:<22}{p50:>10.2f}{p99:>10.2f}{row['mean_ms']:>10.2f}{row['ratio_p50']:>10.2f}{row['added_p50_ms']:>10.2f}")
     life = {"p50_ms": round(statistics.median(lifecycle), 3), "p99_ms": round(pct(lifecycle, 0.99), 3)}
     print(f"{'gateway start+stop':<22}{life['p50_ms']:>10.2f}{life['p99_ms']:>10.2f}")
-    print("(complete/provider is compared with stream/direct: the provider always streams)")
+    print("(json/stream: an httpx client in front; complete: the provider vs one streaming request with its own client)")
     if not nodelay:
         print("note: the scripted model's listening socket had no TCP_NODELAY (set here); without it each "
               "upstream request waits ~40 ms for a delayed ACK")

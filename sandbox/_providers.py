@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
-
 from bus import (
     CompleteRequest,
     InvalidInput,
@@ -42,6 +40,8 @@ from ._gateway import (
     PriceTable,
     SseUsageReader,
     Upstream,
+    UpstreamFailed,
+    UpstreamUnavailable,
     encode_body,
     notify,
 )
@@ -152,12 +152,12 @@ class AnthropicProvider:
         try:
             try:
                 response = await self.upstream.open("/v1/messages", "", content, headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise ModelError(f"the model API at {self.upstream.base_url} is unreachable ({type(exc).__name__})") from None
+            except UpstreamUnavailable as exc:
+                raise ModelError(self.upstream.redact(exc.message)) from None
             outcome.update(status=response.status_code, answered=True, sent=True, streamed=True)
             try:
                 if response.status_code >= 400:
-                    raw = (await response.aread())[:MAX_ERROR_BODY]
+                    raw = (await response.aread(limit=MAX_ERROR_BODY * 64))[:MAX_ERROR_BODY]
                     failure = f"the model API answered {response.status_code}: {raw.decode('utf-8', 'replace')}"
                 else:
                     async for chunk in response.aiter_raw():
@@ -174,9 +174,9 @@ class AnthropicProvider:
             finally:
                 await response.aclose()
                 outcome.update(usage=reader.usage, complete=reader.completed, stop_reason=reader.stop_reason)
-        except httpx.HTTPError as exc:
+        except UpstreamFailed as exc:
             outcome["sent"] = True
-            failure = f"the model API failed: {type(exc).__name__}"
+            failure = exc.message
         finally:
             record = await metered.settle(reservation, started=started, **outcome)
         if failure is not None:

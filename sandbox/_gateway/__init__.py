@@ -1,6 +1,8 @@
 """The metering model gateway: what stands between a sandbox (or a completion) and the
 model API. See docs/gateway.md."""
 
+from ._client import UpstreamFailed as UpstreamFailed
+from ._client import UpstreamUnavailable as UpstreamUnavailable
 from ._filter import encode_body as encode_body
 from ._gateway import ModelGateway as ModelGateway
 from ._gateway import new_placeholder_key as new_placeholder_key
@@ -27,6 +29,8 @@ __all__ = [
     "SecurityNotice",
     "SseUsageReader",
     "Upstream",
+    "UpstreamFailed",
+    "UpstreamUnavailable",
     "anthropic_error",
     "encode_body",
     "new_placeholder_key",

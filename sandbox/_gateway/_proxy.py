@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import httpx
 import msgspec
 
 from bus import BudgetExceeded, InvalidInput, Policy, PolicyDenied
 
+from ._client import HttpResponse, UpstreamFailed, UpstreamUnavailable
 from ._filter import check_model, decode_body, encode_body, filter_tools
 from ._http import HttpRequest, Responder
 from ._metered import Callback, MeteredModel, notify
@@ -62,11 +62,11 @@ def anthropic_error(status: int, message: str, error_type: str | None = None) ->
     return [_JSON], body
 
 
-def _response_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+def _response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [
-        (name, value)
-        for name, value in headers.multi_items()
-        if name in _RESPONSE_HEADERS or name.startswith("anthropic-ratelimit-")
+        (name.lower(), value)
+        for name, value in headers
+        if name.lower() in _RESPONSE_HEADERS or name.lower().startswith("anthropic-ratelimit-")
     ]
 
 
@@ -160,13 +160,13 @@ class GatewayHandler:
     async def _count_tokens(self, request: HttpRequest, body: dict, response: Responder) -> None:
         headers = self.upstream.headers(request.headers)
         try:
-            upstream = await self.upstream.client.post(
-                self.upstream.url(COUNT_TOKENS, request.query), content=encode_body(body), headers=headers
-            )
-        except httpx.HTTPError as exc:
-            await response.full(502, *anthropic_error(502, f"model API unreachable: {type(exc).__name__}"))
+            upstream, content = await self.upstream.post(COUNT_TOKENS, request.query, encode_body(body), headers)
+        except UpstreamUnavailable as exc:
+            await response.full(502, *anthropic_error(502, f"taskbus: {exc.message}"))
             return
-        content = upstream.content
+        except UpstreamFailed as exc:
+            await response.full(502, *anthropic_error(502, f"taskbus: {exc.message}"))
+            return
         if upstream.status_code >= 400:
             content = self.upstream.redact(content[:MAX_ERROR_BODY].decode("utf-8", "replace")).encode()
         await response.full(upstream.status_code, _response_headers(upstream.headers), content)
@@ -194,23 +194,23 @@ class GatewayHandler:
         try:
             try:
                 upstream = await self.upstream.open(MESSAGES, request.query, encode_body(body), headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                await response.full(502, *anthropic_error(502, f"taskbus: model API unreachable ({type(exc).__name__})"))
+            except UpstreamUnavailable as exc:
+                await response.full(502, *anthropic_error(502, f"taskbus: {self.upstream.redact(exc.message)}"))
                 return
             outcome.update(status=upstream.status_code, answered=True, sent=True)
             try:
                 await self._relay(upstream, response, outcome)
             finally:
                 await upstream.aclose()
-        except httpx.HTTPError as exc:
+        except UpstreamFailed as exc:
             outcome["sent"] = True
-            logger.warning("task %s: model call failed: %s", self.policy.task_id, type(exc).__name__)
+            logger.warning("task %s: model call failed: %s", self.policy.task_id, exc.message)
             if not response.started:
-                await response.full(502, *anthropic_error(502, f"taskbus: model API failed ({type(exc).__name__})"))
+                await response.full(502, *anthropic_error(502, f"taskbus: {self.upstream.redact(exc.message)}"))
         finally:
             await self.metered.settle(reservation, started=started, **outcome)
 
-    async def _relay(self, upstream: httpx.Response, response: Responder, outcome: dict) -> None:
+    async def _relay(self, upstream: HttpResponse, response: Responder, outcome: dict) -> None:
         status = upstream.status_code
         headers = _response_headers(upstream.headers)
         if status >= 400:
@@ -222,7 +222,7 @@ class GatewayHandler:
             text = self.upstream.redact(bytes(raw[:MAX_ERROR_BODY]).decode("utf-8", "replace"))
             await response.full(status, headers, text.encode())
             return
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+        if upstream.header("content-type").startswith("text/event-stream"):
             reader = SseUsageReader()
             outcome["streamed"] = True
             await response.start(status, headers)
@@ -238,7 +238,7 @@ class GatewayHandler:
         async for chunk in upstream.aiter_raw():
             raw += chunk
             if len(raw) > MAX_JSON_BODY:
-                raise httpx.RemoteProtocolError("response body too large")
+                raise UpstreamFailed(f"the model API response is over {MAX_JSON_BODY} bytes")
         usage, stop_reason, _model = read_json_message(bytes(raw))
         outcome.update(usage=usage, complete=usage is not None, stop_reason=stop_reason)
         await response.full(status, headers, bytes(raw))

@@ -1,9 +1,9 @@
-"""The HTTP client to the model API, shared by every gateway and provider of a runner.
+"""The model API as the gateway and the providers see it: one client (one pool of
+keep-alive connections) per runner, the real credential, and the header allowlist.
 
-One ``httpx.AsyncClient`` (one connection pool) per runner. Requests toward the
-upstream carry only an allowlist of the client's headers plus the real credential
-(``x-api-key``); responses come back with ``accept-encoding: identity`` so the usage in
-them can be read as they pass.
+Requests toward the upstream carry only an allowlist of the client's headers plus the
+real credential (``x-api-key``), and ask for ``accept-encoding: identity`` so the usage
+in responses can be read as they pass.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-import httpx
+import msgspec
 
 from bus import ConfigError, Settings, redact
 
+from ._client import HttpResponse, LeanClient, ModelError
 from ._filter import encode_body
 
 __all__ = ["DEFAULT_UPSTREAM", "FORWARDED_REQUEST_HEADERS", "Upstream"]
@@ -29,6 +30,13 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 )
 """Client headers passed upstream; every other header (credentials, cookies, session
 ids, SDK telemetry) is dropped."""
+
+
+class _Count(msgspec.Struct):
+    input_tokens: int
+
+
+_decode_count = msgspec.json.Decoder(_Count).decode
 
 
 class Upstream:
@@ -50,9 +58,10 @@ class Upstream:
         self.base_url = url
         self._api_key = settings.upstream_api_key
         self._count_timeout = count_timeout
-        self._timeout = httpx.Timeout(connect_timeout, read=read_timeout, write=60.0, pool=60.0)
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=32)
-        self._client: httpx.AsyncClient | None = None
+        self._client_args = dict(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
+        )
+        self._client: LeanClient | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -64,9 +73,7 @@ class Upstream:
 
     async def __aenter__(self) -> Upstream:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self._timeout, limits=self._limits, follow_redirects=False, trust_env=False
-            )
+            self._client = LeanClient(**self._client_args)  # type: ignore[arg-type]
         return self
 
     async def __aexit__(
@@ -80,18 +87,14 @@ class Upstream:
             await client.aclose()
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> LeanClient:
         if self._client is None:
             raise RuntimeError("Upstream is not open; use `async with Upstream(settings)`")
         return self._client
 
     def headers(self, client_headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         """The headers to send upstream: the allowlisted client headers and the credential."""
-        out = {
-            name: value
-            for name, value in client_headers
-            if name in FORWARDED_REQUEST_HEADERS
-        }
+        out = {name: value for name, value in client_headers if name in FORWARDED_REQUEST_HEADERS}
         out.setdefault("anthropic-version", "2023-06-01")
         out.setdefault("content-type", "application/json")
         out["accept-encoding"] = "identity"
@@ -102,34 +105,43 @@ class Upstream:
     def url(self, path: str, query: str = "") -> str:
         return f"{self.base_url}{path}?{query}" if query else f"{self.base_url}{path}"
 
+    async def open(self, path: str, query: str, content: bytes, headers: dict[str, str]) -> HttpResponse:
+        """POST; returns once status and headers are in, the body unread (close it!).
+
+        Raises UpstreamUnavailable (nothing sent) or UpstreamFailed.
+        """
+        return await self.client.post(self.url(path, query), headers=headers, content=content)
+
+    async def post(
+        self, path: str, query: str, content: bytes, headers: dict[str, str], *, timeout: float | None = None
+    ) -> tuple[HttpResponse, bytes]:
+        """POST and read the whole (small) response."""
+        response = await self.client.post(self.url(path, query), headers=headers, content=content, read_timeout=timeout)
+        try:
+            return response, await response.aread()
+        finally:
+            await response.aclose()
+
     async def count_tokens(self, body: dict[str, Any], headers: dict[str, str], query: str = "") -> int | None:
         """Input tokens of ``body`` from ``/v1/messages/count_tokens``; None if that failed."""
         try:
-            response = await self.client.post(
-                self.url("/v1/messages/count_tokens", query),
-                content=encode_body(body),
-                headers=headers,
-                timeout=self._count_timeout,
+            response, raw = await self.post(
+                "/v1/messages/count_tokens", query, encode_body(body), headers, timeout=self._count_timeout
             )
-        except httpx.HTTPError as exc:
-            logger.warning("count_tokens failed (%s); using the fallback bound", type(exc).__name__)
+        except ModelError as exc:
+            logger.warning("count_tokens failed (%s); using the fallback bound", exc.message)
             return None
         if response.status_code != 200:
             logger.warning(
                 "count_tokens answered %d (%s); using the fallback bound",
-                response.status_code, self.redact(response.text[:300]),
+                response.status_code, self.redact(raw[:300].decode("utf-8", "replace")),
             )
             return None
         try:
-            tokens = response.json()["input_tokens"]
-        except (ValueError, KeyError, TypeError):
-            tokens = None
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            tokens = _decode_count(raw).input_tokens
+        except msgspec.DecodeError:
+            tokens = -1
+        if tokens < 0:
             logger.warning("count_tokens answered without a valid input_tokens; using the fallback bound")
             return None
         return tokens
-
-    async def open(self, path: str, query: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
-        """POST and return the response with its body not yet read (close it!)."""
-        request = self.client.build_request("POST", self.url(path, query), content=content, headers=headers)
-        return await self.client.send(request, stream=True)

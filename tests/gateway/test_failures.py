@@ -38,7 +38,7 @@ async def test_an_unreachable_upstream_gives_502_and_costs_nothing(tmp_path: Pat
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             response = await client.post("/v1/messages", json=body(), headers={"x-api-key": placeholder})
     assert response.status_code == 502
-    assert response.json()["error"]["type"] == "api_error" and "unreachable" in response.json()["error"]["message"]
+    assert response.json()["error"]["type"] == "api_error" and "cannot connect" in response.json()["error"]["message"]
     assert "sk-ant-real" not in response.text
     assert gw.spent_usd == 0 and calls[0].status == 502 and not calls[0].charged_worst_case
 
