@@ -35,7 +35,7 @@ def _runner_process(settings: Settings, runner_id: str, backend: str, log: Path)
         "TASKBUS_HEARTBEAT_S": "1",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "server._cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task"],
+        [sys.executable, "-m", "server._cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task", "--grace", "2"],
         env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -91,3 +91,37 @@ async def test_a_task_whose_runner_was_killed_ends_runner_lost_and_its_sandbox_i
     assert calls_after - calls_at_kill <= 1, "no new model conversation started after the kill"
     assert sandboxes == [], f"sandbox {started.sandbox_id} of the killed runner is still there"
     assert second.returncode == 0
+
+
+@pytest.mark.usefixtures("require_bwrap")
+async def test_sigterm_drains_then_cancels_with_runner_shutdown_and_heartbeats_show_the_task(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
+    log = tmp_path / "runner.log"
+    beats: list[bus_module.Heartbeat] = []
+
+    async def on_beat(msg) -> None:  # type: ignore[no-untyped-def]
+        beats.append(bus_module.decode_heartbeat(msg.data))
+
+    hb = await bus.nc.subscribe(bus.subjects.runner("r-term"), cb=on_beat)
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        proc = _runner_process(settings, "r-term", "bwrap", log)
+        proc_args = proc.args
+        try:
+            job = make_job(settings, bus_module.TaskRequest(description="[script:runaway] forever"), timeout_s=300, max_turns=1000)
+            await submit(bus, job)
+            await _wait_started(bus, job.task_id)
+            async with asyncio.timeout(10):
+                while not any(job.task_id in b.running for b in beats):
+                    await asyncio.sleep(0.1)
+            os.kill(proc.pid, signal.SIGTERM)
+            events = await follow(bus, job.task_id, timeout=90)
+            code = await asyncio.to_thread(proc.wait, 60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    await hb.unsubscribe()
+    assert proc_args and code == 0, log.read_text()[-2000:]
+    assert events[-1].status == "cancelled" and events[-1].reason == "runner_shutdown"
+    beat = next(b for b in beats if job.task_id in b.running)
+    assert beat.backend == "bwrap" and beat.slots >= 1 and beat.kinds == ["task"]
