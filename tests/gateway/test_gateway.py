@@ -203,3 +203,14 @@ async def test_a_client_that_hangs_up_mid_stream_is_charged_the_worst_case(tmp_p
     [call] = s.calls
     assert call.charged_worst_case
     assert call.cost_usd == pytest.approx((call.input_tokens_bound * 3.75 + 100 * SONNET_OUT) / 1e6)
+
+
+async def test_the_stream_the_agent_reads_is_byte_for_byte_what_upstream_sent(tmp_path: Path) -> None:
+    request = body("same bytes please", stream=True)
+    async with open_stack(tmp_path, "write-a-file") as s:
+        through = await s.client.post("/v1/messages", json=request, headers=s.auth)
+        async with httpx.AsyncClient() as plain:
+            direct = await plain.post(f"{s.model.url}/v1/messages", json=request, headers={"x-api-key": s.real_key})
+    assert through.status_code == direct.status_code == 200
+    assert through.content == direct.content
+    assert b"tool_use" in through.content
