@@ -156,3 +156,16 @@ async def test_stored_batches_are_acked_so_the_consumer_has_nothing_pending(bus:
             break
         assert asyncio.get_running_loop().time() < deadline, f"still pending: {info.num_ack_pending}"
         await asyncio.sleep(0.05)
+
+
+async def test_a_second_writer_on_the_same_database_is_refused(writer: RunningWriter, settings: Settings, db: Path):
+    from server._audit import AuditError
+
+    second = RunningWriter(settings, db)
+    try:
+        await second.start()
+    except AuditError as exc:
+        assert "another `taskbus audit run`" in str(exc)
+    else:
+        await second.close()
+        raise AssertionError("two writers ran on one audit database")

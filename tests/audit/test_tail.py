@@ -44,7 +44,7 @@ class Tail:
                 assert line, "tail exited before subscribing"
         return self
 
-    async def line(self, timeout: float = 10.0) -> str:
+    async def line(self, timeout: float = 20.0) -> str:
         async with asyncio.timeout(timeout):
             return (await self.proc.stdout.readline()).decode()
 
