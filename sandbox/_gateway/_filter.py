@@ -55,9 +55,10 @@ def check_model(body: dict[str, Any], policy: Policy) -> str:
     if not isinstance(model, str) or not model:
         raise InvalidInput("model: a model name (string) is required")
     if model not in policy.models:
+        shown = model if len(model) <= 100 else model[:100] + "..."
         raise PolicyDenied(
-            f"model {model!r} is not allowed for this task; allowed: {', '.join(policy.models) or 'none'}",
-            model=model,
+            f"model {shown!r} is not allowed for this task; allowed: {', '.join(policy.models) or 'none'}",
+            model=shown,
         )
     return model
 
@@ -74,7 +75,7 @@ def filter_tools(body: dict[str, Any], allowed: frozenset[str] | None) -> list[s
         if isinstance(name, str) and name in allowed:
             kept.append(tool)
         else:
-            dropped.append(name if isinstance(name, str) else "<unnamed>")
+            dropped.append(name[:64] if isinstance(name, str) else "<unnamed>")
     if not dropped:
         return []
     body["tools"] = kept

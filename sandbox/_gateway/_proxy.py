@@ -35,6 +35,7 @@ COUNT_TOKENS = "/v1/messages/count_tokens"
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 64 * 1024 * 1024
 MAX_NOTICES_PER_KIND = 20
+MAX_LISTED_TOOLS = 50
 _RESPONSE_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry"})
 _JSON = ("content-type", "application/json")
 
@@ -147,9 +148,11 @@ class GatewayHandler:
         new = sorted(set(dropped) - self.dropped_tools)
         if new:
             self.dropped_tools.update(new)
+            listed = ", ".join(repr(n)[1:-1] for n in new[:MAX_LISTED_TOOLS])
+            more = f" and {len(new) - MAX_LISTED_TOOLS} more" if len(new) > MAX_LISTED_TOOLS else ""
             await self._security(
                 "tool_dropped",
-                f"tool definitions not allowed by the policy were removed before reaching the model: {', '.join(new)}",
+                f"tool definitions not allowed by the policy were removed before reaching the model: {listed}{more}",
                 "info",
             )
         if request.path == COUNT_TOKENS:

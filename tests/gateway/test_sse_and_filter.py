@@ -124,3 +124,14 @@ def test_lowering_max_tokens_keeps_a_thinking_budget_valid() -> None:
 def test_count_tokens_gets_only_the_fields_it_accepts() -> None:
     body = {"model": "m", "messages": [], "max_tokens": 5, "stream": True, "metadata": {}, "tools": [], "system": "s"}
     assert count_tokens_body(body) == {"model": "m", "messages": [], "system": "s", "tools": []}
+
+
+def test_untrusted_names_are_bounded_in_what_gets_reported() -> None:
+    try:
+        check_model({"model": "x" * 10_000 + "\nforged log line"}, make_policy())
+    except PolicyDenied as exc:
+        assert len(exc.message) < 300 and "\n" not in exc.message
+    else:
+        raise AssertionError("allowed")
+    dropped = filter_tools({"tools": [{"name": "y" * 1000}]}, frozenset())
+    assert dropped == ["y" * 64]
