@@ -14,8 +14,8 @@ requests per call (count_tokens for the hard cap, then the call), which is most 
 it adds. Also: the time to start and stop one gateway (once per task).
 
 The scripted model runs in its own process. Its listening socket is given TCP_NODELAY
-here: without it every upstream request waits ~40 ms for a delayed ACK, see the note
-printed when that happens.
+here if it lacks it (without it every upstream request waits ~40 ms for a delayed
+ACK); a note is printed when that was needed.
 
     scripts/bench gateway [--requests 200]
 """
