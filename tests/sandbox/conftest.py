@@ -155,9 +155,9 @@ def leftovers(sb: Sandbox) -> list[str]:
             pass
         finally:
             client.close()
-        slot = sb._pool_slot  # type: ignore[attr-defined]
-        if slot is not None and slot.exists():
-            left.append(f"pool folder {slot}")
+        folder = sb._folder  # type: ignore[attr-defined]  (agent socket; the pool slot when pooled)
+        if folder.exists():
+            left.append(f"host folder {folder}")
     return left
 
 
