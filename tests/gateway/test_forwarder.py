@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anthropic
 import httpx
 
-from .conftest import MODEL, body, open_stack
+from .conftest import MODEL, body, open_stack, script
 
 
 @contextlib.asynccontextmanager
@@ -107,3 +108,17 @@ async def test_the_forwarder_refuses_to_listen_beyond_loopback(forwarder_path: P
         _out, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"not a loopback address" in err
+
+
+async def test_a_stream_through_the_forwarder_arrives_as_it_is_produced(tmp_path: Path, forwarder_path: Path) -> None:
+    slow = script('chunk_chars = 4\n[[turns]]\ntext = "one two three four five six"\nchunk_delay_ms = 150\n')
+    async with open_stack(tmp_path, slow) as s, forwarder(forwarder_path, s.socket_path) as port:
+        arrivals: list[float] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with client.stream("POST", "/v1/messages", json=body(stream=True), headers=s.auth) as response:
+                start = time.monotonic()
+                async for chunk in response.aiter_raw():
+                    if chunk:
+                        arrivals.append(time.monotonic() - start)
+    assert len(arrivals) >= 4
+    assert arrivals[-1] - arrivals[0] >= 0.5
