@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_nothing_left, image_settings, make_policy
+from sandbox_helpers import ROOT, assert_nothing_left, image_settings, make_policy
 
 from bus import InvalidInput, SandboxError, Settings
 from sandbox._sandboxes import (

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import host_responsive
+from sandbox_helpers import host_responsive
 
 from bus import SandboxTimeout
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import assert_nothing_left
+from sandbox_helpers import assert_nothing_left
 from typer.testing import CliRunner
 
 from bus import Settings
