@@ -108,7 +108,7 @@ class BwrapSandbox(Sandbox):
         self._folder = folder
         self._nsenter = nsenter
         self._ids = ids
-        self._exec_pgids: set[int] = set()
+        self._exec_procs: set[asyncio.subprocess.Process] = set()
         self._privileged = _privileged()
         self._limits = rlimits(spec)
         if self._privileged and cgroups.paths:
@@ -153,10 +153,10 @@ class BwrapSandbox(Sandbox):
             )
         except (OSError, SandboxError) as exc:
             raise SandboxError(f"cannot start {argv[0]!r} in sandbox {self.id}: {exc}") from None
-        self._exec_pgids.add(proc.pid)
+        self._exec_procs.add(proc)
 
         async def kill_one() -> None:
-            _killpg(proc.pid)
+            _killpg(proc)
 
         ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
         loop = asyncio.get_running_loop()
@@ -170,13 +170,13 @@ class BwrapSandbox(Sandbox):
 
     async def _reap_exec(self, proc: asyncio.subprocess.Process, ex: Execution) -> None:
         code = await proc.wait()
-        self._exec_pgids.discard(proc.pid)
+        self._exec_procs.discard(proc)
         ex._set_exit(code)
 
     async def kill(self) -> None:
-        _killpg(self._proc.pid)
-        for pgid in list(self._exec_pgids):
-            _killpg(pgid)
+        _killpg(self._proc)
+        for proc in list(self._exec_procs):
+            _killpg(proc)
         if self._cgroups.paths:
             await asyncio.to_thread(self._cgroups.kill_all)
 
@@ -193,9 +193,13 @@ class BwrapSandbox(Sandbox):
         await asyncio.to_thread(shutil.rmtree, self._folder, True)
 
 
-def _killpg(pgid: int) -> None:
+def _killpg(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group a child of ours leads, unless it was already reaped
+    (its pid could belong to someone else by now)."""
+    if proc.returncode is not None:
+        return
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -261,6 +265,7 @@ class BwrapBackend:
             id=sid, task_id=spec.task_id, runner_id=spec.runner_id, life=_labels.life_token(), created_at=time.time(), uid=uid
         )
         cgroups = Cgroups([], False)
+        proc: asyncio.subprocess.Process | None = None
         try:
             if _privileged():
                 cgroups = Cgroups.create(sid, spec)
@@ -284,7 +289,7 @@ class BwrapBackend:
             target = (await _wait_ready(proc, sid))[-1]
             _fill_home(target, spec, uid, gid)  # a few syscalls on a fresh tmpfs
         except BaseException:
-            await asyncio.shield(_cleanup_failed(state, folder, cgroups))
+            await asyncio.shield(_cleanup_failed(proc, folder, cgroups))
             raise
         sandbox = BwrapSandbox(sid, spec, proc=proc, target_pid=target, cgroups=cgroups, folder=folder, nsenter=nsenter, ids=(uid, gid))
         sandbox._start_clock()
@@ -402,9 +407,14 @@ async def _wait_ready(proc: asyncio.subprocess.Process, sid: str) -> list[int]:
     return chain
 
 
-async def _cleanup_failed(state: BwrapState, folder: Path, cgroups: Cgroups) -> None:
-    if state.pid:
-        _killpg(state.pid)
+async def _cleanup_failed(proc: asyncio.subprocess.Process | None, folder: Path, cgroups: Cgroups) -> None:
+    if proc is not None:
+        _killpg(proc)
+        try:
+            async with asyncio.timeout(5):
+                await proc.wait()
+        except TimeoutError:
+            logger.warning("bwrap %s did not exit after SIGKILL", proc.pid)
     if cgroups.paths:
         await asyncio.to_thread(cgroups.kill_all, timeout=2)
         await asyncio.to_thread(remove_cgroup_dirs, cgroups.paths)
