@@ -1,0 +1,170 @@
+"""What ``taskbus up`` will run: the children, their environment, ports and labels.
+
+Children get all their configuration through ``TASKBUS_*`` variables, so every process
+builds the same Settings. The environment given here is the CLI's own (the entry point
+is the only place that reads ``os.environ``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bus import Settings, TaskbusError, find_nats_server, free_port
+
+from ._supervisor import ChildSpec, UpError, log_probe, port_free, tcp_probe
+
+OFFLINE_LABEL = "offline scripted model"
+DEFAULT_NATS_PORT = 4222
+MCP_PATH = "/mcp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    settings: Settings
+    specs: list[ChildSpec]
+    backend: str
+    nats_url: str
+    nats_embedded: bool
+    model_url: str
+    """The scripted model's URL when offline, else ""."""
+    upstream: str
+    """What the runner talks to, for display (never a key)."""
+    http_host: str
+    http_port: int
+    runner_id: str
+
+    @property
+    def offline(self) -> bool:
+        return bool(self.model_url)
+
+    @property
+    def mcp_url(self) -> str:
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "") else self.http_host
+        return f"http://{host}:{self.http_port}{MCP_PATH}"
+
+
+def taskbus_command() -> list[str]:
+    """How to run this taskbus in a child: the console script next to our Python."""
+    script = Path(sys.executable).parent / "taskbus"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("taskbus")
+    return [found] if found else [sys.executable, "-c", "from server._cli import main; main()"]
+
+
+def choose_backend(settings: Settings, asked: str | None, env: dict[str, str]) -> str:
+    """--backend wins, then TASKBUS_SANDBOX_BACKEND, then bwrap if installed, else docker."""
+    if asked:
+        return asked
+    if "TASKBUS_SANDBOX_BACKEND" in env:
+        return settings.sandbox_backend
+    return "bwrap" if shutil.which("bwrap") else "docker"
+
+
+def write_nats_config(path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str) -> Path:
+    path.write_text(
+        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        f"server_name: {json.dumps(name)}\n"
+        f"max_payload: {max_payload}\n"
+        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
+    )
+    return path
+
+
+def _pick_port(host: str, wanted: int, what: str, *, fallback_free: bool) -> int:
+    if wanted == 0:
+        return free_port(host)
+    if port_free(host, wanted):
+        return wanted
+    if fallback_free:
+        return free_port(host)
+    raise UpError(f"{what} port {wanted} on {host} is taken; stop what uses it or pick another with --port")
+
+
+def make_plan(
+    settings: Settings,
+    env: dict[str, str],
+    *,
+    backend: str | None = None,
+    nats_port: int = DEFAULT_NATS_PORT,
+    http_port: int | None = None,
+    runner_id: str | None = None,
+) -> Plan:
+    """Decide ports, backend and upstream, and build every child's command line."""
+    data = settings.data_path.resolve()
+    logs = data / "logs"
+    cmd = [*taskbus_command(), "--log-format", "json", "--log-level", settings.log_level]
+    chosen = choose_backend(settings, backend, env)
+    http_host = settings.http_host
+    port = _pick_port(http_host, settings.http_port if http_port is None else http_port, "MCP HTTP",
+                      fallback_free=False)
+    child_env = dict(env)  # every TASKBUS_* variable the user set reaches the children
+    child_env.update({
+        "TASKBUS_DATA_DIR": str(data),
+        "TASKBUS_SANDBOX_BACKEND": chosen,
+        "TASKBUS_HTTP_HOST": http_host,
+        "TASKBUS_HTTP_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+    })
+    child_env.pop("TASKBUS_API_KEY", None)  # the server authenticates callers; it acts as nobody
+    try:
+        from sandbox import find_claude
+
+        child_env.setdefault("TASKBUS_CLAUDE_PATH", str(find_claude(settings)))
+    except (ImportError, TaskbusError):
+        pass  # the runner says what is missing
+
+    specs: list[ChildSpec] = []
+    nats_url = settings.nats_url
+    if not nats_url:
+        try:
+            binary = find_nats_server()
+        except TaskbusError as exc:
+            raise UpError(exc.describe()) from None
+        nport = _pick_port("127.0.0.1", nats_port, "NATS", fallback_free=True)
+        store = data / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        config = write_nats_config(
+            store / "nats-server.conf", host="127.0.0.1", port=nport, store_dir=store,
+            max_payload=max(8 * 1024 * 1024, settings.max_message_bytes), name=f"taskbus-up-{uuid.uuid4().hex[:8]}",
+        )
+        nats_url = f"nats://127.0.0.1:{nport}"
+        specs.append(ChildSpec(name="nats", argv=[binary, "-c", str(config)], env=child_env,
+                               label="embedded, JetStream in data dir", probe=tcp_probe("127.0.0.1", nport),
+                               stop_timeout_s=10.0))
+    child_env["TASKBUS_NATS_URL"] = nats_url
+
+    model_url = ""
+    upstream = settings.upstream_url or ("https://api.anthropic.com" if settings.upstream_api_key else "")
+    if not settings.upstream_url and not settings.upstream_api_key:
+        mport = free_port("127.0.0.1")
+        model_url = f"http://127.0.0.1:{mport}"
+        upstream = f"{model_url} ({OFFLINE_LABEL})"
+        child_env["TASKBUS_UPSTREAM_URL"] = model_url
+        specs.append(ChildSpec(
+            name="model", argv=[*cmd, "model", "serve", "--host", "127.0.0.1", "--port", str(mport)],
+            env=child_env, label=OFFLINE_LABEL, probe=tcp_probe("127.0.0.1", mport), stop_timeout_s=5.0, wave=1,
+        ))
+
+    rid = runner_id or f"up-{socket.gethostname().split('.')[0]}"
+    specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run"], env=child_env,
+                           label="hash-chained log in data dir", probe=log_probe("audit writer started"),
+                           stop_timeout_s=10.0, wave=1))
+    specs.append(ChildSpec(
+        name="runner", argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
+        env=child_env, label=f"{chosen} sandboxes", probe=log_probe(" ready"), stop_timeout_s=20.0, wave=1,
+    ))
+    specs.append(ChildSpec(
+        name="server", argv=[*cmd, "serve", "--transport", "http", "--host", http_host, "--port", str(port)],
+        env=child_env, label="MCP Streamable HTTP + NATS submit", probe=tcp_probe(http_host, port),
+        stop_timeout_s=10.0, wave=1,
+    ))
+    return Plan(settings=settings, specs=specs, backend=chosen, nats_url=nats_url, nats_embedded=not settings.nats_url,
+                model_url=model_url, upstream=upstream, http_host=http_host, http_port=port, runner_id=rid)

@@ -1,0 +1,74 @@
+"""The files a running ``taskbus up`` keeps in the data dir: ``up.pid`` and ``up.json``.
+
+``up.json`` (rewritten atomically on every change) says where the stack listens and
+what each child is doing; ``taskbus status``, ``taskbus down``, ``taskbus demo`` and the
+tests read it. Both files are removed when the supervisor stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+PID_FILE = "up.pid"
+STATE_FILE = "up.json"
+
+
+def pid_path(data: Path) -> Path:
+    return data / PID_FILE
+
+
+def state_path(data: Path) -> Path:
+    return data / STATE_FILE
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def running_pid(data: Path) -> int | None:
+    """The pid of a live ``taskbus up`` on this data dir, else None (stale files are ignored)."""
+    try:
+        pid = int(pid_path(data).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_pid(data: Path) -> None:
+    write_atomic(pid_path(data), f"{os.getpid()}\n")
+
+
+def write_state(data: Path, state: dict[str, Any]) -> None:
+    write_atomic(state_path(data), json.dumps(state, indent=2) + "\n")
+
+
+def read_state(data: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(state_path(data).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_files(data: Path) -> None:
+    for path in (pid_path(data), state_path(data)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
