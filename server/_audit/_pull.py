@@ -52,6 +52,8 @@ class BatchPull:
         self._left = 0
         self._deadline = 0.0
         self._retry_at = 0.0
+        self.failed = False
+        """A status other than 404/408/100 ended a request (e.g. 409 consumer deleted)."""
 
     async def start(self) -> BatchPull:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
@@ -85,6 +87,7 @@ class BatchPull:
         elif status not in _DONE:
             description = (msg.headers or {}).get("Description", "")
             logger.warning("pull request on %s ended with %s %s", self._api, status, description)
+            self.failed = True
             self._outstanding = False
             self._retry_at = time.monotonic() + 1.0
             self._ready.set()

@@ -88,6 +88,20 @@ async def run_audit(
             conn.close()
 
 
+@dataclass(kw_only=False)
+class _Source:
+    stream: str
+    """Row ``stream`` value: events or audit."""
+    stream_name: str
+    subject: str
+    durable: str
+    pull: BatchPull | None = None
+    highest: int = 0
+    """Highest stream sequence handed to the writer."""
+    reconnects: int = 0
+    """The connection's reconnect count when the consumer was (re)created."""
+
+
 class AuditService:
     def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "") -> None:
         self.bus = bus
@@ -105,68 +119,94 @@ class AuditService:
         self._last_log = time.monotonic()
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
-        subs = [
-            await self._consumer(EVENTS, self.bus.subjects.events_stream, self.bus.subjects.events_all(), EVENTS_CONSUMER),
-            await self._consumer(NOTICES, self.bus.subjects.audit_stream, self.bus.subjects.audit_all(), NOTICES_CONSUMER),
+        subjects = self.bus.subjects
+        sources = [
+            _Source(EVENTS, subjects.events_stream, subjects.events_all(), EVENTS_CONSUMER),
+            _Source(NOTICES, subjects.audit_stream, subjects.audit_all(), NOTICES_CONSUMER),
         ]
-        logger.info(
-            "audit writer started: head row %d, resuming events after seq %d, notices after seq %d",
-            self.writer.head_id, self.writer.last_seq.get(EVENTS, 0), self.writer.last_seq.get(NOTICES, 0),
-        )
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
         try:
+            for source in sources:
+                await self._subscribe(source, self.writer.last_seq.get(source.stream, 0) + 1)
+            logger.info(
+                "audit writer started: head row %d, resuming events after seq %d, notices after seq %d",
+                self.writer.head_id, self.writer.last_seq.get(EVENTS, 0), self.writer.last_seq.get(NOTICES, 0),
+            )
             if ready is not None:
                 ready.set()
             async with asyncio.TaskGroup() as tg:
-                self._fetchers_running = len(subs)
-                for stream, pull in subs:
-                    tg.create_task(self._fetch_loop(stream, pull, stop))
+                self._fetchers_running = len(sources)
+                for source in sources:
+                    tg.create_task(self._fetch_loop(source, stop))
                 tg.create_task(self._write_loop(executor))
                 tg.create_task(self._head_loop(stop))
                 tg.create_task(self.alerter.run())
         finally:
             executor.shutdown(wait=True)
-            for _, pull in subs:
-                await pull.stop()
+            for source in sources:
+                if source.pull is not None:
+                    await source.pull.stop()
         self._log_progress(force=True)
         logger.info("audit writer stopped at row %d", self.writer.head_id)
 
-    async def _consumer(self, stream: str, stream_name: str, subject: str, durable: str) -> tuple[str, BatchPull]:
+    async def _subscribe(self, source: _Source, start: int) -> None:
+        """(Re)create the durable consumer to deliver from stream sequence ``start``."""
         js = self.bus.js
+        if source.pull is not None:
+            await source.pull.stop()
+            source.pull = None
         with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(stream_name, durable)
-        start = self.writer.last_seq.get(stream, 0) + 1
+            await js.delete_consumer(source.stream_name, source.durable)
         config = ConsumerConfig(
-            durable_name=durable,
+            durable_name=source.durable,
             ack_policy=AckPolicy.ALL,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
             ack_wait=self.options.ack_wait_s,
             max_ack_pending=100_000,
-            filter_subject=subject,
+            filter_subject=source.subject,
         )
-        await js.add_consumer(stream_name, config)
+        await js.add_consumer(source.stream_name, config)
         pull = BatchPull(
-            self.bus.nc, stream_name, durable, batch=self.options.fetch_batch,
+            self.bus.nc, source.stream_name, source.durable, batch=self.options.fetch_batch,
             max_buffered=self.options.max_batch * 2,
         )
-        return stream, await pull.start()
+        source.pull = await pull.start()
+        source.reconnects = self.bus.nc.stats["reconnects"]
+        source.highest = start - 1
 
-    async def _fetch_loop(self, stream: str, pull: BatchPull, stop: asyncio.Event) -> None:
+    async def _resync(self, source: _Source, why: str) -> None:
+        """After a reconnect or a failed pull, messages in flight may be lost while the server
+        counts them as delivered (they would only come back after ack_wait, out of order).
+        Recreating the consumer right after the highest sequence received closes that gap."""
+        start = max(source.highest, self.writer.last_seq.get(source.stream, 0)) + 1
+        logger.warning("audit %s: %s; re-reading %s from seq %d", source.stream, why, source.stream_name, start)
+        await self._subscribe(source, start)
+
+    async def _fetch_loop(self, source: _Source, stop: asyncio.Event) -> None:
+        nc = self.bus.nc
         try:
             while not stop.is_set():
                 try:
-                    msgs = await pull.take(timeout=self.options.fetch_wait_s)
+                    if nc.stats["reconnects"] != source.reconnects:
+                        await self._resync(source, "NATS reconnected")
+                    elif source.pull is None or source.pull.failed:
+                        await self._resync(source, "the pull consumer failed")
+                    assert source.pull is not None
+                    msgs = await source.pull.take(timeout=self.options.fetch_wait_s)
                     if not msgs:
                         continue
-                    items = [(stream, stream_seq(m), m.subject, m.data) for m in msgs]
+                    items = [(source.stream, stream_seq(m), m.subject, m.data) for m in msgs]
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # disconnected, odd reply subject: log, keep the loop
-                    logger.warning("audit fetch from %s failed: %s; retrying", stream, exc)
+                except Exception as exc:  # disconnected, consumer gone: log, retry, keep the loop
+                    logger.warning("audit fetch from %s failed: %s; retrying", source.stream, exc)
+                    if source.pull is not None:
+                        source.pull.failed = True
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
                     continue
+                source.highest = max(source.highest, items[-1][1])
                 await self._queue.put((items, msgs[-1]))
         finally:
             self._fetchers_running -= 1

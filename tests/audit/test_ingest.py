@@ -169,3 +169,44 @@ async def test_a_second_writer_on_the_same_database_is_refused(writer: RunningWr
     else:
         await second.close()
         raise AssertionError("two writers ran on one audit database")
+
+
+async def test_writer_recovers_when_its_consumer_is_deleted_under_it(bus: Bus, writer: RunningWriter, db: Path):
+    from server._audit._subscriber import EVENTS_CONSUMER
+
+    first, second = new_task_id(), new_task_id()
+    await publish_all(bus, every_event(first))
+    await wait_rows(db, 10)
+    await bus.js.delete_consumer(bus.subjects.events_stream, EVENTS_CONSUMER)  # an operator's mistake
+    await publish_all(bus, every_event(second))
+    await wait_rows(db, 20)
+    got = rows(db, "SELECT stream_seq FROM audit ORDER BY id")
+    assert [r[0] for r in got] == list(range(1, 21))
+    assert verify(open_db(db, readonly=True)).ok
+
+
+async def test_writer_survives_a_nats_restart_without_losing_or_repeating_events(
+    tmp_path: Path, settings: Settings, db: Path
+):
+    from bus import EmbeddedNats, Subjects
+
+    server = EmbeddedNats(tmp_path / "own-nats")
+    await asyncio.to_thread(server.start)
+    own = msgspec.structs.replace(settings, nats_url=server.url)
+    try:
+        async with await Bus.open(server.url, Subjects(settings.subject_prefix), name="pytest-own") as own_bus:
+            await own_bus.ensure_streams()
+            w = await RunningWriter(own, db).start()
+            try:
+                await publish_all(own_bus, every_event(new_task_id()))
+                await wait_rows(db, 10)
+                await asyncio.to_thread(server.stop)  # JetStream state stays in its store dir
+                await asyncio.to_thread(server.start)
+                await publish_all(own_bus, every_event(new_task_id()))  # publish retries until reconnected
+                await wait_rows(db, 20)
+            finally:
+                await w.close()
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert [r[0] for r in rows(db, "SELECT stream_seq FROM audit ORDER BY id")] == list(range(1, 21))
+    assert verify(open_db(db, readonly=True)).ok
