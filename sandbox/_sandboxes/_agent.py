@@ -72,7 +72,7 @@ def start(conn):
                 os.closerange(3, 65536)
                 os.chdir(req["cwd"])
                 signal.set_wakeup_fd(-1)
-                for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+                for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                     signal.signal(s, signal.SIG_DFL)
                 os.execvpe(req["argv"][0], req["argv"], req["env"])
             except BaseException as exc:
