@@ -11,7 +11,8 @@ by that signal). A byte from the runner (or closing the connection) SIGKILLs the
 command's process group. As pid 1 it also reaps orphans.
 
 The agent has no more rights than the commands it starts (same uid, same
-container); a command that talks to it gains nothing.
+sandbox, same limits); a command that talks to it gains nothing. Both backends use
+it: pid 1 of a Docker container, the first process of a bwrap sandbox.
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from bus import SandboxError
+
+from ._exec import Execution
 
 AGENT_DIR = "/run/taskbus-agent"
 AGENT_SOCKET = "agent.sock"
 
 AGENT_SOURCE = r"""
-import json, os, selectors, signal, socket, struct, sys
+import json, os, resource, selectors, signal, socket, struct, sys
 path = sys.argv[1]
+for name, (soft, hard) in (json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}).items():
+    resource.setrlimit(getattr(resource, "RLIMIT_" + name), (soft, hard))
 try:
     os.unlink(path)
 except FileNotFoundError:
@@ -125,8 +131,11 @@ while True:
 """
 
 
-def agent_command() -> list[str]:
-    return ["python3", "-I", "-S", "-c", AGENT_SOURCE, f"{AGENT_DIR}/{AGENT_SOCKET}"]
+def agent_command(rlimits: dict[str, tuple[int, int]] | None = None) -> list[str]:
+    """The agent's command line; ``rlimits`` (name -> (soft, hard)) it sets on itself
+    first, so every command it starts inherits them."""
+    argv = ["python3", "-I", "-S", "-c", AGENT_SOURCE, f"{AGENT_DIR}/{AGENT_SOCKET}"]
+    return argv + [json.dumps(rlimits)] if rlimits else argv
 
 
 async def wait_for_agent(folder: Path, *, timeout: float = 15.0) -> None:
@@ -221,3 +230,34 @@ class AgentProcess:
             self.sock.send(b"K")
         except OSError:
             pass
+
+
+async def agent_exec(
+    socket_path: str,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    stdin: bytes | None,
+    cwd: str,
+    timed_out: Callable[[], bool],
+) -> Execution:
+    """Start ``argv`` through the agent; the Execution streams its pipes line by line."""
+    from ._host import feed_fd, pump_fd
+
+    proc = await AgentProcess.start(socket_path, argv, env, cwd, with_stdin=stdin is not None)
+
+    async def kill_one() -> None:
+        proc.kill()
+
+    ex = Execution(argv, kill=kill_one, timed_out=timed_out)
+    loop = asyncio.get_running_loop()
+    ex._track(loop.create_task(pump_fd(proc.stdout, "stdout", ex)))
+    ex._track(loop.create_task(pump_fd(proc.stderr, "stderr", ex)))
+    if proc.stdin is not None:
+        ex._track(loop.create_task(feed_fd(proc.stdin, stdin or b"")))
+
+    async def reap() -> None:
+        ex._set_exit(await proc.wait())
+
+    ex._track(loop.create_task(reap()))
+    return ex

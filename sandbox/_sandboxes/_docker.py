@@ -33,7 +33,7 @@ from typing import Any
 from bus import SandboxError, Settings
 
 from . import _labels
-from ._agent import AGENT_SOCKET, AgentProcess, wait_for_agent
+from ._agent import AGENT_SOCKET, agent_exec, wait_for_agent
 from ._docker_config import (
     check_image,
     connect,
@@ -45,7 +45,7 @@ from ._docker_config import (
     short_error,
 )
 from ._exec import Execution
-from ._host import feed_fd, prepare_host_dirs, pump_fd
+from ._host import prepare_host_dirs
 from ._image import image_tag
 from ._labels import new_sandbox_id
 from ._limits import Cgroups
@@ -101,23 +101,7 @@ class DockerSandbox(Sandbox):
 
     async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
-        proc = await AgentProcess.start(self._agent_socket, argv, full_env, cwd, with_stdin=stdin is not None)
-
-        async def kill_one() -> None:
-            proc.kill()
-
-        ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
-        loop = asyncio.get_running_loop()
-        ex._track(loop.create_task(pump_fd(proc.stdout, "stdout", ex)))
-        ex._track(loop.create_task(pump_fd(proc.stderr, "stderr", ex)))
-        if proc.stdin is not None:
-            ex._track(loop.create_task(feed_fd(proc.stdin, stdin or b"")))
-
-        async def reap() -> None:
-            ex._set_exit(await proc.wait())
-
-        ex._track(loop.create_task(reap()))
-        return ex
+        return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)
 
     async def wait_ready(self) -> None:
         try:
