@@ -66,7 +66,7 @@ def default_db_path(data_path: Path) -> Path:
     return data_path / "audit.db"
 
 
-def open_db(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+def open_db(path: Path | str, *, readonly: bool = False, busy_timeout_s: float = 5.0) -> sqlite3.Connection:
     """Open (and, unless ``readonly``, create and migrate) the audit database.
 
     The connection is in autocommit mode (``isolation_level=None``); writers open
@@ -92,7 +92,7 @@ def open_db(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         conn.execute("PRAGMA cache_size = -32000")
         _migrate(conn, path)
     except sqlite3.DatabaseError as exc:

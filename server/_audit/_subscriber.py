@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -28,9 +31,10 @@ from ._alerts import Alerter, AlertRules
 from ._db import WriterLock, default_db_path, open_db
 from ._pull import BatchPull, stream_seq
 from ._rows import EVENTS, NOTICES
-from ._writer import BatchResult, Incoming, Writer
+from ._writer import BatchResult, Incoming, Writer, is_busy
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVENTS_CONSUMER = "audit-events"
 NOTICES_CONSUMER = "audit-notices"
@@ -57,6 +61,8 @@ class AuditOptions:
     auth_failure_threshold: int = 5
     """This many auth failures of one actor within auth_failure_window_s raise an alert."""
     auth_failure_window_s: float = 60.0
+    busy_timeout_s: float = 5.0
+    """How long one commit waits for another process's write lock before backing off."""
 
 
 async def run_audit(
@@ -70,8 +76,9 @@ async def run_audit(
     """Run the audit writer until ``stop`` is set (forever if None)."""
     path = db_path or default_db_path(settings.data_path)
     stop = stop or asyncio.Event()
+    options = options or AuditOptions()
     with WriterLock(path):
-        conn = open_db(path)
+        conn = open_db(path, busy_timeout_s=options.busy_timeout_s)
         try:
             writer = Writer(conn)
             try:
@@ -79,7 +86,7 @@ async def run_audit(
                 async with await Bus.open(settings.nats_url, subjects, name="taskbus-audit") as bus:
                     await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
                     service = AuditService(
-                        bus, writer, options or AuditOptions(), alert_command=settings.alert_command
+                        bus, writer, options, alert_command=settings.alert_command
                     )
                     await service.run(stop, ready=ready)
             finally:
@@ -212,7 +219,6 @@ class AuditService:
             self._fetchers_running -= 1
 
     async def _write_loop(self, executor: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._fetchers_running or not self._queue.empty():
                 try:
@@ -224,22 +230,33 @@ class AuditService:
                     more, more_last = self._queue.get_nowait()
                     batch.extend(more)
                     acks.append(more_last)
-                if self.options.write_in_thread:
-                    committing = loop.run_in_executor(executor, self.writer.write_batch, batch)
-                else:
-                    committing = loop.create_future()
-                    committing.set_result(self.writer.write_batch(batch))
-                await self._finish(committing, acks)
+                result = await self._store(executor, batch)
+                await self._ack(acks)  # only after the commit
+                self._count(result)
+                await self.alerter.handle(result.notable)
             await self._publish_head()
         finally:
             self.alerter.close()
 
-    async def _finish(self, committing: asyncio.Future[BatchResult], acks: list[Msg]) -> None:
-        """Wait for a commit, then ack its messages (never before), count, alert."""
-        result = await committing
-        await self._ack(acks)
-        self._count(result)
-        await self.alerter.handle(result.notable)
+    async def _call(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        if self.options.write_in_thread:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        return fn(*args)
+
+    async def _store(self, executor: ThreadPoolExecutor, batch: list[Incoming]) -> BatchResult:
+        """Prepare and commit one batch; while another process holds the database's write
+        lock (a long prune), retry with backoff instead of giving up."""
+        prepared = await self._call(executor, self.writer.prepare, batch)
+        delay = 0.2
+        while True:
+            try:
+                return await self._call(executor, self.writer.commit, prepared)
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                logger.warning("audit database is busy (%s); retrying the batch in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _ack(self, msgs) -> None:
         # Only the last message per stream matters with AckPolicy.ALL; acking each fetch's

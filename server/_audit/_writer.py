@@ -165,10 +165,12 @@ class Writer:
         if batch.rows or batch.last_seq != self.last_seq:
             try:
                 self._commit(batch)
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):  # busy: rolled back; committing the same batch again is fine
+                    self._broken = True
+                raise
             except BaseException:
                 self._broken = True
-                for task_id, _ in batch.new_keys:
-                    self._keys.pop(task_id, None)
                 raise
         self.last_seq = batch.last_seq
         self.head = (result.head_id, result.head_hash)
@@ -191,6 +193,13 @@ class Writer:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite could not get the write lock in time (another process holds it, e.g. a prune)."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
 
 
 def _reader_for(conn: sqlite3.Connection) -> sqlite3.Connection:

@@ -8,10 +8,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-from audit_helpers import RunningWriter, count_rows, every_event, publish_all, wait_rows
+from audit_helpers import (
+    RunningWriter,
+    count_rows,
+    every_event,
+    publish_all,
+    wait_rows,
+    wait_until,
+)
 
 from bus import AuditNotice, Bus, ChainHead, Log, Settings, new_task_id
-from server._audit import open_db, verify
+from server._audit import AuditOptions, open_db, verify
 
 
 def rows(db: Path, sql: str = "SELECT task_id, seq, type, key_id FROM audit ORDER BY id", *args: object) -> list:
@@ -209,4 +216,24 @@ async def test_writer_survives_a_nats_restart_without_losing_or_repeating_events
     finally:
         await asyncio.to_thread(server.stop)
     assert [r[0] for r in rows(db, "SELECT stream_seq FROM audit ORDER BY id")] == list(range(1, 21))
+    assert verify(open_db(db, readonly=True)).ok
+
+
+async def test_writer_waits_out_a_database_lock_held_by_another_process(
+    bus: Bus, settings: Settings, db: Path, caplog
+):
+    import logging
+
+    w = await RunningWriter(settings, db, AuditOptions(busy_timeout_s=0.2)).start()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # as a long prune would
+        with caplog.at_level(logging.WARNING, logger="server._audit._subscriber"):
+            await publish_all(bus, every_event(new_task_id()))
+            await wait_until(lambda: "audit database is busy" in caplog.text, what="the writer to back off")
+        blocker.execute("COMMIT")
+        await wait_rows(db, 10)
+    finally:
+        blocker.close()
+        await w.close()
     assert verify(open_db(db, readonly=True)).ok
