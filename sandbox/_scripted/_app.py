@@ -195,7 +195,10 @@ class ScriptedModelApp:
             record.update(side="structured_output", input_tokens=tokens)
         else:
             script, selected = self._select(view)
-            tokens = input_tokens_for(selected[1] if selected else None, view)
+            turn = selected[1] if selected else None
+            tokens = input_tokens_for(turn, view)
+            if turn is not None:  # like the real API: the whole prompt, cached parts included
+                tokens += turn.usage.cache_creation_input_tokens + turn.usage.cache_read_input_tokens
             record.update(script=script.name, turn=selected[0] if selected else None, input_tokens=tokens)
         await _send(send, 200, _encoder.encode({"input_tokens": tokens}), _JSON)
         return 200

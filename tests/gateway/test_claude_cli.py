@@ -97,12 +97,14 @@ async def test_claude_code_stops_at_the_cost_cap_without_retrying(
     tmp_path: Path, require_bwrap: None, require_claude: Path, image_cache: Path
 ) -> None:
     opus = "claude-opus-4-8"
-    async with open_stack(tmp_path, "expensive", tools=["Bash"], models=[opus], model=opus, max_cost_usd=3.0) as stack:
+    # each expensive call costs ~1.25 USD and reserves ~1.6 USD of worst-case input (the whole
+    # prompt, cache included): with 3.4 the first two fit whole and the third is refused
+    async with open_stack(tmp_path, "expensive", tools=["Bash"], models=[opus], model=opus, max_cost_usd=3.4) as stack:
         _code, lines, _ = await run_claude_in_bwrap(tmp_path, image_cache, stack, require_claude, "do it", model=opus)
         upstream = stack.upstream_requests()
     result = lines[-1]
     assert result["type"] == "result" and result["is_error"], result
     assert stack.gateway.exhausted
-    assert stack.gateway.spent_usd <= 3.0
+    assert stack.gateway.spent_usd <= 3.4
     assert stack.gateway.meter.refusals == 1  # Claude Code took the refusal as final: no retry
     assert len(upstream) == 2

@@ -147,7 +147,10 @@ async def test_a_stream_arrives_chunk_by_chunk_while_upstream_is_still_sending(t
 
 async def test_the_expensive_script_never_spends_more_than_the_cap(tmp_path: Path) -> None:
     conversation = [{"role": "user", "content": "go"}]
-    cap = 3.0  # the expensive script's calls cost 1.25, 1.275 and 1.30 USD at opus prices
+    # the expensive script's calls cost 1.25, 1.275 and 1.30 USD at opus prices, and each
+    # reserves ~1.6 USD of worst-case input (the whole prompt, cache included): with 3.4
+    # the first two fit whole (the second with a lowered max_tokens), the rest are refused
+    cap = 3.4
     async with open_stack(tmp_path, "expensive", models=["claude-opus-4-8"], model="claude-opus-4-8", max_cost_usd=cap) as s:
         statuses = []
         for turn in range(4):

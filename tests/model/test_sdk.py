@@ -81,7 +81,8 @@ async def test_streamed_and_plain_replies_carry_the_same_message(client: anthrop
     assert streamed.model_dump() == plain.model_dump()
 
 
-async def test_count_tokens_predicts_the_input_tokens_the_reply_reports(client: anthropic.AsyncAnthropic) -> None:
+async def test_count_tokens_counts_the_whole_prompt_the_reply_reports(client: anthropic.AsyncAnthropic) -> None:
+    """Like the real API: count_tokens is input + cache-write + cache-read tokens of the reply."""
     counted = {}
     for marker in ("hello", "expensive", "multi-step"):
         request = {
@@ -92,8 +93,9 @@ async def test_count_tokens_predicts_the_input_tokens_the_reply_reports(client: 
         }
         counted[marker] = (await client.messages.count_tokens(**request)).input_tokens
         message = await client.messages.create(max_tokens=20000, **request)
-        assert counted[marker] == message.usage.input_tokens, marker
-    assert counted["expensive"] == 180000  # scripted usage
+        u = message.usage
+        assert counted[marker] == u.input_tokens + (u.cache_creation_input_tokens or 0) + (u.cache_read_input_tokens or 0), marker
+    assert counted["expensive"] == 180000 + 20000 + 50000  # scripted usage
     assert 100 < counted["hello"] < 1000  # estimated from the request bytes
 
 
