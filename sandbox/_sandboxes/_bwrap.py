@@ -4,8 +4,11 @@ A sandbox is one long-lived bwrap process (its own mount, pid, net (no network:
 only a loopback of its own), ipc, uts and cgroup namespaces; ``--die-with-parent``,
 ``--new-session``) whose root is a tmpfs holding read-only binds of the image's
 extracted tree, the writable workspace, size-limited tmpfs /tmp, /dev/shm and
-/home/agent, then remounted read-only (binds are nosuid). Its first process is
-``cat`` on a pipe we hold (readiness echo).
+/home/agent, then remounted read-only (binds are nosuid). bwrap is started by
+``sh`` after it joined the sandbox's cgroups, so everything inside is counted from
+the first instruction. Its first process is the exec agent (``_agent.py``), which
+sets the rlimits on itself and starts every command (fork + exec through a unix
+socket in the sandbox's state folder, bound at /run/taskbus-agent).
 
 Two modes:
 - runner is root (the normal case): bwrap runs as root *without* a user
@@ -18,11 +21,11 @@ Two modes:
   uid is mapped to 1000 inside; no cgroups (rlimits only); the folders bound in
   must be reachable by the runner's uid.
 
-``exec`` joins those namespaces with ``nsenter`` from a child that first enters the
-sandbox's cgroups, sets the rlimits, no-new-privileges and a minimal bounding
-set, then becomes uid 1000, so every command has exactly the sandbox's limits and
-nothing of the runner's environment. Wall clock, kill and destroy SIGKILL the bwrap process group and
-everything left in the cgroups; destroy removes the cgroups and the state folder.
+Commands therefore inherit everything from the agent: namespaces, cgroups,
+rlimits, uid 1000, no capabilities (empty bounding set), no-new-privileges; their
+environment is built from scratch. Wall clock, kill and destroy SIGKILL the bwrap
+process group and everything left in the cgroups; destroy removes the cgroups and
+the state folder.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from pathlib import Path
 from bus import SandboxError, SandboxUnavailable, Settings
 
 from . import _labels
+from ._agent import AGENT_DIR, AGENT_SOCKET, agent_command, agent_exec, wait_for_agent
 from ._exec import Execution
-from ._host import feed_stdin, prepare_host_dirs, pump
+from ._host import prepare_host_dirs
 from ._image import find_rootfs
 from ._labels import BwrapState, new_sandbox_id
 from ._limits import Cgroups, remove_cgroup_dirs
@@ -65,12 +69,7 @@ READY_TIMEOUT_S = 15.0
 HOST_NPROC = 4096
 _SKIP_ROOT = {"proc", "dev", "sys", "tmp", "run", "home", "workspace", "project", "lost+found"}
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-# nsenter needs these to join the namespaces (-r chroot) and become uid 1000.
-_NSENTER_CAPS = ("dac_read_search", "setgid", "setuid", "sys_chroot", "sys_ptrace", "sys_admin")
-_PRLIMIT_NAMES = {"NPROC": "nproc", "AS": "as", "FSIZE": "fsize", "NOFILE": "nofile", "CPU": "cpu", "CORE": "core"}
 _SH = "/bin/sh"
-_PRLIMIT = shutil.which("prlimit") or "/usr/bin/prlimit"
-_SETPRIV_HOST = shutil.which("setpriv") or "/usr/bin/setpriv"
 _SETPRIV = ["setpriv", "--reuid", str(SANDBOX_UID), "--regid", str(SANDBOX_GID), "--clear-groups",
             "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
 
@@ -95,88 +94,29 @@ class BwrapSandbox(Sandbox):
         spec: SandboxSpec,
         *,
         proc: asyncio.subprocess.Process,
-        target_pid: int,
         cgroups: Cgroups,
         folder: Path,
-        nsenter: str,
-        ids: tuple[int, int],
     ) -> None:
         super().__init__(sandbox_id, spec, Path(spec.workspace))
         self._proc = proc
-        self._target = target_pid
         self._cgroups = cgroups
         self._folder = folder
-        self._nsenter = nsenter
-        self._ids = ids
-        self._exec_procs: set[asyncio.subprocess.Process] = set()
-        self._privileged = _privileged()
-        self._limits = rlimits(spec)
-        if self._privileged and cgroups.paths:
-            # RLIMIT_NPROC counts every process of host uid 1000 (all sandboxes); the
-            # pids cgroup is the per-sandbox limit, NPROC only a host-wide backstop.
-            self._limits["NPROC"] = (HOST_NPROC, HOST_NPROC)
-        self._prefix = self._launcher()
+        # Connect through an O_PATH fd of the folder: unix socket paths are limited to 108 bytes.
+        self._agent_fd = os.open(folder / "agent", os.O_PATH | os.O_CLOEXEC)
+        self._agent_socket = f"/proc/self/fd/{self._agent_fd}/{AGENT_SOCKET}"
+        self.agent_pid = 0
+        """Host pid of the sandbox's first process (the agent)."""
 
     @property
     def oom_killed(self) -> bool:
         return self._cgroups.oom_killed()
 
-    def _launcher(self) -> list[str]:
-        """Host commands each exec goes through (spawned with vfork: no Python preexec):
-        sh joins the sandbox's cgroups, prlimit sets the rlimits, setpriv sets
-        no-new-privileges and a bounding set of only what nsenter needs, nsenter
-        joins the namespaces and becomes uid 1000."""
-        prefix = _join_cgroups(self._cgroups)
-        limits = [f"--{_PRLIMIT_NAMES[name]}={soft}:{hard}" for name, (soft, hard) in self._limits.items()]
-        prefix += [_PRLIMIT, *limits, _SETPRIV_HOST, "--no-new-privs"]
-        if self._privileged:
-            prefix += ["--bounding-set", "-all," + ",".join(f"+{c}" for c in _NSENTER_CAPS)]
-        prefix += ["--", self._nsenter, "-t", str(self._target), "-m", "-n", "-p", "-i", "-u", "-r", "-w"]
-        if self._privileged:
-            return prefix + ["-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID), "--"]
-        return prefix + ["-U", "--preserve-credentials", "--"]
-
     async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
-        cmd = list(self._prefix)
-        if cwd != WORKSPACE:
-            cmd += ["/usr/bin/env", "-C", cwd, "--"]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=full_env,
-                start_new_session=True,
-            )
-        except (OSError, SandboxError) as exc:
-            raise SandboxError(f"cannot start {argv[0]!r} in sandbox {self.id}: {exc}") from None
-        self._exec_procs.add(proc)
-
-        async def kill_one() -> None:
-            _killpg(proc)
-
-        ex = Execution(argv, kill=kill_one, timed_out=lambda: self._timed_out)
-        loop = asyncio.get_running_loop()
-        assert proc.stdout is not None and proc.stderr is not None
-        ex._track(loop.create_task(pump(proc.stdout, "stdout", ex)))
-        ex._track(loop.create_task(pump(proc.stderr, "stderr", ex)))
-        if stdin is not None:
-            ex._track(loop.create_task(feed_stdin(proc, stdin)))
-        ex._track(loop.create_task(self._reap_exec(proc, ex)))
-        return ex
-
-    async def _reap_exec(self, proc: asyncio.subprocess.Process, ex: Execution) -> None:
-        code = await proc.wait()
-        self._exec_procs.discard(proc)
-        ex._set_exit(code)
+        return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)
 
     async def kill(self) -> None:
         _killpg(self._proc)
-        for proc in list(self._exec_procs):
-            _killpg(proc)
         if self._cgroups.paths:
             await asyncio.to_thread(self._cgroups.kill_all)
 
@@ -190,6 +130,7 @@ class BwrapSandbox(Sandbox):
         if self._cgroups.paths:
             await asyncio.to_thread(self._cgroups.kill_all, timeout=2)
             await asyncio.to_thread(self._cgroups.remove)
+        os.close(self._agent_fd)
         await asyncio.to_thread(shutil.rmtree, self._folder, True)
 
 
@@ -213,16 +154,13 @@ class BwrapBackend:
         self.settings = settings
         self._root = _labels.sandboxes_dir(settings.data_path)
 
-    def _tools(self) -> tuple[str, str, Path]:
+    def _tools(self) -> tuple[str, Path]:
         bwrap = shutil.which("bwrap")
         if not bwrap:
             raise SandboxUnavailable("bubblewrap (bwrap) not found; install it with `apt-get install bubblewrap`")
-        nsenter = shutil.which("nsenter")
-        if not nsenter:
-            raise SandboxUnavailable("nsenter not found; install util-linux")
-        return bwrap, nsenter, find_rootfs(self.settings)
+        return bwrap, find_rootfs(self.settings)
 
-    def _args(self, spec: SandboxSpec, tree: Path) -> list[str]:
+    def _args(self, spec: SandboxSpec, tree: Path, agent_dir: Path) -> list[str]:
         mib = 1024 * 1024
         disk = str(spec.disk_mb * mib)
         if _privileged():
@@ -251,11 +189,12 @@ class BwrapBackend:
                 raise SandboxError(f"read-only mount source {host} does not exist")
             _check_target(tree, target, is_dir=os.path.isdir(host))
             args += ["--ro-bind", host, target]
+        args += ["--bind", str(agent_dir), AGENT_DIR]
         args += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--"]
-        return args + (_SETPRIV if _privileged() else []) + ["cat"]
+        return args + (_SETPRIV if _privileged() else []) + agent_command(_agent_rlimits(spec))
 
     async def create(self, spec: SandboxSpec) -> BwrapSandbox:
-        bwrap, nsenter, tree = self._tools()
+        bwrap, tree = self._tools()
         sid = new_sandbox_id()
         uid, gid = _host_ids()
         started = time.monotonic()
@@ -272,26 +211,32 @@ class BwrapBackend:
                 state.cgroups = [str(p) for p in cgroups.paths]
             _labels.write_state(folder, state)
             prepare_host_dirs(spec, uid, gid)
-            args = self._args(spec, tree)
-            proc = await asyncio.create_subprocess_exec(
-                *_join_cgroups(cgroups),
-                bwrap,
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                start_new_session=True,
-            )
+            agent_dir = folder / "agent"
+            agent_dir.mkdir(mode=0o700)
+            os.chown(agent_dir, uid, gid)
+            args = self._args(spec, tree, agent_dir)
+            with open(folder / "bwrap.log", "wb") as log:
+                proc = await asyncio.create_subprocess_exec(
+                    *_join_cgroups(cgroups),
+                    bwrap,
+                    *args,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                    start_new_session=True,
+                )
             state.pid = proc.pid
             state.pid_start = _labels.process_start(proc.pid) or 0
             _labels.write_state(folder, state)
-            target = (await _wait_ready(proc, sid))[-1]
-            _fill_home(target, spec, uid, gid)  # a few syscalls on a fresh tmpfs
+            await _wait_ready(proc, folder, sid)
+            agent_pid = _sandbox_pid(proc.pid, sid)
+            _fill_home(agent_pid, spec, uid, gid)  # a few syscalls on a fresh tmpfs
         except BaseException:
             await asyncio.shield(_cleanup_failed(proc, folder, cgroups))
             raise
-        sandbox = BwrapSandbox(sid, spec, proc=proc, target_pid=target, cgroups=cgroups, folder=folder, nsenter=nsenter, ids=(uid, gid))
+        sandbox = BwrapSandbox(sid, spec, proc=proc, cgroups=cgroups, folder=folder)
+        sandbox.agent_pid = agent_pid
         sandbox._start_clock()
         logger.info("sandbox %s (bwrap, task %s) ready in %.0f ms", sid, spec.task_id, (time.monotonic() - started) * 1000)
         return sandbox
@@ -324,6 +269,17 @@ def _join_cgroups(cgroups: Cgroups) -> list[str]:
         return []
     joins = " && ".join(f"echo 0 > {shlex.quote(p)}" for p in cgroups.procs_files)
     return [_SH, "-c", f'{joins} && exec "$0" "$@"']
+
+
+def _agent_rlimits(spec: SandboxSpec) -> dict[str, tuple[int, int]]:
+    """Rlimits the agent sets on itself (so on everything it starts). As root,
+    RLIMIT_NPROC counts every process of host uid 1000 (all sandboxes, containers
+    too): the pids cgroup is the per-sandbox limit and NPROC a host-wide backstop.
+    Without root the agent is in its own user namespace, where NPROC is per sandbox."""
+    limits = rlimits(spec)
+    if _privileged():
+        limits["NPROC"] = (HOST_NPROC, HOST_NPROC)
+    return limits
 
 
 def _check_target(tree: Path, target: str, *, is_dir: bool) -> None:
@@ -382,29 +338,36 @@ def _fill_home(target: int, spec: SandboxSpec, uid: int, gid: int) -> None:
             os.close(fd)
 
 
-async def _wait_ready(proc: asyncio.subprocess.Process, sid: str) -> list[int]:
-    """Echo a line through the sandbox's ``cat``; returns the host pids bwrap, bwrap
-    (pid 1 inside), cat."""
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    proc.stdin.write(b"ready\n")
+async def _wait_ready(proc: asyncio.subprocess.Process, folder: Path, sid: str) -> None:
+    """Until the sandbox's agent answers; bwrap's own error when it exits first."""
+    waiter = asyncio.ensure_future(wait_for_agent(folder, timeout=READY_TIMEOUT_S))
+    exited = asyncio.ensure_future(proc.wait())
     try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            await proc.stdin.drain()
-            line = await proc.stdout.readline()
-            if line != b"ready\n":
-                await proc.wait()
-                detail = (await proc.stderr.read()).decode(errors="replace").strip()[-400:]
-                raise SandboxError(f"bwrap could not start sandbox {sid}: {detail or 'exit ' + str(proc.returncode)}")
-    except TimeoutError:
-        raise SandboxError(f"bwrap sandbox {sid} not ready after {READY_TIMEOUT_S} s") from None
-    chain = [proc.pid]
-    for _ in range(2):  # outer bwrap -> bwrap as pid 1 -> cat (setpriv exec'd into it)
-        pid = chain[-1]
+        await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+        if not waiter.done():
+            waiter.cancel()
+    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+        return
+    if waiter.done() and isinstance(waiter.exception(), TimeoutError):
+        raise SandboxError(f"bwrap sandbox {sid} not ready after {READY_TIMEOUT_S} s")
+    try:
+        detail = (folder / "bwrap.log").read_text(errors="replace").strip()[-400:]
+    except OSError:
+        detail = ""
+    raise SandboxError(f"bwrap could not start sandbox {sid}: {detail or 'exit ' + str(proc.returncode)}")
+
+
+def _sandbox_pid(bwrap_pid: int, sid: str) -> int:
+    """Host pid of the agent: outer bwrap -> bwrap as pid 1 -> agent."""
+    pid = bwrap_pid
+    for _ in range(2):
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         if not kids:
-            raise SandboxError(f"bwrap sandbox {sid} lost its init process")
-        chain.append(int(kids[0]))
-    return chain
+            raise SandboxError(f"bwrap sandbox {sid} lost its first process")
+        pid = int(kids[0])
+    return pid
 
 
 async def _cleanup_failed(proc: asyncio.subprocess.Process | None, folder: Path, cgroups: Cgroups) -> None:

@@ -7,7 +7,6 @@ detail, fix, required); the doctor converts them.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 from bus import Settings
@@ -62,7 +61,6 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
     detail = f"bwrap enforces: {', '.join(enforced + [rlimits])}; tmpfs size limits; no network"
     if missing:
         detail += f"; NOT enforced by cgroup: {', '.join(missing)} (rlimits only)"
-    nsenter = shutil.which("nsenter") is not None
     checks = [
         _check(
             "sandbox limits",
@@ -71,7 +69,6 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
             "run the runner as root on a host with the cgroup memory, pids and cpu controllers",
             required=False,
         ),
-        _check("nsenter", nsenter, "util-linux nsenter (bwrap exec)" if nsenter else "nsenter not found", "apt-get install util-linux", required=settings.sandbox_backend == "bwrap"),
     ]
     return checks
 

@@ -50,9 +50,9 @@ def leftovers(sb: Sandbox) -> list[str]:
         pid = sb._proc.pid  # type: ignore[attr-defined]
         if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
             left.append(f"bwrap process {pid}")
-        target = sb._target  # type: ignore[attr-defined]
-        if Path(f"/proc/{target}").exists():
-            left.append(f"sandbox process {target}")
+        agent = sb.agent_pid  # type: ignore[attr-defined]
+        if agent and Path(f"/proc/{agent}").exists():
+            left.append(f"sandbox process {agent}")
         mounts = Path("/proc/self/mountinfo").read_text()
         if sb.id in mounts:
             left.append("a mount")
