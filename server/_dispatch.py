@@ -118,8 +118,15 @@ class Dispatcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in list(self._followers.values()):
-            task.cancel()
+        # Followers stop here and resume on the next start. Cancel until they are gone:
+        # a cancel landing inside a nats-py call can be swallowed.
+        for _ in range(20):
+            pending = [t for t in self._followers.values() if not t.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.5)
         tg, self._tg = self._tg, None
         if tg is not None:
             await tg.__aexit__(None, None, None)

@@ -79,6 +79,12 @@ class TaskWatch:
         return self.finished
 
 
+def _raise_if_cancelling() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _decode(task_id: str, data: bytes, max_bytes: int) -> Event | None:
     try:
         event = decode_event(data, max_bytes=max_bytes)
@@ -108,6 +114,7 @@ async def follow_events(
         inactive_threshold=300.0,
     )
     try:
+        _raise_if_cancelling()  # nats-py can swallow a cancel that lands inside subscribe()
         async for msg in sub.messages:
             event = _decode(watch.task_id, msg.data, max_bytes)
             if event is not None and watch.add(event) and on_event is not None:

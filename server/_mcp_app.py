@@ -107,7 +107,7 @@ def create_mcp_server(
         ver = "0"
     mcp = MCPServer("taskbus", version=ver, instructions=INSTRUCTIONS, **server_kwargs)
     identity = Identity(dispatcher, api_key)
-    cache = CompletionCache(dispatcher.bus)
+    completion_cache = CompletionCache(dispatcher.bus)
 
     @mcp.tool(
         title="Model completion",
@@ -144,7 +144,7 @@ def create_mcp_server(
                 profile = await dispatcher.profile_of(caller)
                 if cacheable(request, getattr(profile, "cache_completions", False)):
                     key = cache_key(caller.profile, request)
-                    hit = await cache.get(key)
+                    hit = await completion_cache.get(key)
                     if hit is not None:
                         doc = {**builtins(hit), "text": hit.text, "cached": True, "cost_usd": 0.0,
                                "original_cost_usd": hit.cost_usd, "status": "succeeded"}
@@ -175,7 +175,7 @@ def create_mcp_server(
                 + f": {finished.result or 'no detail'}. Check the model and limits, then retry."
             )) if finished.status != "budget_exceeded" else error_result(_budget_error(finished))
         if key is not None:
-            await cache.put(key, CachedCompletion(
+            await completion_cache.put(key, CachedCompletion(
                 text=finished.result, model=doc["model"], routing_reason=submission.routing_reason,
                 usage=finished.usage, cost_usd=finished.cost_usd, task_id=submission.task_id))
         return json_result(doc, finished.result)
