@@ -1,0 +1,60 @@
+"""Run the chaos scenarios outside pytest and print the table (``scripts/chaos``).
+
+    scripts/chaos [--scale ci|full] [--out bench-results/chaos.json] [--only load,runner-kill,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaos_all import ALL  # noqa: E402
+from report import print_table, write_json  # noqa: E402
+from scenarios import SCALES  # noqa: E402
+
+
+async def main(scale_name: str, only: list[str], out: Path, keep: bool) -> int:
+    scale = SCALES[scale_name]
+    rows = []
+    base = Path(tempfile.mkdtemp(prefix="taskbus-chaos-"))
+    for name, scenario in ALL.items():
+        if only and name not in only:
+            continue
+        print(f"== {name} (scale {scale.name})", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            row = await scenario(base / name, scale)
+        except Exception as exc:
+            import traceback
+
+            from report import Row
+
+            traceback.print_exc()
+
+            row = Row(name, notes=[f"scenario raised {type(exc).__name__}: {exc}"], crashed=["scenario"])
+        row.duration_s = round(time.monotonic() - started, 1)
+        rows.append(row)
+        print_table(rows[-1:])
+    print_table(rows)
+    write_json(rows, out, scale=scale.name, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    print(f"work folders: {base}; JSON: {out}", file=sys.stderr)
+    return 0 if all(r.verdict == "PASS" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="ci")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    only = [s for s in args.only.split(",") if s]
+    sys.exit(asyncio.run(main(args.scale, only, args.out, args.keep)))

@@ -1,0 +1,285 @@
+"""A real taskbus stack in separate processes, for fault injection.
+
+``ChaosStack`` owns: an embedded nats-server (JetStream on files in its own folder, a
+fixed port so it can be stopped and restarted on the same store), the scripted model
+server (in this process), runners (``taskbus runner``: bwrap, optionally Docker), the
+audit subscriber (``taskbus audit run``) and the MCP HTTP server (``taskbus serve``),
+each a child process in its own session that a scenario can SIGKILL and restart.
+
+Use it as ``async with ChaosStack(work_dir) as stack:`` inside a test or a script
+(not a yield fixture: the MCP client and the model server own task groups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bus import Bus, EmbeddedNats, Settings, Subjects
+from bus._embedded import free_port
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "chaos"
+KEY_PROFILE = "developer"
+
+
+def claude_path() -> str:
+    path = ROOT / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+    return str(path.resolve()) if path.exists() else ""
+
+
+def image_cache() -> Path:
+    """The shared sandbox image folder (``taskbus sandbox build-image`` made it)."""
+    return Settings.load({}).data_path / "images"
+
+
+@dataclass
+class Child:
+    """One stack process: its argv, its log, the running Popen (None when stopped)."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT),
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the fault)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+        self.kills += 1
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM, wait, then SIGKILL; the exit code (None if it had to be killed)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is not None:
+            return proc.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in %ss; killing it", self.name, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            return None
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+@dataclass
+class ChaosStack:
+    work: Path
+    runners: dict[str, str] = field(default_factory=lambda: {"r-bwrap-1": "bwrap", "r-bwrap-2": "bwrap"})
+    slots: int = 2
+    model_scripts: dict[str, str] = field(default_factory=dict)
+    upstream_key: str | None = None
+    data_dir: Path | None = None
+    ack_wait_s: int = 3
+    model_port: int = 0
+    profile_changes: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    key_id: str = ""
+    children: dict[str, Child] = field(default_factory=dict)
+    settings: Settings | None = None
+    nats: EmbeddedNats | None = None
+    http_port: int = 0
+    model: Any = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> ChaosStack:
+        from sandbox._scripted import ScriptedModelServer, parse_script
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        data = self.data_dir or self.work / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        if not (data / "images").exists():
+            (data / "images").symlink_to(image_cache())
+        self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log")
+        await self.nats.__aenter__()
+        extra = {n: parse_script(t, source=n, name=n) for n, t in self.model_scripts.items()}
+        self.model = ScriptedModelServer(
+            port=self.model_port, log_path=self.work / "model-requests.jsonl", required_api_key=self.upstream_key, scripts=extra)
+        await self.model.__aenter__()
+        self.http_port = free_port()
+        self.settings = Settings.load(
+            {}, data_dir=str(data), nats_url=self.nats.url, subject_prefix=PREFIX,
+            job_secret="chaos-" + uuid.uuid4().hex, upstream_url=self.model.url,
+            upstream_api_key=self.upstream_key or "scripted-model-key", claude_path=claude_path(),
+            job_ack_wait_s=self.ack_wait_s, heartbeat_s=1.0, http_port=self.http_port,
+        )
+        await self._make_key()
+        for runner_id, backend in self.runners.items():
+            self.add_runner(runner_id, backend)
+        self.children["audit"] = self._child("audit", ["audit", "run"])
+        self.children["server"] = self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"])
+        for child in self.children.values():
+            child.start()
+        await self.wait_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            for child in self.children.values():
+                await asyncio.to_thread(child.stop, 90)
+        finally:
+            try:
+                if self.model is not None:
+                    await self.model.__aexit__(None, None, None)
+            finally:
+                if self.nats is not None:
+                    await self.nats.__aexit__(None, None, None)
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        assert s is not None
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "TASKBUS_NATS_URL": s.nats_url,
+            "TASKBUS_SUBJECT_PREFIX": s.subject_prefix,
+            "TASKBUS_DATA_DIR": s.data_dir,
+            "TASKBUS_JOB_SECRET": s.job_secret,
+            "TASKBUS_UPSTREAM_URL": s.upstream_url,
+            "TASKBUS_UPSTREAM_API_KEY": s.upstream_api_key,
+            "TASKBUS_CLAUDE_PATH": s.claude_path,
+            "TASKBUS_JOB_ACK_WAIT_S": str(self.ack_wait_s),
+            "TASKBUS_HEARTBEAT_S": "1",
+            "TASKBUS_HTTP_PORT": str(self.http_port),
+            "TASKBUS_LOG_LEVEL": "info",
+            "COLUMNS": "200",
+        }
+
+    def _child(self, name: str, args: list[str]) -> Child:
+        return Child(name, [sys.executable, "-m", "server._cli", *args], self.work / f"{name}.log", self.env())
+
+    def add_runner(self, runner_id: str, backend: str, *, start: bool = False) -> Child:
+        child = self._child(runner_id, [
+            "runner", "--id", runner_id, "--backend", backend, "--kinds", "task,complete",
+            "--slots", str(self.slots), "--grace", "60"])
+        self.children[runner_id] = child
+        if start:
+            child.start()
+        return child
+
+    async def _make_key(self) -> None:
+        from profiles import Store
+
+        assert self.settings is not None
+        async with Store.for_settings(self.settings) as store:
+            await store.update_profile(
+                KEY_PROFILE, max_concurrent=256, rate_limit_per_min=1_000_000, **self.profile_changes)
+            await store.set_budget(profile=KEY_PROFILE, day_usd=1000.0, month_usd=10_000.0)
+            self.key, record = await store.create_key(KEY_PROFILE, name="chaos")
+            self.key_id = record.prefix
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/mcp"
+
+    async def wait_server(self, timeout: float = 60) -> None:
+        """Until the HTTP server answers (a 401 without a key is an answer)."""
+        import httpx2
+
+        deadline = time.monotonic() + timeout
+        async with httpx2.AsyncClient(timeout=2) as http:
+            while True:
+                server = self.children["server"]
+                if not server.alive:
+                    raise RuntimeError(f"the server exited: {server.tail()}")
+                try:
+                    if (await http.get(self.url)).status_code in (401, 405, 406, 400):
+                        return
+                except httpx2.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the MCP server did not answer within {timeout}s: {server.tail()}")
+                await asyncio.sleep(0.1)
+
+    async def restart(self, name: str) -> None:
+        """SIGKILL ``name`` and start it again (the server: wait until it serves)."""
+        child = self.children[name]
+        await asyncio.to_thread(child.kill)
+        child.start()
+        if name == "server":
+            await self.wait_server()
+
+    def restart_nats(self, *, down_s: float = 1.0) -> None:
+        """Stop nats-server (TERM, like a crash of the host service) and start it again on
+        the same port with the same store."""
+        assert self.nats is not None
+        port, store = self.nats.port, self.nats.store_dir
+        self.nats.kill()
+        time.sleep(down_s)  # the outage itself, not a wait for something
+        self.nats = EmbeddedNats(store, port=port, log_path=self.work / "nats-server.log")
+        self.nats.start()
+
+    def alive(self) -> dict[str, bool]:
+        return {name: c.alive for name, c in self.children.items()}
+
+    # ------------------------------------------------------------------ clients
+
+    @contextlib.asynccontextmanager
+    async def client(self, key: str | None = None, *, timeout: float = 600) -> AsyncIterator[Any]:
+        """An MCP client over Streamable HTTP with the stack's key."""
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        headers = {"Authorization": f"Bearer {key or self.key}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+            async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                yield client
+
+    @contextlib.asynccontextmanager
+    async def bus(self) -> AsyncIterator[Bus]:
+        assert self.settings is not None
+        async with await Bus.open(self.settings.nats_url, Subjects(PREFIX), name="chaos-probe") as b:
+            yield b
+
+    def replace_settings(self, **changes: Any) -> Settings:
+        assert self.settings is not None
+        return msgspec.structs.replace(self.settings, **changes)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,89 @@
+"""The reliability suite at CI scale (``TASKBUS_CHAOS_SCALE=full`` for the full numbers;
+``scripts/chaos`` runs the same scenarios outside pytest and prints the whole table).
+
+Every scenario runs the real stack in separate processes (nats-server with file storage,
+runners with bwrap and Docker, the audit subscriber, the MCP HTTP server, the scripted
+model) and passes only when nothing was lost, run twice, left behind, overspent or let out.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from chaos_all import ALL
+from report import Row, markdown
+from scenarios import env_scale
+
+pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
+
+
+def _assert_pass(row: Row) -> None:
+    table = markdown([row])
+    notes = "\n".join(row.notes[:30])
+    assert row.verdict == "PASS", f"{row.failures}\n{table}\n{notes}"
+
+
+def _needs_root() -> None:
+    if os.geteuid() == 0:
+        return
+    message = "root is needed to mount a small tmpfs on the data dir"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+async def test_under_load_every_task_finishes_every_event_is_audited_once_and_budgets_match_spend(tmp_path: Path, require_docker: None) -> None:
+    row = await ALL["load"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert row.finished.get("succeeded") == row.submitted, row.finished
+
+
+async def test_runners_killed_mid_task_leave_no_silent_or_twice_run_task_and_no_sandbox(tmp_path: Path, require_docker: None) -> None:
+    row = await ALL["runner-kill"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert row.faults >= 1, "at least one runner was killed with a task running"
+
+
+async def test_a_nats_server_restart_mid_load_loses_no_acknowledged_job_or_event(tmp_path: Path) -> None:
+    row = await ALL["nats-restart"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert row.faults == 1
+
+
+async def test_a_killed_audit_subscriber_catches_up_and_its_chain_verifies(tmp_path: Path) -> None:
+    row = await ALL["audit-kill"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert any(n.startswith("audit verify: {'ok': True") for n in row.notes), row.notes
+
+
+async def test_after_a_server_kill_get_task_returns_each_result_and_reservations_are_settled(tmp_path: Path) -> None:
+    row = await ALL["server-kill"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert row.finished == {"succeeded": row.submitted}, row.finished
+
+
+async def test_a_full_data_dir_refuses_new_work_clearly_and_recovers_when_space_returns(tmp_path: Path) -> None:
+    _needs_root()
+    row = await ALL["disk-full"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert row.rejected >= 1, row.notes
+
+
+async def test_hostile_input_on_every_subject_and_tool_is_rejected_clearly_and_changes_nothing(tmp_path: Path) -> None:
+    row = await ALL["hostile-input"](tmp_path, env_scale())
+    _assert_pass(row)
+    assert row.rejected > 100, row.notes
+
+
+async def test_a_hostile_agent_is_contained_on_both_backends_and_blocked_commands_are_audited(tmp_path: Path, require_docker: None) -> None:
+    row = await ALL["hostile-agent"](tmp_path, env_scale())
+    _assert_pass(row)
+    backends = {d["backend"] for d in row.details}
+    assert backends == {"bwrap", "docker"}
+    for step in row.details:
+        assert step["outcome"] != "ESCAPED", step
+    audited = {d["step"] for d in row.details if d["outcome"].startswith("audited")}
+    assert {"network tool to a host port", "sudo", "fork bomb (classic)", "Docker socket (named)"} <= audited, audited
