@@ -71,6 +71,16 @@ async def test_stdin_reaches_the_command(new_sandbox) -> None:  # type: ignore[n
     assert result.stdout == ["HELLO", "WORLD"] and result.exit_code == 0
 
 
+async def test_a_missing_command_fails_with_exit_127_and_says_why(new_sandbox) -> None:  # type: ignore[no-untyped-def]
+    sb = await new_sandbox()
+    result = await (await sb.exec(["no-such-command", "x"])).collect(timeout=30)
+    assert result.exit_code == 127
+    assert "no-such-command" in result.err
+    with pytest.raises(SandboxError, match="NUL"):
+        await sb.exec(["echo", "a\0b"])
+    assert (await (await sb.exec(["true"])).wait(timeout=30)) == 0  # the sandbox still works
+
+
 async def test_home_files_are_in_place_before_anything_runs(new_sandbox) -> None:  # type: ignore[no-untyped-def]
     sb = await new_sandbox(home_files={".claude/settings.json": b'{"a": 1}', "notes.txt": b"hi"})
     result = await (await sb.exec(["bash", "-c", "cat ~/.claude/settings.json ~/notes.txt; echo; stat -c %U ~ ~/.claude/settings.json; touch ~/.claude/new && echo writable"], cwd="/tmp")).collect(timeout=30)
