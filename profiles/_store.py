@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from bus import AuditNotice, InvalidInput, NotFound, Policy, Request, Settings
+from bus import AuditNotice, InvalidInput, NotFound, Policy, ProfileError, Request, Settings
 
 from . import _budgets, _db, _keys, _tasks
 from ._apply import ApplyResult, diff_profiles, plan_apply
@@ -139,11 +140,17 @@ class Store:
             try:
                 yield db
                 await asyncio.shield(db.execute("COMMIT"))
-            except BaseException:
+            except BaseException as error:
                 try:
                     await asyncio.shield(db.execute("ROLLBACK"))
                 except Exception as exc:  # never hide the original error
                     logger.warning("rollback failed: %s", exc)
+                if isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                    logger.error("%s: the disk is full; refusing writes until space is freed", self.path)
+                    raise ProfileError(
+                        "the server's data disk is full: nothing was recorded and new work is refused until "
+                        "an operator frees space in its data directory; retry later"
+                    ) from None
                 raise
 
     async def _emit(self, kind: str, **detail: Any) -> None:
