@@ -33,6 +33,7 @@ from ._mcp_results import (
     builtins,
     error_result,
     events_uri,
+    finished_error,
     finished_summary,
     json_result,
     progress_message,
@@ -169,11 +170,7 @@ def create_mcp_server(
             "routing_reason": submission.routing_reason, "cached": False, **finished_summary(finished),
         }
         if finished.status != "succeeded":
-            return error_result(TaskbusError(
-                f"completion {finished.status}"
-                + (f" ({finished.reason})" if finished.reason else "")
-                + f": {finished.result or 'no detail'}. Check the model and limits, then retry."
-            )) if finished.status != "budget_exceeded" else error_result(_budget_error(finished))
+            return finished_error(doc, finished)
         if key is not None:
             await completion_cache.put(key, CachedCompletion(
                 text=finished.result, model=doc["model"], routing_reason=submission.routing_reason,
@@ -287,12 +284,6 @@ def create_mcp_server(
             return data
 
     return mcp
-
-
-def _budget_error(finished: Any) -> TaskbusError:
-    from bus import BudgetExceeded
-
-    return BudgetExceeded(f"the completion reached its cost cap (${finished.cost_usd:.4f}): {finished.result or ''}".strip())
 
 
 async def _inline_texts(dispatcher: Dispatcher, caller: Caller, task_id: str, artifacts: list[Any]) -> dict[str, str]:

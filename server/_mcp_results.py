@@ -64,6 +64,18 @@ def error_result(exc: BaseException) -> types.CallToolResult:
     )
 
 
+def finished_error(structured: dict[str, Any], finished: Finished) -> types.CallToolResult:
+    """A completion that ended other than ``succeeded``: its status is the error code."""
+    why = f" ({finished.reason})" if finished.reason else ""
+    text = redact(f"[{finished.status}] the completion ended {finished.status}{why}: "
+                  f"{finished.result or 'no detail'}. {WHAT_TO_DO.get(finished.status, '')}".strip())
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content={**structured, "error": {"code": finished.status, "message": text}},
+        is_error=True,
+    )
+
+
 def progress_message(event: Event, *, cost: float, elapsed: float) -> str | None:
     """One line for an MCP progress notification, or None for events not worth one."""
     match event:

@@ -76,6 +76,9 @@ def test_submit_list_show_and_cancel_round_trip_with_json(settings: Settings) ->
                 break
         assert shown["task"]["status"] == "cancelled"
         assert [e["type"] for e in shown["events"]] == ["accepted", "finished"]
+        watched = runner.invoke(app, ["tasks", "watch", task_id, "--json"], env=_env(settings))
+        assert watched.exit_code == 0, watched.output
+        assert json.loads(watched.stdout)["status"] == "cancelled"
         missing = runner.invoke(app, ["tasks", "show", "t_nope"], env=_env(settings))
         assert missing.exit_code == 1 and "t_nope" in missing.output
     finally:

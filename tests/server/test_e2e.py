@@ -214,3 +214,15 @@ async def test_a_cached_completion_is_answered_again_without_a_model_call(e2e_se
         assert second["cached"] is True and second["cost_usd"] == 0 and second["text"] == first["text"]
         assert uncached["cached"] is False and uncached["task_id"] != first["task_id"]
         assert len(await stack.store.list_tasks(None)) == 2
+
+
+async def test_a_completion_over_its_cost_cap_is_an_error_with_the_budget_code(e2e_settings: Settings, make_e2e) -> None:
+    async with make_e2e(e2e_settings) as stack:
+        key = await stack.key("developer")
+        async with Client(create_mcp_server(stack.dispatcher, api_key=key)) as client:
+            result = await client.call_tool(
+                "complete", {"prompt": "[script:expensive] spend", "model": "claude-haiku-4-5", "max_cost_usd": 0.000001})
+        assert result.is_error, _text(result)
+        assert result.structured_content["error"]["code"] == "budget_exceeded"
+        assert _text(result).startswith("[budget_exceeded]") and "max_cost_usd" in _text(result)
+        assert result.structured_content["cost_usd"] <= 0.000001
