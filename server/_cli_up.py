@@ -56,6 +56,11 @@ def up(
     first = run(prepare(settings))
     if first.admin_key:
         _show_admin_key(first.admin_key, first.admin_prefix)
+    elif not daemon:
+        from ._up._firstrun import NEW_KEY_HINT
+
+        err.print(f"admin key {first.admin_prefix}... was shown at first start; make another with `{NEW_KEY_HINT}`",
+                  highlight=False, markup=False)
     if detach and not daemon:
         argv = [*taskbus_command(), "up", "--daemon", "--nats-port", str(nats_port)]
         for flag, value in (("--backend", backend), ("--port", port), ("--runner-id", runner_id), ("--config", config)):

@@ -1,0 +1,117 @@
+"""Fixtures for ``taskbus up``: its own data dir (sharing the built sandbox image), free ports,
+and a helper that starts ``taskbus up`` as a child process and stops it with SIGINT."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus import Settings, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKBUS = str(Path(sys.executable).parent / "taskbus")
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0, *, log: Path | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture
+def up_env(tmp_path: Path, require_bwrap: None, require_claude: Path) -> dict[str, str]:
+    """Environment for a `taskbus up` of its own: data dir, free MCP port, offline model."""
+    images = Settings.load({}).data_path / "images"
+    if not images.is_dir():
+        message = "the sandbox image is missing (run `taskbus sandbox build-image`; scripts/setup does)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "images").symlink_to(images)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_") and k != "ANTHROPIC_API_KEY"}
+    env.update({"TASKBUS_DATA_DIR": str(data), "TASKBUS_HTTP_PORT": str(free_port()),
+                "TASKBUS_CLAUDE_PATH": str(require_claude)})
+    if "TASKBUS_TEST_ROOT" in os.environ:
+        env["TASKBUS_TEST_ROOT"] = os.environ["TASKBUS_TEST_ROOT"]
+    return env
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    data: Path
+    log: Path
+
+    def state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.data / "up.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def ready_state(self) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            assert self.proc.poll() is None, f"taskbus up exited early:\n{self.log.read_text()[-3000:]}"
+            state = self.state()
+            return state if state and state.get("ready") else None
+
+        return wait_for("taskbus up to be ready", ready, 90, log=self.log)
+
+    def child(self, name: str) -> dict[str, Any]:
+        state = self.state() or {"children": []}
+        return next(c for c in state["children"] if c["name"] == name)
+
+
+@pytest.fixture
+def start_up(up_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    """Start `taskbus up` (no terminal: log lines, no panel); always stopped at the end."""
+    started: list[Up] = []
+
+    def start(*args: str) -> Up:
+        log = tmp_path / f"up-{len(started)}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen([TASKBUS, "up", "--nats-port", "0", *args], env=up_env, cwd=ROOT,
+                                    stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        up = Up(proc=proc, data=Path(up_env["TASKBUS_DATA_DIR"]), log=log)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        if up.proc.poll() is None:
+            up.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                up.proc.wait(timeout=60)
+        if up.proc.poll() is None:
+            os.killpg(up.proc.pid, signal.SIGKILL)
+            up.proc.wait()
