@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    err,
+    fail,
+    load_settings,
+    out,
+    print_json,
+    run,
+)
 
 tasks_app = typer.Typer(help="Inspect, follow and cancel tasks (operators: every key's tasks).", no_args_is_help=True)
 

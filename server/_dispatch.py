@@ -26,8 +26,8 @@ from bus import (
     Accepted,
     AuditNotice,
     AuthError,
-    Bus,
     BudgetExceeded,
+    Bus,
     Cancel,
     CompleteRequest,
     ConcurrencyLimit,
@@ -47,7 +47,6 @@ from bus import (
     sign_job,
     utcnow,
 )
-
 from profiles import Profile, Store, TaskRecord, resolve_policy
 
 from ._dispatch_events import TaskWatch, follow_events, replay_events

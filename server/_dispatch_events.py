@@ -16,7 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus import Artifact, Bus, Event, Finished, MessageDecodeError, ModelCall, decode_event
+from bus import (
+    Artifact,
+    Bus,
+    Event,
+    Finished,
+    MessageDecodeError,
+    ModelCall,
+    decode_event,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
-import msgspec
 import mcp_types as types
+import msgspec
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context

@@ -6,8 +6,8 @@ import logging
 import mimetypes
 from typing import Any
 
-import msgspec
 import mcp_types as types
+import msgspec
 
 from bus import (
     Artifact,

@@ -11,7 +11,14 @@ from pydantic import Field
 from bus import Started, TaskbusError
 
 from ._dispatch import Dispatcher
-from ._mcp_results import artifact_entries, builtins, error_result, events_uri, finished_summary, json_result
+from ._mcp_results import (
+    artifact_entries,
+    builtins,
+    error_result,
+    events_uri,
+    finished_summary,
+    json_result,
+)
 
 if TYPE_CHECKING:
     from ._mcp_app import Identity

@@ -42,12 +42,12 @@ TASK_OUTPUT_PER_TURN = 1_000
 _CODE = re.compile(
     r"```|\b(def|class|import|function|return|const|struct|fn|public static)\b|Traceback \(most recent"
     r"|\b[\w-]{1,64}\.(py|js|ts|go|rs|java|c|cpp|rb|sh|toml|yaml|json)\b|[{};][ \t]*$",
-    re.M,
+    re.MULTILINE,
 )
 _MULTI = re.compile(
     r"(?i)\bstep[- ]by[- ]step\b|\bfirst\b[^\n]{0,400}?\bthen\b|^[ \t]*(\d+[.)]|[-*])[ \t]+\S[^\n]*\n[ \t]*(\d+[.)]|[-*])[ \t]+\S"
     r"|\b(refactor|implement|design|architect|migrate|plan|debug|investigate|analy[sz]e|write tests)\b",
-    re.M,
+    re.MULTILINE,
 )
 
 

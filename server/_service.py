@@ -13,7 +13,6 @@ import logging
 from typing import Literal
 
 from bus import AuthError, Bus, Settings, Subjects
-
 from profiles import Store
 
 from ._dispatch import Dispatcher

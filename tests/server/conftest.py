@@ -114,8 +114,8 @@ async def e2e_model_and_runner(settings: Settings, *, slots: int = 4) -> AsyncIt
 @contextlib.asynccontextmanager
 async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stack]:
     """The model, a real runner and the server stack."""
-    async with e2e_model_and_runner(settings, slots=slots) as settings:
-        async with server_stack(settings) as stack:
+    async with e2e_model_and_runner(settings, slots=slots) as with_model:
+        async with server_stack(with_model) as stack:
             yield stack
 
 

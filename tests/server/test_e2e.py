@@ -8,13 +8,11 @@ import json
 
 import mcp_types as types
 import pytest
+from conftest import sandboxes_left
 from mcp import Client
 
 from bus import Settings
-
 from server._mcp_app import create_mcp_server
-
-from conftest import sandboxes_left  # noqa: E402  (tests/server/conftest.py)
 
 MODES = pytest.mark.parametrize("mode", ["auto", "legacy"])
 WRITE_A_FILE = "[script:write-a-file] Write hello.txt saying hello."
@@ -155,9 +153,8 @@ async def _complete_and_task_over(client) -> None:
 
 async def test_complete_and_run_task_over_streamable_http(e2e_settings: Settings) -> None:
     import httpx2
-    from mcp.client.streamable_http import streamable_http_client
-
     from conftest import e2e_model_and_runner
+    from mcp.client.streamable_http import streamable_http_client
     from test_http import http_server
 
     async with e2e_model_and_runner(e2e_settings) as settings:

@@ -10,9 +10,17 @@ import json
 
 import nats
 
-from bus import Job, Settings, TaskRequest, decode_event, decode_job, decode_reply, SubmitAccepted, SubmitRejected
+from bus import (
+    Job,
+    Settings,
+    SubmitAccepted,
+    SubmitRejected,
+    TaskRequest,
+    decode_event,
+    decode_job,
+    decode_reply,
+)
 from server._submit_gateway import bearer
-
 
 
 async def _request(nc, subject: str, payload: bytes, key: str | None, **headers: str):

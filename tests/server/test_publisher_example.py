@@ -46,5 +46,5 @@ async def test_the_publisher_example_reports_a_rejected_key(settings: Settings, 
     async with make_stack(settings):
         proc = await _start(settings, "tb_" + "z" * 43, "anything")
         async with asyncio.timeout(30):
-            out, err = await proc.communicate()
+            _, err = await proc.communicate()
         assert proc.returncode == 2 and b"rejected: unauthorized" in err and b"zzzz" not in err
