@@ -16,7 +16,7 @@ from ._limits import cgroup_support
 
 
 def _check(name: str, ok: bool, detail: str, fix: str = "", required: bool = True) -> dict[str, Any]:
-    return {"name": name, "ok": ok, "detail": detail, "fix": fix, "required": required}
+    return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix, "required": required}
 
 
 def check_image(settings: Settings) -> list[dict[str, Any]]:
@@ -59,6 +59,7 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
     missing = [c for c, ok in support.items() if not ok]
     rlimits = "rlimits nproc, as, fsize, nofile, cpu"
     detail = f"bwrap enforces: {', '.join(enforced + [rlimits])}; tmpfs size limits; no network"
+    detail += "; docker enforces: memory (no swap), pids, cpu, tmpfs sizes, ulimits fsize/nofile/cpu; no network"
     if missing:
         detail += f"; NOT enforced by cgroup: {', '.join(missing)} (rlimits only)"
     checks = [
