@@ -23,7 +23,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from pydantic import BaseModel, Field
 
-from bus import CompleteRequest, InvalidInput, NotFound, TaskbusError, TaskRequest
+from bus import CompleteRequest, InvalidInput, Message, NotFound, TaskbusError, TaskRequest
 from bus import encode as encode_message
 
 from ._dispatch import Caller, Dispatcher
@@ -44,6 +44,7 @@ from ._mcp_tasks import register_task_tools
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_S = 5.0
+STREAM_PROGRESS_S = 0.5
 INSTRUCTIONS = (
     "taskbus runs Claude for you under a permission profile, with a budget. Use `complete` for a "
     "single model answer (no tools, no files) and `run_task` for work that needs an agent with tools "
@@ -155,11 +156,20 @@ def create_mcp_server(
             return error_result(exc)
         watch = dispatcher.live(submission.task_id)
         try:
-            progress = 0
+            progress, chars, last_report = 0, 0, time.perf_counter()
             async for event in watch.stream(keepalive_s=keepalive_s):
-                if event is None:
-                    progress += 1
-                    await ctx.report_progress(progress, None, f"waiting for the model ({time.perf_counter() - started:.0f}s)")
+                now = time.perf_counter()
+                if isinstance(event, Message) and event.delta:
+                    chars += len(event.text)
+                    if now - last_report < STREAM_PROGRESS_S:
+                        continue
+                    message = f"streaming: {chars} characters so far ({now - started:.0f}s)"
+                elif event is None:
+                    message = f"waiting for the model ({now - started:.0f}s)"
+                else:
+                    continue
+                progress, last_report = progress + 1, now
+                await ctx.report_progress(progress, None, message)
         except asyncio.CancelledError:
             await asyncio.shield(cancel_quietly(dispatcher, caller, submission.task_id, "MCP client cancelled the call"))
             raise
