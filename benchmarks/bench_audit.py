@@ -167,9 +167,11 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of the SQLite stages (best kept).")
+    parser.add_argument("--e2e-rounds", type=int, default=2, help="End-to-end runs (best kept).")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     events = make_events(args.events)
     avg_bytes = sum(len(p) for _, p in events) / len(events)
     best: dict[str, float] = {}
@@ -185,7 +187,10 @@ def main() -> int:
                 best[name] = max(best.get(name, 0.0), fn())
             for f in tmp.glob("*.db*"):
                 f.unlink()
-        e2e = asyncio.run(bench_end_to_end(events, args.batch, tmp))
+        e2e_runs = []
+        for i in range(args.e2e_rounds):
+            e2e_runs.append(asyncio.run(bench_end_to_end(events, args.batch, tmp / f"e2e{i}")))
+        e2e = max(e2e_runs, key=lambda r: r["eps"])
     baseline, baseline_nofts, writer = best["baseline"], best["baseline_nofts"], best["writer"]
 
     ratio = baseline / writer
@@ -194,6 +199,7 @@ def main() -> int:
         "events": args.events,
         "batch": args.batch,
         "rounds": args.rounds,
+        "load_average_before": load_before,
         "avg_event_bytes": round(avg_bytes, 1),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -217,6 +223,8 @@ def main() -> int:
             "ratio_met": ratio <= TARGET_RATIO,
         },
         "prefill_seconds": round(e2e["prefill_seconds"], 2),
+        "end_to_end_all_runs": [round(r["eps"]) for r in e2e_runs],
+        "load_average_after": os.getloadavg(),
     }
     print(f"audit ingest, {args.events} events (~{avg_bytes:.0f} B each), batches of {args.batch}, "
           f"{os.cpu_count()} cpus, sqlite {sqlite3.sqlite_version}")
