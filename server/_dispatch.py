@@ -55,6 +55,7 @@ from ._router import route_model
 logger = logging.getLogger(__name__)
 
 FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"})
+MAX_CACHED_WATCHES = 4096
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
@@ -257,7 +258,7 @@ class Dispatcher:
         finally:
             self._followers.pop(watch.task_id, None)
             # keep finished watches briefly for waiters; drop the oldest beyond a bound
-            if len(self._watches) > 4096:
+            if len(self._watches) > MAX_CACHED_WATCHES:
                 for task_id in [t for t, w in self._watches.items() if w.finished is not None][:1024]:
                     del self._watches[task_id]
 
@@ -294,16 +295,18 @@ class Dispatcher:
 
     async def watch(self, caller: Caller, task_id: str) -> TaskWatch:
         """The live watch of one of the caller's tasks (replayed from the stream if needed)."""
-        await self.task_record(caller, task_id)
+        record = await self.task_record(caller, task_id)
         watch = self._watches.get(task_id)
         if watch is not None:
             return watch
         watch = TaskWatch(task_id)
         for event in await replay_events(self.bus, task_id):
             watch.add(event)
-        if watch.finished is None:
+        if watch.finished is None and record.status not in FINAL:
             return self._follow(task_id)
-        self._watches.setdefault(task_id, watch)
+        # finished (or its events aged out of the stream: the registry row is what is left)
+        if len(self._watches) < MAX_CACHED_WATCHES:
+            self._watches.setdefault(task_id, watch)
         return watch
 
     async def list_tasks(self, caller: Caller, *, status: str | None = None, limit: int = 20) -> list[TaskRecord]:

@@ -8,7 +8,7 @@ import mcp_types as types
 from mcp.server import MCPServer
 from pydantic import Field
 
-from bus import Started, TaskbusError
+from bus import FINISHED_STATUSES, Started, TaskbusError
 
 from ._dispatch import Dispatcher
 from ._mcp_results import (
@@ -58,6 +58,8 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
             doc.update(finished_summary(watch.finished))
             doc["artifacts"] = artifact_entries(task_id, watch.artifacts)
             text = f"Task {task_id} {watch.finished.status}: {watch.finished.result}"
+        elif record.status in FINISHED_STATUSES:  # its events aged out of the stream
+            text = f"Task {task_id} {record.status}: {record.result_summary or ''} (events no longer stored)"
         else:
             if any(isinstance(e, Started) for e in watch.events):
                 doc["status"] = "running"
