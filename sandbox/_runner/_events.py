@@ -12,7 +12,7 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from bus import Bus, Event, Finished, MessageDecodeError, decode_event, utcnow
+from bus import Bus, Event, Finished, MessageDecodeError, ModelCall, Usage, decode_event, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,29 @@ async def last_event(bus: Bus, task_id: str) -> Event | None:
     except MessageDecodeError:
         logger.warning("last event of task %s does not decode; treating the task as started", task_id)
         return None
+
+
+async def metered_so_far(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage]:
+    """Cost and usage of every ``model_call`` already stored for ``task_id`` (seq 1..upto_seq):
+    what a runner that died had spent, so that the task's ``finished`` still charges it."""
+    from nats.js.api import DeliverPolicy
+
+    cost, usage = 0.0, Usage()
+    sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                try:
+                    event = decode_event(msg.data)
+                except MessageDecodeError:
+                    continue
+                if isinstance(event, ModelCall):
+                    cost, usage = cost + event.cost_usd, usage + event.usage
+                if event.seq >= upto_seq:
+                    return round(cost, 9), usage
+    finally:
+        await sub.unsubscribe()
 
 
 class TaskEvents:

@@ -42,7 +42,7 @@ from bus import (
     verify_job,
 )
 
-from ._events import TaskEvents
+from ._events import TaskEvents, metered_so_far
 from ._task import TaskOutcome
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class JobHandler:
         if last is not None and not isinstance(last, Accepted):
             if not job.retryable:
                 await events.emit(Log, stream="runner", line=f"runner {self.runner_id} found this task started by a runner that stopped")
-                await events.finish("failed", reason="runner_lost",
+                cost, usage = await metered_so_far(self.bus, job.task_id, last.seq)  # what it spent is still charged
+                await events.finish("failed", reason="runner_lost", cost_usd=cost, usage=usage,
                                     result="the runner running this task stopped before it finished; submit it again")
                 await msg.ack()
                 return
