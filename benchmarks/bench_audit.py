@@ -6,6 +6,8 @@ Stages (each on a fresh SQLite file, same schema):
   baseline_nofts  the same without the FTS inserts (what full-text search costs)
   writer          raw payloads -> Writer.write_batch (decode, redaction check, task->key,
                   hash chain, audit + FTS inserts, meta), batches of --batch
+  writer_python   the writer without its SQLite part
+  writer_no_chain the writer with hashing replaced by a constant (what the chain costs)
   end_to_end      a stream pre-filled with --events events (publishing is not timed), then
                   `run_audit` from its ready signal until the last row is committed
 
@@ -50,6 +52,8 @@ from bus import (
     new_task_id,
 )
 from server._audit import AuditOptions, Writer, open_db, run_audit
+from server._audit import _writer as _writer_module
+from server._audit._chain import row_hash
 from server._audit._rows import prepare
 
 TARGET_EPS = 50_000
@@ -114,17 +118,23 @@ def bench_baseline(events: list[tuple[str, bytes]], batch: int, tmp: Path, *, ft
     return _rate(len(rows), elapsed)
 
 
-def bench_writer(events: list[tuple[str, bytes]], batch: int, tmp: Path, *, commit: bool = True) -> float:
+def bench_writer(
+    events: list[tuple[str, bytes]], batch: int, tmp: Path, *, commit: bool = True, chain: bool = True
+) -> float:
     """Writer.write_batch per batch, as the service calls it (``commit=False``: the Python
-    part alone: decode, redaction check, task->key, hash chain)."""
+    part alone: decode, redaction check, task->key, hash chain; ``chain=False``: the same
+    writer with hashing replaced by a constant, to show what the chain itself costs)."""
     conn = open_db(tmp / f"writer-{time.monotonic_ns()}.db")
     writer = Writer(conn)
+    if not chain:
+        _writer_module.row_hash = lambda prev, content: b""
     incoming = [("events", i, f"taskbus.events.{t}", p) for i, (t, p) in enumerate(events, start=1)]
     step = writer.write_batch if commit else writer.prepare
     start = time.perf_counter()
     for lo in range(0, len(incoming), batch):
         step(incoming[lo:lo + batch])
     elapsed = time.perf_counter() - start
+    _writer_module.row_hash = row_hash
     writer.close()
     conn.close()
     return _rate(len(incoming), elapsed)
@@ -183,6 +193,7 @@ def main() -> int:
                 ("baseline_nofts", lambda: bench_baseline(events, args.batch, tmp, fts=False)),
                 ("writer", lambda: bench_writer(events, args.batch, tmp)),
                 ("prepare", lambda: bench_writer(events, args.batch, tmp, commit=False)),
+                ("no_chain", lambda: bench_writer(events, args.batch, tmp, chain=False)),
             ):
                 best[name] = max(best.get(name, 0.0), fn())
             for f in tmp.glob("*.db*"):
@@ -209,11 +220,13 @@ def main() -> int:
             "baseline_executemany_nofts": round(baseline_nofts),
             "writer_with_chain": round(writer),
             "writer_python_part_only": round(best["prepare"]),
+            "writer_without_chain": round(best["no_chain"]),
             "end_to_end_from_stream": round(e2e["eps"]),
         },
         "ratios": {
             "baseline_over_writer": round(ratio, 2),
             "fts_cost_nofts_over_fts": round(baseline_nofts / baseline, 2),
+            "chain_cost_nochain_over_writer": round(best["no_chain"] / writer, 2),
             "end_to_end_over_target": round(e2e["eps"] / TARGET_EPS, 2),
         },
         "targets": {
@@ -235,6 +248,7 @@ def main() -> int:
     print(f"end to end: {e2e['eps']:,.0f} events/s (target >= {TARGET_EPS:,}: "
           f"{'met' if e2e['eps'] >= TARGET_EPS else 'NOT met'})")
     print(f"FTS cost: executemany without FTS is {baseline_nofts / baseline:.2f}x faster")
+    print(f"chain cost: the writer without hashing is {best['no_chain'] / writer:.2f}x faster")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

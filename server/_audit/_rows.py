@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,34 +117,28 @@ def _redacted_body(data: bytes) -> str:
     return text
 
 
-def _event_fields(ev: Any) -> tuple[str, str | None, str | None, str | None, str | None]:
-    """(search text, kind, key_id, severity, detail) of one event."""
-    kind = key_id = severity = detail = None
-    match ev:
-        case MessageEvent(text=text):
-            fts = text
-        case ToolCall(name=name, input=tool_input):
-            fts = f"{name} {_encode(tool_input).decode()}"
-        case ToolResult(output=output):
-            fts = output
-        case Log(line=line):
-            fts = line
-        case Security(kind=kind, detail=detail, severity=severity):
-            fts = f"{kind} {detail}"
-        case Finished(status=status, result=result, reason=reason):
-            kind = status
-            fts = f"{status} {reason or ''} {result}"
-        case Accepted(key_id=key_id, profile=profile, model=model, routing_reason=why):
-            fts = f"{profile} {model} {why}"
-        case Artifact(path=path):
-            fts = path
-        case Started(runner_id=runner, backend=backend, sandbox_id=sandbox):
-            fts = f"{runner} {backend} {sandbox}"
-        case ModelCall(model=model, stop_reason=stop):
-            fts = f"{model} {stop or ''}"
-        case _:
-            fts = ""
-    return fts, kind, key_id, severity, detail
+_Fields = tuple[str, str | None, str | None, str | None, str | None]
+"""(search text, kind, key_id, severity, detail) of one event."""
+
+# One small function per event type (a dict lookup is faster than a ten-way match).
+# model_call and started carry nothing worth full-text search (filter them by --type).
+_FIELDS: dict[type, Callable[[Any], _Fields]] = {
+    MessageEvent: lambda e: (e.text, None, None, None, None),
+    ToolCall: lambda e: (f"{e.name} {_encode(e.input).decode()}", None, None, None, None),
+    ToolResult: lambda e: (e.output, None, None, None, None),
+    Log: lambda e: (e.line, None, None, None, None),
+    ModelCall: lambda e: ("", None, None, None, None),
+    Security: lambda e: (f"{e.kind} {e.detail}", e.kind, None, e.severity, e.detail),
+    Finished: lambda e: (f"{e.status} {e.reason or ''} {e.result}", e.status, None, None, None),
+    Accepted: lambda e: (f"{e.profile} {e.model} {e.routing_reason}", None, e.key_id, None, None),
+    Artifact: lambda e: (e.path, None, None, None, None),
+    Started: lambda e: ("", None, None, None, None),
+}
+
+
+def _event_fields(ev: Any) -> _Fields:
+    fields = _FIELDS.get(type(ev))
+    return fields(ev) if fields else ("", None, None, None, None)
 
 
 def _event(data: bytes) -> Prepared:
