@@ -160,3 +160,26 @@ async def test_concurrent_submits_against_a_small_budget_admit_only_what_fits(se
             assert len([n for n in stack.notices if n.kind == "budget_refused"]) >= 1
         finally:
             await nc.drain()
+
+
+async def test_rate_and_concurrency_limits_are_refused_with_their_codes_and_audited(
+    settings: Settings, make_stack
+) -> None:
+    async with make_stack(settings) as stack:
+        await stack.store.update_profile("developer", rate_limit_per_min=3, max_concurrent=1)
+        key = await stack.key("developer")
+        nc = await nats.connect(settings.nats_url)
+        try:
+            subject, body = stack.bus.subjects.submit("task"), b'{"description": "hello"}'
+            replies = [await _request(nc, subject, body, key) for _ in range(4)]
+            assert isinstance(replies[0], SubmitAccepted)
+            assert isinstance(replies[1], SubmitRejected) and replies[1].code == "concurrency_limit"
+            assert "cancel" in replies[1].message
+            assert isinstance(replies[3], SubmitRejected) and replies[3].code == "rate_limited"
+            assert "Retry" in replies[3].message
+            assert await _pending_jobs(stack) == 1
+            async with asyncio.timeout(5):
+                while not {"rate_limited", "budget_refused"} <= {n.kind for n in stack.notices}:
+                    await asyncio.sleep(0.01)
+        finally:
+            await nc.drain()
