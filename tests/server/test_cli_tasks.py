@@ -84,3 +84,46 @@ def test_submit_list_show_and_cancel_round_trip_with_json(settings: Settings) ->
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_submit_follows_a_real_task_live_to_its_result(settings: Settings, require_bwrap, require_claude) -> None:
+    import socket
+
+    images = Settings.load({}).data_path / "images"
+    if not images.is_dir():
+        import pytest
+
+        pytest.skip("the sandbox image is not built (taskbus sandbox build-image)")
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    (settings.data_path / "images").symlink_to(images)
+
+    async def make_key() -> str:
+        async with Store.for_settings(settings) as store:
+            return (await store.create_key("developer"))[0]
+
+    key = asyncio.run(make_key())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        model_port = sock.getsockname()[1]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}, **_env(settings),
+           "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}", "TASKBUS_CLAUDE_PATH": str(require_claude)}
+    commands = [
+        ["model", "serve", "--port", str(model_port)],
+        ["runner", "--slots", "1", "--backend", "bwrap"],
+        ["serve", "--transport", "none"],
+    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", *c], cwd=ROOT, env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for c in commands]
+    try:
+        asyncio.run(_wait_for_gateway(settings))
+        cli_env = {**_env(settings), "TASKBUS_UPSTREAM_URL": env["TASKBUS_UPSTREAM_URL"]}
+        result = CliRunner().invoke(app, ["submit", "[script:write-a-file] write hello.txt", "--key", key], env=cli_env)
+        assert result.exit_code == 0, result.output
+        assert "tool call Bash" in result.output and "artifact hello.txt" in result.output
+        assert "succeeded" in result.output and "Done: wrote hello.txt" in result.output
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=40)
