@@ -43,7 +43,9 @@ def up(
     from bus import TaskbusError
 
     from ._up import check as run_check
-    from ._up import connect_help, make_plan, prepare, run_stack, running_pid, spawn_detached, taskbus_command
+    from ._up import (
+        connect_help, make_plan, prepare, run_stack, running_pid, spawn_detached, stop_leftovers, taskbus_command,
+    )
 
     if backend not in (None, "bwrap", "docker"):
         fail("--backend must be bwrap or docker", code=2)
@@ -52,6 +54,9 @@ def up(
     pid = running_pid(data)
     if pid is not None and pid != os.getpid():
         fail(f"taskbus up is already running for {data} (pid {pid}); `taskbus status` shows it, `taskbus down` stops it")
+    if not daemon and (left := stop_leftovers(data)):
+        err.print(f"stopped {left} process(es) left running by a previous taskbus up that did not stop cleanly",
+                  highlight=False)
     env = dict(os.environ)
     first = run(prepare(settings))
     if first.admin_key:
@@ -115,12 +120,13 @@ def down(
     config: ConfigOpt = None,
 ) -> None:
     """Stop a `taskbus up` running for this data dir (e.g. one started with --detach)."""
-    from ._up import pid_alive, running_pid
+    from ._up import pid_alive, running_pid, stop_leftovers
 
     data = load_settings(config).data_path.resolve()
     pid = running_pid(data)
     if pid is None:
-        out.print(f"taskbus up is not running for {data}")
+        left = stop_leftovers(data)
+        out.print(f"taskbus up is not running for {data}" + (f"; stopped {left} leftover process(es)" if left else ""))
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from ._run import run_stack as run_stack
 from ._state import pid_alive as pid_alive
 from ._state import read_state as read_state
 from ._state import running_pid as running_pid
+from ._state import stop_leftovers as stop_leftovers
 from ._supervisor import ChildSpec as ChildSpec
 from ._supervisor import StartInterrupted as StartInterrupted
 from ._supervisor import Supervisor as Supervisor
@@ -35,5 +36,5 @@ __all__ = [
     "DEMO_DESCRIPTION", "OFFLINE_LABEL", "ChildSpec", "DemoResult", "FirstRun", "Plan", "StartInterrupted",
     "StatusBoard", "Supervisor", "UpError", "check", "connect_help", "demo_against", "make_plan",
     "permissions_example", "pid_alive", "prepare", "read_state", "render_reference", "run_stack",
-    "running_pid", "spawn_detached", "taskbus_command", "update_file",
+    "running_pid", "spawn_detached", "stop_leftovers", "taskbus_command", "update_file",
 ]

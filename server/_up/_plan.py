@@ -8,6 +8,7 @@ is the only place that reads ``os.environ``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from bus import Settings, TaskbusError, find_nats_server, free_port
 
+from ._state import UP_PID_VAR
 from ._supervisor import ChildSpec, UpError, log_probe, port_free, tcp_probe
 
 OFFLINE_LABEL = "offline scripted model"
@@ -111,6 +113,7 @@ def make_plan(
         "TASKBUS_HTTP_HOST": http_host,
         "TASKBUS_HTTP_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
+        UP_PID_VAR: str(os.getpid()),
         "COLUMNS": "200",
     })
     child_env.pop("TASKBUS_API_KEY", None)  # the server authenticates callers; it acts as nobody

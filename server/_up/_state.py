@@ -72,3 +72,45 @@ def remove_files(data: Path) -> None:
     for path in (pid_path(data), state_path(data)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+UP_PID_VAR = "_TASKBUS_UP_PID"
+"""Set in every child's environment: the supervisor's pid (to find orphans of a dead one)."""
+
+
+def leftover_pids(data: Path) -> list[int]:
+    """Processes a ``taskbus up`` for ``data`` started whose supervisor is gone (it was
+    SIGKILLed, or crashed before it could stop them)."""
+    wanted = str(data).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        owner = env.get(UP_PID_VAR.encode())
+        if owner and env.get(b"TASKBUS_DATA_DIR") == wanted and owner.isdigit() and not pid_alive(int(owner)):
+            found.append(int(entry.name))
+    return found
+
+
+def stop_leftovers(data: Path, *, timeout_s: float = 10.0) -> int:
+    """SIGTERM the process groups of ``leftover_pids``, SIGKILL what remains after ``timeout_s``."""
+    import signal
+    import time
+
+    pids = leftover_pids(data)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    return len(pids)

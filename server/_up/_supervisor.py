@@ -176,9 +176,9 @@ class Supervisor:
                     self._monitors[child.spec.name] = self._tg.create_task(self._monitor(child), name=child.spec.name)
                 for child in batch:
                     await self._wait_ready(child)
-        except BaseException as exc:
-            await self._shutdown()
-            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await asyncio.shield(self._shutdown())
+            await self._tg.__aexit__(None, None, None)  # the monitors are cancelled: nothing to report
             raise
         self._starting = False
         return self
@@ -214,10 +214,19 @@ class Supervisor:
         self._stopping = True
         for event in self._wake.values():
             event.set()
-        for child in reversed(self.children):
-            await self._stop_child(child)
-        for task in self._monitors.values():
-            task.cancel()
+        try:
+            for child in reversed(self.children):
+                try:
+                    await self._stop_child(child)
+                except Exception as exc:  # keep stopping the others; logging itself may fail here
+                    with contextlib.suppress(Exception):
+                        logger.error("stopping %s failed: %s", child.spec.name, exc)
+        finally:
+            for child in self.children:  # whatever happened above, nothing of ours outlives us
+                if child.pid:
+                    _signal_group(child.pid, signal.SIGKILL)
+            for task in self._monitors.values():
+                task.cancel()
 
     async def _start(self, child: ChildState) -> None:
         child.state = "starting"

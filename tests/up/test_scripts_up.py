@@ -32,7 +32,12 @@ def test_scripts_up_check_fails_when_the_stack_cannot_start(up_env: dict[str, st
     result = subprocess.run([TASKBUS, "up", "--check"], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 1
-    assert "error:" in result.stderr and "log" in result.stderr
+    assert "exited with code" in result.stderr and "during start-up" in result.stderr and "log" in result.stderr
+    assert "Traceback" not in result.stderr and "UpError" not in result.stderr  # one clear error, no traceback
+    data = Path(up_env["TASKBUS_DATA_DIR"])
+    assert not (data / "up.pid").exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
+    assert [p for p in leftovers if pid_alive(int(p))] == []
 
 
 def test_the_readme_configuration_reference_matches_settings() -> None:

@@ -75,6 +75,18 @@ def test_a_killed_runner_is_restarted_with_backoff_and_reported(start_up) -> Non
     assert all(up.child(n)["restarts"] == 0 for n in ("nats", "model", "audit", "server"))
 
 
+def test_processes_left_by_a_killed_supervisor_are_stopped_by_taskbus_down(start_up, up_env) -> None:
+    up = start_up()
+    up.ready_state()
+    pids = _all_pids(up)
+    os.kill(up.proc.pid, signal.SIGKILL)  # no chance to clean up
+    up.proc.wait()
+    assert all(pid_alive(p) for p in pids)  # orphans, until someone stops them
+    result = subprocess.run([TASKBUS, "down"], env=up_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and f"stopped {len(pids)} leftover process(es)" in result.stdout
+    assert [p for p in pids if pid_alive(p)] == []
+
+
 def _make_key(data: Path, env: dict[str, str]) -> str:
     out = subprocess.run([TASKBUS, "keys", "create", "--profile", "developer", "--json"], env=env,
                          capture_output=True, timeout=60, check=True)
