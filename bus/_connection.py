@@ -22,7 +22,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from ._codec import encode
-from ._errors import BusError, PublishError
+from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
 from ._subjects import Subjects
 
@@ -132,6 +132,18 @@ class Bus:
             self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout
         )
 
+    async def publish_unique(self, subject: str, message: Any, *, msg_id: str, stream: str, timeout: float = 5.0) -> int:
+        """Publish with ``msg_id`` and make sure the stored message is ours: when the id was
+        already used by a different message (another process won the race for it), raise
+        ``DuplicateMessage``. A retry of our own earlier publish is not a conflict."""
+        payload = message if isinstance(message, bytes) else encode(message)
+        ack = await publish_acked(self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True)
+        if ack.duplicate:
+            stored = await self.js.get_msg(stream, ack.seq)
+            if stored.data != payload:
+                raise DuplicateMessage(f"message id {msg_id} on {subject} is already taken by another message", subject=subject, msg_id=msg_id)
+        return ack.seq
+
     async def ensure_streams(self, **kwargs: Any) -> None:
         await ensure_streams(self.js, self.subjects, **kwargs)
 
@@ -146,7 +158,9 @@ async def publish_acked(
     attempts: int = 5,
     timeout: float = 5.0,
     base_delay: float = 0.1,
-) -> int:
+    want_ack: bool = False,
+) -> Any:
+    """Publish and return the stream sequence (or the whole PubAck with ``want_ack``)."""
     hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
@@ -154,7 +168,7 @@ async def publish_acked(
     for attempt in range(1, attempts + 1):
         try:
             ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
-            return ack.seq
+            return ack if want_ack else ack.seq
         except asyncio.CancelledError:
             raise
         except Exception as exc:

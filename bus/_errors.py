@@ -10,6 +10,7 @@ from its fields. Messages never contain secrets.
     |   +-- SubjectError              a subject token that is empty or not allowed
     |   +-- MessageDecodeError        malformed, oversized, wrong-type, unknown-tag payload
     |   +-- PublishError              JetStream did not acknowledge after retries
+    |   +-- DuplicateMessage          a message id already names a different message
     |   +-- BusTimeout (TimeoutError) a bus wait ran past its deadline
     |   +-- EmbeddedServerError       the embedded nats-server could not start
     +-- SignatureError                job policy unsigned, forged or altered
@@ -115,6 +116,12 @@ class PublishError(BusError):
         )
 
 
+class DuplicateMessage(BusError):
+    """A message id already names a different message (another process published first)."""
+
+    code = "duplicate_message"
+
+
 class BusTimeout(BusError, TimeoutError):
     code = "bus_timeout"
 
@@ -208,6 +215,7 @@ __all__ = [
     "MessageTooLarge",
     "PublishError",
     "BusTimeout",
+    "DuplicateMessage",
     "EmbeddedServerError",
     "SignatureError",
     "ProfileError",

@@ -12,9 +12,19 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from bus import Bus, Event, Finished, MessageDecodeError, ModelCall, Usage, decode_event, utcnow
+from bus import Bus, DuplicateMessage, Event, Finished, MessageDecodeError, ModelCall, TaskError, Usage, decode_event, utcnow
 
 logger = logging.getLogger(__name__)
+
+
+class TaskPreempted(TaskError):
+    """The task's next event was written by another process (it was cancelled or finished
+    elsewhere); this runner must stop working on it."""
+
+    code = "task_preempted"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} was finished by another process; stopping", task_id=task_id)
 
 
 async def last_event(bus: Bus, task_id: str) -> Event | None:
@@ -92,7 +102,14 @@ class TaskEvents:
                 logger.debug("task %s: dropping %s after finished", self.task_id, event_type.__name__)
                 return None
             event = event_type(task_id=self.task_id, seq=self._next, ts=utcnow(), **fields)
-            await self.bus.publish(self.subject, event, msg_id=f"{self.task_id}-{self._next}")
+            try:
+                await self.bus.publish_unique(
+                    self.subject, event, msg_id=f"{self.task_id}-{self._next}", stream=self.bus.subjects.events_stream
+                )
+            except DuplicateMessage:
+                # someone else (the server cancelling a task not yet started) took this seq
+                self.finished = await last_event(self.bus, self.task_id)  # type: ignore[assignment]
+                raise TaskPreempted(self.task_id) from None
             self._next += 1
             self.count += 1
             if isinstance(event, Finished):

@@ -42,7 +42,7 @@ from bus import (
     verify_job,
 )
 
-from ._events import TaskEvents, metered_so_far
+from ._events import TaskEvents, TaskPreempted, metered_so_far
 from ._task import TaskOutcome
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class JobHandler:
             if reason is None:  # our own caller is being cancelled: not a task cancel
                 raise
             outcome = TaskOutcome(status="cancelled", reason=reason, result=_cancel_text(reason), model=job.policy.model)
+        except TaskPreempted:
+            outcome = None
         except (SandboxTimeout, TimeoutError):
             outcome = TaskOutcome(status="timeout", reason="wall_clock", result=f"the task ran out of its {job.policy.timeout_s}s time limit")
         except InvalidInput as exc:
@@ -135,6 +137,10 @@ class JobHandler:
         finally:
             self.running.pop(job.task_id, None)
             await control.unsubscribe()
+        if outcome is None:
+            logger.info("task %s was finished elsewhere (cancelled before start); dropping it", job.task_id)
+            await msg.ack()
+            return
         await events.finish(
             outcome.status, result=outcome.result, reason=outcome.reason, usage=outcome.usage,
             cost_usd=outcome.cost_usd, duration_ms=int((time.monotonic() - started) * 1000),

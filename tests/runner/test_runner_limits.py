@@ -161,3 +161,41 @@ async def test_a_completion_through_the_claude_cli_provider_streams_and_is_meter
     calls = [e for e in events if isinstance(e, ModelCall)]
     assert calls and finished.cost_usd == pytest.approx(sum(c.cost_usd for c in calls))
     assert all(tools == [] for tools in offered), "a completion offers the model no tools"
+
+
+async def test_a_task_cancelled_by_the_server_before_start_is_not_run(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    """The server may finish a queued task itself (seq 2); a runner must then drop the job."""
+    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+        job = make_job(settings, bus_module.CompleteRequest(prompt="never to be answered"))
+        await submit(bus, job)
+        await bus.publish(bus.subjects.events(job.task_id), bus_module.Finished(
+            task_id=job.task_id, seq=2, ts=bus_module.utcnow(), status="cancelled", reason="cancelled_before_start"),
+            msg_id=f"{job.task_id}-2")
+        async with Runner(settings, slots=1, runner_id="r-pre", kinds=("complete",)):
+            async with asyncio.timeout(20):
+                while (await bus.js.stream_info(bus.subjects.jobs_stream)).state.messages:
+                    await asyncio.sleep(0.05)
+        assert model.requests() == []
+    events = await follow(bus, job.task_id)
+    assert [type(e).__name__ for e in events] == ["Accepted", "Finished"]
+    assert events[-1].reason == "cancelled_before_start"
+
+
+async def test_a_second_writer_of_the_same_seq_preempts_the_runner(runner_settings: Settings, bus: bus_module.Bus) -> None:
+    """The race the server's early cancel can lose: both write seq 2 with the same msg id."""
+    from sandbox._runner._events import TaskEvents, TaskPreempted
+
+    task_id = bus_module.new_task_id()
+    events = TaskEvents(bus, task_id, next_seq=2)
+    await bus.publish(bus.subjects.events(task_id), bus_module.Finished(
+        task_id=task_id, seq=2, ts=bus_module.utcnow(), status="cancelled", reason="cancelled_before_start"),
+        msg_id=f"{task_id}-2")
+    with pytest.raises(TaskPreempted):
+        await events.emit(bus_module.Started, runner_id="r", backend="bwrap")
+    assert isinstance(events.finished, Finished) and events.finished.status == "cancelled"
+    # a retry of our own publish is not a conflict
+    own = TaskEvents(bus, "t_own", next_seq=1)
+    log = bus_module.Log(task_id="t_own", seq=1, ts=bus_module.utcnow(), line="x")
+    await bus.publish_unique(bus.subjects.events("t_own"), log, msg_id="t_own-1", stream=bus.subjects.events_stream)
+    await bus.publish_unique(bus.subjects.events("t_own"), log, msg_id="t_own-1", stream=bus.subjects.events_stream)
+    assert own.next_seq == 1
