@@ -173,14 +173,17 @@ async def _follow(settings: Settings, db: Path | None, *, task, key, types, json
             async for row in follow(bus, accept=accept, subscribed=subscribed):
                 _print_row(row, json_output)
 
-        async with asyncio.TaskGroup() as tg:
-            pumping = tg.create_task(pump())
-            waiter = tg.create_task(subscribed.wait())
-            await asyncio.wait({pumping, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if subscribed.is_set():
-                err.print(f"following {settings.subject_prefix} events and notices (Ctrl-C stops)")
-            await stop.wait()
-            pumping.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                pumping = tg.create_task(pump())
+                waiter = tg.create_task(subscribed.wait())
+                await asyncio.wait({pumping, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if subscribed.is_set():
+                    err.print(f"following {settings.subject_prefix} events and notices (Ctrl-C stops)")
+                await stop.wait()
+                pumping.cancel()
+        except* TaskbusError as group:  # one red line, not a group traceback
+            raise group.exceptions[0] from None
 
 
 def search_cmd(

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from nats.js.api import DeliverPolicy
 
-from bus import Bus
+from bus import Bus, BusError, TaskbusError
 
 from ._query import iso
 from ._rows import EVENTS, NOTICES, prepare
@@ -88,15 +88,23 @@ async def follow(
 
     subs = []
     try:
-        if accept.task:
-            subs.append(await bus.js.subscribe(
-                bus.subjects.events(accept.task), ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL, cb=make_cb(EVENTS),
-            ))
-        else:
-            subs.append(await bus.nc.subscribe(bus.subjects.events_all(), cb=make_cb(EVENTS)))
-        subs.append(await bus.nc.subscribe(bus.subjects.audit_all(), cb=make_cb(NOTICES)))
-        await bus.nc.flush(timeout=5)
+        try:
+            if accept.task:
+                subs.append(await bus.js.subscribe(
+                    bus.subjects.events(accept.task), ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.ALL, cb=make_cb(EVENTS),
+                ))
+            else:
+                subs.append(await bus.nc.subscribe(bus.subjects.events_all(), cb=make_cb(EVENTS)))
+            subs.append(await bus.nc.subscribe(bus.subjects.audit_all(), cb=make_cb(NOTICES)))
+            await bus.nc.flush(timeout=5)
+        except TaskbusError:
+            raise
+        except Exception as exc:  # no such stream, no permission, timeout
+            raise BusError(
+                f"cannot follow {bus.subjects.prefix} events: {exc or type(exc).__name__}. "
+                "Has anything started on this prefix (`taskbus audit run` creates the streams)?"
+            ) from None
         if subscribed is not None:
             subscribed.set()
         while True:

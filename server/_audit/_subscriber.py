@@ -29,6 +29,7 @@ from bus import Bus, ChainHead, Settings, Subjects, encode
 
 from ._alerts import Alerter, AlertRules
 from ._db import WriterLock, default_db_path, open_db
+from ._errors import AuditError
 from ._pull import BatchPull, stream_seq
 from ._rows import EVENTS, NOTICES
 from ._writer import BatchResult, Incoming, Writer, is_busy
@@ -141,13 +142,16 @@ class AuditService:
             )
             if ready is not None:
                 ready.set()
-            async with asyncio.TaskGroup() as tg:
-                self._fetchers_running = len(sources)
-                for source in sources:
-                    tg.create_task(self._fetch_loop(source, stop))
-                tg.create_task(self._write_loop(executor))
-                tg.create_task(self._head_loop(stop))
-                tg.create_task(self.alerter.run())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._fetchers_running = len(sources)
+                    for source in sources:
+                        tg.create_task(self._fetch_loop(source, stop))
+                    tg.create_task(self._write_loop(executor))
+                    tg.create_task(self._head_loop(stop))
+                    tg.create_task(self.alerter.run())
+            except BaseExceptionGroup as group:  # one clear error for the CLI, not a group
+                raise _first_error(group) from None
         finally:
             executor.shutdown(wait=True)
             for source in sources:
@@ -251,9 +255,12 @@ class AuditService:
         while True:
             try:
                 return await self._call(executor, self.writer.commit, prepared)
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 if not is_busy(exc):
-                    raise
+                    raise AuditError(
+                        f"cannot write the audit database: {exc}. Nothing was acked; fix the cause "
+                        "(disk full? permissions?) and restart: the writer resumes where it stopped"
+                    ) from exc
                 logger.warning("audit database is busy (%s); retrying the batch in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -306,3 +313,13 @@ class AuditService:
             idle = time.monotonic() - self._last_head_pub
             if self.writer.head[0] != self._published_row or idle >= self.options.head_interval_s:
                 await self._publish_head()
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first real error in a (nested) exception group: not a cancellation."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]

@@ -85,3 +85,14 @@ async def test_tail_follow_filters_by_task_key_and_type_and_prints_readable_line
         assert mine in line and "message" in line and "hello from carol" in line and "key=tb_carol" in line
     async with Tail(settings, "--task", mine, "--json") as tail:  # a task is replayed from its start
         assert [json.loads(await tail.line())["seq"] for _ in range(3)] == [1, 2, 3]
+
+
+def test_tail_follow_of_a_task_on_a_prefix_without_streams_fails_with_one_clear_line(settings: Settings):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "server._cli", "audit", "tail", "--follow", "--task", new_task_id()],
+        cwd=ROOT, env=cli_env(settings), capture_output=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot follow" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
