@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bus import Settings  # noqa: E402
 from sandbox._sandboxes import SandboxSpec, build_image, get_backend  # noqa: E402
 
+PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 TARGETS = {"bwrap_overhead_ms": 15.0, "docker_cold_ms": 450.0, "docker_warm_ms": 60.0}
 
 
@@ -98,7 +99,7 @@ async def main() -> None:
         warmup = max(3, args.runs // 10)
         results["bare"] = summary(await bare(args.runs + warmup))
         # Context, not a target: a sandbox's first process is a Python interpreter (the exec agent).
-        results["bare_python"] = summary(await bare(args.runs, ("python3", "-I", "-S", "-c", "import _socket, select")))
+        results["bare_python"] = summary(await bare(args.runs, (PYTHON, "-I", "-S", "-c", "import _socket, select")))
         await sandboxed("bwrap", base, warmup)
         results["bwrap"] = summary(await sandboxed("bwrap", base, args.runs))
         if not args.skip_docker:
