@@ -61,8 +61,11 @@ async def test_an_event_carrying_an_api_key_is_stored_redacted(
     assert len(json.loads(invoke(settings, "audit", "search", "--json", "--text", "REDACTED").stdout)) >= 3
 
 
-@pytest.mark.parametrize("secret", [*SECRETS, "Bearer abcdefghijklmnop0123", "api_key=abcdefgh12345678",
-                                    "Authorization: xyzxyzxyz123", "password: 'longenough99'"])
+@pytest.mark.parametrize("secret", [
+    *SECRETS, "Bearer abcdefghijklmnop0123", "api_key=abcdefgh12345678", "Authorization: xyzxyzxyz123",
+    "password: 'longenough99'", 'secret\t=\n"abcdefgh1234"', "token\u00a0: abcdefgh123",  # odd spacing
+    "\u017fecret=abcdefgh123", "to\u212aen: abcdefgh123", "AP\u0130_KEY=abcdefgh123",  # case folding
+])
 def test_every_credential_shape_bus_redacts_is_caught_by_the_fast_path_check(secret: str):
     assert redact(secret) != secret  # bus.redact knows the shape
     assert needs_redaction(msgspec.json.encode({"text": f"x {secret} y"}))  # so the writer looks
