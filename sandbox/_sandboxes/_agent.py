@@ -198,6 +198,7 @@ class AgentProcess:
     @classmethod
     async def start(cls, path: str, argv: list[str], env: dict[str, str], cwd: str, *, with_stdin: bool) -> AgentProcess:
         loop = asyncio.get_running_loop()
+        payload = _encode(argv, env, cwd)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         if with_stdin:
@@ -208,17 +209,20 @@ class AgentProcess:
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, path)
-            payload = _encode(argv, env, cwd)
             sock.setblocking(True)
             socket.send_fds(sock, [len(payload).to_bytes(4, "big")], [in_r, out_w, err_w])
             sock.setblocking(False)
             await loop.sock_sendall(sock, payload)
-        except OSError as exc:
+        except BaseException as exc:
             sock.close()
             for fd in (out_r, err_r, in_w):
                 if fd is not None:
                     os.close(fd)
-            raise SandboxError(f"the sandbox's exec agent is not answering ({exc.strerror or exc}); the sandbox may have been killed") from None
+            if isinstance(exc, OSError):
+                raise SandboxError(
+                    f"the sandbox's exec agent is not answering ({exc.strerror or exc}); the sandbox may have been killed"
+                ) from None
+            raise
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
