@@ -37,6 +37,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bus import (
+    SCHEMA_VERSION,
     Accepted,
     Bus,
     EmbeddedNats,
@@ -57,6 +58,7 @@ from server._audit._chain import row_hash
 from server._audit._rows import prepare
 
 TARGET_EPS = 50_000
+HEADERS = {"Taskbus-Schema": SCHEMA_VERSION}
 TARGET_RATIO = 2.0
 
 
@@ -150,7 +152,9 @@ async def bench_end_to_end(events: list[tuple[str, bytes]], batch: int, tmp: Pat
             await bus.ensure_streams()
             t0 = time.perf_counter()
             for lo in range(0, len(events), 2000):  # pre-fill (not part of the measurement)
-                await asyncio.gather(*(bus.js.publish(subjects.events(t), p, timeout=30) for t, p in events[lo:lo + 2000]))
+                await asyncio.gather(*(  # with the header every bus.publish adds, as runners publish
+                    bus.js.publish(subjects.events(t), p, timeout=30, headers=HEADERS) for t, p in events[lo:lo + 2000]
+                ))
             fill_s = time.perf_counter() - t0
         db = tmp / "data" / "audit.db"
         stop, ready = asyncio.Event(), asyncio.Event()
