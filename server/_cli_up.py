@@ -44,8 +44,16 @@ def up(
 
     from ._up import check as run_check
     from ._up import (
-        connect_help, make_plan, prepare, run_stack, running_pid, spawn_detached, stop_leftovers, taskbus_command,
+        connect_help,
+        make_plan,
+        prepare,
+        run_stack,
+        running_pid,
+        spawn_detached,
+        stop_leftovers,
+        taskbus_command,
     )
+    from ._up._state import remove_files
 
     if backend not in (None, "bwrap", "docker"):
         fail("--backend must be bwrap or docker", code=2)
@@ -54,9 +62,11 @@ def up(
     pid = running_pid(data)
     if pid is not None and pid != os.getpid():
         fail(f"taskbus up is already running for {data} (pid {pid}); `taskbus status` shows it, `taskbus down` stops it")
-    if not daemon and (left := stop_leftovers(data)):
-        err.print(f"stopped {left} process(es) left running by a previous taskbus up that did not stop cleanly",
-                  highlight=False)
+    if not daemon:
+        if left := stop_leftovers(data):
+            err.print(f"stopped {left} process(es) left running by a previous taskbus up that did not stop cleanly",
+                      highlight=False)
+        remove_files(data)  # stale pid and state files of a taskbus up that is gone
     env = dict(os.environ)
     first = run(prepare(settings))
     if first.admin_key:
@@ -121,11 +131,13 @@ def down(
 ) -> None:
     """Stop a `taskbus up` running for this data dir (e.g. one started with --detach)."""
     from ._up import pid_alive, running_pid, stop_leftovers
+    from ._up._state import remove_files
 
     data = load_settings(config).data_path.resolve()
     pid = running_pid(data)
     if pid is None:
         left = stop_leftovers(data)
+        remove_files(data)
         out.print(f"taskbus up is not running for {data}" + (f"; stopped {left} leftover process(es)" if left else ""))
         return
     os.kill(pid, signal.SIGTERM)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from bus import AuditNotice, Settings, load_or_create_job_secret
-
 from profiles import NoticeBuffer, Store
 
 logger = logging.getLogger(__name__)

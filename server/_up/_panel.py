@@ -22,7 +22,7 @@ from rich.text import Text
 
 from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat
 
-from ._firstrun import NEW_KEY_HINT, FirstRun
+from ._firstrun import FirstRun
 from ._plan import OFFLINE_LABEL, Plan
 from ._supervisor import Supervisor
 
@@ -136,24 +136,26 @@ class StatusBoard:
 
     def header(self) -> Text:
         text = Text()
-        text.append("MCP (Streamable HTTP)  ", style="bold")
-        text.append(self.info["mcp_url"] + "\n", style="cyan")
-        text.append("NATS                   ", style="bold")
-        text.append(f"{self.info['nats_url']}{' (embedded)' if self.info['nats_embedded'] else ''}\n")
-        text.append("model                  ", style="bold")
+
+        def line(label: str, value: str, style: str = "", note: str = "") -> None:
+            text.append(f"{label:<22} ", style="bold")
+            text.append(value, style=style)
+            text.append("\n")
+            if note:
+                text.append(f"{'':<23}{note}\n", style="dim")
+
+        line("MCP (Streamable HTTP)", self.info["mcp_url"], "cyan")
+        line("NATS", f"{self.info['nats_url']}{' (embedded)' if self.info['nats_embedded'] else ''}")
         if self.info["offline_model"]:
-            text.append(f"{OFFLINE_LABEL} ", style="bold yellow")
-            text.append("(set ANTHROPIC_API_KEY or TASKBUS_UPSTREAM_URL for a real model)\n", style="dim")
+            line("model", OFFLINE_LABEL, "bold yellow", "real one: ANTHROPIC_API_KEY or TASKBUS_UPSTREAM_URL")
         else:
-            text.append(self.info["upstream"] + "\n")
-        text.append("admin key              ", style="bold")
+            line("model", self.info["upstream"])
         if self.admin_key:
-            text.append(self.admin_key, style="bold green")
-            text.append("  shown once, stored only as a hash: copy it now\n", style="yellow")
+            line("admin key", self.admin_key, "bold green", "shown ONCE, stored only as a hash: copy it now")
         else:
-            text.append(f"{self.info['admin_prefix']}... (created earlier; another: {NEW_KEY_HINT})\n", style="dim")
-        text.append("data, logs             ", style="bold")
-        text.append(f"{self.info['data_dir']}  (logs/)\n")
+            line("admin key", f"{self.info['admin_prefix']}... (shown at first start)", "dim",
+                 "more: taskbus keys create --profile admin")
+        line("data dir", self.info["data_dir"], "", "logs: <data dir>/logs/<process>.log")
         text.append("Ctrl-C stops everything", style="bold magenta")
         return text
 

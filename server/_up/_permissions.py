@@ -48,7 +48,7 @@ authorization {{
     # taskbus audit run: durable consumers on the events and audit streams; publishes
     # the chain head and alerts.
     {{ user: "{p}-audit", password: "CHANGE-ME-audit", permissions: {{
-        publish: {q(f"{p}.auditlog.head", f"{p}.alerts.>", f"$JS.API.CONSUMER.>", f"$JS.API.STREAM.INFO.{events}",
+        publish: {q(f"{p}.auditlog.head", f"{p}.alerts.>", "$JS.API.CONSUMER.>", f"$JS.API.STREAM.INFO.{events}",
                    f"$JS.API.STREAM.INFO.{audit}", f"$JS.ACK.{events}.>", f"$JS.ACK.{audit}.>", "$JS.API.INFO")}
         subscribe: {q(inbox)}
     }} }}

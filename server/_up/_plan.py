@@ -8,6 +8,7 @@ is the only place that reads ``os.environ``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,8 @@ from bus import Settings, TaskbusError, find_nats_server, free_port
 
 from ._state import UP_PID_VAR
 from ._supervisor import ChildSpec, UpError, log_probe, port_free, tcp_probe
+
+logger = logging.getLogger(__name__)
 
 OFFLINE_LABEL = "offline scripted model"
 DEFAULT_NATS_PORT = 4222
@@ -100,7 +103,6 @@ def make_plan(
 ) -> Plan:
     """Decide ports, backend and upstream, and build every child's command line."""
     data = settings.data_path.resolve()
-    logs = data / "logs"
     cmd = [*taskbus_command(), "--log-format", "json", "--log-level", settings.log_level]
     chosen = choose_backend(settings, backend, env)
     http_host = settings.http_host
@@ -121,8 +123,8 @@ def make_plan(
         from sandbox import find_claude
 
         child_env.setdefault("TASKBUS_CLAUDE_PATH", str(find_claude(settings)))
-    except (ImportError, TaskbusError):
-        pass  # the runner says what is missing
+    except Exception as exc:  # noqa: BLE001 - only a hint; the runner itself says what is missing
+        logger.debug("Claude Code CLI not resolved here (%s); the runner looks for it", exc)
 
     specs: list[ChildSpec] = []
     nats_url = settings.nats_url

@@ -22,6 +22,8 @@ from ._supervisor import StartInterrupted, Supervisor
 
 logger = logging.getLogger(__name__)
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # HUP: the terminal went away
+
 
 async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, stop: asyncio.Event | None = None,
                     ready: asyncio.Event | None = None) -> None:
@@ -29,7 +31,7 @@ async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, sto
     data = plan.settings.data_path.resolve()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     data.mkdir(parents=True, exist_ok=True)
     write_pid(data)
@@ -65,7 +67,7 @@ async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, sto
             finally:
                 await supervisor.__aexit__(None, None, None)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         remove_files(data)
     logger.info("taskbus up stopped; nothing left running")

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import TASKBUS, Up, pid_alive, wait_for  # tests/up/conftest.py
 
 from bus import free_port
-from conftest import TASKBUS, Up, pid_alive, wait_for  # tests/up/conftest.py
 
 
 def _port_listening(port: int) -> bool:
@@ -71,7 +71,7 @@ def test_a_killed_runner_is_restarted_with_backoff_and_reported(start_up) -> Non
 
     child = wait_for("the runner to be restarted", restarted, 60, log=up.log)
     assert pid_alive(child["pid"]) and not pid_alive(old)
-    assert "runner (pid %d) exited with code -9" % old in up.log.read_text()
+    assert f"runner (pid {old}) exited with code -9" in up.log.read_text()
     assert all(up.child(n)["restarts"] == 0 for n in ("nats", "model", "audit", "server"))
 
 
@@ -85,6 +85,16 @@ def test_processes_left_by_a_killed_supervisor_are_stopped_by_taskbus_down(start
     result = subprocess.run([TASKBUS, "down"], env=up_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and f"stopped {len(pids)} leftover process(es)" in result.stdout
     assert [p for p in pids if pid_alive(p)] == []
+
+
+def test_closing_the_terminal_stops_everything_like_ctrl_c(start_up) -> None:
+    up = start_up()
+    up.ready_state()
+    pids = _all_pids(up)
+    up.proc.send_signal(signal.SIGHUP)
+    assert up.proc.wait(timeout=90) == 0, up.log.read_text()[-3000:]
+    assert [p for p in pids if pid_alive(p)] == []
+    assert "taskbus up stopped; nothing left running" in up.log.read_text()
 
 
 def _make_key(data: Path, env: dict[str, str]) -> str:
