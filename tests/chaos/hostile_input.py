@@ -93,6 +93,8 @@ async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
                         answer = {}
                     if answer.get("type") == "rejected" and answer.get("code") and answer.get("message"):
                         row.rejected += 1
+                    elif answer.get("type") == "accepted":  # counted by the registry check (state_changes)
+                        row.notes.append(f"submit.{kind} accepted {payload[:60]!r}")
                     else:
                         row.unclear += 1
                         row.notes.append(f"submit.{kind} answered {reply.data[:200]!r} to {payload[:60]!r}")

@@ -164,6 +164,19 @@ async def sandboxes(settings: bus_module.Settings, backends: set[str]) -> list[A
     return left
 
 
+async def sandboxes_gone(settings: bus_module.Settings, backends: set[str], row: Row, *,
+                         timeout: float = 30) -> list[Any]:
+    """Sandboxes still there after ``timeout`` (teardown after ``finished`` takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = await sandboxes(settings, backends)
+        if not left or time.monotonic() > deadline:
+            for s in left:
+                row.notes.append(f"sandbox left: {s.backend} {s.id} task {s.task_id} runner {s.runner_id} {s.state} {s.detail}")
+            return left
+        await asyncio.sleep(0.5)
+
+
 async def measure(stack: Any, row: Row, *, backends: set[str] | None = None, settle_timeout: float = 180) -> Row:
     """Fill ``row`` from the stack's stores (after the scenario's traffic is done)."""
     data = stack.settings.data_path
@@ -211,7 +224,7 @@ async def measure(stack: Any, row: Row, *, backends: set[str] | None = None, set
     row.ledger_usd = round(sum((x or 0) for s, _a, x in ledger.values() if s == "settled") / 1_000_000, 6)
     row.open_reservations = sum(s == "reserved" for s, _a, _x in ledger.values())
     row.budget_overshoot = sum(x is not None and x > a for _s, a, x in ledger.values())
-    row.sandboxes_left = len(await sandboxes(stack.settings, backends or set(stack.runners.values())))
+    row.sandboxes_left = len(await sandboxes_gone(stack.settings, backends or set(stack.runners.values()), row))
     return row
 
 

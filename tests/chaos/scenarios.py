@@ -83,6 +83,12 @@ class Load:
         self.stack, self.scale = stack, scale
         self.outcomes: dict[str, int] = {}
         self.errors: list[str] = []
+        self.fault_log: list[str] = []
+
+    def mark(self, what: str) -> None:
+        """Note a fault with how far the load had got."""
+        done, total = sum(self.outcomes.values()), self.scale.tasks + self.scale.completes
+        self.fault_log.append(f"{what} after {done}/{total} calls had returned")
 
     def _count(self, what: str) -> None:
         self.outcomes[what] = self.outcomes.get(what, 0) + 1
@@ -129,17 +135,18 @@ async def wait_running(stack: ChaosStack, *, timeout: float = 180) -> list[Any]:
     raise TimeoutError(f"no task was running within {timeout}s")
 
 
-async def _with_faults(stack: ChaosStack, scale: Scale, fault: Callable[[], Awaitable[int]]) -> tuple[Load, int]:
+async def _with_faults(stack: ChaosStack, scale: Scale, fault: Callable[[Load], Awaitable[int]]) -> tuple[Load, int]:
     load = Load(stack, scale)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(load.run())
-        faults = tg.create_task(fault())
+        faults = tg.create_task(fault(load))
     return load, faults.result()
 
 
 def _row(name: str, load: Load, faults: int, started: float) -> Row:
     row = Row(name, faults=faults)
     row.notes.append("calls: " + ", ".join(f"{k} {v}" for k, v in sorted(load.outcomes.items())))
+    row.notes += load.fault_log
     row.notes += sorted(set(load.errors))[:5]
     row.rejected = sum(v for k, v in load.outcomes.items() if "error" in k)
     row.duration_s = round(time.monotonic() - started, 1)
@@ -150,7 +157,7 @@ def _stack(work: Path, scale: Scale, *, docker: bool = True) -> ChaosStack:
     return ChaosStack(work, runners=runner_set(docker=docker), slots=scale.slots, model_scripts={"chaos-steps": STEPS})
 
 
-async def _idle() -> int:
+async def _idle(load: Load) -> int:
     return 0
 
 
@@ -211,13 +218,14 @@ async def runner_kill_scenario(work: Path, scale: Scale, *, kills: int = 3) -> R
         spending = Spending()
         sub = await probe.nc.subscribe(probe.subjects.events_all(), cb=spending.on_msg)
 
-        async def fault() -> int:
+        async def fault(load: Load) -> int:
             done = 0
             for _ in range(kills):
                 try:
                     victim = await spending.victim()
                 except TimeoutError:
                     break
+                load.mark(f"SIGKILL {victim}")
                 await stack.restart(victim)
                 spending.runner = {t: r for t, r in spending.runner.items() if r != victim}
                 done += 1
@@ -234,8 +242,9 @@ async def nats_restart_scenario(work: Path, scale: Scale) -> Row:
     """Stop nats-server mid-load and start it again on the same port and file store."""
     started = time.monotonic()
     async with _stack(work, scale, docker=False) as stack:
-        async def fault() -> int:
+        async def fault(load: Load) -> int:
             await wait_running(stack)
+            load.mark("nats-server killed (restarted 2 s later)")
             await asyncio.to_thread(stack.restart_nats, down_s=2.0)
             return 1
 
@@ -249,8 +258,9 @@ async def audit_kill_scenario(work: Path, scale: Scale) -> Row:
     """SIGKILL the audit subscriber mid-load, restart it; it catches up and the chain verifies."""
     started = time.monotonic()
     async with _stack(work, scale, docker=False) as stack:
-        async def fault() -> int:
+        async def fault(load: Load) -> int:
             await wait_running(stack)
+            load.mark("audit SIGKILL (restarted 2 s later)")
             await asyncio.to_thread(stack.children["audit"].kill)
             await asyncio.sleep(2)  # the outage: events pile up in the stream meanwhile
             stack.children["audit"].start()

@@ -95,7 +95,7 @@ async def test_hostile_input_on_every_subject_and_tool_is_rejected_clearly_and_c
     "the runner (invalid_input / malformed_job) instead of being refused before any state changes"))
 async def test_hostile_input_leaves_no_task_recorded_and_no_budget_reserved(tmp_path: Path) -> None:
     row = await _hostile_input(tmp_path)
-    assert row.state_changes == 0, "\n".join(n for n in row.notes if "rows before" in n or "answered" in n)
+    assert row.state_changes == 0, "\n".join(n for n in row.notes if "rows before" in n or "accepted" in n)
 
 
 async def test_a_hostile_agent_is_contained_on_both_backends_and_blocked_commands_are_audited(tmp_path: Path, require_docker: None) -> None:
