@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bus as bus_module
-from bus import Finished, Security, ToolCall, ToolResult
-from bus._embedded import free_port
 from report import Row, measure, stream_events
 from stack import ChaosStack
 
-LIMITS = dict(memory_mb=512, disk_mb=128, pids=128, timeout_s=300)
+import bus as bus_module
+from bus import Finished, Security, ToolCall, ToolResult
+from bus._embedded import free_port
+
+LIMITS = {"memory_mb": 512, "disk_mb": 128, "pids": 128, "timeout_s": 300}
 
 
 @dataclass(frozen=True)

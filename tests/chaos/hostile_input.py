@@ -6,7 +6,6 @@ change no state: no task recorded, no budget reserved.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
-
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from report import Row, measure
 from stack import ChaosStack
 
@@ -83,7 +82,7 @@ async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
                 for headers in (auth, None):
                     try:
                         reply = await b.nc.request(s.submit(kind), payload, timeout=10, headers=headers)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 (any failure is counted, never raised)
                         row.notes.append(f"submit.{kind}: no reply to {payload[:40]!r}: {type(exc).__name__}")
                         row.unclear += 1
                         continue
@@ -102,7 +101,7 @@ async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
             for subject in (s.jobs("task"), s.jobs("complete"), s.events("t_hostile"), s.audit("malformed")):
                 try:
                     await b.js.publish(subject, small, timeout=10)
-                except Exception as exc:  # the server may refuse it outright: that is a rejection too
+                except Exception as exc:  # noqa: BLE001 -- the server may refuse it outright: that is a rejection too
                     row.notes.append(f"{subject}: publish refused: {type(exc).__name__}")
                 row.rejected += 1
             for subject in (s.control("t_hostile"), s.runner("r-hostile"), s.audit_head()):
@@ -149,7 +148,7 @@ async def mcp_attack(stack: ChaosStack, row: Row) -> None:
         for tool, args in mcp_attacks():
             try:
                 result = await client.call_tool(tool, args)
-            except Exception as exc:  # a JSON-RPC error is a rejection when it says what was wrong
+            except Exception as exc:  # noqa: BLE001 -- a JSON-RPC error is a rejection when it says what was wrong
                 text, is_error = str(exc), True
             else:
                 text, is_error = "\n".join(getattr(c, "text", "") for c in result.content), result.is_error

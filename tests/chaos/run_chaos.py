@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos_all import ALL  # noqa: E402
-from report import print_table, write_json  # noqa: E402
-from scenarios import SCALES  # noqa: E402
+from chaos_all import ALL
+from report import print_table, write_json
+from scenarios import SCALES
 
 
 async def main(scale_name: str, only: list[str], out: Path, keep: bool) -> int:
@@ -31,7 +31,7 @@ async def main(scale_name: str, only: list[str], out: Path, keep: bool) -> int:
         started = time.monotonic()
         try:
             row = await scenario(base / name, scale)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any failure is counted, never raised)
             import traceback
 
             from report import Row

@@ -62,7 +62,7 @@ SCALES = {"ci": Scale("ci", tasks=8, completes=200), "full": Scale("full", tasks
 
 def docker_up() -> bool:
     return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "info"], capture_output=True).returncode == 0
+        ["docker", "info"], capture_output=True, check=False).returncode == 0
 
 
 def runner_set(*, docker: bool) -> dict[str, str]:
@@ -96,7 +96,7 @@ class Load:
     async def _call(self, client: Any, tool: str, args: dict[str, Any]) -> None:
         try:
             result = await client.call_tool(tool, args)
-        except Exception as exc:  # a transport error while a fault is injected: counted, then measured
+        except Exception as exc:  # noqa: BLE001 -- a transport error while a fault is injected: counted, then measured
             self._count(f"{tool}: transport error")
             self.errors.append(f"{tool}: {type(exc).__name__}: {str(exc)[:200]}")
             return
@@ -113,13 +113,13 @@ class Load:
             async with sem:
                 await self._call(client, "complete", {"prompt": f"ping {i}", "model": "claude-haiku-4-5"})
 
-        async with self.stack.client() as tasks_client, self.stack.client() as completes_client:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(self.scale.tasks):
-                    tg.create_task(self._call(tasks_client, "run_task", {
-                        "description": TASK, "max_cost_usd": 0.5, "timeout_s": 300}))
-                for i in range(self.scale.completes):
-                    tg.create_task(complete(completes_client, i))
+        async with self.stack.client() as tasks_client, self.stack.client() as completes_client, \
+                asyncio.TaskGroup() as tg:
+            for _ in range(self.scale.tasks):
+                tg.create_task(self._call(tasks_client, "run_task", {
+                    "description": TASK, "max_cost_usd": 0.5, "timeout_s": 300}))
+            for i in range(self.scale.completes):
+                tg.create_task(complete(completes_client, i))
 
 
 async def wait_running(stack: ChaosStack, *, timeout: float = 180) -> list[Any]:
@@ -317,7 +317,7 @@ async def server_kill_scenario(work: Path, scale: Scale) -> Row:
 
 def audit_verify(stack: ChaosStack) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "server._cli", "audit", "verify", "--json"],
-                          env=stack.env(), capture_output=True, timeout=120, cwd=str(image_cache().parent))
+                          env=stack.env(), capture_output=True, timeout=120, check=False, cwd=str(image_cache().parent))
     try:
         return json.loads(proc.stdout)
     except ValueError:

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -124,7 +123,7 @@ class ChaosStack:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> ChaosStack:
+    async def __aenter__(self) -> ChaosStack:  # noqa: PYI034 (a dataclass, never subclassed)
         from sandbox._scripted import ScriptedModelServer, parse_script
 
         self.work.mkdir(parents=True, exist_ok=True)
@@ -264,9 +263,9 @@ class ChaosStack:
         from mcp.client.streamable_http import streamable_http_client
 
         headers = {"Authorization": f"Bearer {key or self.key}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
-            async with Client(streamable_http_client(self.url, http_client=http)) as client:
-                yield client
+        async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
+                Client(streamable_http_client(self.url, http_client=http)) as client:
+            yield client
 
     @contextlib.asynccontextmanager
     async def bus(self) -> AsyncIterator[Bus]:
@@ -278,8 +277,3 @@ class ChaosStack:
         assert self.settings is not None
         return msgspec.structs.replace(self.settings, **changes)
 
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0

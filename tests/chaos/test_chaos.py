@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from chaos_all import ALL
 from report import Row, markdown
 from scenarios import env_scale
