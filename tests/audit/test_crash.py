@@ -21,13 +21,21 @@ TASKS = 10
 PER_TASK = 1000
 
 
-async def _burst(bus: Bus, task_ids: list[str]) -> None:
-    """10 tasks x 1,000 events, each task's events in order (as 10 runners would publish)."""
+async def _burst(bus: Bus, task_ids: list[str], halfway: asyncio.Event, resume: asyncio.Event) -> None:
+    """10 tasks x 1,000 events, each task's events in order (as 10 runners would publish);
+    every task pauses after 500 until ``resume``, so the kill lands mid-burst by construction."""
     now = datetime.now(UTC)
+    paused = 0
 
     async def one_task(task_id: str) -> None:
+        nonlocal paused
         subject = bus.subjects.events(task_id)
         for seq in range(1, PER_TASK + 1):
+            if seq == PER_TASK // 2 + 1:
+                paused += 1
+                if paused == len(task_ids):
+                    halfway.set()
+                await resume.wait()
             payload = msgspec.json.encode(Message(task_id=task_id, seq=seq, ts=now, text=f"step {seq}"))
             await bus.js.publish(subject, payload, timeout=10)
 
@@ -55,18 +63,21 @@ async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_on
 ):
     task_ids = [new_task_id() for _ in range(TASKS)]
     proc = start_cli(settings, "audit", "run")
+    halfway, resume = asyncio.Event(), asyncio.Event()
     try:
         await _wait_consumer(bus, proc)
-        burst = asyncio.create_task(_burst(bus, task_ids))
-        await wait_until(lambda: count_rows(db) > 0 or burst.done() or proc.poll() is not None,
+        burst = asyncio.create_task(_burst(bus, task_ids, halfway, resume))
+        await asyncio.wait_for(halfway.wait(), 120)
+        await wait_until(lambda: count_rows(db) > 0 or proc.poll() is not None,
                          timeout=60, what="the first committed batch")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert not burst.done(), "the burst finished before the first batch committed; nothing to interrupt"
-        stop_process(proc, signal.SIGKILL)
+        stop_process(proc, signal.SIGKILL)  # 5,000 published, some stored, 5,000 to come
         killed_at = count_rows(db)
+        resume.set()
         await asyncio.wait_for(burst, 120)
-        assert killed_at < TASKS * PER_TASK
+        assert 0 < killed_at < TASKS * PER_TASK
     finally:
+        resume.set()
         stop_process(proc, signal.SIGKILL)
 
     restarted = start_cli(settings, "audit", "run")
