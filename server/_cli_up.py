@@ -44,7 +44,6 @@ def up(
 
     from ._up import check as run_check
     from ._up import (
-        connect_help,
         make_plan,
         prepare,
         run_stack,
@@ -108,8 +107,6 @@ def up(
         raise typer.Exit(0 if result.ok else 1)
     console = err if err.is_terminal and not daemon else None
     run(run_stack(plan, first, console=console))
-    if console is None and not daemon:
-        err.print(connect_help(plan.mcp_url), highlight=False, markup=False)
 
 
 def _show_admin_key(key: str, prefix: str) -> None:
@@ -219,7 +216,7 @@ async def _follow(data: Path, state: dict[str, Any]) -> None:
 
 def demo(config: ConfigOpt = None) -> None:
     """Run the demo task against the running `taskbus up` (a real MCP client over HTTP)."""
-    from ._up import connect_help, demo_against, read_state, running_pid
+    from ._up import connect_help, demo_against, read_state, running_pid, taskbus_command
 
     settings = load_settings(config)
     data = settings.data_path.resolve()
@@ -229,7 +226,7 @@ def demo(config: ConfigOpt = None) -> None:
     _quiet_clients()
     result = _run_unwrapped(demo_against(settings, state, out))
     out.print()
-    out.print(connect_help(state["mcp_url"]), highlight=False, markup=False)
+    out.print(connect_help(state["mcp_url"], state["nats_url"], taskbus_command()[0]), highlight=False, markup=False)
     raise typer.Exit(0 if result.ok else 1)
 
 

@@ -172,19 +172,20 @@ def _search(db_path: Path, task_id: str, open_db: Any, search: Any) -> list[dict
         conn.close()
 
 
-def connect_help(mcp_url: str, key_hint: str = "tb_...") -> str:
+def connect_help(mcp_url: str, nats_url: str = "nats://127.0.0.1:4222", taskbus: str = "taskbus",
+                 key_hint: str = "tb_...") -> str:
     """How to point other MCP clients at this stack (plain text for a terminal)."""
-    return f"""Connect your own MCP client (use the admin key printed at first start, or make one:
-  taskbus keys create --profile developer --name my-ide):
+    return f"""Connect your own MCP client with the admin key printed at first start, or a key of its own
+(taskbus keys create --profile developer --name my-ide):
 
   Claude Code:
     claude mcp add --transport http taskbus {mcp_url} --header "Authorization: Bearer {key_hint}"
 
-  Claude Desktop / Cursor (claude_desktop_config.json, .cursor/mcp.json), over HTTP:
+  Claude Desktop (claude_desktop_config.json) or Cursor (.cursor/mcp.json), over HTTP:
     {{"mcpServers": {{"taskbus": {{"type": "http", "url": "{mcp_url}",
       "headers": {{"Authorization": "Bearer {key_hint}"}}}}}}}}
 
-  Over stdio (the client starts the server itself; NATS must be reachable):
-    {{"mcpServers": {{"taskbus": {{"command": "taskbus", "args": ["serve", "--transport", "stdio"],
-      "env": {{"TASKBUS_API_KEY": "{key_hint}", "TASKBUS_NATS_URL": "<nats url above>"}}}}}}}}
+  Over stdio (the client starts `taskbus serve` itself and needs this stack's NATS):
+    {{"mcpServers": {{"taskbus": {{"command": "{taskbus}", "args": ["serve", "--transport", "stdio"],
+      "env": {{"TASKBUS_API_KEY": "{key_hint}", "TASKBUS_NATS_URL": "{nats_url}"}}}}}}}}
 """

@@ -138,45 +138,47 @@ class StatusBoard:
         text = Text()
 
         def line(label: str, value: str, style: str = "", note: str = "") -> None:
-            text.append(f"{label:<22} ", style="bold")
+            text.append(f"{label:<10}", style="bold")
             text.append(value, style=style)
-            text.append("\n")
             if note:
-                text.append(f"{'':<23}{note}\n", style="dim")
+                text.append(f"  {note}", style="dim")
+            text.append("\n")
 
-        line("MCP (Streamable HTTP)", self.info["mcp_url"], "cyan")
-        line("NATS", f"{self.info['nats_url']}{' (embedded)' if self.info['nats_embedded'] else ''}")
+        line("MCP", self.info["mcp_url"], "cyan", "Streamable HTTP + bearer key")
+        line("NATS", self.info["nats_url"], "", "embedded" if self.info["nats_embedded"] else "")
         if self.info["offline_model"]:
-            line("model", OFFLINE_LABEL, "bold yellow", "real one: ANTHROPIC_API_KEY or TASKBUS_UPSTREAM_URL")
+            line("model", OFFLINE_LABEL, "bold yellow", "(real: ANTHROPIC_API_KEY)")
         else:
             line("model", self.info["upstream"])
         if self.admin_key:
-            line("admin key", self.admin_key, "bold green", "shown ONCE, stored only as a hash: copy it now")
+            line("admin key", self.admin_key, "bold green", "shown once")
         else:
-            line("admin key", f"{self.info['admin_prefix']}... (shown at first start)", "dim",
-                 "more: taskbus keys create --profile admin")
-        line("data dir", self.info["data_dir"], "", "logs: <data dir>/logs/<process>.log")
+            line("admin key", f"{self.info['admin_prefix']}...", "dim", "more: taskbus keys create --profile admin")
+        line("data", self.info["data_dir"], "", "logs in <data>/logs/")
         text.append("Ctrl-C stops everything", style="bold magenta")
         return text
 
     def render(self) -> Panel:
-        procs = Table("process", "pid", "state", "restarts", "what", box=None, pad_edge=False)
+        procs = Table("process", "pid", "state", "restarts", "what", box=None, pad_edge=False,
+                      header_style="bold underline")
         for c in self.children():
             procs.add_row(c["name"], str(c["pid"] or "-"), Text(c["state"], style=_STATE_STYLE.get(c["state"], "")),
                           str(c["restarts"]), Text(c["label"], style="bold yellow" if c["label"] == OFFLINE_LABEL else "dim"))
-        runners = Table("runner", "backend", "slots busy", "running", "last beat", box=None, pad_edge=False)
+        runners = Table("runner", "backend", "slots busy", "running", "last beat", box=None, pad_edge=False,
+                        header_style="bold underline")
         now = time.monotonic()
         for rid, (beat, seen) in sorted(self.runners.items()):
             runners.add_row(rid, beat.backend, f"{len(beat.running)}/{beat.slots}",
                             ", ".join(beat.running) or "-", f"{now - seen:.0f}s ago")
         if not self.runners:
             runners.add_row("(waiting for a heartbeat)", "", "", "", "")
-        tasks = Table("task", "kind", "status", "model", "cost $", "latest", box=None, pad_edge=False)
+        tasks = Table("task", "kind", "status", "model", "cost $", "latest", box=None, pad_edge=False,
+                      header_style="bold underline")
         for row in reversed(self.tasks.values()):
             tasks.add_row(row["task_id"], row["kind"], Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
                           row["model"], f"{row['cost_usd']:.4f}", row["last"])
         if not self.tasks:
             tasks.add_row("(no task since start)", "", "", "", "", "")
         title = "taskbus up: ready" if self.ready else "taskbus up: starting"
-        return Panel(Group(self.header(), Text(""), procs, Text(""), runners, Text(""), tasks),
+        return Panel(Group(self.header(), procs, runners, tasks),
                      title=title, border_style="green" if self.ready else "yellow")
