@@ -96,10 +96,10 @@ def start_up(up_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., U
     """Start `taskbus up` (no terminal: log lines, no panel); always stopped at the end."""
     started: list[Up] = []
 
-    def start(*args: str) -> Up:
+    def start(*args: str, env: dict[str, str] | None = None) -> Up:
         log = tmp_path / f"up-{len(started)}.log"
         with log.open("wb") as fh:
-            proc = subprocess.Popen([TASKBUS, "up", "--nats-port", "0", *args], env=up_env, cwd=ROOT,
+            proc = subprocess.Popen([TASKBUS, "up", "--nats-port", "0", *args], env={**up_env, **(env or {})}, cwd=ROOT,
                                     stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         up = Up(proc=proc, data=Path(up_env["TASKBUS_DATA_DIR"]), log=log)

@@ -67,3 +67,12 @@ def test_config_reference_check_names_the_fix_when_the_readme_drifts(tmp_path: P
     assert subprocess.run([TASKBUS, "config-reference", "--update", str(stale)], capture_output=True,
                           timeout=60).returncode == 0
     assert current_section(stale.read_text()) == render_reference()
+
+
+def test_the_json_schemas_shipped_in_docs_match_the_messages() -> None:
+    import json
+
+    from bus import json_schemas
+
+    shipped = {p.stem: json.loads(p.read_text()) for p in (ROOT / "docs" / "schema").glob("*.json")}
+    assert shipped == json_schemas(), "docs/schema is out of date: run `taskbus schema --out docs/schema`"

@@ -47,6 +47,15 @@ def test_up_starts_every_process_and_labels_the_offline_model(start_up) -> None:
     assert (up.data / "nats-permissions.conf").read_text().count("user:") == 4
 
 
+def test_up_uses_the_nats_server_it_is_given_instead_of_starting_one(start_up, nats_url: str) -> None:
+    up = start_up(env={"TASKBUS_NATS_URL": nats_url, "TASKBUS_SUBJECT_PREFIX": "uptest"})
+    state = up.ready_state()
+    assert [c["name"] for c in state["children"]] == ["model", "audit", "runner", "server"]
+    assert state["nats_url"] == nats_url and state["nats_embedded"] is False
+    env = Path(f"/proc/{up.child('server')['pid']}/environ").read_bytes().split(b"\0")
+    assert f"TASKBUS_NATS_URL={nats_url}".encode() in env and b"TASKBUS_SUBJECT_PREFIX=uptest" in env
+
+
 def test_a_second_start_does_not_print_a_new_admin_key(start_up) -> None:
     first = start_up()
     first.ready_state()
