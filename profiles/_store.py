@@ -379,6 +379,33 @@ class Store:
             target = {"key": key_id, "account": account}
         await self._emit("budget_changed", **target, day_usd=day_usd, month_usd=month_usd)
 
+    # ------------------------------------------------------------------ the server's hot path
+    # One transaction each instead of several: a request is admitted with three commits.
+
+    async def begin_request(self, key_id: str, profile: str) -> tuple[Profile, BudgetStatus]:
+        """Count the request against the rate limit (RateLimited) and read what routing needs."""
+        async with self._tx() as db:
+            now = self.now()
+            await _budgets.check_rate(db, key_id, now)
+            return await load_profile(db, profile), await _budgets.status(db, key_id, now)
+
+    async def admit(self, key_id: str, task_id: str, amount: float, *, profile: str, kind: str, **task: Any) -> Reservation:
+        """Reserve ``amount`` (BudgetExceeded / ConcurrencyLimit) and record the task, atomically."""
+        async with self._tx() as db:
+            now = self.now()
+            reservation, _ = await _budgets.reserve(db, key_id, task_id, amount, now)
+            await _tasks.record_task(db, task_id=task_id, key_id=key_id, profile=profile, kind=kind,
+                                     reserved=amount, now=now, **task)
+        return reservation
+
+    async def finish_task(self, task_id: str, actual: float, status: str, **task: Any) -> TaskRecord:
+        """Settle the reservation with the metered cost and record the outcome, atomically."""
+        async with self._tx() as db:
+            now = self.now()
+            await _budgets.settle(db, task_id, actual, now)
+            record, _ = await _tasks.update_task(db, task_id, status=status, cost=actual, now=now, **task)
+        return record
+
     # ------------------------------------------------------------------ tasks
 
     async def record_task(

@@ -177,23 +177,20 @@ class Dispatcher:
         kind = request_kind(request)
         validate_request(request)
         try:
-            await self.store.check_rate(caller.key_id)
-            profile = await self.store.get_profile(caller.profile)
-            route = await self._route(caller, profile, request)
+            profile, budget = await self.store.begin_request(caller.key_id, caller.profile)
+            route = self._route(profile, budget.remaining_usd, request)
             policy = resolve_policy(
                 profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
                 settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
             )
-            await self.store.reserve(caller.key_id, task_id, policy.max_cost_usd)
+            await self.store.admit(
+                caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model
+            )
         except (PolicyDenied, BudgetExceeded, RateLimited, ConcurrencyLimit) as exc:
             await self.audit(exc, actor=caller.key_id, task_id=task_id, detail={"via": via, "kind": kind})
             logger.info("refused %s for %s: %s", kind, caller.key_id, exc.code)
             raise
         try:
-            await self.store.record_task(
-                task_id, key_id=caller.key_id, profile=caller.profile, kind=kind,
-                reserved=policy.max_cost_usd, model=policy.model,
-            )
             job = Job(task_id=task_id, policy=policy, request=request,
                       signature=sign_job(task_id, policy, request, self._secret))
             accepted = Accepted(
@@ -213,8 +210,7 @@ class Dispatcher:
         )
         return Submission(task_id, events, policy.model, route.reason, policy.max_cost_usd)
 
-    async def _route(self, caller: Caller, profile: Profile, request: Request) -> _Routed:
-        remaining = (await self.store.remaining_budget(caller.key_id)).remaining_usd
+    def _route(self, profile: Profile, remaining: float | None, request: Request) -> _Routed:
         cap = request.max_cost_usd if request.max_cost_usd is not None else profile.max_cost_per_task_usd
         model, reason = route_model(
             request, allowed=profile.models, prices=self.settings.prices, remaining_usd=remaining, max_cost_usd=cap
@@ -267,9 +263,8 @@ class Dispatcher:
             await self.store.update_task(event.task_id, "running")
 
     async def _settle(self, finished: Finished) -> None:
-        await self.store.settle(finished.task_id, finished.cost_usd)
-        await self.store.update_task(
-            finished.task_id, status=finished.status, cost=finished.cost_usd,
+        await self.store.finish_task(
+            finished.task_id, finished.cost_usd, finished.status,
             model=finished.model, result_summary=finished.result[:500] or None,
             error_code=finished.reason if finished.status != "succeeded" else None,
         )

@@ -19,6 +19,7 @@ from profiles import Store
 from server._dispatch import Dispatcher
 from server._secrets import load_or_create_job_secret
 from server._submit_gateway import SubmitGateway
+from server_kit import e2e_model_and_runner
 
 
 @dataclass
@@ -97,21 +98,6 @@ def e2e_settings(settings: Settings, tmp_path, require_bwrap, require_claude) ->
 
 
 @contextlib.asynccontextmanager
-async def e2e_model_and_runner(settings: Settings, *, slots: int = 4) -> AsyncIterator[Settings]:
-    """Scripted model (echo by default; ``[script:NAME]`` markers pick a script) and a real
-    runner with bwrap; yields the settings pointing at that model."""
-    import msgspec
-
-    from sandbox import Runner
-    from sandbox._scripted import ScriptedModelServer
-
-    async with ScriptedModelServer() as model:
-        settings = msgspec.structs.replace(settings, upstream_url=model.url)
-        async with Runner(settings, backend="bwrap", slots=slots):
-            yield settings
-
-
-@contextlib.asynccontextmanager
 async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stack]:
     """The model, a real runner and the server stack."""
     async with e2e_model_and_runner(settings, slots=slots) as with_model:
@@ -122,13 +108,3 @@ async def e2e_stack(settings: Settings, *, slots: int = 4) -> AsyncIterator[Stac
 @pytest.fixture
 def make_e2e():
     return e2e_stack
-
-
-async def sandboxes_left(settings: Settings) -> list[Any]:
-    from sandbox._sandboxes import get_backend
-
-    backend = get_backend("bwrap", settings)
-    try:
-        return await backend.list()
-    finally:
-        await backend.close()

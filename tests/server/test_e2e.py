@@ -8,7 +8,7 @@ import json
 
 import mcp_types as types
 import pytest
-from conftest import sandboxes_left
+from server_kit import sandboxes_left
 from mcp import Client
 
 from bus import Settings
@@ -153,7 +153,7 @@ async def _complete_and_task_over(client) -> None:
 
 async def test_complete_and_run_task_over_streamable_http(e2e_settings: Settings) -> None:
     import httpx2
-    from conftest import e2e_model_and_runner
+    from server_kit import e2e_model_and_runner
     from mcp.client.streamable_http import streamable_http_client
     from test_http import http_server
 
@@ -169,7 +169,7 @@ async def test_complete_and_run_task_over_streamable_http(e2e_settings: Settings
 
 
 async def test_complete_and_run_task_over_stdio(e2e_settings: Settings) -> None:
-    from conftest import e2e_model_and_runner
+    from server_kit import e2e_model_and_runner
     from test_stdio import stdio_params
 
     async with e2e_model_and_runner(e2e_settings) as settings:
