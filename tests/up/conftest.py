@@ -4,46 +4,16 @@ and a helper that starts ``taskbus up`` as a child process and stops it with SIG
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from up_kit import ROOT, TASKBUS, Up
 
 from bus import Settings, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-TASKBUS = str(Path(sys.executable).parent / "taskbus")
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0, *, log: Path | None = None) -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.fixture
@@ -64,31 +34,6 @@ def up_env(tmp_path: Path, require_bwrap: None, require_claude: Path) -> dict[st
     if "TASKBUS_TEST_ROOT" in os.environ:
         env["TASKBUS_TEST_ROOT"] = os.environ["TASKBUS_TEST_ROOT"]
     return env
-
-
-@dataclass
-class Up:
-    proc: subprocess.Popen[bytes]
-    data: Path
-    log: Path
-
-    def state(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.data / "up.json").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def ready_state(self) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            assert self.proc.poll() is None, f"taskbus up exited early:\n{self.log.read_text()[-3000:]}"
-            state = self.state()
-            return state if state and state.get("ready") else None
-
-        return wait_for("taskbus up to be ready", ready, 90, log=self.log)
-
-    def child(self, name: str) -> dict[str, Any]:
-        state = self.state() or {"children": []}
-        return next(c for c in state["children"] if c["name"] == name)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT, TASKBUS, pid_alive  # tests/up/conftest.py
+from up_kit import ROOT, TASKBUS, pid_alive
 
 from server._up import render_reference
 from server._up._configdoc import BEGIN, END, current_section

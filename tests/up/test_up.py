@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TASKBUS, Up, pid_alive, wait_for  # tests/up/conftest.py
+from up_kit import TASKBUS, Up, pid_alive, wait_for
 
 from bus import free_port
 
