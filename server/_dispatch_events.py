@@ -119,7 +119,10 @@ async def follow_events(
         stream=bus.subjects.events_stream,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
-        inactive_threshold=300.0,
+        # unsubscribe does not delete the ephemeral consumer; the server does once nobody has
+        # listened for this long. 300 s let ~500 finished tasks' consumers pile up under load
+        # until JetStream refused new ones (err 10026) and new tasks were never followed.
+        inactive_threshold=10.0,
     )
     try:
         _raise_if_cancelling()  # nats-py can swallow a cancel that lands inside subscribe()
