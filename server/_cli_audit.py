@@ -99,7 +99,7 @@ def run_cmd(db: DbOpt = None, config: ConfigOpt = None) -> None:
 
 
 def _print_row(row: dict[str, Any], as_json: bool) -> None:
-    from ._audit._query import summarize
+    from ._audit import summarize
 
     if as_json:
         sys.stdout.write(json.dumps(row, default=str) + "\n")
@@ -128,7 +128,7 @@ def tail_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """The latest audit rows, or (--follow) events and notices live as they are published."""
-    from ._audit._query import tail
+    from ._audit import tail
 
     settings = load_settings(config)
     if not follow:
@@ -154,7 +154,7 @@ def _guard(fn: Callable[[], T]) -> T:
 async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:
     from bus import Bus, Subjects
 
-    from ._audit._follow import LiveFilter, follow
+    from ._audit import LiveFilter, follow
 
     known: dict[str, str] = {}
     path = _db_path(settings, db)
@@ -199,7 +199,7 @@ def search_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Search the audit log by time range, type, key, task and text."""
-    from ._audit._query import parse_time, search, summarize
+    from ._audit import parse_time, search, summarize
 
     settings = load_settings(config)
     conn = _open(settings, db)
@@ -258,7 +258,7 @@ def export_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Every row in chain order as JSON lines, with hashes, so the export can be checked too."""
-    from ._audit._query import export_jsonl
+    from ._audit import export_jsonl
 
     if fmt != "jsonl":
         fail(f"--format {fmt!r} is not supported; use --format jsonl", code=2)
@@ -285,9 +285,7 @@ def prune_cmd(
     """Delete old rows, keeping the chain verifiable through a recorded checkpoint."""
     import time
 
-    from ._audit import open_db
-    from ._audit._prune import prune
-    from ._audit._query import parse_duration
+    from ._audit import open_db, parse_duration, prune
 
     settings = load_settings(config)
     path = _db_path(settings, db)

@@ -14,6 +14,16 @@ from ._db import default_db_path as default_db_path
 from ._db import open_db as open_db
 from ._errors import AuditError as AuditError
 from ._errors import ChainBroken as ChainBroken
+from ._follow import LiveFilter as LiveFilter
+from ._follow import follow as follow
+from ._prune import PruneResult as PruneResult
+from ._prune import prune as prune
+from ._query import export_jsonl as export_jsonl
+from ._query import parse_duration as parse_duration
+from ._query import parse_time as parse_time
+from ._query import search as search
+from ._query import summarize as summarize
+from ._query import tail as tail
 from ._subscriber import AuditOptions as AuditOptions
 from ._subscriber import run_audit as run_audit
 from ._writer import Writer as Writer
@@ -24,12 +34,22 @@ __all__ = [
     "AuditError",
     "AuditOptions",
     "ChainBroken",
+    "LiveFilter",
     "Problem",
+    "PruneResult",
     "VerifyResult",
     "Writer",
     "default_db_path",
+    "export_jsonl",
+    "follow",
     "open_db",
+    "parse_duration",
+    "parse_time",
+    "prune",
     "row_hash",
     "run_audit",
+    "search",
+    "summarize",
+    "tail",
     "verify",
 ]
