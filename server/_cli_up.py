@@ -226,7 +226,7 @@ def demo(config: ConfigOpt = None) -> None:
     _quiet_clients()
     result = _run_unwrapped(demo_against(settings, state, out))
     out.print()
-    out.print(connect_help(state["mcp_url"], state["nats_url"], taskbus_command()[0]), highlight=False, markup=False)
+    out.print(connect_help(state["mcp_url"], state["nats_url"], taskbus_command()[0], state["data_dir"]), highlight=False, markup=False)
     raise typer.Exit(0 if result.ok else 1)
 
 

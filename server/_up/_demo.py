@@ -173,19 +173,22 @@ def _search(db_path: Path, task_id: str, open_db: Any, search: Any) -> list[dict
 
 
 def connect_help(mcp_url: str, nats_url: str = "nats://127.0.0.1:4222", taskbus: str = "taskbus",
-                 key_hint: str = "tb_...") -> str:
+                 data_dir: str = "", key_hint: str = "tb_...") -> str:
     """How to point other MCP clients at this stack (plain text for a terminal)."""
+    data = f',\n              "TASKBUS_DATA_DIR": "{data_dir}"' if data_dir else ""
     return f"""Connect your own MCP client with the admin key printed at first start, or a key of its own
 (taskbus keys create --profile developer --name my-ide):
 
   Claude Code:
     claude mcp add --transport http taskbus {mcp_url} --header "Authorization: Bearer {key_hint}"
 
-  Claude Desktop (claude_desktop_config.json) or Cursor (.cursor/mcp.json), over HTTP:
-    {{"mcpServers": {{"taskbus": {{"type": "http", "url": "{mcp_url}",
+  Cursor (.cursor/mcp.json) and other clients that take a URL:
+    {{"mcpServers": {{"taskbus": {{"url": "{mcp_url}",
       "headers": {{"Authorization": "Bearer {key_hint}"}}}}}}}}
 
-  Over stdio (the client starts `taskbus serve` itself and needs this stack's NATS):
+  Claude Desktop, or any client, over stdio (it starts `taskbus serve` itself; needs this NATS):
     {{"mcpServers": {{"taskbus": {{"command": "{taskbus}", "args": ["serve", "--transport", "stdio"],
-      "env": {{"TASKBUS_API_KEY": "{key_hint}", "TASKBUS_NATS_URL": "{nats_url}"}}}}}}}}
+      "env": {{"TASKBUS_API_KEY": "{key_hint}", "TASKBUS_NATS_URL": "{nats_url}"{data}}}}}}}}}
+
+  More (Claude Desktop over HTTP via mcp-remote, Python): README.md, "Connecting MCP clients".
 """
