@@ -218,7 +218,7 @@ class Supervisor:
             for child in reversed(self.children):
                 try:
                     await self._stop_child(child)
-                except Exception as exc:  # keep stopping the others; logging itself may fail here
+                except Exception as exc:  # noqa: BLE001 - keep stopping the others; logging may fail here too
                     with contextlib.suppress(Exception):
                         logger.error("stopping %s failed: %s", child.spec.name, exc)
         finally:
