@@ -136,6 +136,13 @@ def resolve_policy(
     kind = "complete" if isinstance(request, CompleteRequest) else "task"
     if kind not in profile.kinds:
         raise _deny(profile, f"{_KIND_TOOL[kind]} ({kind} requests)", f"kinds:{kind}")
+    if kind == "task" and profile.network == "none":
+        raise _deny(
+            profile,
+            "agentic tasks: its network is 'none', so a sandbox could not even reach the model API "
+            "(use a profile with network 'model-api')",
+            "network:model-api",
+        )
     if request.model not in ("", "auto") and not model_allowed(profile, request.model):
         raise _deny(profile, f"model {request.model!r}", f"models:{request.model}")
     if not model_allowed(profile, model):

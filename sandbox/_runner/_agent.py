@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bus import Policy, SandboxError, Settings
+from bus import Policy, PolicyDenied, SandboxError, Settings
 
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
 from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
@@ -99,6 +99,12 @@ class AgentSandbox:
             await asyncio.to_thread(_remove, self.run_dir, self.sock_dir)
 
     async def _enter(self) -> None:
+        if self.policy.network != "model-api":
+            # 'none': no route out at all, not even to the model; Claude Code cannot run
+            raise PolicyDenied(
+                f"task {self.policy.task_id} has network {self.policy.network!r}: an agent needs the model API",
+                permission="network:model-api",
+            )
         opt_dir, etc_dir = self.run_dir / "opt", self.run_dir / "etc"
         self.workspace.mkdir(parents=True, exist_ok=True)
         claude = find_claude(self.settings)

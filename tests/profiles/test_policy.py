@@ -140,3 +140,19 @@ def test_a_symlink_out_of_the_allowed_roots_is_denied_when_paths_are_resolved(tm
     assert resolve(profile, TaskRequest(description="x", project=str(root / "escape"))).project_root  # lexical only
     with pytest.raises(PolicyDenied, match="resolves to"):
         resolve(profile, TaskRequest(description="x", project=str(root / "escape")), realpath=os.path.realpath)
+
+
+def test_a_profile_without_network_cannot_run_agentic_tasks_but_can_complete() -> None:
+    import msgspec
+
+    from bus import CompleteRequest, PolicyDenied, Settings, TaskRequest
+    from profiles import default_profiles, resolve_policy
+
+    profile = msgspec.structs.replace(default_profiles()["developer"], network="none")
+    with pytest.raises(PolicyDenied, match="network is 'none'") as info:
+        resolve_policy(profile, TaskRequest(description="x"), task_id="t_1", key_id="tb_x",
+                       model=profile.models[0], settings=Settings.load({}))
+    assert info.value.permission == "network:model-api"
+    policy = resolve_policy(profile, CompleteRequest(prompt="hi"), task_id="t_2", key_id="tb_x",
+                            model=profile.models[0], settings=Settings.load({}))
+    assert policy.network == "none"
