@@ -34,16 +34,18 @@ authorization {{
     # cancels, reads events and artifacts, keeps the completion cache.
     {{ user: "{p}-server", password: "CHANGE-ME-server", permissions: {{
         publish: {q(f"{p}.jobs.>", f"{p}.control.>", f"{p}.audit.>", f"{p}.events.>",
-                   "$JS.API.>", f"$O.{art}.>", f"$KV.{cache}.>", "$JS.ACK.>")}
+                   "$JS.API.>", f"$O.{art}.>", f"$KV.{cache}.>", "$JS.ACK.>", inbox)}
         subscribe: {q(f"{p}.submit.>", f"{p}.events.>", f"{p}.runners.>", f"$O.{art}.>", f"$KV.{cache}.>", inbox)}
     }} }}
-    # taskbus runner: pulls jobs, publishes events, heartbeats and artifacts, obeys cancels.
+    # taskbus runner: pulls jobs, publishes events, heartbeats, audit notices of malformed
+    # jobs and artifacts, obeys cancels. It also checks the streams at start-up, creates its
+    # durable pull consumers and reads a task's last event, so it needs the JetStream API:
+    # granted whole here ($JS.API.>), which lets a compromised runner manage streams too.
+    # Narrow it only together with a server-side stream set-up (see docs/multi-host.md).
     {{ user: "{p}-runner", password: "CHANGE-ME-runner", permissions: {{
-        publish: {q(f"{p}.events.>", f"{p}.runners.>", f"$JS.API.CONSUMER.MSG.NEXT.{jobs}.>",
-                   f"$JS.API.CONSUMER.INFO.{jobs}.>", f"$JS.API.STREAM.INFO.{jobs}", f"$JS.ACK.{jobs}.>",
-                   f"$JS.API.STREAM.INFO.OBJ_{art}", f"$JS.API.STREAM.MSG.GET.OBJ_{art}", f"$O.{art}.>",
-                   "$JS.API.INFO")}
-        subscribe: {q(f"{p}.control.>", inbox)}
+        publish: {q(f"{p}.events.>", f"{p}.runners.>", f"{p}.audit.malformed_job", "$JS.API.>",
+                   f"$JS.ACK.{jobs}.>", f"$O.{art}.>", inbox)}
+        subscribe: {q(f"{p}.control.>", f"{p}.runners.>", inbox)}
     }} }}
     # taskbus audit run: durable consumers on the events and audit streams; publishes
     # the chain head and alerts.
