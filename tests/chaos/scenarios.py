@@ -85,6 +85,13 @@ class Load:
         self.errors: list[str] = []
         self.fault_log: list[str] = []
 
+    async def wait_done(self, fraction: float, *, timeout: float = 600) -> None:
+        """Until ``fraction`` of the calls have returned (polled with a deadline)."""
+        total = self.scale.tasks + self.scale.completes
+        async with asyncio.timeout(timeout):
+            while sum(self.outcomes.values()) < fraction * total:
+                await asyncio.sleep(0.1)
+
     def mark(self, what: str) -> None:
         """Note a fault with how far the load had got."""
         done, total = sum(self.outcomes.values()), self.scale.tasks + self.scale.completes
@@ -244,6 +251,7 @@ async def nats_restart_scenario(work: Path, scale: Scale) -> Row:
     async with _stack(work, scale, docker=False) as stack:
         async def fault(load: Load) -> int:
             await wait_running(stack)
+            await load.wait_done(0.25)
             load.mark("nats-server killed (restarted 2 s later)")
             await asyncio.to_thread(stack.restart_nats, down_s=2.0)
             return 1
@@ -260,6 +268,7 @@ async def audit_kill_scenario(work: Path, scale: Scale) -> Row:
     async with _stack(work, scale, docker=False) as stack:
         async def fault(load: Load) -> int:
             await wait_running(stack)
+            await load.wait_done(0.25)
             load.mark("audit SIGKILL (restarted 2 s later)")
             await asyncio.to_thread(stack.children["audit"].kill)
             await asyncio.sleep(2)  # the outage: events pile up in the stream meanwhile
