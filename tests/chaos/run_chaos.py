@@ -20,7 +20,7 @@ from report import print_table, write_json
 from scenarios import SCALES
 
 
-async def main(scale_name: str, only: list[str], out: Path, keep: bool) -> int:
+async def main(scale_name: str, only: list[str], out: Path) -> int:
     scale = SCALES[scale_name]
     rows = []
     base = Path(tempfile.mkdtemp(prefix="taskbus-chaos-"))
@@ -44,7 +44,7 @@ async def main(scale_name: str, only: list[str], out: Path, keep: bool) -> int:
         print_table(rows[-1:])
     print_table(rows)
     write_json(rows, out, scale=scale.name, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    print(f"work folders: {base}; JSON: {out}", file=sys.stderr)
+    print(f"work folders (logs, databases) kept in {base}; JSON: {out}", file=sys.stderr)
     return 0 if all(r.verdict == "PASS" for r in rows) else 1
 
 
@@ -53,8 +53,7 @@ if __name__ == "__main__":
     parser.add_argument("--scale", choices=sorted(SCALES), default="ci")
     parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
     parser.add_argument("--only", default="", help="comma-separated scenario names")
-    parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     only = [s for s in args.only.split(",") if s]
-    sys.exit(asyncio.run(main(args.scale, only, args.out, args.keep)))
+    sys.exit(asyncio.run(main(args.scale, only, args.out)))
