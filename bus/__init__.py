@@ -23,6 +23,8 @@ from ._errors import *  # noqa: F403  (the error tree is public as a whole)
 from ._errors import __all__ as _errors_all
 from ._messages import *  # noqa: F403
 from ._messages import __all__ as _messages_all
+from ._paths import check_relative_path as check_relative_path
+from ._paths import input_file_bytes as input_file_bytes
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
 from ._redact import redact_obj as redact_obj
@@ -42,6 +44,6 @@ __all__ = [
     "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",
-    "settings_reference", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
+    "settings_reference", "check_relative_path", "input_file_bytes", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
     *_errors_all, *_messages_all,
 ]

@@ -35,14 +35,19 @@ from bus import (
     Finished,
     InvalidInput,
     Job,
+    MessageTooLarge,
     NotFound,
+    Policy,
     PolicyDenied,
     RateLimited,
     Request,
     Settings,
     Started,
     TaskbusError,
+    TaskRequest,
+    check_relative_path,
     encode,
+    input_file_bytes,
     new_task_id,
     sign_job,
     utcnow,
@@ -175,7 +180,7 @@ class Dispatcher:
         task_id = new_task_id()
         started = time.perf_counter()
         kind = request_kind(request)
-        validate_request(request)
+        validate_request(request, max_file_bytes=self.settings.artifact_max_bytes)
         try:
             profile, budget = await self.store.begin_request(caller.key_id, caller.profile)
             route = self._route(profile, budget.remaining_usd, request)
@@ -183,6 +188,7 @@ class Dispatcher:
                 profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
                 settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
             )
+            check_job_size(policy, request, self.settings.max_message_bytes)
             await self.store.admit(
                 caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model
             )
@@ -356,8 +362,23 @@ class Dispatcher:
             logger.debug("task %s already started; the runner cancels it (%s)", task_id, exc)
 
 
-def validate_request(request: Request) -> None:
-    """What the schema cannot say: a completion needs a prompt or messages (not both)."""
+def check_job_size(policy: Policy, request: Request, limit: int) -> None:
+    """Refuse, before anything is recorded, a job the bus would refuse (or a runner reject)."""
+    size = len(encode(policy)) + len(encode(request)) + 512  # the Job envelope and signature
+    if size > limit:
+        raise MessageTooLarge(size, limit, type_name="job")
+
+
+def validate_request(request: Request, *, max_file_bytes: int | None = None) -> None:
+    """What the schema cannot say: a completion needs a prompt or messages (not both); input
+    files have safe relative paths and decodable content within the size limit."""
+    if isinstance(request, TaskRequest):
+        seen: set[str] = set()
+        for f in request.files:
+            input_file_bytes(f, max_bytes=max_file_bytes if max_file_bytes is not None else 1 << 62)
+            if str(check_relative_path(f.path)) in seen:
+                raise InvalidInput(f"file path {f.path[:200]!r} is given twice")
+            seen.add(str(check_relative_path(f.path)))
     if isinstance(request, CompleteRequest):
         if not request.prompt and not request.messages:
             raise InvalidInput("a completion needs `prompt` (a string) or `messages` (a non-empty list)")

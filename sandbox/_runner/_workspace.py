@@ -7,8 +7,6 @@ artifacts Object Store under ``<task_id>/<path>``, and text files get a unified 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import hashlib
 import logging
@@ -16,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bus import Artifact, Bus, InputFile, InvalidInput, Settings
+from bus import Bus, InputFile, InvalidInput, Settings, check_relative_path, input_file_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -25,29 +23,12 @@ MAX_DIFF_FILE_BYTES = 512 * 1024
 SKIP_DIRS = {".git", "node_modules", "__pycache__", ".claude"}
 
 
-def check_relative(path: str) -> PurePosixPath:
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\x00" in path or not p.parts:
-        raise InvalidInput(
-            f"file path {path!r} is not allowed: use a relative path inside the workspace, without '..'"
-        )
-    return p
-
-
 def write_inputs(workspace: Path, files: list[InputFile], *, max_bytes: int) -> dict[str, bytes]:
     """Write the request's files; returns path -> original bytes (for diffs)."""
     originals: dict[str, bytes] = {}
     for f in files:
-        rel = check_relative(f.path)
-        if f.encoding == "base64":
-            try:
-                data = base64.b64decode(f.content, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidInput(f"file {f.path!r} says base64 but its content is not valid base64") from None
-        else:
-            data = f.content.encode()
-        if len(data) > max_bytes:
-            raise InvalidInput(f"file {f.path!r} is {len(data)} bytes, over the {max_bytes}-byte limit")
+        rel = check_relative_path(f.path)
+        data = input_file_bytes(f, max_bytes=max_bytes)
         target = workspace.joinpath(*rel.parts)
         parent = workspace
         for part in rel.parts[:-1]:
