@@ -43,9 +43,17 @@ async def last_event(bus: Bus, task_id: str) -> Event | None:
 async def metered_so_far(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage]:
     """Cost and usage of every ``model_call`` already stored for ``task_id`` (seq 1..upto_seq):
     what a runner that died had spent, so that the task's ``finished`` still charges it."""
+    cost, usage, _owner = await task_history(bus, task_id, upto_seq, timeout=timeout)
+    return cost, usage
+
+
+async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage, str | None]:
+    """Metered cost and usage so far, and the runner named in the ``started`` event."""
     from nats.js.api import DeliverPolicy
 
-    cost, usage = 0.0, Usage()
+    from bus import Started
+
+    cost, usage, owner = 0.0, Usage(), None
     sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
         async with asyncio.timeout(timeout):
@@ -57,8 +65,10 @@ async def metered_so_far(bus: Bus, task_id: str, upto_seq: int, *, timeout: floa
                     continue
                 if isinstance(event, ModelCall):
                     cost, usage = cost + event.cost_usd, usage + event.usage
+                elif isinstance(event, Started):
+                    owner = event.runner_id
                 if event.seq >= upto_seq:
-                    return round(cost, 9), usage
+                    return round(cost, 9), usage, owner
     finally:
         await sub.unsubscribe()
 

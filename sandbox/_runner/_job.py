@@ -42,7 +42,7 @@ from bus import (
     verify_job,
 )
 
-from ._events import TaskEvents, TaskPreempted, metered_so_far
+from ._events import TaskEvents, TaskPreempted, task_history
 from ._task import TaskOutcome
 
 logger = logging.getLogger(__name__)
@@ -53,13 +53,17 @@ Execute = Callable[[Job, TaskEvents], Awaitable[TaskOutcome]]
 class JobHandler:
     """Shared by a runner's pull loops; one ``handle`` call per job message."""
 
-    def __init__(self, bus: Bus, *, secret: str, runner_id: str, max_bytes: int, ack_wait_s: float) -> None:
+    def __init__(
+        self, bus: Bus, *, secret: str, runner_id: str, max_bytes: int, ack_wait_s: float,
+        is_alive: Callable[[str], bool] = lambda _runner_id: False,
+    ) -> None:
         self.bus = bus
         self.subjects: Subjects = bus.subjects
         self.secret = secret
         self.runner_id = runner_id
         self.max_bytes = max_bytes
         self.keepalive_s = max(ack_wait_s / 3, 0.5)
+        self.is_alive = is_alive
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_reasons: dict[str, str] = {}
 
@@ -93,9 +97,17 @@ class JobHandler:
             await msg.ack()
             return
         if last is not None and not isinstance(last, Accepted):
+            if job.task_id in self.running:
+                logger.info("task %s: a stale copy of a job this runner is running; ignoring it", job.task_id)
+                return
+            cost, usage, owner = await task_history(self.bus, job.task_id, last.seq)  # what it spent is still charged
+            if owner is not None and owner != self.runner_id and self.is_alive(owner):
+                # its runner still heartbeats: the ack was late (a NATS blip), the task is not lost
+                logger.info("task %s: runner %s is alive; leaving the redelivered job to it", job.task_id, owner)
+                await msg.nak(delay=self.keepalive_s * 2)
+                return
             if not job.retryable:
                 await events.emit(Log, stream="runner", line=f"runner {self.runner_id} found this task started by a runner that stopped")
-                cost, usage = await metered_so_far(self.bus, job.task_id, last.seq)  # what it spent is still charged
                 await events.finish("failed", reason="runner_lost", cost_usd=cost, usage=usage,
                                     result="the runner running this task stopped before it finished; submit it again")
                 await msg.ack()

@@ -118,7 +118,10 @@ class Runner:
         self.bus = await self._stack.enter_async_context(await Bus.open(s.nats_url, self.subjects, name=f"runner-{self.id}"))
         await self.bus.ensure_streams(events_max_age_s=s.events_max_age_days * 86_400)
         secret = load_or_create_job_secret(s)
-        self.handler = JobHandler(self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes, ack_wait_s=s.job_ack_wait_s)
+        self.handler = JobHandler(
+            self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes,
+            ack_wait_s=s.job_ack_wait_s, is_alive=lambda rid: rid in self.live_runners(),
+        )
         self.upstream = await self._stack.enter_async_context(Upstream(s))
         needs_sandbox = "task" in self.kinds or s.complete_provider == "claude-cli"
         if needs_sandbox:

@@ -199,3 +199,34 @@ async def test_a_second_writer_of_the_same_seq_preempts_the_runner(runner_settin
     await bus.publish_unique(bus.subjects.events("t_own"), log, msg_id="t_own-1", stream=bus.subjects.events_stream)
     await bus.publish_unique(bus.subjects.events("t_own"), log, msg_id="t_own-1", stream=bus.subjects.events_stream)
     assert own.next_seq == 1
+
+
+@pytest.mark.usefixtures("require_bwrap", "require_claude")
+async def test_a_redelivered_job_whose_runner_still_heartbeats_is_not_declared_lost(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    """After a NATS blip a job may be redelivered while its runner is alive: leave it be."""
+    import msgspec
+
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
+        settings = msgspec.structs.replace(settings, heartbeat_s=0.5)
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-owner", kinds=("task",)):
+            job = make_job(settings, bus_module.TaskRequest(description="[script:runaway] keep going"), timeout_s=300, max_turns=1000)
+            await submit(bus, job)
+            await _running(bus, job.task_id)
+            async with Runner(settings, backend="bwrap", slots=1, runner_id="r-other", kinds=("task",)) as other:
+                async with asyncio.timeout(10):
+                    while "r-owner" not in other.live_runners():
+                        await asyncio.sleep(0.1)
+                # the same job delivered again, as JetStream does when an ack is late
+                await bus.publish(bus.subjects.jobs("task"), job, msg_id=job.task_id + "-redelivered")
+                from sandbox import last_event
+
+                async with asyncio.timeout(20):  # wait until the other runner has seen the copy
+                    while (await bus.js.consumer_info(bus.subjects.jobs_stream, bus.subjects.job_consumer("task"))).delivered.consumer_seq < 2:
+                        await asyncio.sleep(0.1)
+                await asyncio.sleep(1)
+
+                assert not isinstance(await last_event(bus, job.task_id), Finished), "a live task was declared lost"
+                await bus.nc.publish(bus.subjects.control(job.task_id), bus_module.encode(bus_module.Cancel(task_id=job.task_id)))
+                events = await follow(bus, job.task_id, timeout=30)
+    assert events[-1].status == "cancelled" and events[-1].reason == "cancelled_by_caller"
+    assert sum(isinstance(e, Started) for e in events) == 1
