@@ -248,15 +248,24 @@ class Dispatcher:
         return watch
 
     async def _run_follower(self, watch: TaskWatch) -> None:
+        """Follow until ``finished`` is seen and settled; a failure (NATS gone, consumer
+        refused, Store busy) is retried with backoff, replaying from seq 1 (events already
+        seen are skipped), so a waiting caller is never left hanging."""
+        delay = 0.5
         try:
-            finished = await follow_events(
-                self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event
-            )
-            await self._settle(finished)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("following task %s failed; it is resumed on the next start", watch.task_id)
+            while True:
+                try:
+                    finished = await follow_events(
+                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event
+                    )
+                    await self._settle(finished)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning("following task %s failed (%s); retrying in %.1fs", watch.task_id, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
         finally:
             self._followers.pop(watch.task_id, None)
             # keep finished watches briefly for waiters; drop the oldest beyond a bound
