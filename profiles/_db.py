@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from typing import Any
 
 import aiosqlite
 
@@ -97,8 +100,7 @@ async def connect(path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> aios
     try:
         db.row_factory = aiosqlite.Row
         await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        async with db.execute("PRAGMA journal_mode = WAL") as cur:
-            row = await cur.fetchone()
+        row = await _enable_wal(db, busy_timeout_s)
         if row is None or str(row[0]).lower() != "wal":
             logger.warning("%s: journal_mode is %s, not wal", path, row[0] if row else "?")
         await db.execute("PRAGMA synchronous = NORMAL")
@@ -107,6 +109,22 @@ async def connect(path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> aios
         await asyncio.shield(db.close())
         raise
     return db
+
+
+async def _enable_wal(db: aiosqlite.Connection, busy_timeout_s: float) -> Any:
+    """Switch to WAL. On a fresh file opened by several processes at once SQLite answers
+    "database is locked" at once (no busy handler for a journal-mode change), so retry."""
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.01
+    while True:
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cur:
+                return await cur.fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 async def user_version(db: aiosqlite.Connection) -> int:
