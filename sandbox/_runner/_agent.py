@@ -25,7 +25,7 @@ from bus import Policy, PolicyDenied, SandboxError, Settings
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
 from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
 from .._tools import find_claude
-from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_policy_files
+from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_shared_files
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ FORWARDER_READY_TIMEOUT_S = 20.0
 
 def forwarder_source() -> bytes:
     return resources.files("sandbox").joinpath("_forwarder.py").read_bytes()
+
+
+def shared_folders(shared_dir: Path) -> tuple[Path, Path]:
+    """The runner-wide folders mounted at /opt/taskbus and /etc/claude-code."""
+    return shared_dir / "opt", shared_dir / "etc"
+
+
+def prepare_shared(shared_dir: Path) -> None:
+    """Write the hook, the forwarder and the managed settings once per runner."""
+    write_shared_files(*shared_folders(shared_dir), forwarder_source())
 
 
 def socket_root_for(run_root: Path) -> Path:
@@ -56,6 +66,7 @@ class AgentSandbox:
         runner_id: str,
         run_dir: Path,
         sock_dir: Path,
+        shared_dir: Path,
         on_call: Callable[[CallRecord], Awaitable[None]],
         on_security: Callable[[SecurityNotice], Awaitable[None]],
         on_log: Callable[[str], Awaitable[None]],
@@ -68,6 +79,7 @@ class AgentSandbox:
         self.runner_id = runner_id
         self.run_dir = run_dir
         self.sock_dir = sock_dir
+        self.shared_dir = shared_dir
         self.workspace = run_dir / "workspace"
         self._on_call, self._on_security, self._on_log, self._on_started = on_call, on_security, on_log, on_started
         self.placeholder = new_placeholder_key()
@@ -79,7 +91,7 @@ class AgentSandbox:
 
     @property
     def env(self) -> dict[str, str]:
-        return claude_env(self.placeholder)
+        return claude_env(self.placeholder, self.policy)
 
     async def __aenter__(self) -> AgentSandbox:
         try:
@@ -105,11 +117,10 @@ class AgentSandbox:
                 f"task {self.policy.task_id} has network {self.policy.network!r}: an agent needs the model API",
                 permission="network:model-api",
             )
-        opt_dir, etc_dir = self.run_dir / "opt", self.run_dir / "etc"
+        opt_dir, etc_dir = shared_folders(self.shared_dir)
         self.workspace.mkdir(parents=True, exist_ok=True)
         claude = find_claude(self.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
-        write_policy_files(opt_dir, etc_dir, self.policy, forwarder_source())
         self.gateway = await self._stack.enter_async_context(
             ModelGateway(
                 self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,

@@ -64,18 +64,21 @@ def managed_settings() -> dict[str, Any]:
     }
 
 
-def write_policy_files(opt_dir: Path, etc_dir: Path, policy: Policy, forwarder: bytes) -> None:
-    """Fill the folders mounted read-only at /opt/taskbus and /etc/claude-code."""
-    opt_dir.mkdir(parents=True, exist_ok=True)
-    etc_dir.mkdir(parents=True, exist_ok=True)
-    (opt_dir / "hook.py").write_bytes(hook_source())
-    (opt_dir / "forwarder.py").write_bytes(forwarder)
-    (opt_dir / "policy.json").write_text(json.dumps(hook_policy(policy)))
-    (etc_dir / "managed-settings.json").write_text(json.dumps(managed_settings()))
-    for path in (opt_dir, etc_dir):
-        path.chmod(0o755)
-        for child in path.iterdir():
-            child.chmod(0o644)
+def write_shared_files(opt_dir: Path, etc_dir: Path, forwarder: bytes) -> None:
+    """Fill the folders mounted read-only at /opt/taskbus and /etc/claude-code. Their
+    content is the same for every task, so one copy per runner serves all its sandboxes
+    (and the mounts stay equal, which lets Docker hand out pre-warmed containers)."""
+    for folder, files in (
+        (opt_dir, {"hook.py": hook_source(), "forwarder.py": forwarder}),
+        (etc_dir, {"managed-settings.json": json.dumps(managed_settings()).encode()}),
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+        for name, data in files.items():
+            tmp = folder / f".{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.chmod(0o644)
+            tmp.replace(folder / name)  # atomic: a running hook never reads half a file
 
 
 def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) -> list[str]:
@@ -99,8 +102,11 @@ def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) 
     return argv
 
 
-def claude_env(placeholder_key: str) -> dict[str, str]:
+def claude_env(placeholder_key: str, policy: Policy) -> dict[str, str]:
+    """The CLI's environment. The hook's rules travel in it: hooks inherit the CLI's
+    environment, which nothing the agent runs can change."""
     return {
+        "TASKBUS_HOOK_POLICY": json.dumps(hook_policy(policy)),
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
         "ANTHROPIC_API_KEY": placeholder_key,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",

@@ -38,7 +38,7 @@ class ClaudeCliProvider:
 
     def __init__(
         self, settings: Settings, *, backend: SandboxBackend, upstream: Upstream, runner_id: str,
-        run_root: Path, socket_root: Path,
+        run_root: Path, socket_root: Path, shared_dir: Path,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -46,6 +46,7 @@ class ClaudeCliProvider:
         self.runner_id = runner_id
         self.run_root = run_root
         self.socket_root = socket_root
+        self.shared_dir = shared_dir
 
     async def complete(
         self,
@@ -73,6 +74,7 @@ class ClaudeCliProvider:
         agent = AgentSandbox(
             self.settings, no_tools, backend=self.backend, upstream=self.upstream, runner_id=self.runner_id,
             run_dir=self.run_root / policy.task_id, sock_dir=self.socket_root / policy.task_id,
+            shared_dir=self.shared_dir,
             on_call=count, on_security=security, on_log=log,
         )
         text, result, is_error = [], "", False

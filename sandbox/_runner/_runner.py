@@ -45,7 +45,7 @@ from .._sandboxes import SandboxBackend, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
 from ._job import JobHandler
-from ._agent import socket_root_for
+from ._agent import prepare_shared, socket_root_for
 from ._task import TaskOutcome, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -135,10 +135,13 @@ class Runner:
         self._socket_root = socket_root_for(self._run_root)
         await asyncio.to_thread(shutil.rmtree, self._socket_root, True)
         self._socket_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._shared_dir = self._run_root / "shared"
+        await asyncio.to_thread(prepare_shared, self._shared_dir)
         if s.complete_provider == "claude-cli":
             assert self.backend is not None
             self.provider = ClaudeCliProvider(s, backend=self.backend, upstream=self.upstream, runner_id=self.id,
-                                              run_root=self._run_root, socket_root=self._socket_root)
+                                              run_root=self._run_root, socket_root=self._socket_root,
+                                              shared_dir=self._shared_dir)
         else:
             self.provider = await self._stack.enter_async_context(AnthropicProvider(s, upstream=self.upstream))
         await self.bus.nc.subscribe(self.subjects.runners_all(), cb=self._on_heartbeat)
@@ -248,7 +251,8 @@ class Runner:
     async def _execute_task(self, job: Job, events: TaskEvents) -> TaskOutcome:
         assert self.backend is not None and self.upstream is not None
         run = TaskRun(self.settings, job, events, backend=self.backend, upstream=self.upstream,
-                      runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root)
+                      runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root,
+                      shared_dir=self._shared_dir)
         return await run.run()
 
     async def _execute_complete(self, job: Job, events: TaskEvents) -> TaskOutcome:

@@ -84,6 +84,7 @@ class TaskRun:
         runner_id: str,
         run_root: Path,
         socket_root: Path,
+        shared_dir: Path,
     ) -> None:
         self.settings = settings
         self.job = job
@@ -94,7 +95,7 @@ class TaskRun:
         self.outcome = ClaudeOutcome(allowed_tools=tuple(self.policy.tools))
         self.agent = AgentSandbox(
             settings, self.policy, backend=backend, upstream=upstream, runner_id=runner_id,
-            run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id,
+            run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id, shared_dir=shared_dir,
             on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
             on_started=self.sink.on_started,
         )

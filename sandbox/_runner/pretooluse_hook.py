@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """taskbus PreToolUse hook for Claude Code, run inside the sandbox (stdlib only).
 
-Mounted read-only at /opt/taskbus/hook.py with the task's rules in
-/opt/taskbus/policy.json, and registered in the read-only managed settings, so the
-agent can neither edit nor bypass it. Reads the hook event (JSON) on stdin; to block a
+Mounted read-only at /opt/taskbus/hook.py and registered in the read-only managed
+settings, so the agent can neither edit nor bypass it. The task's rules come in the
+environment variable TASKBUS_HOOK_POLICY, which the runner sets on the Claude Code
+process (hooks inherit it; nothing the agent runs can change its parent's environment). Reads the hook event (JSON) on stdin; to block a
 call it prints a reason on stderr and exits 2. Every reason starts with
 ``[taskbus policy: <kind>]`` so the runner can turn the blocked call into a
 ``security`` event.
@@ -14,7 +15,7 @@ import os
 import re
 import sys
 
-POLICY_PATH = "/opt/taskbus/policy.json"
+POLICY_ENV = "TASKBUS_HOOK_POLICY"
 PATH_KEYS = {
     "Read": ("file_path", "read"),
     "Write": ("file_path", "write"),
@@ -66,9 +67,8 @@ def allowed(name, names):
 def main():
     try:
         event = json.load(sys.stdin)
-        with open(POLICY_PATH) as f:
-            policy = json.load(f)
-    except Exception as exc:  # fail closed
+        policy = json.loads(os.environ[POLICY_ENV])
+    except Exception as exc:  # fail closed: no rules, no tools
         block("hook_error", "cannot read the hook input or policy: %s" % exc)
     tool = event.get("tool_name") or ""
     tool_input = event.get("tool_input") or {}
