@@ -91,9 +91,9 @@ def test_submit_follows_a_real_task_live_to_its_result(settings: Settings, requi
 
     images = Settings.load({}).data_path / "images"
     if not images.is_dir():
-        import pytest
+        from server_kit import require_or_skip
 
-        pytest.skip("the sandbox image is not built (taskbus sandbox build-image)")
+        require_or_skip("the sandbox image", "taskbus sandbox build-image")
     settings.data_path.mkdir(parents=True, exist_ok=True)
     (settings.data_path / "images").symlink_to(images)
 
