@@ -55,7 +55,7 @@ class JobHandler:
 
     def __init__(
         self, bus: Bus, *, secret: str, runner_id: str, max_bytes: int, ack_wait_s: float,
-        is_alive: Callable[[str], bool] = lambda _runner_id: False,
+        is_running: Callable[[str, str], bool] = lambda _runner_id, _task_id: False,
     ) -> None:
         self.bus = bus
         self.subjects: Subjects = bus.subjects
@@ -63,7 +63,7 @@ class JobHandler:
         self.runner_id = runner_id
         self.max_bytes = max_bytes
         self.keepalive_s = max(ack_wait_s / 3, 0.5)
-        self.is_alive = is_alive
+        self.is_running = is_running
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_reasons: dict[str, str] = {}
 
@@ -101,9 +101,10 @@ class JobHandler:
                 logger.info("task %s: a stale copy of a job this runner is running; ignoring it", job.task_id)
                 return
             cost, usage, owner = await task_history(self.bus, job.task_id, last.seq)  # what it spent is still charged
-            if owner is not None and owner != self.runner_id and self.is_alive(owner):
-                # its runner still heartbeats: the ack was late (a NATS blip), the task is not lost
-                logger.info("task %s: runner %s is alive; leaving the redelivered job to it", job.task_id, owner)
+            if owner is not None and owner != self.runner_id and self.is_running(owner, job.task_id):
+                # its runner's heartbeat still lists it: the ack was late (a NATS blip), not lost.
+                # (A runner restarted under the same id heartbeats too, but without the task.)
+                logger.info("task %s: runner %s still runs it; leaving the redelivered job to it", job.task_id, owner)
                 await msg.nak(delay=self.keepalive_s * 2)
                 return
             if not job.retryable:

@@ -95,6 +95,7 @@ class Runner:
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
         self._peers: dict[str, float] = {}
+        self._peer_tasks: dict[str, set[str]] = {}
         self.bus: Bus | None = None
         self.backend: SandboxBackend | None = None
         self.handler: JobHandler | None = None
@@ -120,7 +121,7 @@ class Runner:
         secret = load_or_create_job_secret(s)
         self.handler = JobHandler(
             self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes,
-            ack_wait_s=s.job_ack_wait_s, is_alive=lambda rid: rid in self.live_runners(),
+            ack_wait_s=s.job_ack_wait_s, is_running=self.peer_runs,
         )
         self.upstream = await self._stack.enter_async_context(Upstream(s))
         needs_sandbox = "task" in self.kinds or s.complete_provider == "claude-cli"
@@ -280,6 +281,11 @@ class Runner:
         except Exception:
             return
         self._peers[beat.runner_id] = time.monotonic()
+        self._peer_tasks[beat.runner_id] = set(beat.running)
+
+    def peer_runs(self, runner_id: str, task_id: str) -> bool:
+        """Does ``runner_id`` heartbeat, and does its latest heartbeat list ``task_id``?"""
+        return runner_id in self.live_runners() and task_id in self._peer_tasks.get(runner_id, set())
 
     def live_runners(self) -> set[str]:
         horizon = time.monotonic() - 3 * self.settings.heartbeat_s

@@ -215,7 +215,7 @@ async def test_a_redelivered_job_whose_runner_still_heartbeats_is_not_declared_l
             await _running(bus, job.task_id)
             async with Runner(settings, backend="bwrap", slots=1, runner_id="r-other", kinds=("task",)) as other:
                 async with asyncio.timeout(10):
-                    while "r-owner" not in other.live_runners():
+                    while not other.peer_runs("r-owner", job.task_id):
                         await asyncio.sleep(0.1)
                 # the same job delivered again, as JetStream does when an ack is late
                 await bus.publish(bus.subjects.jobs("task"), job, msg_id=job.task_id + "-redelivered")
