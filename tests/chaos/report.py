@@ -132,10 +132,12 @@ async def wait_audit(data: Path, stream: str, expected: int, *, timeout: float =
 
 
 def _ledger(data: Path) -> tuple[dict[str, tuple[str, int, int | None]], dict[str, str]]:
-    conn = sqlite3.connect(f"file:{data / 'taskbus.db'}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(f"file:{data / 'taskbus.db'}?mode=ro", uri=True, timeout=30, isolation_level=None)
     try:
+        conn.execute("BEGIN")  # one snapshot: a settle committing between the two reads is not half-seen
         ledger = {t: (s, a, x) for t, s, a, x in conn.execute("SELECT task_id, state, amount, actual FROM ledger")}
         tasks = dict(conn.execute("SELECT task_id, status FROM tasks"))
+        conn.execute("COMMIT")
         return ledger, tasks
     finally:
         conn.close()
