@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from bus import BudgetExceeded, CompleteRequest, Job, Message, ModelCall, Usage
+from bus import BudgetExceeded, CompleteRequest, Job, Message, Usage
 
 from .._gateway import CallRecord
 from .._providers import ModelProvider
-from ._events import TaskEvents
+from ._events import TaskEvents, emit_model_call
 from ._task import TaskOutcome
 
 logger = logging.getLogger(__name__)
@@ -22,11 +22,7 @@ async def run_complete(job: Job, events: TaskEvents, provider: ModelProvider) ->
         await events.emit(Message, text=text, delta=True)
 
     async def on_call(record: CallRecord) -> None:
-        await events.emit(
-            ModelCall, model=record.model, usage=record.usage, cost_usd=record.cost_usd,
-            total_cost_usd=record.total_cost_usd, duration_ms=record.duration_ms,
-            status=record.status, stop_reason=record.stop_reason,
-        )
+        await emit_model_call(events, record)
 
     try:
         result = await provider.complete(request, policy, on_delta=on_delta, on_call=on_call)

@@ -40,13 +40,6 @@ async def last_event(bus: Bus, task_id: str) -> Event | None:
         return None
 
 
-async def metered_so_far(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage]:
-    """Cost and usage of every ``model_call`` already stored for ``task_id`` (seq 1..upto_seq):
-    what a runner that died had spent, so that the task's ``finished`` still charges it."""
-    cost, usage, _owner = await task_history(bus, task_id, upto_seq, timeout=timeout)
-    return cost, usage
-
-
 async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage, str | None]:
     """Metered cost and usage so far, and the runner named in the ``started`` event."""
     from nats.js.api import DeliverPolicy
@@ -71,6 +64,15 @@ async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float 
                     return round(cost, 9), usage, owner
     finally:
         await sub.unsubscribe()
+
+
+async def emit_model_call(events: TaskEvents, record: Any) -> None:
+    """One metered model call (a gateway ``CallRecord``) as a ``model_call`` event."""
+    await events.emit(
+        ModelCall, model=record.model, usage=record.usage, cost_usd=record.cost_usd,
+        total_cost_usd=record.total_cost_usd, duration_ms=record.duration_ms,
+        status=record.status, stop_reason=record.stop_reason,
+    )
 
 
 class TaskEvents:

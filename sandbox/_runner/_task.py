@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus import Artifact, Job, Log, ModelCall, Security, Settings, Started, TaskRequest, Usage, redact
+from bus import Artifact, Job, Log, Security, Settings, Started, TaskRequest, Usage, redact
 
 from .._gateway import CallRecord, SecurityNotice, Upstream
 from .._sandboxes import Sandbox, SandboxBackend
 from ._agent import AgentSandbox
 from ._claude import ClaudeOutcome, claude_argv, translate
-from ._events import TaskEvents
+from ._events import TaskEvents, emit_model_call
 from ._workspace import snapshot, store_artifacts, write_inputs
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,7 @@ class EventSink:
 
     async def on_call(self, record: CallRecord) -> None:
         self.usage = self.usage + record.usage
-        await self.events.emit(
-            ModelCall, model=record.model, usage=record.usage, cost_usd=record.cost_usd,
-            total_cost_usd=record.total_cost_usd, duration_ms=record.duration_ms,
-            status=record.status, stop_reason=record.stop_reason,
-        )
+        await emit_model_call(self.events, record)
 
     async def on_security(self, notice: SecurityNotice) -> None:
         await self.events.emit(Security, kind=notice.kind, detail=notice.detail, severity=notice.severity)
