@@ -38,6 +38,11 @@ from ._subjects import JobKind as JobKind
 from ._subjects import Subjects as Subjects
 from ._subjects import check_token as check_token
 from ._subjects import new_task_id as new_task_id
+from ._toolnames import TOOL_ALIASES as TOOL_ALIASES
+from ._toolnames import Grant as Grant
+from ._toolnames import canonical_tool as canonical_tool
+from ._toolnames import command_matches as command_matches
+from ._toolnames import parse_grant as parse_grant
 
 __all__ = [
     "Bus", "EmbeddedNats", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
@@ -45,5 +50,6 @@ __all__ = [
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",
     "settings_reference", "check_relative_path", "input_file_bytes", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
+    "TOOL_ALIASES", "Grant", "canonical_tool", "command_matches", "parse_grant",
     *_errors_all, *_messages_all,
 ]
