@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level of every taskbus process."""
+    gateway_extra_betas: list[str] = msgspec.field(default_factory=list)
+    """`anthropic-beta` values the model gateway forwards beyond those Claude Code sends (JSON list); list only flags that do not change prices."""
+    gateway_cache_read_credit: bool = True
+    """Price the prompt prefix a task's previous call left in the cache at the cache-read rate in the pre-call cost check (a cache miss can then overshoot the cap by that prefix's cache-write premium, once)."""
 
     def __repr__(self) -> str:
         parts = []

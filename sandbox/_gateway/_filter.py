@@ -33,7 +33,7 @@ __all__ = [
     "requested_max_tokens",
 ]
 
-COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 MIN_THINKING_BUDGET = 1024
 
 _decode = msgspec.json.Decoder().decode

@@ -61,12 +61,16 @@ class ModelGateway:
         self.settings = settings
         self.policy = policy
         self.socket_path = Path(socket_path)
-        self.meter = Meter(policy.max_cost_usd, PriceTable(settings.prices), min_output_tokens=min_output_tokens)
+        self.meter = Meter(
+            policy.max_cost_usd, PriceTable(settings.prices), min_output_tokens=min_output_tokens,
+            cache_read_credit=settings.gateway_cache_read_credit,
+        )
         self._own_upstream = upstream is None
         self.upstream = upstream or Upstream(settings)
         self._metered = MeteredModel(self.upstream, self.meter, on_call=on_call)
         self._handler = GatewayHandler(
-            policy, placeholder_key, self._metered, on_security=on_security, reserve_timeout=reserve_timeout
+            policy, placeholder_key, self._metered, on_security=on_security, reserve_timeout=reserve_timeout,
+            extra_betas=frozenset(settings.gateway_extra_betas),
         )
         self._server = UnixHttpServer(
             self.socket_path, self._handler, error_body=anthropic_error, max_body_bytes=max_body_bytes

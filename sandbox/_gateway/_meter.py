@@ -13,6 +13,14 @@ Every model call goes through ``reserve`` before it is forwarded and ``settle`` 
 - ``settle`` charges the metered usage (or, when the usage is unknown, e.g. a stream
   that broke off, the whole worst case) and frees the reservation.
 
+Cache reads are priced at their own rate: with ``cache_read_credit``, the prompt prefix
+that the task's previous call of the same model left in the cache (its cache-read plus
+cache-write tokens, if it settled less than ``CACHE_FRESH_S`` ago) is priced at the
+cache-read rate; the rest of the input at the dearer of input and cache write. If the
+upstream misses the cache after all, the truth is charged (and logged): a call can then
+exceed its reservation by at most that prefix times (cache write - cache read), and the
+next call finds the cap (nearly) reached.
+
 A cap of 0 means nothing may be spent: every call is refused (there is no "unlimited").
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 from bus import BudgetExceeded, Usage
@@ -30,6 +39,9 @@ from ._pricing import PriceTable, Rates, cost_pusd, pusd_to_usd, usd_to_pusd
 __all__ = ["CallRecord", "Meter", "Reservation"]
 
 logger = logging.getLogger(__name__)
+
+CACHE_FRESH_S = 270.0
+"""A cached prefix younger than this is expected to be read (the API keeps it 5 minutes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +86,7 @@ class Meter:
         *,
         min_output_tokens: int = 1,
         input_margin: float = 0.02,
+        cache_read_credit: bool = True,
     ) -> None:
         if min_output_tokens < 1:
             raise ValueError("min_output_tokens must be at least 1")
@@ -88,6 +101,9 @@ class Meter:
         """Calls refused because the cap was reached."""
         self.usage = Usage()
         self.exhausted = False
+        self.cache_read_credit = cache_read_credit
+        self._cached: dict[str, tuple[int, float]] = {}
+        """model -> (prefix tokens its last call left in the cache, when it settled)."""
         self._settled = asyncio.Condition()
 
     # -- figures
@@ -107,6 +123,14 @@ class Meter:
         """Counted input tokens plus the safety margin (count_tokens is an estimate)."""
         return counted + math.ceil(counted * self.input_margin)
 
+    def input_cost(self, model: str, rates: Rates, input_tokens: int) -> int:
+        """What ``input_tokens`` of ``model`` may cost, by the cache rules of the module docstring."""
+        credit = 0
+        cached = self._cached.get(model)
+        if self.cache_read_credit and cached is not None and time.monotonic() - cached[1] < CACHE_FRESH_S:
+            credit = min(input_tokens, cached[0])
+        return credit * rates.cache_read + (input_tokens - credit) * rates.input_worst
+
     # -- reserve / settle
     def try_reserve(self, model: str, input_tokens: int, max_tokens: int) -> Reservation | None:
         """Reserve now, or None if the call only fits once in-flight calls settle.
@@ -114,7 +138,7 @@ class Meter:
         Raises BudgetExceeded (and marks the meter exhausted) when it cannot fit at all.
         """
         rates, _known = self.prices.lookup(model)
-        input_cost = input_tokens * rates.input_worst
+        input_cost = self.input_cost(model, rates, input_tokens)
         for available, final in (
             (self.cap_pusd - self.spent_pusd - self.reserved_pusd, False),
             (self.cap_pusd - self.spent_pusd, True),
@@ -180,6 +204,8 @@ class Meter:
         self.calls += 1
         if usage is not None:
             self.usage = self.usage + usage
+            prefix = usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+            self._cached[reservation.model] = (prefix, time.monotonic())
         if self.spent_pusd >= self.cap_pusd:
             self.exhausted = True
         async with self._settled:

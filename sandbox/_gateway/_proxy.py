@@ -19,6 +19,7 @@ import msgspec
 
 from bus import BudgetExceeded, InvalidInput, Policy, PolicyDenied
 
+from ._allow import check_betas, check_body, check_query
 from ._client import HttpResponse, UpstreamFailed, UpstreamUnavailable
 from ._filter import check_model, decode_body, encode_body, filter_tools
 from ._http import HttpRequest, Responder
@@ -45,7 +46,7 @@ class SecurityNotice:
     """Something the gateway refused or removed; the runner makes it a ``security`` event."""
 
     kind: str
-    """bad_placeholder, model_denied, tool_dropped, notices_suppressed."""
+    """bad_placeholder, request_refused, model_denied, tool_dropped, notices_suppressed."""
     detail: str
     severity: Literal["info", "warning", "critical"] = "warning"
 
@@ -82,8 +83,10 @@ class GatewayHandler:
         *,
         on_security: Callback[SecurityNotice] | None = None,
         reserve_timeout: float = 600.0,
+        extra_betas: frozenset[str] = frozenset(),
     ) -> None:
         self.policy = policy
+        self._extra_betas = extra_betas
         self._placeholder = placeholder_key.encode()
         self.metered = metered
         self.upstream: Upstream = metered.upstream
@@ -135,7 +138,18 @@ class GatewayHandler:
             await response.full(401, *anthropic_error(401, "invalid x-api-key"))
             return
         try:
+            check_query(request.query)
+            check_betas(request.headers, self._extra_betas)
             body = decode_body(request.body)
+            check_body(body)
+        except InvalidInput as exc:
+            await response.full(400, *anthropic_error(400, exc.message))
+            return
+        except PolicyDenied as exc:
+            await self._security("request_refused", f"{request.path}: {exc.message}")
+            await response.full(400, *anthropic_error(400, f"taskbus: {exc.message}"))
+            return
+        try:
             model = check_model(body, self.policy)
         except InvalidInput as exc:
             await response.full(400, *anthropic_error(400, exc.message))

@@ -139,3 +139,42 @@ def test_no_sequence_of_calls_spends_more_than_the_cap(cap: float, calls: list) 
         assert meter.spent_usd <= cap
 
     asyncio.run(run())
+
+
+def _cached_call_usage() -> Usage:
+    # a call that read 50,000 cached tokens and wrote 20,000 more: a 70,000-token cached prefix
+    return Usage(input_tokens=1000, output_tokens=100, cache_creation_input_tokens=20000, cache_read_input_tokens=50000)
+
+
+async def _meter_after_a_cached_call(cap: float, **options: bool) -> Meter:
+    meter = Meter(10.0, PriceTable(PRICES), **options)
+    first = await meter.reserve("claude-sonnet-4-6", 71000, 100)
+    await meter.settle(first, _cached_call_usage())
+    meter.cap_pusd = meter.spent_pusd + usd_to_pusd(cap)  # ``cap`` is what is left for the next call
+    return meter
+
+
+async def test_the_cached_prefix_of_the_previous_call_is_priced_at_the_cache_read_rate() -> None:
+    # Next call: 72,000 input tokens, 70,000 of them the cached prefix, 1,000 output tokens.
+    # Real cost at most 70,000 x 0.3 + 2,000 x 3.75 + 1,000 x 15 = 43,500 uUSD: it fits 0.05 USD.
+    meter = await _meter_after_a_cached_call(0.05)
+    left = meter.remaining_usd
+    reservation = await meter.reserve("claude-sonnet-4-6", 72000, 1000)
+    assert reservation.max_tokens == 1000
+    assert reservation.worst_pusd == (70000 * 300_000 + 2000 * 3_750_000 + 1000 * 15_000_000)
+    assert pusd_to_usd(reservation.worst_pusd) <= left
+
+
+async def test_without_the_credit_the_same_call_is_refused() -> None:
+    # Priced as if nothing were cached, 72,000 x 3.75 = 0.27 USD: over what is left.
+    meter = await _meter_after_a_cached_call(0.05, cache_read_credit=False)
+    with pytest.raises(BudgetExceeded):
+        await meter.reserve("claude-sonnet-4-6", 72000, 1000)
+
+
+async def test_the_credit_is_per_model_and_never_above_the_request() -> None:
+    meter = await _meter_after_a_cached_call(1.0)
+    rates, _ = PriceTable(PRICES).lookup("claude-haiku-4-5")
+    assert meter.input_cost("claude-haiku-4-5", rates, 10) == 10 * rates.input_worst
+    sonnet, _ = PriceTable(PRICES).lookup("claude-sonnet-4-6")
+    assert meter.input_cost("claude-sonnet-4-6", sonnet, 10) == 10 * sonnet.cache_read
