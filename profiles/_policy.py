@@ -88,9 +88,9 @@ def _normal(path: str) -> str:
     return "/" + path.lstrip("/") if path.startswith("//") else path
 
 
-def _under_roots(profile: Profile, path: str) -> bool:
+def _under_roots(profile: Profile, path: str, realpath: Callable[[str], str] | None = None) -> bool:
     for root in profile.project_roots:
-        root_n = _normal(root)
+        root_n = _normal(realpath(root) if realpath is not None else root)
         if root_n == "/" or path == root_n or path.startswith(root_n.rstrip("/") + "/"):
             return True
     return False
@@ -109,7 +109,7 @@ def _project(profile: Profile, project: str | None, realpath: Callable[[str], st
         raise _deny(profile, f"project root {path!r} (allowed roots: {roots})", "project_roots")
     if realpath is not None:  # symlinks must not lead out of the roots
         real = _normal(realpath(path))
-        if not _under_roots(profile, real):
+        if not _under_roots(profile, real, realpath):  # a root may itself be a link
             raise _deny(profile, f"project root {path!r}: it resolves to {real!r} (allowed roots: {roots})", "project_roots")
         path = real
     return path

@@ -55,6 +55,7 @@ from bus import (
 from profiles import Profile, Store, TaskRecord, resolve_policy
 
 from ._dispatch_events import TaskWatch, follow_events, replay_events
+from ._project_path import project_realpath
 from ._router import route_model
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,7 @@ class Dispatcher:
             policy = resolve_policy(
                 profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
                 settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
+                realpath=project_realpath,
             )
             check_job_size(policy, request, self.settings.max_message_bytes)
             await self.store.admit(

@@ -127,17 +127,21 @@ class AgentSandbox:
                 upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
             )
         )
-        spec = spec_from_policy(
-            self.policy,
-            runner_id=self.runner_id,
-            workspace=str(self.workspace),
-            ro_mounts=[
-                (str(claude.parent), "/opt/claude"),
-                (str(opt_dir), OPT_DIR),
-                (str(etc_dir), str(Path(MANAGED_SETTINGS).parent)),
-            ],
-            socket_dir=str(self.sock_dir),
-        )
+        try:
+            spec = spec_from_policy(
+                self.policy,
+                runner_id=self.runner_id,
+                workspace=str(self.workspace),
+                ro_mounts=[
+                    (str(claude.parent), "/opt/claude"),
+                    (str(opt_dir), OPT_DIR),
+                    (str(etc_dir), str(Path(MANAGED_SETTINGS).parent)),
+                ],
+                socket_dir=str(self.sock_dir),
+            )
+        except PolicyDenied as exc:  # the project root changed since dispatch signed it
+            await self._on_security(SecurityNotice("project_root_changed", exc.message, "critical"))
+            raise
         self.sandbox = await self._stack.enter_async_context(await self.backend.create(spec))
         self.workspace = self.sandbox.workspace  # a pooled Docker sandbox has its own folder
         if self._on_started is not None:

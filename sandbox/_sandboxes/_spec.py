@@ -17,12 +17,13 @@ privileges, no network and an environment built from scratch (``base_env``).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import PurePosixPath
 from typing import Any
 
 import msgspec
 
-from bus import InvalidInput, Policy
+from bus import InvalidInput, Policy, PolicyDenied
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -130,8 +131,11 @@ def spec_from_policy(
     """Map a job's Policy onto a spec: cpu, memory, pids, disk and wall-clock limits;
     the project root read-only when ``fs_access`` allows any access (``readwrite``
     still mounts it read-only: the agent writes in /workspace and results come back
-    as artifacts). ``timeout_s`` overrides the policy's (e.g. a margin for set-up)."""
+    as artifacts). ``timeout_s`` overrides the policy's (e.g. a margin for set-up).
+    The project root is checked with ``checked_project_root`` first."""
     project = policy.project_root if policy.fs_access != "none" and policy.project_root else None
+    if project is not None:
+        project = checked_project_root(project)
     return SandboxSpec(
         task_id=policy.task_id,
         runner_id=runner_id,
@@ -147,6 +151,25 @@ def spec_from_policy(
         home_files=dict(home_files or {}),
         env=dict(env or {}),
     )
+
+
+def checked_project_root(signed: str) -> str:
+    """The signed project root, if it still is what it resolves to; else PolicyDenied.
+
+    Dispatch signs the ``os.path.realpath`` of the requested path after checking it is
+    under the profile's roots. If it resolves elsewhere now (a component became a
+    symlink after dispatch) the mount would give the sandbox whatever the link names,
+    so the runner refuses (``permission='project_root'``; the runner reports it as a
+    ``security`` event).
+    """
+    real = os.path.realpath(signed)
+    if not os.path.isabs(signed) or real != os.path.normpath(signed):
+        raise PolicyDenied(
+            f"project root {signed!r} now resolves to {real!r}, not the path the server checked and "
+            "signed; refusing to mount it (was a symlink planted after the task was accepted?)",
+            permission="project_root",
+        )
+    return real
 
 
 def rlimits(spec: SandboxSpec) -> dict[str, tuple[int, int]]:
