@@ -219,16 +219,45 @@ def stream_configs(
     ]
 
 
+async def _ensure_artifacts(
+    js: JetStreamContext, subjects: Subjects, *, max_bytes: int | None, max_age_s: float | None
+) -> None:
+    """The artifacts Object Store with its size and age limits (discard new: a full bucket
+    refuses new objects rather than cutting chunks out of stored ones)."""
+    try:
+        await js.object_store(subjects.artifacts_bucket)
+    except Exception:
+        await js.create_object_store(
+            subjects.artifacts_bucket,
+            config=ObjectStoreConfig(
+                storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
+            ),
+        )
+        return
+    info = await js.stream_info(f"OBJ_{subjects.artifacts_bucket}")
+    config, changed = info.config, False
+    if max_bytes is not None and config.max_bytes != max_bytes:
+        config.max_bytes, changed = max_bytes, True
+    if max_age_s is not None and config.max_age != max_age_s:
+        config.max_age, changed = max_age_s, True
+    if changed:
+        await js.update_stream(config)
+
+
 async def ensure_streams(
     js: JetStreamContext,
     subjects: Subjects,
     *,
     events_max_age_s: float = 30 * DAY,
     dedupe_window_s: float = 600,
+    artifacts_max_bytes: int | None = None,
+    artifacts_max_age_s: float | None = None,
 ) -> None:
     """Create or update the three streams, the artifacts Object Store and the cache KV.
 
-    Idempotent: safe to call from every process at start-up.
+    Idempotent: safe to call from every process at start-up. The artifacts limits
+    (``None``: unlimited on create, unchanged on an existing bucket) are applied to an
+    existing bucket too.
     """
     for config in stream_configs(
         subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
@@ -242,13 +271,7 @@ async def ensure_streams(
             except BadRequestError as exc:  # raced with another process creating it
                 if "already in use" not in str(exc):
                     raise
-    try:
-        await js.object_store(subjects.artifacts_bucket)
-    except Exception:
-        await js.create_object_store(
-            subjects.artifacts_bucket,
-            config=ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts"),
-        )
+    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s)
     try:
         await js.key_value(subjects.cache_bucket)
     except Exception:

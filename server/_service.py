@@ -58,7 +58,11 @@ async def run_server(
     secret = load_or_create_job_secret(settings)
     stop = stop or asyncio.Event()
     async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-server") as bus:
-        await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
+        await bus.ensure_streams(
+            events_max_age_s=settings.events_max_age_days * 86_400,
+            artifacts_max_bytes=settings.artifacts_store_max_bytes,
+            artifacts_max_age_s=settings.artifacts_store_max_age_days * 86_400,
+        )
         async with Store.for_settings(settings) as store:
             async with Dispatcher(settings, bus, store, secret=secret) as dispatcher:
                 if transport == "stdio":
