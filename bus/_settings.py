@@ -124,6 +124,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most bytes the artifacts Object Store holds in all; when full, new artifacts are refused (the task fails) until old ones age out."""
     artifacts_store_max_age_days: PositiveFloat = 30.0
     """Artifacts are deleted from the Object Store this many days after they were stored."""
+    auth_audit_window_s: PositiveFloat = 60.0
+    """Failed authentications are audited at most twice per window per door and reason: the first at once, the rest as one row with their count."""
     gateway_extra_betas: list[str] = msgspec.field(default_factory=list)
     """`anthropic-beta` values the model gateway forwards beyond those Claude Code sends (JSON list); list only flags that do not change prices."""
     gateway_cache_read_credit: bool = True

@@ -54,6 +54,7 @@ from bus import (
 )
 from profiles import Profile, Store, TaskRecord, resolve_policy
 
+from ._auth_audit import AuthAuditThrottle
 from ._dispatch_events import TaskWatch, follow_events, replay_events
 from ._project_path import project_realpath
 from ._router import route_model
@@ -114,10 +115,12 @@ class Dispatcher:
         self._watches: dict[str, TaskWatch] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Dispatcher:
+        await self._auth_audit.__aenter__()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         await self._resume_unfinished()
@@ -136,6 +139,7 @@ class Dispatcher:
         tg, self._tg = self._tg, None
         if tg is not None:
             await tg.__aexit__(None, None, None)
+        await self._auth_audit.aclose()
 
     async def _resume_unfinished(self) -> None:
         rows: list[TaskRecord] = []
@@ -155,7 +159,7 @@ class Dispatcher:
                 raise AuthError("no API key given")
             record = await self.store.authenticate(api_key)
         except AuthError as exc:
-            await self.audit(exc, actor="anonymous", detail={"via": via})
+            await self._auth_audit.failed(exc, via=via)  # throttled: a flood of bad keys costs few rows
             raise
         return Caller(record.prefix, record.profile)
 

@@ -50,7 +50,7 @@ class AlertRules:
             if n.kind == AUTH_FAILURE and n.type in ("notice", "security"):
                 actor = n.key_id or "unknown"
                 window = self._failures.setdefault(actor, deque())
-                window.append(n.ts_us)
+                window.extend([n.ts_us] * min(n.count, self.auth_threshold))  # an aggregated row counts each failure
                 while window and window[0] < n.ts_us - self.auth_window_us:
                     window.popleft()
                 if len(window) >= self.auth_threshold:

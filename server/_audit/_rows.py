@@ -93,6 +93,8 @@ class Prepared(msgspec.Struct, frozen=True, array_like=True):
     fts: str
     severity: str | None = None
     detail: str | None = None
+    count: int = 1
+    """How many occurrences the row stands for (an aggregated auth_failure notice)."""
 
 
 def prepare(stream: str, subject: str, data: bytes) -> Prepared:
@@ -181,8 +183,12 @@ def _notice(data: bytes) -> Prepared:
     return Prepared(
         ts_us=ts_us(notice.ts), task_id=notice.task_id, seq=None, type="notice", kind=notice.kind,
         key_id=redact(notice.actor), body=body, fts=fts[:MAX_FTS_CHARS],
-        detail=notice.code,
+        detail=notice.code, count=_count(notice.detail.get("count")),
     )
+
+
+def _count(value: object) -> int:
+    return min(value, 1_000_000_000) if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 
 def _notice_text(notice: AuditNotice) -> str:

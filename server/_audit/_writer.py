@@ -44,6 +44,7 @@ class Notable:
     ts_us: int
     severity: str | None
     detail: str | None
+    count: int = 1
 
 
 @dataclass(kw_only=True)
@@ -153,7 +154,7 @@ class Writer:
                     result.malformed += 1
                 notable.append(Notable(
                     row=head_id, type=p.type, kind=p.kind, task_id=p.task_id, key_id=key_id,
-                    ts_us=p.ts_us, severity=p.severity, detail=p.detail,
+                    ts_us=p.ts_us, severity=p.severity, detail=p.detail, count=p.count,
                 ))
         self._next_head = (head_id, head_hash)
         result.stored, result.head_id, result.head_hash = len(rows), head_id, head_hash
