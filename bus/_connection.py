@@ -19,7 +19,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
@@ -29,6 +29,8 @@ from ._subjects import Subjects
 logger = logging.getLogger(__name__)
 
 DAY = 86_400
+JS_INSUFFICIENT_STORAGE = 10047
+"""JetStream's error code when a stream's max_bytes cannot be reserved."""
 
 
 class Bus:
@@ -225,23 +227,32 @@ async def _ensure_artifacts(
     """The artifacts Object Store with its size and age limits (discard new: a full bucket
     refuses new objects rather than cutting chunks out of stored ones)."""
     try:
-        await js.object_store(subjects.artifacts_bucket)
-    except Exception:
-        await js.create_object_store(
-            subjects.artifacts_bucket,
-            config=ObjectStoreConfig(
-                storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
-            ),
-        )
-        return
-    info = await js.stream_info(f"OBJ_{subjects.artifacts_bucket}")
-    config, changed = info.config, False
-    if max_bytes is not None and config.max_bytes != max_bytes:
-        config.max_bytes, changed = max_bytes, True
-    if max_age_s is not None and config.max_age != max_age_s:
-        config.max_age, changed = max_age_s, True
-    if changed:
-        await js.update_stream(config)
+        try:
+            await js.object_store(subjects.artifacts_bucket)
+        except Exception:
+            await js.create_object_store(
+                subjects.artifacts_bucket,
+                config=ObjectStoreConfig(
+                    storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
+                ),
+            )
+            return
+        info = await js.stream_info(f"OBJ_{subjects.artifacts_bucket}")
+        config, changed = info.config, False
+        if max_bytes is not None and config.max_bytes != max_bytes:
+            config.max_bytes, changed = max_bytes, True
+        if max_age_s is not None and config.max_age != max_age_s:
+            config.max_age, changed = max_age_s, True
+        if changed:
+            await js.update_stream(config)
+    except APIError as exc:
+        if exc.err_code == JS_INSUFFICIENT_STORAGE:
+            raise BusError(
+                f"JetStream cannot reserve {max_bytes} bytes for the artifacts Object Store "
+                f"{subjects.artifacts_bucket!r} (insufficient storage): lower TASKBUS_ARTIFACTS_STORE_MAX_BYTES "
+                "or free disk space for the NATS store"
+            ) from None
+        raise
 
 
 async def ensure_streams(

@@ -120,8 +120,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level of every taskbus process."""
-    artifacts_store_max_bytes: Positive = 10 * 1024**3
-    """Most bytes the artifacts Object Store holds in all; when full, new artifacts are refused (the task fails) until old ones age out."""
+    artifacts_store_max_bytes: Positive = 1024**3
+    """Most bytes the artifacts Object Store holds in all (JetStream reserves them on its disk); when full, new artifacts are refused (the task fails) until old ones age out."""
     artifacts_store_max_age_days: PositiveFloat = 30.0
     """Artifacts are deleted from the Object Store this many days after they were stored."""
     auth_audit_window_s: PositiveFloat = 60.0

@@ -101,4 +101,6 @@ def settings(tmp_path: Path, nats_url: str, subjects: Subjects) -> Settings:
         nats_url=nats_url,
         subject_prefix=subjects.prefix,
         job_secret="test-secret-" + uuid.uuid4().hex,
+        # JetStream reserves a bucket's max_bytes up front; every test has its own bucket
+        artifacts_store_max_bytes=64 * 1024 * 1024,
     )

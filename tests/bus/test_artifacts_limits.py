@@ -45,5 +45,12 @@ async def test_a_full_bucket_refuses_new_artifacts_and_keeps_the_old_ones(bus: B
 
 def test_the_settings_defaults_are_limits() -> None:
     settings = Settings.load({})
-    assert settings.artifacts_store_max_bytes == 10 * 1024**3
+    assert settings.artifacts_store_max_bytes == 1024**3
     assert settings.artifacts_store_max_age_days == 30.0
+
+
+async def test_a_limit_the_nats_store_cannot_reserve_is_a_clear_error(bus: Bus) -> None:
+    from bus import BusError
+
+    with pytest.raises(BusError, match="TASKBUS_ARTIFACTS_STORE_MAX_BYTES"):
+        await bus.ensure_streams(artifacts_max_bytes=10**18)
