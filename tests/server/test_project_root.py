@@ -8,10 +8,26 @@ import asyncio
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
+from nats.js.api import DeliverPolicy
 
-from bus import Policy, PolicyDenied, Settings, TaskRequest, decode_job
+from bus import (
+    Accepted,
+    Finished,
+    Job,
+    Policy,
+    PolicyDenied,
+    Security,
+    Settings,
+    TaskRequest,
+    decode_event,
+    decode_job,
+    sign_job,
+    utcnow,
+)
 from profiles import Profile
+from sandbox import Runner, ScriptedModelServer
 from sandbox._sandboxes import spec_from_policy
 
 
@@ -93,3 +109,39 @@ def test_the_runner_refuses_a_signed_project_root_that_now_resolves_elsewhere(tm
     # and a link in a parent folder is caught the same way
     with pytest.raises(PolicyDenied, match="now resolves to '/etc/ssl'"):
         spec_from_policy(_policy(str(project / "ssl")), runner_id="r", workspace=str(tmp_path / "w"))
+
+
+async def test_a_runner_refuses_a_project_root_swapped_for_a_link_after_signing_and_reports_it(
+    e2e_settings: Settings, tmp_path: Path, bus
+) -> None:
+    """The whole runner: a signed job whose project folder became a link to /etc."""
+    project = tmp_path / "projects" / "app"
+    project.parent.mkdir()
+    project.symlink_to("/etc")  # swapped in after dispatch resolved and signed the path
+    task_id = "t-" + os.urandom(6).hex()
+    request = TaskRequest(description="[script:hello] hi", project=str(project))
+    policy = Policy(task_id=task_id, kind="task", key_id="tb_x", profile="p", model="claude-sonnet-4-6",
+                    models=["claude-sonnet-4-6"], tools=["Bash"], max_cost_usd=1.0, timeout_s=60,
+                    fs_access="readonly", project_root=str(project))
+    async with ScriptedModelServer(log_path=tmp_path / "model.jsonl") as model:
+        settings = msgspec.structs.replace(e2e_settings, upstream_url=model.url)
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-project-root"):
+            await bus.publish(bus.subjects.events(task_id), Accepted(
+                task_id=task_id, seq=1, ts=utcnow(), kind="task", key_id="tb_x", profile="p",
+                model="claude-sonnet-4-6"), msg_id=f"{task_id}-1")
+            job = Job(task_id=task_id, policy=policy, request=request,
+                      signature=sign_job(task_id, policy, request, settings.job_secret))
+            await bus.publish(bus.subjects.jobs("task"), job, msg_id=task_id)
+            sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True,
+                                         deliver_policy=DeliverPolicy.ALL)
+            events: list = []
+            async with asyncio.timeout(120):
+                while not events or not isinstance(events[-1], Finished):
+                    events.append(decode_event((await sub.next_msg(timeout=120)).data))
+            await sub.unsubscribe()
+        assert model.requests() == []  # nothing ran: the model was never called
+    finished = events[-1]
+    assert finished.status == "failed" and finished.reason == "permission_denied", finished
+    assert "now resolves to '/etc'" in finished.result
+    notices = [e for e in events if isinstance(e, Security) and e.kind == "project_root_changed"]
+    assert len(notices) == 1 and notices[0].severity == "critical" and "/etc" in notices[0].detail
