@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level of every taskbus process."""
+    submit_idempotency_ttl_s: Positive = 86_400
+    """How long an idempotency id (``Nats-Msg-Id`` on a NATS submit, ``idempotency_key`` on an
+    MCP call) is remembered: a repeat within this many seconds gets the first request's reply
+    instead of a second task. Set when the KV bucket is first created."""
 
     def __repr__(self) -> str:
         parts = []
