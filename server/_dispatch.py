@@ -359,6 +359,13 @@ class Dispatcher:
         )
         logger.info("task %s %s, cost $%.6f", finished.task_id, finished.status, finished.cost_usd)
 
+    async def cache_written(self, task_id: str, *, timeout: float = 5.0) -> None:
+        """Wait (bounded) until a cacheable task's answer is in the cache, so the caller's
+        next identical request hits it; returns at once for other tasks."""
+        follower = self._followers.get(task_id)
+        if task_id in self._cache_keys and follower is not None:
+            await asyncio.wait({follower}, timeout=timeout)
+
     def live(self, task_id: str) -> TaskWatch:
         """The in-memory watch of a task this process submitted or follows."""
         return self._follow(task_id)

@@ -187,6 +187,7 @@ def create_mcp_server(
         }
         if finished.status != "succeeded":
             return finished_error(doc, finished)
+        await dispatcher.cache_written(submission.task_id)
         return json_result(doc, finished.result)
 
     @mcp.tool(

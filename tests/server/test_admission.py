@@ -392,3 +392,17 @@ async def test_every_gateway_refusal_is_audited_with_its_own_kind(settings: Sett
         for kind in ("invalid_input", "malformed_message", "message_too_large"):
             notice = await _notice(stack, kind, kind)
             assert notice.actor == prefix
+
+
+async def test_a_zero_budget_starts_no_sandbox_with_a_real_runner(e2e_settings: Settings, make_e2e) -> None:
+    from server_kit import sandboxes_left
+
+    async with make_e2e(e2e_settings) as stack:
+        key = await stack.key("developer", day_usd=0.0)
+        async with Client(create_mcp_server(stack.dispatcher, api_key=key)) as client:
+            completion = await client.call_tool("complete", {"prompt": "hi"})
+            task = await client.call_tool("run_task", {"description": "x"})
+        _assert_error_shape(completion, "budget_exceeded")
+        _assert_error_shape(task, "budget_exceeded")
+        assert await sandboxes_left(stack.settings) == []
+        assert await stack.store.list_tasks(None) == []
