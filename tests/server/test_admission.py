@@ -406,3 +406,29 @@ async def test_a_zero_budget_starts_no_sandbox_with_a_real_runner(e2e_settings: 
         _assert_error_shape(task, "budget_exceeded")
         assert await sandboxes_left(stack.settings) == []
         assert await stack.store.list_tasks(None) == []
+
+
+async def test_concurrent_duplicates_start_one_sandbox_run_with_a_real_runner(e2e_settings: Settings, make_e2e) -> None:
+    from server._dispatch_events import replay_events
+
+    async with make_e2e(e2e_settings) as stack:
+        await stack.store.update_profile("developer", max_concurrent=100)
+        key = await stack.key("developer")
+        nc = await nats.connect(e2e_settings.nats_url)
+        try:
+            replies = await asyncio.gather(*[
+                _request(nc, stack.bus.subjects.submit("task"), b'{"description": "say once"}', key,
+                         **{"Nats-Msg-Id": "run-once"})
+                for _ in range(20)
+            ])
+        finally:
+            await nc.drain()
+        assert len({r.task_id for r in replies}) == 1 and all(isinstance(r, SubmitAccepted) for r in replies)
+        task_id = replies[0].task_id
+        async with asyncio.timeout(300):
+            while (await stack.store.get_task(task_id)).status in ("accepted", "running"):
+                await asyncio.sleep(0.1)
+        events = await replay_events(stack.bus, task_id)
+        kinds = [type(e).__name__ for e in events]
+        assert kinds.count("Started") == 1 and kinds.count("Finished") == 1, kinds
+        assert [t.task_id for t in await stack.store.list_tasks(None)] == [task_id]
