@@ -432,3 +432,47 @@ async def test_concurrent_duplicates_start_one_sandbox_run_with_a_real_runner(e2
         kinds = [type(e).__name__ for e in events]
         assert kinds.count("Started") == 1 and kinds.count("Finished") == 1, kinds
         assert [t.task_id for t in await stack.store.list_tasks(None)] == [task_id]
+
+
+async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempotency_id(
+    settings: Settings, make_stack
+) -> None:
+    import os
+    import signal
+    import sys
+
+    async with make_stack(settings) as stack:
+        await stack.store.update_profile("developer", max_concurrent=100)
+        key = await stack.key("developer")
+        env = {**os.environ, "TASKBUS_NATS_URL": settings.nats_url, "TASKBUS_DATA_DIR": settings.data_dir,
+               "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix, "TASKBUS_JOB_SECRET": settings.job_secret}
+        other = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server._cli", "serve", "--transport", "none", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        nc = await nats.connect(settings.nats_url)
+        try:
+            ping = f"{settings.subject_prefix}.submit.ping"  # an unknown kind: rejected, nothing recorded
+            async with asyncio.timeout(60):
+                sent = 0
+                while stack.gateway.handled == sent:  # until the other process answers one
+                    assert other.returncode is None, (await other.stderr.read()).decode()[-2000:]
+                    reply = await _request(nc, ping, b"{}", key)
+                    assert isinstance(reply, SubmitRejected) and reply.code == "invalid_input"
+                    sent += 1
+            before = stack.gateway.handled
+            replies = await asyncio.gather(*[
+                _request(nc, stack.bus.subjects.submit("task"), b'{"description": "two servers"}', key,
+                         **{"Nats-Msg-Id": "two-processes"})
+                for _ in range(20)
+            ])
+            assert 0 < stack.gateway.handled - before < 20  # both processes answered some
+        finally:
+            await nc.drain()
+            other.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await other.wait()
+        assert all(isinstance(r, SubmitAccepted) for r in replies), replies
+        assert len({r.task_id for r in replies}) == 1
+        assert await _pending_jobs(stack) == 1
+        assert [t.task_id for t in await stack.store.list_tasks(None)] == [replies[0].task_id]
