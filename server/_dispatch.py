@@ -1,12 +1,15 @@
 """The dispatch service: the one path every request takes, from MCP or from NATS.
 
-    authenticate key -> rate limit -> route model -> resolve policy -> reserve budget
-    -> record task -> publish ``accepted`` (seq 1) then the signed job
-    -> follow the task's events -> settle the budget on ``finished``
+    authenticate key -> claim the idempotency id (if any) -> validate -> rate limit
+    -> completion cache (a hit: registered, ``accepted`` + ``finished``, audited ``cache_hit``)
+    -> can the budget pay for the cheapest possible call? -> route model -> resolve policy
+    -> reserve budget and record task (concurrency) -> publish ``accepted`` (seq 1) then
+    the signed job -> follow the task's events -> settle the budget on ``finished``
 
-Refusals (bad key, denied permission, budget, rate limit, concurrency) are published
-as ``AuditNotice`` on ``<prefix>.audit.<kind>`` and raised as the ``bus`` error (stable
-``code``, ``describe()`` says what to do). A caller only ever sees its own key's
+Refusals (bad key, invalid input, denied permission, budget, rate limit, concurrency)
+are published as ``AuditNotice`` on ``<prefix>.audit.<kind>``, each with its own kind
+(``AUDIT_KINDS``), and raised as the ``bus`` error (stable ``code``, ``describe()``
+says what to do). A caller only ever sees its own key's
 tasks: another key's task id is ``NotFound``, exactly like an unknown one.
 
 Settlement is driven by the events stream, not by whoever waits: a follower per
@@ -369,9 +372,6 @@ class Dispatcher:
     def live(self, task_id: str) -> TaskWatch:
         """The in-memory watch of a task this process submitted or follows."""
         return self._follow(task_id)
-
-    async def profile_of(self, caller: Caller) -> Profile:
-        return await self.store.get_profile(caller.profile)
 
     # ------------------------------------------------------------------ queries (own tasks only)
 
