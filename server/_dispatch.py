@@ -21,6 +21,7 @@ the middle of a task still settles its budget and records its result.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any, NamedTuple
@@ -49,6 +50,7 @@ from bus import (
     Started,
     TaskbusError,
     TaskRequest,
+    canonical,
     check_relative_path,
     encode,
     input_file_bytes,
@@ -204,7 +206,8 @@ class Dispatcher:
         async def admit(task_id: str) -> dict[str, Any]:
             return (await self._admit(caller, request, via, task_id))._asdict()
 
-        return Submission(**await self._claims.once(caller.key_id, idempotency_key, admit))
+        fingerprint = hashlib.sha256(canonical(request)).hexdigest()
+        return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
 
     async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()

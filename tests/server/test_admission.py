@@ -136,6 +136,13 @@ async def test_a_refused_first_request_does_not_pin_its_idempotency_id(settings:
             assert isinstance(refused, SubmitRejected) and refused.code == "permission_denied"
             fixed = await _request(nc, subject, b'{"description": "x"}', key, **{"Nats-Msg-Id": "fix-and-retry"})
             assert isinstance(fixed, SubmitAccepted)
+            again = await _request(nc, subject, b'{"description": "x"}', key, **{"Nats-Msg-Id": "fix-and-retry"})
+            assert again == fixed
+            other = await _request(nc, subject, b'{"description": "something else"}', key,
+                                   **{"Nats-Msg-Id": "fix-and-retry"})
+            assert isinstance(other, SubmitRejected) and other.code == "invalid_input"
+            assert "different request" in other.message
+            assert await _pending_jobs(stack) == 1
         finally:
             await nc.drain()
 
