@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import nats
@@ -483,3 +484,29 @@ async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempote
         assert len({r.task_id for r in replies}) == 1
         assert await _pending_jobs(stack) == 1
         assert [t.task_id for t in await stack.store.list_tasks(None)] == [replies[0].task_id]
+
+
+async def test_a_claim_left_pending_by_a_dead_server_is_taken_over_with_its_task_id(
+    settings: Settings, make_stack
+) -> None:
+    from bus import BusTimeout
+    from server._idempotency import SubmitClaims, claim_key
+
+    async with make_stack(settings) as stack:
+        admitted: list[str] = []
+
+        async def admit(task_id: str) -> dict[str, Any]:
+            admitted.append(task_id)
+            return {"task_id": task_id}
+
+        fresh = SubmitClaims(stack.bus, 3600, wait_s=0.2)
+        kv = await fresh._bucket()
+        dead = {"state": "pending", "task_id": "t_dead", "at": time.time(), "fingerprint": "f"}
+        await kv.create(claim_key("tb_k", "id-1"), json.dumps(dead).encode())
+        with pytest.raises(BusTimeout):  # still being admitted (not stale yet): the duplicate gives up
+            await fresh.once("tb_k", "id-1", "f", admit)
+        assert admitted == []
+        stale = SubmitClaims(stack.bus, 3600, stale_s=0.0)
+        assert await stale.once("tb_k", "id-1", "f", admit) == {"task_id": "t_dead"}
+        assert await stale.once("tb_k", "id-1", "f", admit) == {"task_id": "t_dead"}
+        assert admitted == ["t_dead"]  # taken over once, with the dead server's task id
