@@ -134,8 +134,18 @@ def verify_job(job: Job, secret: str | bytes) -> None:
 # --------------------------------------------------------------------------- schemas
 
 
+SUBJECT_TAGGED = ("CompleteRequest", "TaskRequest")
+"""Requests whose ``kind`` the submit subject already says: optional in their own schema."""
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema (draft 2020-12) of every public message, by type name."""
+    """JSON Schema (draft 2020-12) of every public message, by type name.
+
+    Strict and interpreter-independent: no OpenAPI ``discriminator`` (strict validators
+    reject unknown keywords; ``kind`` is a ``const``-like enum in each branch, which is
+    what selects it), and every description normalised with ``inspect.cleandoc`` (Python
+    3.13 dedents docstrings at compile time, 3.11 does not).
+    """
     out: dict[str, dict[str, Any]] = {}
     for typ in PUBLIC_TYPES:
         (schema,), components = msgspec.json.schema_components([typ], ref_template="#/$defs/{name}")
@@ -144,6 +154,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         defs = {k: v for k, v in components.items() if k != typ.__name__}
         if defs:
             document["$defs"] = defs
+        if typ.__name__ in SUBJECT_TAGGED:
+            document["required"] = [f for f in document.get("required", []) if f != "kind"]
         out[typ.__name__] = document
     for alias, name in ((Event, "Event"), (Request, "Request"), (SubmitReply, "SubmitReply")):
         schema, components = msgspec.json.schema_components([alias], ref_template="#/$defs/{name}")
@@ -153,4 +165,19 @@ def json_schemas() -> dict[str, dict[str, Any]]:
             **schema[0],
             "$defs": components,
         }
-    return out
+    return {name: _strict(doc) for name, doc in out.items()}
+
+
+def _strict(node: Any) -> Any:
+    """Drop ``discriminator`` and normalise descriptions, recursively."""
+    import inspect
+
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _strict(v)
+            for k, v in node.items()
+            if k != "discriminator"
+        }
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node

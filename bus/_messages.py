@@ -278,7 +278,8 @@ class Heartbeat(Wire):
 class AuditNotice(Wire):
     """Something the server or CLI did or refused, published on ``<prefix>.audit.<kind>``.
 
-    kind: auth_failure, denied, budget_refused, rate_limited, key_created, key_revoked,
+    kind: auth_failure, denied, budget_refused, concurrency_limit, rate_limited, invalid_input,
+    malformed_message, message_too_large, not_found, cache_hit, key_created, key_revoked,
     key_rotated, profile_changed, profile_deleted, budget_changed, task_cancelled.
     """
 

@@ -130,6 +130,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """`anthropic-beta` values the model gateway forwards beyond those Claude Code sends (JSON list); list only flags that do not change prices."""
     gateway_cache_read_credit: bool = True
     """Price the prompt prefix a task's previous call left in the cache at the cache-read rate in the pre-call cost check (a cache miss can then overshoot the cap by that prefix's cache-write premium, once)."""
+    submit_idempotency_ttl_s: Positive = 86_400
+    """How long an idempotency id (``Nats-Msg-Id`` on a NATS submit, ``idempotency_key`` on an
+    MCP call) is remembered: a repeat within this many seconds gets the first request's reply
+    instead of a second task. Set when the KV bucket is first created."""
 
     def __repr__(self) -> str:
         parts = []

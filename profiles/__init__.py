@@ -10,6 +10,7 @@ from ._audit import publish_notices as publish_notices
 from ._budgets import BudgetStatus as BudgetStatus
 from ._budgets import BudgetWindow as BudgetWindow
 from ._budgets import Reservation as Reservation
+from ._budgets import check_can_pay as check_can_pay
 from ._db import SCHEMA_VERSION as SCHEMA_VERSION
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_duration as parse_duration

@@ -13,7 +13,7 @@ counted per *account* (all keys of one rotation chain); concurrency and rate per
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import aiosqlite
@@ -42,6 +42,33 @@ def day_of(now: datetime) -> str:
 
 def month_of(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m")
+
+
+def resets_at(period: str) -> str:
+    """When the UTC window ``2026-11-23`` (day) or ``2026-11`` (month) ends, as ISO 8601."""
+    if len(period) == 7:
+        year, month = int(period[:4]), int(period[5:])
+        nxt = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
+    else:
+        nxt = datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)
+    return nxt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_can_pay(state: BudgetStatus, cheapest_usd: float) -> None:
+    """BudgetExceeded, naming the window and when it resets, when what is left in a budget
+    window cannot pay for the cheapest possible call (a $0 or spent budget refuses every call)."""
+    for name, window in (("daily", state.day), ("monthly", state.month)):
+        if window.limit_usd is None or window.remaining_usd is None:
+            continue
+        if window.remaining_usd <= 0 or window.remaining_usd < cheapest_usd:
+            when = resets_at(window.period)
+            raise BudgetExceeded(
+                f"the {name} budget of key {state.key_id} (profile {state.profile!r}, UTC {window.period}) has "
+                f"${window.remaining_usd:.4f} left of ${window.limit_usd:.2f}, less than the cheapest possible "
+                f"call (${cheapest_usd:.6f}); it resets at {when}",
+                key_id=state.key_id, window=name, limit=window.limit_usd, used=window.used_usd,
+                needed=cheapest_usd, resets_at=when,
+            )
 
 
 class Reservation(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,12 +1,15 @@
 """The dispatch service: the one path every request takes, from MCP or from NATS.
 
-    authenticate key -> rate limit -> route model -> resolve policy -> reserve budget
-    -> record task -> publish ``accepted`` (seq 1) then the signed job
-    -> follow the task's events -> settle the budget on ``finished``
+    authenticate key -> claim the idempotency id (if any) -> validate -> rate limit
+    -> completion cache (a hit: registered, ``accepted`` + ``finished``, audited ``cache_hit``)
+    -> can the budget pay for the cheapest possible call? -> route model -> resolve policy
+    -> reserve budget and record task (concurrency) -> publish ``accepted`` (seq 1) then
+    the signed job -> follow the task's events -> settle the budget on ``finished``
 
-Refusals (bad key, denied permission, budget, rate limit, concurrency) are published
-as ``AuditNotice`` on ``<prefix>.audit.<kind>`` and raised as the ``bus`` error (stable
-``code``, ``describe()`` says what to do). A caller only ever sees its own key's
+Refusals (bad key, invalid input, denied permission, budget, rate limit, concurrency)
+are published as ``AuditNotice`` on ``<prefix>.audit.<kind>``, each with its own kind
+(``AUDIT_KINDS``), and raised as the ``bus`` error (stable ``code``, ``describe()``
+says what to do). A caller only ever sees its own key's
 tasks: another key's task id is ``NotFound``, exactly like an unknown one.
 
 Settlement is driven by the events stream, not by whoever waits: a follower per
@@ -18,6 +21,7 @@ the middle of a task still settles its budget and records its result.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any, NamedTuple
@@ -35,6 +39,7 @@ from bus import (
     Finished,
     InvalidInput,
     Job,
+    MessageDecodeError,
     MessageTooLarge,
     NotFound,
     Policy,
@@ -45,6 +50,7 @@ from bus import (
     Started,
     TaskbusError,
     TaskRequest,
+    canonical,
     check_relative_path,
     encode,
     input_file_bytes,
@@ -52,12 +58,14 @@ from bus import (
     sign_job,
     utcnow,
 )
-from profiles import Profile, Store, TaskRecord, resolve_policy
+from profiles import Profile, Store, TaskRecord, check_can_pay, resolve_policy
 
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_events import TaskWatch, follow_events, replay_events
 from ._project_path import project_realpath
-from ._router import route_model
+from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
+from ._idempotency import SubmitClaims
+from ._router import cheapest_call_usd, route_model
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +75,14 @@ AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
     BudgetExceeded: "budget_refused",
-    ConcurrencyLimit: "budget_refused",
+    ConcurrencyLimit: "concurrency_limit",
     RateLimited: "rate_limited",
+    InvalidInput: "invalid_input",
+    MessageTooLarge: "message_too_large",
+    MessageDecodeError: "malformed_message",
+    NotFound: "not_found",
 }
+REFUSALS = (PolicyDenied, BudgetExceeded, RateLimited, ConcurrencyLimit, InvalidInput, MessageDecodeError)
 
 
 class Caller(NamedTuple):
@@ -91,6 +104,7 @@ class Submission(NamedTuple):
     model: str
     routing_reason: str
     reserved_usd: float
+    cached: bool = False
 
 
 def request_kind(request: Request) -> str:
@@ -116,6 +130,9 @@ class Dispatcher:
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
+        self._cache = CompletionCache(bus)
+        self._cache_keys: dict[str, tuple[str, str]] = {}
+        self._claims = SubmitClaims(bus, settings.submit_idempotency_ttl_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -180,14 +197,39 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(self, caller: Caller, request: Request, *, via: str = "mcp") -> Submission:
-        """Admit ``request`` for ``caller`` and publish its job; raise the refusal otherwise."""
-        task_id = new_task_id()
+    async def submit(
+        self, caller: Caller, request: Request, *, via: str = "mcp", idempotency_key: str | None = None
+    ) -> Submission:
+        """Admit ``request`` for ``caller`` and publish its job; raise the refusal otherwise.
+
+        With ``idempotency_key`` the (key, id) pair is claimed first (``SubmitClaims``):
+        a repeat, concurrent or later, gets the first request's Submission back.
+        """
+        if not idempotency_key:
+            return await self._admit(caller, request, via, new_task_id())
+
+        async def admit(task_id: str) -> dict[str, Any]:
+            return (await self._admit(caller, request, via, task_id))._asdict()
+
+        fingerprint = hashlib.sha256(canonical(request)).hexdigest()
+        return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
+
+    async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()
         kind = request_kind(request)
-        validate_request(request, max_file_bytes=self.settings.artifact_max_bytes)
         try:
+            validate_request(request, max_file_bytes=self.settings.artifact_max_bytes)
             profile, budget = await self.store.begin_request(caller.key_id, caller.profile)
+            key = self._cache_key(caller, profile, request)
+            if key is not None and (hit := await self._cache.get(key)) is not None:
+                return await self._answer_from_cache(caller, request, task_id, hit, via=via)
+            cheapest = cheapest_call_usd(request, profile.models, self.settings.prices)
+            check_can_pay(budget, cheapest)
+            if request.max_cost_usd is not None and (request.max_cost_usd <= 0 or request.max_cost_usd < cheapest):
+                raise BudgetExceeded(
+                    f"max_cost_usd ${request.max_cost_usd:.6f} cannot pay for the cheapest possible call "
+                    f"(${cheapest:.6f}); raise it", needed=cheapest,
+                )
             route = self._route(profile, budget.remaining_usd, request)
             policy = resolve_policy(
                 profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
@@ -198,10 +240,12 @@ class Dispatcher:
             await self.store.admit(
                 caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model
             )
-        except (PolicyDenied, BudgetExceeded, RateLimited, ConcurrencyLimit) as exc:
+        except REFUSALS as exc:
             await self.audit(exc, actor=caller.key_id, task_id=task_id, detail={"via": via, "kind": kind})
             logger.info("refused %s for %s: %s", kind, caller.key_id, exc.code)
             raise
+        if key is not None:
+            self._cache_keys[task_id] = (key, route.reason)
         try:
             job = Job(task_id=task_id, policy=policy, request=request,
                       signature=sign_job(task_id, policy, request, self._secret))
@@ -221,6 +265,37 @@ class Dispatcher:
             (time.perf_counter() - started) * 1000,
         )
         return Submission(task_id, events, policy.model, route.reason, policy.max_cost_usd)
+
+    def _cache_key(self, caller: Caller, profile: Profile, request: Request) -> str | None:
+        if isinstance(request, CompleteRequest) and cacheable(request, profile.cache_completions):
+            return cache_key(caller.profile, request)
+        return None
+
+    async def _answer_from_cache(
+        self, caller: Caller, request: Request, task_id: str, hit: CachedCompletion, *, via: str
+    ) -> Submission:
+        """A cache hit is a task like any other: registered (concurrency applies, $0 reserved),
+        audited, and answered with ``accepted`` + ``finished`` on its events subject."""
+        reason = f"cache hit (answer of task {hit.task_id}); {hit.routing_reason}"
+        await self.store.admit(caller.key_id, task_id, 0.0, profile=caller.profile, kind="complete", model=hit.model)
+        events = self.bus.subjects.events(task_id)
+        try:
+            await self.bus.publish(events, Accepted(
+                task_id=task_id, seq=1, ts=utcnow(), kind="complete", key_id=caller.key_id,
+                profile=caller.profile, model=hit.model, routing_reason=reason,
+            ), msg_id=f"{task_id}-1")
+            await self.bus.publish(events, Finished(
+                task_id=task_id, seq=2, ts=utcnow(), status="succeeded", result=hit.text, reason="cached",
+                usage=hit.usage, cost_usd=0.0, model=hit.model,
+            ), msg_id=f"{task_id}-2")
+            self._follow(task_id)
+        except BaseException as exc:
+            await asyncio.shield(self._never_started(task_id, exc))
+            raise
+        await self.notice(AuditNotice(kind="cache_hit", actor=caller.key_id, task_id=task_id,
+                                      detail={"via": via, "original_task_id": hit.task_id, "model": hit.model}))
+        logger.info("answered %s for %s from the cache (task %s)", task_id, caller.key_id, hit.task_id)
+        return Submission(task_id, events, hit.model, reason, 0.0, cached=True)
 
     def _route(self, profile: Profile, remaining: float | None, request: Request) -> _Routed:
         cap = request.max_cost_usd if request.max_cost_usd is not None else profile.max_cost_per_task_usd
@@ -284,6 +359,11 @@ class Dispatcher:
             await self.store.update_task(event.task_id, "running")
 
     async def _settle(self, finished: Finished) -> None:
+        cached = self._cache_keys.pop(finished.task_id, None)
+        if cached is not None and finished.status == "succeeded":
+            await self._cache.put(cached[0], CachedCompletion(
+                text=finished.result, model=finished.model or "", routing_reason=cached[1], usage=finished.usage,
+                cost_usd=finished.cost_usd, task_id=finished.task_id))
         await self.store.finish_task(
             finished.task_id, finished.cost_usd, finished.status,
             model=finished.model, result_summary=finished.result[:500] or None,
@@ -291,12 +371,16 @@ class Dispatcher:
         )
         logger.info("task %s %s, cost $%.6f", finished.task_id, finished.status, finished.cost_usd)
 
+    async def cache_written(self, task_id: str, *, timeout: float = 5.0) -> None:
+        """Wait (bounded) until a cacheable task's answer is in the cache, so the caller's
+        next identical request hits it; returns at once for other tasks."""
+        follower = self._followers.get(task_id)
+        if task_id in self._cache_keys and follower is not None:
+            await asyncio.wait({follower}, timeout=timeout)
+
     def live(self, task_id: str) -> TaskWatch:
         """The in-memory watch of a task this process submitted or follows."""
         return self._follow(task_id)
-
-    async def profile_of(self, caller: Caller) -> Profile:
-        return await self.store.get_profile(caller.profile)
 
     # ------------------------------------------------------------------ queries (own tasks only)
 

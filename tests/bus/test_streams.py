@@ -32,16 +32,12 @@ async def test_concurrent_ensure_streams_from_several_processes_agree(nats_url: 
     buses = [await Bus.open(nats_url, subjects) for _ in range(4)]
     try:
         await asyncio.gather(*(b.ensure_streams() for b in buses))
-        names = [n async for n in _stream_names(buses[0])]
-        assert {subjects.jobs_stream, subjects.events_stream, subjects.audit_stream} <= set(names)
+        # looked up by name: a listing is paged, and the session's server holds many streams
+        for name in (subjects.jobs_stream, subjects.events_stream, subjects.audit_stream):
+            assert (await buses[0].js.stream_info(name)).config.name == name
     finally:
         for b in buses:
             await b.close()
-
-
-async def _stream_names(b: Bus):
-    for info in await b.js.streams_info():
-        yield info.config.name
 
 
 async def test_a_job_published_twice_with_the_same_msg_id_is_stored_once(bus: Bus) -> None:
@@ -69,7 +65,7 @@ async def test_each_job_goes_to_exactly_one_of_two_runners_sharing_the_durable_c
         while sum(map(len, got)) < 40:
             try:
                 msgs = await subs[idx].fetch(batch=3, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own or, near the deadline, asyncio's
                 continue
             for m in msgs:
                 got[idx].append(m.data)

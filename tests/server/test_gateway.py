@@ -179,7 +179,7 @@ async def test_rate_and_concurrency_limits_are_refused_with_their_codes_and_audi
             assert "Retry" in replies[3].message
             assert await _pending_jobs(stack) == 1
             async with asyncio.timeout(5):
-                while not {"rate_limited", "budget_refused"} <= {n.kind for n in stack.notices}:
+                while not {"rate_limited", "concurrency_limit"} <= {n.kind for n in stack.notices}:
                     await asyncio.sleep(0.01)
         finally:
             await nc.drain()
