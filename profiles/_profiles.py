@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from bus import InvalidInput
+from bus import CLAUDE_CODE_TOOLS, CLAUDE_CODE_VERSION, TOOL_ALIASES, InvalidInput, parse_grant, tool_exists
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)]
@@ -26,20 +26,10 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=4096)]
 ProfileName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 PROFILE_NAME_RULE = "1-64 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
 
-# Claude Code's built-in tools (the ``tools`` list of its stream-json ``init`` message,
-# plus the ones older and newer releases ship). MCP tools are ``mcp__<server>__<tool>``.
-KNOWN_TOOLS: frozenset[str] = frozenset(
-    {
-        "Agent", "AskUserQuestion", "Bash", "BashOutput", "CronCreate", "CronDelete",
-        "CronList", "Edit", "EnterWorktree", "ExitPlanMode", "ExitWorktree", "Glob", "Grep",
-        "KillShell", "LS", "ListMcpResourcesTool", "MultiEdit", "NotebookEdit", "NotebookRead",
-        "Read", "ReadMcpResourceTool", "ReportFindings", "ScheduleWakeup", "SendMessage",
-        "Skill", "SlashCommand", "Task", "TaskCreate", "TaskGet", "TaskList", "TaskOutput",
-        "TaskStop", "TaskUpdate", "TodoRead", "TodoWrite", "WebFetch", "WebSearch", "Workflow",
-        "Write",
-    }
-)
-_RULE = re.compile(r"^(?P<tool>[A-Za-z]+)\((?P<spec>[^()]+)\)$")
+# Claude Code's built-in tools: the pinned list of the installed release
+# (``bus.CLAUDE_CODE_TOOLS``) and the old names it still accepts (``Task`` for ``Agent``).
+# MCP tools are ``mcp__<server>__<tool>``.
+KNOWN_TOOLS: frozenset[str] = frozenset(CLAUDE_CODE_TOOLS) | frozenset(TOOL_ALIASES)
 _MCP = re.compile(r"^mcp__[A-Za-z0-9_-]+(__[A-Za-z0-9_*-]+)?\*?$|^mcp__\*$")
 _EXACT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -79,18 +69,22 @@ PROFILE_FIELDS: tuple[str, ...] = tuple(f for f in Profile.__struct_fields__ if 
 
 
 def check_tool_name(name: str) -> None:
-    """Raise InvalidInput unless ``name`` is a Claude Code tool, rule, MCP name or ``*``."""
+    """Raise InvalidInput unless ``name`` is a tool the installed Claude Code offers (or
+    its old name), a rule of one (``Bash(ls:*)``), an MCP name or ``*``; the message lists
+    the real tools."""
     if name == "*" or _MCP.match(name):
         return
-    base = name
-    rule = _RULE.match(name)
-    if rule:
-        base = rule.group("tool")
-    if base in KNOWN_TOOLS:
+    try:
+        tool = parse_grant(name).tool
+    except ValueError:
+        tool = ""
+    if tool and tool_exists(tool):
         return
+    aliases = ", ".join(f"{old} (= {new})" for old, new in TOOL_ALIASES.items())
     raise InvalidInput(
-        f"unknown tool {name!r}; valid tools are {', '.join(sorted(KNOWN_TOOLS))}, "
-        "'mcp__<server>__<tool>' (a trailing '*' allowed), 'Tool(specifier)' rules, or '*'",
+        f"unknown tool {name!r}: Claude Code {CLAUDE_CODE_VERSION} offers {', '.join(CLAUDE_CODE_TOOLS)} "
+        f"(old names accepted: {aliases}); also 'Tool(rule)' like 'Bash(ls:*)', "
+        "'mcp__<server>__<tool>' (a trailing '*' allowed), or '*' for all",
         field="tools",
         value=name,
     )
