@@ -184,3 +184,19 @@ async def test_docker_offers_the_developer_its_tools_and_sub_agent(
     assert offered_tools(events) == set(tool_names(developer.tools))
     assert [e.name for e in events if isinstance(e, ToolCall)] == ["Agent"]
     assert refused(events) == []
+
+
+async def test_a_task_failing_on_a_refused_model_never_says_reason_success(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+    from runner_kit import make_job as make_raw_job
+
+    async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, _model):
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-refused"):
+            # a policy whose model is not among its models: the gateway refuses every call
+            job = make_raw_job(settings, TaskRequest(description="[script:probe] hi"), model="claude-opus-4-8",
+                               models=["claude-haiku-4-5"], timeout_s=180, memory_mb=2048)
+            await submit(bus, job)
+            events = await follow(bus, job.task_id, timeout=240)
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.status == "failed", finished
+    assert finished.reason not in (None, "", "success"), finished
+    assert "model_denied" in refused(events)
