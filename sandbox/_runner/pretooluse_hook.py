@@ -105,6 +105,9 @@ def main():
     tool = event.get("tool_name") or ""
     tool_input = event.get("tool_input") or {}
     if not tool_allowed(tool, tool_input, policy.get("tools", [])):
+        if tool == "Bash" and any(g.startswith("Bash(") for g in policy.get("tools", [])):
+            rules = ", ".join(g for g in policy.get("tools", []) if g.startswith("Bash("))
+            block("tool_denied", "command %r matches none of this task's Bash rules (%s)" % (str(tool_input.get("command", ""))[:300], rules))
         block("tool_denied", "tool %s is not allowed for this task (allowed: %s)" % (tool, ", ".join(policy.get("tools", [])) or "none"))
     if tool in PATH_KEYS:
         check_path(policy, tool, tool_input, event.get("cwd"))

@@ -84,6 +84,7 @@ def test_the_hook_lets_a_rule_granted_bash_run_only_matching_commands(command: s
     assert (done.returncode == 0) is allowed, done.stderr
     if not allowed:
         assert done.returncode == 2 and "[taskbus policy: tool_denied]" in done.stderr
+        assert "matches none of this task's Bash rules (Bash(ls:*))" in done.stderr
 
 
 def test_the_hook_allows_the_sub_agent_tool_under_either_name_when_granted() -> None:
