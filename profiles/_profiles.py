@@ -186,4 +186,17 @@ def encode_profile(profile: Profile) -> str:
 
 
 def decode_profile(data: str | bytes) -> Profile:
-    return msgspec.json.decode(data, type=Profile)
+    """A stored profile. Tool names the installed Claude Code no longer offers
+    (``MultiEdit``, ``TodoWrite`` in a profile seeded before 2.1) are dropped: they grant
+    nothing, and keeping them would make every later update of the profile invalid."""
+    profile = msgspec.json.decode(data, type=Profile)
+    kept = [t for t in profile.tools if _offered(t)]
+    return profile if kept == profile.tools else msgspec.structs.replace(profile, tools=kept)
+
+
+def _offered(name: str) -> bool:
+    try:
+        check_tool_name(name)
+    except InvalidInput:
+        return False
+    return True
