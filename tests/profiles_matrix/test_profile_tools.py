@@ -148,10 +148,12 @@ async def test_a_rule_grant_runs_matching_commands_and_refuses_the_rest(runner_s
     assert isinstance(finished, Finished) and finished.status == "succeeded", finished
 
 
-@pytest.mark.parametrize("fs_access", ["readwrite", "readonly"])
+@pytest.mark.parametrize(("fs_access", "backend"), [("readwrite", "bwrap"), ("readonly", "bwrap"), ("readwrite", "docker")])
 async def test_readwrite_writes_the_project_in_place_and_readonly_cannot(
-    fs_access: str, runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+    fs_access: str, backend: str, runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, request: pytest.FixtureRequest
 ) -> None:
+    if backend == "docker":
+        request.getfixturevalue("require_docker")
     project = tmp_path / "projects" / "app"
     project.mkdir(parents=True)
     project.chmod(0o777)  # the agent writes as uid 1000
@@ -160,7 +162,8 @@ async def test_readwrite_writes_the_project_in_place_and_readonly_cannot(
         "project_roots": [str(tmp_path / "projects")],
     })
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, _model):
-        events = await run(settings, bus, writer, TaskRequest(description="[script:write-project] write", project=str(project)))
+        events = await run(settings, bus, writer, TaskRequest(description="[script:write-project] write", project=str(project)),
+                           backend=backend)
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.status == "succeeded", finished
     written = sorted(p.name for p in project.iterdir())
