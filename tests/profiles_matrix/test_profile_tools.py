@@ -204,3 +204,27 @@ async def test_a_task_failing_on_a_refused_model_never_says_reason_success(runne
     assert isinstance(finished, Finished) and finished.status == "failed", finished
     assert finished.reason not in (None, "", "success"), finished
     assert "model_denied" in refused(events)
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "claude-cli"])
+async def test_an_admin_completion_succeeds_with_either_provider(
+    provider: str, runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
+    """The admin's models are `*`: the policy lists every priced model, so the provider
+    and the gateway accept the routed one (they compared it with a literal `*` before)."""
+    from bus import CompleteRequest, Message
+
+    admin = from_admin("ops")
+    request = CompleteRequest(prompt="admin says hello")
+    async with scripted_model(msgspec.structs.replace(runner_settings, complete_provider=provider), tmp_path) as (settings, _model):
+        async with Runner(settings, backend="bwrap", slots=1, runner_id=f"r-{provider}"):
+            task_id = bus_module.new_task_id()
+            policy = resolve_policy(admin, request, task_id=task_id, key_id="tb_test", model="claude-haiku-4-5", settings=settings)
+            assert "*" not in policy.models
+            job = bus_module.Job(task_id=task_id, policy=policy, request=request,
+                                 signature=sign_job(task_id, policy, request, settings.job_secret))
+            await submit(bus, job)
+            events = await follow(bus, task_id, timeout=240)
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.status == "succeeded", finished
+    assert "admin says hello" in (finished.result or "".join(e.text for e in events if isinstance(e, Message)))
