@@ -38,7 +38,7 @@ TOOL_ALIASES: dict[str, str] = {
 # covers a command containing one of them (``ls; cat /etc/shadow`` is not ``ls``)
 SHELL_META = re.compile(r"[;&|`$<>()\n\r]")
 
-_GRANT = re.compile(r"^(?P<tool>[A-Za-z][A-Za-z0-9_]*)(?:\((?P<rule>[^()]+)\))?$")
+_GRANT = re.compile(r"^(?P<tool>[A-Za-z][A-Za-z0-9_]*)(?:\((?P<rule>[^(),]+)\))?$")  # no comma: Claude Code splits --allowedTools on it
 
 
 class Grant(NamedTuple):

@@ -112,3 +112,14 @@ def test_the_project_is_mounted_writable_only_for_readwrite(fs_access: str, moun
 
     spec = spec_from_policy(_policy(fs_access=fs_access), runner_id="r", workspace="/tmp/w")
     assert (spec.project, spec.project_writable) == (mounted, writable)
+
+
+def test_a_rule_with_a_comma_is_refused_since_claude_code_would_split_it() -> None:
+    from bus import InvalidInput, Settings, TaskRequest
+    from profiles import default_profiles, profile_from_mapping, resolve_policy
+
+    with pytest.raises(InvalidInput, match=r"unknown tool 'Bash\(ls,Write:\*\)'"):
+        profile_from_mapping("p", {"tools": ["Bash(ls,Write:*)"]})
+    with pytest.raises(InvalidInput, match="unknown tool"):
+        resolve_policy(default_profiles()["developer"], TaskRequest(description="x", allow_tools=["Bash(ls,Write:*)"]),
+                       task_id="t_1", key_id="tb_x", model="claude-haiku-4-5", settings=Settings.load({}))
