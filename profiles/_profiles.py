@@ -4,9 +4,11 @@ A Profile is internal to ``profiles`` (stored as JSON in SQLite, never sent on t
 bus); what crosses the bus is the ``bus.Policy`` resolved from it for one task.
 
 Lists of tools, agents, skills and models hold exact names. ``*`` grants everything
-of that kind and is only ever there because an operator wrote it. Tool entries may
-also be Claude Code permission rules (``Bash(git diff:*)``) or MCP names with a
-trailing wildcard (``mcp__github__*``).
+of that kind and is only ever there because an operator wrote it; policy resolution
+turns it into the concrete tools and models of this installation. Tool entries are
+tools the installed Claude Code offers (or their old names, ``Task``), Claude Code
+permission rules of one (``Bash(git diff:*)``), or MCP names with a trailing wildcard
+(``mcp__github__*``).
 """
 
 from __future__ import annotations
