@@ -38,10 +38,17 @@ from ._subjects import JobKind as JobKind
 from ._subjects import Subjects as Subjects
 from ._subjects import check_token as check_token
 from ._subjects import new_task_id as new_task_id
+from ._toolnames import CLAUDE_CODE_TOOLS as CLAUDE_CODE_TOOLS
+from ._toolnames import CLAUDE_CODE_VERSION as CLAUDE_CODE_VERSION
 from ._toolnames import TOOL_ALIASES as TOOL_ALIASES
 from ._toolnames import Grant as Grant
 from ._toolnames import canonical_tool as canonical_tool
 from ._toolnames import command_matches as command_matches
+from ._toolnames import expand_grants as expand_grants
+from ._toolnames import grant_covers as grant_covers
+from ._toolnames import tool_exists as tool_exists
+from ._toolnames import tool_names as tool_names
+from ._toolnames import tool_offered as tool_offered
 from ._toolnames import parse_grant as parse_grant
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",
     "settings_reference", "check_relative_path", "input_file_bytes", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
-    "TOOL_ALIASES", "Grant", "canonical_tool", "command_matches", "parse_grant",
+    "CLAUDE_CODE_TOOLS", "CLAUDE_CODE_VERSION", "TOOL_ALIASES", "Grant", "canonical_tool", "command_matches",
+    "expand_grants", "grant_covers", "parse_grant", "tool_exists", "tool_names", "tool_offered",
     *_errors_all, *_messages_all,
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 from datetime import datetime
-from fnmatch import fnmatchcase
 
 from bus import (
     CompleteRequest,
@@ -27,6 +26,8 @@ from bus import (
     Request,
     Settings,
     TaskRequest,
+    expand_grants,
+    grant_covers,
     sign_job,
     utcnow,
     verify_job,
@@ -43,44 +44,46 @@ def _deny(profile: Profile, what: str, permission: str) -> PolicyDenied:
     )
 
 
-def _tool_base(name: str) -> str:
-    return name.split("(", 1)[0]
-
-
 def tool_granted(granted: list[str], name: str) -> bool:
     """Is tool ``name`` (a name, ``Tool(rule)`` or MCP name) within ``granted``?"""
-    for entry in granted:
-        if entry == "*" or entry == name:
-            return True
-        if "(" not in entry and "(" in name and entry == _tool_base(name):
-            return True  # a whole tool covers any narrower rule of it
-        if entry.startswith("mcp__") and "*" in entry and fnmatchcase(name, entry):
-            return True
-    return False
+    return grant_covers(granted, name)
 
 
 def _names(
     profile: Profile, field: str, granted: list[str], asked: list[str] | None
 ) -> list[str]:
+    if field == "tools":
+        return _tools(profile, granted, asked)
     if asked is None:
         return list(granted)
     singular = field[:-1]
     out: list[str] = []
     for name in asked:
-        if field == "tools":
-            check_tool_name(name)
-            ok = tool_granted(granted, name)
-        else:
-            ok = "*" in granted or name in granted
-        if not ok:
+        if not ("*" in granted or name in granted):
             raise _deny(profile, f"{singular} {name!r}", f"{field}:{name}")
         if name not in out:
             out.append(name)
     return out
 
 
-def model_allowed(profile: Profile, model: str) -> bool:
-    return "*" in profile.models or model in profile.models
+def _tools(profile: Profile, granted: list[str], asked: list[str] | None) -> list[str]:
+    """Concrete grants (``bus.expand_grants``): ``*`` becomes the installed Claude Code's
+    tools, ``Task`` becomes ``Agent``; a request may narrow the profile's grants, never
+    widen them."""
+    if asked is None:
+        return expand_grants(granted)
+    for name in asked:
+        check_tool_name(name)
+        if not tool_granted(granted, name):
+            raise _deny(profile, f"tool {name!r}", f"tools:{name}")
+    return expand_grants(asked)
+
+
+def offered_models(profile: Profile, settings: Settings) -> list[str]:
+    """The models a profile grants, ``*`` expanded to every model this installation
+    prices (``Settings.prices``, the same set the router chooses from)."""
+    wild = sorted(settings.prices) if "*" in profile.models else []
+    return list(dict.fromkeys([m for m in profile.models if m != "*"] + wild))
 
 
 def _normal(path: str) -> str:
@@ -143,10 +146,10 @@ def resolve_policy(
             "(use a profile with network 'model-api')",
             "network:model-api",
         )
-    if request.model not in ("", "auto") and not model_allowed(profile, request.model):
-        raise _deny(profile, f"model {request.model!r}", f"models:{request.model}")
-    if not model_allowed(profile, model):
-        raise _deny(profile, f"model {model!r}", f"models:{model}")
+    offered = offered_models(profile, settings)
+    for name in (request.model, model):
+        if name not in ("", "auto") and name not in offered:
+            raise _deny(profile, f"model {name!r} (it allows: {', '.join(offered) or 'none'})", f"models:{name}")
 
     cap = profile.max_cost_per_task_usd
     if request.max_cost_usd is not None:
@@ -167,7 +170,7 @@ def resolve_policy(
         key_id=key_id,
         profile=profile.name,
         model=model,
-        models=sorted(set(profile.models) | {model}) if "*" not in profile.models else ["*"],
+        models=sorted(set(offered) | {model}),
         cpus=profile.cpus or settings.default_cpus,
         memory_mb=profile.memory_mb or settings.default_memory_mb,
         pids=profile.pids or settings.default_pids,

@@ -4,9 +4,11 @@ A Profile is internal to ``profiles`` (stored as JSON in SQLite, never sent on t
 bus); what crosses the bus is the ``bus.Policy`` resolved from it for one task.
 
 Lists of tools, agents, skills and models hold exact names. ``*`` grants everything
-of that kind and is only ever there because an operator wrote it. Tool entries may
-also be Claude Code permission rules (``Bash(git diff:*)``) or MCP names with a
-trailing wildcard (``mcp__github__*``).
+of that kind and is only ever there because an operator wrote it; policy resolution
+turns it into the concrete tools and models of this installation. Tool entries are
+tools the installed Claude Code offers (or their old names, ``Task``), Claude Code
+permission rules of one (``Bash(git diff:*)``), or MCP names with a trailing wildcard
+(``mcp__github__*``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from bus import InvalidInput
+from bus import CLAUDE_CODE_TOOLS, CLAUDE_CODE_VERSION, TOOL_ALIASES, InvalidInput, parse_grant, tool_exists
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000)]
@@ -26,20 +28,10 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=4096)]
 ProfileName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 PROFILE_NAME_RULE = "1-64 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
 
-# Claude Code's built-in tools (the ``tools`` list of its stream-json ``init`` message,
-# plus the ones older and newer releases ship). MCP tools are ``mcp__<server>__<tool>``.
-KNOWN_TOOLS: frozenset[str] = frozenset(
-    {
-        "Agent", "AskUserQuestion", "Bash", "BashOutput", "CronCreate", "CronDelete",
-        "CronList", "Edit", "EnterWorktree", "ExitPlanMode", "ExitWorktree", "Glob", "Grep",
-        "KillShell", "LS", "ListMcpResourcesTool", "MultiEdit", "NotebookEdit", "NotebookRead",
-        "Read", "ReadMcpResourceTool", "ReportFindings", "ScheduleWakeup", "SendMessage",
-        "Skill", "SlashCommand", "Task", "TaskCreate", "TaskGet", "TaskList", "TaskOutput",
-        "TaskStop", "TaskUpdate", "TodoRead", "TodoWrite", "WebFetch", "WebSearch", "Workflow",
-        "Write",
-    }
-)
-_RULE = re.compile(r"^(?P<tool>[A-Za-z]+)\((?P<spec>[^()]+)\)$")
+# Claude Code's built-in tools: the pinned list of the installed release
+# (``bus.CLAUDE_CODE_TOOLS``) and the old names it still accepts (``Task`` for ``Agent``).
+# MCP tools are ``mcp__<server>__<tool>``.
+KNOWN_TOOLS: frozenset[str] = frozenset(CLAUDE_CODE_TOOLS) | frozenset(TOOL_ALIASES)
 _MCP = re.compile(r"^mcp__[A-Za-z0-9_-]+(__[A-Za-z0-9_*-]+)?\*?$|^mcp__\*$")
 _EXACT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -79,18 +71,22 @@ PROFILE_FIELDS: tuple[str, ...] = tuple(f for f in Profile.__struct_fields__ if 
 
 
 def check_tool_name(name: str) -> None:
-    """Raise InvalidInput unless ``name`` is a Claude Code tool, rule, MCP name or ``*``."""
+    """Raise InvalidInput unless ``name`` is a tool the installed Claude Code offers (or
+    its old name), a rule of one (``Bash(ls:*)``), an MCP name or ``*``; the message lists
+    the real tools."""
     if name == "*" or _MCP.match(name):
         return
-    base = name
-    rule = _RULE.match(name)
-    if rule:
-        base = rule.group("tool")
-    if base in KNOWN_TOOLS:
+    try:
+        tool = parse_grant(name).tool
+    except ValueError:
+        tool = ""
+    if tool and tool_exists(tool):
         return
+    aliases = ", ".join(f"{old} (= {new})" for old, new in TOOL_ALIASES.items())
     raise InvalidInput(
-        f"unknown tool {name!r}; valid tools are {', '.join(sorted(KNOWN_TOOLS))}, "
-        "'mcp__<server>__<tool>' (a trailing '*' allowed), 'Tool(specifier)' rules, or '*'",
+        f"unknown tool {name!r}: Claude Code {CLAUDE_CODE_VERSION} offers {', '.join(CLAUDE_CODE_TOOLS)} "
+        f"(old names accepted: {aliases}); also 'Tool(rule)' like 'Bash(ls:*)', "
+        "'mcp__<server>__<tool>' (a trailing '*' allowed), or '*' for all",
         field="tools",
         value=name,
     )
@@ -192,4 +188,17 @@ def encode_profile(profile: Profile) -> str:
 
 
 def decode_profile(data: str | bytes) -> Profile:
-    return msgspec.json.decode(data, type=Profile)
+    """A stored profile. Tool names the installed Claude Code no longer offers
+    (``MultiEdit``, ``TodoWrite`` in a profile seeded before 2.1) are dropped: they grant
+    nothing, and keeping them would make every later update of the profile invalid."""
+    profile = msgspec.json.decode(data, type=Profile)
+    kept = [t for t in profile.tools if _offered(t)]
+    return profile if kept == profile.tools else msgspec.structs.replace(profile, tools=kept)
+
+
+def _offered(name: str) -> bool:
+    try:
+        check_tool_name(name)
+    except InvalidInput:
+        return False
+    return True

@@ -1,9 +1,12 @@
 """Rewriting a Messages API request before it goes upstream.
 
 - ``decode_body``: the JSON body as a dict (a clear 400 when it is not a JSON object).
-- ``check_model``: the model must be one of ``policy.models`` (exact match).
-- ``filter_tools``: tool definitions whose ``name`` is not in ``policy.tools`` are
-  removed (exact match; ``*`` allows every tool). This covers client tools, server
+- ``check_model``: the model must be one of ``policy.models`` (exact match: the server
+  resolved a profile's ``*`` into the concrete models when it made the policy).
+- ``filter_tools``: tool definitions the policy's tool grants do not offer are removed
+  (``bus.tool_offered``: ``Bash(ls:*)`` offers ``Bash``, old names compare as their new
+  ones, ``mcp__x__*`` covers every ``mcp__x__...`` name; None allows every tool). This
+  covers client tools, server
   tools (``web_search``, ``code_execution``, ... are matched by their ``name``) and MCP
   tools (Claude Code names them ``mcp__<server>__<tool>``). A ``tool_choice`` that names
   a removed tool, or asks for ``any`` tool when none is left, is removed too (the model
@@ -20,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from bus import InvalidInput, Policy, PolicyDenied
+from bus import InvalidInput, Policy, PolicyDenied, tool_offered
 
 __all__ = [
     "COUNT_TOKENS_FIELDS",
@@ -64,7 +67,8 @@ def check_model(body: dict[str, Any], policy: Policy) -> str:
 
 
 def filter_tools(body: dict[str, Any], allowed: frozenset[str] | None) -> list[str]:
-    """Remove tool definitions not in ``allowed`` (None: all allowed); returns removed names."""
+    """Remove tool definitions ``allowed`` (a policy's tool grants) does not offer (None:
+    all allowed); returns removed names."""
     tools = body.get("tools")
     if allowed is None or not isinstance(tools, list) or not tools:
         return []
@@ -72,7 +76,7 @@ def filter_tools(body: dict[str, Any], allowed: frozenset[str] | None) -> list[s
     dropped: list[str] = []
     for tool in tools:
         name = tool.get("name") if isinstance(tool, dict) else None
-        if isinstance(name, str) and name in allowed:
+        if isinstance(name, str) and tool_offered(allowed, name):
             kept.append(tool)
         else:
             dropped.append(name[:64] if isinstance(name, str) else "<unnamed>")
@@ -82,7 +86,8 @@ def filter_tools(body: dict[str, Any], allowed: frozenset[str] | None) -> list[s
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         kind = choice.get("type")
-        if (kind == "tool" and choice.get("name") not in allowed) or (kind == "any" and not kept):
+        chosen = choice.get("name")
+        if (kind == "tool" and not (isinstance(chosen, str) and tool_offered(allowed, chosen))) or (kind == "any" and not kept):
             del body["tool_choice"]
     return dropped
 

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bus import Message, Policy, Security, ToolCall, ToolResult, redact, redact_obj
+from bus import Message, Policy, Security, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names, tool_offered
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def hook_policy(policy: Policy) -> dict[str, Any]:
         "tools": list(policy.tools),
         "agents": list(policy.agents),
         "skills": list(policy.skills),
-        "write_roots": ["/workspace", "/tmp"],
+        "write_roots": ["/workspace", "/tmp"] + (read_roots if policy.fs_access == "readwrite" else []),
         "read_roots": read_roots + ["/home/agent"],
         "deny_commands": DENY_COMMANDS,
     }
@@ -82,8 +82,13 @@ def write_shared_files(opt_dir: Path, etc_dir: Path, forwarder: bytes) -> None:
 
 
 def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) -> list[str]:
-    """The CLI's command line; the prompt goes on stdin so no flag can swallow it."""
-    names = policy.tools if tools is None else tools
+    """The CLI's command line; the prompt goes on stdin so no flag can swallow it.
+
+    ``--tools`` names the built-in tools that exist for the task (``Bash(ls:*)`` needs
+    ``Bash``; ``*`` is every tool of the installed Claude Code, never the literal ``*``,
+    which the CLI ignores); ``--allowedTools`` gets the grants themselves, so a rule
+    grant lets Claude Code run only the commands matching it."""
+    grants = expand_grants(policy.tools if tools is None else tools)
     argv = [
         binary,
         "-p",
@@ -95,10 +100,9 @@ def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) 
         "--no-session-persistence",
         "--setting-sources=",
     ]
-    if "*" not in names:
-        argv.append("--tools=" + ",".join(names))
-    if names:
-        argv.append("--allowedTools=" + ",".join(names))
+    argv.append("--tools=" + ",".join(tool_names(grants)))
+    if grants:
+        argv.append("--allowedTools=" + ",".join(grants))
     return argv
 
 
@@ -167,7 +171,7 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                     tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
                     name = str(block.get("name"))
                     out.append((ToolCall, {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets)}))
-                    if "*" not in outcome.allowed_tools and name not in outcome.allowed_tools:
+                    if not tool_offered(outcome.allowed_tools, name):
                         out.append((Security, {"kind": "tool_denied", "severity": "warning",
                                                "detail": f"the agent called {name}, which this task's policy does not allow; the call was refused"}))
         elif kind == "user":

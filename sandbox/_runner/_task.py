@@ -145,7 +145,10 @@ class TaskRun:
             return TaskOutcome(status="failed", reason="agent_crashed",
                                result=f"Claude Code exited with status {exit_code} without a result (see the log events)", **common)
         if self.outcome.is_error:
-            reason = self.outcome.subtype or "agent_error"
+            # Claude Code says subtype "success" on some errors (a refused model request):
+            # a failed task never carries reason "success"
+            subtype = self.outcome.subtype
+            reason = subtype if subtype and subtype != "success" else "agent_error"
             text = self.outcome.result or f"Claude Code ended with {reason}"
             return TaskOutcome(status="failed", reason=reason, result=redact(text, agent.secrets), **common)
         return TaskOutcome(status="succeeded", result=self.outcome.result, **common)

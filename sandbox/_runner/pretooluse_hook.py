@@ -10,6 +10,7 @@ call it prints a reason on stderr and exits 2. Every reason starts with
 ``security`` event.
 """
 
+import fnmatch
 import json
 import os
 import re
@@ -60,8 +61,39 @@ def check_command(policy, command):
             block("blocked_command", "command refused (%s): %s" % (rule["why"], command[:300]))
 
 
+ALIASES = {"Task": "Agent", "BashOutput": "TaskOutput", "KillShell": "TaskStop", "KillBash": "TaskStop"}
+SHELL_META = re.compile(r"[;&|`$<>()\n\r]")
+GRANT = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\(([^()]+)\)$")
+
+
 def allowed(name, names):
     return "*" in names or name in names
+
+
+def command_matches(rule, command):
+    """Mirror of bus.command_matches (this file runs in the sandbox, stdlib only)."""
+    command = command.strip()
+    if rule.endswith(":*"):
+        prefix = rule[:-2].strip()
+        return not SHELL_META.search(command) and (command == prefix or command.startswith(prefix + " "))
+    if "*" in rule:
+        return not SHELL_META.search(command) and fnmatch.fnmatchcase(command, rule)
+    return command == rule.strip()
+
+
+def tool_allowed(tool, tool_input, grants):
+    """A tool granted whole, or by rules (``Bash(ls:*)``): then a Bash command must match
+    one (Claude Code itself lets read-only commands like ``cat`` through)."""
+    tool = ALIASES.get(tool, tool)
+    if "*" in grants or tool in [ALIASES.get(g, g) for g in grants]:
+        return True
+    rules = [m.group(2) for m in (GRANT.match(g) for g in grants) if m and ALIASES.get(m.group(1), m.group(1)) == tool]
+    if not rules:
+        return False
+    if tool != "Bash":
+        return True  # other tools' rules (WebFetch(domain:...)) are Claude Code's to check
+    command = str(tool_input.get("command", ""))
+    return any(command_matches(rule, command) for rule in rules)
 
 
 def main():
@@ -72,7 +104,10 @@ def main():
         block("hook_error", "cannot read the hook input or policy: %s" % exc)
     tool = event.get("tool_name") or ""
     tool_input = event.get("tool_input") or {}
-    if not allowed(tool, policy.get("tools", [])):
+    if not tool_allowed(tool, tool_input, policy.get("tools", [])):
+        if tool == "Bash" and any(g.startswith("Bash(") for g in policy.get("tools", [])):
+            rules = ", ".join(g for g in policy.get("tools", []) if g.startswith("Bash("))
+            block("tool_denied", "command %r matches none of this task's Bash rules (%s)" % (str(tool_input.get("command", ""))[:300], rules))
         block("tool_denied", "tool %s is not allowed for this task (allowed: %s)" % (tool, ", ".join(policy.get("tools", [])) or "none"))
     if tool in PATH_KEYS:
         check_path(policy, tool, tool_input, event.get("cwd"))

@@ -181,7 +181,7 @@ class BwrapBackend:
         args += ["--size", disk, "--perms", "0700", "--tmpfs", HOME]
         args += ["--bind", spec.workspace, WORKSPACE]
         if spec.project:
-            args += ["--ro-bind", spec.project, PROJECT]
+            args += ["--bind" if spec.project_writable else "--ro-bind", spec.project, PROJECT]
         if spec.socket_dir:
             args += ["--ro-bind", spec.socket_dir, SOCKET_MOUNT]
         for host, target in spec.ro_mounts:

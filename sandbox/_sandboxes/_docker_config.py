@@ -40,7 +40,7 @@ def container_config(
         Mount(AGENT_DIR, agent_dir, type="bind", read_only=False),
     ]
     if spec.project:
-        mounts.append(Mount(PROJECT, spec.project, type="bind", read_only=True))
+        mounts.append(Mount(PROJECT, spec.project, type="bind", read_only=not spec.project_writable))
     if spec.socket_dir:
         mounts.append(Mount(SOCKET_MOUNT, spec.socket_dir, type="bind", read_only=True))
     for host, target in spec.ro_mounts:

@@ -45,7 +45,7 @@ PoolKey = tuple[Any, ...]
 
 
 def pool_key(spec: SandboxSpec) -> PoolKey:
-    return (spec.limit_class, spec.project, spec.ro_mounts, spec.socket_dir is not None)
+    return (spec.limit_class, spec.project, spec.project_writable, spec.ro_mounts, spec.socket_dir is not None)
 
 
 class _Slot:

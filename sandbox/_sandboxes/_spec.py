@@ -4,7 +4,7 @@ A spec is internal (never on the wire). Paths are host paths unless named
 ``sandbox_path``. Inside every sandbox:
 
     /workspace        spec.workspace, writable, the working directory
-    /project          spec.project, read-only (only when given)
+    /project          spec.project, read-only, or writable with spec.project_writable (only when given)
     /run/taskbus      spec.socket_dir, read-only (the model gateway's unix socket)
     /home/agent       tmpfs (HOME), holds spec.home_files before anything runs
     /tmp              tmpfs
@@ -72,6 +72,9 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     """relative path -> content, written into the tmpfs home before anything runs."""
     env: dict[str, str] = {}
     """Extra environment on top of ``base_env()``; nothing of the runner's own leaks in."""
+    project_writable: bool = False
+    """Mount the project writable (the policy's ``fs_access`` is ``readwrite``): the agent
+    (uid 1000) then changes the host folder in place, where its permissions allow."""
 
     def __post_init__(self) -> None:
         for name in ("cpus", "memory_mb", "pids", "disk_mb", "timeout_s"):
@@ -129,10 +132,9 @@ def spec_from_policy(
     timeout_s: float | None = None,
 ) -> SandboxSpec:
     """Map a job's Policy onto a spec: cpu, memory, pids, disk and wall-clock limits;
-    the project root read-only when ``fs_access`` allows any access (``readwrite``
-    still mounts it read-only: the agent writes in /workspace and results come back
-    as artifacts). ``timeout_s`` overrides the policy's (e.g. a margin for set-up).
-    The project root is checked with ``checked_project_root`` first."""
+    the project root read-only for ``fs_access = "readonly"``, writable for
+    ``"readwrite"``, absent for ``"none"``. ``timeout_s`` overrides the policy's (e.g. a
+    margin for set-up). The project root is checked with ``checked_project_root`` first."""
     project = policy.project_root if policy.fs_access != "none" and policy.project_root else None
     if project is not None:
         project = checked_project_root(project)
@@ -150,6 +152,7 @@ def spec_from_policy(
         socket_dir=str(socket_dir) if socket_dir else None,
         home_files=dict(home_files or {}),
         env=dict(env or {}),
+        project_writable=project is not None and policy.fs_access == "readwrite",
     )
 
 

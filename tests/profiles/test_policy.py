@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from bus import CompleteRequest, InvalidInput, PolicyDenied, Settings, TaskRequest
+from bus import CLAUDE_CODE_TOOLS, CompleteRequest, InvalidInput, PolicyDenied, Settings, TaskRequest
 from profiles import Profile, default_profiles, profile_from_mapping, resolve_policy
 
 SETTINGS = Settings.load({}, data_dir="/tmp/unused", default_cpus=1.5, default_memory_mb=999, default_timeout_s=300)
@@ -83,7 +84,8 @@ def test_a_task_asking_for_less_gets_exactly_that():
 
 def test_a_task_asking_for_nothing_gets_the_profile_defaults_and_settings_for_unset_limits():
     policy = resolve(DEV, TaskRequest(description="x"))
-    assert policy.tools == DEV.tools and policy.agents == ["Explore"] and policy.skills == ["pdf"]
+    # the rule Bash(git diff:*) is covered by the whole Bash the profile also grants
+    assert policy.tools == ["Bash", "Read", "Edit", "mcp__github__*"] and policy.agents == ["Explore"] and policy.skills == ["pdf"]
     assert policy.timeout_s == 900 and policy.max_cost_usd == 2.0 and policy.max_turns == 40
     assert policy.cpus == 1.5 and policy.memory_mb == 999  # DEV leaves these to Settings
     assert policy.fs_access == "none" and policy.project_root is None
@@ -99,7 +101,8 @@ def test_limits_clamp_turns_to_the_profile_and_the_default_cap_to_the_remaining_
 def test_a_star_grants_any_name_only_when_written_explicitly():
     admin = PROFILES["admin"]
     policy = resolve(admin, TaskRequest(description="x", allow_tools=["Bash", "WebFetch"], allow_agents=["any"]), model="claude-opus-4-8")
-    assert policy.tools == ["Bash", "WebFetch"] and policy.agents == ["any"] and policy.models == ["*"]
+    assert policy.tools == ["Bash", "WebFetch"] and policy.agents == ["any"]
+    assert policy.models == sorted(SETTINGS.prices)  # '*' is every model this installation prices
     with pytest.raises(PolicyDenied):
         resolve(DEV, TaskRequest(description="x", allow_tools=["*"]))
 
@@ -156,3 +159,63 @@ def test_a_profile_without_network_cannot_run_agentic_tasks_but_can_complete() -
     policy = resolve_policy(profile, CompleteRequest(prompt="hi"), task_id="t_2", key_id="tb_x",
                             model=profile.models[0], settings=Settings.load({}))
     assert policy.network == "none"
+
+
+def test_a_star_becomes_every_tool_and_model_of_this_installation_never_a_literal_star():
+    policy = resolve(PROFILES["admin"], TaskRequest(description="x"), model="claude-sonnet-4-6")
+    assert policy.tools == list(CLAUDE_CODE_TOOLS) and "*" not in policy.tools
+    assert policy.models == sorted(SETTINGS.prices) and "*" not in policy.models
+    complete = resolve(PROFILES["admin"], CompleteRequest(prompt="hi"), model="claude-haiku-4-5")
+    assert "claude-haiku-4-5" in complete.models and "*" not in complete.models
+    with pytest.raises(PolicyDenied, match=r"does not allow model 'gpt-4' \(it allows: claude-haiku-4-5"):
+        resolve(PROFILES["admin"], TaskRequest(description="x", model="gpt-4"), model="claude-sonnet-4-6")
+
+
+def test_the_old_sub_agent_name_task_means_agent_in_profiles_and_requests():
+    developer = PROFILES["developer"]
+    assert "Agent" in resolve(developer, TaskRequest(description="x")).tools
+    assert resolve(developer, TaskRequest(description="x", allow_tools=["Task", "Read"])).tools == ["Agent", "Read"]
+    old = profile_from_mapping("old", {"tools": ["Task", "Read"], "models": ["claude-haiku-4-5"]})
+    assert resolve(old, TaskRequest(description="x", allow_tools=["Agent"])).tools == ["Agent"]
+
+
+def test_a_rule_grant_gives_exactly_the_rule_and_never_the_whole_tool():
+    ls_only = profile_from_mapping("ls-only", {"tools": ["Bash(ls:*)", "Read"], "models": ["claude-haiku-4-5"]})
+    assert resolve(ls_only, TaskRequest(description="x")).tools == ["Bash(ls:*)", "Read"]
+    assert resolve(ls_only, TaskRequest(description="x", allow_tools=["Bash(ls:*)"])).tools == ["Bash(ls:*)"]
+    for wider in ("Bash", "Bash(cat:*)"):
+        with pytest.raises(PolicyDenied, match=f"does not allow tool {wider!r}".replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+            resolve(ls_only, TaskRequest(description="x", allow_tools=[wider]))
+
+
+def test_a_tool_this_claude_code_does_not_offer_is_refused_listing_the_real_ones():
+    for name in ("MultiEdit", "TodoWrite", "Bsh(ls:*)"):
+        with pytest.raises(InvalidInput) as refused:
+            profile_from_mapping("p", {"tools": [name]})
+        assert f"unknown tool {name!r}" in refused.value.message
+        assert "Agent, Bash," in refused.value.message and "Task (= Agent)" in refused.value.message
+    with pytest.raises(InvalidInput, match="unknown tool 'MultiEdit'"):
+        resolve(DEV, TaskRequest(description="x", allow_tools=["MultiEdit"]))
+
+
+def test_a_stored_profile_naming_a_retired_tool_grants_the_rest():
+    stored = msgspec.structs.replace(DEV, tools=["Read", "MultiEdit", "TodoWrite"])  # written before 2.1
+    assert resolve(stored, TaskRequest(description="x")).tools == ["Read"]
+
+
+async def test_a_profile_stored_with_retired_tools_loads_without_them_and_can_still_be_updated(tmp_path):
+    import sqlite3
+
+    from profiles import Store
+    from profiles._profiles import encode_profile
+
+    settings = Settings.load({}, data_dir=str(tmp_path))
+    async with Store.for_settings(settings):
+        pass  # creates and seeds the database
+    old = msgspec.structs.replace(PROFILES["developer"], tools=["Bash", "MultiEdit", "TodoWrite", "Task"])
+    with sqlite3.connect(tmp_path / "taskbus.db") as db:  # as a taskbus before Claude Code 2.1 wrote it
+        db.execute("UPDATE profiles SET data = ? WHERE name = 'developer'", (encode_profile(old),))
+    async with Store.for_settings(settings) as store:
+        assert (await store.get_profile("developer")).tools == ["Bash", "Task"]
+        updated = await store.update_profile("developer", project_roots=["/srv/projects"])
+    assert updated.tools == ["Bash", "Task"] and updated.project_roots == ["/srv/projects"]
