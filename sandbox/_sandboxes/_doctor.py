@@ -44,7 +44,7 @@ def check_image(settings: Settings) -> list[dict[str, Any]]:
         if not tree.is_relative_to(settings.image_cache_path.resolve()):
             detail += f" (an older version's place; `taskbus sandbox build-image` moves it into {settings.image_cache_path})"
     except SandboxUnavailable as exc:
-        tree_ok, detail = False, exc.describe()
+        tree_ok, detail = False, str(exc)  # the doctor's own fix column says what to run
     checks = [
         _check("sandbox rootfs", tree_ok, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "bwrap")
     ]
