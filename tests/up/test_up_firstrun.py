@@ -86,3 +86,22 @@ async def test_a_runner_heartbeats_ready_only_once_its_image_is_there(
         await asyncio.to_thread(build_image, settings, docker=False)
         beat = await _beats(settings, runner.id, lambda b: b.ready)
         assert beat.problem == "" and runner.backend_ready.is_set()
+
+
+async def test_a_probe_that_reports_a_problem_stops_the_start_with_that_message(tmp_path: Path) -> None:
+    from server._up import ChildSpec, Supervisor, UpError
+
+    seen: list[int] = []
+
+    async def probe(child) -> bool:  # type: ignore[no-untyped-def]
+        seen.append(child.pid)
+        raise UpError("runner r1 cannot run tasks: sandbox root filesystem not built; run `taskbus sandbox build-image`")
+
+    spec = ChildSpec(name="runner", argv=["sleep", "600"], env={"PATH": "/usr/bin:/bin"}, probe=probe)
+    supervisor = Supervisor([spec], log_dir=tmp_path / "logs")
+    try:
+        async with supervisor:
+            raise AssertionError("the supervisor reported a child ready whose probe reported a problem")
+    except UpError as exc:
+        assert "taskbus sandbox build-image" in str(exc) and "runner r1 cannot run tasks" in str(exc)
+    assert seen and not Path(f"/proc/{seen[0]}").exists()  # the child was stopped, not left running
