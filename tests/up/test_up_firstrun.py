@@ -105,3 +105,18 @@ async def test_a_probe_that_reports_a_problem_stops_the_start_with_that_message(
     except UpError as exc:
         assert "taskbus sandbox build-image" in str(exc) and "runner r1 cannot run tasks" in str(exc)
     assert seen and not Path(f"/proc/{seen[0]}").exists()  # the child was stopped, not left running
+
+
+def test_the_panel_says_why_a_runner_is_not_ready(nats_url: str, subjects: Subjects) -> None:
+    from test_up_panel import _info, _text
+
+    from bus._messages import Heartbeat
+    from server._up import StatusBoard
+
+    board = StatusBoard(_info(nats_url, subjects), list)
+    board.runners["r1"] = (Heartbeat(runner_id="r1", backend="bwrap", slots=2, ready=False,
+                                     problem="sandbox root filesystem not built; run `taskbus sandbox build-image`"), 0.0)
+    text = _text(board)
+    assert "NOT READY" in text and "taskbus sandbox build-image" in text
+    board.runners["r1"] = (Heartbeat(runner_id="r1", backend="bwrap", slots=2, ready=True), 0.0)
+    assert "NOT READY" not in _text(board)
