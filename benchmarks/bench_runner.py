@@ -40,7 +40,7 @@ async def stack(*, image_dir: Path | None = None, **overrides: Any) -> AsyncIter
     with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
-        default_images = Settings.load({}).data_path / "images"
+        default_images = Settings.load({}).image_cache_path / "images"
         if default_images.exists():
             (data / "images").symlink_to(image_dir or default_images)
         async with EmbeddedNats(Path(tmp) / "nats") as nats_server, ScriptedModelServer() as model:

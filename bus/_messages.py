@@ -273,6 +273,10 @@ class Heartbeat(Wire):
     pid: int = 0
     kinds: list[str] = []
     ts: datetime = msgspec.field(default_factory=utcnow)
+    ready: bool = False
+    """The runner's backend self-check passed: it can run sandboxed jobs (older runners: always false)."""
+    problem: str = ""
+    """Why it cannot yet, with the command that fixes it; "" when ready."""
 
 
 class AuditNotice(Wire):

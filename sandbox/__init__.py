@@ -16,9 +16,11 @@ from ._sandboxes import BACKENDS as BACKENDS
 from ._sandboxes import Sandbox as Sandbox
 from ._sandboxes import SandboxBackend as SandboxBackend
 from ._sandboxes import SandboxSpec as SandboxSpec
+from ._sandboxes import backend_problem as backend_problem
 from ._sandboxes import build_image as build_image
 from ._sandboxes import doctor_checks as doctor_checks
 from ._sandboxes import get_backend as get_backend
+from ._sandboxes import image_problem as image_problem
 from ._sandboxes import spec_from_policy as spec_from_policy
 from ._scripted import ScriptedModelServer as ScriptedModelServer
 from ._scripted import load_script as load_script
@@ -30,6 +32,6 @@ from ._tools import find_claude as find_claude
 __all__ = [
     "AnthropicProvider", "BACKENDS", "CompletionResult", "ModelGateway", "ModelProvider", "Runner",
     "Sandbox", "SandboxBackend", "SandboxSpec", "ScriptedModelServer", "TaskEvents", "Upstream",
-    "build_image", "default_runner_id", "doctor_checks", "find_bwrap", "find_claude", "get_backend",
-    "last_event", "load_script", "read_log", "shipped_scripts", "spec_from_policy",
+    "backend_problem", "build_image", "default_runner_id", "doctor_checks", "find_bwrap", "find_claude",
+    "get_backend", "image_problem", "last_event", "load_script", "read_log", "shipped_scripts", "spec_from_policy",
 ]

@@ -39,7 +39,10 @@ async def _serve(settings, *, slots, backend, runner_id, kinds, grace) -> None: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Runner(settings, backend=backend, slots=slots, runner_id=runner_id, kinds=kinds) as runner:
-        err.print(f"runner {runner.id} ready ({runner.backend_name}, {runner.slots} slots); SIGTERM drains and stops")
+        if runner.problem:
+            err.print(f"[yellow]runner {runner.id} started but cannot run sandboxed jobs yet: {runner.problem}[/yellow]")
+        else:
+            err.print(f"runner {runner.id} ready ({runner.backend_name}, {runner.slots} slots); SIGTERM drains and stops")
         await stop.wait()
         err.print(f"runner {runner.id} stopping (up to {grace:.0f}s for running tasks)")
         await runner.shutdown(grace_s=grace)

@@ -1,4 +1,4 @@
-"""``taskbus serve``, ``taskbus tasks list|show|watch|cancel`` and ``taskbus submit``."""
+"""``taskbus serve``, ``taskbus tasks list|show|watch|cancel`` (``artifacts``: _cli_artifacts) and ``taskbus submit``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def _run(coro: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
+    from . import _cli_artifacts
+
+    _cli_artifacts.register(tasks_app)
     app.command()(serve)
     app.command()(submit)
     app.add_typer(tasks_app, name="tasks")
@@ -260,6 +263,12 @@ def submit(
     timeout_s: Annotated[int | None, typer.Option("--timeout", help="Wall-clock limit in seconds.")] = None,
     max_cost: Annotated[float | None, typer.Option("--max-cost", help="Cost cap in USD.")] = None,
     model: Annotated[str, typer.Option(help="'auto' or a model the profile allows.")] = "auto",
+    project: Annotated[str | None, typer.Option("--project", help="Project folder mounted at /project (one of the profile's project roots).", show_default=False)] = None,
+    allow_tools: Annotated[list[str] | None, typer.Option("--allow-tool", help="Only these tools, within the profile's (repeatable).", show_default=False)] = None,
+    allow_agents: Annotated[list[str] | None, typer.Option("--allow-agent", help="Only these sub-agents, within the profile's (repeatable).", show_default=False)] = None,
+    allow_skills: Annotated[list[str] | None, typer.Option("--allow-skill", help="Only these skills, within the profile's (repeatable).", show_default=False)] = None,
+    max_turns: Annotated[int | None, typer.Option("--max-turns", min=1, max=1000, help="Most agent turns (within the profile's limit).", show_default=False)] = None,
+    effort: Annotated[str | None, typer.Option("--effort", help="low, medium or high.", show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the events until it finishes.")] = True,
     key: KeyOpt = None,
     json_output: JsonOpt = False,
@@ -273,12 +282,16 @@ def submit(
     settings = load_settings(config)
     if not key:
         fail("no API key: pass --key or set TASKBUS_API_KEY", code=2)
+    task_only = {"--project": project, "--allow-tool": allow_tools, "--allow-agent": allow_agents,
+                 "--allow-skill": allow_skills, "--max-turns": max_turns, "--effort": effort, "--file": files}
+    if effort is not None and effort not in ("low", "medium", "high"):
+        fail(f"--effort must be low, medium or high, not {effort!r}", code=2)
     if complete:
+        if given := [flag for flag, value in task_only.items() if value is not None]:
+            fail(f"{', '.join(given)} only apply to tasks; drop them or --complete", code=2)
         body: dict[str, Any] = {"prompt": text, "model": model}
     else:
-        body = {"description": text, "model": model}
-        if files:
-            body["files"] = [{"path": f.name, "content": _read(f)} for f in files]
+        body = _task_body(text, model, task_only)
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
     if max_cost is not None:
@@ -321,6 +334,22 @@ def submit(
             out.print(summary["result"], markup=False)
     if summary["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def _task_body(text: str, model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A TaskRequest body with what ``run_task`` takes (fields left out stay the profile's)."""
+    import os
+
+    body: dict[str, Any] = {"description": text, "model": model}
+    if options["--file"]:
+        body["files"] = [{"path": f.name, "content": _read(f)} for f in options["--file"]]
+    if options["--project"] is not None:  # absolute, symlinks kept: the profile's roots are compared as written
+        body["project"] = os.path.abspath(os.path.expanduser(options["--project"]))
+    for flag, field in (("--allow-tool", "allow_tools"), ("--allow-agent", "allow_agents"),
+                        ("--allow-skill", "allow_skills"), ("--max-turns", "max_turns"), ("--effort", "effort")):
+        if options[flag] is not None:
+            body[field] = options[flag]
+    return body
 
 
 def _read(path: Path) -> str:

@@ -76,6 +76,13 @@ def up(
         err.print(f"admin key {first.admin_prefix}... was shown at first start; make another with `{NEW_KEY_HINT}`",
                   highlight=False, markup=False)
     if detach and not daemon:
+        from ._up._plan import choose_backend
+        from ._up._sandbox import ensure_sandbox
+
+        try:  # the daemon checks again; building here shows the progress
+            ensure_sandbox(settings, choose_backend(settings, backend, env), err if err.is_terminal else None)
+        except TaskbusError as exc:
+            fail(exc.describe())
         argv = [*taskbus_command(), "up", "--daemon", "--nats-port", str(nats_port)]
         for flag, value in (("--backend", backend), ("--port", port), ("--runner-id", runner_id), ("--config", config)):
             if value is not None:

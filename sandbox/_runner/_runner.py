@@ -41,7 +41,7 @@ from bus import (
 from .._gateway import Upstream
 from .._providers import AnthropicProvider, ModelProvider
 from ._cli_provider import ClaudeCliProvider
-from .._sandboxes import SandboxBackend, get_backend
+from .._sandboxes import SandboxBackend, backend_problem, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
 from ._job import JobHandler
@@ -91,6 +91,10 @@ class Runner:
         self._complete_slots = asyncio.Semaphore(complete_concurrency)
         self._stopping = asyncio.Event()
         self._closed = asyncio.Event()
+        self.backend_ready = asyncio.Event()
+        """Set once the backend self-check passed (at once when no job kind needs a sandbox)."""
+        self.problem = ""
+        """Why this runner cannot run sandboxed jobs yet (with the fixing command); "" when it can."""
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
@@ -165,9 +169,24 @@ class Runner:
                 ),
             )
             self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
+        await self._self_check()
         self._tg.create_task(self._heartbeat_loop(), name="heartbeat")
         if self.backend is not None:
             self._tg.create_task(self._reap_loop(), name="reaper")
+
+    async def _self_check(self) -> None:
+        """Can the backend run a task here? Sets ``backend_ready``, else logs what fixes it."""
+        if self.backend_ready.is_set():
+            return
+        if self.backend is not None:
+            problem = await asyncio.to_thread(backend_problem, self.settings, self.backend_name)
+            if problem:
+                if problem != self.problem:
+                    logger.error("runner %s cannot run sandboxed jobs yet: %s", self.id, problem)
+                self.problem = problem
+                return
+        self.problem = ""
+        self.backend_ready.set()
         logger.info("runner %s ready: backend %s, %d slots, kinds %s", self.id, self.backend_name, self.slots, ",".join(self.kinds))
 
     @property
@@ -208,6 +227,11 @@ class Runner:
     async def _pull_loop(self, sub: Any, kind: str) -> None:
         slots = self._task_slots if kind == "task" else self._complete_slots
         batch_max = 1 if kind == "task" else 16
+        if kind == "task" or self.settings.complete_provider == "claude-cli":
+            while not (self.backend_ready.is_set() or self._stopping.is_set()):  # jobs wait in the stream
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.backend_ready.wait()
         try:
             while not self._stopping.is_set():
                 await slots.acquire()
@@ -269,9 +293,11 @@ class Runner:
     async def _heartbeat_loop(self) -> None:
         assert self.bus is not None
         while not self._stopping.is_set():
+            await self._self_check()
             beat = Heartbeat(
                 runner_id=self.id, backend=self.backend_name, slots=self.slots, running=self.running,
                 version=_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
+                ready=self.backend_ready.is_set(), problem=self.problem,
             )
             with contextlib.suppress(Exception):
                 await self.bus.nc.publish(self.subjects.runner(self.id), encode(beat))

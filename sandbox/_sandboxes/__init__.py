@@ -18,7 +18,9 @@ from ._bwrap import BwrapBackend as BwrapBackend
 from ._bwrap import BwrapSandbox as BwrapSandbox
 from ._docker import DockerBackend as DockerBackend
 from ._docker import DockerSandbox as DockerSandbox
+from ._doctor import backend_problem as backend_problem
 from ._doctor import doctor_checks as doctor_checks
+from ._doctor import image_problem as image_problem
 from ._exec import ExecResult as ExecResult
 from ._exec import Execution as Execution
 from ._image import ImageInfo as ImageInfo
@@ -59,11 +61,13 @@ __all__ = [
     "SandboxBackend",
     "SandboxInfo",
     "SandboxSpec",
+    "backend_problem",
     "base_env",
     "build_image",
     "doctor_checks",
     "find_rootfs",
     "get_backend",
+    "image_problem",
     "image_tag",
     "life_token",
     "spec_from_policy",

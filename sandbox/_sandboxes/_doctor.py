@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bus import Settings
+from bus import SandboxUnavailable, Settings
 
-from ._image import image_folder, image_tag
+from .._tools import find_bwrap, find_claude
+from ._image import find_rootfs, image_tag
 from ._limits import cgroup_support
 
 
@@ -19,18 +20,7 @@ def _check(name: str, ok: bool, detail: str, fix: str = "", required: bool = Tru
     return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix, "required": required}
 
 
-def check_image(settings: Settings) -> list[dict[str, Any]]:
-    folder = image_folder(settings)
-    tree_ok = (folder / "image.json").is_file() and (folder / "rootfs" / "usr" / "bin").is_dir()
-    checks = [
-        _check(
-            "sandbox rootfs",
-            tree_ok,
-            f"root filesystem in {folder}" if tree_ok else f"not built ({folder})",
-            "taskbus sandbox build-image",
-            required=settings.sandbox_backend == "bwrap",
-        )
-    ]
+def _docker_image(settings: Settings) -> tuple[bool, str]:
     tag = image_tag(settings)
     try:
         import docker
@@ -38,17 +28,57 @@ def check_image(settings: Settings) -> list[dict[str, Any]]:
         client = docker.from_env(timeout=3)
         try:
             client.images.get(tag)
-            found, detail = True, f"Docker image {tag}"
+            return True, f"Docker image {tag}"
         except docker.errors.ImageNotFound:
-            found, detail = False, f"Docker image {tag} not loaded"
+            return False, f"Docker image {tag} not loaded"
         finally:
             client.close()
     except Exception as exc:
-        found, detail = False, f"Docker not reachable ({type(exc).__name__})"
+        return False, f"Docker not reachable ({type(exc).__name__})"
+
+
+def check_image(settings: Settings) -> list[dict[str, Any]]:
+    try:
+        tree = find_rootfs(settings)
+        tree_ok, detail = True, f"root filesystem in {tree}"
+        if not tree.is_relative_to(settings.image_cache_path.resolve()):
+            detail += f" (an older version's place; `taskbus sandbox build-image` moves it into {settings.image_cache_path})"
+    except SandboxUnavailable as exc:
+        tree_ok, detail = False, str(exc)  # the doctor's own fix column says what to run
+    checks = [
+        _check("sandbox rootfs", tree_ok, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "bwrap")
+    ]
+    found, detail = _docker_image(settings)
     checks.append(
         _check("sandbox image", found, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "docker")
     )
     return checks
+
+
+def image_problem(settings: Settings, backend: str) -> str:
+    """Why ``backend`` has no usable sandbox image here (with the fixing command), or ""."""
+    if backend == "bwrap":
+        try:
+            find_rootfs(settings)
+        except SandboxUnavailable as exc:
+            return exc.describe()
+        return ""
+    found, detail = _docker_image(settings)
+    return "" if found else f"{detail}; run `taskbus sandbox build-image` (with dockerd running)"
+
+
+def backend_problem(settings: Settings, backend: str) -> str:
+    """Why ``backend`` cannot run a task here (with the command that fixes it), or "" when it can.
+
+    What a runner checks before it says ready: Claude Code, bwrap, the image.
+    Blocking (it may ask Docker); call it off the event loop."""
+    try:
+        find_claude(settings)
+        if backend == "bwrap":
+            find_bwrap()
+    except SandboxUnavailable as exc:
+        return exc.describe()
+    return image_problem(settings, backend)
 
 
 def check_limits(settings: Settings) -> list[dict[str, Any]]:

@@ -3,11 +3,19 @@
 ``build_image(settings)`` runs mmdebstrap once (Debian bookworm with ``PACKAGES``,
 a user ``agent`` uid/gid 1000, mount points, no setuid bits, no apt lists, empty
 resolv.conf), keeps the tarball and an extracted tree in
-``<data_dir>/images/<key>/`` where ``key`` hashes the recipe (suite, packages,
+``<image_cache_dir>/images/<key>/`` where ``key`` hashes the recipe (suite, packages,
 hooks), and loads the tarball into Docker with ``docker import`` as
 ``taskbus-sandbox:<key>`` (user 1000:1000, workdir /workspace). bwrap sandboxes use
 the extracted tree; Docker sandboxes the imported image: the same files.
 A second build finds everything in place and does nothing.
+
+The cache is per machine, shared by every data dir (``Settings.image_cache_dir``).
+Images older versions built in ``<data_dir>/images/<key>`` are still used, and a build
+adopts one (or the default cache's, when the cache was moved) with hard links instead of
+running mmdebstrap again. The runner
+is root and bwrap uses the tree as the sandbox's root: every folder from ``/`` down to the
+tree must be owned by root (or the runner's own user) and writable by nobody else (a
+sticky folder such as /tmp is fine), else a local user could plant a root filesystem.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -69,27 +78,75 @@ def image_key() -> str:
 
 
 def image_folder(settings: Settings) -> Path:
-    return settings.data_path / "images" / image_key()
+    """Where this recipe's image lives in the per-machine cache."""
+    return settings.image_cache_path / "images" / image_key()
+
+
+def adoptable_folders(settings: Settings) -> list[Path]:
+    """Images a build can adopt instead of running mmdebstrap: the default cache (when this
+    one is elsewhere), then where older versions kept it (this data dir, the default one)."""
+    defaults = Settings()
+    folders = [image_folder(defaults), settings.data_path / "images" / image_key(), defaults.data_path / "images" / image_key()]
+    return list(dict.fromkeys(folders))
 
 
 def image_tag(settings: Settings) -> str:
     return settings.sandbox_image or f"{IMAGE_REPO}:{image_key()}"
 
 
-def find_rootfs(settings: Settings) -> Path:
-    """The extracted root filesystem, or SandboxUnavailable saying how to build it."""
-    tree = image_folder(settings) / "rootfs"
-    if not (image_folder(settings) / "image.json").is_file() or not (tree / "usr" / "bin").is_dir():
+def _owners() -> set[int]:
+    return {0} if os.geteuid() == 0 else {0, os.geteuid()}
+
+
+def untrusted_reason(path: Path) -> str:
+    """Why ``path`` (resolved) could be changed by someone other than root or us; "" if it cannot."""
+    owners = _owners()
+    try:
+        real = path.resolve(strict=True)
+    except OSError as exc:
+        return f"{path} is not there ({exc.strerror})"
+    for folder in (real, *real.parents):
+        info = folder.lstat()
+        if info.st_uid not in owners:
+            return f"{folder} is owned by uid {info.st_uid}"
+        if info.st_mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX):
+            return f"{folder} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    return ""
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "image.json").is_file() and (folder / "rootfs" / "usr" / "bin").is_dir()
+
+
+def _checked_tree(folder: Path) -> Path:
+    """The resolved rootfs of a complete image folder, or SandboxUnavailable if anyone else could alter it."""
+    tree = (folder / "rootfs").resolve()
+    problem = untrusted_reason(tree)
+    for rel in ("usr", "usr/bin", "etc", "etc/shadow"):
+        if problem:
+            break
+        info = (tree / rel).lstat()
+        if info.st_uid not in _owners() or info.st_mode & 0o022:
+            problem = f"{tree / rel} is owned by uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}"
+    if problem:
         raise SandboxUnavailable(
-            f"sandbox root filesystem not built (looked in {tree}); run `taskbus sandbox build-image`"
+            f"sandbox root filesystem {tree} is not safe to use ({problem}); remove it and rebuild it "
+            "with `taskbus sandbox build-image --force`"
         )
-    for rel in ("usr/bin", "etc/shadow"):
-        if (tree / rel).stat().st_uid != 0:
-            raise SandboxUnavailable(
-                f"sandbox root filesystem {tree} was altered ({rel} is not owned by root); "
-                "rebuild it with `taskbus sandbox build-image --force`"
-            )
     return tree
+
+
+def find_rootfs(settings: Settings) -> Path:
+    """The extracted root filesystem (resolved), or SandboxUnavailable saying how to build it.
+
+    The per-machine cache first, then the data dir where older versions built it."""
+    for folder in (image_folder(settings), settings.data_path / "images" / image_key()):
+        if _complete(folder):
+            return _checked_tree(folder)
+    raise SandboxUnavailable(
+        f"sandbox root filesystem not built (looked in {image_folder(settings)}); "
+        "run `taskbus sandbox build-image` (about 35 s)"
+    )
 
 
 def build_image(
@@ -103,20 +160,20 @@ def build_image(
     Blocking; call it off the event loop. Raises SandboxUnavailable / SandboxError."""
     say = progress or (lambda message: logger.info("%s", message))
     started = time.monotonic()
-    folder = image_folder(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o755)
+    folder = _make_cache_folder(settings)
     tarball = folder / "rootfs.tar"
     tree = folder / "rootfs"
     marker = folder / "image.json"
     built = False
     if force or not marker.is_file() or not tarball.is_file() or not tree.is_dir():
         marker.unlink(missing_ok=True)
-        _mmdebstrap(tarball, say)
-        _extract(tarball, tree, say)
-        built = True
+        if force or not _adopt(settings, folder, say):
+            _mmdebstrap(tarball, say)
+            _extract(tarball, tree, say)
+            built = True
     else:
         say(f"root filesystem cached in {folder}")
+    _checked_tree(folder)
     loaded = False
     if docker:
         loaded = _docker_import(tarball, image_tag(settings), force=force or built, say=say)
@@ -132,6 +189,56 @@ def build_image(
     )
     marker.write_bytes(msgspec.json.encode({"key": info.key, "packages": sorted(PACKAGES), "suite": SUITE, "built_at": time.time()}))
     return info
+
+
+def _make_cache_folder(settings: Settings) -> Path:
+    """Create the cache folder (mode 755) and refuse a cache someone else could write to."""
+    folder = image_folder(settings)
+    for level in (settings.image_cache_path, folder.parent, folder):
+        if not level.exists():
+            level.mkdir(mode=0o755, parents=True)
+            os.chmod(level, 0o755)
+    problem = untrusted_reason(folder)
+    if problem:
+        raise SandboxUnavailable(
+            f"sandbox image cache {folder} is not safe to use ({problem}); point TASKBUS_IMAGE_CACHE_DIR "
+            "at a folder only root (or the runner's user) can write"
+        )
+    return folder
+
+
+def _adopt(settings: Settings, folder: Path, say: Progress) -> bool:
+    """Hard-link an image built elsewhere on this machine into the cache; False if none fits."""
+    for old in adoptable_folders(settings):
+        if old.resolve() == folder.resolve() or not (_complete(old) and (old / "rootfs.tar").is_file()):
+            continue
+        try:
+            _checked_tree(old)
+        except SandboxUnavailable as exc:
+            say(f"not adopting {old}: {exc.describe()}")
+            continue
+        say(f"adopting the image built in {old} (hard links; nothing rebuilt)")
+        for name in ("rootfs.tar", "rootfs"):
+            tmp = folder / f"{name}.partial"
+            _remove(tmp)
+            proc = subprocess.run(["cp", "-a", "--link", str(old / name), str(tmp)], capture_output=True, env=_tool_env())
+            if proc.returncode != 0:  # another file system: copy
+                _remove(tmp)
+                proc = subprocess.run(["cp", "-a", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env())
+                if proc.returncode != 0:
+                    _remove(tmp)
+                    raise SandboxError(f"copying {old / name} into {folder} failed: {proc.stderr.strip()[-300:]}")
+            _remove(folder / name)
+            os.replace(tmp, folder / name)
+        return True
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _mmdebstrap(tarball: Path, say: Progress) -> None:

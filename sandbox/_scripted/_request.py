@@ -11,6 +11,8 @@ import msgspec
 __all__ = ["ApiRequest", "RequestView", "decode_request", "estimate_tokens"]
 
 MARKER = re.compile(r"\[script:([A-Za-z0-9_.-]{1,64})\]")
+REMINDER = re.compile(r"<system-reminder>.*?(?:</system-reminder>|\Z)", re.S)
+"""Context Claude Code wraps into the user's message; not what the user wrote."""
 CWD = re.compile(r"(?:Primary working directory|Working directory|cwd):\s*(/[^\s`'\"]*)")
 
 
@@ -59,6 +61,11 @@ def _text_of(content: str | list[dict[str, Any]]) -> str:
     return "\n".join(b.get("text", "") for b in content if b.get("type") == "text" and isinstance(b.get("text"), str))
 
 
+def _user_words(content: str | list[dict[str, Any]]) -> str:
+    """The text the user wrote: text blocks without Claude Code's ``<system-reminder>`` context."""
+    return REMINDER.sub("", _text_of(content)).strip()
+
+
 def _has_tool_result(content: str | list[dict[str, Any]]) -> bool:
     return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
 
@@ -81,12 +88,12 @@ class RequestView:
         self.reply = sum(1 for m in messages if m.role == "assistant")
         last = messages[-1] if messages else None
         self.after_tool_result = last is not None and last.role == "user" and _has_tool_result(last.content)
-        # The latest user text the user wrote: messages carrying tool results (Claude Code
-        # may add reminder text blocks to them) are not the prompt.
+        # The latest text the user wrote: messages carrying tool results are not the prompt,
+        # and the <system-reminder> blocks Claude Code adds to a prompt are not the user's.
         self.user_text = ""
         for message in reversed(messages):
             if message.role == "user" and not _has_tool_result(message.content):
-                text = _text_of(message.content)
+                text = _user_words(message.content)
                 if text:
                     self.user_text = text
                     break

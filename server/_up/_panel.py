@@ -168,7 +168,10 @@ class StatusBoard:
                         header_style="bold underline")
         now = time.monotonic()
         for rid, (beat, seen) in sorted(self.runners.items()):
-            runners.add_row(rid, beat.backend, f"{len(beat.running)}/{beat.slots}",
+            backend = Text(beat.backend)
+            if not beat.ready and beat.problem:  # the runner's self-check failed: say why
+                backend.append(f" NOT READY: {beat.problem[:160]}", style="bold red")
+            runners.add_row(rid, backend, f"{len(beat.running)}/{beat.slots}",
                             ", ".join(beat.running) or "-", f"{now - seen:.0f}s ago")
         if not self.runners:
             runners.add_row("(waiting for a heartbeat)", "", "", "", "")

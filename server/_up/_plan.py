@@ -17,8 +17,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus import Settings, TaskbusError, find_nats_server, free_port
+from bus import Settings, Subjects, TaskbusError, find_nats_server, free_port
 
+from ._ready import RunnerReadyProbe
 from ._state import UP_PID_VAR
 from ._supervisor import ChildSpec, UpError, log_probe, port_free, tcp_probe
 
@@ -164,7 +165,8 @@ def make_plan(
                            stop_timeout_s=10.0, wave=1))
     specs.append(ChildSpec(
         name="runner", argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
-        env=child_env, label=f"{chosen} sandboxes", probe=log_probe(" ready"), stop_timeout_s=20.0, wave=1,
+        env=child_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(nats_url, Subjects(settings.subject_prefix), rid),
+        stop_timeout_s=20.0, wave=1,
     ))
     specs.append(ChildSpec(
         name="server", argv=[*cmd, "serve", "--transport", "http", "--host", http_host, "--port", str(port)],

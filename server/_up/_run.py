@@ -17,6 +17,7 @@ from ._firstrun import FirstRun
 from ._panel import StatusBoard, stack_info, supervisor_rows
 from ._permissions import write_permissions_example
 from ._plan import Plan
+from ._sandbox import ensure_sandbox
 from ._state import remove_files, write_pid, write_state
 from ._supervisor import StartInterrupted, Supervisor
 
@@ -30,6 +31,7 @@ async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, sto
     """Run until SIGINT/SIGTERM (or ``stop``). ``console`` = live panel on it; None = log lines only."""
     data = plan.settings.data_path.resolve()
     stop = stop or asyncio.Event()
+    await asyncio.to_thread(ensure_sandbox, plan.settings, plan.backend, console)  # UpError: what to run
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)

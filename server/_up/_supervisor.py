@@ -230,6 +230,7 @@ class Supervisor:
 
     async def _start(self, child: ChildState) -> None:
         child.state = "starting"
+        child.error = ""
         child.ready.clear()
         child.log_offset = child.log_path.stat().st_size if child.log_path.exists() else 0
         with child.log_path.open("ab") as log:
@@ -247,9 +248,27 @@ class Supervisor:
         self._changed()
 
     async def _probe_until_ready(self, child: ChildState) -> None:
+        """Poll the probe. A probe raising UpError during start-up stops the child with that message."""
         probe = child.spec.probe
-        while probe is not None and not await probe(child):
-            await asyncio.sleep(0.05)
+        said = ""
+        try:
+            while probe is not None:
+                try:
+                    if await probe(child):
+                        break
+                except UpError as exc:
+                    if self._starting:
+                        child.error = exc.describe()
+                        _signal_group(child.pid or 0, signal.SIGTERM)
+                        return
+                    if exc.message != said:
+                        said = exc.message
+                        logger.warning("%s is not ready: %s", child.spec.name, said)
+                await asyncio.sleep(0.05)
+        finally:
+            close = getattr(probe, "aclose", None)
+            if close is not None:
+                await close()
         child.state = "ready"
         child.ready.set()
         self._changed()
@@ -283,8 +302,8 @@ class Supervisor:
             _signal_group(child.pid or 0, signal.SIGKILL)  # its helpers go with it
             if self._starting:
                 child.state = "failed"
-                child.error = (f"{child.spec.name} exited with code {code} during start-up; "
-                               f"its log ({child.log_path}) ends with:\n{child.log_tail()}")
+                child.error = child.error or (f"{child.spec.name} exited with code {code} during start-up; "
+                                              f"its log ({child.log_path}) ends with:\n{child.log_tail()}")
                 self._changed()
                 return
             uptime = time.monotonic() - child.started_at

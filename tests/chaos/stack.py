@@ -45,7 +45,7 @@ def claude_path() -> str:
 
 def image_cache() -> Path:
     """The shared sandbox image folder (``taskbus sandbox build-image`` made it)."""
-    return Settings.load({}).data_path / "images"
+    return Settings.load({}).image_cache_path / "images"
 
 
 @dataclass

@@ -129,3 +129,16 @@ async def test_runaway_script_is_stopped_by_max_turns(require_claude: Path, work
     result = lines[-1]
     assert result["type"] == "result" and result["subtype"] == "error_max_turns"
     assert len(blocks(lines, "user", "tool_result")) == 2
+
+
+async def test_claude_cli_without_a_marker_gets_the_task_description_echoed_not_its_reminders(
+    require_claude: Path, workdir: Path, tmp_path: Path
+) -> None:
+    # The README's example task, offline: Claude Code wraps the prompt with
+    # <system-reminder> context blocks; the echo must be what the user wrote.
+    async with ScriptedModelServer(None, log_path=tmp_path / "model.jsonl") as model:
+        code, lines, stderr = await run_claude(require_claude, model.url, workdir, "Write hello.py and run it")
+    assert code == 0, stderr
+    result = next(line for line in lines if line.get("type") == "result")
+    assert result["is_error"] is False
+    assert result["result"] == "Write hello.py and run it"

@@ -86,6 +86,19 @@ async def test_prompt_is_the_latest_user_text_not_reminders_next_to_tool_results
     assert reply["content"][0]["text"] == "finished beta at reply 1"
 
 
+async def test_echo_leaves_out_the_system_reminders_claude_code_wraps_around_the_prompt() -> None:
+    prompt = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "<system-reminder>\n# currentDate\nToday is 2026-12-02.\n</system-reminder>\n"},
+            {"type": "text", "text": "<system-reminder>context</system-reminder>\n\nWrite hello.py and run it"},
+        ],
+    }
+    async with ScriptedModelServer() as server, httpx.AsyncClient(base_url=server.url) as http:
+        reply = await _post(http, "/v1/messages", {"model": "m", "max_tokens": 100, "messages": [prompt]})
+    assert reply["content"] == [{"type": "text", "text": "Write hello.py and run it"}]
+
+
 async def test_after_tool_result_false_turn_is_skipped_when_a_tool_result_came_back(tmp_path: Path) -> None:
     script = parse_script(
         """

@@ -89,7 +89,7 @@ def e2e_settings(settings: Settings, tmp_path, require_bwrap, require_claude) ->
         from sandbox import Runner  # noqa: F401
     except ImportError:
         require(False, "sandbox.Runner", "the runner package is not built yet")
-    images = Settings.load({}).data_path / "images"
+    images = Settings.load({}).image_cache_path / "images"
     require(images.is_dir(), "the sandbox image", "run `taskbus sandbox build-image`")
     data = settings.data_path
     data.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def test_submit_list_show_and_cancel_round_trip_with_json(settings: Settings) ->
 def test_submit_follows_a_real_task_live_to_its_result(settings: Settings, require_bwrap, require_claude) -> None:
     import socket
 
-    images = Settings.load({}).data_path / "images"
+    images = Settings.load({}).image_cache_path / "images"
     if not images.is_dir():
         from server_kit import require_or_skip
 

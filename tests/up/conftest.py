@@ -19,7 +19,7 @@ from bus import Settings, free_port
 @pytest.fixture
 def up_env(tmp_path: Path, require_bwrap: None, require_claude: Path) -> dict[str, str]:
     """Environment for a `taskbus up` of its own: data dir, free MCP port, offline model."""
-    images = Settings.load({}).data_path / "images"
+    images = Settings.load({}).image_cache_path / "images"
     if not images.is_dir():
         message = "the sandbox image is missing (run `taskbus sandbox build-image`; scripts/setup does)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
