@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level of every taskbus process."""
+    artifact_max_total_bytes: Positive = 104_857_600
+    """Most bytes of one task stored as artifacts (all files together)."""
+    workspace_max_entries: Positive = 20_000
+    """Most workspace entries (files, folders, links) looked at when collecting artifacts."""
 
     def __repr__(self) -> str:
         parts = []

@@ -1,0 +1,263 @@
+"""A hostile workspace against the root runner (issue #13 items 1, 2, 8).
+
+The agent leaves racers running in the background (``setsid nohup``) that swap links,
+FIFOs and sockets over files it wrote, fills the workspace past ``disk_mb``, makes huge
+sparse files and thousands of small ones. What must hold, on both backends: no byte from
+outside the workspace ever reaches the Object Store, what was refused is reported as a
+``security`` event, writes past ``disk_mb`` fail inside and the host folder stays under
+it, the runner keeps heartbeating (no gap over 2 heartbeat intervals) and another task on
+the same runner still runs. The first tests attack ``_safefs`` itself on the host,
+deterministically, with a swap between the walk and the read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import bus as bus_module
+from bus import Artifact, InputFile, InvalidInput, Log, Security, Settings, ToolResult
+from sandbox import build_image
+from sandbox._runner import _safefs
+from sandbox._runner._runner import run_root
+from sandbox._runner._workspace import write_inputs
+from sandbox._sandboxes._image import image_folder
+
+from workspace_kit import HEARTBEAT_S, SPECIAL_RACER, SYMLINK_RACER, AttackRun, background, bash_script, run_attack
+
+
+
+@pytest.fixture(params=["bwrap", "docker"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each attack on both backends (the backend's ``require_*`` fixture fails under CI when missing)."""
+    request.getfixturevalue(f"require_{request.param}")
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def image_cache() -> Path:
+    import subprocess
+
+    settings = Settings.load({})
+    docker_up = subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    build_image(settings, docker=docker_up)
+    return image_folder(settings).parent
+
+
+@pytest.fixture
+def runner_settings(settings: Settings, image_cache: Path) -> Settings:
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "images").symlink_to(image_cache)
+    return settings
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> bytes:
+    """A secret file on the host, readable by root only."""
+    secret = b"CANARY-" + secrets.token_hex(24).encode()
+    path = tmp_path / "host-secret" / "canary.txt"
+    path.parent.mkdir()
+    path.write_bytes(secret)
+    path.chmod(0o600)
+    return secret
+
+
+def canary_path(tmp_path: Path) -> Path:
+    return tmp_path / "host-secret" / "canary.txt"
+
+
+def assert_runner_stayed_responsive(run: AttackRun) -> None:
+    assert run.worst_gap() < 2 * HEARTBEAT_S, f"the runner went {run.worst_gap():.1f}s without a heartbeat"
+    last = run.other[-1]
+    assert last.status == "succeeded", last  # type: ignore[union-attr]
+    assert any(isinstance(e, Artifact) and e.path == "hello.txt" for e in run.other)
+
+
+# ---------------------------------------------------------------- _safefs on the host
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "ws"
+    path.mkdir()
+    (path / "a.txt").write_bytes(b"decoy")
+    return path
+
+
+def _swap(folder: Path, name: str, make: object) -> None:
+    os.rename(folder / name, folder / "old")
+    make(folder / name)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("swap", ["symlink", "fifo", "socket", "other file", "grown"])
+def test_a_file_swapped_after_the_walk_is_refused_without_reading_outside(folder: Path, tmp_path: Path, swap: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"HOST-SECRET")
+    seen = _safefs.walk(folder, skip_dirs=set(), max_entries=100)
+    entry = seen.files["a.txt"]
+    keep: list[socket.socket] = []
+    if swap == "symlink":
+        _swap(folder, "a.txt", lambda p: p.symlink_to(secret))
+    elif swap == "fifo":
+        _swap(folder, "a.txt", os.mkfifo)
+    elif swap == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        keep.append(s)
+        _swap(folder, "a.txt", lambda p: s.bind(str(p)))
+    elif swap == "other file":
+        _swap(folder, "a.txt", lambda p: p.write_bytes(b"decoy"))
+    else:
+        (folder / "a.txt").write_bytes(b"decoy and more")
+    done: list[object] = []
+    reader = threading.Thread(target=lambda: done.append(_try_read(folder, entry)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert done, "reading must never block (a FIFO is opened non-blocking)"
+    assert isinstance(done[0], _safefs.Refused), done[0]
+    for s in keep:
+        s.close()
+
+
+def _try_read(folder: Path, entry: _safefs.Entry) -> object:
+    try:
+        return _safefs.read_file(folder, "a.txt", entry, max_bytes=1 << 20)
+    except _safefs.Refused as exc:
+        return exc
+
+
+def test_a_folder_swapped_for_a_link_is_never_entered(folder: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"decoy")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "a.txt").write_bytes(b"decoy")
+    seen = _safefs.walk(folder, skip_dirs=set(), max_entries=100)
+    os.rename(folder / "sub", folder / "gone")
+    (folder / "sub").symlink_to(outside)
+    with pytest.raises(_safefs.Refused, match="link"):
+        _safefs.read_file(folder, "sub/a.txt", seen.files["sub/a.txt"], max_bytes=1 << 20)
+
+
+def test_the_walk_never_follows_links_and_reports_special_files(folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_bytes(b"x")
+    (folder / "dir-link").symlink_to(tmp_path / "outside")
+    (folder / "rel-link").symlink_to("a.txt")
+    os.mkfifo(folder / "pipe")
+    seen = _safefs.walk(folder, skip_dirs=set(), max_entries=100)
+    assert set(seen.files) == {"a.txt"}
+    assert dict(seen.links) == {"dir-link": True, "rel-link": False}
+    assert seen.special == [("pipe", "fifo")]
+    many = _safefs.walk(folder, skip_dirs=set(), max_entries=2)
+    assert many.truncated
+
+
+def test_inputs_are_created_without_following_or_replacing_anything(folder: Path, tmp_path: Path) -> None:
+    (folder / "link").symlink_to(tmp_path)
+    for path in ("link/x.txt", "a.txt", "a.txt/x"):
+        with pytest.raises(InvalidInput):
+            write_inputs(folder, [InputFile(path=path, content="x")], max_bytes=100)
+    assert not (tmp_path / "x.txt").exists() and (folder / "a.txt").read_bytes() == b"decoy"
+    assert write_inputs(folder, [InputFile(path="d/e/f.txt", content="ok")], max_bytes=100) == {"d/e/f.txt": b"ok"}
+    assert (folder / "d" / "e" / "f.txt").read_bytes() == b"ok"
+
+
+# ---------------------------------------------------------------- real tasks, both backends
+
+pytestmark_real = pytest.mark.usefixtures("require_claude")
+
+
+@pytestmark_real
+async def test_symlink_swaps_during_collection_never_store_a_host_file(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, canary: bytes, backend: str
+) -> None:
+    script = bash_script(background(SYMLINK_RACER, str(canary_path(tmp_path)), "8"))
+    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=f"r-ws-link-{backend}", script=script)
+    assert run.finished.status == "succeeded", run.finished
+    assert any(isinstance(e, ToolResult) and "RACER-RUNNING" in e.output for e in run.events), "the racer ran"
+    assert run.artifacts, "the decoys are stored"
+    for path, data in run.artifacts.items():
+        assert canary not in data, f"artifact {path} holds the host secret"
+        if path.startswith("out"):
+            assert data.startswith(b"decoy")
+    refused = [e for e in run.events if isinstance(e, Security) and e.kind == "artifact_refused"]
+    assert any("static-link.txt" in e.detail for e in refused), refused
+    assert any("sub/dir-link" in e.detail for e in refused), refused
+    assert_runner_stayed_responsive(run)
+
+
+@pytestmark_real
+async def test_fifo_and_socket_swaps_never_block_the_runner(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, backend: str
+) -> None:
+    script = bash_script(background(SPECIAL_RACER, "6"))
+    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=f"r-ws-fifo-{backend}", script=script)
+    assert run.finished.status == "succeeded", run.finished
+    assert any(isinstance(e, ToolResult) and "RACER-RUNNING" in e.output for e in run.events), "the racer ran"
+    refused = [e.detail for e in run.events if isinstance(e, Security) and e.kind == "artifact_refused"]
+    assert any("direct.fifo.txt: a fifo" in d for d in refused), refused
+    assert any(": a socket" in d for d in refused), refused
+    for path, data in run.artifacts.items():
+        assert path == "racer.ready" or data.startswith(b"file "), f"{path}: only the regular files are stored"
+    assert_runner_stayed_responsive(run)
+
+
+@pytestmark_real
+async def test_huge_sparse_files_and_many_small_files_respect_the_caps(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, backend: str
+) -> None:
+    settings = msgspec.structs.replace(runner_settings, artifact_max_bytes=1 << 20, artifact_max_files=30,
+                                       artifact_max_total_bytes=4 << 20, workspace_max_entries=3000)
+    command = ("for i in $(seq 40); do truncate -s 60M b-sparse$i.bin || echo TRUNC-FAILED; done; "
+               "for i in $(seq 8); do head -c 900000 /dev/urandom > a-mid$i.bin; done; "
+               "mkdir many && cd many && seq 1 6000 | xargs touch && cd .. && ls | wc -l && echo MADE")
+    run = await run_attack(bus, settings, tmp_path, backend=backend, runner_id=f"r-ws-big-{backend}",
+                           script=bash_script(command), disk_mb=64)
+    assert run.finished.status == "succeeded", run.finished
+    assert any(isinstance(e, ToolResult) and "MADE" in e.output and "TRUNC-FAILED" not in e.output for e in run.events)
+    stored = [e for e in run.events if isinstance(e, Artifact)]
+    assert 0 < len(stored) <= 30
+    assert not any("sparse" in e.path for e in stored)
+    assert sum(e.size for e in stored) <= 4 << 20
+    assert sum(e.path.startswith("a-mid") for e in stored) == 4, "the total cap stops the fifth 900 kB file"
+    logs = " | ".join(e.line for e in run.events if isinstance(e, Log))
+    assert "over the artifact limit" in logs and "entries" in logs
+    assert_runner_stayed_responsive(run)
+
+
+@pytestmark_real
+async def test_writes_past_disk_mb_fail_inside_and_the_host_folder_stays_under_it(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, backend: str
+) -> None:
+    runner_id = f"r-ws-fill-{backend}"
+    command = ("for i in 1 2 3 4; do dd if=/dev/zero of=fill$i bs=1M count=40 2>&1 | grep -E 'No space|copied'; done; "
+               "touch filled; for i in $(seq 600); do [ -e host-checked ] && break; sleep 0.1; done; "
+               "ls host-checked; du -sm . | cut -f1")
+    measured: dict[str, int] = {}
+
+    async def measure(job: bus_module.Job, settings: Settings) -> None:
+        workspace = run_root(settings, runner_id) / job.task_id / "workspace"
+        async with asyncio.timeout(180):
+            while not (workspace / "filled").exists():
+                await asyncio.sleep(0.1)
+        vfs = os.statvfs(workspace)
+        measured["fs_total"] = vfs.f_blocks * vfs.f_frsize
+        measured["used"] = sum(os.lstat(p).st_blocks * 512 for p in workspace.iterdir())
+        (workspace / "host-checked").write_text("")
+
+    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=runner_id,
+                           script=bash_script(command), during=measure, disk_mb=64)
+    assert run.finished.status == "succeeded", run.finished
+    output = next(e.output for e in run.events if isinstance(e, ToolResult))
+    assert "No space left on device" in output, output
+    assert measured["fs_total"] <= 64 << 20 and measured["used"] <= 64 << 20, measured
+    assert measured["used"] > 48 << 20, "the workspace did fill up"
+    assert_runner_stayed_responsive(run)
