@@ -5,8 +5,8 @@ loopback forwarder inside that connects the CLI to the gateway.
     async with AgentSandbox(...) as agent:        # gateway up, sandbox created, forwarder ready
         proc = await agent.sandbox.exec(claude_argv(agent.claude_binary, policy), env=agent.env)
 
-The workspace is a tmpfs of ``policy.disk_mb`` (``_wsmount``; a plain folder when
-the runner is not root), filled by ``fill_workspace`` before the sandbox exists.
+The workspace is a filesystem of its own of ``policy.disk_mb`` (``_wsmount``; a
+plain folder when the runner is not root), filled by ``fill_workspace`` before the sandbox exists.
 ``await agent.stop()`` destroys the sandbox (every process in it is gone, a pooled
 sandbox's workspace is back at ``agent.workspace``) and closes the gateway but keeps
 the workspace, so the caller can collect from it. Leaving it does the same and then
@@ -29,7 +29,7 @@ from bus import Policy, PolicyDenied, SandboxError, Settings
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
 from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
 from .._sandboxes._spec import SANDBOX_GID, SANDBOX_UID
-from .._sandboxes._wsmount import mount_tmpfs, unmount_all
+from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
 from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_shared_files
 
@@ -133,7 +133,7 @@ class AgentSandbox:
                 permission="network:model-api",
             )
         opt_dir, etc_dir = shared_folders(self.shared_dir)
-        await asyncio.to_thread(mount_tmpfs, self.workspace, self.policy.disk_mb, SANDBOX_UID, SANDBOX_GID)
+        await mount_workspace_async(self.workspace, self.policy.disk_mb, SANDBOX_UID, SANDBOX_GID)
         if self._fill_workspace is not None:
             await asyncio.to_thread(self._fill_workspace, self.workspace)
         claude = find_claude(self.settings)

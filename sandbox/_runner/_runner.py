@@ -319,7 +319,7 @@ class Runner:
 
 
 def _remove_run_root(folder: Path) -> None:
-    """Unmount the workspace tmpfs mounts a killed runner left, then remove the folder."""
+    """Unmount the workspace mounts a killed runner left, then remove the folder."""
     from .._sandboxes._wsmount import unmount_under
 
     unmount_under(folder)

@@ -8,10 +8,10 @@ with ``workspace/`` (bound at /workspace) and ``run/`` (bound read-only at
 destroy. On hand-out:
 
 - the content of ``spec.workspace`` is moved into the slot's workspace, and back
-  on destroy. A root runner makes each slot's workspace a tmpfs of the class's
-  ``disk_mb`` (``_wsmount``; the class fixes it); on destroy that tmpfs is bound on
+  on destroy. A root runner makes each slot's workspace a filesystem of the class's
+  ``disk_mb`` (``_wsmount``; the class fixes it); on destroy that mount is bound on
   top of ``spec.workspace`` when that is itself a mount point (the runner's
-  per-task tmpfs): nothing the sandbox wrote is copied, opened or followed.
+  per-task filesystem): nothing the sandbox wrote is copied, opened or followed.
 - each unix socket in ``spec.socket_dir`` is hard-linked into the slot's ``run/``
   (a hard link reaches the same listening socket), so both must be on one
   filesystem; otherwise the sandbox is created cold;
@@ -38,7 +38,7 @@ from . import _labels
 from ._docker_config import remove_container
 from ._host import chown_tree
 from ._spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
-from ._wsmount import bind, is_mount, mount_tmpfs, unmount_all
+from ._wsmount import bind, is_mount, mount_workspace_async, unmount_all
 
 if TYPE_CHECKING:
     from ._docker import DockerBackend, DockerSandbox
@@ -89,7 +89,7 @@ class WarmPool:
             folder = self._root / sid
             try:
                 make_folder(folder)
-                mount_tmpfs(folder / "workspace", template.disk_mb, SANDBOX_UID, SANDBOX_GID)
+                await mount_workspace_async(folder / "workspace", template.disk_mb, SANDBOX_UID, SANDBOX_GID)
                 (folder / "run").mkdir()
                 os.chown(folder / "workspace", SANDBOX_UID, SANDBOX_GID)
                 os.chmod(folder / "run", 0o755)

@@ -139,7 +139,7 @@ def _remove_pool_folder(data_path: Path, slot: str) -> None:
     if folder.parent == root and slot.startswith("tb-"):
         from ._pool import _remove_folder
 
-        _remove_folder(folder)  # its workspace is a tmpfs of its own
+        _remove_folder(folder)  # its workspace is a mount of its own
 
 
 def prune_bwrap(data_path: Path, *, everything: bool) -> int:

@@ -251,6 +251,9 @@ async def test_writes_past_disk_mb_fail_inside_and_the_host_folder_stays_under_i
         vfs = os.statvfs(workspace)
         measured["fs_total"] = vfs.f_blocks * vfs.f_frsize
         measured["used"] = sum(os.lstat(p).st_blocks * 512 for p in workspace.iterdir())
+        image = workspace.with_name("workspace.img")  # the loop-mounted ext4 image, when there is one
+        measured["image"] = os.stat(image).st_blocks * 512 if image.exists() else 0
+        measured["mounted"] = int(os.path.ismount(workspace))
         (workspace / "host-checked").write_text("")
 
     run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=runner_id,
@@ -258,6 +261,25 @@ async def test_writes_past_disk_mb_fail_inside_and_the_host_folder_stays_under_i
     assert run.finished.status == "succeeded", run.finished
     output = next(e.output for e in run.events if isinstance(e, ToolResult))
     assert "No space left on device" in output, output
-    assert measured["fs_total"] <= 64 << 20 and measured["used"] <= 64 << 20, measured
+    assert measured["mounted"] and measured["fs_total"] <= 64 << 20, measured
+    assert 0 < measured["image"] <= 64 << 20, f"a loop-mounted ext4 image holds the workspace: {measured}"
+    assert measured["used"] <= 64 << 20, measured
     assert measured["used"] > 48 << 20, "the workspace did fill up"
     assert_runner_stayed_responsive(run)
+
+
+@pytest.mark.usefixtures("require_bwrap")
+async def test_a_restarted_runner_unmounts_workspaces_its_killed_predecessor_left(runner_settings: Settings, tmp_path: Path) -> None:
+    from sandbox import Runner
+    from sandbox._sandboxes._wsmount import mount_workspace, mounts_under
+
+    if os.geteuid() != 0:
+        pytest.skip("only a root runner mounts workspaces")
+    root = run_root(runner_settings, "r-ws-restart")
+    left = root / "t_killed" / "workspace"
+    assert mount_workspace(left, 16, 1000, 1000) in ("ext4", "tmpfs")
+    (left / "work.txt").write_text("left behind")
+    assert mounts_under(root) == [left]
+    async with Runner(runner_settings, backend="bwrap", slots=1, runner_id="r-ws-restart"):
+        assert mounts_under(root) == []
+        assert not (root / "t_killed").exists()
