@@ -114,12 +114,12 @@ class TaskRun:
         async with self.agent as agent:
             exit_code = await self._run_claude(agent)
             timed_out = agent.sandbox.timed_out  # type: ignore[union-attr]
-            remaining = agent.sandbox.remaining_s  # type: ignore[union-attr]
+            deadline = asyncio.get_running_loop().time() + agent.sandbox.remaining_s  # type: ignore[union-attr]
             await agent.stop()  # nothing of the sandbox runs any more: nothing can race the collection
             diff = None
             if not timed_out:
                 try:
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout_at(deadline):
                         diff = await store_artifacts(
                             self.events.bus, self.settings, self.job.task_id, agent.workspace, self.before,
                             self.originals, self._emit_named,

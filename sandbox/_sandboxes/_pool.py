@@ -111,11 +111,11 @@ class WarmPool:
                     pass
                 if made is not None:
                     await asyncio.to_thread(_remove_slot, _Slot(sid, folder, made))
-                _remove_folder(folder)
+                remove_slot_folder(folder)
                 raise
             except Exception:
                 logger.exception("warm pool: creating a container failed; pool stays at %d", len(idle))
-                _remove_folder(folder)
+                remove_slot_folder(folder)
                 break
             idle.append(_Slot(sid, folder, container))
         self._full.setdefault(key, asyncio.Event()).set()
@@ -223,10 +223,11 @@ def release_workspace(folder: Path, workspace: Path) -> None:
             if dest.exists() or dest.is_symlink():
                 continue
             shutil.move(str(entry), str(dest))
-    _remove_folder(folder)
+    remove_slot_folder(folder)
 
 
-def _remove_folder(folder: Path) -> None:
+def remove_slot_folder(folder: Path) -> None:
+    """Unmount a slot's workspace and remove its folder (the reaper uses it too)."""
     unmount_all(folder / "workspace")
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -236,4 +237,4 @@ def _remove_slot(slot: _Slot) -> None:
         slot.container.remove(force=True)
     except Exception as exc:
         logger.debug("removing pooled %s: %s", slot.sid, exc)
-    _remove_folder(slot.folder)
+    remove_slot_folder(slot.folder)

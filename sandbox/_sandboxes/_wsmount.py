@@ -2,8 +2,9 @@
 
 A root runner makes a sparse image of ``disk_mb`` MiB next to the workspace folder
 (``<folder>.img``), formats it ext4 (no journal, no reserved blocks, root owned by
-the sandbox user) and loop-mounts it (``nosuid,nodev,noatime``, mode 0700) on the
-folder; both backends bind that folder at /workspace, so every write inside counts
+the sandbox user) and loop-mounts it (``nosuid,nodev,noatime``, mode 0700; and
+``noinit_itable``: the inode tables of a fresh sparse image already read as zeros, so
+the kernel need not write them) on the folder; both backends bind that folder at /workspace, so every write inside counts
 against one hard total and fails with ENOSPC past it. Its own filesystem also means
 no hard link inside can reach a host file. When ext4 cannot be made (no mkfs.ext4,
 no loop devices) a tmpfs of the same size is mounted instead (still a hard cap, but
@@ -89,7 +90,7 @@ def _mount_ext4(path: Path, size_mb: int, uid: int, gid: int) -> None:
     inodes = max(2048, size_mb * INODES_PER_MB)
     _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-N", str(inodes),
           "-E", f"root_owner={uid}:{gid},lazy_itable_init=1,nodiscard", str(image)])
-    _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(image), str(path)])
+    _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime,noinit_itable", str(image), str(path)])
     try:
         os.rmdir(path / "lost+found")
         os.chmod(path, 0o700)

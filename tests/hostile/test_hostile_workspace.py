@@ -23,15 +23,24 @@ import msgspec
 import pytest
 
 import bus as bus_module
-from bus import Artifact, InputFile, InvalidInput, Log, Security, Settings, ToolResult
-from sandbox import build_image
+from bus import Artifact, InputFile, InvalidInput, Log, Security, Settings, Started, ToolResult
 from sandbox._runner import _safefs
 from sandbox._runner._runner import run_root
 from sandbox._runner._workspace import write_inputs
-from sandbox._sandboxes._image import image_folder
 
-from workspace_kit import HEARTBEAT_S, SPECIAL_RACER, SYMLINK_RACER, AttackRun, background, bash_script, run_attack
+from workspace_kit import (
+    HEARTBEAT_S,
+    SPECIAL_RACER,
+    SYMLINK_RACER,
+    AttackRun,
+    background,
+    bash_script,
+    run_attack,
+    runner_fixtures,
+)
 
+image_cache = runner_fixtures.image_cache
+runner_settings = runner_fixtures.runner_settings
 
 
 @pytest.fixture(params=["bwrap", "docker"])
@@ -39,24 +48,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     """Each attack on both backends (the backend's ``require_*`` fixture fails under CI when missing)."""
     request.getfixturevalue(f"require_{request.param}")
     return str(request.param)
-
-
-@pytest.fixture(scope="session")
-def image_cache() -> Path:
-    import subprocess
-
-    settings = Settings.load({})
-    docker_up = subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    build_image(settings, docker=docker_up)
-    return image_folder(settings).parent
-
-
-@pytest.fixture
-def runner_settings(settings: Settings, image_cache: Path) -> Settings:
-    data = Path(settings.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "images").symlink_to(image_cache)
-    return settings
 
 
 @pytest.fixture
@@ -191,6 +182,26 @@ async def test_symlink_swaps_during_collection_never_store_a_host_file(
     refused = [e for e in run.events if isinstance(e, Security) and e.kind == "artifact_refused"]
     assert any("static-link.txt" in e.detail for e in refused), refused
     assert any("sub/dir-link" in e.detail for e in refused), refused
+    assert_runner_stayed_responsive(run)
+
+
+@pytestmark_real
+@pytest.mark.usefixtures("require_docker")
+async def test_symlink_swaps_in_a_warm_pool_container_never_store_a_host_file(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, canary: bytes
+) -> None:
+    script = bash_script(background(SYMLINK_RACER, str(canary_path(tmp_path)), "8"))
+    run = await run_attack(bus, runner_settings, tmp_path, backend="docker", runner_id="r-ws-link-pool", script=script,
+                           pooled=True, disk_mb=64)
+    assert run.finished.status == "succeeded", run.finished
+    started = next(e for e in run.events if isinstance(e, Started))
+    assert started.sandbox_id in run.pooled_ids, "the attack ran in a pooled container"
+    decoys = {p: d for p, d in run.artifacts.items() if p.startswith("out")}
+    assert decoys, "the pooled workspace came back to the task and was collected"
+    for path, data in run.artifacts.items():
+        assert canary not in data, f"artifact {path} holds the host secret"
+    refused = [e for e in run.events if isinstance(e, Security) and e.kind == "artifact_refused"]
+    assert any("static-link.txt" in e.detail for e in refused), refused
     assert_runner_stayed_responsive(run)
 
 

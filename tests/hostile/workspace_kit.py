@@ -6,19 +6,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import msgspec
 
 import bus as bus_module
 from bus import Artifact, Event, Finished, Settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runner"))
+_RUNNER_TESTS = Path(__file__).resolve().parent.parent / "runner"
+sys.path.insert(0, str(_RUNNER_TESTS))
 from runner_kit import follow, make_job, scripted_model, submit  # noqa: E402
+
+
+def _runner_fixtures() -> ModuleType:
+    """tests/runner/conftest.py under its own name: its ``image_cache`` and
+    ``runner_settings`` fixtures, for a test module to import."""
+    spec = importlib.util.spec_from_file_location("hostile_runner_fixtures", _RUNNER_TESTS / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+runner_fixtures = _runner_fixtures()
 
 from sandbox import Runner  # noqa: E402
 
@@ -130,6 +146,8 @@ class AttackRun:
     beats: Beats
     window: tuple[float, float]
     artifacts: dict[str, bytes]
+    pooled_ids: set[str] = field(default_factory=set)
+    """Idle warm-pool containers just before the attack (``pooled``)."""
 
     @property
     def finished(self) -> Finished:
@@ -150,16 +168,34 @@ async def read_artifacts(b: bus_module.Bus, events: list[Event]) -> dict[str, by
     return out
 
 
+async def fill_pool(b: bus_module.Bus, settings: Settings, runner_id: str, **policy: object) -> set[str]:
+    """Run one task with the attack's limits (its take starts the pool filler), wait until
+    a pooled container of this runner is idle; its sandbox ids."""
+    from sandbox._sandboxes import DockerBackend
+
+    first = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] warm up"), tools=["Bash"], **policy)
+    await submit(b, first)
+    await follow(b, first.task_id)
+    async with asyncio.timeout(120):
+        while True:
+            idle = {i.id for i in await DockerBackend(settings).list() if i.state == "pooled" and i.runner_id == runner_id}
+            if idle:
+                return idle
+            await asyncio.sleep(0.2)
+
+
 async def run_attack(
     b: bus_module.Bus, settings: Settings, tmp_path: Path, *, backend: str, runner_id: str, script: str,
-    during: object = None, timeout: float = 300, **policy: object,
+    during: object = None, timeout: float = 300, pooled: bool = False, **policy: object,
 ) -> AttackRun:
     """Run the attack task and, at the same time on the same runner (2 slots), an innocent
     write-a-file task; watch the runner's heartbeats meanwhile. ``during(job, settings)``
-    (optional coroutine function) runs while the attack task runs."""
-    settings = msgspec.structs.replace(settings, heartbeat_s=HEARTBEAT_S)
+    (optional coroutine function) runs while the attack task runs. ``pooled`` (Docker):
+    a warm pool of 1, filled by a first task, so the attack gets a pooled container."""
+    settings = msgspec.structs.replace(settings, heartbeat_s=HEARTBEAT_S, docker_warm_pool=1 if pooled else 0)
     async with scripted_model(settings, tmp_path, scripts={"attack": script}) as (settings, _model):
         async with watch_heartbeats(b, runner_id) as beats, Runner(settings, backend=backend, slots=2, runner_id=runner_id):
+            pooled_ids = await fill_pool(b, settings, runner_id, **policy) if pooled else set()
             job = make_job(settings, bus_module.TaskRequest(description="[script:attack] go"), tools=["Bash"], timeout_s=240, **policy)
             other = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] innocent"), tools=["Bash"])
             start = time.monotonic()
@@ -170,4 +206,4 @@ async def run_attack(
             end = time.monotonic()
             if extra is not None:
                 await extra
-        return AttackRun(events, other_events, beats, (start, end), await read_artifacts(b, events))
+        return AttackRun(events, other_events, beats, (start, end), await read_artifacts(b, events), pooled_ids)
