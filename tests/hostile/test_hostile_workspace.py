@@ -294,3 +294,18 @@ async def test_a_restarted_runner_unmounts_workspaces_its_killed_predecessor_lef
     async with Runner(runner_settings, backend="bwrap", slots=1, runner_id="r-ws-restart"):
         assert mounts_under(root) == []
         assert not (root / "t_killed").exists()
+
+
+def test_doctor_says_whether_the_workspace_size_is_a_hard_total(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from server._cli import app
+
+    result = CliRunner().invoke(app, ["doctor", "--json"], env={"TASKBUS_DATA_DIR": str(tmp_path)})
+    check = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["workspace size"]
+    if os.geteuid() == 0:
+        assert check["ok"] and "loop-mounted ext4 filesystem of disk_mb" in check["detail"], check
+    else:
+        assert not check["ok"] and "NOT in total" in check["detail"] and check["fix"], check
