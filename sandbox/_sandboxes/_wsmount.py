@@ -60,7 +60,6 @@ def mount_workspace(path: Path, size_mb: int, uid: int, gid: int) -> str:
         return "ext4"
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("cannot loop-mount an ext4 workspace on %s (%s); using a tmpfs of the same size", path, exc)
-        image_of(path).unlink(missing_ok=True)
     _mount_tmpfs(path, size_mb, uid, gid)
     return "tmpfs"
 
@@ -84,18 +83,22 @@ def _mount_ext4(path: Path, size_mb: int, uid: int, gid: int) -> None:
     image = image_of(path)
     fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.ftruncate(fd, size_mb * 1024 * 1024)
-    finally:
-        os.close(fd)
-    inodes = max(2048, size_mb * INODES_PER_MB)
-    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-N", str(inodes),
-          "-E", f"root_owner={uid}:{gid},lazy_itable_init=1,nodiscard", str(image)])
-    _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime,noinit_itable", str(image), str(path)])
-    try:
-        os.rmdir(path / "lost+found")
-        os.chmod(path, 0o700)
-    except OSError:
-        unmount_all(path)
+        try:
+            os.ftruncate(fd, size_mb * 1024 * 1024)
+        finally:
+            os.close(fd)
+        inodes = max(2048, size_mb * INODES_PER_MB)
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-N", str(inodes),
+              "-E", f"root_owner={uid}:{gid},lazy_itable_init=1,nodiscard", str(image)])
+        _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime,noinit_itable", str(image), str(path)])
+        try:
+            os.rmdir(path / "lost+found")
+            os.chmod(path, 0o700)
+        except OSError:
+            unmount_all(path)
+            raise
+    except BaseException:
+        image.unlink(missing_ok=True)
         raise
 
 

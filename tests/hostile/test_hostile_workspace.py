@@ -309,3 +309,31 @@ def test_doctor_says_whether_the_workspace_size_is_a_hard_total(tmp_path: Path) 
         assert check["ok"] and "loop-mounted ext4 filesystem of disk_mb" in check["detail"], check
     else:
         assert not check["ok"] and "NOT in total" in check["detail"] and check["fix"], check
+
+
+@pytest.mark.parametrize("ext4", [True, False], ids=["ext4", "tmpfs-fallback"])
+def test_a_workspace_mount_is_a_hard_total_and_goes_away_whole(tmp_path: Path, ext4: bool) -> None:
+    from sandbox._sandboxes._wsmount import image_of, mount_workspace, mounts_under, unmount_all
+
+    if os.geteuid() != 0:
+        pytest.skip("only a root runner mounts workspaces")
+    workspace = tmp_path / "task" / "workspace"
+    if not ext4:
+        image_of(workspace).mkdir(parents=True)  # the image cannot be made: the tmpfs of the same size is used
+    try:
+        assert mount_workspace(workspace, 8, 1000, 1000) == ("ext4" if ext4 else "tmpfs")
+        st = os.stat(workspace)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 1000, 0o700) and os.listdir(workspace) == []
+        with pytest.raises(OSError) as full:
+            with open(workspace / "fill", "wb") as f:
+                for _ in range(16):
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+                    os.fsync(f.fileno())
+        assert full.value.errno == 28  # ENOSPC
+        assert os.path.getsize(workspace / "fill") <= 8 << 20
+        if ext4:
+            assert os.stat(image_of(workspace)).st_blocks * 512 <= 8 << 20
+    finally:
+        unmount_all(workspace)
+    assert mounts_under(tmp_path) == [] and os.listdir(workspace) == []
