@@ -26,7 +26,7 @@ import bus as bus_module
 from bus import Artifact, InputFile, InvalidInput, Log, Security, Settings, Started, ToolResult
 from sandbox._runner import _safefs
 from sandbox._runner._runner import run_root
-from sandbox._runner._workspace import write_inputs
+from sandbox._runner._workspace import store_artifacts, write_inputs
 
 from workspace_kit import (
     HEARTBEAT_S,
@@ -122,6 +122,32 @@ def _try_read(folder: Path, entry: _safefs.Entry) -> object:
         return _safefs.read_file(folder, "a.txt", entry, max_bytes=1 << 20)
     except _safefs.Refused as exc:
         return exc
+
+
+async def test_a_file_swapped_between_walk_and_read_is_a_critical_security_event_and_not_stored(
+    bus: bus_module.Bus, settings: Settings, folder: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"HOST-SECRET")
+    os.mkfifo(folder / "pipe")
+    (folder / "b.txt").write_bytes(b"kept")
+    events: list[tuple[str, dict[str, object]]] = []
+
+    async def emit(name: str, **fields: object) -> None:
+        events.append((name, fields))
+        if len(events) == 1:  # the walk's report of the FIFO: the walk is over, nothing read yet
+            os.rename(folder / "a.txt", folder / "old")
+            (folder / "a.txt").symlink_to(secret)
+
+    await store_artifacts(bus, settings, "t_swap", folder, {}, {}, emit)
+    assert events[0] == ("security", {"kind": "artifact_refused", "severity": "warning",
+                                      "detail": "pipe: a fifo in the workspace; not read"})
+    critical = [f for name, f in events if name == "security" and f["severity"] == "critical"]
+    assert len(critical) == 1 and str(critical[0]["detail"]).startswith("a.txt: "), events
+    stored = {f["path"]: f for name, f in events if name == "artifact"}
+    assert set(stored) == {"b.txt"}
+    store = await bus.js.object_store(bus.subjects.artifacts_bucket)
+    assert (await store.get("t_swap/b.txt")).data == b"kept"
 
 
 def test_a_folder_swapped_for_a_link_is_never_entered(folder: Path, tmp_path: Path) -> None:
