@@ -146,6 +146,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Per-machine cache of the sandbox image and root filesystem, shared by every data dir: /var/cache/taskbus as root, else $XDG_CACHE_HOME/taskbus. Must be owned by root (or the runner's user) and writable by nobody else."""
     up_build_image: bool = True
     """`taskbus up` builds a missing sandbox image before it starts the runner (about 35 s, with progress); false stops with the command that builds it."""
+    artifact_max_total_bytes: Positive = 104_857_600
+    """Most bytes of one task stored as artifacts (all files together)."""
+    workspace_max_entries: Positive = 20_000
+    """Most workspace entries (files, folders, links) looked at when collecting artifacts."""
 
     def __repr__(self) -> str:
         parts = []

@@ -5,8 +5,12 @@ loopback forwarder inside that connects the CLI to the gateway.
     async with AgentSandbox(...) as agent:        # gateway up, sandbox created, forwarder ready
         proc = await agent.sandbox.exec(claude_argv(agent.claude_binary, policy), env=agent.env)
 
-Leaving it stops the forwarder, destroys the sandbox, closes the gateway and removes
-the host folders, whatever happened (cancel, timeout, crash).
+The workspace is a filesystem of its own of ``policy.disk_mb`` (``_wsmount``; a
+plain folder when the runner is not root), filled by ``fill_workspace`` before the sandbox exists.
+``await agent.stop()`` destroys the sandbox (every process in it is gone, a pooled
+sandbox's workspace is back at ``agent.workspace``) and closes the gateway but keeps
+the workspace, so the caller can collect from it. Leaving it does the same and then
+unmounts and removes the host folders, whatever happened (cancel, timeout, crash).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from bus import Policy, PolicyDenied, SandboxError, Settings
 
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
 from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
+from .._sandboxes._spec import SANDBOX_GID, SANDBOX_UID
+from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
 from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_shared_files
 
@@ -71,6 +77,7 @@ class AgentSandbox:
         on_security: Callable[[SecurityNotice], Awaitable[None]],
         on_log: Callable[[str], Awaitable[None]],
         on_started: Callable[[Sandbox], Awaitable[None]] | None = None,
+        fill_workspace: Callable[[Path], None] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -81,6 +88,7 @@ class AgentSandbox:
         self.sock_dir = sock_dir
         self.shared_dir = shared_dir
         self.workspace = run_dir / "workspace"
+        self._fill_workspace = fill_workspace
         self._on_call, self._on_security, self._on_log, self._on_started = on_call, on_security, on_log, on_started
         self.placeholder = new_placeholder_key()
         self.secrets = (self.placeholder, settings.upstream_api_key)
@@ -104,9 +112,16 @@ class AgentSandbox:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.shield(self._close())
 
-    async def _close(self) -> None:
+    async def stop(self) -> None:
+        """Destroy the sandbox and close the gateway; the workspace stays (at ``self.workspace``)."""
         try:
             await self._stack.aclose()
+        finally:
+            self.workspace = self.run_dir / "workspace"
+
+    async def _close(self) -> None:
+        try:
+            await self.stop()
         finally:
             await asyncio.to_thread(_remove, self.run_dir, self.sock_dir)
 
@@ -118,7 +133,9 @@ class AgentSandbox:
                 permission="network:model-api",
             )
         opt_dir, etc_dir = shared_folders(self.shared_dir)
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        await mount_workspace_async(self.workspace, self.policy.disk_mb, SANDBOX_UID, SANDBOX_GID)
+        if self._fill_workspace is not None:
+            await asyncio.to_thread(self._fill_workspace, self.workspace)
         claude = find_claude(self.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
         self.gateway = await self._stack.enter_async_context(
@@ -177,6 +194,7 @@ class AgentSandbox:
             await self._on_log(f"forwarder: {line[:500]}")
 
 
-def _remove(*paths: Path) -> None:
-    for path in paths:
+def _remove(run_dir: Path, *paths: Path) -> None:
+    unmount_all(run_dir / "workspace")
+    for path in (run_dir, *paths):
         shutil.rmtree(path, ignore_errors=True)

@@ -139,7 +139,7 @@ class Runner:
             await self._reap(startup=True)
         self._run_root = run_root(s, self.id)
         if self._run_root.exists():  # left by a previous life of this runner (its sandboxes are reaped)
-            await asyncio.to_thread(shutil.rmtree, self._run_root, True)
+            await asyncio.to_thread(_remove_run_root, self._run_root)
         self._run_root.mkdir(parents=True, exist_ok=True)
         self._socket_root = socket_root_for(self._run_root)
         await asyncio.to_thread(shutil.rmtree, self._socket_root, True)
@@ -346,6 +346,14 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REAP_EVERY_S):
                     await self._stopping.wait()
+
+
+def _remove_run_root(folder: Path) -> None:
+    """Unmount the workspace mounts a killed runner left, then remove the folder."""
+    from .._sandboxes._wsmount import unmount_under
+
+    unmount_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_root(settings: Settings, runner_id: str) -> Path:

@@ -1,12 +1,16 @@
 """Running one ``run_task`` job: input files, the agent sandbox, Claude Code, artifacts.
 
-Everything the task made on the host (workspace, gateway socket, policy files) is
-removed at the end, whatever happened; the sandbox is destroyed by ``AgentSandbox``,
-also on cancel and timeout.
+Order: input files are written into the fresh workspace before the sandbox exists;
+after Claude Code ends the sandbox is destroyed (every process in it gone) and only
+then are artifacts collected, within what is left of the task's wall clock (past it
+the task ends ``timeout``). Everything the task made on the host (workspace, gateway
+socket, policy files) is removed at the end, whatever happened; the sandbox is
+destroyed by ``AgentSandbox``, also on cancel and timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +24,7 @@ from .._sandboxes import Sandbox, SandboxBackend
 from ._agent import AgentSandbox
 from ._claude import ClaudeOutcome, claude_argv, translate
 from ._events import TaskEvents, emit_model_call
-from ._workspace import snapshot, store_artifacts, write_inputs
+from ._workspace import FileState, snapshot, store_artifacts, write_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -89,28 +93,40 @@ class TaskRun:
         self.events = events
         self.sink = EventSink(events, runner_id, backend.name)
         self.outcome = ClaudeOutcome(allowed_tools=tuple(self.policy.tools))
+        self.originals: dict[str, bytes] = {}
+        self.before: dict[str, FileState] = {}
         self.agent = AgentSandbox(
             settings, self.policy, backend=backend, upstream=upstream, runner_id=runner_id,
             run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id, shared_dir=shared_dir,
             on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
-            on_started=self.sink.on_started,
+            on_started=self.sink.on_started, fill_workspace=self._write_inputs,
         )
 
+    def _write_inputs(self, workspace: Path) -> None:
+        self.originals = write_inputs(workspace, self.request.files, max_bytes=self.settings.artifact_max_bytes)
+        self.before = snapshot(self.originals)
+
     async def _emit_named(self, name: str, **fields: Any) -> None:
-        await self.events.emit({"artifact": Artifact, "log": Log}[name], **fields)
+        await self.events.emit({"artifact": Artifact, "log": Log, "security": Security}[name], **fields)
 
     async def run(self) -> TaskOutcome:
         started = time.monotonic()
         async with self.agent as agent:
-            originals = write_inputs(agent.workspace, self.request.files, max_bytes=self.settings.artifact_max_bytes)
-            before = snapshot(agent.workspace)
             exit_code = await self._run_claude(agent)
             timed_out = agent.sandbox.timed_out  # type: ignore[union-attr]
+            deadline = asyncio.get_running_loop().time() + agent.sandbox.remaining_s  # type: ignore[union-attr]
+            await agent.stop()  # nothing of the sandbox runs any more: nothing can race the collection
             diff = None
             if not timed_out:
-                diff = await store_artifacts(
-                    self.events.bus, self.settings, self.job.task_id, agent.workspace, before, originals, self._emit_named
-                )
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        diff = await store_artifacts(
+                            self.events.bus, self.settings, self.job.task_id, agent.workspace, self.before,
+                            self.originals, self._emit_named,
+                        )
+                except TimeoutError:
+                    await self.sink.on_log(f"collecting artifacts ran past the task's {self.policy.timeout_s}s time limit; stopped")
+                    timed_out = True
         assert agent.gateway is not None
         logger.info(
             "task %s: claude exited %s after %.1fs (%d turns, $%.6f)",

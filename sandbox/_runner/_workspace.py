@@ -1,85 +1,62 @@
-"""A task's workspace on the host: input files in (path-checked), artifacts out.
+"""A task's workspace on the host: input files in, artifacts out.
 
-Input paths must be relative, without ``..``, and may not pass through a symbolic
-link. After the run, new and changed regular files (never links) are stored in the
-artifacts Object Store under ``<task_id>/<path>``, and text files get a unified diff.
+Input paths must be relative, without ``..``; they are created through directory fds
+(``O_NOFOLLOW | O_EXCL``) before the sandbox exists. Artifacts are collected after
+every process of the sandbox is gone, with ``_safefs``: a bounded walk (links and
+special files are never opened), then each new or changed regular file is read,
+hashed and stored from one no-follow fd checked to be the inode the walk saw. A
+link, FIFO, socket or device where a file was, or a file swapped after the walk, is
+refused with a ``security`` event (``artifact_refused``). All file work runs in
+threads, bounded by the ``artifact_*`` settings, and stops when the task's time ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hashlib
 import logging
-import os
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import Any
 
-from bus import Bus, InputFile, InvalidInput, Settings, check_relative_path, input_file_bytes
+from bus import Bus, InputFile, Settings, check_relative_path, input_file_bytes
+
+from . import _safefs
 
 logger = logging.getLogger(__name__)
 
 MAX_DIFF_BYTES = 256 * 1024
 MAX_DIFF_FILE_BYTES = 512 * 1024
+MAX_REFUSED_EVENTS = 20
+MAX_SKIP_LINES = 20
 SKIP_DIRS = {".git", "node_modules", "__pycache__", ".claude"}
+
+Emit = Callable[..., Awaitable[None]]
 
 
 def write_inputs(workspace: Path, files: list[InputFile], *, max_bytes: int) -> dict[str, bytes]:
     """Write the request's files; returns path -> original bytes (for diffs)."""
     originals: dict[str, bytes] = {}
     for f in files:
-        rel = check_relative_path(f.path)
+        rel = str(check_relative_path(f.path))
         data = input_file_bytes(f, max_bytes=max_bytes)
-        target = workspace.joinpath(*rel.parts)
-        parent = workspace
-        for part in rel.parts[:-1]:
-            parent = parent / part
-            if parent.is_symlink():
-                raise InvalidInput(f"file path {f.path!r} passes through a link")
-            parent.mkdir(exist_ok=True)
-        if target.is_symlink() or target.is_dir():
-            raise InvalidInput(f"file path {f.path!r} names a link or a folder")
-        target.write_bytes(data)
-        originals[str(rel)] = data
+        _safefs.write_new_file(workspace, rel, data)
+        originals[rel] = data
     return originals
 
 
 @dataclass(frozen=True)
 class FileState:
     size: int
-    mtime_ns: int
     sha256: str
 
 
-def snapshot(workspace: Path) -> dict[str, FileState]:
-    """Regular files under ``workspace`` (links are not followed), by relative path."""
-    state: dict[str, FileState] = {}
-    for root, dirs, files in os.walk(workspace, followlinks=False):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not os.path.islink(os.path.join(root, d))]
-        for name in files:
-            full = os.path.join(root, name)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if not _is_regular(st.st_mode):
-                continue
-            rel = os.path.relpath(full, workspace)
-            state[rel] = FileState(st.st_size, st.st_mtime_ns, _sha256(full))
-    return state
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def snapshot(originals: dict[str, bytes]) -> dict[str, FileState]:
+    """The "before" state: exactly the input files the runner wrote (nothing else was there)."""
+    return {rel: FileState(len(data), hashlib.sha256(data).hexdigest()) for rel, data in originals.items()}
 
 
 async def store_artifacts(
@@ -89,36 +66,75 @@ async def store_artifacts(
     workspace: Path,
     before: dict[str, FileState],
     originals: dict[str, bytes],
-    emit,  # type: ignore[no-untyped-def]
+    emit: Emit,
 ) -> str | None:
-    """Store new and changed files, emit an ``artifact`` event each; return the diff."""
-    after = snapshot(workspace)
-    changed = sorted(p for p, st in after.items() if p not in before or before[p].sha256 != st.sha256)
-    if not changed:
-        return None
-    store = await bus.js.object_store(bus.subjects.artifacts_bucket)
+    """Store new and changed files, emit an ``artifact`` event each; return the diff.
+    Call it only when nothing runs in the sandbox any more; cancel it to stop it."""
+    stop = threading.Event()
+    try:
+        return await _collect(bus, settings, task_id, workspace, before, originals, emit, stop)
+    finally:
+        stop.set()  # a thread still running when we are cancelled ends at its next chunk
+
+
+async def _collect(
+    bus: Bus, settings: Settings, task_id: str, workspace: Path, before: dict[str, FileState],
+    originals: dict[str, bytes], emit: Emit, stop: threading.Event,
+) -> str | None:
+    seen = await asyncio.to_thread(
+        _safefs.walk, workspace, skip_dirs=SKIP_DIRS, max_entries=settings.workspace_max_entries, stop=stop
+    )
+    if seen.truncated:
+        await emit("log", line=f"the workspace has over {settings.workspace_max_entries} entries; the rest was not looked at")
+    refused = [f"{rel}: a {kind} in the workspace; not read" for rel, kind in seen.special]
+    refused += [f"{rel}: a link to outside the workspace; not followed" for rel, outside in seen.links if outside]
+    for detail in refused[:MAX_REFUSED_EVENTS]:
+        await emit("security", kind="artifact_refused", severity="warning", detail=detail)
+    if len(refused) > MAX_REFUSED_EVENTS:
+        await emit("security", kind="artifact_refused", severity="warning",
+                   detail=f"{len(refused) - MAX_REFUSED_EVENTS} more links or special files in the workspace; not read")
+    inside = [rel for rel, outside in seen.links if not outside]
+    if inside:
+        await emit("log", line=f"{len(inside)} link(s) inside the workspace not stored (links are never stored), e.g. {inside[0]}")
+    store: Any = None
     diffs: list[str] = []
-    diff_size = 0
-    stored = 0
-    for rel in changed:
-        state = after[rel]
+    skipped: list[str] = []
+    diff_size = stored = total = 0
+    for rel in sorted(seen.files):
+        entry = seen.files[rel]
+        old = before.get(rel)
         if stored >= settings.artifact_max_files:
-            await emit("log", line=f"artifact limit of {settings.artifact_max_files} files reached; {rel} and later files not stored")
+            skipped.append(f"artifact limit of {settings.artifact_max_files} files reached; {rel} and later files not stored")
             break
-        if state.size > settings.artifact_max_bytes:
-            await emit("log", line=f"{rel} is {state.size} bytes, over the artifact limit of {settings.artifact_max_bytes}; not stored")
+        if entry.size > settings.artifact_max_bytes:
+            skipped.append(f"{rel} is {entry.size} bytes, over the artifact limit of {settings.artifact_max_bytes}; not stored")
             continue
-        data = (workspace / rel).read_bytes()
+        if total + entry.size > settings.artifact_max_total_bytes:
+            skipped.append(f"{rel} would pass the total artifact limit of {settings.artifact_max_total_bytes} bytes; not stored")
+            continue
+        try:
+            data, sha = await asyncio.to_thread(_safefs.read_file, workspace, rel, entry, max_bytes=settings.artifact_max_bytes, stop=stop)
+        except _safefs.Refused as exc:
+            await emit("security", kind="artifact_refused", severity="critical", detail=f"{rel}: {exc}; not stored")
+            continue
+        if old is not None and old.sha256 == sha:
+            continue
+        total += len(data)
+        if store is None:
+            store = await bus.js.object_store(bus.subjects.artifacts_bucket)
         key = f"{task_id}/{rel}"
         await store.put(key, data)
         stored += 1
-        change = "modified" if rel in before else "added"
-        await emit("artifact", path=rel, size=len(data), sha256=state.sha256, object_key=key, change=change)
+        await emit("artifact", path=rel, size=len(data), sha256=sha, object_key=key, change="modified" if old else "added")
         if diff_size < MAX_DIFF_BYTES and len(data) <= MAX_DIFF_FILE_BYTES:
-            text = _diff(rel, originals.get(rel) if rel in before else b"", data, added=rel not in before)
+            text = _diff(rel, originals.get(rel) if old else b"", data, added=old is None)
             if text:
                 diffs.append(text)
                 diff_size += len(text)
+    for line in skipped[:MAX_SKIP_LINES]:
+        await emit("log", line=line)
+    if len(skipped) > MAX_SKIP_LINES:
+        await emit("log", line=f"... and {len(skipped) - MAX_SKIP_LINES} more files not stored")
     return "".join(diffs)[:MAX_DIFF_BYTES] or None
 
 

@@ -104,5 +104,19 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
     return checks
 
 
-doctor_checks = [check_image, check_limits]
+def check_workspace_size(settings: Settings) -> list[dict[str, Any]]:
+    """Whether a task's workspace gets a hard total size (``_wsmount``)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return [_check("workspace size", False,
+                       "runner is not root: a workspace is a plain folder, capped per file (RLIMIT_FSIZE = disk_mb) but NOT in total",
+                       "run the runner as root to give each workspace a disk_mb filesystem of its own", required=False)]
+    ext4 = shutil.which("mkfs.ext4", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None and os.path.exists("/dev/loop-control")
+    detail = ("each workspace is a loop-mounted ext4 filesystem of disk_mb" if ext4
+              else "each workspace is a tmpfs of disk_mb (in RAM, charged to the sandbox's memory): mkfs.ext4 or /dev/loop-control is missing")
+    return [_check("workspace size", ext4, detail, "install e2fsprogs and make loop devices available", required=False)]
+
+
+doctor_checks = [check_image, check_limits, check_workspace_size]
 """The doctor's extra checks; the lead exports this as ``sandbox.doctor_checks``."""

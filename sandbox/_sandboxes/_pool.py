@@ -7,8 +7,11 @@ with ``workspace/`` (bound at /workspace) and ``run/`` (bound read-only at
 /run/taskbus). Containers are never reused: one container, one task, removed on
 destroy. On hand-out:
 
-- the content of ``spec.workspace`` is moved (renamed) into the slot's workspace,
-  and moved back on destroy;
+- the content of ``spec.workspace`` is moved into the slot's workspace, and back
+  on destroy. A root runner makes each slot's workspace a filesystem of the class's
+  ``disk_mb`` (``_wsmount``; the class fixes it); on destroy that mount is bound on
+  top of ``spec.workspace`` when that is itself a mount point (the runner's
+  per-task filesystem): nothing the sandbox wrote is copied, opened or followed.
 - each unix socket in ``spec.socket_dir`` is hard-linked into the slot's ``run/``
   (a hard link reaches the same listening socket), so both must be on one
   filesystem; otherwise the sandbox is created cold;
@@ -35,6 +38,7 @@ from . import _labels
 from ._docker_config import remove_container
 from ._host import chown_tree
 from ._spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from ._wsmount import bind, is_mount, mount_workspace_async, unmount_all
 
 if TYPE_CHECKING:
     from ._docker import DockerBackend, DockerSandbox
@@ -85,7 +89,7 @@ class WarmPool:
             folder = self._root / sid
             try:
                 make_folder(folder)
-                (folder / "workspace").mkdir()
+                await mount_workspace_async(folder / "workspace", template.disk_mb, SANDBOX_UID, SANDBOX_GID)
                 (folder / "run").mkdir()
                 os.chown(folder / "workspace", SANDBOX_UID, SANDBOX_GID)
                 os.chmod(folder / "run", 0o755)
@@ -107,11 +111,11 @@ class WarmPool:
                     pass
                 if made is not None:
                     await asyncio.to_thread(_remove_slot, _Slot(sid, folder, made))
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_slot_folder(folder)
                 raise
             except Exception:
                 logger.exception("warm pool: creating a container failed; pool stays at %d", len(idle))
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_slot_folder(folder)
                 break
             idle.append(_Slot(sid, folder, container))
         self._full.setdefault(key, asyncio.Event()).set()
@@ -204,15 +208,27 @@ def _hand_out(folder: Path, spec: SandboxSpec) -> None:
 
 
 def release_workspace(folder: Path, workspace: Path) -> None:
-    """On destroy: move the slot's workspace content back into the task's folder."""
+    """On destroy (nothing runs in the container any more): the slot's workspace back at
+    the task's folder, bound when both are mounts, else its content moved."""
     source = folder / "workspace"
     workspace.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
+    if is_mount(source) and is_mount(workspace):
+        try:
+            bind(source, workspace)
+        except OSError as exc:
+            logger.warning("warm pool: cannot bind %s back on %s (%s); its files are lost", source, workspace, exc)
+    elif source.is_dir():
         for entry in source.iterdir():
             dest = workspace / entry.name
             if dest.exists() or dest.is_symlink():
                 continue
             shutil.move(str(entry), str(dest))
+    remove_slot_folder(folder)
+
+
+def remove_slot_folder(folder: Path) -> None:
+    """Unmount a slot's workspace and remove its folder (the reaper uses it too)."""
+    unmount_all(folder / "workspace")
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -221,4 +237,4 @@ def _remove_slot(slot: _Slot) -> None:
         slot.container.remove(force=True)
     except Exception as exc:
         logger.debug("removing pooled %s: %s", slot.sid, exc)
-    shutil.rmtree(slot.folder, ignore_errors=True)
+    remove_slot_folder(slot.folder)

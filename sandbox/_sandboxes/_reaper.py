@@ -137,7 +137,9 @@ def _remove_pool_folder(data_path: Path, slot: str) -> None:
     root = _labels.sandboxes_dir(data_path) / "pool"
     folder = root / slot
     if folder.parent == root and slot.startswith("tb-"):
-        shutil.rmtree(folder, ignore_errors=True)
+        from ._pool import remove_slot_folder
+
+        remove_slot_folder(folder)  # its workspace is a mount of its own
 
 
 def prune_bwrap(data_path: Path, *, everything: bool) -> int:
