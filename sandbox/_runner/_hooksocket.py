@@ -69,7 +69,7 @@ class HookServer:
         try:
             sock.bind(str(self.path))  # fails if anything exists there: the folder is new and ours
             os.chmod(self.path, 0o666)  # the sandbox's non-root user connects to it
-            sock.listen(16)
+            sock.listen(128)
             sock.setblocking(False)
         except OSError:
             sock.close()
