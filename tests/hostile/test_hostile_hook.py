@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
