@@ -18,9 +18,11 @@ import sys
 
 SOCKET = "/run/taskbus/hook.sock"
 TIMEOUT_S = 25
-MAX_INPUT = 1024 * 1024
+MAX_INPUT = 64 * 1024 * 1024
 MAX_ANSWER = 64 * 1024
 PATH_KEYS = ("file_path", "notebook_path", "path")
+# the inputs the runner's rules read; the rest (file contents of a Write...) stays here
+DECISION_KEYS = PATH_KEYS + ("command", "subagent_type", "skill", "name", "url")
 
 
 def block(reason):
@@ -32,12 +34,18 @@ def fail(detail):
     block("[taskbus policy: hook_error] the tool call is refused: %s" % detail)
 
 
-def with_realpaths(event):
-    """Resolve path inputs here, where the links are, so the runner checks the targets too."""
+def decision_request(event):
+    """What the runner needs: the tool, the inputs its rules read, and the path inputs
+    resolved here, where the links are, so that the runner checks the targets too."""
     tool_input = event.get("tool_input")
     if not isinstance(tool_input, dict):
         return event
     cwd = event.get("cwd") if isinstance(event.get("cwd"), str) else "/workspace"
+    request = {
+        "tool_name": event.get("tool_name"),
+        "cwd": event.get("cwd"),
+        "tool_input": {key: tool_input[key] for key in DECISION_KEYS if key in tool_input},
+    }
     resolved = {}
     for key in PATH_KEYS:
         value = tool_input.get(key)
@@ -46,8 +54,8 @@ def with_realpaths(event):
                 resolved[key] = os.path.realpath(os.path.join(cwd, value))
             except (OSError, ValueError):
                 resolved[key] = "/"  # unresolvable: checked as the root, so refused
-    event["taskbus_realpath"] = resolved
-    return event
+    request["taskbus_realpath"] = resolved
+    return request
 
 
 def ask(request):
@@ -79,7 +87,7 @@ def main():
         event = json.loads(raw)
         if not isinstance(event, dict):
             fail("the hook input is not a JSON object")
-        answer = ask(json.dumps(with_realpaths(event)).encode())
+        answer = ask(json.dumps(decision_request(event)).encode())
     except SystemExit:
         raise
     except Exception as exc:  # fail closed: no answer, no tool call

@@ -272,8 +272,6 @@ async def test_a_local_user_who_plants_the_old_predictable_socket_folder_gains_n
     old_name = Path("/tmp") / ("taskbus-" + hashlib.sha256(str(run_root(runner_settings, runner_id)).encode()).hexdigest()[:10])
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
-    os.chmod(tmp_path, 0o755)
-    os.chmod(tmp_path.parent, 0o755)
     subprocess.run(["rm", "-rf", str(old_name)], check=True)
     try:
         _as_nobody("mkdir", "-m", "0777", str(old_name))
@@ -294,3 +292,51 @@ async def test_a_local_user_who_plants_the_old_predictable_socket_folder_gains_n
         assert os.stat(victim).st_mode & 0o777 == 0o700 and not any(victim.iterdir())
     finally:
         subprocess.run(["rm", "-rf", str(old_name)], check=True)
+
+
+async def test_the_hook_in_the_sandbox_obeys_the_runner_and_fails_closed(
+    runner_settings: Settings, tmp_path: Path, require_bwrap: None
+) -> None:
+    from sandbox._privdirs import make_dir
+    from sandbox._runner._claude import HOOK_COMMAND, hook_source
+
+    opt = make_dir(tmp_path / "opt", 0o755)
+    (opt / "hook.py").write_bytes(hook_source())
+    (opt / "hook.py").chmod(0o644)
+    run = make_dir(tmp_path / "run", 0o755)
+    answer = {"reply": b""}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.write(answer["reply"])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(run / "hook.sock"))
+    os.chmod(run / "hook.sock", 0o666)
+    backend = get_backend("bwrap", runner_settings)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    spec = spec_from_policy(_policy(task_id="t-hookclient", timeout_s=60), runner_id="r-hookclient",
+                            workspace=str(workspace), ro_mounts=[(str(opt), "/opt/taskbus")], socket_dir=str(run))
+    event = json.dumps(_call("Write", file_path="a.txt", content="x" * 3_000_000)).encode()
+    outcomes = {}
+    try:
+        async with await backend.create(spec) as sandbox:
+            for name, reply in (("allow", b'{"decision": "allow"}'), ("block", b'{"decision": "block", "reason": "NO-BECAUSE"}'),
+                                ("garbage", b"\xff garbage"), ("silent", b""), ("allow-ish", b'{"decision": "Allow"}')):
+                answer["reply"] = reply
+                result = await (await sandbox.exec(HOOK_COMMAND.split(), stdin=event)).collect(timeout=60)
+                outcomes[name] = (result.exit_code, " ".join(result.stderr))
+            server.close()
+            await server.wait_closed()
+            (run / "hook.sock").unlink()
+            result = await (await sandbox.exec(HOOK_COMMAND.split(), stdin=event)).collect(timeout=60)
+            outcomes["gone"] = (result.exit_code, " ".join(result.stderr))
+    finally:
+        server.close()
+    assert outcomes["allow"] == (0, ""), outcomes  # a 3 MB Write is asked about (its content stays inside)
+    assert outcomes["block"] == (2, "NO-BECAUSE"), outcomes
+    for name in ("garbage", "silent", "allow-ish", "gone"):
+        code, stderr = outcomes[name]
+        assert code == 2 and stderr.startswith("[taskbus policy: hook_error]"), (name, outcomes[name])
