@@ -74,5 +74,19 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
     return checks
 
 
-doctor_checks = [check_image, check_limits]
+def check_seccomp(settings: Settings) -> list[dict[str, Any]]:
+    """bwrap sandboxes need libseccomp to compile their seccomp filter."""
+    from bus import SandboxUnavailable
+
+    from ._seccomp import sandbox_filter
+
+    try:
+        size = len(sandbox_filter()) // 8
+        ok, detail = True, f"bwrap seccomp filter: {size} instructions (libseccomp)"
+    except SandboxUnavailable as exc:
+        ok, detail = False, str(exc)
+    return [_check("sandbox seccomp", ok, detail, "apt-get install libseccomp2", required=settings.sandbox_backend == "bwrap")]
+
+
+doctor_checks = [check_image, check_limits, check_seccomp]
 """The doctor's extra checks; the lead exports this as ``sandbox.doctor_checks``."""

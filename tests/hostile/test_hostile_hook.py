@@ -340,3 +340,37 @@ async def test_the_hook_in_the_sandbox_obeys_the_runner_and_fails_closed(
     for name in ("garbage", "silent", "allow-ish", "gone"):
         code, stderr = outcomes[name]
         assert code == 2 and stderr.startswith("[taskbus policy: hook_error]"), (name, outcomes[name])
+
+
+async def test_the_hook_socket_reaches_a_pooled_docker_sandbox(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, require_docker: None, require_claude: Path
+) -> None:
+    """A warm container gets the task's sockets as hard links: the hook still answers."""
+    import time
+
+    from runner_kit import follow, make_job, scripted_model, submit
+    from sandbox import Runner
+
+    pooled = msgspec.structs.replace(runner_settings, docker_warm_pool=1)
+    script = bash_turns("curl -s http://1.1.1.1 || true")
+    async with scripted_model(pooled, tmp_path, scripts={"hostile": script}) as (settings, _m):
+        async with Runner(settings, backend="docker", slots=1, runner_id="r-pooled") as runner:
+            runs = []
+            for _ in range(1):  # a cold one first: it makes the pool fill
+                job = make_job(settings, bus_module.TaskRequest(description="[script:hostile] go"), tools=["Bash"])
+                await submit(bus, job)
+                runs.append(await follow(bus, job.task_id))
+                pool = runner.backend._pool  # type: ignore[union-attr]
+                deadline = time.monotonic() + 120
+                while not any(pool._idle.values()) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                idle = [slot.sid for slots in pool._idle.values() for slot in slots]
+            assert idle, "the pool filled"
+            job = make_job(settings, bus_module.TaskRequest(description="[script:hostile] go"), tools=["Bash"])
+            await submit(bus, job)
+            runs.append(await follow(bus, job.task_id))
+    started = next(e for e in runs[-1] if isinstance(e, bus_module.Started))
+    assert started.sandbox_id in idle, "the last task ran in a pooled container"
+    for events in runs:
+        assert [e.kind for e in events if isinstance(e, Security)] == ["blocked_command"]
+        assert isinstance(events[-1], Finished) and events[-1].status == "succeeded"
