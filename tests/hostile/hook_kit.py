@@ -138,14 +138,14 @@ X86 = {"ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "pidfd_
        "bpf": 321, "unshare": 272, "setns": 308, "clone": 56, "clone3": 435, "perf_event_open": 298,
        "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176,
        "userfaultfd": 323, "personality": 135, "io_uring_setup": 425, "open_by_handle_at": 304, "kcmp": 312,
-       "getpid": 39}
+       "settimeofday": 164, "reboot": 169, "syslog": 103, "getpid": 39}
 ARM = {"ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_getfd": 438, "pidfd_open": 434,
        "keyctl": 219, "add_key": 217, "request_key": 218, "mount": 40, "umount2": 39, "pivot_root": 41,
        "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
        "bpf": 280, "unshare": 97, "setns": 268, "clone": 220, "clone3": 435, "perf_event_open": 241,
        "kexec_load": 104, "kexec_file_load": 294, "init_module": 105, "finit_module": 273, "delete_module": 106,
        "userfaultfd": 282, "personality": 92, "io_uring_setup": 425, "open_by_handle_at": 265, "kcmp": 272,
-       "getpid": 172}
+       "settimeofday": 170, "reboot": 142, "syslog": 116, "getpid": 172}
 NR = X86 if ARCH == "x86_64" else ARM
 ppid = os.getppid()
 buf = ctypes.create_string_buffer(64)
@@ -186,6 +186,9 @@ CALLS = {
     "io_uring_setup": (1, None),
     "open_by_handle_at": (-100, None, 0),
     "kcmp": (ppid, ppid, 0, 0, 0),
+    "settimeofday": (None, None),
+    "reboot": (0, 0, 0, None),
+    "syslog": (10, None, 0),  # SYSLOG_ACTION_SIZE_BUFFER
     "x32_getpid": None,
     "getpid": (),
 }
