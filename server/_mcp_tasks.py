@@ -8,7 +8,7 @@ import mcp_types as types
 from mcp.server import MCPServer
 from pydantic import Field
 
-from bus import FINISHED_STATUSES, Started, TaskbusError
+from bus import FINISHED_STATUSES, TaskbusError
 
 from ._dispatch import Dispatcher
 from ._mcp_results import (

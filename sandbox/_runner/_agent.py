@@ -24,8 +24,8 @@ from typing import Any
 from bus import Policy, PolicyDenied, SandboxError, Settings
 
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
-from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
 from .._privdirs import ensure_dir
+from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
 from .._tools import find_claude
 from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_shared_files
 from ._hookpolicy import rules_for
