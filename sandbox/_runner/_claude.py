@@ -161,7 +161,8 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
             outcome.result = redact(str(doc.get("result") or ""), secrets)
             outcome.turns = int(doc.get("num_turns") or 0)
             for denial in (doc.get("permission_denials") or [])[:MAX_DENIALS]:
-                outcome.denials.append(denial)
+                if len(outcome.denials) < MAX_DENIALS:  # repeated result lines stay bounded too
+                    outcome.denials.append(denial)
                 out.append((Log, {"stream": "stdout",
                                   "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)}))
         else:
