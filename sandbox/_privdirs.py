@@ -12,6 +12,7 @@ descriptor.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -19,11 +20,33 @@ from pathlib import Path
 from bus import SandboxError
 
 SOCKET_ROOT_PREFIX = "tb-"
+SOCKET_ROOT_RECORD = "socket_root"
+"""File in the runner's run folder naming its socket root, so that the next life of a
+runner killed without cleanup removes it."""
 
 
 def make_socket_root() -> Path:
     """A new private folder (0700, random name) for one runner's unix sockets."""
     return Path(tempfile.mkdtemp(prefix=SOCKET_ROOT_PREFIX))
+
+
+def remove_recorded_socket_root(record: Path) -> bool:
+    """Remove the socket root a previous life of the runner recorded in ``record``, if it
+    is still one of ours (a ``tb-`` folder of the temp dir, owned by us, private)."""
+    try:
+        path = Path(record.read_text().strip())
+    except OSError:
+        return False
+    if path.parent != Path(tempfile.gettempdir()) or not path.name.startswith(SOCKET_ROOT_PREFIX):
+        return False
+    try:
+        st = check_own_dir(path)
+    except SandboxError:
+        return False
+    if st.st_mode & 0o077:
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
 
 
 def make_dir(path: Path, mode: int) -> Path:

@@ -45,7 +45,7 @@ from .._sandboxes import SandboxBackend, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
 from ._job import JobHandler
-from .._privdirs import make_socket_root
+from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
 from ._agent import prepare_shared
 from ._task import TaskOutcome, TaskRun
 
@@ -132,9 +132,11 @@ class Runner:
             await self._reap(startup=True)
         self._run_root = run_root(s, self.id)
         if self._run_root.exists():  # left by a previous life of this runner (its sandboxes are reaped)
+            await asyncio.to_thread(remove_recorded_socket_root, self._run_root / SOCKET_ROOT_RECORD)
             await asyncio.to_thread(shutil.rmtree, self._run_root, True)
         self._run_root.mkdir(parents=True, exist_ok=True)
         self._socket_root = make_socket_root()  # fresh, random, 0700: nothing a local user made first
+        (self._run_root / SOCKET_ROOT_RECORD).write_text(str(self._socket_root))
         self._shared_dir = self._run_root / "shared"
         await asyncio.to_thread(prepare_shared, self._shared_dir)
         if s.complete_provider == "claude-cli":

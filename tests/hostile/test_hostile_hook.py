@@ -402,3 +402,28 @@ async def test_the_hook_socket_reaches_a_pooled_docker_sandbox(
     for events in runs:
         assert [e.kind for e in events if isinstance(e, Security)] == ["blocked_command"]
         assert isinstance(events[-1], Finished) and events[-1].status == "succeeded"
+
+
+async def test_a_restarted_runner_removes_only_its_own_left_socket_folder(
+    runner_settings: Settings, bus: bus_module.Bus, require_bwrap: None
+) -> None:
+    import tempfile
+
+    from sandbox import Runner
+
+    left = Path(tempfile.mkdtemp(prefix="tb-"))  # what a life killed with SIGKILL left behind
+    (left / "t-old").mkdir()
+    foreign = Path(tempfile.gettempdir()) / f"tb-foreign-{os.getpid()}"
+    subprocess.run(["rm", "-rf", str(foreign)], check=True)
+    _as_nobody("mkdir", "-m", "0700", str(foreign))
+    for runner_id, target in (("r-restart", left), ("r-foreign", foreign)):
+        record = run_root(runner_settings, runner_id) / "socket_root"
+        record.parent.mkdir(parents=True)
+        record.write_text(str(target))
+    try:
+        async with Runner(runner_settings, backend="bwrap", slots=1, runner_id="r-restart"), \
+                Runner(runner_settings, backend="bwrap", slots=1, runner_id="r-foreign"):
+            assert not left.exists(), "the runner's own left folder is removed"
+            assert foreign.is_dir() and os.lstat(foreign).st_uid == 65534, "another user's folder is not touched"
+    finally:
+        subprocess.run(["rm", "-rf", str(foreign), str(left)], check=True)
