@@ -150,6 +150,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most bytes of one task stored as artifacts (all files together)."""
     workspace_max_entries: Positive = 20_000
     """Most workspace entries (files, folders, links) looked at when collecting artifacts."""
+    task_max_events: Positive = 10_000
+    """Most events a task's agent output (Claude Code's stream) may produce; past it the
+    runner drops further output with one ``security`` event (``event_limit``) and the task
+    runs on under its time and cost limits."""
+    task_max_event_bytes: Positive = 16_777_216
+    """Most bytes of events a task's agent output may produce (each event is also cut to
+    64 KiB); past it, as past ``task_max_events``."""
 
     def __repr__(self) -> str:
         parts = []

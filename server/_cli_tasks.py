@@ -187,7 +187,7 @@ async def _follow(settings: Any, subject_task: str, *, quiet: bool) -> Any:
                     async for event in watch.stream(keepalive_s=1.0):
                         if event is not None:
                             out.print(_event_line(event))
-                        status.update(f"{subject_task}: {len(watch.events)} events, ${watch.cost_so_far:.4f}")
+                        status.update(f"{subject_task}: {watch.count} events, ${watch.cost_so_far:.4f}")
     return watch
 
 
@@ -204,7 +204,7 @@ def _summary(watch: Any) -> dict[str, Any]:
         "duration_ms": finished.duration_ms,
         "usage": msgspec.to_builtins(finished.usage),
         "artifacts": [a.path for a in watch.artifacts],
-        "events": len(watch.events),
+        "events": watch.count,
     }
 
 

@@ -1,7 +1,7 @@
 """Following a task's events: one ordered JetStream consumer per task, fanned out in-process.
 
-``TaskWatch`` holds the events of one task seen so far and wakes any number of
-readers. ``follow_events`` fills a watch from ``<prefix>.events.<task_id>`` starting at
+``TaskWatch`` holds the newest events of one task (a bounded window, with counts) and
+wakes any number of readers. ``follow_events`` fills a watch from ``<prefix>.events.<task_id>`` starting at
 the first stored message (DeliverPolicy.ALL), so nothing is missed even if the task
 finished before the follower started; it stops at the ``finished`` event.
 ``replay_events`` reads what is stored right now without waiting for more.
@@ -10,6 +10,7 @@ finished before the follower started; it stops at the ``finished`` event.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -23,32 +24,58 @@ from bus import (
     Finished,
     MessageDecodeError,
     ModelCall,
+    Started,
     decode_event,
 )
 
 logger = logging.getLogger(__name__)
 
+EVENT_WINDOW = 2_000
+"""Newest events of one task kept in the server's memory."""
+MAX_ARTIFACTS = 10_000
+
 
 class TaskWatch:
-    """The events of one task seen so far, with a wake-up for readers."""
+    """The latest events of one task (a bounded window), counts and artifacts, with a
+    wake-up for readers.
 
-    def __init__(self, task_id: str) -> None:
+    A task's events are written by its runner from what an agent printed, so their number
+    is bounded only by the runner's per-task limit: the server keeps the newest ``window``
+    events, the count of all, whether the task started, its artifacts (at most
+    ``MAX_ARTIFACTS``) and its ``finished`` event. The full log stays in JetStream."""
+
+    def __init__(self, task_id: str, *, window: int | None = EVENT_WINDOW) -> None:
         self.task_id = task_id
-        self.events: list[Event] = []
+        self._window: collections.deque[Event] = collections.deque(maxlen=window)
+        self.count = 0
+        self.last_seq = 0
+        self.started = False
+        self._artifacts: list[Artifact] = []
         self.finished: Finished | None = None
         self.cost_so_far = 0.0
         self._changed = asyncio.Event()
 
+    @property
+    def events(self) -> list[Event]:
+        """The newest events (all of them while there are at most ``window``)."""
+        return list(self._window)
+
     def add(self, event: Event) -> bool:
         """Append ``event`` if it is the next one; duplicates and stragglers are dropped."""
-        expected = len(self.events) + 1
+        expected = self.last_seq + 1
         if event.seq < expected or self.finished is not None:
             return False
         if event.seq > expected:
             logger.warning("task %s: events %d..%d missing; continuing", self.task_id, expected, event.seq - 1)
-        self.events.append(event)
+        self._window.append(event)
+        self.count += 1
+        self.last_seq = event.seq
         if isinstance(event, ModelCall):
             self.cost_so_far = max(self.cost_so_far, event.total_cost_usd)
+        elif isinstance(event, Started):
+            self.started = True
+        elif isinstance(event, Artifact) and len(self._artifacts) < MAX_ARTIFACTS:
+            self._artifacts.append(event)
         elif isinstance(event, Finished):
             self.finished = event
             self.cost_so_far = event.cost_usd
@@ -58,14 +85,17 @@ class TaskWatch:
 
     @property
     def artifacts(self) -> list[Artifact]:
-        return [e for e in self.events if isinstance(e, Artifact)]
+        return list(self._artifacts)
 
     async def stream(self, *, start: int = 0, keepalive_s: float | None = None) -> AsyncIterator[Event | None]:
-        """Yield events from index ``start`` until ``finished``; ``None`` after each quiet ``keepalive_s``."""
+        """Yield events from position ``start`` until ``finished``; ``None`` after each quiet
+        ``keepalive_s``. A reader that fell behind the window skips to its oldest event."""
         index = start
         while True:
-            while index < len(self.events):
-                event = self.events[index]
+            while index < self.count:
+                base = self.count - len(self._window)
+                index = max(index, base)
+                event = self._window[index - base]
                 index += 1
                 yield event
             if self.finished is not None:
@@ -147,7 +177,7 @@ async def replay_events(bus: Bus, task_id: str, *, timeout: float = 5.0, max_byt
         last = await bus.js.get_last_msg(bus.subjects.events_stream, subject)
     except NotFoundError:
         return []
-    watch = TaskWatch(task_id)
+    watch = TaskWatch(task_id, window=None)  # all stored events (as many as the runner let through)
     sub = await bus.js.subscribe(
         subject, stream=bus.subjects.events_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
     )

@@ -8,7 +8,7 @@ import mcp_types as types
 from mcp.server import MCPServer
 from pydantic import Field
 
-from bus import FINISHED_STATUSES, Started, TaskbusError
+from bus import FINISHED_STATUSES, TaskbusError
 
 from ._dispatch import Dispatcher
 from ._mcp_results import (
@@ -53,7 +53,7 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
             return error_result(exc)
         doc = record_doc(record)
         doc["cost_so_far_usd"] = watch.cost_so_far
-        doc["events"] = len(watch.events)
+        doc["events"] = watch.count
         if watch.finished is not None:
             doc.update(finished_summary(watch.finished))
             doc["artifacts"] = artifact_entries(task_id, watch.artifacts)
@@ -61,9 +61,9 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
         elif record.status in FINISHED_STATUSES:  # its events aged out of the stream
             text = f"Task {task_id} {record.status}: {record.result_summary or ''} (events no longer stored)"
         else:
-            if any(isinstance(e, Started) for e in watch.events):
+            if watch.started:
                 doc["status"] = "running"
-            text = f"Task {task_id} is {doc['status']} ({len(watch.events)} events, ${watch.cost_so_far:.4f} so far); poll again."
+            text = f"Task {task_id} is {doc['status']} ({watch.count} events, ${watch.cost_so_far:.4f} so far); poll again."
         return json_result(doc, text + "\n" + _json(doc))
 
     @mcp.tool(

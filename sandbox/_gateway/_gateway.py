@@ -20,6 +20,7 @@ from types import TracebackType
 
 from bus import Policy, Settings
 
+from .._privdirs import ensure_dir
 from ._http import UnixHttpServer
 from ._meter import CallRecord, Meter
 from ._metered import Callback, MeteredModel
@@ -97,9 +98,9 @@ class ModelGateway:
         try:
             if self._own_upstream:
                 await stack.enter_async_context(self.upstream)
-            folder = self.socket_path.parent
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, 0o755)
+            # the sandbox's user reaches the socket through this folder: created here
+            # (never through a link) or, when the runner made it, checked to be ours
+            ensure_dir(self.socket_path.parent, 0o755)
             await stack.enter_async_context(self._server)
         except BaseException:
             await stack.aclose()

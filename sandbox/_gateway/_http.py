@@ -28,6 +28,8 @@ import h11
 
 from bus import SandboxError
 
+from .._privdirs import check_own_dir
+
 __all__ = ["HttpRequest", "Responder", "UnixHttpServer"]
 
 logger = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ class UnixHttpServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> UnixHttpServer:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_own_dir(self.path.parent)  # nobody else can swap the socket for a link
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

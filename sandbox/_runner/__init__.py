@@ -1,6 +1,6 @@
 """The sandbox runner: jobs from the bus, Claude Code in a sandbox, events back."""
 
-from ._claude import DENY_COMMANDS as DENY_COMMANDS
+from ._hookpolicy import DENY_COMMANDS as DENY_COMMANDS
 from ._events import TaskEvents as TaskEvents
 from ._events import last_event as last_event
 from ._runner import Runner as Runner

@@ -1,6 +1,7 @@
-"""The environment one Claude Code run needs: a model gateway on a unix socket, a
-sandbox with the CLI, the hook and the managed settings mounted read-only, and the
-loopback forwarder inside that connects the CLI to the gateway.
+"""The environment one Claude Code run needs: a model gateway and the PreToolUse
+decision point on unix sockets (both in the task's socket folder, mounted at
+/run/taskbus), a sandbox with the CLI, the hook and the managed settings mounted
+read-only, and the loopback forwarder inside that connects the CLI to the gateway.
 
     async with AgentSandbox(...) as agent:        # gateway up, sandbox created, forwarder ready
         proc = await agent.sandbox.exec(claude_argv(agent.claude_binary, policy), env=agent.env)
@@ -27,11 +28,14 @@ from typing import Any
 from bus import Policy, PolicyDenied, SandboxError, Settings
 
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
+from .._privdirs import ensure_dir
 from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
 from .._sandboxes._spec import SANDBOX_GID, SANDBOX_UID
 from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
 from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_shared_files
+from ._hookpolicy import rules_for
+from ._hooksocket import HOOK_SOCKET, HookServer
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +54,6 @@ def shared_folders(shared_dir: Path) -> tuple[Path, Path]:
 def prepare_shared(shared_dir: Path) -> None:
     """Write the hook, the forwarder and the managed settings once per runner."""
     write_shared_files(*shared_folders(shared_dir), forwarder_source())
-
-
-def socket_root_for(run_root: Path) -> Path:
-    """A short folder for gateway sockets (unix socket paths are limited to 107 bytes)."""
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(str(run_root).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"taskbus-{digest}"
 
 
 class AgentSandbox:
@@ -94,12 +89,13 @@ class AgentSandbox:
         self.secrets = (self.placeholder, settings.upstream_api_key)
         self.sandbox: Sandbox | None = None
         self.gateway: ModelGateway | None = None
+        self.hook: HookServer | None = None
         self.claude_binary = ""
         self._stack = contextlib.AsyncExitStack()
 
     @property
     def env(self) -> dict[str, str]:
-        return claude_env(self.placeholder, self.policy)
+        return claude_env(self.placeholder)
 
     async def __aenter__(self) -> AgentSandbox:
         try:
@@ -136,6 +132,7 @@ class AgentSandbox:
         await mount_workspace_async(self.workspace, self.policy.disk_mb, SANDBOX_UID, SANDBOX_GID)
         if self._fill_workspace is not None:
             await asyncio.to_thread(self._fill_workspace, self.workspace)
+        ensure_dir(self.sock_dir, 0o755)  # under the runner's private socket root
         claude = find_claude(self.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
         self.gateway = await self._stack.enter_async_context(
@@ -143,6 +140,10 @@ class AgentSandbox:
                 self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
                 upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
             )
+        )
+        self.hook = await self._stack.enter_async_context(
+            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
+                       on_security=self._on_security)
         )
         try:
             spec = spec_from_policy(

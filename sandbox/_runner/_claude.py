@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bus import Message, Policy, Security, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names, tool_offered
+from bus import Message, Policy, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names
 
 logger = logging.getLogger(__name__)
 
@@ -18,43 +18,22 @@ OPT_DIR = "/opt/taskbus"
 MANAGED_SETTINGS = "/etc/claude-code/managed-settings.json"
 GATEWAY_PORT = 8080
 PREVIEW_CHARS = 2000
-POLICY_MARK = "[taskbus policy: "
-
-# Commands the hook refuses even when Bash is allowed: network tools, privilege and
-# namespace changes, container control, reading other processes' environments.
-DENY_COMMANDS = [
-    {"pattern": r"(^|[\s;&|(`$])(curl|wget|nc|ncat|netcat|socat|telnet|ssh|scp|sftp|rsync|ftp)(\s|$)", "why": "network tool"},
-    {"pattern": r"/dev/(tcp|udp)/", "why": "raw network socket"},
-    {"pattern": r"(^|[\s;&|(`$])(sudo|su|doas|pkexec|chroot|nsenter|unshare|mount|umount|setcap|capsh)(\s|$)", "why": "privilege or namespace change"},
-    {"pattern": r"(^|[\s;&|(`$])(docker|podman|ctr|kubectl)(\s|$)|docker\.sock", "why": "container control"},
-    {"pattern": r"/proc/[0-9]+/(environ|mem|root)|/proc/self/(environ|mem|root)", "why": "reading process memory or environment"},
-    {"pattern": r"(^|\s)rm\s+(-[a-zA-Z]*\s+)*/(\s|$|\*)", "why": "deleting the root filesystem"},
-    {"pattern": r":\(\)\s*\{\s*:\|:&\s*\};:", "why": "fork bomb"},
-]
+MAX_DENIALS = 20
+HOOK_COMMAND = f"/usr/bin/python3 -I -S {OPT_DIR}/hook.py"
 
 
 def hook_source() -> bytes:
     return resources.files(__package__).joinpath("pretooluse_hook.py").read_bytes()
 
 
-def hook_policy(policy: Policy) -> dict[str, Any]:
-    read_roots = ["/project"] if policy.fs_access != "none" and policy.project_root else []
-    return {
-        "tools": list(policy.tools),
-        "agents": list(policy.agents),
-        "skills": list(policy.skills),
-        "write_roots": ["/workspace", "/tmp"] + (read_roots if policy.fs_access == "readwrite" else []),
-        "read_roots": read_roots + ["/home/agent"],
-        "deny_commands": DENY_COMMANDS,
-    }
-
-
 def managed_settings() -> dict[str, Any]:
-    """Highest-precedence settings: the hook always runs; nothing can switch it off."""
+    """Highest-precedence settings: the hook always runs; nothing can switch it off.
+    It runs isolated (``-I -S``: no PYTHON* variables, no site or user site, not the
+    working folder on its path) from the read-only /opt/taskbus, by absolute path."""
     return {
         "hooks": {
             "PreToolUse": [
-                {"matcher": "*", "hooks": [{"type": "command", "command": f"python3 {OPT_DIR}/hook.py", "timeout": 30}]}
+                {"matcher": "*", "hooks": [{"type": "command", "command": HOOK_COMMAND, "timeout": 30}]}
             ]
         },
         "allowManagedHooksOnly": True,
@@ -106,11 +85,9 @@ def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) 
     return argv
 
 
-def claude_env(placeholder_key: str, policy: Policy) -> dict[str, str]:
-    """The CLI's environment. The hook's rules travel in it: hooks inherit the CLI's
-    environment, which nothing the agent runs can change."""
+def claude_env(placeholder_key: str) -> dict[str, str]:
+    """The CLI's environment. No task rule travels in it: the hook asks the runner."""
     return {
-        "TASKBUS_HOOK_POLICY": json.dumps(hook_policy(policy)),
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
         "ANTHROPIC_API_KEY": placeholder_key,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -132,7 +109,6 @@ class ClaudeOutcome:
     result: str = ""
     turns: int = 0
     denials: list[dict[str, Any]] = field(default_factory=list)
-    tool_names: dict[str, str] = field(default_factory=dict)
     allowed_tools: tuple[str, ...] = ("*",)
 
 
@@ -148,7 +124,11 @@ def _preview(value: Any, secrets: tuple[str, ...]) -> str:
 
 
 def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[tuple[type, dict[str, Any]]]:
-    """One stream-json line -> (event type, fields) pairs. Never raises."""
+    """One stream-json line -> (event type, fields) pairs. Never raises.
+
+    The stream is written by a process inside the sandbox, so anything in it may be
+    forged: it never yields a ``security`` event (those come from the hook's socket and
+    the gateway only); refused calls it reports become log lines."""
     from bus import Log
 
     try:
@@ -167,13 +147,9 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                 if block.get("type") == "text" and block.get("text"):
                     out.append((Message, {"text": redact(block["text"], secrets)}))
                 elif block.get("type") == "tool_use":
-                    outcome.tool_names[str(block.get("id"))] = str(block.get("name"))
                     tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
                     name = str(block.get("name"))
                     out.append((ToolCall, {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets)}))
-                    if not tool_offered(outcome.allowed_tools, name):
-                        out.append((Security, {"kind": "tool_denied", "severity": "warning",
-                                               "detail": f"the agent called {name}, which this task's policy does not allow; the call was refused"}))
         elif kind == "user":
             content = (doc.get("message") or {}).get("content")
             for block in content if isinstance(content, list) else []:
@@ -182,21 +158,17 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                 output = _preview(block.get("content", ""), secrets)
                 tool_id = str(block.get("tool_use_id"))
                 out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output}))
-                if POLICY_MARK in output:
-                    kind_name = output.split(POLICY_MARK, 1)[1].split("]", 1)[0]
-                    severity = "critical" if kind_name in ("blocked_command", "path_denied") else "warning"
-                    out.append((Security, {"kind": kind_name, "severity": severity,
-                                           "detail": f"{outcome.tool_names.get(tool_id, 'tool')} call blocked: {output[:500]}"}))
         elif kind == "result":
             outcome.seen_result = True
             outcome.is_error = bool(doc.get("is_error"))
             outcome.subtype = str(doc.get("subtype", ""))
             outcome.result = redact(str(doc.get("result") or ""), secrets)
             outcome.turns = int(doc.get("num_turns") or 0)
-            for denial in doc.get("permission_denials") or []:
-                outcome.denials.append(denial)
-                out.append((Security, {"kind": "permission_denied", "severity": "warning",
-                                       "detail": redact(json.dumps(denial)[:500], secrets)}))
+            for denial in (doc.get("permission_denials") or [])[:MAX_DENIALS]:
+                if len(outcome.denials) < MAX_DENIALS:  # repeated result lines stay bounded too
+                    outcome.denials.append(denial)
+                out.append((Log, {"stream": "stdout",
+                                  "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)}))
         else:
             out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
     except Exception as exc:  # a surprising shape is a log line, never a crash

@@ -7,6 +7,7 @@ task's subject, so a redelivered job (after a runner died) keeps the sequence ga
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -134,3 +135,60 @@ class TaskEvents:
             return self.finished
         event = await self.emit(Finished, status=status, **fields)
         return event if event is not None else self.finished  # type: ignore[return-value]
+
+
+MAX_EVENT_TEXT = 65_536
+
+
+class EventBudget:
+    """Bounds what a task's agent output turns into: at most ``max_events`` events and
+    ``max_bytes`` bytes of text (each string or tool input cut to ``MAX_EVENT_TEXT``).
+    Everything in that output may be forged from inside the sandbox, so this is what
+    keeps a flood from reaching the bus, the audit log and the server's memory."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.events = 0
+        self.bytes = 0
+        self.dropped = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.dropped > 0
+
+    def admit(self, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """The fields to publish (cut to size), or None when the budget is spent."""
+        if self.dropped:
+            self.dropped += 1
+            return None
+        clipped, size = clip_fields(fields)
+        if self.events + 1 > self.max_events or self.bytes + size > self.max_bytes:
+            self.dropped = 1
+            return None
+        self.events += 1
+        self.bytes += size
+        return clipped
+
+    def notice(self) -> str:
+        return (f"the agent's output passed this task's limit of {self.max_events} events or "
+                f"{self.max_bytes} bytes; further output is dropped (the task keeps running "
+                "under its time and cost limits)")
+
+
+def clip_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    out: dict[str, Any] = {}
+    size = 0
+    for name, value in fields.items():
+        if isinstance(value, str):
+            if len(value) > MAX_EVENT_TEXT:
+                value = value[:MAX_EVENT_TEXT] + f"... [{len(value) - MAX_EVENT_TEXT} more characters cut]"
+            size += len(value)
+        elif isinstance(value, dict):
+            text = json.dumps(value, default=str)
+            if len(text) > MAX_EVENT_TEXT:
+                value = {"truncated": text[:MAX_EVENT_TEXT]}
+                text = value["truncated"]
+            size += len(text)
+        out[name] = value
+    return out, size

@@ -45,7 +45,8 @@ from .._sandboxes import SandboxBackend, backend_problem, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
 from ._job import JobHandler
-from ._agent import prepare_shared, socket_root_for
+from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
+from ._agent import prepare_shared
 from ._task import TaskOutcome, TaskRun
 
 logger = logging.getLogger(__name__)
@@ -139,11 +140,11 @@ class Runner:
             await self._reap(startup=True)
         self._run_root = run_root(s, self.id)
         if self._run_root.exists():  # left by a previous life of this runner (its sandboxes are reaped)
+            await asyncio.to_thread(remove_recorded_socket_root, self._run_root / SOCKET_ROOT_RECORD)
             await asyncio.to_thread(_remove_run_root, self._run_root)
         self._run_root.mkdir(parents=True, exist_ok=True)
-        self._socket_root = socket_root_for(self._run_root)
-        await asyncio.to_thread(shutil.rmtree, self._socket_root, True)
-        self._socket_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._socket_root = make_socket_root()  # fresh, random, 0700: nothing a local user made first
+        (self._run_root / SOCKET_ROOT_RECORD).write_text(str(self._socket_root))
         self._shared_dir = self._run_root / "shared"
         await asyncio.to_thread(prepare_shared, self._shared_dir)
         if s.complete_provider == "claude-cli":

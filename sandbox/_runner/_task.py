@@ -23,7 +23,7 @@ from .._gateway import CallRecord, SecurityNotice, Upstream
 from .._sandboxes import Sandbox, SandboxBackend
 from ._agent import AgentSandbox
 from ._claude import ClaudeOutcome, claude_argv, translate
-from ._events import TaskEvents, emit_model_call
+from ._events import EventBudget, TaskEvents, emit_model_call
 from ._workspace import FileState, snapshot, store_artifacts, write_inputs
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,16 @@ class TaskRun:
         proc = await agent.sandbox.exec(  # type: ignore[union-attr]
             claude_argv(agent.claude_binary, self.policy), env=agent.env, stdin=self.request.description.encode()
         )
+        budget = EventBudget(self.settings.task_max_events, self.settings.task_max_event_bytes)
         async for stream, line in proc:
             if stream == "stdout":
                 for event_type, fields in translate(line, self.outcome, agent.secrets):
-                    await self.events.emit(event_type, **fields)
+                    admitted = budget.admit(fields)
+                    if admitted is not None:
+                        await self.events.emit(event_type, **admitted)
+                    elif budget.dropped == 1:  # once; the rest is read and dropped
+                        logger.warning("task %s: %s", self.job.task_id, budget.notice())
+                        await self.events.emit(Security, kind="event_limit", severity="warning", detail=budget.notice())
             elif line.strip():
                 await self.sink.on_log(redact(line[:2000], agent.secrets), "stderr")
         return await proc.wait()

@@ -3,7 +3,8 @@
 It runs inside the container as the sandbox user (``python3 -I -S -c AGENT_SOURCE
 <socket>``) and listens on a unix socket in a per-sandbox host folder bound at
 /run/taskbus-agent. A request is: ``sendmsg`` of a 4-byte length with three file
-descriptors (stdin, stdout, stderr: pipes whose other ends the runner holds), then
+descriptors (stdin: a pipe; stdout, stderr: one-way socket pairs, which no process can
+reopen through /proc; the runner holds the other ends), then
 that many bytes: cwd, argc, the arguments and ``KEY=value`` pairs separated by NUL. The agent forks, the child
 starts a new session, takes the three fds as 0/1/2, chdirs and execs; the agent
 answers ``<exit code>\\n`` on the connection when the child ends (negative: killed
@@ -186,6 +187,16 @@ def _encode(argv: list[str], env: dict[str, str], cwd: str) -> bytes:
     return b"\0".join(f.encode() for f in fields)
 
 
+def _output_channel() -> tuple[int, int]:
+    """(read end, write end) for a command's stdout or stderr: a one-way socket pair,
+    not a pipe, so no other process in the sandbox can open it again through
+    ``/proc/<pid>/fd/1`` (``open`` of a socket fails) to forge the command's output."""
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    reader.shutdown(socket.SHUT_WR)
+    writer.shutdown(socket.SHUT_RD)
+    return reader.detach(), writer.detach()
+
+
 class AgentProcess:
     """Runner side of one command started through the agent."""
 
@@ -199,8 +210,8 @@ class AgentProcess:
     async def start(cls, path: str, argv: list[str], env: dict[str, str], cwd: str, *, with_stdin: bool) -> AgentProcess:
         loop = asyncio.get_running_loop()
         payload = _encode(argv, env, cwd)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        out_r, out_w = _output_channel()
+        err_r, err_w = _output_channel()
         if with_stdin:
             in_r, in_w = os.pipe()
         else:

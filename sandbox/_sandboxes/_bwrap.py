@@ -21,8 +21,10 @@ Two modes:
   uid is mapped to 1000 inside; no cgroups (rlimits only); the folders bound in
   must be reachable by the runner's uid.
 
-Commands therefore inherit everything from the agent: namespaces, cgroups,
-rlimits, uid 1000, no capabilities (empty bounding set), no-new-privileges; their
+In both modes bwrap loads the seccomp filter of ``_seccomp.py`` (``--seccomp``)
+just before the agent starts. Commands therefore inherit everything from the agent:
+namespaces, cgroups, rlimits, uid 1000, no capabilities (empty bounding set),
+no-new-privileges, the seccomp filter; their
 environment is built from scratch. Wall clock, kill and destroy SIGKILL the bwrap
 process group and everything left in the cgroups; destroy removes the cgroups and
 the state folder.
@@ -50,6 +52,7 @@ from ._image import find_rootfs
 from ._labels import BwrapState, new_sandbox_id
 from ._limits import Cgroups, remove_cgroup_dirs
 from ._protocol import Sandbox, SandboxInfo
+from ._seccomp import filter_fd
 from ._spec import (
     HOME,
     IMAGE_MOUNT_POINTS,
@@ -160,15 +163,16 @@ class BwrapBackend:
             raise SandboxUnavailable("bubblewrap (bwrap) not found; install it with `apt-get install bubblewrap`")
         return bwrap, find_rootfs(self.settings)
 
-    def _args(self, spec: SandboxSpec, tree: Path, agent_dir: Path) -> list[str]:
+    def _args(self, spec: SandboxSpec, tree: Path, agent_dir: Path, seccomp_fd: int) -> list[str]:
         mib = 1024 * 1024
         disk = str(spec.disk_mb * mib)
+        seccomp = ["--seccomp", str(seccomp_fd)]  # loaded just before the first process starts
         if _privileged():
             args = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
             args += ["--cap-drop", "ALL"] + [x for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH") for x in ("--cap-add", cap)]
         else:
             args = ["--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--cap-drop", "ALL"]
-        args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        args += ["--die-with-parent", "--new-session", "--hostname", "sandbox", *seccomp]
         args += _root_binds(str(tree))
         args += ["--dir", "/run", "--dir", "/home", "--proc", "/proc"]
         args += ["--size", str(mib), "--tmpfs", "/dev"]
@@ -214,18 +218,23 @@ class BwrapBackend:
             agent_dir = folder / "agent"
             agent_dir.mkdir(mode=0o700)
             os.chown(agent_dir, uid, gid)
-            args = self._args(spec, tree, agent_dir)
-            with open(folder / "bwrap.log", "wb") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    *_join_cgroups(cgroups),
-                    bwrap,
-                    *args,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                    start_new_session=True,
-                )
+            seccomp_fd = filter_fd()
+            try:
+                args = self._args(spec, tree, agent_dir, seccomp_fd)
+                with open(folder / "bwrap.log", "wb") as log:
+                    proc = await asyncio.create_subprocess_exec(
+                        *_join_cgroups(cgroups),
+                        bwrap,
+                        *args,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                        start_new_session=True,
+                        pass_fds=(seccomp_fd,),
+                    )
+            finally:
+                os.close(seccomp_fd)
             state.pid = proc.pid
             state.pid_start = _labels.process_start(proc.pid) or 0
             _labels.write_state(folder, state)

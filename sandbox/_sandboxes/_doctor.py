@@ -118,5 +118,19 @@ def check_workspace_size(settings: Settings) -> list[dict[str, Any]]:
     return [_check("workspace size", ext4, detail, "install e2fsprogs and make loop devices available", required=False)]
 
 
-doctor_checks = [check_image, check_limits, check_workspace_size]
+def check_seccomp(settings: Settings) -> list[dict[str, Any]]:
+    """bwrap sandboxes need libseccomp to compile their seccomp filter."""
+    from bus import SandboxUnavailable
+
+    from ._seccomp import sandbox_filter
+
+    try:
+        size = len(sandbox_filter()) // 8
+        ok, detail = True, f"bwrap seccomp filter: {size} instructions (libseccomp)"
+    except SandboxUnavailable as exc:
+        ok, detail = False, str(exc)
+    return [_check("sandbox seccomp", ok, detail, "apt-get install libseccomp2", required=settings.sandbox_backend == "bwrap")]
+
+
+doctor_checks = [check_image, check_limits, check_workspace_size, check_seccomp]
 """The doctor's extra checks; the lead exports this as ``sandbox.doctor_checks``."""

@@ -17,8 +17,8 @@ from runner_kit import follow, make_job, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 
-# a run that produces every event type: text, tool calls and results, a refused tool
-# (security), a written file (artifact), model calls, stderr/log lines, finished
+# a run that produces every event type: text, tool calls and results, a command the hook
+# refuses (security), a written file (artifact), model calls, stderr/log lines, finished
 EVERYTHING = """
 [[turns]]
 text = "Writing the file, then trying something not allowed."
@@ -27,7 +27,7 @@ tool_use = [{ name = "Bash", input = { command = "echo audited > audited.txt && 
 [[turns]]
 after_tool_result = true
 text = "Now a fetch."
-tool_use = [{ name = "WebFetch", input = { url = "http://example.com", prompt = "x" } }]
+tool_use = [{ name = "Bash", input = { command = "curl -s http://example.com", description = "fetch" } }]
 
 [[turns]]
 after_tool_result = true

@@ -33,7 +33,6 @@ tool_use = [{ name = "Bash", input = { command = "curl -s http://1.1.1.1 || true
 
 [[turns]]
 after_tool_result = true
-contains = "network tool"
 text = "Trying host files."
 tool_use = [{ name = "Read", input = { file_path = "/etc/shadow" } }]
 
@@ -56,10 +55,10 @@ async def test_a_tool_outside_the_policy_is_never_offered_and_a_call_is_refused(
     for record in main:
         assert "WebFetch" not in record["tools"], "the model must never see a tool the policy does not allow"
         assert set(record["tools"]) <= {"Bash", "Read"}
-    denied = [e for e in events if isinstance(e, Security) and e.kind == "tool_denied"]
-    assert denied and "WebFetch" in denied[0].detail
+    # Claude Code refuses a tool it does not have before any hook runs; the stream that
+    # says so is forgeable from inside, so it is a failed tool result, not a security event
     results = [e for e in events if isinstance(e, ToolResult)]
-    assert results and results[0].is_error
+    assert results and results[0].is_error and "WebFetch" in results[0].output
 
 
 async def test_network_and_host_file_attempts_are_blocked_and_reported(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
@@ -70,7 +69,7 @@ async def test_network_and_host_file_attempts_are_blocked_and_reported(runner_se
             events = await follow(bus, job.task_id)
     kinds = [e.kind for e in events if isinstance(e, Security)]
     assert "blocked_command" in kinds
-    assert {"path_denied", "permission_denied"} & set(kinds), "reading /etc/shadow is refused (by the hook or by Claude Code)"
+    assert "path_denied" in kinds, "reading /etc/shadow is refused by the hook"
     blocked = next(e for e in events if isinstance(e, Security) and e.kind == "blocked_command")
     assert blocked.severity == "critical" and "curl" in blocked.detail
     assert isinstance(events[-1], Finished) and events[-1].status == "succeeded"
