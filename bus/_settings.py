@@ -120,6 +120,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level of every taskbus process."""
+    # -- metrics and console
+    runner_metrics_host: str = "127.0.0.1"
+    """Address a runner serves its Prometheus ``/metrics`` on."""
+    runner_metrics_port: Port = 0
+    """Port of a runner's Prometheus ``/metrics``; 0 = not served (``taskbus up`` picks a free one)."""
 
     def __repr__(self) -> str:
         parts = []

@@ -32,6 +32,9 @@ def stack_info(plan: Plan, first: FirstRun) -> dict[str, Any]:
     return {
         "pid": os.getpid(),
         "mcp_url": plan.mcp_url,
+        "console_url": f"{plan.base_url}/console",
+        "metrics_url": f"{plan.base_url}/metrics",
+        "runner_metrics_url": f"http://{plan.settings.runner_metrics_host}:{plan.runner_metrics_port}/metrics",
         "nats_url": plan.nats_url,
         "nats_embedded": plan.nats_embedded,
         "offline_model": plan.offline,
@@ -146,6 +149,8 @@ class StatusBoard:
 
         line("MCP", self.info["mcp_url"], "cyan", "Streamable HTTP + bearer key")
         line("NATS", self.info["nats_url"], "", "embedded" if self.info["nats_embedded"] else "")
+        line("console", self.info.get("console_url", ""), "bold cyan", "log in with an admin key")
+        line("metrics", self.info.get("metrics_url", ""), "", f"runner: {self.info.get('runner_metrics_url', '')}")
         if self.info["offline_model"]:
             line("model", OFFLINE_LABEL, "bold yellow", "(real: ANTHROPIC_API_KEY)")
         else:
