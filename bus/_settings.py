@@ -125,6 +125,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Address a runner serves its Prometheus ``/metrics`` on."""
     runner_metrics_port: Port = 0
     """Port of a runner's Prometheus ``/metrics``; 0 = not served (``taskbus up`` picks a free one)."""
+    console: Literal["auto", "on", "off"] = "auto"
+    """Web console at ``/console``: ``auto`` serves it only when the HTTP server binds to loopback;
+    ``on`` also beyond loopback (put TLS in front); ``off`` never."""
 
     def __repr__(self) -> str:
         parts = []

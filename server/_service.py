@@ -15,6 +15,7 @@ from typing import Literal
 from bus import AuthError, Bus, Settings, Subjects
 from profiles import Store
 
+from ._console import Console, console_enabled
 from ._http import create_http_app, serve_http
 from ._mcp_app import create_mcp_server
 from ._metrics import MeteredDispatcher, metrics_route
@@ -73,6 +74,8 @@ async def run_server(
                     if transport == "http":
                         app, _ = create_http_app(dispatcher, host=host, port=port)
                         app.router.routes.append(metrics_route(dispatcher))
+                        if console_enabled(settings, host):
+                            app.router.routes.append(Console(dispatcher).mount())
                         tasks.append(tg.create_task(serve_http(app, host=host, port=port, ready=ready, bound=bound)))
                     elif transport == "stdio":
                         mcp = create_mcp_server(dispatcher, api_key=settings.api_key)
