@@ -191,6 +191,7 @@ class Console:
             return await self.login_form(
                 request, f"Profile {caller.profile!r} does not grant the console (profile field console = true).", 403)
         sid, session = self.sessions.create(caller.key_id, caller.profile)
+        await self.board.start()  # start hearing runner heartbeats and alerts
         await self._notice("console_login", caller.key_id, profile=caller.profile)
         response = RedirectResponse("/console/tasks", status_code=303)
         response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/console",

@@ -18,7 +18,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make Chromium send `Origin: null` on POST
     "Cache-Control": "no-store",
 }
 
@@ -100,12 +100,12 @@ def bar_chart(series: Sequence[tuple[str, float]], *, unit: str = "", width: int
         y = height - 20 - h
         bars.append(
             f'<rect x="{x + slot * 0.15:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" class="bar">'
-            f"<title>{esc(label)}: {esc(f'{value:.4f}')}{esc(unit)}</title></rect>"
+            f"<title>{esc(label)}: {esc(f'{value:.4g}')}{esc(unit)}</title></rect>"
             f'<text x="{x + slot / 2:.1f}" y="{height - 5}" class="axis">{esc(label)}</text>'
         )
     return Raw(
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img">'
-        f'<text x="2" y="12" class="axis">{esc(f"{top:.4f}")}{esc(unit)}</text>{"".join(bars)}</svg>'
+        f'<text x="4" y="12" class="ylabel">max {esc(f"{top:.4g}")}{esc(unit)}</text>{"".join(bars)}</svg>'
     )
 
 
@@ -132,7 +132,7 @@ button { cursor:pointer; } button.danger { border-color:var(--bad); color:var(--
 .muted { color:var(--muted); } .error { color:var(--bad); } .card { background:var(--panel); padding:10px 14px; margin-bottom:12px; }
 .kv { display:grid; grid-template-columns: max-content 1fr; gap:2px 16px; }
 .chart { width:100%; max-width:760px; background:var(--panel); } .bar { fill:var(--accent); }
-.axis { fill:var(--muted); font-size:10px; text-anchor:middle; } .login { max-width:420px; }
+.axis { fill:var(--muted); font-size:10px; text-anchor:middle; } .ylabel { fill:var(--muted); font-size:10px; } .login { max-width:420px; }
 .t-security td { color:var(--bad); } .t-finished td { font-weight:600; }
 """
 
