@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.requests import Request
@@ -135,7 +137,8 @@ class Console:
         origin = request.headers.get("origin")
         if origin is None:  # an old browser or a script: the CSRF token and SameSite=Strict still hold
             return True
-        return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+        # the host only: behind a TLS proxy the scheme the server sees is not the browser's
+        return urlsplit(origin).netloc == request.headers.get("host", "")
 
     async def _post_session(self, request: Request) -> tuple[Session | None, Response | None]:
         """The session of a state-changing request whose CSRF token and origin check out."""
@@ -386,7 +389,7 @@ class Console:
         except NotFound:
             return _html(page("Not found", '<p class="error">No such artifact.</p>'), 404)
         await self._notice("console_artifact", session.key_id, task_id=task_id, path=path[:500])
-        name = PurePosixPath(path).name.encode("ascii", "replace").decode().replace('"', "_") or "artifact"
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", PurePosixPath(path).name)[:200] or "artifact"
         # never rendered by the browser: a download, not a page (the agent wrote it)
         return Response(data, media_type="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
