@@ -410,13 +410,10 @@ class Console:
             rows.append((rid, badge("ok" if state == "live" else "failed"), beat.backend,
                          f"{len(beat.running)} / {beat.slots}", ", ".join(beat.kinds), beat.host, beat.version,
                          f"{now - seen:.0f} s ago", ", ".join(beat.running)))
-        alerts = [(datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S"), kind, Raw(f"<pre>{esc(text)}</pre>"))
-                  for ts, kind, text in self.board.alerts]
         body = (f'<p class="muted">Heartbeats every {self.d.settings.heartbeat_s:g} s; this page lists runners heard '
-                "since the console first opened this page (reload to refresh).</p>"
+                "since the first console login (reload to refresh).</p>"
                 + table(("runner", "state", "backend", "slots in use", "kinds", "host", "version", "last heartbeat",
-                         "running tasks"), rows, empty="no heartbeat heard yet (reload in a few seconds)")
-                + "<h2>Alerts (since the console started)</h2>" + table(("time", "kind", "alert"), alerts, empty="none"))
+                         "running tasks"), rows, empty="no heartbeat heard yet (reload in a few seconds)"))
         return self._page(session, "Runners", body, "runners")
 
     async def spend(self, request: Request) -> Response:
@@ -470,9 +467,13 @@ class Console:
                     ("since", "since (1h, 7d, ISO)")))
                 + '<button type="submit">Search</button> '
                 + f'<a href="{esc(url("/console/audit", verify="1", **fields))}">verify the chain</a></form>')
+        await self.board.start()
+        alerts = ("<h2>Alerts fired since the first login</h2>" + table(("time", "kind", "alert"), [
+            (datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S"), kind, Raw(f"<pre>{esc(text)}</pre>"))
+            for ts, kind, text in self.board.alerts], body_id="alerts", empty="none"))
         if not self.audit_db.exists():
             return self._page(session, "Audit", form + '<p class="muted">No audit database yet (is the audit '
-                              "writer running? <code>taskbus audit run</code>)</p>", "audit")
+                              "writer running? <code>taskbus audit run</code>)</p>" + alerts, "audit")
         chain = ""
         try:
             if q.get("verify"):
@@ -495,8 +496,9 @@ class Console:
                        else "", r["seq"] or "", r["type"], r["kind"] or "", r["key_id"] or "",
                        Raw(f"<pre>{esc(json.dumps(r['event'], ensure_ascii=False)[:SUMMARY_CHARS])}</pre>"))
                       for r in reversed(rows)]
-        body = form + chain + table(("row", "time (UTC)", "task", "seq", "type", "kind", "key", "event"), table_rows,
-                                    body_id="audit-rows", empty="no rows match")
+        body = (form + chain + alerts + "<h2>Rows (newest first)</h2>"
+                + table(("row", "time (UTC)", "task", "seq", "type", "kind", "key", "event"), table_rows,
+                        body_id="audit-rows", empty="no rows match"))
         return self._page(session, "Audit", body, "audit")
 
     async def keys(self, request: Request) -> Response:

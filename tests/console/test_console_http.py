@@ -91,6 +91,15 @@ async def test_login_session_csrf_and_hostile_output_over_http(
                 assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
                 assert (await wait_for(seen, "console_login")).actor == admin_record.prefix
 
+                # an alert fires (published as the audit writer does); its hostile text is escaped
+                await bus.nc.publish(f"{settings.subject_prefix}.alerts.security",
+                                     b'{"kind": "forged_policy", "detail": "<script>alert(2)</script>"}')
+                await bus.nc.flush()
+                async with asyncio.timeout(20):
+                    while "forged_policy" not in (audit_page := (await browser.get("/console/audit")).text):
+                        await asyncio.sleep(0.1)
+                assert "&lt;script&gt;alert(2)&lt;/script&gt;" in audit_page and "<script>alert(2)" not in audit_page
+
                 pages = {}
                 for name in ("tasks", "runners", "spend", "audit", "keys", "profiles", f"tasks/{task_id}"):
                     response = await browser.get(f"/console/{name}")
