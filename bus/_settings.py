@@ -157,6 +157,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     task_max_event_bytes: Positive = 16_777_216
     """Most bytes of events a task's agent output may produce (each event is also cut to
     64 KiB); past it, as past ``task_max_events``."""
+    # -- metrics and console
+    runner_metrics_host: str = "127.0.0.1"
+    """Address a runner serves its Prometheus ``/metrics`` on."""
+    runner_metrics_port: Port = 0
+    """Port of a runner's Prometheus ``/metrics``; 0 = not served (``taskbus up`` picks a free one)."""
+    console: Literal["auto", "on", "off"] = "auto"
+    """Web console at ``/console``: ``auto`` serves it only when the HTTP server binds to loopback;
+    ``on`` also beyond loopback (put TLS in front); ``off`` never."""
 
     def __repr__(self) -> str:
         parts = []

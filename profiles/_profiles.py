@@ -65,6 +65,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     project_roots: list[str] = []
     rate_limit_per_min: PositiveInt = 60
     cache_completions: bool = False
+    console: bool = False
+    """Keys of this profile may log in to the web console (/console): see and cancel every task."""
 
 
 PROFILE_FIELDS: tuple[str, ...] = tuple(f for f in Profile.__struct_fields__ if f != "name")

@@ -15,9 +15,10 @@ from typing import Literal
 from bus import AuthError, Bus, Settings, Subjects
 from profiles import Store
 
-from ._dispatch import Dispatcher
+from ._console import Console, console_enabled
 from ._http import create_http_app, serve_http
 from ._mcp_app import create_mcp_server
+from ._metrics import MeteredDispatcher, metrics_route
 from ._secrets import load_or_create_job_secret
 from ._submit_gateway import SubmitGateway
 
@@ -64,7 +65,7 @@ async def run_server(
             artifacts_max_age_s=settings.artifacts_store_max_age_days * 86_400,
         )
         async with Store.for_settings(settings) as store:
-            async with Dispatcher(settings, bus, store, secret=secret) as dispatcher:
+            async with MeteredDispatcher(settings, bus, store, secret=secret) as dispatcher:
                 if transport == "stdio":
                     try:
                         await dispatcher.authenticate(settings.api_key, via="mcp-stdio")
@@ -76,6 +77,9 @@ async def run_server(
                     tasks = [tg.create_task(_sweep(store), name="sweep"), tg.create_task(stop.wait())]
                     if transport == "http":
                         app, _ = create_http_app(dispatcher, host=host, port=port)
+                        app.router.routes.append(metrics_route(dispatcher))
+                        if console_enabled(settings, host):
+                            app.router.routes.append(Console(dispatcher).mount())
                         tasks.append(tg.create_task(serve_http(app, host=host, port=port, ready=ready, bound=bound)))
                     elif transport == "stdio":
                         mcp = create_mcp_server(dispatcher, api_key=settings.api_key)

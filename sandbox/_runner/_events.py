@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -87,6 +88,7 @@ class TaskEvents:
         self._lock = asyncio.Lock()
         self.finished: Finished | None = None
         self.count = 0
+        self.on_event: Callable[[Event], None] | None = None  # e.g. the runner's metrics
 
     @classmethod
     async def resume(cls, bus: Bus, task_id: str) -> tuple[TaskEvents, Event | None]:
@@ -127,6 +129,8 @@ class TaskEvents:
             self.count += 1
             if isinstance(event, Finished):
                 self.finished = event
+            if self.on_event is not None:
+                self.on_event(event)
             return event
 
     async def finish(self, status: str, **fields: Any) -> Finished:

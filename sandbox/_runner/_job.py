@@ -56,6 +56,7 @@ class JobHandler:
     def __init__(
         self, bus: Bus, *, secret: str, runner_id: str, max_bytes: int, ack_wait_s: float,
         is_running: Callable[[str, str], bool] = lambda _runner_id, _task_id: False,
+        on_event: Callable[[Any], None] | None = None,
     ) -> None:
         self.bus = bus
         self.subjects: Subjects = bus.subjects
@@ -66,6 +67,7 @@ class JobHandler:
         self.is_running = is_running
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_reasons: dict[str, str] = {}
+        self.on_event = on_event
 
     async def handle(self, msg: Msg, kind: str, execute: Execute) -> None:
         keepalive = asyncio.create_task(self._keepalive(msg), name="job-keepalive")
@@ -92,6 +94,7 @@ class JobHandler:
             await self._reject_malformed(msg, exc)
             return
         events, last = await TaskEvents.resume(self.bus, job.task_id)
+        events.on_event = self.on_event
         if isinstance(last, Finished):
             logger.info("task %s already finished (%s); acking the redelivered job", job.task_id, last.status)
             await msg.ack()
@@ -186,6 +189,7 @@ class JobHandler:
         logger.warning("malformed job on %s (task %s): %s", msg.subject, task_id or "?", exc)
         if task_id:
             events, last = await TaskEvents.resume(self.bus, task_id)
+            events.on_event = self.on_event
             if not isinstance(last, Finished):
                 await events.emit(Security, kind="malformed_job", severity="warning", detail=str(exc)[:1000])
                 await events.finish("failed", reason="malformed_job", result=exc.describe())

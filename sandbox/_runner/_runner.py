@@ -44,6 +44,7 @@ from ._cli_provider import ClaudeCliProvider
 from .._sandboxes import SandboxBackend, backend_problem, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
+from ._metrics import RunnerMetrics, TimedBackend
 from ._job import JobHandler
 from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
 from ._agent import prepare_shared
@@ -106,6 +107,8 @@ class Runner:
         self.handler: JobHandler | None = None
         self.upstream: Upstream | None = None
         self.provider: ModelProvider | None = None
+        self.metrics = RunnerMetrics(self.id, self.backend_name)
+        self.metrics_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Runner:
@@ -121,6 +124,9 @@ class Runner:
 
     async def _start(self) -> None:
         s = self.settings
+        if s.runner_metrics_port:
+            self.metrics_port = self.metrics.serve(s.runner_metrics_host, s.runner_metrics_port)
+            self._stack.callback(self.metrics.close)
         self.bus = await self._stack.enter_async_context(await Bus.open(s.nats_url, self.subjects, name=f"runner-{self.id}"))
         await self.bus.ensure_streams(
             events_max_age_s=s.events_max_age_days * 86_400,
@@ -130,12 +136,13 @@ class Runner:
         secret = load_or_create_job_secret(s)
         self.handler = JobHandler(
             self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes,
-            ack_wait_s=s.job_ack_wait_s, is_running=self.peer_runs,
+            ack_wait_s=s.job_ack_wait_s, is_running=self.peer_runs, on_event=self.metrics.observe_event,
         )
         self.upstream = await self._stack.enter_async_context(Upstream(s))
         needs_sandbox = "task" in self.kinds or s.complete_provider == "claude-cli"
         if needs_sandbox:
-            self.backend = get_backend(self.backend_name, s)
+            self.backend = TimedBackend(get_backend(self.backend_name, s), self.metrics)
+            self.metrics.watch_pool(self.backend._inner)
             self._stack.push_async_callback(self.backend.close)
             await self._reap(startup=True)
         self._run_root = run_root(s, self.id)

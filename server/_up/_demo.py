@@ -88,6 +88,8 @@ async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Conso
                 if body is not None:
                     console.print(Syntax(body, _lexer(artifact["path"]), line_numbers=False, word_wrap=True))
     rows, ok = await _audit(settings, task_id, console, timeout_s=audit_timeout_s)
+    console.print(f"\n[bold]console[/bold] {mcp_url.rsplit('/mcp', 1)[0]}/console/tasks/{task_id}  "
+                  "(log in with the admin key)", highlight=False)
     return DemoResult(task_id=task_id, status=doc.get("status", "?"), cost_usd=float(doc.get("cost_usd") or 0.0),
                       artifacts=len(doc.get("artifacts", [])), audit_rows=rows, audit_ok=ok)
 

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat
 
+from .._console import console_enabled
 from ._firstrun import FirstRun
 from ._plan import OFFLINE_LABEL, Plan
 from ._supervisor import Supervisor
@@ -32,6 +33,9 @@ def stack_info(plan: Plan, first: FirstRun) -> dict[str, Any]:
     return {
         "pid": os.getpid(),
         "mcp_url": plan.mcp_url,
+        "console_url": f"{plan.base_url}/console" if console_enabled(plan.settings, plan.http_host) else "",
+        "metrics_url": f"{plan.base_url}/metrics",
+        "runner_metrics_url": f"http://{plan.settings.runner_metrics_host}:{plan.runner_metrics_port}/metrics",
         "nats_url": plan.nats_url,
         "nats_embedded": plan.nats_embedded,
         "offline_model": plan.offline,
@@ -146,6 +150,9 @@ class StatusBoard:
 
         line("MCP", self.info["mcp_url"], "cyan", "Streamable HTTP + bearer key")
         line("NATS", self.info["nats_url"], "", "embedded" if self.info["nats_embedded"] else "")
+        if self.info.get("console_url"):
+            line("console", self.info["console_url"], "bold cyan", "log in with an admin key")
+        line("metrics", self.info.get("metrics_url", ""), "", f"runner: {self.info.get('runner_metrics_url', '')}")
         if self.info["offline_model"]:
             line("model", OFFLINE_LABEL, "bold yellow", "(real: ANTHROPIC_API_KEY)")
         else:

@@ -44,15 +44,20 @@ class Plan:
     http_host: str
     http_port: int
     runner_id: str
+    runner_metrics_port: int = 0
 
     @property
     def offline(self) -> bool:
         return bool(self.model_url)
 
     @property
-    def mcp_url(self) -> str:
+    def base_url(self) -> str:
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "") else self.http_host
-        return f"http://{host}:{self.http_port}{MCP_PATH}"
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}{MCP_PATH}"
 
 
 def taskbus_command() -> list[str]:
@@ -160,12 +165,14 @@ def make_plan(
         ))
 
     rid = runner_id or f"up-{socket.gethostname().split('.')[0]}"
+    metrics_port = settings.runner_metrics_port or free_port("127.0.0.1")
+    runner_env = {**child_env, "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port)}
     specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run"], env=child_env,
                            label="hash-chained log in data dir", probe=log_probe("audit writer started"),
                            stop_timeout_s=10.0, wave=1))
     specs.append(ChildSpec(
         name="runner", argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
-        env=child_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(nats_url, Subjects(settings.subject_prefix), rid),
+        env=runner_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(nats_url, Subjects(settings.subject_prefix), rid),
         stop_timeout_s=20.0, wave=1,
     ))
     specs.append(ChildSpec(
@@ -174,4 +181,5 @@ def make_plan(
         stop_timeout_s=10.0, wave=1,
     ))
     return Plan(settings=settings, specs=specs, backend=chosen, nats_url=nats_url, nats_embedded=not settings.nats_url,
-                model_url=model_url, upstream=upstream, http_host=http_host, http_port=port, runner_id=rid)
+                model_url=model_url, upstream=upstream, http_host=http_host, http_port=port, runner_id=rid,
+                runner_metrics_port=metrics_port)
