@@ -24,6 +24,8 @@ from nats.js.errors import BadRequestError, NotFoundError
 from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
+from ._natsauth import NatsCredentials, read_credentials
+from ._settings import Settings
 from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,21 @@ class Bus:
         connect_timeout: float = 2.0,
         open_timeout: float = 10.0,
         max_reconnect_attempts: int = -1,
+        credentials: NatsCredentials | None = None,
     ) -> Bus:
-        """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever."""
+        """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever.
+
+        ``credentials`` = the NATS user to connect as (a refused one fails at once)."""
+        if not url:
+            raise BusError("no NATS server to connect to: start the stack with `taskbus up` (same data dir: "
+                           "TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL")
         connected = False
+        refused: list[str] = []
         state = {"closing": False}
 
         async def on_error(exc: Exception) -> None:
+            if _is_auth_error(exc):
+                refused.append(str(exc))
             if connected:
                 logger.warning("nats error (%s): %s", name, exc)
             else:
@@ -84,17 +95,31 @@ class Bus:
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **_auth_options(credentials),
                 )
         except Exception as exc:  # nats raises several unrelated types here
+            if refused or _is_auth_error(exc):
+                who = f"user {credentials.user!r}" if credentials else "no credentials"
+                raise BusError(
+                    f"NATS at {safe_url(url)} refused the connection ({who}): authorization failed. "
+                    "Use the credentials of this stack (TASKBUS_NATS_CREDENTIALS; `taskbus up` writes them "
+                    "to <data dir>/nats-auth/)"
+                ) from None
             reason = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BusError(
-                f"cannot connect to NATS at {url} within {open_timeout:g}s ({reason}). "
-                "Is nats-server running? (`taskbus nats` starts one; `taskbus doctor` checks)"
+                f"cannot connect to NATS at {safe_url(url)} within {open_timeout:g}s ({reason}). "
+                "Is the stack running? (`taskbus up` starts it; `taskbus doctor` checks)"
             ) from None
         connected = True
         bus = cls(nc, subjects or Subjects())
         bus._state = state
         return bus
+
+    @classmethod
+    async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
+        """``open`` with the URL, subject prefix and credentials of ``settings``."""
+        return await cls.open(settings.nats_url, Subjects(settings.subject_prefix), name=name,
+                              credentials=settings_credentials(settings), **kwargs)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
@@ -146,6 +171,38 @@ class Bus:
 
     async def ensure_streams(self, **kwargs: Any) -> None:
         await ensure_streams(self.js, self.subjects, **kwargs)
+
+
+def settings_credentials(settings: Settings) -> NatsCredentials | None:
+    """The credentials ``settings.nats_credentials`` points at, else None."""
+    return read_credentials(settings.nats_credentials) if settings.nats_credentials else None
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for the user of ``settings`` (for raw clients)."""
+    return _auth_options(settings_credentials(settings))
+
+
+def _auth_options(credentials: NatsCredentials | None) -> dict[str, Any]:
+    return {"user": credentials.user, "password": credentials.password} if credentials else {}
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text or "user authentication" in text
+
+
+def safe_url(url: str) -> str:
+    """``url`` without a password in it (``nats://user:***@host``)."""
+    out = []
+    for part in url.split(","):
+        scheme, sep, rest = part.partition("://")
+        if sep and "@" in rest:
+            userinfo, _, host = rest.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            part = f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}"
+        out.append(part)
+    return ",".join(out)
 
 
 async def publish_acked(
@@ -225,17 +282,21 @@ async def ensure_streams(
     *,
     events_max_age_s: float = 30 * DAY,
     dedupe_window_s: float = 600,
+    update: bool = True,
 ) -> None:
-    """Create or update the three streams, the artifacts Object Store and the cache KV.
+    """Create or update the three streams, the artifacts Object Store, the cache KV and the
+    job-claims KV.
 
-    Idempotent: safe to call from every process at start-up.
+    Idempotent: safe to call from every process at start-up. ``update=False`` only creates
+    what is missing (for a NATS user that may read stream info but not change streams).
     """
     for config in stream_configs(
         subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
     ):
         try:
             await js.stream_info(config.name)
-            await js.update_stream(config)
+            if update:
+                await js.update_stream(config)
         except NotFoundError:
             try:
                 await js.add_stream(config)
@@ -258,5 +319,16 @@ async def ensure_streams(
                 storage=StorageType.FILE,
                 ttl=DAY,
                 description="taskbus completion cache",
+            )
+        )
+    try:
+        await js.key_value(subjects.claims_bucket)
+    except Exception:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.claims_bucket,
+                storage=StorageType.FILE,
+                ttl=max(events_max_age_s, DAY),
+                description="taskbus job claims: task id -> job message a runner took (replay check)",
             )
         )

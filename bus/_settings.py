@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Shell command run for each alert, the alert JSON on stdin; empty = none."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level of every taskbus process."""
+    nats_credentials: str = ""
+    """Path of a 0600 JSON file {"user": ..., "password": ...} this process connects to NATS with; empty = none (or the URL's). `taskbus up` sets it per child; CLI commands find the operator's in the data dir."""
+    job_expiry_s: Positive = 86_400
+    """A job not started within this many seconds of being signed is refused by runners (room for a queue wait when every runner is busy)."""
 
     def __repr__(self) -> str:
         parts = []

@@ -116,7 +116,7 @@ class Runner:
 
     async def _start(self) -> None:
         s = self.settings
-        self.bus = await self._stack.enter_async_context(await Bus.open(s.nats_url, self.subjects, name=f"runner-{self.id}"))
+        self.bus = await self._stack.enter_async_context(await Bus.for_settings(s, name=f"runner-{self.id}"))
         await self.bus.ensure_streams(events_max_age_s=s.events_max_age_days * 86_400)
         secret = load_or_create_job_secret(s)
         self.handler = JobHandler(

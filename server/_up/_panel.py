@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat
+from bus._natsauth import read_credentials
 
 from ._firstrun import FirstRun
 from ._plan import OFFLINE_LABEL, Plan
@@ -34,6 +35,7 @@ def stack_info(plan: Plan, first: FirstRun) -> dict[str, Any]:
         "mcp_url": plan.mcp_url,
         "nats_url": plan.nats_url,
         "nats_embedded": plan.nats_embedded,
+        "nats_credentials": plan.nats_credentials,
         "offline_model": plan.offline,
         "model_url": plan.model_url,
         "upstream": plan.upstream,
@@ -79,7 +81,9 @@ class StatusBoard:
         """Until ``stop``: heartbeats and task events into this board."""
         subjects = Subjects(self.info["subject_prefix"])
         try:
-            bus = await Bus.open(self.info["nats_url"], subjects, name="taskbus-status")
+            creds = self.info.get("nats_credentials")
+            bus = await Bus.open(self.info["nats_url"], subjects, name="taskbus-status",
+                                 credentials=read_credentials(creds) if creds else None)
         except TaskbusError as exc:
             logger.warning("status panel cannot reach NATS (%s); process list only", exc.describe())
             await stop.wait()

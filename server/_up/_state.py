@@ -68,6 +68,24 @@ def read_state(data: Path) -> dict[str, Any] | None:
         return None
 
 
+def stack_settings(settings: Any, state: dict[str, Any], *, role: str = "cli") -> Any:
+    """``settings`` made to reach the stack ``state`` describes as ``role`` (the operator's
+    ``cli`` user by default): its NATS URL, data dir and that role's credentials file.
+
+    An embedded NATS (``nats_embedded``) has per-role credentials in ``<data>/nats-auth``;
+    an operator-run NATS keeps whatever ``settings.nats_credentials`` says."""
+    import msgspec
+
+    from bus._natsauth import credentials_path
+
+    data = Path(state.get("data_dir") or settings.data_path)
+    creds = settings.nats_credentials
+    if state.get("nats_embedded") and not creds:
+        path = credentials_path(data, role)
+        creds = str(path) if path.exists() else ""
+    return msgspec.structs.replace(settings, nats_url=state["nats_url"], data_dir=str(data), nats_credentials=creds)
+
+
 def remove_files(data: Path) -> None:
     for path in (pid_path(data), state_path(data)):
         with contextlib.suppress(FileNotFoundError):
