@@ -25,6 +25,7 @@ from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
 from ._natsauth import NatsCredentials, read_credentials
+from ._redact import safe_url
 from ._settings import Settings
 from ._subjects import Subjects
 
@@ -190,19 +191,6 @@ def _auth_options(credentials: NatsCredentials | None) -> dict[str, Any]:
 def _is_auth_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "authorization violation" in text or "authentication" in text or "user authentication" in text
-
-
-def safe_url(url: str) -> str:
-    """``url`` without a password in it (``nats://user:***@host``)."""
-    out = []
-    for part in url.split(","):
-        scheme, sep, rest = part.partition("://")
-        if sep and "@" in rest:
-            userinfo, _, host = rest.rpartition("@")
-            user = userinfo.split(":", 1)[0]
-            part = f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}"
-        out.append(part)
-    return ",".join(out)
 
 
 async def publish_acked(

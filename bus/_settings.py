@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ._errors import ConfigError
+from ._redact import safe_url
 
 ENV_PREFIX = "TASKBUS_"
 SECRET_FIELDS = frozenset({"upstream_api_key", "job_secret"})
@@ -131,6 +132,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             value = getattr(self, name)
             if name in SECRET_FIELDS and value:
                 value = "***"
+            elif name == "nats_url":
+                value = safe_url(value)  # a password in the URL is not printed
             parts.append(f"{name}={value!r}")
         return f"Settings({', '.join(parts)})"
 

@@ -278,3 +278,30 @@ def test_data_dir_databases_and_secret_are_private_whoever_creates_them(tmp_path
     os.chmod(loose, 0o644)
     open_db(loose).close()
     assert stat.S_IMODE(os.stat(loose).st_mode) == 0o600
+
+
+def test_a_job_signed_before_defaults_were_left_out_still_verifies_and_a_tampered_one_does_not() -> None:
+    """Rolling upgrade from a server that signed every field (the old canonical form)."""
+    import hashlib
+    import hmac
+
+    settings = Settings.load({}, job_secret="legacy-secret")
+    job = _job(settings)
+    old_bytes = bus.canonical({"task_id": job.task_id, "policy": job.policy, "request": job.request})
+    legacy = msgspec.structs.replace(job, signature=hmac.new(b"legacy-secret", old_bytes, hashlib.sha256).hexdigest())
+    bus.verify_job(bus.decode_job(bus.encode(legacy)), "legacy-secret")
+    tampered = msgspec.structs.replace(legacy, policy=msgspec.structs.replace(legacy.policy, max_cost_usd=999.0))
+    with pytest.raises(bus.SignatureError):
+        bus.verify_job(tampered, "legacy-secret")
+
+
+async def test_a_password_in_the_nats_url_is_not_printed(stack: dict[str, Any]) -> None:
+    creds = read_credentials(credentials_path(stack["data"], "cli"))
+    url = stack["server"].url.replace("nats://", f"nats://{creds.user}:{creds.password}@")
+    settings = Settings.load({}, nats_url=url)
+    assert creds.password not in repr(settings) and creds.password not in str(settings)
+    with pytest.raises(BusError) as caught:  # a refused password in the URL: the error names the host only
+        await Bus.open(url.replace(creds.password, creds.password[:-1] + "x"), stack["subjects"], open_timeout=5)
+    assert creds.password[:-1] not in str(caught.value) and "***" in str(caught.value)
+    async with await Bus.open(url, stack["subjects"], open_timeout=5):  # and a right one connects
+        pass
