@@ -298,25 +298,14 @@ async def ensure_streams(
             subjects.artifacts_bucket,
             config=ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts"),
         )
-    try:
-        await js.key_value(subjects.cache_bucket)
-    except Exception:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.cache_bucket,
-                storage=StorageType.FILE,
-                ttl=DAY,
-                description="taskbus completion cache",
+    for bucket, ttl, description in (
+        (subjects.cache_bucket, DAY, "taskbus completion cache"),
+        (subjects.claims_bucket, max(events_max_age_s, DAY),
+         "taskbus job claims: task id -> job message a runner took (replay check)"),
+    ):
+        try:
+            await js.key_value(bucket)
+        except Exception:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description)
             )
-        )
-    try:
-        await js.key_value(subjects.claims_bucket)
-    except Exception:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.claims_bucket,
-                storage=StorageType.FILE,
-                ttl=max(events_max_age_s, DAY),
-                description="taskbus job claims: task id -> job message a runner took (replay check)",
-            )
-        )

@@ -97,7 +97,7 @@ async def test_a_client_without_credentials_cannot_connect_publish_or_subscribe(
         await nats.connect(url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
 
 
-async def test_the_cli_and_audit_users_cannot_publish_jobs_events_or_cancels(stack: dict[str, Any]) -> None:
+async def test_the_cli_and_audit_users_cannot_publish_jobs_events_cancels_or_cache_entries(stack: dict[str, Any]) -> None:
     s: Subjects = stack["subjects"]
     server_bus: Bus = stack["bus"]
     task_id = bus.new_task_id()
@@ -120,8 +120,12 @@ async def test_the_cli_and_audit_users_cannot_publish_jobs_events_or_cancels(sta
             await nc.publish(s.events(task_id), bus.encode(forged))
             await nc.publish(s.jobs("task"), b'{"task_id": "x"}')
             await nc.publish(s.control(task_id), bus.encode(bus.Cancel(task_id=task_id)))
+            await nc.publish(f"$KV.{s.cache_bucket}.poisoned", b"a cached answer of the attacker's")
+            if role == "cli":  # the operator's user cannot manage streams either (audit's can: its consumers)
+                await nc.publish(f"$JS.API.STREAM.PURGE.{s.events_stream}", b"")
             await nc.flush()
-            await _until("the permission errors", lambda: asyncio.sleep(0, len(errors) >= 3), 10)
+            want = 5 if role == "cli" else 4
+            await _until("the permission errors", lambda: asyncio.sleep(0, len(errors) >= want), 10)
         finally:
             await nc.close()
         assert all("permissions violation" in e.lower() for e in errors), errors
@@ -130,6 +134,7 @@ async def test_the_cli_and_audit_users_cannot_publish_jobs_events_or_cancels(sta
     assert seen == []
     assert await _count(server_bus, s.events_stream) == 0
     assert await _count(server_bus, s.jobs_stream) == 0
+    assert await _count(server_bus, f"KV_{s.cache_bucket}") == 0
 
 
 @pytest.fixture
