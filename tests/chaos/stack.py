@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -47,6 +48,25 @@ def claude_path() -> str:
 def image_cache() -> Path:
     """The shared sandbox image folder (``taskbus sandbox build-image`` made it)."""
     return Settings.load({}).data_path / "images"
+
+
+HARNESS_CREDENTIALS = "chaos-harness.json"
+
+
+def _with_harness_user(data: Path) -> str:
+    """The users ``taskbus up`` gives its NATS (one per role: every child connects as its
+    role), plus one for this harness with no permission limits: hostile-input plays the
+    worst client, one that may publish on every subject (a leaked server or runner user)."""
+    from bus._natsauth import hash_password
+    from bus._private import write_private
+
+    password = uuid.uuid4().hex
+    (data / HARNESS_CREDENTIALS).unlink(missing_ok=True)
+    write_private(data / HARNESS_CREDENTIALS, json.dumps({"user": "chaos-harness", "password": password}))
+    block = server_authorization(data, PREFIX)
+    harness = f'    {{ user: "chaos-harness", password: {json.dumps(hash_password(password))} }}\n  ]\n}}\n'
+    assert block.endswith("\n  ]\n}\n")
+    return block[: -len("  ]\n}\n")] + harness
 
 
 @dataclass
@@ -133,7 +153,7 @@ class ChaosStack:
         if not (data / "images").exists():
             (data / "images").symlink_to(image_cache())
         self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log",
-                                 authorization=server_authorization(data, PREFIX))  # users per role, as taskbus up
+                                 authorization=_with_harness_user(data))
         await self.nats.__aenter__()
         extra = {n: parse_script(t, source=n, name=n) for n, t in self.model_scripts.items()}
         self.model = ScriptedModelServer(
@@ -145,7 +165,7 @@ class ChaosStack:
             job_secret="chaos-" + uuid.uuid4().hex, upstream_url=self.model.url,
             upstream_api_key=self.upstream_key or "scripted-model-key", claude_path=claude_path(),
             job_ack_wait_s=self.ack_wait_s, heartbeat_s=1.0, http_port=self.http_port,
-            nats_credentials=str(credentials_path(data, "server")),  # the harness probes as the server
+            nats_credentials=str(data / HARNESS_CREDENTIALS),  # the harness: every subject, to attack them all
         )
         await self._make_key()
         for runner_id, backend in self.runners.items():
