@@ -310,3 +310,15 @@ async def test_a_password_in_the_nats_url_is_not_printed(stack: dict[str, Any]) 
     assert creds.password[:-1] not in str(caught.value) and "***" in str(caught.value)
     async with await Bus.open(url, stack["subjects"], open_timeout=5):  # and a right one connects
         pass
+
+
+def test_a_replayed_job_notice_raises_a_critical_alert() -> None:
+    from server._audit._alerts import AlertRules
+    from server._audit._writer import Notable
+
+    row = Notable(row=7, type="notice", kind="replayed_job", task_id="t_1", key_id="runner:r1", ts_us=1,
+                  severity=None, detail="replayed_job")
+    other = Notable(row=8, type="notice", kind="key_created", task_id=None, key_id="cli:x", ts_us=2,
+                    severity=None, detail=None)
+    alerts = AlertRules().evaluate([row, other])
+    assert [(a["kind"], a["severity"], a["task_id"]) for a in alerts] == [("replayed_job", "critical", "t_1")]
