@@ -14,6 +14,7 @@ from ._codec import json_schemas as json_schemas
 from ._codec import sign_job as sign_job
 from ._codec import verify_job as verify_job
 from ._connection import Bus as Bus
+from ._connection import connect_options as connect_options
 from ._connection import ensure_streams as ensure_streams
 from ._connection import publish_acked as publish_acked
 from ._embedded import EmbeddedNats as EmbeddedNats
@@ -25,6 +26,8 @@ from ._messages import *  # noqa: F403
 from ._messages import __all__ as _messages_all
 from ._paths import check_relative_path as check_relative_path
 from ._paths import input_file_bytes as input_file_bytes
+from ._private import private_database as private_database
+from ._private import private_dir as private_dir
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
 from ._redact import redact_obj as redact_obj
@@ -52,7 +55,7 @@ from ._toolnames import tool_offered as tool_offered
 from ._toolnames import parse_grant as parse_grant
 
 __all__ = [
-    "Bus", "EmbeddedNats", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
+    "Bus", "connect_options", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
     "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",

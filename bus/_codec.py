@@ -106,16 +106,60 @@ def decode_notice(data: bytes) -> AuditNotice:
 # --------------------------------------------------------------------------- signing
 
 
+_EMPTY_FACTORIES = (list, dict, set, tuple)
+
+
+def essential(value: Any) -> Any:
+    """``value`` as builtins with every Struct field left out that holds its default.
+
+    What a signature covers: a newer sender's extra field at its default is absent here,
+    exactly as on an older receiver that does not know the field (schema-evolution rule:
+    new fields go last, with a default). A field it sets to a non-default value is signed;
+    a receiver that dropped it cannot verify the job, which is the safe answer."""
+    if isinstance(value, msgspec.Struct):
+        config = value.__struct_config__
+        out: dict[str, Any] = {}
+        if config.tag is not None:
+            out[config.tag_field] = config.tag
+        for field in msgspec.structs.fields(value):
+            item = getattr(value, field.name)
+            if field.default is not msgspec.NODEFAULT and _same(item, field.default):
+                continue
+            if field.default_factory in _EMPTY_FACTORIES and _same(item, field.default_factory()):
+                continue
+            out[field.name] = essential(item)
+        return out
+    if isinstance(value, dict):
+        return {k: essential(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [essential(v) for v in value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
 def _signed_bytes(task_id: str, policy: Policy, request: Request) -> bytes:
+    return canonical({"task_id": task_id, "policy": essential(policy), "request": essential(request)})
+
+
+def _legacy_signed_bytes(task_id: str, policy: Policy, request: Request) -> bytes:
+    """What servers signed before defaults were left out (every field): still verified."""
     return canonical({"task_id": task_id, "policy": policy, "request": request})
 
 
-def sign_job(task_id: str, policy: Policy, request: Request, secret: str | bytes) -> str:
-    """Hex HMAC-SHA256 over the canonical encoding of the job's signed parts."""
+def _hmac(secret: str | bytes, data: bytes) -> str:
     key = secret.encode() if isinstance(secret, str) else secret
     if not key:
         raise ValueError("job secret is empty")
-    return hmac.new(key, _signed_bytes(task_id, policy, request), hashlib.sha256).hexdigest()
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def sign_job(task_id: str, policy: Policy, request: Request, secret: str | bytes) -> str:
+    """Hex HMAC-SHA256 over the canonical encoding (sorted keys, defaults left out) of the
+    job's signed parts: the task id, the policy and the request."""
+    return _hmac(secret, _signed_bytes(task_id, policy, request))
 
 
 def verify_job(job: Job, secret: str | bytes) -> None:
@@ -126,9 +170,10 @@ def verify_job(job: Job, secret: str | bytes) -> None:
         raise SignatureError(job.task_id, "policy belongs to another task")
     if job.policy.kind != kind_of(job.request):
         raise SignatureError(job.task_id, "policy kind does not match the request")
-    expected = sign_job(job.task_id, job.policy, job.request, secret)
-    if not hmac.compare_digest(expected, job.signature):
-        raise SignatureError(job.task_id, "policy signature does not verify (forged or altered)")
+    for signed in (_signed_bytes, _legacy_signed_bytes):
+        if hmac.compare_digest(_hmac(secret, signed(job.task_id, job.policy, job.request)), job.signature):
+            return
+    raise SignatureError(job.task_id, "policy signature does not verify (forged or altered)")
 
 
 # --------------------------------------------------------------------------- schemas

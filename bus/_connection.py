@@ -24,6 +24,9 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
+from ._natsauth import NatsCredentials, read_credentials
+from ._redact import safe_url
+from ._settings import Settings
 from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -56,12 +59,21 @@ class Bus:
         connect_timeout: float = 2.0,
         open_timeout: float = 10.0,
         max_reconnect_attempts: int = -1,
+        credentials: NatsCredentials | None = None,
     ) -> Bus:
-        """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever."""
+        """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever.
+
+        ``credentials`` = the NATS user to connect as (a refused one fails at once)."""
+        if not url:
+            raise BusError("no NATS server to connect to: start the stack with `taskbus up` (same data dir: "
+                           "TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL")
         connected = False
+        refused: list[str] = []
         state = {"closing": False}
 
         async def on_error(exc: Exception) -> None:
+            if _is_auth_error(exc):
+                refused.append(str(exc))
             if connected:
                 logger.warning("nats error (%s): %s", name, exc)
             else:
@@ -86,17 +98,31 @@ class Bus:
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **_auth_options(credentials),
                 )
         except Exception as exc:  # nats raises several unrelated types here
+            if refused or _is_auth_error(exc):
+                who = f"user {credentials.user!r}" if credentials else "no credentials"
+                raise BusError(
+                    f"NATS at {safe_url(url)} refused the connection ({who}): authorization failed. "
+                    "Use the credentials of this stack (TASKBUS_NATS_CREDENTIALS; `taskbus up` writes them "
+                    "to <data dir>/nats-auth/)"
+                ) from None
             reason = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BusError(
-                f"cannot connect to NATS at {url} within {open_timeout:g}s ({reason}). "
-                "Is nats-server running? (`taskbus nats` starts one; `taskbus doctor` checks)"
+                f"cannot connect to NATS at {safe_url(url)} within {open_timeout:g}s ({reason}). "
+                "Is the stack running? (`taskbus up` starts it; `taskbus doctor` checks)"
             ) from None
         connected = True
         bus = cls(nc, subjects or Subjects())
         bus._state = state
         return bus
+
+    @classmethod
+    async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
+        """``open`` with the URL, subject prefix and credentials of ``settings``."""
+        return await cls.open(settings.nats_url, Subjects(settings.subject_prefix), name=name,
+                              credentials=settings_credentials(settings), **kwargs)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
@@ -148,6 +174,25 @@ class Bus:
 
     async def ensure_streams(self, **kwargs: Any) -> None:
         await ensure_streams(self.js, self.subjects, **kwargs)
+
+
+def settings_credentials(settings: Settings) -> NatsCredentials | None:
+    """The credentials ``settings.nats_credentials`` points at, else None."""
+    return read_credentials(settings.nats_credentials) if settings.nats_credentials else None
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for the user of ``settings`` (for raw clients)."""
+    return _auth_options(settings_credentials(settings))
+
+
+def _auth_options(credentials: NatsCredentials | None) -> dict[str, Any]:
+    return {"user": credentials.user, "password": credentials.password} if credentials else {}
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text or "user authentication" in text
 
 
 async def publish_acked(
@@ -263,19 +308,23 @@ async def ensure_streams(
     dedupe_window_s: float = 600,
     artifacts_max_bytes: int | None = None,
     artifacts_max_age_s: float | None = None,
+    update: bool = True,
 ) -> None:
-    """Create or update the three streams, the artifacts Object Store and the cache KV.
+    """Create or update the three streams, the artifacts Object Store, the cache KV and the
+    job-claims KV.
 
     Idempotent: safe to call from every process at start-up. The artifacts limits
     (``None``: unlimited on create, unchanged on an existing bucket) are applied to an
-    existing bucket too.
+    existing bucket too. ``update=False`` only creates what is missing (for a NATS user
+    that may read stream info but not change streams).
     """
     for config in stream_configs(
         subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
     ):
         try:
             await js.stream_info(config.name)
-            await js.update_stream(config)
+            if update:
+                await js.update_stream(config)
         except NotFoundError:
             try:
                 await js.add_stream(config)
@@ -283,14 +332,14 @@ async def ensure_streams(
                 if "already in use" not in str(exc):
                     raise
     await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s)
-    try:
-        await js.key_value(subjects.cache_bucket)
-    except Exception:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.cache_bucket,
-                storage=StorageType.FILE,
-                ttl=DAY,
-                description="taskbus completion cache",
+    for bucket, ttl, description in (
+        (subjects.cache_bucket, DAY, "taskbus completion cache"),
+        (subjects.claims_bucket, max(events_max_age_s, DAY),
+         "taskbus job claims: task id -> job message a runner took (replay check)"),
+    ):
+        try:
+            await js.key_value(bucket)
+        except Exception:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description)
             )
-        )

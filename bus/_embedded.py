@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from ._errors import EmbeddedServerError
+from ._private import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,34 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def write_config(
-    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str
+    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str,
+    authorization: str = "",
 ) -> Path:
-    """A nats-server config file (some options, like max_payload, have no flag)."""
-    path.write_text(
+    """The nats-server config file (some options, like max_payload, have no flag), 0600.
+
+    ``authorization`` = an ``authorization { ... }`` block (``bus._natsauth``), or "" for none.
+    The one writer of it: ``EmbeddedNats`` and ``taskbus up`` both use it."""
+    text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"server_name: {json.dumps(name)}\n"
         f"max_payload: {max_payload}\n"
         f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
+        f"{authorization}"
     )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     return path
+
+
+def check_config(path: Path) -> None:
+    """``nats-server -t``: raise EmbeddedServerError with its message when it refuses ``path``."""
+    done = subprocess.run([find_nats_server(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise EmbeddedServerError(f"nats-server refuses {path}: {(done.stderr or done.stdout).strip()[-800:]}")
 
 
 class EmbeddedNats:
@@ -75,6 +94,7 @@ class EmbeddedNats:
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
         log_path: str | os.PathLike[str] | None = None,
+        authorization: str = "",
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -85,6 +105,8 @@ class EmbeddedNats:
         self.log_path = Path(log_path) if log_path else self.store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.name = f"taskbus-{self.port}-{uuid.uuid4().hex[:8]}"
+        self.authorization = authorization
+        """The ``authorization`` block (``bus._natsauth.server_authorization``); "" = open."""
 
     @property
     def url(self) -> str:
@@ -98,7 +120,7 @@ class EmbeddedNats:
         """Start and wait (blocking) until the server accepts TCP connections."""
         if self.process is not None:
             return
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir, tighten=True)
         binary = find_nats_server()
         config = write_config(
             self.store_dir / "nats-server.conf",
@@ -107,6 +129,7 @@ class EmbeddedNats:
             store_dir=self.store_dir,
             max_payload=self.max_payload,
             name=self.name,
+            authorization=self.authorization,
         )
         argv = [binary, "-c", str(config)]
         log = open(self.log_path, "ab")

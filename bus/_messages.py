@@ -111,6 +111,10 @@ class Policy(Wire):
     project_root: str | None = None
     issued_at: datetime = msgspec.field(default_factory=utcnow)
     routing_reason: str = ""
+    nonce: str = ""
+    """Random per job (signed): with the task id, what runners claim once (replays are refused)."""
+    expires_at: datetime | None = None
+    """Runners refuse the job after this (signed; TASKBUS_JOB_EXPIRY_S after issue). None = no expiry."""
 
 
 class Job(Wire):

@@ -41,3 +41,16 @@ def redact_obj(value: Any, extra: list[str] | tuple[str, ...] = ()) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact_obj(v, extra) for v in value)
     return value
+
+
+def safe_url(url: str) -> str:
+    """``url`` without a password in it (``nats://user:***@host``)."""
+    out = []
+    for part in url.split(","):
+        scheme, sep, rest = part.partition("://")
+        if sep and "@" in rest:
+            userinfo, _, host = rest.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            part = f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}"
+        out.append(part)
+    return ",".join(out)

@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 from ._errors import ConfigError
+from ._private import private_dir
 from ._settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,10 +36,11 @@ def load_or_create_job_secret(settings: Settings) -> str:
         value = ""
     if value:
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fresh = secrets.token_hex(32)
     tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # left by a crashed process with our pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, (fresh + "\n").encode())
     finally:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ._errors import ConfigError
+from ._redact import safe_url
 
 ENV_PREFIX = "TASKBUS_"
 SECRET_FIELDS = frozenset({"upstream_api_key", "job_secret"})
@@ -165,6 +166,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     console: Literal["auto", "on", "off"] = "auto"
     """Web console at ``/console``: ``auto`` serves it only when the HTTP server binds to loopback;
     ``on`` also beyond loopback (put TLS in front); ``off`` never."""
+    nats_credentials: str = ""
+    """Path of a 0600 JSON file {"user": ..., "password": ...} this process connects to NATS with; empty = none (or the URL's). `taskbus up` sets it per child; CLI commands find the operator's in the data dir."""
+    job_expiry_s: Positive = 86_400
+    """A job not started within this many seconds of being signed is refused by runners (room for a queue wait when every runner is busy)."""
 
     def __repr__(self) -> str:
         parts = []
@@ -172,6 +177,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             value = getattr(self, name)
             if name in SECRET_FIELDS and value:
                 value = "***"
+            elif name == "nats_url":
+                value = safe_url(value)  # a password in the URL is not printed
             parts.append(f"{name}={value!r}")
         return f"Settings({', '.join(parts)})"
 

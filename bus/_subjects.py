@@ -47,6 +47,8 @@ class Subjects:
         self.audit_stream = f"{upper}_AUDIT"
         self.artifacts_bucket = f"{self.prefix}-artifacts"
         self.cache_bucket = f"{self.prefix}-cache"
+        self.claims_bucket = f"{self.prefix}-claims"
+        """KV: task id -> the stream sequence of the job message a runner claimed (replay check)."""
 
     # -- submit (core request/reply)
     def submit(self, kind: JobKind) -> str:

@@ -49,12 +49,12 @@ async def publish_notices(
     connection_logger.addFilter(quiet)
     try:
         async with asyncio.timeout(timeout):
-            bus = await Bus.open(
-                settings.nats_url, subjects, name="taskbus-cli", connect_timeout=min(2.0, timeout),
+            bus = await Bus.for_settings(
+                settings, name="taskbus-cli", connect_timeout=min(2.0, timeout),
                 max_reconnect_attempts=0,
             )
             async with bus:
-                await bus.ensure_streams()
+                await bus.ensure_streams(update=False)  # the operator may create, not change
                 for notice in notices:
                     await bus.publish(subjects.audit(notice.kind), notice, attempts=2, timeout=timeout / 2)
     except (TaskbusError, OSError, TimeoutError) as exc:

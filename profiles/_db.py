@@ -22,6 +22,8 @@ from typing import Any
 
 import aiosqlite
 
+from bus import private_database
+
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
@@ -95,7 +97,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 async def connect(path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> aiosqlite.Connection:
     """Open ``path`` in autocommit mode (transactions are explicit), WAL, foreign keys on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_database(path)
     db = await aiosqlite.connect(str(path), isolation_level=None, timeout=busy_timeout_s)
     try:
         db.row_factory = aiosqlite.Row

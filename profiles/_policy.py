@@ -14,8 +14,10 @@ The result is the intersection of what the request asks and what the profile gra
 from __future__ import annotations
 
 import posixpath
+import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 
 from bus import (
     CompleteRequest,
@@ -164,6 +166,7 @@ def resolve_policy(
         cap = max(0.0, min(cap, budget_remaining))
 
     timeout = profile.timeout_s or settings.default_timeout_s
+    issued = issued_at or utcnow()
     common = dict(
         task_id=task_id,
         kind=kind,
@@ -177,8 +180,10 @@ def resolve_policy(
         disk_mb=profile.disk_mb or settings.default_disk_mb,
         max_cost_usd=cap,
         network=profile.network,
-        issued_at=issued_at or utcnow(),
+        issued_at=issued,
         routing_reason=routing_reason,
+        nonce=secrets.token_hex(16),
+        expires_at=issued + timedelta(seconds=settings.job_expiry_s),
     )
     if isinstance(request, CompleteRequest):
         return Policy(**common, timeout_s=timeout, max_turns=1, fs_access="none")  # type: ignore[arg-type]

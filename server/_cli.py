@@ -99,7 +99,7 @@ def nats(
 
     from bus import EmbeddedNats, TaskbusError
 
-    settings = load_settings(config)
+    settings = load_settings(config, discover=False)
     store = settings.data_path / "nats"
     server = EmbeddedNats(store, host=host, port=port)
     stop = threading.Event()

@@ -39,11 +39,11 @@ def tasks_artifacts(
 async def _download(settings: Any, task_id: str, out_dir: Path, *, force: bool, show: bool) -> list[Any]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from bus import Bus, Subjects
+    from bus import Bus
 
     from ._artifacts import download, list_artifacts
 
-    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+    async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
         total = sum(item.size for item in await list_artifacts(bus, task_id))
         if not show or total < PROGRESS_FROM_BYTES:
             return await download(bus, task_id, out_dir, force=force)

@@ -88,7 +88,7 @@ def run_cmd(db: DbOpt = None, config: ConfigOpt = None) -> None:
     """Run the audit writer: durable consumers on the events and audit streams -> SQLite."""
     from ._audit import run_audit
 
-    settings = load_settings(config)
+    settings = load_settings(config, nats_role="audit")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -152,7 +152,7 @@ def _guard(fn: Callable[[], T]) -> T:
 
 
 async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:
-    from bus import Bus, Subjects
+    from bus import Bus
 
     from ._audit import LiveFilter, follow
 
@@ -166,7 +166,7 @@ async def _follow(settings: Settings, db: Path | None, *, task, key, types, json
     stop = asyncio.Event()
     _stop_on_signals(stop)
     accept = LiveFilter(task=task, key=key, types=types, known_keys=known)
-    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-tail") as bus:
+    async with await Bus.for_settings(settings, name="taskbus-tail") as bus:
         subscribed = asyncio.Event()
 
         async def pump() -> None:

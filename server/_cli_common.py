@@ -33,11 +33,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_settings(config: str | None = None, **overrides: Any) -> Settings:
+def load_settings(config: str | None = None, *, discover: bool = True, nats_role: str = "cli",
+                  **overrides: Any) -> Settings:
+    """Settings from taskbus.toml and TASKBUS_* variables. With ``discover`` (every command
+    but ``taskbus up``), a ``taskbus up`` running on the same data dir provides the NATS URL
+    (TASKBUS_NATS_URL still wins) and the credentials of ``nats_role`` from the data dir."""
     try:
-        return Settings.load(toml_path=config, **overrides)
+        settings = Settings.load(toml_path=config, **overrides)
     except TaskbusError as exc:
         fail(f"configuration: {exc.describe()}")
+    return discover_stack(settings, role=nats_role) if discover else settings
+
+
+def discover_stack(settings: Settings, *, role: str = "cli") -> Settings:
+    """``settings`` pointed at the ``taskbus up`` of its data dir, when one runs and the
+    NATS URL is unset (or is that stack's). Unchanged otherwise."""
+    from ._up._state import read_state, running_pid, stack_settings
+
+    data = settings.data_path.resolve()
+    state = read_state(data) if running_pid(data) else None
+    if not state or not state.get("nats_url"):
+        return settings
+    if settings.nats_url and settings.nats_url != state["nats_url"]:
+        return settings  # TASKBUS_NATS_URL wins: another NATS, its own credentials
+    return stack_settings(settings, state, role=role)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
         if not wanted or any(k not in ("task", "complete") for k in wanted):
             raise typer.BadParameter("--kinds takes task and/or complete")
-        settings = load_settings(config)
+        settings = load_settings(config, nats_role="runner")
         run(_serve(settings, slots=slots, backend=backend, runner_id=runner_id, kinds=wanted, grace=grace))
 
 

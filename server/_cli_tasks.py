@@ -70,7 +70,7 @@ def serve(
         fail("--transport must be stdio, http or none (NATS submit gateway only)", code=2)
     from ._service import run_server
 
-    settings = load_settings(config)
+    settings = load_settings(config, nats_role="server")
     if transport == "stdio" and not settings.api_key:
         fail("stdio needs an API key: set TASKBUS_API_KEY (operators create one with `taskbus keys create`)")
 
@@ -124,14 +124,14 @@ def tasks_list(
 
 
 async def _load(settings: Any, task_id: str) -> tuple[Any, list[Any]]:
-    from bus import Bus, Subjects
+    from bus import Bus
     from profiles import Store
 
     from ._dispatch_events import replay_events
 
     async with Store.for_settings(settings) as store:
         record = await store.get_task(task_id)
-    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+    async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
         events = await replay_events(bus, task_id)
     return record, events
 
@@ -172,12 +172,12 @@ def _escape(text: str) -> str:
 
 
 async def _follow(settings: Any, subject_task: str, *, quiet: bool) -> Any:
-    from bus import Bus, Subjects
+    from bus import Bus
 
     from ._dispatch_events import TaskWatch, follow_events
 
     watch = TaskWatch(subject_task)
-    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+    async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(follow_events(bus, watch))
             if quiet:
@@ -228,18 +228,18 @@ def tasks_cancel(
     config: ConfigOpt = None,
 ) -> None:
     """Cancel a queued or running task (its sandbox is destroyed)."""
-    from bus import Bus, Subjects
+    from bus import Bus
     from profiles import Store
 
     from ._dispatch import Caller, Dispatcher
     from ._secrets import load_or_create_job_secret
 
-    settings = load_settings(config)
+    settings = load_settings(config, nats_role="server")  # it cancels as the server does
 
     async def main() -> str:
         async with Store.for_settings(settings) as store:
             record = await store.get_task(task_id)
-            async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+            async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
                 dispatcher = Dispatcher(settings, bus, store, secret=load_or_create_job_secret(settings))
                 return await dispatcher.cancel(
                     Caller(record.key_id, record.profile), task_id,
@@ -275,8 +275,6 @@ def submit(
     config: ConfigOpt = None,
 ) -> None:
     """Submit over NATS like any external publisher would, and show live progress."""
-    import nats
-
     from bus import SubmitRejected, decode_reply
 
     settings = load_settings(config)
@@ -299,14 +297,16 @@ def submit(
     kind = "complete" if complete else "task"
 
     async def main() -> Any:
-        from bus import Subjects
+        from bus import Bus, BusError
 
-        nc = await nats.connect(settings.nats_url, connect_timeout=5)
-        try:
-            msg = await nc.request(Subjects(settings.subject_prefix).submit(kind), json.dumps(body).encode(),
-                                   headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        finally:
-            await nc.drain()
+        async with await Bus.for_settings(settings, name="taskbus-submit", open_timeout=5) as bus:
+            subject = bus.subjects.submit(kind)
+            try:
+                msg = await bus.nc.request(subject, json.dumps(body).encode(),
+                                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            except Exception as exc:  # nats: no responders, timeout, permissions
+                raise BusError(f"no answer to the submit on {subject} ({str(exc) or type(exc).__name__}); "
+                               "is the server running? (`taskbus status` shows the stack)") from None
         reply = decode_reply(msg.data)
         if isinstance(reply, SubmitRejected):
             return reply

@@ -56,7 +56,7 @@ def up(
 
     if backend not in (None, "bwrap", "docker"):
         fail("--backend must be bwrap or docker", code=2)
-    settings = load_settings(config)
+    settings = load_settings(config, discover=False)
     data = settings.data_path.resolve()
     pid = running_pid(data)
     if pid is not None and pid != os.getpid():
@@ -92,11 +92,11 @@ def up(
         except TaskbusError as exc:
             fail(exc.describe())
         if first.notices:
-            import msgspec
-
             from profiles import publish_notices
 
-            run(publish_notices(msgspec.structs.replace(settings, nats_url=state["nats_url"]), first.notices))
+            from ._up._state import stack_settings
+
+            run(publish_notices(stack_settings(settings, state), first.notices))
         _summary(state)
         err.print(f"running in the background (pid {state['pid']}); logs in {data / 'logs'}; "
                   "`taskbus status` shows it, `taskbus down` stops it", highlight=False)

@@ -47,7 +47,7 @@ def _nats(settings: Settings) -> Check | list[Check]:
         return Check(name="nats", ok=True, detail=f"embedded nats-server available ({path})")
 
     async def probe() -> int:
-        bus = await Bus.open(settings.nats_url, connect_timeout=1, open_timeout=3)
+        bus = await Bus.for_settings(settings, connect_timeout=1, open_timeout=3)
         try:
             return int(bus.nc.max_payload)
         finally:

@@ -58,7 +58,7 @@ async def run_server(
     port = settings.http_port if port is None else port
     secret = load_or_create_job_secret(settings)
     stop = stop or asyncio.Event()
-    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-server") as bus:
+    async with await Bus.for_settings(settings, name="taskbus-server") as bus:
         await bus.ensure_streams(
             events_max_age_s=settings.events_max_age_days * 86_400,
             artifacts_max_bytes=settings.artifacts_store_max_bytes,

@@ -3,10 +3,17 @@
 Order of checks, before anything runs:
 1. the payload decodes (else: ``term``, a ``security`` event and ``finished failed``
    when the task id is known from ``Nats-Msg-Id``, else an audit notice);
-2. the task is not already finished (a redelivery after the ack was lost: just ack);
-3. the task was not started by a runner that died (``finished failed runner_lost``,
+2. a job whose signature verifies is claimed once, durably: the claims KV maps its task id
+   to the stream sequence of the job message that claimed it (create-if-absent, shared by
+   every runner). Another message for a claimed task id is a replay (a captured job
+   published again): ``term``, a ``replayed_job`` audit notice, nothing runs. A redelivery
+   of the claiming message (same sequence) goes on;
+3. the task is not already finished (a redelivery after the ack was lost: just ack);
+4. the task was not started by a runner that died (``finished failed runner_lost``,
    never a silent second run, unless the job is marked retryable);
-4. the policy signature verifies (else ``security forged_policy`` and ``finished denied``).
+5. the policy signature verifies (else ``security forged_policy`` and ``finished denied``);
+6. the job has not expired (``policy.expires_at``; else ``security expired_job`` and
+   ``finished denied``).
 The job is acked only after its ``finished`` event is stored.
 """
 
@@ -15,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from bus import (
     Accepted,
@@ -68,6 +78,7 @@ class JobHandler:
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_reasons: dict[str, str] = {}
         self.on_event = on_event
+        self._claims: KeyValue | None = None
 
     async def handle(self, msg: Msg, kind: str, execute: Execute) -> None:
         keepalive = asyncio.create_task(self._keepalive(msg), name="job-keepalive")
@@ -93,6 +104,14 @@ class JobHandler:
         except MessageDecodeError as exc:
             await self._reject_malformed(msg, exc)
             return
+        try:
+            verify_job(job, self.secret)
+            forged: SignatureError | None = None
+        except SignatureError as exc:
+            forged = exc
+        if forged is None and not await self._claim(msg, job):
+            await self._refuse_replay(msg, job)
+            return
         events, last = await TaskEvents.resume(self.bus, job.task_id)
         events.on_event = self.on_event
         if isinstance(last, Finished):
@@ -117,14 +136,44 @@ class JobHandler:
                 await msg.ack()
                 return
             await events.emit(Log, stream="runner", line="the previous runner stopped; retrying (job is retryable)")
-        try:
-            verify_job(job, self.secret)
-        except SignatureError as exc:
-            await events.emit(Security, kind="forged_policy", severity="critical", detail=str(exc))
-            await events.finish("denied", reason="bad_signature", result=f"{exc}; nothing was run")
+        if forged is not None:
+            await events.emit(Security, kind="forged_policy", severity="critical", detail=str(forged))
+            await events.finish("denied", reason="bad_signature", result=f"{forged}; nothing was run")
+            await msg.ack()
+            return
+        expires = job.policy.expires_at
+        if expires is not None and datetime.now(timezone.utc) > expires:
+            detail = f"job expired at {expires.isoformat()} (signed {job.policy.issued_at.isoformat()})"
+            await events.emit(Security, kind="expired_job", severity="warning", detail=detail)
+            await events.finish("denied", reason="expired",
+                                result=f"{detail}: it waited too long or was published again; nothing was run")
             await msg.ack()
             return
         await self._run(msg, job, events, execute)
+
+    async def _claim(self, msg: Msg, job: Job) -> bool:
+        """Claim the job's task id for this job message. True when it is ours to handle (a
+        first claim, or a redelivery of the message that claimed it); False for a replay."""
+        if self._claims is None:
+            self._claims = await self.bus.js.key_value(self.subjects.claims_bucket)
+        mine = f"{msg.metadata.sequence.stream} {job.policy.nonce}".encode()
+        try:
+            await self._claims.create(job.task_id, mine)
+            return True
+        except KeyWrongLastSequenceError:
+            entry = await self._claims.get(job.task_id)
+            return entry.value == mine
+
+    async def _refuse_replay(self, msg: Msg, job: Job) -> None:
+        seq = msg.metadata.sequence.stream
+        logger.warning("task %s: job message %s is a replay of a job already taken; refused", job.task_id, seq)
+        notice = AuditNotice(
+            kind="replayed_job", actor=f"runner:{self.runner_id}", task_id=job.task_id, code="replayed_job",
+            detail={"severity": "critical", "subject": msg.subject, "stream_seq": seq,
+                    "reason": "a signed job for a task id that a runner already took was published again; nothing was run"},
+        )
+        await self.bus.publish(self.subjects.audit("replayed_job"), notice)
+        await msg.term()
 
     async def _run(self, msg: Msg, job: Job, events: TaskEvents, execute: Execute) -> None:
         started = time.monotonic()

@@ -127,7 +127,7 @@ class Runner:
         if s.runner_metrics_port:
             self.metrics_port = self.metrics.serve(s.runner_metrics_host, s.runner_metrics_port)
             self._stack.callback(self.metrics.close)
-        self.bus = await self._stack.enter_async_context(await Bus.open(s.nats_url, self.subjects, name=f"runner-{self.id}"))
+        self.bus = await self._stack.enter_async_context(await Bus.for_settings(s, name=f"runner-{self.id}"))
         await self.bus.ensure_streams(
             events_max_age_s=s.events_max_age_days * 86_400,
             artifacts_max_bytes=s.artifacts_store_max_bytes,

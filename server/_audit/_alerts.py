@@ -26,6 +26,8 @@ from ._writer import Notable
 logger = logging.getLogger(__name__)
 
 CRITICAL_KINDS = frozenset({"forged_policy", "bad_signature", "blocked_command", "escape_attempt"})
+CRITICAL_NOTICES = frozenset({"replayed_job"})
+"""Audit notices that are security events by themselves (a runner refused a replayed job)."""
 AUTH_FAILURE = "auth_failure"
 _encode = msgspec.json.Encoder().encode
 
@@ -47,6 +49,8 @@ class AlertRules:
         for n in notable:
             if n.type == "security" and (n.kind in CRITICAL_KINDS or n.severity == "critical"):
                 alerts.append(self._alert(n.kind or "security", n, n.severity or "critical", n.detail))
+            if n.type == "notice" and n.kind in CRITICAL_NOTICES:
+                alerts.append(self._alert(n.kind, n, "critical", n.detail))
             if n.kind == AUTH_FAILURE and n.type in ("notice", "security"):
                 actor = n.key_id or "unknown"
                 window = self._failures.setdefault(actor, deque())

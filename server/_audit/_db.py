@@ -15,6 +15,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from bus import private_database, private_dir
+
 from ._errors import AuditError
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def open_db(path: Path | str, *, readonly: bool = False, busy_timeout_s: float =
                 f"{path} has audit schema {version}, newer than this taskbus ({SCHEMA_VERSION}); upgrade taskbus"
             )
         return conn
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_database(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -140,8 +142,8 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -84,7 +84,7 @@ async def run_audit(
             writer = Writer(conn)
             try:
                 subjects = Subjects(settings.subject_prefix)
-                async with await Bus.open(settings.nats_url, subjects, name="taskbus-audit") as bus:
+                async with await Bus.for_settings(settings, name="taskbus-audit") as bus:
                     await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
                     service = AuditService(
                         bus, writer, options, alert_command=settings.alert_command

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from rich.console import Console
 
 from bus import Settings
@@ -19,7 +18,7 @@ from ._demo import DemoResult, run_demo
 from ._firstrun import FirstRun, demo_key
 from ._plan import Plan
 from ._run import run_stack
-from ._state import pid_alive, read_state
+from ._state import pid_alive, read_state, stack_settings
 from ._supervisor import UpError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 async def demo_against(settings: Settings, state: dict[str, Any], console: Console) -> DemoResult:
     """The demo against a running stack described by ``state`` (``up.json``)."""
-    settings = msgspec.structs.replace(settings, nats_url=state["nats_url"], data_dir=state["data_dir"])
+    settings = stack_settings(settings, state)
     key, notices = await demo_key(settings)
     warning = await publish_notices(settings, notices)
     if warning:

@@ -7,11 +7,10 @@ plaintext is returned to be shown once and is never stored (the store keeps a ha
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from bus import AuditNotice, Settings, load_or_create_job_secret
+from bus import AuditNotice, Settings, load_or_create_job_secret, private_dir
 from profiles import NoticeBuffer, Store
 
 logger = logging.getLogger(__name__)
@@ -37,10 +36,8 @@ def make_dirs(settings: Settings) -> bool:
     """Create the data dir (0700) and its logs folder; True when the data dir is new."""
     data = settings.data_path
     created = not data.exists()
-    data.mkdir(parents=True, exist_ok=True)
-    if created:
-        os.chmod(data, 0o700)
-    (data / "logs").mkdir(exist_ok=True)
+    private_dir(data, tighten=created)
+    private_dir(data / "logs")
     return created
 
 

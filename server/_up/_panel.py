@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat
+from bus._natsauth import read_credentials
 
 from .._console import console_enabled
 from ._firstrun import FirstRun
@@ -38,6 +39,7 @@ def stack_info(plan: Plan, first: FirstRun) -> dict[str, Any]:
         "runner_metrics_url": f"http://{plan.settings.runner_metrics_host}:{plan.runner_metrics_port}/metrics",
         "nats_url": plan.nats_url,
         "nats_embedded": plan.nats_embedded,
+        "nats_credentials": plan.nats_credentials,
         "offline_model": plan.offline,
         "model_url": plan.model_url,
         "upstream": plan.upstream,
@@ -83,7 +85,9 @@ class StatusBoard:
         """Until ``stop``: heartbeats and task events into this board."""
         subjects = Subjects(self.info["subject_prefix"])
         try:
-            bus = await Bus.open(self.info["nats_url"], subjects, name="taskbus-status")
+            creds = self.info.get("nats_credentials")
+            bus = await Bus.open(self.info["nats_url"], subjects, name="taskbus-status",
+                                 credentials=read_credentials(creds) if creds else None)
         except TaskbusError as exc:
             logger.warning("status panel cannot reach NATS (%s); process list only", exc.describe())
             await stop.wait()

@@ -7,7 +7,6 @@ is the only place that reads ``os.environ``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,7 +16,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus import Settings, Subjects, TaskbusError, find_nats_server, free_port
+import msgspec
+
+from bus import Settings, TaskbusError, find_nats_server, free_port
+from bus._embedded import write_config
+from bus._natsauth import credentials_path, server_authorization
+from bus._private import private_dir
 
 from ._ready import RunnerReadyProbe
 from ._state import UP_PID_VAR
@@ -45,6 +49,13 @@ class Plan:
     http_port: int
     runner_id: str
     runner_metrics_port: int = 0
+    nats_credentials: str = ""
+    """The operator's (cli role) credentials file for the embedded NATS; "" with an external one."""
+
+    def client_settings(self) -> Settings:
+        """Settings a CLI-side client of this stack (the supervisor, its panel) connects with."""
+        return msgspec.structs.replace(self.settings, nats_url=self.nats_url,
+                                       nats_credentials=self.nats_credentials or self.settings.nats_credentials)
 
     @property
     def offline(self) -> bool:
@@ -76,16 +87,6 @@ def choose_backend(settings: Settings, asked: str | None, env: dict[str, str]) -
     if "TASKBUS_SANDBOX_BACKEND" in env:
         return settings.sandbox_backend
     return "bwrap" if shutil.which("bwrap") else "docker"
-
-
-def write_nats_config(path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str) -> Path:
-    path.write_text(
-        f"listen: {json.dumps(f'{host}:{port}')}\n"
-        f"server_name: {json.dumps(name)}\n"
-        f"max_payload: {max_payload}\n"
-        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
-    )
-    return path
 
 
 def _pick_port(host: str, wanted: int, what: str, *, fallback_free: bool) -> int:
@@ -140,17 +141,24 @@ def make_plan(
         except TaskbusError as exc:
             raise UpError(exc.describe()) from None
         nport = _pick_port("127.0.0.1", nats_port, "NATS", fallback_free=True)
-        store = data / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        config = write_nats_config(
+        store = private_dir(data / "nats", tighten=True)
+        config = write_config(
             store / "nats-server.conf", host="127.0.0.1", port=nport, store_dir=store,
             max_payload=max(8 * 1024 * 1024, settings.max_message_bytes), name=f"taskbus-up-{uuid.uuid4().hex[:8]}",
+            authorization=server_authorization(data, settings.subject_prefix),
         )
         nats_url = f"nats://127.0.0.1:{nport}"
-        specs.append(ChildSpec(name="nats", argv=[binary, "-c", str(config)], env=child_env,
+        specs.append(ChildSpec(name="nats", argv=[binary, "-c", str(config)], env=_without_creds(child_env),
                                label="embedded, JetStream in data dir", probe=tcp_probe("127.0.0.1", nport),
                                stop_timeout_s=10.0))
     child_env["TASKBUS_NATS_URL"] = nats_url
+    embedded = not settings.nats_url
+
+    def env_of(role: str) -> dict[str, str]:
+        """The children's environment with ``role``'s NATS credentials (a file path, never the password)."""
+        if not embedded:
+            return child_env  # an operator-run NATS: whatever TASKBUS_NATS_CREDENTIALS the user set
+        return {**child_env, "TASKBUS_NATS_CREDENTIALS": str(credentials_path(data, role))}
 
     model_url = ""
     upstream = settings.upstream_url or ("https://api.anthropic.com" if settings.upstream_api_key else "")
@@ -161,25 +169,35 @@ def make_plan(
         child_env["TASKBUS_UPSTREAM_URL"] = model_url
         specs.append(ChildSpec(
             name="model", argv=[*cmd, "model", "serve", "--host", "127.0.0.1", "--port", str(mport)],
-            env=child_env, label=OFFLINE_LABEL, probe=tcp_probe("127.0.0.1", mport), stop_timeout_s=5.0, wave=1,
+            env=_without_creds(child_env), label=OFFLINE_LABEL, probe=tcp_probe("127.0.0.1", mport), stop_timeout_s=5.0, wave=1,
         ))
 
     rid = runner_id or f"up-{socket.gethostname().split('.')[0]}"
+    probe_settings = msgspec.structs.replace(
+        settings, nats_url=nats_url,
+        nats_credentials=str(credentials_path(data, "cli")) if embedded else settings.nats_credentials,
+    )
     metrics_port = settings.runner_metrics_port or free_port("127.0.0.1")
-    runner_env = {**child_env, "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port)}
-    specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run"], env=child_env,
+    runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port)}
+    specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run"], env=env_of("audit"),
                            label="hash-chained log in data dir", probe=log_probe("audit writer started"),
                            stop_timeout_s=10.0, wave=1))
     specs.append(ChildSpec(
         name="runner", argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
-        env=runner_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(nats_url, Subjects(settings.subject_prefix), rid),
+        env=runner_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(probe_settings, rid),
         stop_timeout_s=20.0, wave=1,
     ))
     specs.append(ChildSpec(
         name="server", argv=[*cmd, "serve", "--transport", "http", "--host", http_host, "--port", str(port)],
-        env=child_env, label="MCP Streamable HTTP + NATS submit", probe=tcp_probe(http_host, port),
+        env=env_of("server"), label="MCP Streamable HTTP + NATS submit", probe=tcp_probe(http_host, port),
         stop_timeout_s=10.0, wave=1,
     ))
     return Plan(settings=settings, specs=specs, backend=chosen, nats_url=nats_url, nats_embedded=not settings.nats_url,
                 model_url=model_url, upstream=upstream, http_host=http_host, http_port=port, runner_id=rid,
+                nats_credentials=str(credentials_path(data, "cli")) if embedded else "",
                 runner_metrics_port=metrics_port)
+
+
+def _without_creds(env: dict[str, str]) -> dict[str, str]:
+    """For children that do not talk to NATS (nats-server itself, the model)."""
+    return {k: v for k, v in env.items() if k != "TASKBUS_NATS_CREDENTIALS"}

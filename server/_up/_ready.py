@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
-from bus import Bus, Subjects, TaskbusError, decode_heartbeat
+from bus import Bus, Settings, Subjects, TaskbusError, decode_heartbeat
 
 from ._supervisor import ChildState, UpError
 
@@ -25,9 +25,10 @@ class RunnerReadyProbe:
     Raises UpError when the heartbeat says what keeps it from running tasks (the
     supervisor stops a starting runner with that message)."""
 
-    def __init__(self, nats_url: str, subjects: Subjects, runner_id: str) -> None:
-        self.nats_url = nats_url
-        self.subjects = subjects
+    def __init__(self, settings: Settings, runner_id: str) -> None:
+        """``settings``: how the supervisor connects to this stack (URL and its credentials)."""
+        self.settings = settings
+        self.subjects = Subjects(settings.subject_prefix)
         self.runner_id = runner_id
         self._bus: Bus | None = None
         self._beats: dict[int, Any] = {}  # pid -> its latest Heartbeat
@@ -35,8 +36,8 @@ class RunnerReadyProbe:
     async def __call__(self, child: ChildState) -> bool:
         if self._bus is None:
             try:
-                self._bus = await Bus.open(self.nats_url, self.subjects, name="up-ready-probe",
-                                           connect_timeout=1.0, open_timeout=2.0)
+                self._bus = await Bus.for_settings(self.settings, name="up-ready-probe",
+                                                   connect_timeout=1.0, open_timeout=2.0)
                 await self._bus.nc.subscribe(self.subjects.runner(self.runner_id), cb=self._on_beat)
             except TaskbusError as exc:
                 logger.debug("runner probe cannot reach NATS yet: %s", exc)

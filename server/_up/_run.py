@@ -7,7 +7,6 @@ import contextlib
 import logging
 import signal
 
-import msgspec
 from rich.console import Console
 from rich.live import Live
 
@@ -78,8 +77,7 @@ async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, sto
 async def _published(plan: Plan, first: FirstRun) -> None:
     if not first.notices:
         return
-    settings = msgspec.structs.replace(plan.settings, nats_url=plan.nats_url)
-    warning = await publish_notices(settings, first.notices)
+    warning = await publish_notices(plan.client_settings(), first.notices)
     if warning:
         logger.warning("%s", warning)
 

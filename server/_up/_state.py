@@ -49,7 +49,12 @@ def running_pid(data: Path) -> int | None:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
@@ -66,6 +71,24 @@ def read_state(data: Path) -> dict[str, Any] | None:
         return json.loads(state_path(data).read_text())
     except (OSError, ValueError):
         return None
+
+
+def stack_settings(settings: Any, state: dict[str, Any], *, role: str = "cli") -> Any:
+    """``settings`` made to reach the stack ``state`` describes as ``role`` (the operator's
+    ``cli`` user by default): its NATS URL, data dir and that role's credentials file.
+
+    An embedded NATS (``nats_embedded``) has per-role credentials in ``<data>/nats-auth``;
+    an operator-run NATS keeps whatever ``settings.nats_credentials`` says."""
+    import msgspec
+
+    from bus._natsauth import credentials_path
+
+    data = Path(state.get("data_dir") or settings.data_path)
+    creds = settings.nats_credentials
+    if state.get("nats_embedded") and not creds:
+        path = credentials_path(data, role)
+        creds = str(path) if path.exists() else ""
+    return msgspec.structs.replace(settings, nats_url=state["nats_url"], data_dir=str(data), nats_credentials=creds)
 
 
 def remove_files(data: Path) -> None:

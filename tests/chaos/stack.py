@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -28,8 +29,9 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, EmbeddedNats, Settings, Subjects
+from bus import Bus, EmbeddedNats, Settings
 from bus._embedded import free_port
+from bus._natsauth import credentials_path, server_authorization
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,25 @@ def claude_path() -> str:
 def image_cache() -> Path:
     """The shared sandbox image folder (``taskbus sandbox build-image`` made it)."""
     return Settings.load({}).image_cache_path / "images"
+
+
+HARNESS_CREDENTIALS = "chaos-harness.json"
+
+
+def _with_harness_user(data: Path) -> str:
+    """The users ``taskbus up`` gives its NATS (one per role: every child connects as its
+    role), plus one for this harness with no permission limits: hostile-input plays the
+    worst client, one that may publish on every subject (a leaked server or runner user)."""
+    from bus._natsauth import hash_password
+    from bus._private import write_private
+
+    password = uuid.uuid4().hex
+    (data / HARNESS_CREDENTIALS).unlink(missing_ok=True)
+    write_private(data / HARNESS_CREDENTIALS, json.dumps({"user": "chaos-harness", "password": password}))
+    block = server_authorization(data, PREFIX)
+    harness = f'    {{ user: "chaos-harness", password: {json.dumps(hash_password(password))} }}\n  ]\n}}\n'
+    assert block.endswith("\n  ]\n}\n")
+    return block[: -len("  ]\n}\n")] + harness
 
 
 @dataclass
@@ -131,7 +152,8 @@ class ChaosStack:
         data.mkdir(parents=True, exist_ok=True)
         if not (data / "images").exists():
             (data / "images").symlink_to(image_cache())
-        self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log")
+        self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log",
+                                 authorization=_with_harness_user(data))
         await self.nats.__aenter__()
         extra = {n: parse_script(t, source=n, name=n) for n, t in self.model_scripts.items()}
         self.model = ScriptedModelServer(
@@ -143,12 +165,13 @@ class ChaosStack:
             job_secret="chaos-" + uuid.uuid4().hex, upstream_url=self.model.url,
             upstream_api_key=self.upstream_key or "scripted-model-key", claude_path=claude_path(),
             job_ack_wait_s=self.ack_wait_s, heartbeat_s=1.0, http_port=self.http_port,
+            nats_credentials=str(data / HARNESS_CREDENTIALS),  # the harness: every subject, to attack them all
         )
         await self._make_key()
         for runner_id, backend in self.runners.items():
             self.add_runner(runner_id, backend)
-        self.children["audit"] = self._child("audit", ["audit", "run"])
-        self.children["server"] = self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"])
+        self.children["audit"] = self._child("audit", ["audit", "run"], "audit")
+        self.children["server"] = self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"], "server")
         for child in self.children.values():
             child.start()
         await self.wait_server()
@@ -166,13 +189,15 @@ class ChaosStack:
                 if self.nats is not None:
                     await self.nats.__aexit__(None, None, None)
 
-    def env(self) -> dict[str, str]:
+    def env(self, role: str = "cli") -> dict[str, str]:
+        """A child's environment; ``role`` = its NATS user (credentials file in the data dir)."""
         s = self.settings
         assert s is not None
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "TASKBUS_NATS_URL": s.nats_url,
+            "TASKBUS_NATS_CREDENTIALS": str(credentials_path(Path(s.data_dir), role)),
             "TASKBUS_SUBJECT_PREFIX": s.subject_prefix,
             "TASKBUS_DATA_DIR": s.data_dir,
             "TASKBUS_JOB_SECRET": s.job_secret,
@@ -186,13 +211,13 @@ class ChaosStack:
             "COLUMNS": "200",
         }
 
-    def _child(self, name: str, args: list[str]) -> Child:
-        return Child(name, [sys.executable, "-m", "server._cli", *args], self.work / f"{name}.log", self.env())
+    def _child(self, name: str, args: list[str], role: str) -> Child:
+        return Child(name, [sys.executable, "-m", "server._cli", *args], self.work / f"{name}.log", self.env(role))
 
     def add_runner(self, runner_id: str, backend: str, *, start: bool = False) -> Child:
         child = self._child(runner_id, [
             "runner", "--id", runner_id, "--backend", backend, "--kinds", "task,complete",
-            "--slots", str(self.slots), "--grace", "60"])
+            "--slots", str(self.slots), "--grace", "60"], "runner")
         self.children[runner_id] = child
         if start:
             child.start()
@@ -247,7 +272,8 @@ class ChaosStack:
         port, store = self.nats.port, self.nats.store_dir
         self.nats.kill()
         time.sleep(down_s)  # the outage itself, not a wait for something
-        self.nats = EmbeddedNats(store, port=port, log_path=self.work / "nats-server.log")
+        self.nats = EmbeddedNats(store, port=port, log_path=self.work / "nats-server.log",
+                                 authorization=self.nats.authorization)
         self.nats.start()
 
     def alive(self) -> dict[str, bool]:
@@ -270,7 +296,7 @@ class ChaosStack:
     @contextlib.asynccontextmanager
     async def bus(self) -> AsyncIterator[Bus]:
         assert self.settings is not None
-        async with await Bus.open(self.settings.nats_url, Subjects(PREFIX), name="chaos-probe") as b:
+        async with await Bus.for_settings(self.settings, name="chaos-probe") as b:
             yield b
 
     def replace_settings(self, **changes: Any) -> Settings:

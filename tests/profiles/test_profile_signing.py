@@ -24,7 +24,7 @@ POLICY_CHANGES = {
     "agents": ["Explore"], "skills": ["pdf"], "cpus": 2.0, "memory_mb": 2048, "pids": 1000,
     "disk_mb": 9999, "timeout_s": 6000, "max_cost_usd": 99.0, "max_turns": 500, "network": "none",
     "fs_access": "readwrite", "project_root": "/", "issued_at": POLICY.issued_at + timedelta(seconds=1),
-    "routing_reason": "forged",
+    "routing_reason": "forged", "nonce": "0" * 32, "expires_at": POLICY.issued_at + timedelta(days=365),
 }
 REQUEST_CHANGES = {
     "description": "rm -rf /", "allow_tools": ["Bash"], "allow_agents": ["x"], "allow_skills": ["y"],
