@@ -275,13 +275,17 @@ async def _ensure_artifacts(
         try:
             await js.object_store(subjects.artifacts_bucket)
         except Exception:
-            await js.create_object_store(
-                subjects.artifacts_bucket,
-                config=ObjectStoreConfig(
-                    storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
-                ),
-            )
-            return
+            try:
+                await js.create_object_store(
+                    subjects.artifacts_bucket,
+                    config=ObjectStoreConfig(
+                        storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
+                    ),
+                )
+                return
+            except BadRequestError as exc:  # raced with another process creating it: apply our limits below
+                if "already in use" not in str(exc):
+                    raise
         info = await js.stream_info(f"OBJ_{subjects.artifacts_bucket}")
         config, changed = info.config, False
         if max_bytes is not None and config.max_bytes != max_bytes:

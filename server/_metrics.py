@@ -166,12 +166,14 @@ class MeteredDispatcher(Dispatcher):
         super().__init__(*args, **kwargs)
         self.metrics = ServerMetrics()
 
-    async def submit(self, caller: Caller, request: Request, *, via: str = "mcp") -> Submission:
+    async def submit(
+        self, caller: Caller, request: Request, *, via: str = "mcp", idempotency_key: str | None = None
+    ) -> Submission:
         kind = request_kind(request)
         started = time.perf_counter()
         outcome = "refused"
         try:
-            submission = await super().submit(caller, request, via=via)
+            submission = await super().submit(caller, request, via=via, idempotency_key=idempotency_key)
             outcome = "accepted"
             return submission
         finally:
