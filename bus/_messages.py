@@ -81,6 +81,55 @@ class TaskRequest(Wire, tag="task", tag_field="kind"):
 Request: TypeAlias = CompleteRequest | TaskRequest
 
 
+# --------------------------------------------------------------------------- catalog
+
+
+CatalogKind = Literal["agent", "skill"]
+
+
+class CatalogRef(Wire):
+    """One catalog entry chosen for a task, pinned to its content hash."""
+
+    kind: CatalogKind
+    name: str
+    sha256: str
+    """Hex SHA-256 of the entry's bundle (what the runner fetches and checks)."""
+
+
+class CatalogFile(Wire):
+    path: str
+    """Relative path inside the entry (``<name>.md`` for an agent, ``SKILL.md``... for a skill)."""
+    data: bytes
+
+
+class CatalogBundle(Wire):
+    """The content of one catalog entry, stored in the catalog Object Store under its hash."""
+
+    kind: CatalogKind
+    name: str
+    files: list[CatalogFile]
+    """Sorted by path."""
+
+
+class CatalogEntry(Wire):
+    """The catalog's current version of one agent or skill (its KV index record)."""
+
+    kind: CatalogKind
+    name: str
+    sha256: str
+    description: str = ""
+    files: list[str] = []
+    size: Count = 0
+    tools: list[str] = []
+    """An agent's ``tools`` frontmatter (empty: it inherits the task's tools)."""
+    model: str = ""
+    updated_at: datetime = msgspec.field(default_factory=utcnow)
+    updated_by: str = ""
+
+    def ref(self) -> CatalogRef:
+        return CatalogRef(kind=self.kind, name=self.name, sha256=self.sha256)
+
+
 # --------------------------------------------------------------------------- policy and jobs
 
 
@@ -111,6 +160,8 @@ class Policy(Wire):
     project_root: str | None = None
     issued_at: datetime = msgspec.field(default_factory=utcnow)
     routing_reason: str = ""
+    catalog: list[CatalogRef] = []
+    """The catalog agents and skills installed for the task, each pinned to its hash."""
 
 
 class Job(Wire):
@@ -332,6 +383,11 @@ __all__ = [
     "TaskRequest",
     "Policy",
     "Job",
+    "CatalogKind",
+    "CatalogRef",
+    "CatalogFile",
+    "CatalogBundle",
+    "CatalogEntry",
     "Usage",
     "EventBase",
     "Accepted",

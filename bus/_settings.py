@@ -150,6 +150,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most bytes of one task stored as artifacts (all files together)."""
     workspace_max_entries: Positive = 20_000
     """Most workspace entries (files, folders, links) looked at when collecting artifacts."""
+    catalog_max_file_bytes: Positive = 262_144
+    """Largest single file of a catalog agent or skill (`taskbus agents add`, `taskbus skills add`)."""
+    catalog_max_entry_bytes: Positive = 2_097_152
+    """Most bytes of one catalog agent or skill (all its files together)."""
+    catalog_max_files: Positive = 64
+    """Most files (and folders) in one catalog skill."""
 
     def __repr__(self) -> str:
         parts = []
