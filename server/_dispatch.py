@@ -33,6 +33,8 @@ from bus import (
     BudgetExceeded,
     Bus,
     Cancel,
+    Catalog,
+    CatalogEntry,
     CompleteRequest,
     ConcurrencyLimit,
     Event,
@@ -133,6 +135,7 @@ class Dispatcher:
         self._cache = CompletionCache(bus)
         self._cache_keys: dict[str, tuple[str, str]] = {}
         self._claims = SubmitClaims(bus, settings.submit_idempotency_ttl_s)
+        self._catalog: Catalog | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,6 +192,13 @@ class Dispatcher:
         )
         await self.notice(notice)
 
+    async def catalog_entries(self) -> list[CatalogEntry]:
+        """The catalog's current agents and skills, read at each admission (a removal
+        applies to the next task at once)."""
+        if self._catalog is None:
+            self._catalog = await Catalog.open(self.bus.js, self.bus.subjects.catalog_bucket)
+        return await self._catalog.entries()
+
     async def notice(self, notice: AuditNotice) -> None:
         try:
             await self.bus.publish(self.bus.subjects.audit(notice.kind), notice, attempts=3)
@@ -235,6 +245,7 @@ class Dispatcher:
                 profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
                 settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
                 realpath=project_realpath,
+                catalog=await self.catalog_entries() if kind == "task" else None,
             )
             check_job_size(policy, request, self.settings.max_message_bytes)
             await self.store.admit(

@@ -98,7 +98,9 @@ def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) 
         f"--max-turns={policy.max_turns}",
         "--strict-mcp-config",
         "--no-session-persistence",
-        "--setting-sources=",
+        # user-level agents and skills load only with the "user" source; a task without
+        # catalog entries reads no settings file at all
+        "--setting-sources=user" if policy.catalog else "--setting-sources=",
     ]
     argv.append("--tools=" + ",".join(tool_names(grants)))
     if grants:

@@ -33,3 +33,17 @@ def cli(tmp_path: Path, nats_url: str, subjects):
 
     invoke.json = as_json  # type: ignore[attr-defined]
     return invoke
+
+
+@pytest.fixture
+def runner_settings(settings, tmp_path: Path):
+    """The per-machine sandbox image linked into this test's data dir (scripts/setup builds it)."""
+    from bus import Settings
+
+    images = Settings.load({}).image_cache_path / "images"
+    if not images.is_dir():
+        pytest.fail("the sandbox image is missing: run `taskbus sandbox build-image`", pytrace=False)
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "images").symlink_to(images)
+    return settings
