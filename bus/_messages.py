@@ -226,6 +226,14 @@ class ToolCall(EventBase, tag="tool_call"):
     id: str
     name: str
     input: dict[str, Any] = {}
+    parent_id: str = ""
+    """For a call a sub-agent made: the id of the ``Agent`` call that spawned it ("" for the main agent)."""
+    agent: str = ""
+    """For a call a sub-agent made: that sub-agent's name."""
+    invokes: str = ""
+    """``agent:<name>`` for a sub-agent spawn, ``skill:<name>`` for a skill invocation, else ""."""
+    invokes_sha256: str = ""
+    """The catalog hash of the agent or skill invoked ("" for built-ins and entries not installed)."""
 
 
 class ToolResult(EventBase, tag="tool_result"):

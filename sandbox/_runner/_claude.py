@@ -136,6 +136,12 @@ class ClaudeOutcome:
     denials: list[dict[str, Any]] = field(default_factory=list)
     tool_names: dict[str, str] = field(default_factory=dict)
     allowed_tools: tuple[str, ...] = ("*",)
+    catalog: dict[str, str] = field(default_factory=dict)
+    """``agent:<name>`` / ``skill:<name>`` -> catalog hash of what the task installed."""
+    allowed_agents: tuple[str, ...] = ("*",)
+    allowed_skills: tuple[str, ...] = ("*",)
+    subagents: dict[str, str] = field(default_factory=dict)
+    """Agent tool_use id -> the sub-agent it spawned (to attribute that sub-agent's calls)."""
 
 
 def _preview(value: Any, secrets: tuple[str, ...]) -> str:
@@ -147,6 +153,24 @@ def _preview(value: Any, secrets: tuple[str, ...]) -> str:
     if len(text) > PREVIEW_CHARS:
         text = text[:PREVIEW_CHARS] + f"... [{len(text) - PREVIEW_CHARS} more characters]"
     return redact(text, secrets)
+
+
+def _invokes(name: str, tool_input: dict[str, Any], call_id: str, outcome: ClaudeOutcome) -> dict[str, str]:
+    """What an Agent (sub-agent spawn) or Skill call invokes, with its catalog hash."""
+    if name in ("Agent", "Task"):
+        target = f"agent:{tool_input.get('subagent_type') or 'general-purpose'}"
+        outcome.subagents[call_id] = target.split(":", 1)[1]
+    elif name == "Skill":
+        target = f"skill:{tool_input.get('skill') or tool_input.get('name') or ''}"
+    else:
+        return {}
+    return {"invokes": target[:200], "invokes_sha256": outcome.catalog.get(target, "")}
+
+
+def _invocable(target: str, outcome: ClaudeOutcome) -> bool:
+    what, name = target.split(":", 1)
+    allowed = outcome.allowed_agents if what == "agent" else outcome.allowed_skills
+    return "*" in allowed or name in allowed
 
 
 def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[tuple[type, dict[str, Any]]]:
@@ -165,6 +189,8 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
         if kind == "system" and doc.get("subtype") == "init":
             out.append((Log, {"stream": "runner", "line": f"claude {doc.get('claude_code_version', '?')} started: model {doc.get('model')}, tools {','.join(doc.get('tools', []))}"}))
         elif kind == "assistant":
+            parent = doc.get("parent_tool_use_id")
+            parent = parent if isinstance(parent, str) else ""
             for block in (doc.get("message") or {}).get("content") or []:
                 if block.get("type") == "text" and block.get("text"):
                     out.append((Message, {"text": redact(block["text"], secrets)}))
@@ -172,7 +198,14 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                     outcome.tool_names[str(block.get("id"))] = str(block.get("name"))
                     tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
                     name = str(block.get("name"))
-                    out.append((ToolCall, {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets)}))
+                    call = {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets),
+                            "parent_id": parent, "agent": outcome.subagents.get(parent, "") if parent else ""}
+                    call.update(_invokes(name, tool_input, str(block.get("id")), outcome))
+                    out.append((ToolCall, call))
+                    if call.get("invokes") and not _invocable(call["invokes"], outcome):
+                        what, target = call["invokes"].split(":", 1)
+                        out.append((Security, {"kind": f"{what}_denied", "severity": "warning",
+                                               "detail": f"the agent called {what} {target[:200]!r}, which this task's policy does not allow; the call was refused"}))
                     if not tool_offered(outcome.allowed_tools, name):
                         out.append((Security, {"kind": "tool_denied", "severity": "warning",
                                                "detail": f"the agent called {name}, which this task's policy does not allow; the call was refused"}))

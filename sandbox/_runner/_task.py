@@ -93,7 +93,12 @@ class TaskRun:
         self.request: TaskRequest = job.request  # type: ignore[assignment]
         self.events = events
         self.sink = EventSink(events, runner_id, backend.name)
-        self.outcome = ClaudeOutcome(allowed_tools=tuple(self.policy.tools))
+        self.outcome = ClaudeOutcome(
+            allowed_tools=tuple(self.policy.tools),
+            allowed_agents=tuple(self.policy.agents),
+            allowed_skills=tuple(self.policy.skills),
+            catalog={f"{r.kind}:{r.name}": r.sha256 for r in self.policy.catalog},
+        )
         self.originals: dict[str, bytes] = {}
         self.before: dict[str, FileState] = {}
         self.agent = AgentSandbox(

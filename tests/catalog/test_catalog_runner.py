@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "runner"))
 from runner_kit import follow, scripted_model, submit  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
+BACKENDS = pytest.mark.parametrize("backend", ["bwrap", "docker"])
 
 SCRIPTS = {
     "spawn-scribe": """
@@ -70,25 +71,162 @@ def job_for(settings: Settings, entries, request: TaskRequest, *, agents=("*",),
 
 
 async def add_with_cli(cli, tmp_path: Path) -> None:
+    """``taskbus agents add`` and ``taskbus skills add`` (the CLI runs its own event loop: a thread)."""
     await asyncio.to_thread(cli, "agents", "add", str(write_agent(tmp_path / "src", marker="[script:scribe-work] Write files.")))
     await asyncio.to_thread(cli, "skills", "add", str(write_skill(tmp_path / "src", marker="[script:skill-body-seen]")))
 
 
-@pytest.mark.parametrize("backend", ["bwrap"])
+async def run_job(settings: Settings, bus, job, *, backend: str = "bwrap", runner_id: str = "r-catalog") -> list:
+    async with Runner(settings, backend=backend, slots=1, runner_id=runner_id):
+        await submit(bus, job)
+        return await follow(bus, job.task_id, timeout=180)
+
+
+def succeeded(events: list) -> Finished:
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.status == "succeeded", (
+        finished, [e for e in events if isinstance(e, (Log, Security))])
+    return finished
+
+
+async def audit_rows(settings: Settings, cli, task_id: str, *args: str) -> list[dict]:
+    """Run the audit writer until it holds the task's ``finished`` row, then search with the CLI."""
+    from server._audit import open_db, run_audit
+    from server._audit import search as audit_search
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    db = Path(settings.data_dir) / "audit-test.db"
+    writer = asyncio.create_task(run_audit(settings, db_path=db, stop=stop, ready=ready))
+    try:
+        async with asyncio.timeout(60):
+            await ready.wait()
+            while True:
+                conn = open_db(db, readonly=True)
+                try:
+                    if audit_search(conn, task=task_id, types=["finished"]):
+                        break
+                finally:
+                    conn.close()
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(writer, 30)
+    return await asyncio.to_thread(cli.json, "audit", "search", "--db", str(db), "--task", task_id, *args)
+
+
+@BACKENDS
 async def test_a_registered_agent_is_spawned_with_its_prompt_and_its_tool_calls_are_attributed(
-    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str
+    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str, request
+) -> None:
+    if backend == "docker":
+        request.getfixturevalue("require_docker")
+    await add_with_cli(cli, tmp_path)
+    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, model):
+        job = job_for(settings, await catalog.entries(), TaskRequest(
+            description="[script:spawn-scribe] extract the workflow", allow_agents=["scribe"], allow_skills=[]))
+        scribe = await catalog.get("agent", "scribe")
+        assert [(r.name, r.sha256) for r in job.policy.catalog] == [("scribe", scribe.sha256)]
+        # removed after admission: the task still installs the version its policy pins
+        await asyncio.to_thread(cli, "agents", "rm", "scribe")
+        events = await run_job(settings, bus, job, backend=backend)
+        scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
+    succeeded(events)
+    assert "scribe-work" in scripts  # its marker exists only in the registered agent's system prompt
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    spawn = next(c for c in calls if c.name == "Agent")
+    assert (spawn.invokes, spawn.invokes_sha256, spawn.agent) == ("agent:scribe", scribe.sha256, "")
+    write = next(c for c in calls if c.name == "Write")
+    assert (write.parent_id, write.agent) == (spawn.id, "scribe")
+    assert any(isinstance(e, Log) and f"agent scribe ({scribe.sha256[:12]})" in e.line for e in events)
+
+    rows = await audit_rows(settings, cli, job.task_id, "--agent", "scribe")
+    assert sorted(r["event"]["name"] for r in rows if r["type"] == "tool_call") == ["Agent", "Write"]
+    assert await audit_rows(settings, cli, job.task_id, "--agent", "someone-else") == []
+
+
+async def test_a_registered_skill_is_loaded_and_its_resource_file_read(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
+    await add_with_cli(cli, tmp_path)
+    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, "skill-body-seen": SCRIPTS["use-skill"]}) as (settings, model):
+        job = job_for(settings, await catalog.entries(), TaskRequest(
+            description="[script:use-skill] use the notes kit", allow_agents=[], allow_skills=["notes-kit"]))
+        events = await run_job(settings, bus, job)
+        requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
+    succeeded(events)
+    kit = await catalog.get("skill", "notes-kit")
+    call = next(e for e in events if isinstance(e, ToolCall) and e.name == "Skill")
+    assert (call.invokes, call.invokes_sha256) == ("skill:notes-kit", kit.sha256)
+    # SKILL.md's marker reached the model: Claude Code loaded the registered text
+    assert any(r.get("marker") == "skill-body-seen" for r in requests), [(r.get("marker"), r.get("user_text")) for r in requests]
+    read = next(e for e in events if isinstance(e, ToolCall) and e.name == "Read")
+    result = next(e for e in events if isinstance(e, ToolResult) and e.id == read.id)
+    assert not result.is_error and "# Workflow" in result.output
+    rows = await audit_rows(settings, cli, job.task_id, "--skill", "notes-kit")
+    assert [r["event"]["name"] for r in rows if r["type"] == "tool_call"] == ["Skill"]
+
+
+async def test_an_agent_or_skill_the_task_does_not_allow_is_not_installed_and_its_call_is_denied(
+    runner_settings: Settings, tmp_path: Path, bus, cli
 ) -> None:
     await add_with_cli(cli, tmp_path)
-    entries = await (await Catalog.open(bus.js, bus.subjects.catalog_bucket)).entries()
+    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    script = """
+[[turns]]
+at = 0
+tool_use = [{ name = "Bash", input = { command = "ls -R /home/agent/.claude; echo LISTED", description = "look" } }]
+
+[[turns]]
+at = 1
+tool_use = [{ name = "Agent", input = { subagent_type = "scribe", description = "x", prompt = "x" } }]
+
+[[turns]]
+at = 2
+tool_use = [{ name = "Skill", input = { skill = "notes-kit" } }]
+
+[[turns]]
+at = 3
+text = "gave up"
+"""
+    async with scripted_model(runner_settings, tmp_path, scripts={"sneaky": script}) as (settings, model):
+        job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:sneaky] try"),
+                      agents=["Explore"], skills=[])
+        assert job.policy.agents == ["Explore"] and job.policy.catalog == []
+        events = await run_job(settings, bus, job)
+        requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
+    assert isinstance(events[-1], Finished)
+    listing = next(e for e in events if isinstance(e, ToolResult) and "LISTED" in e.output)
+    assert "scribe" not in listing.output and "notes-kit" not in listing.output
+    denied = {e.kind for e in events if isinstance(e, Security)}
+    assert {"agent_denied", "skill_denied"} <= denied, denied
+    assert all(r.get("script") != "scribe-work" for r in requests)
+    assert all(r.get("marker") != "skill-body-seen" for r in requests)
+    rows = await audit_rows(settings, cli, job.task_id, "--type", "security")
+    assert {r["event"]["kind"] for r in rows} >= {"agent_denied", "skill_denied"}
+
+
+async def test_runners_on_two_data_dirs_install_the_same_catalog_version(
+    runner_settings: Settings, tmp_path: Path, bus, cli
+) -> None:
+    import msgspec
+
+    await add_with_cli(cli, tmp_path)
+    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    scribe = await catalog.get("agent", "scribe")
+    other = tmp_path / "host-b"
+    other.mkdir()
+    (other / "images").symlink_to(Path(runner_settings.data_dir) / "images")
+    installed = []
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, model):
-        async with Runner(settings, backend=backend, slots=1, runner_id="r-agents"):
-            job = job_for(settings, entries, TaskRequest(description="[script:spawn-scribe] extract the workflow",
-                                                         allow_agents=["scribe"], allow_skills=[]))
-            assert [(r.name, r.sha256) for r in job.policy.catalog] == [("scribe", entries[0].sha256)]
-            await submit(bus, job)
-            events = await follow(bus, job.task_id, timeout=180)
-    finished = events[-1]
-    assert isinstance(finished, Finished) and finished.status == "succeeded", (finished, [e for e in events if isinstance(e, (Log, Security))])
-    scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
-    assert "scribe-work" in scripts  # the marker exists only in the registered agent's system prompt
-    print(events)
+        for runner_id, data_dir in (("host-a", settings.data_dir), ("host-b", str(other))):
+            host = msgspec.structs.replace(settings, data_dir=data_dir)
+            job = job_for(host, await catalog.entries(), TaskRequest(description="[script:spawn-scribe] go", allow_agents=["scribe"]))
+            events = await run_job(host, bus, job, runner_id=runner_id)
+            succeeded(events)
+            started = next(e for e in events if type(e).__name__ == "Started")
+            assert started.runner_id == runner_id
+            installed.append([e.line for e in events if isinstance(e, Log) and e.line.startswith("installed from the catalog")])
+            installed.append([c.invokes_sha256 for c in events if isinstance(c, ToolCall) and c.name == "Agent"])
+        scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
+    assert installed[0] == installed[2] and installed[1] == installed[3] == [scribe.sha256]
+    assert scripts.count("scribe-work") >= 2
