@@ -94,6 +94,21 @@ def _chosen(
     return out
 
 
+def _available(catalog: Sequence[CatalogRef]) -> tuple[dict[str, CatalogRef | None], dict[str, CatalogRef | None]]:
+    """(agents, skills) that exist: the built-in agents, then the catalog's entries by name."""
+    entries = sorted(((ref.kind, ref.name), ref) for ref in catalog)
+    agents: dict[str, CatalogRef | None] = {n: None for n in BUILTIN_AGENTS}
+    agents.update({n: r for (k, n), r in entries if k == "agent"})
+    return agents, {n: r for (k, n), r in entries if k == "skill"}
+
+
+def offered_catalog(profile: Profile, catalog: Sequence[CatalogRef]) -> tuple[list[str], list[str]]:
+    """The agents and skills a key of ``profile`` may ask for (what MCP discovery lists)."""
+    agents, skills = _available(catalog)
+    return (_chosen(profile, "agents", profile.agents, None, agents),
+            _chosen(profile, "skills", profile.skills, None, skills))
+
+
 def _tools(profile: Profile, granted: list[str], asked: list[str] | None) -> list[str]:
     """Concrete grants (``bus.expand_grants``): ``*`` becomes the installed Claude Code's
     tools, ``Task`` becomes ``Agent``; a request may narrow the profile's grants, never
@@ -227,10 +242,7 @@ def resolve_policy(
         agents = _names(profile, "agents", profile.agents, request.allow_agents)
         skills = _names(profile, "skills", profile.skills, request.allow_skills)
     else:
-        entries = {(ref.kind, ref.name): ref for ref in catalog}
-        agent_refs: dict[str, CatalogRef | None] = {n: None for n in BUILTIN_AGENTS}
-        agent_refs.update({n: r for (k, n), r in sorted(entries.items()) if k == "agent"})
-        skill_refs: dict[str, CatalogRef | None] = {n: r for (k, n), r in sorted(entries.items()) if k == "skill"}
+        agent_refs, skill_refs = _available(catalog)
         agents = _chosen(profile, "agents", profile.agents, request.allow_agents, agent_refs)
         skills = _chosen(profile, "skills", profile.skills, request.allow_skills, skill_refs)
         refs = [r for n in agents if (r := agent_refs[n]) is not None] + [skill_refs[n] for n in skills]  # type: ignore[misc]

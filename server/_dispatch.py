@@ -60,7 +60,7 @@ from bus import (
     sign_job,
     utcnow,
 )
-from profiles import Profile, Store, TaskRecord, check_can_pay, resolve_policy
+from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog, resolve_policy
 
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_events import TaskWatch, follow_events, replay_events
@@ -85,6 +85,13 @@ AUDIT_KINDS: dict[type[TaskbusError], str] = {
     NotFound: "not_found",
 }
 REFUSALS = (PolicyDenied, BudgetExceeded, RateLimited, ConcurrencyLimit, InvalidInput, MessageDecodeError)
+
+
+BUILTIN_AGENT_DESCRIPTIONS = {
+    "general-purpose": "Claude Code's built-in general-purpose agent for multi-step research and tasks.",
+    "Explore": "Claude Code's built-in read-only agent for searching and exploring code.",
+    "Plan": "Claude Code's built-in agent for designing an implementation plan.",
+}
 
 
 class Caller(NamedTuple):
@@ -198,6 +205,21 @@ class Dispatcher:
         if self._catalog is None:
             self._catalog = await Catalog.open(self.bus.js, self.bus.subjects.catalog_bucket)
         return await self._catalog.entries()
+
+    async def offered_catalog(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
+        """The agents and skills ``caller``'s key may ask for, with their descriptions."""
+        profile = await self.store.get_profile(caller.profile)
+        entries = await self.catalog_entries()
+        agents, skills = offered_catalog(profile, entries)
+        by_key = {(e.kind, e.name): e for e in entries}
+
+        def item(kind: str, name: str) -> dict[str, Any]:
+            entry = by_key.get((kind, name))
+            if entry is None:
+                return {"name": name, "description": BUILTIN_AGENT_DESCRIPTIONS.get(name, ""), "builtin": True}
+            return {"name": name, "description": entry.description, "builtin": False, "sha256": entry.sha256}
+
+        return {"agents": [item("agent", n) for n in agents], "skills": [item("skill", n) for n in skills]}
 
     async def notice(self, notice: AuditNotice) -> None:
         try:
