@@ -230,3 +230,32 @@ async def test_runners_on_two_data_dirs_install_the_same_catalog_version(
         scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
     assert installed[0] == installed[2] and installed[1] == installed[3] == [scribe.sha256]
     assert scripts.count("scribe-work") >= 2
+
+
+async def test_the_documented_meeting_workflow_example_runs_offline(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
+    """docs/examples/meeting-workflow: the multi-agent alpha case, with the shipped model script."""
+    example = Path(__file__).parents[2] / "docs" / "examples" / "meeting-workflow"
+    await asyncio.to_thread(cli, "agents", "add", str(example / "agents"))
+    await asyncio.to_thread(cli, "skills", "add", str(example / "skills" / "workflow-extraction"))
+    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    notes = (example / "meeting-notes.md").read_text()
+    request = TaskRequest(
+        description="[script:meeting-workflow] Extract the workflow from meeting-notes.md into workflow.md and owners.md",
+        files=[bus_module.InputFile(path="meeting-notes.md", content=notes)],
+        allow_agents=["workflow-scribe"], allow_skills=["workflow-extraction"],
+    )
+    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+        job = job_for(settings, await catalog.entries(), request)
+        events = await run_job(settings, bus, job)
+    finished = succeeded(events)
+    assert "workflow.md lists the 4 steps" in finished.result
+    assert sorted(e.path for e in events if type(e).__name__ == "Artifact") == ["owners.md", "workflow.md"]
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert [c.invokes for c in calls if c.invokes] == ["skill:workflow-extraction", "agent:workflow-scribe"]
+    assert [c.agent for c in calls if c.name == "Write"] == ["workflow-scribe", "workflow-scribe"]
+    reads = {c.id: c.input.get("file_path") for c in calls if c.name == "Read"}
+    results = {e.id: e for e in events if isinstance(e, ToolResult) and e.id in reads}
+    assert all(not r.is_error for r in results.values()) and "Release planning" in "".join(r.output for r in results.values())
+    store = await bus.js.object_store(bus.subjects.artifacts_bucket)
+    workflow = (await store.get(f"{job.task_id}/workflow.md")).data.decode()
+    assert "1. Freeze the feature branch (owner: Ana, due: December 5)" in workflow
