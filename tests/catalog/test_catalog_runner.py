@@ -197,6 +197,9 @@ text = "gave up"
     assert isinstance(events[-1], Finished)
     listing = next(e for e in events if isinstance(e, ToolResult) and "LISTED" in e.output)
     assert "scribe" not in listing.output and "notes-kit" not in listing.output
+    for name in ("Agent", "Skill"):  # the call itself failed: nothing ran
+        call = next(e for e in events if isinstance(e, ToolCall) and e.name == name)
+        assert next(e for e in events if isinstance(e, ToolResult) and e.id == call.id).is_error
     denied = {e.kind for e in events if isinstance(e, Security)}
     assert {"agent_denied", "skill_denied"} <= denied, denied
     assert all(r.get("script") != "scribe-work" for r in requests)
