@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bus import AuditNotice, Bus, Catalog, CatalogLimits
+from bus import AuditNotice, Bus, BusError, Catalog, CatalogLimits, TaskbusError
 from bus._messages import CatalogBundle, CatalogEntry
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,14 @@ class Change:
     action: str
     """added, replaced or unchanged."""
     previous_sha256: str | None = None
+
+
+async def _announce(bus: Bus, notice: AuditNotice) -> None:
+    try:
+        await bus.publish(bus.subjects.audit(notice.kind), notice, attempts=3)
+    except TaskbusError as exc:
+        raise BusError(f"the catalog change is stored, but its audit notice ({notice.kind}) could not be "
+                       f"published: {exc.describe()}; the audit log lacks it") from None
 
 
 async def open_catalog(bus: Bus, *, create: bool = True) -> Catalog:
@@ -44,8 +52,7 @@ async def add_bundles(bus: Bus, bundles: list[CatalogBundle], *, limits: Catalog
             detail = {"catalog_kind": entry.kind, "name": entry.name, "sha256": entry.sha256, "files": entry.files, "size": entry.size}
             if change.previous_sha256:
                 detail["previous_sha256"] = change.previous_sha256
-            await bus.publish(bus.subjects.audit(f"catalog_{change.action}"),
-                              AuditNotice(kind=f"catalog_{change.action}", actor=actor, detail=detail))
+            await _announce(bus, AuditNotice(kind=f"catalog_{change.action}", actor=actor, detail=detail))
         changes.append(change)
     return changes
 
@@ -53,7 +60,7 @@ async def add_bundles(bus: Bus, bundles: list[CatalogBundle], *, limits: Catalog
 async def remove_entry(bus: Bus, kind: str, name: str, *, actor: str) -> CatalogEntry:
     catalog = await open_catalog(bus)
     entry = await catalog.remove(kind, name)
-    await bus.publish(bus.subjects.audit("catalog_removed"), AuditNotice(
+    await _announce(bus, AuditNotice(
         kind="catalog_removed", actor=actor, detail={"catalog_kind": kind, "name": name, "sha256": entry.sha256}))
     return entry
 
