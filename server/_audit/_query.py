@@ -183,7 +183,7 @@ def summarize(row: dict[str, Any], width: int = 160) -> str:
         if event.get("invokes"):
             text = f"-> {event['invokes']} {(event.get('invokes_sha256') or 'built-in')[:12]} | {text}"
         if event.get("agent"):
-            text = f"[{event['agent']}] {text}"
+            text = f"(by {event['agent']}) {text}"
     elif kind == "tool_result":
         text = ("ERROR " if event.get("is_error") else "") + str(event.get("output", ""))
     elif kind == "security":
