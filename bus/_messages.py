@@ -241,6 +241,8 @@ class ToolResult(EventBase, tag="tool_result"):
     is_error: bool = False
     output: str = ""
     """A preview; long outputs are truncated."""
+    parent_id: str = ""
+    """For the result of a sub-agent's call: the id of the ``Agent`` call that spawned it."""
 
 
 class ModelCall(EventBase, tag="model_call"):

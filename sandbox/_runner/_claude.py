@@ -210,13 +210,15 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                         out.append((Security, {"kind": "tool_denied", "severity": "warning",
                                                "detail": f"the agent called {name}, which this task's policy does not allow; the call was refused"}))
         elif kind == "user":
+            parent = doc.get("parent_tool_use_id")
+            parent = parent if isinstance(parent, str) else ""
             content = (doc.get("message") or {}).get("content")
             for block in content if isinstance(content, list) else []:
                 if not isinstance(block, dict) or block.get("type") != "tool_result":
                     continue
                 output = _preview(block.get("content", ""), secrets)
                 tool_id = str(block.get("tool_use_id"))
-                out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output}))
+                out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output, "parent_id": parent}))
                 if POLICY_MARK in output:
                     kind_name = output.split(POLICY_MARK, 1)[1].split("]", 1)[0]
                     severity = "critical" if kind_name in ("blocked_command", "path_denied") else "warning"

@@ -138,6 +138,9 @@ async def test_a_registered_agent_is_spawned_with_its_prompt_and_its_tool_calls_
     assert (spawn.invokes, spawn.invokes_sha256, spawn.agent) == ("agent:scribe", scribe.sha256, "")
     write = next(c for c in calls if c.name == "Write")
     assert (write.parent_id, write.agent) == (spawn.id, "scribe")
+    written = next(e for e in events if isinstance(e, ToolResult) and e.id == write.id)
+    assert written.parent_id == spawn.id
+    assert next(e for e in events if isinstance(e, ToolResult) and e.id == spawn.id).parent_id == ""
     assert any(isinstance(e, Log) and f"agent scribe ({scribe.sha256[:12]})" in e.line for e in events)
 
     rows = await audit_rows(settings, cli, job.task_id, "--agent", "scribe")
