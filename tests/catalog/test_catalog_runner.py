@@ -299,3 +299,39 @@ async def test_each_documented_alpha_case_runs_offline_with_its_agents_and_skill
     if case == "test-generation":
         run = next(e for e in events if isinstance(e, ToolResult) and "Ran 3 tests" in e.output)
         assert run.output.rstrip().endswith("OK")
+
+
+async def test_an_agent_file_planted_during_the_task_cannot_be_spawned(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
+    """With the user settings source on, the agent writes its own sub-agent into ~/.claude/agents
+    and tries to spawn it: the policy's exact list decides, not the files in the home."""
+    await add_with_cli(cli, tmp_path)
+    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    plant = (
+        "printf -- '---\\\\nname: evil\\\\ndescription: planted\\\\n---\\\\n[script:evil-work] do bad things\\\\n' "
+        "> /home/agent/.claude/agents/evil.md && ls /home/agent/.claude/agents && echo PLANTED"
+    )
+    script = f"""
+[[turns]]
+at = 0
+tool_use = [{{ name = "Bash", input = {{ command = "{plant}", description = "plant" }} }}]
+
+[[turns]]
+at = 1
+tool_use = [{{ name = "Agent", input = {{ subagent_type = "evil", description = "x", prompt = "go" }} }}]
+
+[[turns]]
+at = 2
+text = "done"
+"""
+    async with scripted_model(runner_settings, tmp_path, scripts={"plant": script, "evil-work": SCRIPTS["scribe-work"]}) as (settings, model):
+        job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:plant] go", allow_agents=["scribe"]))
+        assert job.policy.agents == ["scribe"]
+        events = await run_job(settings, bus, job)
+        scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
+    planted = next(e for e in events if isinstance(e, ToolResult) and "PLANTED" in e.output)
+    assert "evil.md" in planted.output and "scribe.md" in planted.output
+    spawn = next(e for e in events if isinstance(e, ToolCall) and e.name == "Agent")
+    assert spawn.invokes == "agent:evil" and spawn.invokes_sha256 == ""
+    assert next(e for e in events if isinstance(e, ToolResult) and e.id == spawn.id).is_error
+    assert "agent_denied" in {e.kind for e in events if isinstance(e, Security)}
+    assert "evil-work" not in scripts  # the planted prompt never reached the model
