@@ -6,6 +6,7 @@ everything first and stores nothing when any file is refused.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,12 +39,16 @@ def _settings(config: str | None) -> Any:
     return settings
 
 
-async def _with_bus(settings: Any, action: Any) -> Any:
-    from bus import Bus, Subjects
+async def _with_bus(settings: Any, action: Any, *, timeout: float = 60.0) -> Any:
+    from bus import Bus, BusTimeout, Subjects
 
-    async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
-        await bus.ensure_streams()
-        return await action(bus)
+    try:
+        async with asyncio.timeout(timeout):
+            async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
+                await bus.ensure_streams()
+                return await action(bus)
+    except TimeoutError:
+        raise BusTimeout(f"the catalog in {settings.nats_url} did not answer within {timeout:g}s") from None
 
 
 def _entry_doc(entry: Any) -> dict[str, Any]:

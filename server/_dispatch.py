@@ -32,6 +32,7 @@ from bus import (
     AuthError,
     BudgetExceeded,
     Bus,
+    BusTimeout,
     Cancel,
     Catalog,
     CatalogEntry,
@@ -199,12 +200,16 @@ class Dispatcher:
         )
         await self.notice(notice)
 
-    async def catalog_entries(self) -> list[CatalogEntry]:
+    async def catalog_entries(self, *, timeout: float = 10.0) -> list[CatalogEntry]:
         """The catalog's current agents and skills, read at each admission (a removal
         applies to the next task at once)."""
-        if self._catalog is None:
-            self._catalog = await Catalog.open(self.bus.js, self.bus.subjects.catalog_bucket)
-        return await self._catalog.entries()
+        try:
+            async with asyncio.timeout(timeout):
+                if self._catalog is None:
+                    self._catalog = await Catalog.open(self.bus.js, self.bus.subjects.catalog_bucket)
+                return await self._catalog.entries()
+        except TimeoutError:
+            raise BusTimeout(f"reading the agents and skills catalog took over {timeout:g}s; is JetStream up?") from None
 
     async def offered_catalog(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
         """The agents and skills ``caller``'s key may ask for, with their descriptions."""
