@@ -148,13 +148,18 @@ async def test_a_registered_agent_is_spawned_with_its_prompt_and_its_tool_calls_
     assert await audit_rows(settings, cli, job.task_id, "--agent", "someone-else") == []
 
 
-async def test_a_registered_skill_is_loaded_and_its_resource_file_read(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
+@BACKENDS
+async def test_a_registered_skill_is_loaded_and_its_resource_file_read(
+    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str, request
+) -> None:
+    if backend == "docker":
+        request.getfixturevalue("require_docker")
     await add_with_cli(cli, tmp_path)
     catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
     async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, "skill-body-seen": SCRIPTS["use-skill"]}) as (settings, model):
         job = job_for(settings, await catalog.entries(), TaskRequest(
             description="[script:use-skill] use the notes kit", allow_agents=[], allow_skills=["notes-kit"]))
-        events = await run_job(settings, bus, job)
+        events = await run_job(settings, bus, job, backend=backend)
         requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
     succeeded(events)
     kit = await catalog.get("skill", "notes-kit")
