@@ -19,7 +19,13 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "runner"))
 from runner_kit import follow, scripted_model, submit  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
-BACKENDS = pytest.mark.parametrize("backend", ["bwrap", "docker"])
+
+
+@pytest.fixture(params=["bwrap", "docker"])
+def backend(request) -> str:
+    if request.param == "docker":
+        request.getfixturevalue("require_docker")
+    return request.param
 
 SCRIPTS = {
     "spawn-scribe": """
@@ -70,10 +76,11 @@ def job_for(settings: Settings, entries, request: TaskRequest, *, agents=("*",),
                           signature=sign_job(task_id, policy, request, settings.job_secret))
 
 
-async def add_with_cli(cli, tmp_path: Path) -> None:
+async def add_with_cli(cli, tmp_path: Path, bus) -> Catalog:
     """``taskbus agents add`` and ``taskbus skills add`` (the CLI runs its own event loop: a thread)."""
     await asyncio.to_thread(cli, "agents", "add", str(write_agent(tmp_path / "src", marker="[script:scribe-work] Write files.")))
     await asyncio.to_thread(cli, "skills", "add", str(write_skill(tmp_path / "src", marker="[script:skill-body-seen]")))
+    return await Catalog.open(bus.js, bus.subjects.catalog_bucket)
 
 
 async def run_job(settings: Settings, bus, job, *, backend: str = "bwrap", runner_id: str = "r-catalog") -> list:
@@ -114,14 +121,10 @@ async def audit_rows(settings: Settings, cli, task_id: str, *args: str) -> list[
     return await asyncio.to_thread(cli.json, "audit", "search", "--db", str(db), "--task", task_id, *args)
 
 
-@BACKENDS
 async def test_a_registered_agent_is_spawned_with_its_prompt_and_its_tool_calls_are_attributed(
-    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str, request
+    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str
 ) -> None:
-    if backend == "docker":
-        request.getfixturevalue("require_docker")
-    await add_with_cli(cli, tmp_path)
-    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    catalog = await add_with_cli(cli, tmp_path, bus)
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, model):
         job = job_for(settings, await catalog.entries(), TaskRequest(
             description="[script:spawn-scribe] extract the workflow", allow_agents=["scribe"], allow_skills=[]))
@@ -148,14 +151,10 @@ async def test_a_registered_agent_is_spawned_with_its_prompt_and_its_tool_calls_
     assert await audit_rows(settings, cli, job.task_id, "--agent", "someone-else") == []
 
 
-@BACKENDS
 async def test_a_registered_skill_is_loaded_and_its_resource_file_read(
-    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str, request
+    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str
 ) -> None:
-    if backend == "docker":
-        request.getfixturevalue("require_docker")
-    await add_with_cli(cli, tmp_path)
-    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    catalog = await add_with_cli(cli, tmp_path, bus)
     async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, "skill-body-seen": SCRIPTS["use-skill"]}) as (settings, model):
         job = job_for(settings, await catalog.entries(), TaskRequest(
             description="[script:use-skill] use the notes kit", allow_agents=[], allow_skills=["notes-kit"]))
@@ -177,8 +176,7 @@ async def test_a_registered_skill_is_loaded_and_its_resource_file_read(
 async def test_an_agent_or_skill_the_task_does_not_allow_is_not_installed_and_its_call_is_denied(
     runner_settings: Settings, tmp_path: Path, bus, cli
 ) -> None:
-    await add_with_cli(cli, tmp_path)
-    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    catalog = await add_with_cli(cli, tmp_path, bus)
     script = """
 [[turns]]
 at = 0
@@ -221,8 +219,7 @@ async def test_runners_on_two_data_dirs_install_the_same_catalog_version(
 ) -> None:
     import msgspec
 
-    await add_with_cli(cli, tmp_path)
-    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    catalog = await add_with_cli(cli, tmp_path, bus)
     scribe = await catalog.get("agent", "scribe")
     other = tmp_path / "host-b"
     other.mkdir()
@@ -309,8 +306,7 @@ async def test_each_documented_alpha_case_runs_offline_with_its_agents_and_skill
 async def test_an_agent_file_planted_during_the_task_cannot_be_spawned(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
     """With the user settings source on, the agent writes its own sub-agent into ~/.claude/agents
     and tries to spawn it: the policy's exact list decides, not the files in the home."""
-    await add_with_cli(cli, tmp_path)
-    catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
+    catalog = await add_with_cli(cli, tmp_path, bus)
     plant = (
         "printf -- '---\\\\nname: evil\\\\ndescription: planted\\\\n---\\\\n[script:evil-work] do bad things\\\\n' "
         "> /home/agent/.claude/agents/evil.md && ls /home/agent/.claude/agents && echo PLANTED"
