@@ -1,5 +1,13 @@
 """The shared contract: settings, subjects, wire messages, errors, the NATS connection."""
 
+from ._catalog import BUILTIN_AGENTS as BUILTIN_AGENTS
+from ._catalog import CATALOG_KINDS as CATALOG_KINDS
+from ._catalog import Catalog as Catalog
+from ._catalog import CatalogLimits as CatalogLimits
+from ._catalog import bundle_hash as bundle_hash
+from ._catalog import catalog_home_files as catalog_home_files
+from ._catalog import make_bundle as make_bundle
+from ._catalog import validate_bundle as validate_bundle
 from ._codec import canonical as canonical
 from ._codec import decode as decode
 from ._codec import decode_control as decode_control
@@ -55,6 +63,8 @@ from ._toolnames import tool_offered as tool_offered
 from ._toolnames import parse_grant as parse_grant
 
 __all__ = [
+    "BUILTIN_AGENTS", "CATALOG_KINDS", "Catalog", "CatalogLimits", "bundle_hash", "catalog_home_files",
+    "make_bundle", "validate_bundle",
     "Bus", "connect_options", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
     "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",

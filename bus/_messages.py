@@ -81,6 +81,55 @@ class TaskRequest(Wire, tag="task", tag_field="kind"):
 Request: TypeAlias = CompleteRequest | TaskRequest
 
 
+# --------------------------------------------------------------------------- catalog
+
+
+CatalogKind = Literal["agent", "skill"]
+
+
+class CatalogRef(Wire):
+    """One catalog entry chosen for a task, pinned to its content hash."""
+
+    kind: CatalogKind
+    name: str
+    sha256: str
+    """Hex SHA-256 of the entry's bundle (what the runner fetches and checks)."""
+
+
+class CatalogFile(Wire):
+    path: str
+    """Relative path inside the entry (``<name>.md`` for an agent, ``SKILL.md``... for a skill)."""
+    data: bytes
+
+
+class CatalogBundle(Wire):
+    """The content of one catalog entry, stored in the catalog Object Store under its hash."""
+
+    kind: CatalogKind
+    name: str
+    files: list[CatalogFile]
+    """Sorted by path."""
+
+
+class CatalogEntry(Wire):
+    """The catalog's current version of one agent or skill (its KV index record)."""
+
+    kind: CatalogKind
+    name: str
+    sha256: str
+    description: str = ""
+    files: list[str] = []
+    size: Count = 0
+    tools: list[str] = []
+    """An agent's ``tools`` frontmatter (empty: it inherits the task's tools)."""
+    model: str = ""
+    updated_at: datetime = msgspec.field(default_factory=utcnow)
+    updated_by: str = ""
+
+    def ref(self) -> CatalogRef:
+        return CatalogRef(kind=self.kind, name=self.name, sha256=self.sha256)
+
+
 # --------------------------------------------------------------------------- policy and jobs
 
 
@@ -115,6 +164,8 @@ class Policy(Wire):
     """Random per job (signed): with the task id, what runners claim once (replays are refused)."""
     expires_at: datetime | None = None
     """Runners refuse the job after this (signed; TASKBUS_JOB_EXPIRY_S after issue). None = no expiry."""
+    catalog: list[CatalogRef] = []
+    """The catalog agents and skills installed for the task, each pinned to its hash."""
 
 
 class Job(Wire):
@@ -179,6 +230,14 @@ class ToolCall(EventBase, tag="tool_call"):
     id: str
     name: str
     input: dict[str, Any] = {}
+    parent_id: str = ""
+    """For a call a sub-agent made: the id of the ``Agent`` call that spawned it ("" for the main agent)."""
+    agent: str = ""
+    """For a call a sub-agent made: that sub-agent's name."""
+    invokes: str = ""
+    """``agent:<name>`` for a sub-agent spawn, ``skill:<name>`` for a skill invocation, else ""."""
+    invokes_sha256: str = ""
+    """The catalog hash of the agent or skill invoked ("" for built-ins and entries not installed)."""
 
 
 class ToolResult(EventBase, tag="tool_result"):
@@ -186,6 +245,8 @@ class ToolResult(EventBase, tag="tool_result"):
     is_error: bool = False
     output: str = ""
     """A preview; long outputs are truncated."""
+    parent_id: str = ""
+    """For the result of a sub-agent's call: the id of the ``Agent`` call that spawned it."""
 
 
 class ModelCall(EventBase, tag="model_call"):
@@ -336,6 +397,11 @@ __all__ = [
     "TaskRequest",
     "Policy",
     "Job",
+    "CatalogKind",
+    "CatalogRef",
+    "CatalogFile",
+    "CatalogBundle",
+    "CatalogEntry",
     "Usage",
     "EventBase",
     "Accepted",

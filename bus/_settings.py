@@ -170,6 +170,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Path of a 0600 JSON file {"user": ..., "password": ...} this process connects to NATS with; empty = none (or the URL's). `taskbus up` sets it per child; CLI commands find the operator's in the data dir."""
     job_expiry_s: Positive = 86_400
     """A job not started within this many seconds of being signed is refused by runners (room for a queue wait when every runner is busy)."""
+    catalog_max_file_bytes: Positive = 262_144
+    """Largest single file of a catalog agent or skill (`taskbus agents add`, `taskbus skills add`)."""
+    catalog_max_entry_bytes: Positive = 2_097_152
+    """Most bytes of one catalog agent or skill (all its files together)."""
+    catalog_max_files: Positive = 64
+    """Most files (and folders) in one catalog skill."""
 
     def __repr__(self) -> str:
         parts = []

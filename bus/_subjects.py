@@ -46,6 +46,7 @@ class Subjects:
         self.events_stream = f"{upper}_EVENTS"
         self.audit_stream = f"{upper}_AUDIT"
         self.artifacts_bucket = f"{self.prefix}-artifacts"
+        self.catalog_bucket = f"{self.prefix}-catalog"
         self.cache_bucket = f"{self.prefix}-cache"
         self.claims_bucket = f"{self.prefix}-claims"
         """KV: task id -> the stream sequence of the job message a runner claimed (replay check)."""

@@ -15,6 +15,7 @@ from ._db import SCHEMA_VERSION as SCHEMA_VERSION
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_duration as parse_duration
 from ._keys import parse_expiry as parse_expiry
+from ._policy import offered_catalog as offered_catalog
 from ._policy import resolve_policy as resolve_policy
 from ._policy import sign_policy as sign_policy
 from ._policy import tool_granted as tool_granted
@@ -56,6 +57,7 @@ __all__ = [
     "profile_to_mapping",
     "publish_notices",
     "resolve_policy",
+    "offered_catalog",
     "sign_policy",
     "tool_granted",
     "verify",

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import posixpath
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
 from bus import (
+    BUILTIN_AGENTS,
     CompleteRequest,
     InvalidInput,
     Job,
@@ -27,6 +28,7 @@ from bus import (
     PolicyDenied,
     Request,
     Settings,
+    CatalogRef,
     TaskRequest,
     expand_grants,
     grant_covers,
@@ -66,6 +68,47 @@ def _names(
         if name not in out:
             out.append(name)
     return out
+
+
+def _chosen(
+    profile: Profile, field: str, granted: list[str], asked: list[str] | None, available: dict[str, CatalogRef | None]
+) -> list[str]:
+    """The exact agents or skills of a task, from the profile's grants (names or ``*``),
+    the request's narrowing and what exists (built-in agents and the catalog's entries).
+
+    A name the request asks for must be granted and exist, else PolicyDenied listing
+    what this caller may use; a name only the profile lists that no longer exists is
+    left out (removing an entry must not lock out every task of a profile)."""
+    usable = [n for n in available if "*" in granted or n in granted]
+    singular = field[:-1]
+    if asked is None:
+        return usable
+    out: list[str] = []
+    for name in asked:
+        if name not in usable:
+            why = "is not in the catalog" if name not in available else f"is not allowed by profile {profile.name!r}"
+            raise PolicyDenied(
+                f"{singular} {name!r} {why} (this key may use: {', '.join(usable) or 'none'})",
+                profile=profile.name, permission=f"{field}:{name}",
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _available(catalog: Sequence[CatalogRef]) -> tuple[dict[str, CatalogRef | None], dict[str, CatalogRef | None]]:
+    """(agents, skills) that exist: the built-in agents, then the catalog's entries by name."""
+    entries = sorted(((ref.kind, ref.name), ref) for ref in catalog)
+    agents: dict[str, CatalogRef | None] = {n: None for n in BUILTIN_AGENTS}
+    agents.update({n: r for (k, n), r in entries if k == "agent"})
+    return agents, {n: r for (k, n), r in entries if k == "skill"}
+
+
+def offered_catalog(profile: Profile, catalog: Sequence[CatalogRef]) -> tuple[list[str], list[str]]:
+    """The agents and skills a key of ``profile`` may ask for (what MCP discovery lists)."""
+    agents, skills = _available(catalog)
+    return (_chosen(profile, "agents", profile.agents, None, agents),
+            _chosen(profile, "skills", profile.skills, None, skills))
 
 
 def _tools(profile: Profile, granted: list[str], asked: list[str] | None) -> list[str]:
@@ -132,11 +175,16 @@ def resolve_policy(
     budget_remaining: float | None = None,
     issued_at: datetime | None = None,
     realpath: Callable[[str], str] | None = None,
+    catalog: Sequence[CatalogRef] | None = None,
 ) -> Policy:
     """The Policy for one task, or PolicyDenied naming what the profile does not grant.
 
     ``model`` is the concrete model the router chose; ``budget_remaining`` (USD, from
     ``Store.remaining_budget``) clamps the default cost cap when the request gives none.
+    ``catalog`` is the catalog's current entries (``bus.Catalog.entries``): given, the
+    task's agents and skills are resolved against it and the built-in agents to the exact
+    set (``*`` expanded) and ``Policy.catalog`` pins the chosen entries' hashes; None
+    keeps the names as granted (no catalog consulted, nothing installed).
     """
     kind = "complete" if isinstance(request, CompleteRequest) else "task"
     if kind not in profile.kinds:
@@ -194,11 +242,21 @@ def resolve_policy(
             raise _deny(profile, f"{request.timeout_s}s of execution time (at most {timeout}s)", "timeout_s")
         timeout = request.timeout_s
     turns = min(request.max_turns or profile.max_turns, profile.max_turns)
+    refs: list[CatalogRef] = []
+    if catalog is None:
+        agents = _names(profile, "agents", profile.agents, request.allow_agents)
+        skills = _names(profile, "skills", profile.skills, request.allow_skills)
+    else:
+        agent_refs, skill_refs = _available(catalog)
+        agents = _chosen(profile, "agents", profile.agents, request.allow_agents, agent_refs)
+        skills = _chosen(profile, "skills", profile.skills, request.allow_skills, skill_refs)
+        refs = [r for n in agents if (r := agent_refs[n]) is not None] + [skill_refs[n] for n in skills]  # type: ignore[misc]
     return Policy(
         **common,  # type: ignore[arg-type]
         tools=_names(profile, "tools", profile.tools, request.allow_tools),
-        agents=_names(profile, "agents", profile.agents, request.allow_agents),
-        skills=_names(profile, "skills", profile.skills, request.allow_skills),
+        agents=agents,
+        skills=skills,
+        catalog=[CatalogRef(kind=r.kind, name=r.name, sha256=r.sha256) for r in refs],
         timeout_s=timeout,
         max_turns=turns,
         fs_access=profile.fs_access if request.project is not None else "none",

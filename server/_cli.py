@@ -31,6 +31,7 @@ _GROUPS = (
     "_cli_tasks",
     "_cli_audit",
     "_cli_up",
+    "_cli_catalog",
 )
 
 

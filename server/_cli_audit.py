@@ -193,12 +193,14 @@ def search_cmd(
     key: KeyOpt = None,
     task: TaskOpt = None,
     text: Annotated[str | None, typer.Option("--text", help="Full-text: rows containing every word.", show_default=False)] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="Spawns of this sub-agent, its own tool calls and its catalog changes.", show_default=False)] = None,
+    skill: Annotated[str | None, typer.Option("--skill", help="Invocations of this skill and its catalog changes.", show_default=False)] = None,
     limit: Annotated[int, typer.Option("--limit", help="Most rows returned.")] = 100,
     json_output: JsonOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Search the audit log by time range, type, key, task and text."""
+    """Search the audit log by time range, type, key, task, text, agent and skill."""
     from ._audit import parse_time, search, summarize
 
     settings = load_settings(config)
@@ -206,7 +208,7 @@ def search_cmd(
 
     def query() -> list[dict[str, Any]]:
         return search(
-            conn, limit=limit, types=types or (), key=key, task=task, text=text,
+            conn, limit=limit, types=types or (), key=key, task=task, text=text, agent=agent, skill=skill,
             since_us=parse_time(since) if since else None, until_us=parse_time(until) if until else None,
         )
 

@@ -32,7 +32,10 @@ from bus import (
     AuthError,
     BudgetExceeded,
     Bus,
+    BusTimeout,
     Cancel,
+    Catalog,
+    CatalogEntry,
     CompleteRequest,
     ConcurrencyLimit,
     Event,
@@ -58,7 +61,7 @@ from bus import (
     sign_job,
     utcnow,
 )
-from profiles import Profile, Store, TaskRecord, check_can_pay, resolve_policy
+from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog, resolve_policy
 
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_events import TaskWatch, follow_events, replay_events
@@ -83,6 +86,13 @@ AUDIT_KINDS: dict[type[TaskbusError], str] = {
     NotFound: "not_found",
 }
 REFUSALS = (PolicyDenied, BudgetExceeded, RateLimited, ConcurrencyLimit, InvalidInput, MessageDecodeError)
+
+
+BUILTIN_AGENT_DESCRIPTIONS = {
+    "general-purpose": "Claude Code's built-in general-purpose agent for multi-step research and tasks.",
+    "Explore": "Claude Code's built-in read-only agent for searching and exploring code.",
+    "Plan": "Claude Code's built-in agent for designing an implementation plan.",
+}
 
 
 class Caller(NamedTuple):
@@ -133,6 +143,7 @@ class Dispatcher:
         self._cache = CompletionCache(bus)
         self._cache_keys: dict[str, tuple[str, str]] = {}
         self._claims = SubmitClaims(bus, settings.submit_idempotency_ttl_s)
+        self._catalog: Catalog | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,6 +200,32 @@ class Dispatcher:
         )
         await self.notice(notice)
 
+    async def catalog_entries(self, *, timeout: float = 10.0) -> list[CatalogEntry]:
+        """The catalog's current agents and skills, read at each admission (a removal
+        applies to the next task at once)."""
+        try:
+            async with asyncio.timeout(timeout):
+                if self._catalog is None:
+                    self._catalog = await Catalog.open(self.bus.js, self.bus.subjects.catalog_bucket)
+                return await self._catalog.entries()
+        except TimeoutError:
+            raise BusTimeout(f"reading the agents and skills catalog took over {timeout:g}s; is JetStream up?") from None
+
+    async def offered_catalog(self, caller: Caller) -> dict[str, list[dict[str, Any]]]:
+        """The agents and skills ``caller``'s key may ask for, with their descriptions."""
+        profile = await self.store.get_profile(caller.profile)
+        entries = await self.catalog_entries()
+        agents, skills = offered_catalog(profile, entries)
+        by_key = {(e.kind, e.name): e for e in entries}
+
+        def item(kind: str, name: str) -> dict[str, Any]:
+            entry = by_key.get((kind, name))
+            if entry is None:
+                return {"name": name, "description": BUILTIN_AGENT_DESCRIPTIONS.get(name, ""), "builtin": True}
+            return {"name": name, "description": entry.description, "builtin": False, "sha256": entry.sha256}
+
+        return {"agents": [item("agent", n) for n in agents], "skills": [item("skill", n) for n in skills]}
+
     async def notice(self, notice: AuditNotice) -> None:
         try:
             await self.bus.publish(self.bus.subjects.audit(notice.kind), notice, attempts=3)
@@ -235,6 +272,7 @@ class Dispatcher:
                 profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
                 settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
                 realpath=project_realpath,
+                catalog=await self.catalog_entries() if kind == "task" else None,
             )
             check_job_size(policy, request, self.settings.max_message_bytes)
             await self.store.admit(

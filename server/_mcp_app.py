@@ -10,6 +10,7 @@ revoked key stops working at once. Every tool works only on the caller's own tas
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Annotated, Any, Literal
@@ -262,6 +263,23 @@ def create_mcp_server(
 
     register_task_tools(mcp, dispatcher, identity)
     mcp.close_tool_schemas()
+
+    @mcp.resource(
+        "taskbus://catalog",
+        name="catalog",
+        description=(
+            "The agents and skills your key may ask for in run_task (allow_agents, allow_skills), with "
+            "their descriptions: Claude Code's built-in agents and the ones the operator registered."
+        ),
+        mime_type="application/json",
+    )
+    async def catalog() -> str:
+        try:
+            caller = await identity.caller()
+            offered = await dispatcher.offered_catalog(caller)
+        except TaskbusError as exc:
+            raise ResourceError(f"[{exc.code}] {exc.describe()}") from None
+        return json.dumps(offered, indent=2)
 
     @mcp.resource(
         "taskbus://tasks/{task_id}/events",

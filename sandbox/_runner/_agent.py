@@ -73,6 +73,7 @@ class AgentSandbox:
         on_log: Callable[[str], Awaitable[None]],
         on_started: Callable[[Sandbox], Awaitable[None]] | None = None,
         fill_workspace: Callable[[Path], None] | None = None,
+        home_files: dict[str, bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -84,6 +85,8 @@ class AgentSandbox:
         self.shared_dir = shared_dir
         self.workspace = run_dir / "workspace"
         self._fill_workspace = fill_workspace
+        self.home_files = dict(home_files or {})
+        """Written into the sandbox home before anything runs (the task's catalog agents and skills)."""
         self._on_call, self._on_security, self._on_log, self._on_started = on_call, on_security, on_log, on_started
         self.placeholder = new_placeholder_key()
         self.secrets = (self.placeholder, settings.upstream_api_key)
@@ -156,6 +159,7 @@ class AgentSandbox:
                     (str(etc_dir), str(Path(MANAGED_SETTINGS).parent)),
                 ],
                 socket_dir=str(self.sock_dir),
+                home_files=self.home_files,
             )
         except PolicyDenied as exc:  # the project root changed since dispatch signed it
             await self._on_security(SecurityNotice("project_root_changed", exc.message, "critical"))

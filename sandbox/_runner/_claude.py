@@ -77,7 +77,9 @@ def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) 
         f"--max-turns={policy.max_turns}",
         "--strict-mcp-config",
         "--no-session-persistence",
-        "--setting-sources=",
+        # user-level agents and skills load only with the "user" source; a task without
+        # catalog entries reads no settings file at all
+        "--setting-sources=user" if policy.catalog else "--setting-sources=",
     ]
     argv.append("--tools=" + ",".join(tool_names(grants)))
     if grants:
@@ -110,6 +112,12 @@ class ClaudeOutcome:
     turns: int = 0
     denials: list[dict[str, Any]] = field(default_factory=list)
     allowed_tools: tuple[str, ...] = ("*",)
+    catalog: dict[str, str] = field(default_factory=dict)
+    """``agent:<name>`` / ``skill:<name>`` -> catalog hash of what the task installed."""
+    allowed_agents: tuple[str, ...] = ("*",)
+    allowed_skills: tuple[str, ...] = ("*",)
+    subagents: dict[str, str] = field(default_factory=dict)
+    """Agent tool_use id -> the sub-agent it spawned (to attribute that sub-agent's calls)."""
 
 
 def _preview(value: Any, secrets: tuple[str, ...]) -> str:
@@ -121,6 +129,18 @@ def _preview(value: Any, secrets: tuple[str, ...]) -> str:
     if len(text) > PREVIEW_CHARS:
         text = text[:PREVIEW_CHARS] + f"... [{len(text) - PREVIEW_CHARS} more characters]"
     return redact(text, secrets)
+
+
+def _invokes(name: str, tool_input: dict[str, Any], call_id: str, outcome: ClaudeOutcome) -> dict[str, str]:
+    """What an Agent (sub-agent spawn) or Skill call invokes, with its catalog hash."""
+    if name in ("Agent", "Task"):
+        target = f"agent:{tool_input.get('subagent_type') or 'general-purpose'}"
+        outcome.subagents[call_id] = target.split(":", 1)[1]
+    elif name == "Skill":
+        target = f"skill:{tool_input.get('skill') or tool_input.get('name') or ''}"
+    else:
+        return {}
+    return {"invokes": target[:200], "invokes_sha256": outcome.catalog.get(target, "")}
 
 
 def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[tuple[type, dict[str, Any]]]:
@@ -143,21 +163,28 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
         if kind == "system" and doc.get("subtype") == "init":
             out.append((Log, {"stream": "runner", "line": f"claude {doc.get('claude_code_version', '?')} started: model {doc.get('model')}, tools {','.join(doc.get('tools', []))}"}))
         elif kind == "assistant":
+            parent = doc.get("parent_tool_use_id")
+            parent = parent if isinstance(parent, str) else ""
             for block in (doc.get("message") or {}).get("content") or []:
                 if block.get("type") == "text" and block.get("text"):
                     out.append((Message, {"text": redact(block["text"], secrets)}))
                 elif block.get("type") == "tool_use":
                     tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
                     name = str(block.get("name"))
-                    out.append((ToolCall, {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets)}))
+                    call = {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets),
+                            "parent_id": parent, "agent": outcome.subagents.get(parent, "") if parent else ""}
+                    call.update(_invokes(name, tool_input, str(block.get("id")), outcome))
+                    out.append((ToolCall, call))
         elif kind == "user":
+            parent = doc.get("parent_tool_use_id")
+            parent = parent if isinstance(parent, str) else ""
             content = (doc.get("message") or {}).get("content")
             for block in content if isinstance(content, list) else []:
                 if not isinstance(block, dict) or block.get("type") != "tool_result":
                     continue
                 output = _preview(block.get("content", ""), secrets)
                 tool_id = str(block.get("tool_use_id"))
-                out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output}))
+                out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output, "parent_id": parent}))
         elif kind == "result":
             outcome.seen_result = True
             outcome.is_error = bool(doc.get("is_error"))

@@ -22,6 +22,7 @@ from bus import Artifact, Job, Log, Security, Settings, Started, TaskRequest, Us
 from .._gateway import CallRecord, SecurityNotice, Upstream
 from .._sandboxes import Sandbox, SandboxBackend
 from ._agent import AgentSandbox
+from ._catalog import catalog_files
 from ._claude import ClaudeOutcome, claude_argv, translate
 from ._events import EventBudget, TaskEvents, emit_model_call
 from ._workspace import FileState, snapshot, store_artifacts, write_inputs
@@ -92,7 +93,12 @@ class TaskRun:
         self.request: TaskRequest = job.request  # type: ignore[assignment]
         self.events = events
         self.sink = EventSink(events, runner_id, backend.name)
-        self.outcome = ClaudeOutcome(allowed_tools=tuple(self.policy.tools))
+        self.outcome = ClaudeOutcome(
+            allowed_tools=tuple(self.policy.tools),
+            allowed_agents=tuple(self.policy.agents),
+            allowed_skills=tuple(self.policy.skills),
+            catalog={f"{r.kind}:{r.name}": r.sha256 for r in self.policy.catalog},
+        )
         self.originals: dict[str, bytes] = {}
         self.before: dict[str, FileState] = {}
         self.agent = AgentSandbox(
@@ -111,6 +117,10 @@ class TaskRun:
 
     async def run(self) -> TaskOutcome:
         started = time.monotonic()
+        if self.policy.catalog:
+            self.agent.home_files.update(await catalog_files(self.events.bus, self.policy))
+            await self.sink.on_log("installed from the catalog: " + ", ".join(
+                f"{r.kind} {r.name} ({r.sha256[:12]})" for r in self.policy.catalog))
         async with self.agent as agent:
             exit_code = await self._run_claude(agent)
             timed_out = agent.sandbox.timed_out  # type: ignore[union-attr]

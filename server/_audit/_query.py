@@ -79,6 +79,17 @@ def fts_query(text: str) -> str:
     return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
+def _json(path: str) -> str:
+    """A JSON field of the row's body (NULL for a body that is not JSON, e.g. a malformed row)."""
+    return f"(CASE WHEN json_valid(a.body) THEN json_extract(a.body, '{path}') END)"
+
+
+# a spawn or skill call (tool_call.invokes), or a catalog change notice about the entry
+_CATALOG_MATCH = (
+    f"({_json('$.invokes')} = ? OR ({_json('$.detail.catalog_kind')} = ? AND {_json('$.detail.name')} = ?))"
+)
+
+
 def _where(
     *,
     since_us: int | None = None,
@@ -87,9 +98,15 @@ def _where(
     key: str | None = None,
     task: str | None = None,
     text: str | None = None,
+    agent: str | None = None,
+    skill: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    for kind, name in (("agent", agent), ("skill", skill)):
+        if name:
+            clauses.append(_CATALOG_MATCH if kind == "skill" else f"({_CATALOG_MATCH} OR {_json('$.agent')} = ?)")
+            params += [f"{kind}:{name}", kind, name] + ([name] if kind == "agent" else [])
     if since_us is not None:
         clauses.append("a.ts_us >= ?")
         params.append(since_us)
@@ -163,6 +180,10 @@ def summarize(row: dict[str, Any], width: int = 160) -> str:
         text = event.get("text", "")
     elif kind == "tool_call":
         text = f"{event.get('name')} {_encode(event.get('input', {})).decode()}"
+        if event.get("invokes"):
+            text = f"-> {event['invokes']} {(event.get('invokes_sha256') or 'built-in')[:12]} | {text}"
+        if event.get("agent"):
+            text = f"(by {event['agent']}) {text}"
     elif kind == "tool_result":
         text = ("ERROR " if event.get("is_error") else "") + str(event.get("output", ""))
     elif kind == "security":

@@ -7,7 +7,7 @@ from datetime import timedelta
 import msgspec
 import pytest
 
-from bus import InputFile, Policy, SignatureError, TaskRequest, utcnow
+from bus import CatalogRef, InputFile, Policy, SignatureError, TaskRequest, utcnow
 from profiles import sign_policy, verify
 
 SECRET = "shared-job-secret"
@@ -25,6 +25,7 @@ POLICY_CHANGES = {
     "disk_mb": 9999, "timeout_s": 6000, "max_cost_usd": 99.0, "max_turns": 500, "network": "none",
     "fs_access": "readwrite", "project_root": "/", "issued_at": POLICY.issued_at + timedelta(seconds=1),
     "routing_reason": "forged", "nonce": "0" * 32, "expires_at": POLICY.issued_at + timedelta(days=365),
+    "catalog": [CatalogRef(kind="agent", name="evil", sha256="0" * 64)],
 }
 REQUEST_CHANGES = {
     "description": "rm -rf /", "allow_tools": ["Bash"], "allow_agents": ["x"], "allow_skills": ["y"],
