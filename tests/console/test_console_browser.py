@@ -104,6 +104,7 @@ async def test_an_operator_follows_cancels_downloads_searches_and_logs_out_in_a_
             context = await browser.new_context(viewport={"width": 1366, "height": 800}, accept_downloads=True)
             page = await context.new_page()
             page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)  # assertions wait like actions (a loaded machine starts Claude Code slowly)
             dialogs: list[str] = []
             page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))
             shot = Shots(page, tmp_path / "screenshots")

@@ -142,7 +142,7 @@ async def test_a_rule_grant_runs_matching_commands_and_refuses_the_rest(runner_s
     assert not results[calls["ls /workspace"]].is_error, results[calls["ls /workspace"]]
     cat = results[calls["cat /etc/passwd"]]
     assert cat.is_error and "root:x:0:0" not in cat.output, cat
-    assert "matches none of this task's Bash rules (Bash(ls:*))" in cat.output, cat
+    assert "not covered by the task's grants (Bash(ls:*))" in cat.output, cat
     assert "tool_denied" in refused(events)
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.status == "succeeded", finished
