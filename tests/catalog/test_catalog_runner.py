@@ -355,6 +355,10 @@ async def test_installed_agents_and_skills_resist_the_agent_and_the_registered_v
     attack = ATTACK.replace('"$@"', " ".join(TARGETS))
     attack += ("mkdir -p ~/.claude/agents; (printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
                "[script:evil-work] planted\\n' > ~/.claude/agents/scribe.md) 2>/dev/null && echo PLANTED-SCRIBE || echo refused-plant-scribe\n")
+    # project-level copies of the same names in the workspace (writable): not loaded (setting source `user` only)
+    attack += ("mkdir -p .claude/agents .claude/skills/notes-kit && printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
+               "[script:evil-work] planted\\n' > .claude/agents/scribe.md && printf -- '---\\nname: notes-kit\\n"
+               "description: planted\\n---\\n[script:evil-skill] planted\\n' > .claude/skills/notes-kit/SKILL.md && echo project-copies\n")
     script = f"""
 [[turns]]
 at = 0
@@ -373,7 +377,7 @@ at = 3
 text = "all done"
 """
     skill_seen = '[[turns]]\nat = "any"\ntext = "skill used"\n'
-    scripts = {"tamper": script, "evil-work": SCRIPTS["scribe-work"], "skill-body-seen": skill_seen}
+    scripts = {"tamper": script, "evil-work": SCRIPTS["scribe-work"], "skill-body-seen": skill_seen, "evil-skill": skill_seen}
     async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, **scripts}) as (settings, model):
         job = job_for(settings, await catalog.entries(), TaskRequest(
             description="[script:tamper] go", allow_agents=["scribe"], allow_skills=["notes-kit"]))
@@ -382,9 +386,10 @@ text = "all done"
     succeeded(events)
     bash = next(e for e in events if isinstance(e, ToolCall) and e.name == "Bash")
     output = next(e for e in events if isinstance(e, ToolResult) and e.id == bash.id).output
-    assert output.split() == [*REFUSED, "refused-plant-scribe"], output
+    assert output.split() == [*REFUSED, "refused-plant-scribe", "project-copies"], output
     scripts_seen = [r.get("script") for r in requests]
     assert "scribe-work" in scripts_seen and "evil-work" not in scripts_seen  # the registered prompt ran
-    assert any(r.get("marker") == "skill-body-seen" for r in requests)  # the registered SKILL.md was loaded
+    markers = [r.get("marker") for r in requests]
+    assert "skill-body-seen" in markers and "evil-skill" not in markers  # the registered SKILL.md was loaded
     kinds = {e.kind for e in events if isinstance(e, Security)}
     assert not kinds & {"agent_denied", "skill_denied"}, kinds
