@@ -393,3 +393,37 @@ text = "all done"
     assert "skill-body-seen" in markers and "evil-skill" not in markers  # the registered SKILL.md was loaded
     kinds = {e.kind for e in events if isinstance(e, Security)}
     assert not kinds & {"agent_denied", "skill_denied"}, kinds
+
+
+async def test_a_warm_pool_container_runs_the_tasks_registered_agent(
+    runner_settings: Settings, tmp_path: Path, bus, cli, require_docker: None
+) -> None:
+    """The pooled containers were created with empty catalog folders; the task that takes
+    one gets its pinned agent there (filled on the host), and the CLI loads it."""
+    import time
+
+    import msgspec
+
+    from bus import Started
+
+    catalog = await add_with_cli(cli, tmp_path, bus)
+    pooled = msgspec.structs.replace(runner_settings, docker_warm_pool=1)
+    async with scripted_model(pooled, tmp_path, scripts=SCRIPTS) as (settings, model):
+        async with Runner(settings, backend="docker", slots=1, runner_id="r-catalog-pool") as runner:
+            runs = []
+            for _ in range(2):  # the first runs cold and makes the pool fill; the second takes a pooled one
+                job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:spawn-scribe] go", allow_agents=["scribe"]))
+                await submit(bus, job)
+                runs.append(await follow(bus, job.task_id, timeout=180))
+                pool = runner.backend._pool  # type: ignore[attr-defined]
+                deadline = time.monotonic() + 120
+                while not any(pool._idle.values()) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                if not runs[1:]:
+                    idle = [slot.sid for slots in pool._idle.values() for slot in slots]
+        scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
+    assert idle, "the pool filled"
+    assert next(e for e in runs[1] if isinstance(e, Started)).sandbox_id in idle  # the second ran in a pooled container
+    for events in runs:
+        succeeded(events)
+    assert scripts.count("scribe-work") >= 2  # both times the registered prompt reached the model
