@@ -207,11 +207,16 @@ text = "gave up"
         call = next(e for e in events if isinstance(e, ToolCall) and e.name == name)
         assert next(e for e in events if isinstance(e, ToolResult) and e.id == call.id).is_error
     denied = {e.kind for e in events if isinstance(e, Security)}
-    assert {"agent_denied", "skill_denied"} <= denied, denied
+    assert "agent_denied" in denied, denied
+    # Claude Code 2.1.197 refuses a skill it does not know before the PreToolUse hook runs:
+    # then there is no hook decision (so no security event), only its own error
+    skill = next(e for e in events if isinstance(e, ToolCall) and e.name == "Skill")
+    skill_result = next(e for e in events if isinstance(e, ToolResult) and e.id == skill.id).output
+    assert "skill_denied" in denied or "Unknown skill: notes-kit" in skill_result, (denied, skill_result)
     assert all(r.get("script") != "scribe-work" for r in requests)
     assert all(r.get("marker") != "skill-body-seen" for r in requests)
     rows = await audit_rows(settings, cli, job.task_id, "--type", "security")
-    assert {r["event"]["kind"] for r in rows} >= {"agent_denied", "skill_denied"}
+    assert {r["event"]["kind"] for r in rows} == denied
 
 
 async def test_runners_on_two_data_dirs_install_the_same_catalog_version(
