@@ -74,6 +74,7 @@ class AgentSandbox:
         on_started: Callable[[Sandbox], Awaitable[None]] | None = None,
         fill_workspace: Callable[[Path], None] | None = None,
         home_files: dict[str, bytes] | None = None,
+        catalog_files: dict[str, bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -86,7 +87,10 @@ class AgentSandbox:
         self.workspace = run_dir / "workspace"
         self._fill_workspace = fill_workspace
         self.home_files = dict(home_files or {})
-        """Written into the sandbox home before anything runs (the task's catalog agents and skills)."""
+        """Written into the sandbox home before anything runs."""
+        self.catalog_files = dict(catalog_files or {})
+        """The task's catalog agents and skills (paths relative to ~/.claude), installed
+        read-only at ~/.claude/agents and ~/.claude/skills (``SandboxSpec.catalog_files``)."""
         self._on_call, self._on_security, self._on_log, self._on_started = on_call, on_security, on_log, on_started
         self.placeholder = new_placeholder_key()
         self.secrets = (self.placeholder, settings.upstream_api_key)
@@ -160,6 +164,7 @@ class AgentSandbox:
                 ],
                 socket_dir=str(self.sock_dir),
                 home_files=self.home_files,
+                catalog_files=self.catalog_files,
             )
         except PolicyDenied as exc:  # the project root changed since dispatch signed it
             await self._on_security(SecurityNotice("project_root_changed", exc.message, "critical"))

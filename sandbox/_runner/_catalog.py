@@ -10,8 +10,9 @@ FETCH_TIMEOUT_S = 30.0
 
 
 async def catalog_files(bus: Bus, policy: Policy, *, timeout: float = FETCH_TIMEOUT_S) -> dict[str, bytes]:
-    """The sandbox-home files (``.claude/agents/<name>.md``, ``.claude/skills/<name>/...``)
-    of every entry ``policy.catalog`` pins, each fetched by its hash and checked against it.
+    """The files (``agents/<name>.md``, ``skills/<name>/...``, relative to ~/.claude, as
+    ``SandboxSpec.catalog_files`` takes them: installed read-only) of every entry
+    ``policy.catalog`` pins, each fetched by its hash and checked against it.
     A missing or altered entry is a BusError: the task fails rather than runs without it."""
     try:
         async with asyncio.timeout(timeout):
@@ -19,4 +20,4 @@ async def catalog_files(bus: Bus, policy: Policy, *, timeout: float = FETCH_TIME
             bundles = [await catalog.fetch(ref) for ref in policy.catalog]
     except TimeoutError:
         raise BusError(f"fetching the task's catalog entries took over {timeout:g}s") from None
-    return catalog_home_files(bundles)
+    return {rel.removeprefix(".claude/"): data for rel, data in catalog_home_files(bundles).items()}

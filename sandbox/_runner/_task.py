@@ -118,7 +118,7 @@ class TaskRun:
     async def run(self) -> TaskOutcome:
         started = time.monotonic()
         if self.policy.catalog:
-            self.agent.home_files.update(await catalog_files(self.events.bus, self.policy))
+            self.agent.catalog_files.update(await catalog_files(self.events.bus, self.policy))
             await self.sink.on_log("installed from the catalog: " + ", ".join(
                 f"{r.kind} {r.name} ({r.sha256[:12]})" for r in self.policy.catalog))
         async with self.agent as agent:

@@ -45,6 +45,7 @@ from pathlib import Path
 from bus import SandboxError, SandboxUnavailable, Settings
 
 from . import _labels
+from ._catalogdir import catalog_binds, fill_catalog, make_catalog_dirs
 from ._agent import AGENT_DIR, AGENT_SOCKET, agent_command, agent_exec, wait_for_agent
 from ._exec import Execution
 from ._host import prepare_host_dirs
@@ -54,6 +55,7 @@ from ._limits import Cgroups, remove_cgroup_dirs
 from ._protocol import Sandbox, SandboxInfo
 from ._seccomp import filter_fd
 from ._spec import (
+    CLAUDE_DIR,
     HOME,
     IMAGE_MOUNT_POINTS,
     PROJECT,
@@ -163,7 +165,7 @@ class BwrapBackend:
             raise SandboxUnavailable("bubblewrap (bwrap) not found; install it with `apt-get install bubblewrap`")
         return bwrap, find_rootfs(self.settings)
 
-    def _args(self, spec: SandboxSpec, tree: Path, agent_dir: Path, seccomp_fd: int) -> list[str]:
+    def _args(self, spec: SandboxSpec, tree: Path, agent_dir: Path, seccomp_fd: int, catalog: Path) -> list[str]:
         mib = 1024 * 1024
         disk = str(spec.disk_mb * mib)
         seccomp = ["--seccomp", str(seccomp_fd)]  # loaded just before the first process starts
@@ -183,6 +185,10 @@ class BwrapBackend:
         args += ["--symlink", "/proc/self/fd", "/dev/fd", "--size", disk, "--perms", "1777", "--tmpfs", "/dev/shm"]
         args += ["--size", disk, "--perms", "1777", "--tmpfs", "/tmp"]
         args += ["--size", disk, "--perms", "0700", "--tmpfs", HOME]
+        # ~/.claude a mount point of its own, the catalog folders read-only binds in it
+        args += ["--size", disk, "--perms", "0700", "--tmpfs", CLAUDE_DIR]
+        for host, target in catalog_binds(catalog):
+            args += ["--ro-bind", host, target]
         args += ["--bind", spec.workspace, WORKSPACE]
         if spec.project:
             args += ["--bind" if spec.project_writable else "--ro-bind", spec.project, PROJECT]
@@ -218,9 +224,11 @@ class BwrapBackend:
             agent_dir = folder / "agent"
             agent_dir.mkdir(mode=0o700)
             os.chown(agent_dir, uid, gid)
+            catalog = make_catalog_dirs(folder)
+            fill_catalog(catalog, spec.catalog_files)
             seccomp_fd = filter_fd()
             try:
-                args = self._args(spec, tree, agent_dir, seccomp_fd)
+                args = self._args(spec, tree, agent_dir, seccomp_fd, catalog)
                 with open(folder / "bwrap.log", "wb") as log:
                     proc = await asyncio.create_subprocess_exec(
                         *_join_cgroups(cgroups),
@@ -324,11 +332,12 @@ def _root_binds(tree: str) -> tuple[str, ...]:
 
 
 def _fill_home(target: int, spec: SandboxSpec, uid: int, gid: int) -> None:
-    """Own the tmpfs home by the sandbox user and write ``spec.home_files`` into it,
+    """Own the tmpfs home (and ~/.claude) by the sandbox user and write ``spec.home_files`` into it,
     through /proc/<pid>/root before anything runs inside (nothing there to trick us)."""
     home = Path(f"/proc/{target}/root{HOME}")
     if _privileged():
         os.chown(home, uid, gid)
+        os.chown(Path(f"/proc/{target}/root{CLAUDE_DIR}"), uid, gid)
     for rel, content in spec.home_files.items():
         path = home / rel
         parent = home

@@ -34,6 +34,7 @@ from bus import SandboxError, Settings
 
 from . import _labels
 from ._agent import AGENT_SOCKET, agent_exec, wait_for_agent
+from ._catalogdir import fill_catalog
 from ._docker_config import (
     check_image,
     connect,
@@ -213,7 +214,11 @@ class DockerBackend:
         try:
             await asyncio.to_thread(prepare_host_dirs, spec, SANDBOX_UID, SANDBOX_GID)
             labels = self.labels(sid=sid, task_id=spec.task_id, runner_id=spec.runner_id)
-            config = container_config(spec, sid=sid, image=self.image, workspace=spec.workspace, agent_dir=str(folder / "agent"), labels=labels)
+            fill_catalog(folder / "catalog", spec.catalog_files)
+            config = container_config(
+                spec, sid=sid, image=self.image, workspace=spec.workspace, agent_dir=str(folder / "agent"), labels=labels,
+                catalog=folder / "catalog",
+            )
             container = await asyncio.to_thread(create_started, client, config)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,7 @@ from bus import SandboxError, SandboxUnavailable
 
 from ._agent import AGENT_DIR, agent_command
 from ._spec import (
+    CLAUDE_DIR,
     HOME,
     PROJECT,
     SANDBOX_GID,
@@ -29,10 +30,14 @@ API_TIMEOUT_S = 60
 
 
 def container_config(
-    spec: SandboxSpec, *, sid: str, image: str, workspace: str, agent_dir: str, labels: dict[str, str]
+    spec: SandboxSpec, *, sid: str, image: str, workspace: str, agent_dir: str, labels: dict[str, str], catalog: Path
 ) -> dict[str, Any]:
-    """Keyword arguments for ``containers.create`` enforcing the sandbox's limits."""
+    """Keyword arguments for ``containers.create`` enforcing the sandbox's limits.
+    ``catalog`` is the host folder of ``make_catalog_dirs``: the same two read-only
+    binds for every container (pooled or not), so pooled ones stay interchangeable."""
     from docker.types import Mount, Ulimit
+
+    from ._catalogdir import catalog_binds
 
     limits = rlimits(spec)
     mounts = [
@@ -47,6 +52,7 @@ def container_config(
         if not os.path.exists(host):
             raise SandboxError(f"read-only mount source {host} does not exist")
         mounts.append(Mount(target, host, type="bind", read_only=True))
+    mounts += [Mount(target, host, type="bind", read_only=True) for host, target in catalog_binds(catalog)]
     disk = f"{spec.disk_mb}m"
     return {
         "image": image,
@@ -70,6 +76,8 @@ def container_config(
         "tmpfs": {
             "/tmp": f"rw,nosuid,nodev,size={disk},mode=1777",
             HOME: f"rw,nosuid,nodev,size={disk},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_GID}",
+            # a mount point of its own (cannot be renamed away), holding the catalog binds
+            CLAUDE_DIR: f"rw,nosuid,nodev,size={disk},mode=0700,uid={SANDBOX_UID},gid={SANDBOX_GID}",
         },
         "mounts": mounts,
         "ulimits": [
@@ -96,11 +104,15 @@ def remove_container(container: Any) -> None:
 
 
 def make_folder(folder: Path) -> Path:
-    """The sandbox's host folder with ``agent/`` (the exec agent's socket, uid 1000 only)."""
+    """The sandbox's host folder with ``agent/`` (the exec agent's socket, uid 1000 only)
+    and the empty ``catalog/{agents,skills}`` (``make_catalog_dirs``)."""
+    from ._catalogdir import make_catalog_dirs
+
     (folder / "agent").mkdir(parents=True)
     os.chmod(folder, 0o711)
     os.chown(folder / "agent", SANDBOX_UID, SANDBOX_GID)
     os.chmod(folder / "agent", 0o700)
+    make_catalog_dirs(folder)
     return folder
 
 

@@ -15,6 +15,9 @@ destroy. On hand-out:
 - each unix socket in ``spec.socket_dir`` is hard-linked into the slot's ``run/``
   (a hard link reaches the same listening socket), so both must be on one
   filesystem; otherwise the sandbox is created cold;
+- ``spec.catalog_files`` are written into the slot's ``catalog/`` folders, bound
+  read-only at ~/.claude/agents and ~/.claude/skills in every container (empty until
+  then; ``_catalogdir``), emptied again on release;
 - ``spec.home_files`` are written into the tmpfs home with one exec.
 
 Labels: ``taskbus.task_id=pool`` (labels cannot change after creation; the task
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _labels
+from ._catalogdir import empty_catalog, fill_catalog
 from ._docker_config import remove_container
 from ._host import chown_tree
 from ._spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
@@ -97,7 +101,8 @@ class WarmPool:
                 labels = self._backend.labels(sid=sid, task_id="pool", runner_id=template.runner_id)
                 labels[_labels.LABEL_POOL] = sid
                 config = container_config(
-                    spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), agent_dir=str(folder / "agent"), labels=labels
+                    spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), agent_dir=str(folder / "agent"),
+                    labels=labels, catalog=folder / "catalog",
                 )
                 creating = asyncio.ensure_future(asyncio.to_thread(create_started, client, config))
                 container = await asyncio.shield(creating)
@@ -188,11 +193,14 @@ def _slot_spec(template: SandboxSpec, folder: Path) -> SandboxSpec:
     import msgspec
 
     socket_dir = str(folder / "run") if template.socket_dir else None
-    return msgspec.structs.replace(template, workspace=str(folder / "workspace"), socket_dir=socket_dir, home_files={}, env={})
+    return msgspec.structs.replace(
+        template, workspace=str(folder / "workspace"), socket_dir=socket_dir, home_files={}, env={}, catalog_files={}
+    )
 
 
 def _hand_out(folder: Path, spec: SandboxSpec) -> None:
-    """Move the task's workspace content in, hard-link its gateway sockets, record the task."""
+    """Move the task's workspace content in, hard-link its gateway sockets, write its
+    catalog agents and skills, record the task."""
     if spec.socket_dir:
         for entry in Path(spec.socket_dir).iterdir():
             if stat.S_ISSOCK(entry.lstat().st_mode):
@@ -204,12 +212,16 @@ def _hand_out(folder: Path, spec: SandboxSpec) -> None:
     for entry in source.iterdir():
         shutil.move(str(entry), str(target / entry.name))
     chown_tree(target, SANDBOX_UID, SANDBOX_GID)
+    fill_catalog(folder / "catalog", spec.catalog_files)
     (folder / "task_id").write_text(spec.task_id)
 
 
 def release_workspace(folder: Path, workspace: Path) -> None:
     """On destroy (nothing runs in the container any more): the slot's workspace back at
-    the task's folder, bound when both are mounts, else its content moved."""
+    the task's folder, bound when both are mounts, else its content moved; the slot's
+    catalog emptied."""
+    if (folder / "catalog").is_dir():
+        empty_catalog(folder / "catalog")
     source = folder / "workspace"
     workspace.mkdir(parents=True, exist_ok=True)
     if is_mount(source) and is_mount(workspace):

@@ -7,6 +7,9 @@ A spec is internal (never on the wire). Paths are host paths unless named
     /project          spec.project, read-only, or writable with spec.project_writable (only when given)
     /run/taskbus      spec.socket_dir, read-only (the model gateway's unix socket)
     /home/agent       tmpfs (HOME), holds spec.home_files before anything runs
+    /home/agent/.claude           tmpfs of its own (a mount point: cannot be renamed away)
+    /home/agent/.claude/agents    read-only bind of the host folder holding spec.catalog_files
+    /home/agent/.claude/skills    (see _catalogdir.py); agents/... and skills/... of it
     /tmp              tmpfs
     everything else   the read-only Debian root filesystem of the sandbox image
 
@@ -32,6 +35,7 @@ HOME = "/home/agent"
 WORKSPACE = "/workspace"
 PROJECT = "/project"
 SOCKET_MOUNT = "/run/taskbus"
+CLAUDE_DIR = f"{HOME}/.claude"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Mount points that exist in the image so read-only binds may target them.
 IMAGE_MOUNT_POINTS = ("/opt/claude", "/opt/taskbus", "/etc/claude-code")
@@ -75,6 +79,10 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     project_writable: bool = False
     """Mount the project writable (the policy's ``fs_access`` is ``readwrite``): the agent
     (uid 1000) then changes the host folder in place, where its permissions allow."""
+    catalog_files: dict[str, bytes] = {}
+    """Catalog agents and skills: path relative to ~/.claude (``agents/<name>.md``,
+    ``skills/<name>/<path>``) -> content. Written on the host into a folder bound
+    read-only at ~/.claude/agents and ~/.claude/skills (immutable for the agent)."""
 
     def __post_init__(self) -> None:
         for name in ("cpus", "memory_mb", "pids", "disk_mb", "timeout_s"):
@@ -84,6 +92,12 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
             _check_abs(target)
         for rel in self.home_files:
             _check_rel(rel)
+            if PurePosixPath(rel).parts[:2] in ((".claude", "agents"), (".claude", "skills")):
+                raise InvalidInput(f"home file {rel!r} is under a read-only catalog folder: pass it as a catalog file")
+        for rel in self.catalog_files:
+            _check_rel(rel)
+            if len(PurePosixPath(rel).parts) < 2 or PurePosixPath(rel).parts[0] not in ("agents", "skills"):
+                raise InvalidInput(f"catalog file {rel!r} must be under agents/ or skills/")
 
     @property
     def limit_class(self) -> tuple[float, int, int, int]:
@@ -130,6 +144,7 @@ def spec_from_policy(
     home_files: dict[str, bytes] | None = None,
     env: dict[str, str] | None = None,
     timeout_s: float | None = None,
+    catalog_files: dict[str, bytes] | None = None,
 ) -> SandboxSpec:
     """Map a job's Policy onto a spec: cpu, memory, pids, disk and wall-clock limits;
     the project root read-only for ``fs_access = "readonly"``, writable for
@@ -153,6 +168,7 @@ def spec_from_policy(
         home_files=dict(home_files or {}),
         env=dict(env or {}),
         project_writable=project is not None and policy.fs_access == "readwrite",
+        catalog_files=dict(catalog_files or {}),
     )
 
 

@@ -207,11 +207,16 @@ text = "gave up"
         call = next(e for e in events if isinstance(e, ToolCall) and e.name == name)
         assert next(e for e in events if isinstance(e, ToolResult) and e.id == call.id).is_error
     denied = {e.kind for e in events if isinstance(e, Security)}
-    assert {"agent_denied", "skill_denied"} <= denied, denied
+    assert "agent_denied" in denied, denied
+    # Claude Code 2.1.197 refuses a skill it does not know before the PreToolUse hook runs:
+    # then there is no hook decision (so no security event), only its own error
+    skill = next(e for e in events if isinstance(e, ToolCall) and e.name == "Skill")
+    skill_result = next(e for e in events if isinstance(e, ToolResult) and e.id == skill.id).output
+    assert "skill_denied" in denied or "Unknown skill: notes-kit" in skill_result, (denied, skill_result)
     assert all(r.get("script") != "scribe-work" for r in requests)
     assert all(r.get("marker") != "skill-body-seen" for r in requests)
     rows = await audit_rows(settings, cli, job.task_id, "--type", "security")
-    assert {r["event"]["kind"] for r in rows} >= {"agent_denied", "skill_denied"}
+    assert {r["event"]["kind"] for r in rows} == denied
 
 
 async def test_runners_on_two_data_dirs_install_the_same_catalog_version(
@@ -304,12 +309,13 @@ async def test_each_documented_alpha_case_runs_offline_with_its_agents_and_skill
 
 
 async def test_an_agent_file_planted_during_the_task_cannot_be_spawned(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
-    """With the user settings source on, the agent writes its own sub-agent into ~/.claude/agents
-    and tries to spawn it: the policy's exact list decides, not the files in the home."""
+    """With the user settings source on, the agent tries to write its own sub-agent into
+    ~/.claude/agents (a read-only bind: refused) and to spawn it: the policy's exact list
+    decides, and no planted prompt reaches the model."""
     catalog = await add_with_cli(cli, tmp_path, bus)
     plant = (
         "printf -- '---\\\\nname: evil\\\\ndescription: planted\\\\n---\\\\n[script:evil-work] do bad things\\\\n' "
-        "> /home/agent/.claude/agents/evil.md && ls /home/agent/.claude/agents && echo PLANTED"
+        "> /home/agent/.claude/agents/evil.md; ls /home/agent/.claude/agents && echo PLANTED"
     )
     script = f"""
 [[turns]]
@@ -330,9 +336,99 @@ text = "done"
         events = await run_job(settings, bus, job)
         scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
     planted = next(e for e in events if isinstance(e, ToolResult) and "PLANTED" in e.output)
-    assert "evil.md" in planted.output and "scribe.md" in planted.output
+    assert "evil.md" not in planted.output.replace("agents/evil.md", "") and "scribe.md" in planted.output
+    assert "Read-only file system" in planted.output
     spawn = next(e for e in events if isinstance(e, ToolCall) and e.name == "Agent")
     assert spawn.invokes == "agent:evil" and spawn.invokes_sha256 == ""
     assert next(e for e in events if isinstance(e, ToolResult) and e.id == spawn.id).is_error
     assert "agent_denied" in {e.kind for e in events if isinstance(e, Security)}
     assert "evil-work" not in scripts  # the planted prompt never reached the model
+
+
+async def test_installed_agents_and_skills_resist_the_agent_and_the_registered_versions_run(
+    runner_settings: Settings, tmp_path: Path, bus, cli, backend: str
+) -> None:
+    """Through Bash the agent tries to overwrite, delete, chmod and rename away the
+    installed agent and skill files, their folders and ~/.claude itself, then to plant
+    a sub-agent of the allowed name: every attempt fails, and the sub-agent and skill
+    that then run are the registered ones (the model sees their text, not the planted)."""
+    import json
+
+    from test_catalog_mounts import ATTACK, REFUSED, TARGETS
+
+    catalog = await add_with_cli(cli, tmp_path, bus)
+    attack = ATTACK.replace('"$@"', " ".join(TARGETS))
+    attack += ("mkdir -p ~/.claude/agents; (printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
+               "[script:evil-work] planted\\n' > ~/.claude/agents/scribe.md) 2>/dev/null && echo PLANTED-SCRIBE || echo refused-plant-scribe\n")
+    # project-level copies of the same names in the workspace (writable): not loaded (setting source `user` only)
+    attack += ("mkdir -p .claude/agents .claude/skills/notes-kit && printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
+               "[script:evil-work] planted\\n' > .claude/agents/scribe.md && printf -- '---\\nname: notes-kit\\n"
+               "description: planted\\n---\\n[script:evil-skill] planted\\n' > .claude/skills/notes-kit/SKILL.md && echo project-copies\n")
+    script = f"""
+[[turns]]
+at = 0
+tool_use = [{{ name = "Bash", input = {{ command = {json.dumps(attack)}, description = "tamper" }} }}]
+
+[[turns]]
+at = 1
+tool_use = [{{ name = "Agent", input = {{ subagent_type = "scribe", description = "Extract", prompt = "Extract the workflow" }} }}]
+
+[[turns]]
+at = 2
+tool_use = [{{ name = "Skill", input = {{ skill = "notes-kit" }} }}]
+
+[[turns]]
+at = 3
+text = "all done"
+"""
+    skill_seen = '[[turns]]\nat = "any"\ntext = "skill used"\n'
+    scripts = {"tamper": script, "evil-work": SCRIPTS["scribe-work"], "skill-body-seen": skill_seen, "evil-skill": skill_seen}
+    async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, **scripts}) as (settings, model):
+        job = job_for(settings, await catalog.entries(), TaskRequest(
+            description="[script:tamper] go", allow_agents=["scribe"], allow_skills=["notes-kit"]))
+        events = await run_job(settings, bus, job, backend=backend)
+        requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
+    succeeded(events)
+    bash = next(e for e in events if isinstance(e, ToolCall) and e.name == "Bash")
+    output = next(e for e in events if isinstance(e, ToolResult) and e.id == bash.id).output
+    assert output.split() == [*REFUSED, "refused-plant-scribe", "project-copies"], output
+    scripts_seen = [r.get("script") for r in requests]
+    assert "scribe-work" in scripts_seen and "evil-work" not in scripts_seen  # the registered prompt ran
+    markers = [r.get("marker") for r in requests]
+    assert "skill-body-seen" in markers and "evil-skill" not in markers  # the registered SKILL.md was loaded
+    kinds = {e.kind for e in events if isinstance(e, Security)}
+    assert not kinds & {"agent_denied", "skill_denied"}, kinds
+
+
+async def test_a_warm_pool_container_runs_the_tasks_registered_agent(
+    runner_settings: Settings, tmp_path: Path, bus, cli, require_docker: None
+) -> None:
+    """The pooled containers were created with empty catalog folders; the task that takes
+    one gets its pinned agent there (filled on the host), and the CLI loads it."""
+    import time
+
+    import msgspec
+
+    from bus import Started
+
+    catalog = await add_with_cli(cli, tmp_path, bus)
+    pooled = msgspec.structs.replace(runner_settings, docker_warm_pool=1)
+    async with scripted_model(pooled, tmp_path, scripts=SCRIPTS) as (settings, model):
+        async with Runner(settings, backend="docker", slots=1, runner_id="r-catalog-pool") as runner:
+            runs = []
+            for _ in range(2):  # the first runs cold and makes the pool fill; the second takes a pooled one
+                job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:spawn-scribe] go", allow_agents=["scribe"]))
+                await submit(bus, job)
+                runs.append(await follow(bus, job.task_id, timeout=180))
+                pool = runner.backend._pool  # type: ignore[attr-defined]
+                deadline = time.monotonic() + 120
+                while not any(pool._idle.values()) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                if not runs[1:]:
+                    idle = [slot.sid for slots in pool._idle.values() for slot in slots]
+        scripts = [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"]
+    assert idle, "the pool filled"
+    assert next(e for e in runs[1] if isinstance(e, Started)).sandbox_id in idle  # the second ran in a pooled container
+    for events in runs:
+        succeeded(events)
+    assert scripts.count("scribe-work") >= 2  # both times the registered prompt reached the model

@@ -66,7 +66,7 @@ async def test_disk_fill_stops_at_the_tmpfs_and_file_size_limits(new_sandbox) ->
     fill = "for i in $(seq 10); do dd if=/dev/zero of={d}/f$i bs=1M count=8 2>&1 | grep -o 'No space left on device'; done"
     script = (
         f"{fill.format(d='/tmp')} | sort -u; echo tmp=$(du -sm /tmp | cut -f1); "
-        f"{fill.format(d='/home/agent')} | sort -u; echo home=$(du -sm /home/agent | cut -f1); "
+        f"{fill.format(d='/home/agent')} | sort -u; echo home=$(du -smx /home/agent | cut -f1); "
         "(dd if=/dev/zero of=/workspace/big bs=1M count=100 2>/dev/null); echo workspace_rc=$?"
     )
     result = await (await sb.exec(["bash", "-c", script])).collect(timeout=60)
