@@ -342,6 +342,8 @@ class Heartbeat(Wire):
     """The runner's backend self-check passed: it can run sandboxed jobs (older runners: always false)."""
     problem: str = ""
     """Why it cannot yet, with the command that fixes it; "" when ready."""
+    warm: int = 0
+    """Idle warm sandboxes ready to hand out (the Docker warm pool; 0 for bwrap)."""
 
 
 class AuditNotice(Wire):

@@ -91,9 +91,7 @@ class RunnerMetrics:
         """Report the docker warm pool's idle sandboxes when scraped."""
 
         def level() -> float:
-            pool = getattr(backend, "_pool", None)
-            idle = getattr(pool, "_idle", None) or {}
-            return float(sum(len(slots) for slots in idle.values()))
+            return float(warm_sandboxes(backend))
 
         self.warm_pool.labels(self.backend).set_function(level)
 
@@ -147,3 +145,9 @@ class TimedBackend:
 
         sandbox.destroy = timed_destroy
         return sandbox
+
+
+def warm_sandboxes(backend: Any) -> int:
+    """Idle warm sandboxes of ``backend`` (the Docker warm pool; 0 when it has none)."""
+    pool = getattr(backend, "_pool", None)
+    return pool.idle_count() if pool is not None else 0

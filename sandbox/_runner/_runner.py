@@ -44,7 +44,7 @@ from ._cli_provider import ClaudeCliProvider
 from .._sandboxes import SandboxBackend, backend_problem, get_backend
 from ._complete import run_complete
 from ._events import TaskEvents
-from ._metrics import RunnerMetrics, TimedBackend
+from ._metrics import RunnerMetrics, TimedBackend, warm_sandboxes
 from ._job import JobHandler
 from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
 from ._agent import prepare_shared
@@ -306,6 +306,7 @@ class Runner:
                 runner_id=self.id, backend=self.backend_name, slots=self.slots, running=self.running,
                 version=_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
                 ready=self.backend_ready.is_set(), problem=self.problem,
+                warm=warm_sandboxes(self.backend),
             )
             with contextlib.suppress(Exception):
                 await self.bus.nc.publish(self.subjects.runner(self.id), encode(beat))

@@ -133,6 +133,10 @@ class WarmPool:
             await self._full[key].wait()
         return len(self._idle.get(key, []))
 
+    def idle_count(self) -> int:
+        """Warm sandboxes waiting to be handed out, over every class."""
+        return sum(len(slots) for slots in self._idle.values())
+
     async def take(self, spec: SandboxSpec) -> DockerSandbox | None:
         """A pooled sandbox for ``spec``, or None (then the caller creates one cold)."""
         from ._docker import DockerSandbox

@@ -408,11 +408,11 @@ class Console:
         for rid, (beat, seen) in sorted(self.board.runners.items()):
             state = "live" if now - seen <= horizon else "silent"
             rows.append((rid, badge("ok" if state == "live" else "failed"), beat.backend,
-                         f"{len(beat.running)} / {beat.slots}", ", ".join(beat.kinds), beat.host, beat.version,
+                         f"{len(beat.running)} / {beat.slots}", str(beat.warm), ", ".join(beat.kinds), beat.host, beat.version,
                          f"{now - seen:.0f} s ago", ", ".join(beat.running)))
         body = (f'<p class="muted">Heartbeats every {self.d.settings.heartbeat_s:g} s; this page lists runners heard '
                 "since the first console login (reload to refresh).</p>"
-                + table(("runner", "state", "backend", "slots in use", "kinds", "host", "version", "last heartbeat",
+                + table(("runner", "state", "backend", "slots in use", "warm sandboxes", "kinds", "host", "version", "last heartbeat",
                          "running tasks"), rows, empty="no heartbeat heard yet (reload in a few seconds)"))
         return self._page(session, "Runners", body, "runners")
 
