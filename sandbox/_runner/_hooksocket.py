@@ -124,6 +124,8 @@ class HookServer:
                     await loop.sock_sendall(conn, answer)
             except (TimeoutError, OSError) as exc:
                 logger.debug("hook of task %s: a call failed: %s", self.task_id, exc)
+            except Exception:  # never into the task group: it would cancel the task itself
+                logger.exception("hook of task %s: a call failed; the hook blocks it (no answer)", self.task_id)
         finally:
             conn.close()
             self._slots.release()
