@@ -57,6 +57,9 @@ from ._task import TaskOutcome
 
 logger = logging.getLogger(__name__)
 
+RECANCEL_AFTER_S = 5.0
+"""A cancelled task still running after this long is cancelled again (see ``_recancel``)."""
+
 Execute = Callable[[Job, TaskEvents], Awaitable[TaskOutcome]]
 
 
@@ -231,7 +234,19 @@ class JobHandler:
             return False
         self.cancel_reasons.setdefault(task_id, reason)
         work.cancel()
+        asyncio.get_running_loop().call_later(RECANCEL_AFTER_S, self._recancel, task_id, work)
         return True
+
+    def _recancel(self, task_id: str, work: asyncio.Task[Any]) -> None:
+        """Cancel again while the task still runs: on Python 3.11 ``asyncio.wait_for`` (used
+        by nats-py for every request) swallows a cancellation that races a completing
+        future, so one ``Task.cancel()`` can be lost under load. A second one during a
+        slow teardown only stops waiting for it; the teardown itself is shielded."""
+        if work.done() or self.running.get(task_id) is not work:
+            return
+        logger.warning("task %s still running %.0fs after its cancel; cancelling again", task_id, RECANCEL_AFTER_S)
+        work.cancel()
+        asyncio.get_running_loop().call_later(RECANCEL_AFTER_S, self._recancel, task_id, work)
 
     async def _reject_malformed(self, msg: Msg, exc: MessageDecodeError) -> None:
         task_id = _task_id_from_headers(msg)
