@@ -3,7 +3,6 @@ and ``require()`` which skips locally but FAILS under CI=true when a component i
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
@@ -13,19 +12,9 @@ from pathlib import Path
 import pytest
 
 from bus import Bus, EmbeddedNats, Settings, Subjects
+from ci_guard import require
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def require(present: bool, component: str, fix: str) -> None:
-    """Skip when ``component`` is missing, except in CI where a missing component fails."""
-    if present:
-        return
-    message = f"{component} is missing ({fix})"
-    if IN_CI:
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)  # not CI: see IN_CI above
 
 
 def docker_available() -> bool:

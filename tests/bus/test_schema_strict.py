@@ -7,7 +7,6 @@ version that generated it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 
 import jsonschema
 import msgspec
-import pytest
+from ci_guard import require
 
 import bus
 from bus._codec import _strict
@@ -37,16 +36,6 @@ KEYWORDS = {
 }
 SCHEMA_MAPS = {"properties", "$defs", "patternProperties", "dependentSchemas"}
 SCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems"}
-
-
-def require(present: bool, component: str, fix: str) -> None:
-    """Skip locally, FAIL under CI=true (as tests/conftest.py's ``require``)."""
-    if present:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true: {component} is missing ({fix})", pytrace=False)
-    pytest.skip(f"{component} is missing ({fix})")
-
 
 def _unknown_keywords(node: Any, where: str = "#") -> list[str]:
     """Every keyword a strict validator (ajv strict: true) would refuse."""

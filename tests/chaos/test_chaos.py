@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from chaos_all import ALL
+from ci_guard import require
 from report import Row, markdown
 from scenarios import env_scale
 
@@ -26,12 +27,7 @@ def _assert_pass(row: Row) -> None:
 
 
 def _needs_root() -> None:
-    if os.geteuid() == 0:
-        return
-    message = "root is needed to mount a small tmpfs on the data dir"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
+    require(os.geteuid() == 0, "root", "root is needed to mount a small tmpfs on the data dir")
 
 
 async def test_under_load_every_task_finishes_every_event_is_audited_once_and_budgets_match_spend(tmp_path: Path, require_docker: None) -> None:

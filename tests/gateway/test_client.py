@@ -4,13 +4,13 @@ closed an idle connection, TLS with certificate checks (openssl-made certificate
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from ci_guard import require
 
 from sandbox._gateway import UpstreamUnavailable
 from sandbox._gateway._client import LeanClient
@@ -76,10 +76,7 @@ async def test_a_connection_the_server_closed_is_replaced_transparently() -> Non
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if not shutil.which("openssl"):
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("CI=true: openssl is missing (apt-get install openssl)", pytrace=False)
-        pytest.skip("openssl is not installed")
+    require(shutil.which("openssl") is not None, "openssl", "apt-get install openssl")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from ci_guard import require
 
 import bus as bus_module
 from bus import Artifact, InputFile, InvalidInput, Log, Security, Settings, Started, ToolResult
@@ -310,8 +311,7 @@ async def test_a_restarted_runner_unmounts_workspaces_its_killed_predecessor_lef
     from sandbox import Runner
     from sandbox._sandboxes._wsmount import mount_workspace, mounts_under
 
-    if os.geteuid() != 0:
-        pytest.skip("only a root runner mounts workspaces")
+    require(os.geteuid() == 0, "root", "only a root runner mounts workspaces; run the tests as root")
     root = run_root(runner_settings, "r-ws-restart")
     left = root / "t_killed" / "workspace"
     assert mount_workspace(left, 16, 1000, 1000) in ("ext4", "tmpfs")
@@ -341,8 +341,7 @@ def test_doctor_says_whether_the_workspace_size_is_a_hard_total(tmp_path: Path) 
 def test_a_workspace_mount_is_a_hard_total_and_goes_away_whole(tmp_path: Path, ext4: bool) -> None:
     from sandbox._sandboxes._wsmount import image_of, mount_workspace, mounts_under, unmount_all
 
-    if os.geteuid() != 0:
-        pytest.skip("only a root runner mounts workspaces")
+    require(os.geteuid() == 0, "root", "only a root runner mounts workspaces; run the tests as root")
     workspace = tmp_path / "task" / "workspace"
     if not ext4:
         image_of(workspace).mkdir(parents=True)  # the image cannot be made: the tmpfs of the same size is used

@@ -69,15 +69,7 @@ def make_stack():
 # --------------------------------------------------------------------------- end to end (real runner)
 
 
-def require(present: bool, component: str, fix: str) -> None:
-    """Like the root conftest's ``require``: skip locally, FAIL under CI=true."""
-    import os
-
-    if present:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true: {component} is missing ({fix})", pytrace=False)
-    pytest.skip(f"{component} is missing ({fix})")
+from ci_guard import require  # noqa: E402  (kept importable as server conftest.require)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ci_guard import require
 from up_kit import ROOT, TASKBUS, Up
 
 from bus import Settings, free_port
@@ -21,10 +22,7 @@ def up_env(tmp_path: Path, require_bwrap: None, require_claude: Path) -> dict[st
     """Environment for a `taskbus up` of its own: data dir, free MCP port, offline model."""
     images = Settings.load({}).image_cache_path / "images"
     if not images.is_dir():
-        message = "the sandbox image is missing (run `taskbus sandbox build-image`; scripts/setup does)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI=true: {message}", pytrace=False)
-        pytest.skip(message)
+        require(False, "the sandbox image", "run `taskbus sandbox build-image`; scripts/setup does")
     data = tmp_path / "data"
     data.mkdir()
     (data / "images").symlink_to(images)
