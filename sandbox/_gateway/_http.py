@@ -111,6 +111,21 @@ Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
 ErrorBody = Callable[[int, str], tuple[list[tuple[str, str]], bytes]]
 
 
+def listen_unix(path: Path) -> socket.socket:
+    """A non-blocking listening unix socket at ``path`` that the sandbox's non-root user
+    may connect to; binding fails if anything already exists there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o666)  # the sandbox's non-root user connects to it
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class UnixHttpServer:
     """``async with UnixHttpServer(path, handler, error_body=...) as server:``."""
 
@@ -141,15 +156,7 @@ class UnixHttpServer:
         check_own_dir(self.path.parent)  # nobody else can swap the socket for a link
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(self.path))
-            os.chmod(self.path, 0o666)  # the sandbox's non-root user connects to it
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listen_unix(self.path)
         self._sock = sock
         stack = contextlib.AsyncExitStack()
         self._tg = await stack.enter_async_context(asyncio.TaskGroup())

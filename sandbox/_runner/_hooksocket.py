@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .._gateway import SecurityNotice
+from .._gateway._http import listen_unix
 from ._hookpolicy import Denial, HookRules, decide
 
 logger = logging.getLogger(__name__)
@@ -65,15 +66,7 @@ class HookServer:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def __aenter__(self) -> HookServer:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(self.path))  # fails if anything exists there: the folder is new and ours
-            os.chmod(self.path, 0o666)  # the sandbox's non-root user connects to it
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = listen_unix(self.path)  # fails if anything exists there: the folder is new and ours
         self._sock = sock
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
