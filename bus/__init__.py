@@ -38,6 +38,8 @@ from ._private import private_database as private_database
 from ._private import private_dir as private_dir
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
+from ._retry import Backoff as Backoff
+from ._retry import retry_async as retry_async
 from ._redact import redact_obj as redact_obj
 from ._secrets import job_secret_path as job_secret_path
 from ._secrets import load_or_create_job_secret as load_or_create_job_secret
@@ -63,6 +65,7 @@ from ._toolnames import tool_offered as tool_offered
 from ._toolnames import parse_grant as parse_grant
 
 __all__ = [
+    "Backoff", "retry_async",
     "BUILTIN_AGENTS", "CATALOG_KINDS", "Catalog", "CatalogLimits", "bundle_hash", "catalog_home_files",
     "make_bundle", "validate_bundle",
     "Bus", "connect_options", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
 from ._natsauth import NatsCredentials, read_credentials
 from ._redact import safe_url
+from ._retry import Backoff, retry_async
 from ._settings import Settings
 from ._subjects import Subjects
 
@@ -211,21 +211,19 @@ async def publish_acked(
     hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
-    last: Exception | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
-            return ack if want_ack else ack.seq
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            last = exc
-            if attempt == attempts:
-                break
-            delay = base_delay * (2 ** (attempt - 1)) * (1 + random.random() / 2)
-            logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
-            await asyncio.sleep(delay)
-    raise PublishError(subject, attempts, str(last) or type(last).__name__)
+
+    def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
+        logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
+
+    async def once() -> Any:
+        ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
+        return ack if want_ack else ack.seq
+
+    try:
+        return await retry_async(once, on=Exception, attempts=attempts,
+                                 backoff=Backoff(base_delay, base_delay * 2 ** attempts), on_retry=log_retry)
+    except Exception as last:
+        raise PublishError(subject, attempts, str(last) or type(last).__name__) from last
 
 
 def stream_configs(
