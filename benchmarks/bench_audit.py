@@ -34,8 +34,6 @@ from pathlib import Path
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bus import (
     SCHEMA_VERSION,
     Accepted,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 from bench_runner import Finisher, make_job, ms, print_table, runner, stack, write_json
@@ -21,7 +22,7 @@ import bus
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "ping"}]}
 
 
-async def closed_loop(n: int, concurrency: int, call) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
+async def closed_loop(n: int, concurrency: int, call: Callable[[], Awaitable[object]]) -> tuple[list[float], float]:
     samples: list[float] = []
     queue = iter(range(n))
 

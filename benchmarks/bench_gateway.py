@@ -35,20 +35,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import httpx
 
 from bus import CompleteRequest, Policy, Settings
 from sandbox._gateway import ModelGateway, Upstream, encode_body, new_placeholder_key
 from sandbox._providers import AnthropicProvider
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-sonnet-4-6"
 BODY = {"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
 SERVER = """
 import asyncio, socket, sys
-from sandbox._scripted import ScriptedModelServer
+from sandbox import ScriptedModelServer
+
 async def main():
     async with ScriptedModelServer("hello", required_api_key=sys.argv[1]) as model:
         nodelay = model._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -31,14 +32,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from bus import EmbeddedNats, Settings
+from profiles import Store
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 TARGET_ADDED_P50_MS = 3.0
 
 ECHO_SERVER = textwrap.dedent(
     """
-    import sys
-    from mcp.server import MCPServer
     mcp = MCPServer("echo")
     @mcp.tool()
     async def echo(prompt: str) -> str:
@@ -74,7 +79,7 @@ def wait_port(port: int, proc: subprocess.Popen, deadline_s: float = 60.0) -> No
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def drive(make_client, tool: str, args: dict, *, clients: int, calls: int, warmup: int = 10) -> dict:
@@ -114,10 +119,6 @@ async def drive(make_client, tool: str, args: dict, *, clients: int, calls: int,
 
 
 async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: Path) -> list[dict]:
-    import httpx2
-    from mcp import Client, StdioServerParameters
-    from mcp.client.streamable_http import streamable_http_client
-
     rows: list[dict] = []
     echo_script = tmp / "echo_server.py"
     echo_script.write_text(ECHO_SERVER)
@@ -140,8 +141,6 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
             return _http_client(f"http://127.0.0.1:{echo_port}/mcp", {})
 
         def _http_client(url: str, headers: dict):
-            import contextlib
-
             @contextlib.asynccontextmanager
             async def cm():
                 async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
@@ -182,9 +181,6 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
 
 
 async def make_key(env: dict[str, str]) -> str:
-    from bus import Settings
-    from profiles import Store
-
     settings = Settings.load(env)
     async with Store.for_settings(settings) as store:
         await store.apply_toml(textwrap.dedent(
@@ -205,8 +201,6 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="Measured calls at 1 client (x2 at 16 clients).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "mcp.json")
     args = parser.parse_args()
-
-    from bus import EmbeddedNats
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
     nats = EmbeddedNats(tmp / "nats")

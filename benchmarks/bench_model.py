@@ -39,7 +39,6 @@ STREAM_BODY = dict(BODY, stream=True)
 
 BASELINE_APP = textwrap.dedent(
     """
-    import sys, uvicorn
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
@@ -135,7 +134,7 @@ def run_wrk(wrk: str, url: str, body: dict, clients: int, duration: int) -> dict
         output = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     finally:
         os.unlink(script.name)
-    line = next(l for l in output.splitlines() if l.startswith("RESULT "))
+    line = next(row for row in output.splitlines() if row.startswith("RESULT "))
     raw = json.loads(line[len("RESULT ") :])
     return {
         "requests": raw["requests"],
@@ -184,7 +183,10 @@ async def _python_client(port: int, path: str, body: dict, clients: int, duratio
     await asyncio.gather(*(worker() for _ in range(clients)))
     elapsed = time.perf_counter() - began
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
+
+    def pick(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
     return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "errors": errors}
 
 

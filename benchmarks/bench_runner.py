@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -16,18 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from rich.console import Console
+from rich.table import Table
+
+import bus
+from bus import Bus, EmbeddedNats, Finished, Settings, Subjects
+from sandbox import Runner, ScriptedModelServer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import bus  # noqa: E402
-from bus import Bus, EmbeddedNats, Finished, Settings, Subjects  # noqa: E402
-from sandbox import Runner, ScriptedModelServer  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ms(values: list[float], q: float) -> float:
@@ -56,11 +56,11 @@ async def stack(*, image_dir: Path | None = None, **overrides: Any) -> AsyncIter
 
 def make_job(settings: Settings, request: Any, **policy: Any) -> bus.Job:
     task_id = bus.new_task_id()
-    fields: dict[str, Any] = dict(
-        task_id=task_id, kind=bus.kind_of(request), key_id="tb_bench", profile="bench",
-        model="claude-sonnet-4-6", models=["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
-        tools=["Bash", "Read", "Write"], max_cost_usd=5.0, timeout_s=120,
-    )
+    fields: dict[str, Any] = {
+        "task_id": task_id, "kind": bus.kind_of(request), "key_id": "tb_bench", "profile": "bench",
+        "model": "claude-sonnet-4-6", "models": ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
+        "tools": ["Bash", "Read", "Write"], "max_cost_usd": 5.0, "timeout_s": 120,
+    }
     fields.update(policy)
     pol = bus.Policy(**fields)
     return bus.Job(task_id=task_id, policy=pol, request=request, signature=bus.sign_job(task_id, pol, request, settings.job_secret))
@@ -106,9 +106,6 @@ def runner(settings: Settings, **kwargs: Any) -> Runner:
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     for h in header:
         table.add_column(h)

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from bus import Settings
+from sandbox import SandboxSpec, build_image, get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bus import Settings  # noqa: E402
-from sandbox._sandboxes import SandboxSpec, build_image, get_backend  # noqa: E402
 
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 TARGETS = {"bwrap_overhead_ms": 15.0, "docker_cold_ms": 450.0, "docker_warm_ms": 60.0}
@@ -33,7 +34,7 @@ TARGETS = {"bwrap_overhead_ms": 15.0, "docker_cold_ms": 450.0, "docker_warm_ms":
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(samples: dict[str, list[float]]) -> dict[str, float]:
@@ -64,7 +65,7 @@ async def sandboxed(backend_name: str, settings: Settings, runs: int, *, warm: b
                 ws.mkdir()
                 spec = SandboxSpec(task_id=f"bench-{i}", runner_id="bench", workspace=str(ws), memory_mb=512, pids=128, disk_mb=64, timeout_s=60)
                 if warm:
-                    await backend.prewarm(spec, timeout=120)  # type: ignore[attr-defined]
+                    await backend.prewarm(spec, timeout=120)  # type: ignore[attr-defined]  # docker only, not on the SandboxBackend protocol
                 t0 = time.perf_counter()
                 sb = await backend.create(spec)
                 t1 = time.perf_counter()
@@ -119,9 +120,6 @@ async def main() -> None:
         checks["docker_cold_ratio_to_bwrap"] = round(checks["docker_cold_ms"] / results["bwrap"]["total_p50_ms"], 1)
         checks["docker_warm_ratio_to_bwrap"] = round(checks["docker_warm_ms"] / results["bwrap"]["total_p50_ms"], 1)
     met = {k: checks[k] <= v for k, v in TARGETS.items() if k in checks}
-
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=f"sandbox start: create + exec true + destroy ({args.runs} runs)")
     for column in ("variant", "p50 ms", "p95 ms", "create p50", "exec p50", "destroy p50"):

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 
+import msgspec
 from bench_runner import Finisher, make_job, ms, print_table, runner, stack, write_json
 
 import bus
@@ -45,8 +46,6 @@ async def direct(settings: bus.Settings, model_url: str, runs: int) -> list[floa
 
 
 async def through_bus(settings: bus.Settings, b: bus.Bus, backend: str, runs: int) -> list[float]:
-    import msgspec
-
     name = "docker" if backend.startswith("docker") else backend
     if backend == "docker-warm":
         settings = msgspec.structs.replace(settings, docker_warm_pool=2)

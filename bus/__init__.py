@@ -2,11 +2,13 @@
 
 from ._catalog import BUILTIN_AGENTS as BUILTIN_AGENTS
 from ._catalog import CATALOG_KINDS as CATALOG_KINDS
+from ._catalog import SKILL_FILE as SKILL_FILE
 from ._catalog import Catalog as Catalog
 from ._catalog import CatalogLimits as CatalogLimits
 from ._catalog import bundle_hash as bundle_hash
 from ._catalog import catalog_home_files as catalog_home_files
 from ._catalog import make_bundle as make_bundle
+from ._catalog import parse_frontmatter as parse_frontmatter
 from ._catalog import validate_bundle as validate_bundle
 from ._codec import canonical as canonical
 from ._codec import decode as decode
@@ -28,19 +30,26 @@ from ._connection import publish_acked as publish_acked
 from ._embedded import EmbeddedNats as EmbeddedNats
 from ._embedded import find_nats_server as find_nats_server
 from ._embedded import free_port as free_port
+from ._embedded import write_config as write_config
 from ._errors import *  # noqa: F403  (the error tree is public as a whole)
 from ._errors import __all__ as _errors_all
-from ._messages import *  # noqa: F403
+from ._messages import *  # noqa: F403  (the wire messages are public as a whole)
 from ._messages import __all__ as _messages_all
+from ._natsauth import ROLES as ROLES
+from ._natsauth import authorization_block as authorization_block
+from ._natsauth import credentials_path as credentials_path
+from ._natsauth import read_credentials as read_credentials
+from ._natsauth import server_authorization as server_authorization
 from ._paths import check_relative_path as check_relative_path
 from ._paths import input_file_bytes as input_file_bytes
 from ._private import private_database as private_database
 from ._private import private_dir as private_dir
+from ._private import write_private as write_private
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
+from ._redact import redact_obj as redact_obj
 from ._retry import Backoff as Backoff
 from ._retry import retry_async as retry_async
-from ._redact import redact_obj as redact_obj
 from ._secrets import job_secret_path as job_secret_path
 from ._secrets import load_or_create_job_secret as load_or_create_job_secret
 from ._settings import ModelPrice as ModelPrice
@@ -59,12 +68,12 @@ from ._toolnames import canonical_tool as canonical_tool
 from ._toolnames import command_matches as command_matches
 from ._toolnames import expand_grants as expand_grants
 from ._toolnames import grant_covers as grant_covers
+from ._toolnames import parse_grant as parse_grant
 from ._toolnames import tool_exists as tool_exists
 from ._toolnames import tool_names as tool_names
 from ._toolnames import tool_offered as tool_offered
-from ._toolnames import parse_grant as parse_grant
 
-__all__ = [
+__all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as a whole: their __all__ spliced in)
     "Backoff", "retry_async",
     "BUILTIN_AGENTS", "CATALOG_KINDS", "Catalog", "CatalogLimits", "bundle_hash", "catalog_home_files",
     "make_bundle", "validate_bundle",
@@ -75,5 +84,7 @@ __all__ = [
     "settings_reference", "check_relative_path", "input_file_bytes", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
     "CLAUDE_CODE_TOOLS", "CLAUDE_CODE_VERSION", "TOOL_ALIASES", "Grant", "canonical_tool", "command_matches",
     "expand_grants", "grant_covers", "parse_grant", "tool_exists", "tool_names", "tool_offered",
+    "SKILL_FILE", "parse_frontmatter", "write_config", "write_private",
+    "ROLES", "authorization_block", "credentials_path", "read_credentials", "server_authorization",
     *_errors_all, *_messages_all,
 ]

@@ -22,14 +22,15 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from ._errors import BusError, InvalidInput, NotFound
 from ._messages import CatalogBundle, CatalogEntry, CatalogFile, CatalogKind, CatalogRef, utcnow
+from ._settings import Settings
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
-
-    from ._settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,6 @@ class Catalog:
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str, *, create: bool = True) -> Catalog:
-        from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
-
         try:
             kv = await js.key_value(bucket)
         except Exception:
@@ -242,8 +241,6 @@ class Catalog:
         return cls(kv, objects)
 
     async def entries(self, kind: str | None = None) -> list[CatalogEntry]:
-        from nats.js.errors import NoKeysError
-
         try:
             keys = await self._kv.keys()
         except NoKeysError:
@@ -258,8 +255,6 @@ class Catalog:
         return out
 
     async def _entry(self, key: str) -> CatalogEntry | None:
-        from nats.js.errors import KeyNotFoundError
-
         try:
             got = await self._kv.get(key)
         except KeyNotFoundError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 from typing import Any, TypeVar
 
 import msgspec
@@ -119,7 +120,7 @@ def essential(value: Any) -> Any:
     if isinstance(value, msgspec.Struct):
         config = value.__struct_config__
         out: dict[str, Any] = {}
-        if config.tag is not None:
+        if config.tag is not None and config.tag_field is not None:
             out[config.tag_field] = config.tag
         for field in msgspec.structs.fields(value):
             item = getattr(value, field.name)
@@ -193,8 +194,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     """
     out: dict[str, dict[str, Any]] = {}
     for typ in PUBLIC_TYPES:
-        (schema,), components = msgspec.json.schema_components([typ], ref_template="#/$defs/{name}")
-        document = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": typ.__name__}
+        (_schema,), components = msgspec.json.schema_components([typ], ref_template="#/$defs/{name}")
+        document: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": typ.__name__}
         document.update(components[typ.__name__])
         defs = {k: v for k, v in components.items() if k != typ.__name__}
         if defs:
@@ -203,11 +204,11 @@ def json_schemas() -> dict[str, dict[str, Any]]:
             document["required"] = [f for f in document.get("required", []) if f != "kind"]
         out[typ.__name__] = document
     for alias, name in ((Event, "Event"), (Request, "Request"), (SubmitReply, "SubmitReply")):
-        schema, components = msgspec.json.schema_components([alias], ref_template="#/$defs/{name}")
+        schemas, components = msgspec.json.schema_components([alias], ref_template="#/$defs/{name}")
         out[name] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": name,
-            **schema[0],
+            **schemas[0],
             "$defs": components,
         }
     return {name: _strict(doc) for name, doc in out.items()}
@@ -215,8 +216,6 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def _strict(node: Any) -> Any:
     """Drop ``discriminator`` and normalise descriptions, recursively."""
-    import inspect
-
     if isinstance(node, dict):
         return {
             k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _strict(v)

@@ -9,7 +9,7 @@ keyword-only. Tagged unions use the ``type`` field (events, submit replies) or t
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import msgspec
 
@@ -282,7 +282,7 @@ class Log(EventBase, tag="log"):
 FinishedStatus = Literal[
     "succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"
 ]
-FINISHED_STATUSES: tuple[str, ...] = FinishedStatus.__args__  # type: ignore[attr-defined]
+FINISHED_STATUSES: tuple[str, ...] = get_args(FinishedStatus)
 
 
 class Finished(EventBase, tag="finished"):
@@ -301,7 +301,7 @@ class Finished(EventBase, tag="finished"):
 Event: TypeAlias = (
     Accepted | Started | Message | ToolCall | ToolResult | ModelCall | Security | Artifact | Log | Finished
 )
-EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type, ...] = get_args(Event)
 
 
 # --------------------------------------------------------------------------- submit replies
@@ -387,7 +387,7 @@ PUBLIC_TYPES: tuple[type, ...] = (
 
 def kind_of(request: CompleteRequest | TaskRequest) -> Literal["complete", "task"]:
     """The job kind of a request (its tag)."""
-    return request.__struct_config__.tag  # type: ignore[return-value]
+    return request.__struct_config__.tag  # type: ignore[return-value]  # msgspec types tags as str | int | None; these two are "complete" and "task"
 
 
 __all__ = [

@@ -28,6 +28,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
+
 from ._errors import ConfigError
 from ._private import owned_private_dir, write_private
 from ._subjects import Subjects
@@ -91,8 +93,6 @@ def ensure_credentials(data: Path, prefix: str) -> dict[str, NatsCredentials]:
 
 def hash_password(password: str, *, rounds: int = 10) -> str:
     """A bcrypt hash nats-server accepts in ``password:`` (it checks it per connection)."""
-    import bcrypt
-
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds, prefix=b"2a")).decode()
 
 
@@ -103,7 +103,6 @@ def role_permissions(prefix: str) -> dict[str, tuple[list[str], list[str]]]:
     jobs, events, audit = s.jobs_stream, s.events_stream, s.audit_stream
     art, cache = s.artifacts_bucket, s.cache_bucket
     obj = f"OBJ_{art}"
-    claims = f"KV_{s.claims_bucket}"
     return {
         "server": (
             [f"{p}.jobs.>", f"{p}.control.>", f"{p}.audit.>", f"{p}.events.>", "$JS.API.>",

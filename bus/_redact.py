@@ -25,10 +25,7 @@ def redact(text: str, extra: list[str] | tuple[str, ...] = ()) -> str:
         if secret and len(secret) >= 6:
             text = text.replace(secret, REDACTED)
     for pattern in _PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
-        else:
-            text = pattern.sub(REDACTED, text)
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text) if pattern.groups else pattern.sub(REDACTED, text)
     return text
 
 
@@ -51,6 +48,7 @@ def safe_url(url: str) -> str:
         if sep and "@" in rest:
             userinfo, _, host = rest.rpartition("@")
             user = userinfo.split(":", 1)[0]
-            part = f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}"
-        out.append(part)
+            out.append(f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://***@{host}")
+        else:
+            out.append(part)
     return ",".join(out)

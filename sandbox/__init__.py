@@ -15,6 +15,7 @@ from ._runner import last_event as last_event
 from ._sandboxes import BACKENDS as BACKENDS
 from ._sandboxes import Sandbox as Sandbox
 from ._sandboxes import SandboxBackend as SandboxBackend
+from ._sandboxes import SandboxInfo as SandboxInfo
 from ._sandboxes import SandboxSpec as SandboxSpec
 from ._sandboxes import backend_problem as backend_problem
 from ._sandboxes import build_image as build_image
@@ -25,7 +26,9 @@ from ._sandboxes import spec_from_policy as spec_from_policy
 from ._scripted import ScriptedModelServer as ScriptedModelServer
 from ._scripted import load_script as load_script
 from ._scripted import read_log as read_log
+from ._scripted import resolve_script as resolve_script
 from ._scripted import shipped_scripts as shipped_scripts
+from ._tools import CLAUDE_INSTALL_HINT as CLAUDE_INSTALL_HINT
 from ._tools import find_bwrap as find_bwrap
 from ._tools import find_claude as find_claude
 
@@ -34,4 +37,5 @@ __all__ = [
     "Sandbox", "SandboxBackend", "SandboxSpec", "ScriptedModelServer", "TaskEvents", "Upstream",
     "backend_problem", "build_image", "default_runner_id", "doctor_checks", "find_bwrap", "find_claude",
     "get_backend", "image_problem", "last_event", "load_script", "read_log", "shipped_scripts", "spec_from_policy",
+    "CLAUDE_INSTALL_HINT", "SandboxInfo", "resolve_script",
 ]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bus import AuditNotice, Bus, BusError, Catalog, CatalogLimits, TaskbusError
-from bus._messages import CatalogBundle, CatalogEntry
+from bus import AuditNotice, Bus, BusError, Catalog, CatalogBundle, CatalogEntry, CatalogLimits, TaskbusError
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from bus import CatalogLimits, InvalidInput, make_bundle, validate_bundle
-from bus._catalog import SKILL_FILE, parse_frontmatter
-from bus._messages import CatalogBundle
+from bus import SKILL_FILE, CatalogBundle, CatalogLimits, InvalidInput, make_bundle, parse_frontmatter, validate_bundle
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -70,7 +68,7 @@ def _lstat_kind(path: Path) -> str:
 def read_agents(path: Path, limits: CatalogLimits) -> list[CatalogBundle]:
     """An agent Markdown file, or every ``*.md`` directly in a folder (all or nothing)."""
     if _lstat_kind(path) == "file":
-        names = [(None, str(path), str(path))]
+        names: list[tuple[Path | None, str, str]] = [(None, str(path), str(path))]
     else:
         fd = os.open(path, _DIR_FLAGS)
         try:

@@ -6,7 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from bus import Bus
+
+from ._artifacts import download, list_artifacts
 from ._cli_common import ConfigOpt, JsonOpt, err, load_settings, out, print_json, run
 
 PROGRESS_FROM_BYTES = 1024 * 1024
@@ -37,12 +41,6 @@ def tasks_artifacts(
 
 
 async def _download(settings: Any, task_id: str, out_dir: Path, *, force: bool, show: bool) -> list[Any]:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-    from bus import Bus
-
-    from ._artifacts import download, list_artifacts
-
     async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
         total = sum(item.size for item in await list_artifacts(bus, task_id))
         if not show or total < PROGRESS_FROM_BYTES:

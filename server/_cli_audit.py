@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -15,10 +17,25 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from bus import Settings, TaskbusError
+from bus import Bus, Settings, TaskbusError
 
-T = TypeVar("T")
-
+from ._audit import (
+    AuditError,
+    LiveFilter,
+    PruneResult,
+    default_db_path,
+    export_jsonl,
+    follow,
+    open_db,
+    parse_duration,
+    parse_time,
+    prune,
+    run_audit,
+    search,
+    summarize,
+    tail,
+    verify,
+)
 from ._cli_common import (
     ConfigOpt,
     JsonOpt,
@@ -29,6 +46,8 @@ from ._cli_common import (
     print_json,
     run,
 )
+
+T = TypeVar("T")
 
 DbOpt = Annotated[
     Path | None,
@@ -63,14 +82,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _db_path(settings: Settings, db: Path | None) -> Path:
-    from ._audit import default_db_path
-
     return db or default_db_path(settings.data_path)
 
 
-def _open(settings: Settings, db: Path | None):
-    from ._audit import AuditError, open_db
-
+def _open(settings: Settings, db: Path | None) -> sqlite3.Connection:
     try:
         return open_db(_db_path(settings, db), readonly=True)
     except AuditError as exc:
@@ -86,8 +101,6 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 def run_cmd(db: DbOpt = None, config: ConfigOpt = None) -> None:
     """Run the audit writer: durable consumers on the events and audit streams -> SQLite."""
-    from ._audit import run_audit
-
     settings = load_settings(config, nats_role="audit")
 
     async def main() -> None:
@@ -99,8 +112,6 @@ def run_cmd(db: DbOpt = None, config: ConfigOpt = None) -> None:
 
 
 def _print_row(row: dict[str, Any], as_json: bool) -> None:
-    from ._audit import summarize
-
     if as_json:
         sys.stdout.write(json.dumps(row, default=str) + "\n")
         sys.stdout.flush()
@@ -128,8 +139,6 @@ def tail_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """The latest audit rows, or (--follow) events and notices live as they are published."""
-    from ._audit import tail
-
     settings = load_settings(config)
     if not follow:
         conn = _open(settings, db)
@@ -151,16 +160,12 @@ def _guard(fn: Callable[[], T]) -> T:
         fail(exc.describe())
 
 
-async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:
-    from bus import Bus
-
-    from ._audit import LiveFilter, follow
-
+async def _follow(
+    settings: Settings, db: Path | None, *, task: str | None, key: str | None, types: Sequence[str], json_output: bool
+) -> None:
     known: dict[str, str] = {}
     path = _db_path(settings, db)
     if key and path.exists():
-        from ._audit import open_db
-
         with contextlib.closing(open_db(path, readonly=True)) as conn:
             known = dict(conn.execute("SELECT task_id, key_id FROM task_keys"))
     stop = asyncio.Event()
@@ -201,8 +206,6 @@ def search_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Search the audit log by time range, type, key, task, text, agent and skill."""
-    from ._audit import parse_time, search, summarize
-
     settings = load_settings(config)
     conn = _open(settings, db)
 
@@ -232,8 +235,6 @@ def search_cmd(
 
 def verify_cmd(json_output: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) -> None:
     """Walk the hash chain; exit 1 naming the first row altered, deleted or inserted."""
-    from ._audit import verify
-
     settings = load_settings(config)
     conn = _open(settings, db)
     try:
@@ -260,8 +261,6 @@ def export_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Every row in chain order as JSON lines, with hashes, so the export can be checked too."""
-    from ._audit import export_jsonl
-
     if fmt != "jsonl":
         fail(f"--format {fmt!r} is not supported; use --format jsonl", code=2)
     settings = load_settings(config)
@@ -285,16 +284,12 @@ def prune_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Delete old rows, keeping the chain verifiable through a recorded checkpoint."""
-    import time
-
-    from ._audit import open_db, parse_duration, prune
-
     settings = load_settings(config)
     path = _db_path(settings, db)
     if not path.exists():
         fail(f"no audit database at {path}; pass --db or start `taskbus audit run` first")
 
-    def do_prune():
+    def do_prune() -> PruneResult:
         seconds = parse_duration(older_than)
         with contextlib.closing(open_db(path)) as conn:
             return prune(conn, before_us=int((time.time() - seconds) * 1_000_000))

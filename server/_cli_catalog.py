@@ -14,6 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from bus import Bus, BusTimeout, CatalogLimits, Subjects, TaskbusError
+
+from ._catalog import add_bundles, open_catalog, remove_entry
+from ._catalog_files import read_agents, read_skill
 from ._cli_common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, run
 
 agents_app = typer.Typer(name="agents", help="Claude Code sub-agents operators provide (the catalog).", no_args_is_help=True)
@@ -40,8 +44,6 @@ def _settings(config: str | None) -> Any:
 
 
 async def _with_bus(settings: Any, action: Any, *, timeout: float = 60.0) -> Any:
-    from bus import Bus, BusTimeout, Subjects
-
     try:
         async with asyncio.timeout(timeout):
             async with await Bus.open(settings.nats_url, Subjects(settings.subject_prefix), name="taskbus-cli") as bus:
@@ -60,11 +62,6 @@ def _entry_doc(entry: Any) -> dict[str, Any]:
 
 
 def _add(kind: str, path: Path, json_output: bool, config: str | None) -> None:
-    from bus import CatalogLimits, TaskbusError
-
-    from ._catalog import add_bundles
-    from ._catalog_files import read_agents, read_skill
-
     settings = _settings(config)
     limits = CatalogLimits.from_settings(settings)
     try:
@@ -88,8 +85,6 @@ def _add(kind: str, path: Path, json_output: bool, config: str | None) -> None:
 
 
 def _list(kind: str, json_output: bool, config: str | None) -> None:
-    from ._catalog import open_catalog
-
     settings = _settings(config)
 
     async def action(bus: Any) -> Any:
@@ -108,8 +103,6 @@ def _list(kind: str, json_output: bool, config: str | None) -> None:
 
 
 def _show(kind: str, name: str, json_output: bool, config: str | None) -> None:
-    from ._catalog import open_catalog
-
     settings = _settings(config)
 
     async def action(bus: Any) -> Any:
@@ -131,8 +124,6 @@ def _show(kind: str, name: str, json_output: bool, config: str | None) -> None:
 
 
 def _rm(kind: str, name: str, json_output: bool, config: str | None) -> None:
-    from ._catalog import remove_entry
-
     settings = _settings(config)
     entry = run(_with_bus(settings, lambda bus: remove_entry(bus, kind, name, actor=_actor())))
     if json_output:

@@ -12,8 +12,11 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import msgspec
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 
 from bus import Settings, TaskbusError
+
+from ._up._state import read_state, running_pid, stack_settings
 
 T = TypeVar("T")
 
@@ -48,8 +51,6 @@ def load_settings(config: str | None = None, *, discover: bool = True, nats_role
 def discover_stack(settings: Settings, *, role: str = "cli") -> Settings:
     """``settings`` pointed at the ``taskbus up`` of its data dir, when one runs and the
     NATS URL is unset (or is that stack's). Unchanged otherwise."""
-    from ._up._state import read_state, running_pid, stack_settings
-
     data = settings.data_path.resolve()
     state = read_state(data) if running_pid(data) else None
     if not state or not state.get("nats_url"):
@@ -97,8 +98,6 @@ def setup_logging(level: str = "info", fmt: str = "rich") -> None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JsonFormatter())
     else:
-        from rich.logging import RichHandler
-
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -80,7 +80,7 @@ def _docker(settings: Settings) -> Check:
 
 
 def _bwrap(settings: Settings) -> Check:
-    from sandbox._tools import find_bwrap
+    from sandbox import find_bwrap
 
     required = settings.sandbox_backend == "bwrap"
     try:
@@ -104,7 +104,7 @@ def _bwrap(settings: Settings) -> Check:
 
 
 def _claude(settings: Settings) -> Check:
-    from sandbox._tools import CLAUDE_INSTALL_HINT, find_claude
+    from sandbox import CLAUDE_INSTALL_HINT, find_claude
 
     try:
         path = find_claude(settings)

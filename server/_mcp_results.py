@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import mimetypes
 from typing import Any
@@ -55,7 +56,7 @@ def error_result(exc: BaseException) -> types.CallToolResult:
     if isinstance(exc, TaskbusError):
         code, text = exc.code, redact(exc.describe())
     else:
-        logger.exception("tool failed unexpectedly", exc_info=exc)
+        logger.error("tool failed unexpectedly", exc_info=exc)
         code, text = "internal_error", "The server failed unexpectedly (logged on the server). Retry; tell the operator if it persists."
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=f"[{code}] {text}")],
@@ -163,7 +164,5 @@ def task_result(
 
 
 def json_result(document: dict[str, Any], text: str | None = None) -> types.CallToolResult:
-    import json
-
     body = text if text is not None else json.dumps(document, indent=2, default=str)
     return types.CallToolResult(content=[types.TextContent(type="text", text=body)], structured_content=document)

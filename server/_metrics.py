@@ -96,8 +96,8 @@ class ServerMetrics:
         for kind in JOB_KINDS:  # known label sets appear at 0 before the first task
             self.admissions.labels(kind, "accepted")
             self.finished.labels(kind, "succeeded")
-        for kind in DENIAL_KINDS:
-            self.denials.labels(kind)
+        for denial in DENIAL_KINDS:
+            self.denials.labels(denial)
 
     # ------------------------------------------------------------------ observations
 
@@ -112,12 +112,12 @@ class ServerMetrics:
                 self.spend.labels(accepted.profile if accepted else "unknown").inc(event.cost_usd)
         elif isinstance(event, ModelCall):
             usage = event.usage
-            for kind, count in (
+            for token_kind, count in (
                 ("input", usage.input_tokens), ("output", usage.output_tokens),
                 ("cache_write", usage.cache_creation_input_tokens), ("cache_read", usage.cache_read_input_tokens),
             ):
                 if count:
-                    self.model_tokens.labels(event.model, kind).inc(count)
+                    self.model_tokens.labels(event.model, token_kind).inc(count)
         elif isinstance(event, Security):
             self.security_events.labels(event.kind).inc()
 

@@ -193,7 +193,7 @@ class Console:
                                reason="the profile does not grant the console")
             return await self.login_form(
                 request, f"Profile {caller.profile!r} does not grant the console (profile field console = true).", 403)
-        sid, session = self.sessions.create(caller.key_id, caller.profile)
+        sid, _session = self.sessions.create(caller.key_id, caller.profile)
         await self.board.start()  # start hearing runner heartbeats and alerts
         await self._notice("console_login", caller.key_id, profile=caller.profile)
         response = RedirectResponse("/console/tasks", status_code=303)
@@ -422,7 +422,8 @@ class Console:
             return session
         keys = await self.d.store.list_keys()
         now = datetime.now(UTC)
-        rows, by_profile = [], defaultdict(lambda: [0.0, 0.0])
+        rows: list[tuple[str, ...]] = []
+        by_profile: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for key in keys:
             if key.state(now) not in ("active", "rotated"):
                 continue

@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from bus import Settings, TaskbusError
+
+from .._audit import default_db_path, open_db, search, summarize, verify
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +56,6 @@ class DemoResult:
 async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Console,
                    timeout_s: float = 300.0, audit_timeout_s: float = 30.0) -> DemoResult:
     """Run the demo task and report it on ``console``. Raises TaskbusError on a transport failure."""
-    import httpx2
-    import mcp_types as types
-    from mcp import Client
-    from mcp.client.streamable_http import streamable_http_client
-
     started = time.monotonic()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -124,9 +125,6 @@ def _show_result(console: Console, doc: dict[str, Any]) -> None:
 
 async def _audit(settings: Settings, task_id: str, console: Console, *, timeout_s: float) -> tuple[int, bool]:
     """Wait until the audit writer has the task's ``finished`` row; show the rows; verify the chain."""
-    from .._audit import default_db_path, open_db, verify
-    from .._audit._query import search, summarize
-
     db_path: Path = default_db_path(settings.data_path)
     console.rule("[bold]audit trail")
     rows: list[dict[str, Any]] = []

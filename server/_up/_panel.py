@@ -20,8 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat
-from bus._natsauth import read_credentials
+from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat, read_credentials
 
 from .._console import console_enabled
 from ._firstrun import FirstRun

@@ -18,10 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from bus import Settings, TaskbusError, find_nats_server, free_port
-from bus._embedded import write_config
-from bus._natsauth import credentials_path, server_authorization
-from bus._private import private_dir
+from bus import Settings, TaskbusError, credentials_path, find_nats_server, free_port, private_dir, server_authorization, write_config
 
 from ._ready import RunnerReadyProbe
 from ._state import UP_PID_VAR

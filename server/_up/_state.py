@@ -10,8 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
+
+import msgspec
+
+from bus import credentials_path
 
 PID_FILE = "up.pid"
 STATE_FILE = "up.json"
@@ -79,10 +85,6 @@ def stack_settings(settings: Any, state: dict[str, Any], *, role: str = "cli") -
 
     An embedded NATS (``nats_embedded``) has per-role credentials in ``<data>/nats-auth``;
     an operator-run NATS keeps whatever ``settings.nats_credentials`` says."""
-    import msgspec
-
-    from bus._natsauth import credentials_path
-
     data = Path(state.get("data_dir") or settings.data_path)
     creds = settings.nats_credentials
     if state.get("nats_embedded") and not creds:
@@ -122,9 +124,6 @@ def leftover_pids(data: Path) -> list[int]:
 
 def stop_leftovers(data: Path, *, timeout_s: float = 10.0) -> int:
     """SIGTERM the process groups of ``leftover_pids``, SIGKILL what remains after ``timeout_s``."""
-    import signal
-    import time
-
     pids = leftover_pids(data)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
