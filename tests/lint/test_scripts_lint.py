@@ -43,9 +43,7 @@ def tree(tmp_path: Path) -> Path:
 def lint(tree: Path, *gates: str, **env: str) -> subprocess.CompletedProcess[str]:
     # The tree's packages come first on the path, before the installed taskbus ones.
     environ = {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1", **env}
-    return subprocess.run(
-        [str(tree / "scripts" / "lint"), *gates], cwd=tree, env=environ, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([str(tree / "scripts" / "lint"), *gates], cwd=tree, env=environ, capture_output=True, text=True, timeout=300)
 
 
 def test_lint_passes_a_tree_that_keeps_the_contracts(tree: Path) -> None:
@@ -83,6 +81,7 @@ def test_lint_fails_on_a_top_level_package_the_checks_do_not_cover(tree: Path) -
     assert done.returncode == 1
     assert "[tool.importlinter] root_packages lacks audit" in done.stderr
     assert "[tool.mypy] packages lacks audit" in done.stderr
+    assert "[tool.setuptools] packages.find.include lacks audit" in done.stderr
 
 
 def test_lint_fails_on_an_ignore_without_a_reason_once_enforced(tree: Path) -> None:
