@@ -41,7 +41,7 @@ async def main() -> int:
         request["max_cost_usd"] = args.max_cost
     for path in args.file:
         with open(path, encoding="utf-8") as f:
-            request["files"] = request.get("files", []) + [{"path": os.path.basename(path), "content": f.read()}]
+            request["files"] = [*request.get("files", []), {"path": os.path.basename(path), "content": f.read()}]
 
     nc = await nats.connect(args.url)
     request_id = uuid.uuid4().hex  # the idempotency id: a retry with it never makes a second task
