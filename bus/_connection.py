@@ -18,7 +18,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
@@ -27,6 +29,7 @@ from ._natsauth import NatsCredentials, read_credentials
 from ._redact import safe_url
 from ._retry import Backoff, retry_async
 from ._settings import Settings
+from ._streams import ensure_kv, ensure_object_store, ensure_stream, object_stream
 from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -42,10 +45,12 @@ class Bus:
     ``async with Bus.connect(url, subjects) as bus:`` drains the connection on exit.
     """
 
-    def __init__(self, nc: NatsClient, subjects: Subjects) -> None:
+    def __init__(self, nc: NatsClient, subjects: Subjects, *, replicas: int = 1) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
+        self.replicas = replicas
+        """Replicas of every stream, KV bucket and Object Store this bus creates (TASKBUS_NATS_REPLICAS)."""
         self._closed = False
         self._state: dict[str, bool] = {"closing": False}
 
@@ -60,10 +65,14 @@ class Bus:
         open_timeout: float = 10.0,
         max_reconnect_attempts: int = -1,
         credentials: NatsCredentials | None = None,
+        replicas: int = 1,
     ) -> Bus:
         """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever.
 
-        ``credentials`` = the NATS user to connect as (a refused one fails at once)."""
+        ``url`` may list several servers of one cluster, comma-separated; the client connects
+        to one and fails over to the others (and to those the cluster announces).
+        ``credentials`` = the NATS user to connect as (a refused one fails at once);
+        ``replicas`` = the replica count of what this bus creates (``ensure_*``)."""
         if not url:
             raise BusError("no NATS server to connect to: start the stack with `taskbus up` (same data dir: "
                            "TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL")
@@ -89,7 +98,7 @@ class Bus:
         try:
             async with asyncio.timeout(open_timeout):
                 nc = await nats.connect(
-                    url,
+                    servers=server_urls(url),
                     name=name,
                     connect_timeout=connect_timeout,
                     allow_reconnect=True,
@@ -114,7 +123,7 @@ class Bus:
                 "Is the stack running? (`taskbus up` starts it; `taskbus doctor` checks)"
             ) from None
         connected = True
-        bus = cls(nc, subjects or Subjects())
+        bus = cls(nc, subjects or Subjects(), replicas=replicas)
         bus._state = state
         return bus
 
@@ -122,7 +131,7 @@ class Bus:
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
         """``open`` with the URL, subject prefix and credentials of ``settings``."""
         return await cls.open(settings.nats_url, Subjects(settings.subject_prefix), name=name,
-                              credentials=settings_credentials(settings), **kwargs)
+                              credentials=settings_credentials(settings), replicas=settings.nats_replicas, **kwargs)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
@@ -173,7 +182,23 @@ class Bus:
         return ack.seq
 
     async def ensure_streams(self, **kwargs: Any) -> None:
-        await ensure_streams(self.js, self.subjects, **kwargs)
+        await ensure_streams(self.js, self.subjects, replicas=self.replicas, **kwargs)
+
+    async def ensure_kv(self, config: KeyValueConfig, *, create: bool = True, update: bool = True) -> KeyValue:
+        """The KV bucket of ``config`` with this bus's replicas (``bus._streams.ensure_kv``)."""
+        return await ensure_kv(self.js, config, replicas=self.replicas, create=create, update=update)
+
+    async def ensure_object_store(self, bucket: str, config: ObjectStoreConfig, *, create: bool = True,
+                                  update: bool = True) -> ObjectStore:
+        """The Object Store ``bucket`` with this bus's replicas (``bus._streams.ensure_object_store``)."""
+        store, _ = await ensure_object_store(self.js, bucket, config, replicas=self.replicas, create=create,
+                                             update=update)
+        return store
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of a ``nats_url`` that lists several, comma-separated (one cluster)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def settings_credentials(settings: Settings) -> NatsCredentials | None:
@@ -265,26 +290,21 @@ def stream_configs(
 
 
 async def _ensure_artifacts(
-    js: JetStreamContext, subjects: Subjects, *, max_bytes: int | None, max_age_s: float | None
+    js: JetStreamContext, subjects: Subjects, *, max_bytes: int | None, max_age_s: float | None,
+    replicas: int = 1, update: bool = True,
 ) -> None:
     """The artifacts Object Store with its size and age limits (discard new: a full bucket
     refuses new objects rather than cutting chunks out of stored ones)."""
     try:
-        try:
-            await js.object_store(subjects.artifacts_bucket)
-        except Exception:
-            try:
-                await js.create_object_store(
-                    subjects.artifacts_bucket,
-                    config=ObjectStoreConfig(
-                        storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
-                    ),
-                )
-                return
-            except BadRequestError as exc:  # raced with another process creating it: apply our limits below
-                if "already in use" not in str(exc):
-                    raise
-        info = await js.stream_info(f"OBJ_{subjects.artifacts_bucket}")
+        _, created = await ensure_object_store(
+            js, subjects.artifacts_bucket,
+            ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes,
+                              ttl=max_age_s),
+            replicas=replicas, update=update,
+        )
+        if created or not update:
+            return
+        info = await js.stream_info(object_stream(subjects.artifacts_bucket))
         config, changed = info.config, False
         if max_bytes is not None and config.max_bytes != max_bytes:
             config.max_bytes, changed = max_bytes, True
@@ -311,9 +331,10 @@ async def ensure_streams(
     artifacts_max_bytes: int | None = None,
     artifacts_max_age_s: float | None = None,
     update: bool = True,
+    replicas: int = 1,
 ) -> None:
     """Create or update the three streams, the artifacts Object Store, the cache KV and the
-    job-claims KV.
+    job-claims KV, each with ``replicas`` (existing ones with fewer are raised to it).
 
     Idempotent: safe to call from every process at start-up. The artifacts limits
     (``None``: unlimited on create, unchanged on an existing bucket) are applied to an
@@ -323,25 +344,13 @@ async def ensure_streams(
     for config in stream_configs(
         subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
     ):
-        try:
-            await js.stream_info(config.name)
-            if update:
-                await js.update_stream(config)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-            except BadRequestError as exc:  # raced with another process creating it
-                if "already in use" not in str(exc):
-                    raise
-    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s)
+        await ensure_stream(js, config, replicas=replicas, update=update)
+    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s,
+                            replicas=replicas, update=update)
     for bucket, ttl, description in (
         (subjects.cache_bucket, DAY, "taskbus completion cache"),
         (subjects.claims_bucket, max(events_max_age_s, DAY),
          "taskbus job claims: task id -> job message a runner took (replay check)"),
     ):
-        try:
-            await js.key_value(bucket)
-        except Exception:
-            await js.create_key_value(
-                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description)
-            )
+        await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description),
+                        replicas=replicas, update=update)

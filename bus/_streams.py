@@ -1,0 +1,145 @@
+"""The one place that creates JetStream streams, KV buckets and Object Stores.
+
+Every stream, bucket and object store taskbus uses is created (or found) here, with the
+deployment's replica count (``Settings.nats_replicas``, carried by ``Bus.replicas``). An
+existing one with fewer replicas is raised to it (a KV bucket is the stream ``KV_<bucket>``,
+an Object Store the stream ``OBJ_<bucket>``); one with more is left alone. A count larger
+than the cluster can place is a ``BusError`` that says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig, StreamInfo
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from ._errors import BusError
+
+logger = logging.getLogger(__name__)
+
+JS_INSUFFICIENT_RESOURCES = 10023
+"""JetStream's error code when it cannot place a stream's replicas (too few servers)."""
+JS_REPLICAS_NOT_SUPPORTED = 10074
+"""JetStream's error code for replicas > 1 on a server that is not part of a cluster."""
+JS_NO_SUITABLE_PEERS = 10005
+"""JetStream's error code when the cluster has fewer servers than the replicas asked for."""
+_REPLICA_ERRORS = frozenset({JS_INSUFFICIENT_RESOURCES, JS_REPLICAS_NOT_SUPPORTED, JS_NO_SUITABLE_PEERS})
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def object_stream(bucket: str) -> str:
+    return f"OBJ_{bucket}"
+
+
+@contextmanager
+def replica_errors(what: str, replicas: int) -> Iterator[None]:
+    """Turn JetStream's "cannot place the replicas" into one line that says what to do."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.err_code not in _REPLICA_ERRORS:
+            raise
+        where = ("this NATS server is not part of a cluster" if exc.err_code == JS_REPLICAS_NOT_SUPPORTED
+                 else "the NATS cluster has fewer JetStream servers available")
+        raise BusError(
+            f"cannot give {what} {replicas} replicas: {where}. Set TASKBUS_NATS_REPLICAS to at most the number "
+            "of JetStream servers in the cluster (1 for a single server), or start more cluster nodes "
+            "(docs/multi-host.md)"
+        ) from None
+
+
+async def raise_replicas(js: JetStreamContext, stream: str, replicas: int, *, info: StreamInfo | None = None) -> int:
+    """Raise ``stream`` to ``replicas`` if it has fewer (never lowers it); log the change.
+    Returns the stream's replica count afterwards."""
+    info = info or await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    if current >= replicas:
+        return current
+    config = info.config
+    config.num_replicas = replicas
+    with replica_errors(f"the stream {stream}", replicas):
+        await js.update_stream(config)
+    logger.warning("raised the replicas of stream %s from %d to %d (TASKBUS_NATS_REPLICAS)", stream, current, replicas)
+    return replicas
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas: int = 1, update: bool = True) -> None:
+    """Create ``config`` with ``replicas``, or bring an existing stream to it.
+
+    ``update=True`` applies the whole config to an existing stream (keeping a larger replica
+    count than ``replicas``); ``update=False`` only creates what is missing (for a NATS user
+    that may read stream info but not change streams)."""
+    assert config.name is not None
+    wanted = dataclasses.replace(config, num_replicas=replicas)
+    with replica_errors(f"the stream {config.name}", replicas):
+        try:
+            info = await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(wanted)
+                return
+            except BadRequestError as exc:  # raced with another process creating it
+                if "already in use" not in str(exc):
+                    raise
+            info = await js.stream_info(config.name)
+        if not update:
+            return
+        current = info.config.num_replicas or 1
+        wanted.num_replicas = max(current, replicas)  # an update without replicas would lower them
+        await js.update_stream(wanted)
+        if current < replicas:
+            logger.warning("raised the replicas of stream %s from %d to %d (TASKBUS_NATS_REPLICAS)",
+                           config.name, current, replicas)
+
+
+async def ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: int = 1,
+                    create: bool = True, update: bool = True) -> KeyValue:
+    """The KV bucket of ``config``: created with ``replicas``, or found and raised to them.
+    ``create=False`` raises ``NotFoundError`` for a missing bucket; ``update=False`` leaves
+    an existing one as it is."""
+    try:
+        kv = await js.key_value(config.bucket)
+    except NotFoundError:
+        if not create:
+            raise
+        with replica_errors(f"the KV bucket {config.bucket}", replicas):
+            try:
+                return await js.create_key_value(dataclasses.replace(config, replicas=replicas))
+            except BadRequestError as exc:  # raced with another process creating it
+                if "already in use" not in str(exc):
+                    raise
+        kv = await js.key_value(config.bucket)
+    if update:
+        await raise_replicas(js, kv_stream(config.bucket), replicas)
+    return kv
+
+
+async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int = 1,
+                              create: bool = True, update: bool = True) -> tuple[ObjectStore, bool]:
+    """The Object Store ``bucket``: created with ``config`` and ``replicas``, or found and
+    raised to them. Returns (store, created)."""
+    try:
+        store = await js.object_store(bucket)
+    except NotFoundError:
+        if not create:
+            raise
+        with replica_errors(f"the Object Store {bucket}", replicas):
+            try:
+                return await js.create_object_store(bucket, config=dataclasses.replace(config, replicas=replicas)), True
+            except BadRequestError as exc:  # raced with another process creating it
+                if "already in use" not in str(exc):
+                    raise
+        store = await js.object_store(bucket)
+    if update:
+        await raise_replicas(js, object_stream(bucket), replicas)
+    return store, False
