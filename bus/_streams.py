@@ -9,10 +9,12 @@ than the cluster can place is a ``BusError`` that says what to do.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig, StreamInfo
@@ -21,6 +23,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ._errors import BusError
+from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +146,61 @@ async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectS
     if update:
         await raise_replicas(js, object_stream(bucket), replicas)
     return store, False
+
+
+UNSEEN_NS = 5_000_000_000
+"""A stream's follower not heard from for this long (JetStream heartbeats every second) is
+reported offline: the leader's own ``offline`` flag comes only once the meta layer notices."""
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    """One stream's replicas and the state of its copies (``stream_health``)."""
+
+    stream: str
+    exists: bool
+    replicas: int = 0
+    leader: str = ""
+    current: tuple[str, ...] = ()
+    lagging: tuple[tuple[str, int], ...] = ()
+    """(peer, operations behind)."""
+    offline: tuple[str, ...] = ()
+    error: str = ""
+    """Why its info could not be read ("" when it was)."""
+
+
+def taskbus_streams(subjects: Subjects) -> list[str]:
+    """The streams under every stream, KV bucket and Object Store a deployment uses."""
+    return [
+        subjects.jobs_stream, subjects.events_stream, subjects.audit_stream,
+        object_stream(subjects.artifacts_bucket), kv_stream(subjects.cache_bucket), kv_stream(subjects.claims_bucket),
+        kv_stream(f"{subjects.prefix}-submits"),
+        kv_stream(subjects.catalog_bucket), object_stream(subjects.catalog_bucket),
+    ]
+
+
+async def stream_health(js: JetStreamContext, stream: str, *, timeout: float = 3.0) -> StreamHealth:
+    """Replicas, leader and followers of ``stream`` from its stream info (a read the
+    operator's NATS user may make)."""
+    try:
+        async with asyncio.timeout(timeout):
+            info = await js.stream_info(stream)
+    except NotFoundError:
+        return StreamHealth(stream, exists=False)
+    except TimeoutError:
+        return StreamHealth(stream, exists=True, error=f"no answer within {timeout:g}s (no leader elected?)")
+    replicas = info.config.num_replicas or 1
+    cluster = info.cluster
+    if cluster is None:
+        return StreamHealth(stream, exists=True, replicas=replicas, leader="(single server)")
+    current, lagging, offline = [], [], []
+    for peer in cluster.replicas or []:
+        name = peer.name or "?"
+        if peer.offline or (peer.active or 0) > UNSEEN_NS:
+            offline.append(name)
+        elif peer.current:
+            current.append(name)
+        else:
+            lagging.append((name, peer.lag or 0))
+    return StreamHealth(stream, exists=True, replicas=replicas, leader=cluster.leader or "",
+                        current=tuple(current), lagging=tuple(lagging), offline=tuple(offline))
