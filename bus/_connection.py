@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,14 +23,15 @@ from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from ._catalog import Catalog
 from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
 from ._natsauth import NatsCredentials, read_credentials
 from ._redact import safe_url
-from ._retry import Backoff, retry_async
+from ._retry import Backoff
 from ._settings import Settings
-from ._streams import ensure_kv, ensure_object_store, ensure_stream, object_stream
+from ._streams import ensure_kv, ensure_object_store, ensure_stream, object_stream, patient
 from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 DAY = 86_400
 JS_INSUFFICIENT_STORAGE = 10047
 """JetStream's error code when a stream's max_bytes cannot be reserved."""
+CLUSTER_PUBLISH_PATIENCE_S = 30.0
+"""With replicas > 1, a publish retries for this long: a replicated stream whose leader's node
+died elects a new leader within seconds (longer on a loaded machine)."""
 
 
 class Bus:
@@ -51,6 +56,8 @@ class Bus:
         self.subjects = subjects
         self.replicas = replicas
         """Replicas of every stream, KV bucket and Object Store this bus creates (TASKBUS_NATS_REPLICAS)."""
+        self.publish_patience_s = CLUSTER_PUBLISH_PATIENCE_S if replicas > 1 else 0.0
+        """How long a publish keeps retrying past its attempts (a replicated stream electing a leader)."""
         self._closed = False
         self._state: dict[str, bool] = {"closing": False}
 
@@ -166,7 +173,8 @@ class Bus:
         """Publish to JetStream and wait for the ack; retry with backoff. Returns the stream seq."""
         payload = message if isinstance(message, bytes) else encode(message)
         return await publish_acked(
-            self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout
+            self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout,
+            patience_s=self.publish_patience_s,
         )
 
     async def publish_unique(self, subject: str, message: Any, *, msg_id: str, stream: str, timeout: float = 5.0) -> int:
@@ -174,7 +182,8 @@ class Bus:
         already used by a different message (another process won the race for it), raise
         ``DuplicateMessage``. A retry of our own earlier publish is not a conflict."""
         payload = message if isinstance(message, bytes) else encode(message)
-        ack = await publish_acked(self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True)
+        ack = await publish_acked(self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True,
+                                  patience_s=self.publish_patience_s)
         if ack.duplicate:
             stored = await self.js.get_msg(stream, ack.seq)
             if stored.data != payload:
@@ -231,24 +240,33 @@ async def publish_acked(
     timeout: float = 5.0,
     base_delay: float = 0.1,
     want_ack: bool = False,
+    patience_s: float = 0.0,
 ) -> Any:
-    """Publish and return the stream sequence (or the whole PubAck with ``want_ack``)."""
+    """Publish and return the stream sequence (or the whole PubAck with ``want_ack``).
+
+    Tries ``attempts`` times, and beyond that until ``patience_s`` seconds have passed (a
+    replicated stream whose leader's node died has no leader for some seconds: its publishes
+    get "no response from stream" until the others elect one). With ``msg_id`` a retry of
+    an earlier publish that did land is a duplicate, not a second message."""
     hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
-
-    def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
-        logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
-
-    async def once() -> Any:
-        ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
-        return ack if want_ack else ack.seq
-
-    try:
-        return await retry_async(once, on=Exception, attempts=attempts,
-                                 backoff=Backoff(base_delay, base_delay * 2 ** attempts), on_retry=log_retry)
-    except Exception as last:
-        raise PublishError(subject, attempts, str(last) or type(last).__name__) from last
+    backoff = Backoff(base_delay, base_delay * 2 ** attempts)
+    deadline = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
+            return ack if want_ack else ack.seq
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if attempt >= attempts and time.monotonic() >= deadline:
+                raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc
+            delay = backoff.next_delay()
+            logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
+            await asyncio.sleep(delay)
 
 
 def stream_configs(
@@ -304,14 +322,18 @@ async def _ensure_artifacts(
         )
         if created or not update:
             return
-        info = await js.stream_info(object_stream(subjects.artifacts_bucket))
-        config, changed = info.config, False
-        if max_bytes is not None and config.max_bytes != max_bytes:
-            config.max_bytes, changed = max_bytes, True
-        if max_age_s is not None and config.max_age != max_age_s:
-            config.max_age, changed = max_age_s, True
-        if changed:
-            await js.update_stream(config)
+
+        async def apply_limits() -> None:
+            info = await js.stream_info(object_stream(subjects.artifacts_bucket))
+            config, changed = info.config, False
+            if max_bytes is not None and config.max_bytes != max_bytes:
+                config.max_bytes, changed = max_bytes, True
+            if max_age_s is not None and config.max_age != max_age_s:
+                config.max_age, changed = max_age_s, True
+            if changed:
+                await js.update_stream(config)
+
+        await patient(apply_limits, f"the limits of the Object Store {subjects.artifacts_bucket}")
     except APIError as exc:
         if exc.err_code == JS_INSUFFICIENT_STORAGE:
             raise BusError(
@@ -333,8 +355,9 @@ async def ensure_streams(
     update: bool = True,
     replicas: int = 1,
 ) -> None:
-    """Create or update the three streams, the artifacts Object Store, the cache KV and the
-    job-claims KV, each with ``replicas`` (existing ones with fewer are raised to it).
+    """Create or update the three streams, the artifacts Object Store, the cache KV, the
+    job-claims KV and (``update``) the catalog's KV and Object Store, each with ``replicas``
+    (existing ones with fewer are raised to it).
 
     Idempotent: safe to call from every process at start-up. The artifacts limits
     (``None``: unlimited on create, unchanged on an existing bucket) are applied to an
@@ -354,3 +377,5 @@ async def ensure_streams(
     ):
         await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description),
                         replicas=replicas, update=update)
+    if update:  # the catalog's buckets too, so that one opened later (admission, the CLI) has the replicas
+        await Catalog.open(js, subjects.catalog_bucket, replicas=replicas)

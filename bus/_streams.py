@@ -12,20 +12,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig, StreamInfo
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.errors import NoRespondersError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ._errors import BusError
+from ._retry import Backoff, retry_async
 from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PATIENT_ATTEMPTS = 6
+"""Tries of one create/update when JetStream does not answer (about 40 s in all)."""
+_UNANSWERED = (TimeoutError, NoRespondersError, ServiceUnavailableError)
 
 JS_INSUFFICIENT_RESOURCES = 10023
 """JetStream's error code when it cannot place a stream's replicas (too few servers)."""
@@ -76,12 +84,28 @@ async def raise_replicas(js: JetStreamContext, stream: str, replicas: int, *, in
     return replicas
 
 
+async def patient(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``call`` again when JetStream did not answer in time: in a cluster a create waits for
+    the meta leader and the new stream's own election, which a loaded machine (or a node
+    that just went down) can delay past one request's timeout. Each ``call`` is idempotent."""
+    def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
+        logger.info("JetStream did not answer for %s (%s); retry %d in %.1fs", what, type(exc).__name__, attempt, delay)
+
+    return await retry_async(call, on=_UNANSWERED, attempts=PATIENT_ATTEMPTS, backoff=Backoff(0.2, 5.0),
+                             on_retry=log_retry)
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas: int = 1, update: bool = True) -> None:
     """Create ``config`` with ``replicas``, or bring an existing stream to it.
 
     ``update=True`` applies the whole config to an existing stream (keeping a larger replica
     count than ``replicas``); ``update=False`` only creates what is missing (for a NATS user
     that may read stream info but not change streams)."""
+    assert config.name is not None
+    await patient(lambda: _ensure_stream(js, config, replicas=replicas, update=update), f"the stream {config.name}")
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas: int, update: bool) -> None:
     assert config.name is not None
     wanted = dataclasses.replace(config, num_replicas=replicas)
     with replica_errors(f"the stream {config.name}", replicas):
@@ -110,6 +134,11 @@ async def ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: i
     """The KV bucket of ``config``: created with ``replicas``, or found and raised to them.
     ``create=False`` raises ``NotFoundError`` for a missing bucket; ``update=False`` leaves
     an existing one as it is."""
+    return await patient(lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update),
+                          f"the KV bucket {config.bucket}")
+
+
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: int, create: bool, update: bool) -> KeyValue:
     try:
         kv = await js.key_value(config.bucket)
     except NotFoundError:
@@ -131,6 +160,12 @@ async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectS
                               create: bool = True, update: bool = True) -> tuple[ObjectStore, bool]:
     """The Object Store ``bucket``: created with ``config`` and ``replicas``, or found and
     raised to them. Returns (store, created)."""
+    return await patient(lambda: _ensure_object_store(js, bucket, config, replicas=replicas, create=create,
+                                                       update=update), f"the Object Store {bucket}")
+
+
+async def _ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int,
+                               create: bool, update: bool) -> tuple[ObjectStore, bool]:
     try:
         store = await js.object_store(bucket)
     except NotFoundError:
