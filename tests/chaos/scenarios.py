@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 from report import Row, measure
 from stack import ChaosStack, image_cache
+
+from bus._streams import stream_health, taskbus_streams
 
 logger = logging.getLogger(__name__)
 
@@ -372,8 +375,6 @@ async def cluster_node_kill_scenario(work: Path, scale: Scale) -> Row:
 async def _victim_node(stack: ChaosStack) -> tuple[int, str]:
     """The node the MCP server's NATS connection is on (its monitoring ``/connz``), else the
     node leading the jobs stream."""
-    import urllib.request
-
     assert stack.cluster is not None
     for i, node in enumerate(stack.cluster.nodes):
         url = f"http://{node.host}:{node.monitor_port}/connz?limit=1024"
@@ -390,8 +391,6 @@ async def _victim_node(stack: ChaosStack) -> tuple[int, str]:
 async def _check_replicas(stack: ChaosStack, row: Row, *, timeout: float = 120) -> None:
     """Every stream of the stack at 3 replicas with 3 current copies (polled with a deadline:
     a restarted node catches up first). A stream that does not get there is a failure."""
-    from bus._streams import stream_health, taskbus_streams
-
     began = time.monotonic()
     async with stack.bus() as b:
         while True:
