@@ -27,6 +27,8 @@ from ._connection import Bus as Bus
 from ._connection import connect_options as connect_options
 from ._connection import ensure_streams as ensure_streams
 from ._connection import publish_acked as publish_acked
+from ._embedded import ClusterSpec as ClusterSpec
+from ._embedded import EmbeddedCluster as EmbeddedCluster
 from ._embedded import EmbeddedNats as EmbeddedNats
 from ._embedded import find_nats_server as find_nats_server
 from ._embedded import free_port as free_port
@@ -77,7 +79,7 @@ __all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as
     "Backoff", "retry_async",
     "BUILTIN_AGENTS", "CATALOG_KINDS", "Catalog", "CatalogLimits", "bundle_hash", "catalog_home_files",
     "make_bundle", "validate_bundle",
-    "Bus", "connect_options", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
+    "Bus", "ClusterSpec", "connect_options", "EmbeddedCluster", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
     "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
     "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",

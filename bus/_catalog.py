@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from ._errors import BusError, InvalidInput, NotFound
 from ._messages import CatalogBundle, CatalogEntry, CatalogFile, CatalogKind, CatalogRef, utcnow
 from ._settings import Settings
+from ._streams import ensure_kv, ensure_object_store
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -221,23 +222,21 @@ class Catalog:
         self._objects = objects
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, *, create: bool = True) -> Catalog:
+    async def open(cls, js: JetStreamContext, bucket: str, *, create: bool = True, replicas: int = 1) -> Catalog:
+        """The catalog's index KV and content Object Store (``bus._streams``: created with
+        ``replicas`` when ``create``, an existing one raised to them)."""
         try:
-            kv = await js.key_value(bucket)
-        except Exception:
-            if not create:
-                raise NotFound(f"the catalog {bucket!r} does not exist yet: add an entry with `taskbus agents add`") from None
-            kv = await js.create_key_value(
-                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=5, description="taskbus agents and skills (index)")
-            )
+            kv = await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=5,
+                                                    description="taskbus agents and skills (index)"),
+                                 replicas=replicas, create=create, update=create)
+        except NotFoundError:
+            raise NotFound(f"the catalog {bucket!r} does not exist yet: add an entry with `taskbus agents add`") from None
         try:
-            objects = await js.object_store(bucket)
-        except Exception:
-            if not create:
-                raise NotFound(f"the catalog {bucket!r} has no content store yet") from None
-            objects = await js.create_object_store(
-                bucket, config=ObjectStoreConfig(storage=StorageType.FILE, description="taskbus agents and skills (content by hash)")
-            )
+            objects, _ = await ensure_object_store(
+                js, bucket, ObjectStoreConfig(storage=StorageType.FILE, description="taskbus agents and skills (content by hash)"),
+                replicas=replicas, create=create, update=create)
+        except NotFoundError:
+            raise NotFound(f"the catalog {bucket!r} has no content store yet") from None
         return cls(kv, objects)
 
     async def entries(self, kind: str | None = None) -> list[CatalogEntry]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,15 +19,19 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
+from ._catalog import Catalog
 from ._codec import encode
 from ._errors import BusError, DuplicateMessage, PublishError
 from ._messages import SCHEMA_VERSION
 from ._natsauth import NatsCredentials, read_credentials
 from ._redact import safe_url
-from ._retry import Backoff, retry_async
+from ._retry import Backoff
 from ._settings import Settings
+from ._streams import ensure_kv, ensure_object_store, ensure_stream, object_stream, patient
 from ._subjects import Subjects
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,9 @@ logger = logging.getLogger(__name__)
 DAY = 86_400
 JS_INSUFFICIENT_STORAGE = 10047
 """JetStream's error code when a stream's max_bytes cannot be reserved."""
+CLUSTER_PUBLISH_PATIENCE_S = 30.0
+"""With replicas > 1, a publish retries for this long: a replicated stream whose leader's node
+died elects a new leader within seconds (longer on a loaded machine)."""
 
 
 class Bus:
@@ -42,10 +50,14 @@ class Bus:
     ``async with Bus.connect(url, subjects) as bus:`` drains the connection on exit.
     """
 
-    def __init__(self, nc: NatsClient, subjects: Subjects) -> None:
+    def __init__(self, nc: NatsClient, subjects: Subjects, *, replicas: int = 1) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
+        self.replicas = replicas
+        """Replicas of every stream, KV bucket and Object Store this bus creates (TASKBUS_NATS_REPLICAS)."""
+        self.publish_patience_s = CLUSTER_PUBLISH_PATIENCE_S if replicas > 1 else 0.0
+        """How long a publish keeps retrying past its attempts (a replicated stream electing a leader)."""
         self._closed = False
         self._state: dict[str, bool] = {"closing": False}
 
@@ -60,10 +72,14 @@ class Bus:
         open_timeout: float = 10.0,
         max_reconnect_attempts: int = -1,
         credentials: NatsCredentials | None = None,
+        replicas: int = 1,
     ) -> Bus:
         """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever.
 
-        ``credentials`` = the NATS user to connect as (a refused one fails at once)."""
+        ``url`` may list several servers of one cluster, comma-separated; the client connects
+        to one and fails over to the others (and to those the cluster announces).
+        ``credentials`` = the NATS user to connect as (a refused one fails at once);
+        ``replicas`` = the replica count of what this bus creates (``ensure_*``)."""
         if not url:
             raise BusError("no NATS server to connect to: start the stack with `taskbus up` (same data dir: "
                            "TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL")
@@ -89,7 +105,7 @@ class Bus:
         try:
             async with asyncio.timeout(open_timeout):
                 nc = await nats.connect(
-                    url,
+                    servers=server_urls(url),
                     name=name,
                     connect_timeout=connect_timeout,
                     allow_reconnect=True,
@@ -114,7 +130,7 @@ class Bus:
                 "Is the stack running? (`taskbus up` starts it; `taskbus doctor` checks)"
             ) from None
         connected = True
-        bus = cls(nc, subjects or Subjects())
+        bus = cls(nc, subjects or Subjects(), replicas=replicas)
         bus._state = state
         return bus
 
@@ -122,7 +138,7 @@ class Bus:
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
         """``open`` with the URL, subject prefix and credentials of ``settings``."""
         return await cls.open(settings.nats_url, Subjects(settings.subject_prefix), name=name,
-                              credentials=settings_credentials(settings), **kwargs)
+                              credentials=settings_credentials(settings), replicas=settings.nats_replicas, **kwargs)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
@@ -157,7 +173,8 @@ class Bus:
         """Publish to JetStream and wait for the ack; retry with backoff. Returns the stream seq."""
         payload = message if isinstance(message, bytes) else encode(message)
         return await publish_acked(
-            self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout
+            self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout,
+            patience_s=self.publish_patience_s,
         )
 
     async def publish_unique(self, subject: str, message: Any, *, msg_id: str, stream: str, timeout: float = 5.0) -> int:
@@ -165,7 +182,8 @@ class Bus:
         already used by a different message (another process won the race for it), raise
         ``DuplicateMessage``. A retry of our own earlier publish is not a conflict."""
         payload = message if isinstance(message, bytes) else encode(message)
-        ack = await publish_acked(self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True)
+        ack = await publish_acked(self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True,
+                                  patience_s=self.publish_patience_s)
         if ack.duplicate:
             stored = await self.js.get_msg(stream, ack.seq)
             if stored.data != payload:
@@ -173,7 +191,23 @@ class Bus:
         return ack.seq
 
     async def ensure_streams(self, **kwargs: Any) -> None:
-        await ensure_streams(self.js, self.subjects, **kwargs)
+        await ensure_streams(self.js, self.subjects, replicas=self.replicas, **kwargs)
+
+    async def ensure_kv(self, config: KeyValueConfig, *, create: bool = True, update: bool = True) -> KeyValue:
+        """The KV bucket of ``config`` with this bus's replicas (``bus._streams.ensure_kv``)."""
+        return await ensure_kv(self.js, config, replicas=self.replicas, create=create, update=update)
+
+    async def ensure_object_store(self, bucket: str, config: ObjectStoreConfig, *, create: bool = True,
+                                  update: bool = True) -> ObjectStore:
+        """The Object Store ``bucket`` with this bus's replicas (``bus._streams.ensure_object_store``)."""
+        store, _ = await ensure_object_store(self.js, bucket, config, replicas=self.replicas, create=create,
+                                             update=update)
+        return store
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of a ``nats_url`` that lists several, comma-separated (one cluster)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def settings_credentials(settings: Settings) -> NatsCredentials | None:
@@ -206,24 +240,33 @@ async def publish_acked(
     timeout: float = 5.0,
     base_delay: float = 0.1,
     want_ack: bool = False,
+    patience_s: float = 0.0,
 ) -> Any:
-    """Publish and return the stream sequence (or the whole PubAck with ``want_ack``)."""
+    """Publish and return the stream sequence (or the whole PubAck with ``want_ack``).
+
+    Tries ``attempts`` times, and beyond that until ``patience_s`` seconds have passed (a
+    replicated stream whose leader's node died has no leader for some seconds: its publishes
+    get "no response from stream" until the others elect one). With ``msg_id`` a retry of
+    an earlier publish that did land is a duplicate, not a second message."""
     hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
-
-    def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
-        logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
-
-    async def once() -> Any:
-        ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
-        return ack if want_ack else ack.seq
-
-    try:
-        return await retry_async(once, on=Exception, attempts=attempts,
-                                 backoff=Backoff(base_delay, base_delay * 2 ** attempts), on_retry=log_retry)
-    except Exception as last:
-        raise PublishError(subject, attempts, str(last) or type(last).__name__) from last
+    backoff = Backoff(base_delay, base_delay * 2 ** attempts)
+    deadline = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
+            return ack if want_ack else ack.seq
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if attempt >= attempts and time.monotonic() >= deadline:
+                raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc
+            delay = backoff.next_delay()
+            logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
+            await asyncio.sleep(delay)
 
 
 def stream_configs(
@@ -265,33 +308,32 @@ def stream_configs(
 
 
 async def _ensure_artifacts(
-    js: JetStreamContext, subjects: Subjects, *, max_bytes: int | None, max_age_s: float | None
+    js: JetStreamContext, subjects: Subjects, *, max_bytes: int | None, max_age_s: float | None,
+    replicas: int = 1, update: bool = True,
 ) -> None:
     """The artifacts Object Store with its size and age limits (discard new: a full bucket
     refuses new objects rather than cutting chunks out of stored ones)."""
     try:
-        try:
-            await js.object_store(subjects.artifacts_bucket)
-        except Exception:
-            try:
-                await js.create_object_store(
-                    subjects.artifacts_bucket,
-                    config=ObjectStoreConfig(
-                        storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s
-                    ),
-                )
-                return
-            except BadRequestError as exc:  # raced with another process creating it: apply our limits below
-                if "already in use" not in str(exc):
-                    raise
-        info = await js.stream_info(f"OBJ_{subjects.artifacts_bucket}")
-        config, changed = info.config, False
-        if max_bytes is not None and config.max_bytes != max_bytes:
-            config.max_bytes, changed = max_bytes, True
-        if max_age_s is not None and config.max_age != max_age_s:
-            config.max_age, changed = max_age_s, True
-        if changed:
-            await js.update_stream(config)
+        _, created = await ensure_object_store(
+            js, subjects.artifacts_bucket,
+            ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes,
+                              ttl=max_age_s),
+            replicas=replicas, update=update,
+        )
+        if created or not update:
+            return
+
+        async def apply_limits() -> None:
+            info = await js.stream_info(object_stream(subjects.artifacts_bucket))
+            config, changed = info.config, False
+            if max_bytes is not None and config.max_bytes != max_bytes:
+                config.max_bytes, changed = max_bytes, True
+            if max_age_s is not None and config.max_age != max_age_s:
+                config.max_age, changed = max_age_s, True
+            if changed:
+                await js.update_stream(config)
+
+        await patient(apply_limits, f"the limits of the Object Store {subjects.artifacts_bucket}")
     except APIError as exc:
         if exc.err_code == JS_INSUFFICIENT_STORAGE:
             raise BusError(
@@ -311,9 +353,11 @@ async def ensure_streams(
     artifacts_max_bytes: int | None = None,
     artifacts_max_age_s: float | None = None,
     update: bool = True,
+    replicas: int = 1,
 ) -> None:
-    """Create or update the three streams, the artifacts Object Store, the cache KV and the
-    job-claims KV.
+    """Create or update the three streams, the artifacts Object Store, the cache KV, the
+    job-claims KV and (``update``) the catalog's KV and Object Store, each with ``replicas``
+    (existing ones with fewer are raised to it).
 
     Idempotent: safe to call from every process at start-up. The artifacts limits
     (``None``: unlimited on create, unchanged on an existing bucket) are applied to an
@@ -323,25 +367,15 @@ async def ensure_streams(
     for config in stream_configs(
         subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
     ):
-        try:
-            await js.stream_info(config.name)
-            if update:
-                await js.update_stream(config)
-        except NotFoundError:
-            try:
-                await js.add_stream(config)
-            except BadRequestError as exc:  # raced with another process creating it
-                if "already in use" not in str(exc):
-                    raise
-    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s)
+        await ensure_stream(js, config, replicas=replicas, update=update)
+    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s,
+                            replicas=replicas, update=update)
     for bucket, ttl, description in (
         (subjects.cache_bucket, DAY, "taskbus completion cache"),
         (subjects.claims_bucket, max(events_max_age_s, DAY),
          "taskbus job claims: task id -> job message a runner took (replay check)"),
     ):
-        try:
-            await js.key_value(bucket)
-        except Exception:
-            await js.create_key_value(
-                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description)
-            )
+        await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description),
+                        replicas=replicas, update=update)
+    if update:  # the catalog's buckets too, so that one opened later (admission, the CLI) has the replicas
+        await Catalog.open(js, subjects.catalog_bucket, replicas=replicas)

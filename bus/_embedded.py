@@ -17,7 +17,10 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import EmbeddedServerError
@@ -50,20 +53,49 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    """One node's part of a NATS cluster: the cluster's name, where this node listens for
+    routes, and the route address of every node (its own may be listed too; nats-server
+    skips it). Every node uses the same route user and password: a process that cannot
+    present them cannot join as a route (a route sees every message of every account)."""
+
+    name: str
+    listen: str
+    """host:port of this node's route listener."""
+    routes: tuple[str, ...]
+    """host:port of every node's route listener."""
+    user: str = "taskbus-route"
+    password: str = ""
+    """The route password ("" = routes unauthenticated: only on a network no one else reaches)."""
+
+    def block(self) -> str:
+        auth = (f'  authorization {{ user: {json.dumps(self.user)}, password: {json.dumps(self.password)} }}\n'
+                if self.password else "")
+        creds = f"{self.user}:{self.password}@" if self.password else ""
+        routes = ", ".join(json.dumps(f"nats-route://{creds}{r}") for r in self.routes)
+        return (f"cluster {{\n  name: {json.dumps(self.name)}\n  listen: {json.dumps(self.listen)}\n{auth}"
+                f"  routes: [{routes}]\n}}\n")
+
+
 def write_config(
     path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str,
-    authorization: str = "",
+    authorization: str = "", cluster: ClusterSpec | None = None, monitor_port: int = 0,
 ) -> Path:
     """The nats-server config file (some options, like max_payload, have no flag), 0600.
 
-    ``authorization`` = an ``authorization { ... }`` block (``bus._natsauth``), or "" for none.
-    The one writer of it: ``EmbeddedNats`` and ``taskbus up`` both use it."""
+    ``authorization`` = an ``authorization { ... }`` block (``bus._natsauth``), or "" for none;
+    ``cluster`` = this node's routes (a JetStream cluster node), None for a single server;
+    ``monitor_port`` = the HTTP monitoring port on ``host`` (``/healthz``, ``/jsz``), 0 for none.
+    The one writer of it: ``EmbeddedNats``, ``EmbeddedCluster`` and ``taskbus up`` use it."""
     text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"server_name: {json.dumps(name)}\n"
         f"max_payload: {max_payload}\n"
         f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
-        f"{authorization}"
+        + (f"http: {json.dumps(f'{host}:{monitor_port}')}\n" if monitor_port else "")
+        + (cluster.block() if cluster else "")
+        + authorization
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -95,6 +127,9 @@ class EmbeddedNats:
         stop_timeout: float = 5.0,
         log_path: str | os.PathLike[str] | None = None,
         authorization: str = "",
+        cluster: ClusterSpec | None = None,
+        name: str = "",
+        monitor_port: int = 0,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -104,9 +139,12 @@ class EmbeddedNats:
         self.stop_timeout = stop_timeout
         self.log_path = Path(log_path) if log_path else self.store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.name = f"taskbus-{self.port}-{uuid.uuid4().hex[:8]}"
+        self.name = name or f"taskbus-{self.port}-{uuid.uuid4().hex[:8]}"
+        """The server name: JetStream knows a cluster peer by it, so a restart keeps it."""
         self.authorization = authorization
         """The ``authorization`` block (``bus._natsauth.server_authorization``); "" = open."""
+        self.cluster = cluster
+        self.monitor_port = monitor_port
 
     @property
     def url(self) -> str:
@@ -130,6 +168,8 @@ class EmbeddedNats:
             max_payload=self.max_payload,
             name=self.name,
             authorization=self.authorization,
+            cluster=self.cluster,
+            monitor_port=self.monitor_port,
         )
         argv = [binary, "-c", str(config)]
         log = open(self.log_path, "ab")
@@ -198,6 +238,96 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EmbeddedCluster:
+    """``size`` nats-server processes on loopback joined by routes into one JetStream cluster,
+    each with its own store folder, client, route and monitoring port, the same
+    ``authorization`` block and an authenticated route user. For tests, benchmarks and the
+    example in docs/multi-host.md: ``with EmbeddedCluster(dir) as c: c.url`` (all nodes,
+    comma-separated); ``kill(i)`` / ``restart(i)`` a node on the same ports and store."""
+
+    def __init__(self, base: str | os.PathLike[str], *, size: int = 3, authorization: str = "",
+                 name: str = "", start_timeout: float = 60.0, max_payload: int = 8 * 1024 * 1024) -> None:
+        self.base = Path(base)
+        self.name = name or f"taskbus-{uuid.uuid4().hex[:8]}"
+        self.start_timeout = start_timeout
+        host = "127.0.0.1"
+        route_ports = [free_port(host) for _ in range(size)]
+        routes = tuple(f"{host}:{p}" for p in route_ports)
+        password = uuid.uuid4().hex
+        self.nodes = [
+            EmbeddedNats(
+                self.base / f"n{i}", host=host, name=f"{self.name}-n{i}", authorization=authorization,
+                max_payload=max_payload, monitor_port=free_port(host), start_timeout=start_timeout,
+                cluster=ClusterSpec(name=self.name, listen=routes[i], routes=routes, password=password),
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated (``TASKBUS_NATS_URL``)."""
+        return ",".join(self.urls)
+
+    def start(self) -> None:
+        """Start every node, then wait until each reports JetStream healthy (a meta leader is
+        elected and the node is current)."""
+        for node in self.nodes:
+            node.start()
+        for i in range(len(self.nodes)):
+            self.wait_healthy(i)
+
+    def healthy(self, i: int) -> bool:
+        """Node ``i``'s monitoring ``/healthz``: its JetStream is up and current."""
+        node = self.nodes[i]
+        try:
+            with urllib.request.urlopen(f"http://{node.host}:{node.monitor_port}/healthz", timeout=2) as reply:
+                return bool(json.loads(reply.read()).get("status") == "ok")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, i: int, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.start_timeout)
+        while not self.healthy(i):
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(f"cluster node {self.nodes[i].name} did not report JetStream healthy "
+                                          f"within {timeout or self.start_timeout}s (see {self.nodes[i].log_path})")
+            time.sleep(0.1)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` (its store stays for ``restart``)."""
+        self.nodes[i].kill()
+
+    def restart(self, i: int, *, wait: bool = True) -> None:
+        self.nodes[i].start()
+        if wait:
+            self.wait_healthy(i)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> EmbeddedCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> EmbeddedCluster:
+        return await asyncio.to_thread(self.__enter__)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(asyncio.to_thread(self.stop))
 
 
 def _signal_group(pid: int, sig: int) -> None:

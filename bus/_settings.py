@@ -61,7 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # -- bus
     nats_url: str = ""
-    """NATS server URL; empty starts an embedded nats-server in the data dir."""
+    """NATS server URL, or several servers of one cluster comma-separated (`nats://a:4222,nats://b:4222`); empty starts an embedded nats-server in the data dir."""
     subject_prefix: Prefix = "taskbus"
     """First token of every subject and prefix of stream names."""
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
@@ -176,6 +176,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most bytes of one catalog agent or skill (all its files together)."""
     catalog_max_files: Positive = 64
     """Most files (and folders) in one catalog skill."""
+    nats_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    """Replicas of every JetStream stream, KV bucket and Object Store taskbus creates; existing ones with fewer are raised to it at start-up. At most the number of JetStream servers in the NATS cluster (1 for a single server, 3 for the cluster in docs/multi-host.md)."""
 
     def __repr__(self) -> str:
         parts = []

@@ -32,7 +32,7 @@ async def _announce(bus: Bus, notice: AuditNotice) -> None:
 
 
 async def open_catalog(bus: Bus, *, create: bool = True) -> Catalog:
-    return await Catalog.open(bus.js, bus.subjects.catalog_bucket, create=create)
+    return await Catalog.open(bus.js, bus.subjects.catalog_bucket, create=create, replicas=bus.replicas)
 
 
 async def add_bundles(bus: Bus, bundles: list[CatalogBundle], *, limits: CatalogLimits, actor: str) -> list[Change]:

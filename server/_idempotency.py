@@ -55,13 +55,10 @@ class SubmitClaims:
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            try:
-                self._kv = await self.bus.js.key_value(self.bucket)
-            except Exception:
-                self._kv = await self.bus.js.create_key_value(KeyValueConfig(
-                    bucket=self.bucket, storage=StorageType.FILE, ttl=float(self.ttl_s), history=1,
-                    description="taskbus submit idempotency claims",
-                ))
+            self._kv = await self.bus.ensure_kv(KeyValueConfig(
+                bucket=self.bucket, storage=StorageType.FILE, ttl=float(self.ttl_s), history=1,
+                description="taskbus submit idempotency claims",
+            ))
         return self._kv
 
     async def once(self, key_id: str, idempotency_id: str, fingerprint: str, admit: Admit) -> dict[str, Any]:

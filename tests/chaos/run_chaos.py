@@ -1,6 +1,9 @@
 """Run the chaos scenarios outside pytest and print the table (``scripts/chaos``).
 
-    scripts/chaos [--scale ci|full] [--out bench-results/chaos.json] [--only load,runner-kill,...]
+    scripts/chaos [--scale ci|full] [--out bench-results/chaos.json] [--only load,runner-kill,...] [--cluster]
+
+``--cluster`` runs the rows on a 3-node NATS cluster with replicas 3 (``cluster-load``,
+``cluster-node-kill``) instead of the single-server rows.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaos_all import ALL
 from report import print_table, write_json
-from scenarios import SCALES
+from scenarios import CLUSTER_SCENARIOS, SCALES
 
 
-async def main(scale_name: str, only: list[str], out: Path) -> int:
+async def main(scale_name: str, only: list[str], out: Path, *, cluster: bool = False) -> int:
     scale = SCALES[scale_name]
     rows = []
     base = Path(tempfile.mkdtemp(prefix="taskbus-chaos-"))
     for name, scenario in ALL.items():
         if only and name not in only:
+            continue
+        if not only and (name in CLUSTER_SCENARIOS) != cluster:
             continue
         print(f"== {name} (scale {scale.name})", file=sys.stderr, flush=True)
         started = time.monotonic()
@@ -53,7 +58,8 @@ if __name__ == "__main__":
     parser.add_argument("--scale", choices=sorted(SCALES), default="ci")
     parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
     parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--cluster", action="store_true", help="the rows on a 3-node NATS cluster (replicas 3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     only = [s for s in args.only.split(",") if s]
-    sys.exit(asyncio.run(main(args.scale, only, args.out)))
+    sys.exit(asyncio.run(main(args.scale, only, args.out, cluster=args.cluster)))

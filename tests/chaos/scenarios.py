@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 from report import Row, measure
 from stack import ChaosStack, image_cache
+
+from bus._streams import stream_health, taskbus_streams
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +163,9 @@ def _row(name: str, load: Load, faults: int, started: float) -> Row:
     return row
 
 
-def _stack(work: Path, scale: Scale, *, docker: bool = True) -> ChaosStack:
-    return ChaosStack(work, runners=runner_set(docker=docker), slots=scale.slots, model_scripts={"chaos-steps": STEPS})
+def _stack(work: Path, scale: Scale, *, docker: bool = True, cluster_nodes: int = 0) -> ChaosStack:
+    return ChaosStack(work, runners=runner_set(docker=docker), slots=scale.slots, model_scripts={"chaos-steps": STEPS},
+                      cluster_nodes=cluster_nodes)
 
 
 async def _idle(load: Load) -> int:
@@ -324,6 +328,84 @@ async def server_kill_scenario(work: Path, scale: Scale) -> Row:
     return row
 
 
+async def cluster_load_scenario(work: Path, scale: Scale) -> Row:
+    """The load scenario on a 3-node NATS cluster, every stream and bucket at 3 replicas."""
+    started = time.monotonic()
+    async with _stack(work, scale, cluster_nodes=3) as stack:
+        load, faults = await _with_faults(stack, scale, _idle)
+        row = await measure(stack, _row("load on a 3-node cluster", load, faults, started))
+        await _check_replicas(stack, row)
+        _check_alive(stack, row)
+    row.duration_s = round(time.monotonic() - started, 1)
+    return row
+
+
+async def cluster_node_kill_scenario(work: Path, scale: Scale) -> Row:
+    """SIGKILL the NATS node the MCP server is connected to (else the jobs stream's leader)
+    mid-load on a 3-node cluster with replicas 3; keep it down while the load goes on (the
+    processes reconnect to the other two), then restart it and check that it rejoins: every
+    stream back to three current copies. Nothing acked may be lost; the audit chain verifies."""
+    started = time.monotonic()
+    async with _stack(work, scale, docker=False, cluster_nodes=3) as stack:
+        async def fault(load: Load) -> int:
+            await wait_running(stack)
+            await load.wait_done(0.25)
+            victim, why = await _victim_node(stack)
+            assert stack.cluster is not None
+            name = stack.cluster.nodes[victim].name
+            load.mark(f"NATS node {name} ({why}) SIGKILLed")
+            await asyncio.to_thread(stack.kill_nats_node, victim)
+            await load.wait_done(0.6)  # the load carries on on two nodes
+            load.mark(f"NATS node {name} restarted")
+            await asyncio.to_thread(stack.restart_nats_node, victim)
+            return 1
+
+        load, faults = await _with_faults(stack, scale, fault)
+        row = await measure(stack, _row("NATS node SIGKILL (cluster)", load, faults, started))
+        await _check_replicas(stack, row)
+        verdict = audit_verify(stack)
+        row.notes.append(f"audit verify: {verdict}")
+        if not verdict.get("ok"):
+            row.lost_events = row.lost_events or -1
+        _check_alive(stack, row)
+    row.duration_s = round(time.monotonic() - started, 1)
+    return row
+
+
+async def _victim_node(stack: ChaosStack) -> tuple[int, str]:
+    """The node the MCP server's NATS connection is on (its monitoring ``/connz``), else the
+    node leading the jobs stream."""
+    assert stack.cluster is not None
+    for i, node in enumerate(stack.cluster.nodes):
+        url = f"http://{node.host}:{node.monitor_port}/connz?limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 (loopback monitoring port)
+            conns = json.loads(reply.read()).get("connections") or []
+        if any(c.get("name") == "taskbus-server" for c in conns):
+            return i, "the MCP server's node"
+    async with stack.bus() as b:
+        leader = (await b.js.stream_info(b.subjects.jobs_stream)).cluster.leader
+    names = [n.name for n in stack.cluster.nodes]
+    return names.index(leader), "the jobs stream's leader"
+
+
+async def _check_replicas(stack: ChaosStack, row: Row, *, timeout: float = 120) -> None:
+    """Every stream of the stack at 3 replicas with 3 current copies (polled with a deadline:
+    a restarted node catches up first). A stream that does not get there is a failure."""
+    began = time.monotonic()
+    async with stack.bus() as b:
+        while True:
+            health = [h for h in [await stream_health(b.js, n) for n in taskbus_streams(b.subjects)] if h.exists]
+            bad = [h for h in health if h.replicas != 3 or not h.leader or len(h.current) != 2]
+            if not bad:
+                row.notes.append(f"replicas: {len(health)} streams at R3, every copy current "
+                                 f"{time.monotonic() - began:.1f} s after the load")
+                return
+            if time.monotonic() - began > timeout:
+                row.crashed += [f"stream {h.stream} not at 3 current copies: {h}" for h in bad]
+                return
+            await asyncio.sleep(0.5)
+
+
 def audit_verify(stack: ChaosStack) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "server._cli", "audit", "verify", "--json"],
                           env=stack.env(), capture_output=True, timeout=120, check=False, cwd=str(image_cache().parent))
@@ -343,7 +425,10 @@ SCENARIOS: dict[str, Callable[[Path, Scale], Awaitable[Row]]] = {
     "nats-restart": nats_restart_scenario,
     "audit-kill": audit_kill_scenario,
     "server-kill": server_kill_scenario,
+    "cluster-load": cluster_load_scenario,
+    "cluster-node-kill": cluster_node_kill_scenario,
 }
+CLUSTER_SCENARIOS = ("cluster-load", "cluster-node-kill")
 
 
 def env_scale() -> Scale:

@@ -1,7 +1,9 @@
 """A real taskbus stack in separate processes, for fault injection.
 
 ``ChaosStack`` owns: an embedded nats-server (JetStream on files in its own folder, a
-fixed port so it can be stopped and restarted on the same store), the scripted model
+fixed port so it can be stopped and restarted on the same store) or, with
+``cluster_nodes=3``, a 3-node NATS cluster with every stream and bucket at 3 replicas
+(``kill_nats_node``/``restart_nats_node``), the scripted model
 server (in this process), runners (``taskbus runner``: bwrap, optionally Docker), the
 audit subscriber (``taskbus audit run``) and the MCP HTTP server (``taskbus serve``),
 each a child process in its own session that a scenario can SIGKILL and restart.
@@ -29,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from bus import Bus, EmbeddedNats, Settings
+from bus import Bus, EmbeddedCluster, EmbeddedNats, Settings
 from bus._embedded import free_port
 from bus._natsauth import credentials_path, server_authorization
 
@@ -141,6 +143,9 @@ class ChaosStack:
     nats: EmbeddedNats | None = None
     http_port: int = 0
     model: Any = None
+    cluster_nodes: int = 0
+    """0: one nats-server; N: an N-node cluster, every stream and bucket at N replicas."""
+    cluster: EmbeddedCluster | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,16 +157,23 @@ class ChaosStack:
         data.mkdir(parents=True, exist_ok=True)
         if not (data / "images").exists():
             (data / "images").symlink_to(image_cache())
-        self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log",
-                                 authorization=_with_harness_user(data))
-        await self.nats.__aenter__()
+        if self.cluster_nodes:
+            self.cluster = EmbeddedCluster(self.work / "nats", size=self.cluster_nodes,
+                                           authorization=_with_harness_user(data))
+            await self.cluster.__aenter__()
+            nats_url = self.cluster.url
+        else:
+            self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log",
+                                     authorization=_with_harness_user(data))
+            await self.nats.__aenter__()
+            nats_url = self.nats.url
         extra = {n: parse_script(t, source=n, name=n) for n, t in self.model_scripts.items()}
         self.model = ScriptedModelServer(
             port=self.model_port, log_path=self.work / "model-requests.jsonl", required_api_key=self.upstream_key, scripts=extra)
         await self.model.__aenter__()
         self.http_port = free_port()
         self.settings = Settings.load(
-            {}, data_dir=str(data), nats_url=self.nats.url, subject_prefix=PREFIX,
+            {}, data_dir=str(data), nats_url=nats_url, subject_prefix=PREFIX, nats_replicas=max(1, self.cluster_nodes),
             job_secret="chaos-" + uuid.uuid4().hex, upstream_url=self.model.url,
             upstream_api_key=self.upstream_key or "scripted-model-key", claude_path=claude_path(),
             job_ack_wait_s=self.ack_wait_s, heartbeat_s=1.0, http_port=self.http_port,
@@ -188,6 +200,8 @@ class ChaosStack:
             finally:
                 if self.nats is not None:
                     await self.nats.__aexit__(None, None, None)
+                if self.cluster is not None:
+                    await self.cluster.__aexit__(None, None, None)
 
     def env(self, role: str = "cli") -> dict[str, str]:
         """A child's environment; ``role`` = its NATS user (credentials file in the data dir)."""
@@ -197,6 +211,7 @@ class ChaosStack:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "TASKBUS_NATS_URL": s.nats_url,
+            "TASKBUS_NATS_REPLICAS": str(s.nats_replicas),
             "TASKBUS_NATS_CREDENTIALS": str(credentials_path(Path(s.data_dir), role)),
             "TASKBUS_SUBJECT_PREFIX": s.subject_prefix,
             "TASKBUS_DATA_DIR": s.data_dir,
@@ -275,6 +290,16 @@ class ChaosStack:
         self.nats = EmbeddedNats(store, port=port, log_path=self.work / "nats-server.log",
                                  authorization=self.nats.authorization)
         self.nats.start()
+
+    def kill_nats_node(self, i: int) -> None:
+        """SIGKILL node ``i`` of the cluster (its store stays)."""
+        assert self.cluster is not None
+        self.cluster.kill(i)
+
+    def restart_nats_node(self, i: int) -> None:
+        """Start node ``i`` again on its ports and store; returns once its JetStream is healthy."""
+        assert self.cluster is not None
+        self.cluster.restart(i)
 
     def alive(self) -> dict[str, bool]:
         return {name: c.alive for name, c in self.children.items()}
