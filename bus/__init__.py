@@ -50,6 +50,7 @@ from ._private import write_private as write_private
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
 from ._redact import redact_obj as redact_obj
+from ._redact import safe_url as safe_url
 from ._retry import Backoff as Backoff
 from ._retry import retry_async as retry_async
 from ._secrets import job_secret_path as job_secret_path
@@ -57,6 +58,9 @@ from ._secrets import load_or_create_job_secret as load_or_create_job_secret
 from ._settings import ModelPrice as ModelPrice
 from ._settings import Settings as Settings
 from ._settings import settings_reference as settings_reference
+from ._streams import StreamHealth as StreamHealth
+from ._streams import stream_health as stream_health
+from ._streams import taskbus_streams as taskbus_streams
 from ._subjects import JOB_KINDS as JOB_KINDS
 from ._subjects import JobKind as JobKind
 from ._subjects import Subjects as Subjects

@@ -10,9 +10,7 @@ from typing import Any
 
 import msgspec
 
-from bus import Settings, TaskbusError
-from bus._redact import safe_url
-from bus._streams import StreamHealth, stream_health, taskbus_streams
+from bus import Settings, StreamHealth, TaskbusError, safe_url, stream_health, taskbus_streams
 
 from ._cli_common import out
 
