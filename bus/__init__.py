@@ -28,8 +28,11 @@ from ._connection import publish_acked as publish_acked
 from ._embedded import EmbeddedNats as EmbeddedNats
 from ._embedded import find_nats_server as find_nats_server
 from ._embedded import free_port as free_port
+from ._duration import is_duration as is_duration
+from ._duration import parse_duration as parse_duration
 from ._errors import *  # noqa: F403  (the error tree is public as a whole)
 from ._errors import __all__ as _errors_all
+from ._excgroup import first_error as first_error
 from ._messages import *  # noqa: F403
 from ._messages import __all__ as _messages_all
 from ._paths import check_relative_path as check_relative_path
@@ -63,9 +66,10 @@ from ._toolnames import tool_exists as tool_exists
 from ._toolnames import tool_names as tool_names
 from ._toolnames import tool_offered as tool_offered
 from ._toolnames import parse_grant as parse_grant
+from ._version import taskbus_version as taskbus_version
 
 __all__ = [
-    "Backoff", "retry_async",
+    "Backoff", "retry_async", "first_error", "is_duration", "parse_duration", "taskbus_version",
     "BUILTIN_AGENTS", "CATALOG_KINDS", "Catalog", "CatalogLimits", "bundle_hash", "catalog_home_files",
     "make_bundle", "validate_bundle",
     "Bus", "connect_options", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
