@@ -29,6 +29,7 @@ from ._cli_common import (
     print_json,
     run,
 )
+from ._up._readyfile import remove_ready_file, write_ready_file
 
 DbOpt = Annotated[
     Path | None,
@@ -63,13 +64,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _db_path(settings: Settings, db: Path | None) -> Path:
-    from ._audit import default_db_path
+    from audit import default_db_path
 
     return db or default_db_path(settings.data_path)
 
 
 def _open(settings: Settings, db: Path | None):
-    from ._audit import AuditError, open_db
+    from audit import AuditError, open_db
 
     try:
         return open_db(_db_path(settings, db), readonly=True)
@@ -84,22 +85,46 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-def run_cmd(db: DbOpt = None, config: ConfigOpt = None) -> None:
+async def _write_when_ready(ready: asyncio.Event, path: Path) -> None:
+    await ready.wait()
+    write_ready_file(path)
+
+
+def run_cmd(
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option("--ready-file", help="Write the pid here (atomically) once consuming; removed on exit.",
+                     show_default=False),
+    ] = None,
+) -> None:
     """Run the audit writer: durable consumers on the events and audit streams -> SQLite."""
-    from ._audit import run_audit
+    from audit import run_audit
 
     settings = load_settings(config, nats_role="audit")
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await run_audit(settings, db_path=_db_path(settings, db), stop=stop)
+        ready = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                announce = tg.create_task(_write_when_ready(ready, ready_file)) if ready_file else None
+                try:
+                    await run_audit(settings, db_path=_db_path(settings, db), stop=stop, ready=ready)
+                finally:
+                    if announce is not None:
+                        announce.cancel()
+        finally:
+            if ready_file:
+                remove_ready_file(ready_file)
 
     run(main())
 
 
 def _print_row(row: dict[str, Any], as_json: bool) -> None:
-    from ._audit import summarize
+    from audit import summarize
 
     if as_json:
         sys.stdout.write(json.dumps(row, default=str) + "\n")
@@ -128,7 +153,7 @@ def tail_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """The latest audit rows, or (--follow) events and notices live as they are published."""
-    from ._audit import tail
+    from audit import tail
 
     settings = load_settings(config)
     if not follow:
@@ -152,14 +177,13 @@ def _guard(fn: Callable[[], T]) -> T:
 
 
 async def _follow(settings: Settings, db: Path | None, *, task, key, types, json_output: bool) -> None:
+    from audit import LiveFilter, follow
     from bus import Bus
-
-    from ._audit import LiveFilter, follow
 
     known: dict[str, str] = {}
     path = _db_path(settings, db)
     if key and path.exists():
-        from ._audit import open_db
+        from audit import open_db
 
         with contextlib.closing(open_db(path, readonly=True)) as conn:
             known = dict(conn.execute("SELECT task_id, key_id FROM task_keys"))
@@ -201,7 +225,7 @@ def search_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Search the audit log by time range, type, key, task, text, agent and skill."""
-    from ._audit import parse_time, search, summarize
+    from audit import parse_time, search, summarize
 
     settings = load_settings(config)
     conn = _open(settings, db)
@@ -232,7 +256,7 @@ def search_cmd(
 
 def verify_cmd(json_output: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None) -> None:
     """Walk the hash chain; exit 1 naming the first row altered, deleted or inserted."""
-    from ._audit import verify
+    from audit import verify
 
     settings = load_settings(config)
     conn = _open(settings, db)
@@ -260,7 +284,7 @@ def export_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Every row in chain order as JSON lines, with hashes, so the export can be checked too."""
-    from ._audit import export_jsonl
+    from audit import export_jsonl
 
     if fmt != "jsonl":
         fail(f"--format {fmt!r} is not supported; use --format jsonl", code=2)
@@ -287,7 +311,7 @@ def prune_cmd(
     """Delete old rows, keeping the chain verifiable through a recorded checkpoint."""
     import time
 
-    from ._audit import open_db, parse_duration, prune
+    from audit import open_db, parse_duration, prune
 
     settings = load_settings(config)
     path = _db_path(settings, db)

@@ -124,8 +124,7 @@ def _show_result(console: Console, doc: dict[str, Any]) -> None:
 
 async def _audit(settings: Settings, task_id: str, console: Console, *, timeout_s: float) -> tuple[int, bool]:
     """Wait until the audit writer has the task's ``finished`` row; show the rows; verify the chain."""
-    from .._audit import default_db_path, open_db, verify
-    from .._audit._query import search, summarize
+    from audit import default_db_path, open_db, search, summarize, verify
 
     db_path: Path = default_db_path(settings.data_path)
     console.rule("[bold]audit trail")
