@@ -102,5 +102,5 @@ def setup_logging(level: str = "info", fmt: str = "rich") -> None:
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("nats", "httpx", "httpcore", "uvicorn.access", "docker", "urllib3"):
+    for noisy in ("nats", "httpx", "httpcore", "httpx2", "httpcore2", "uvicorn.access", "docker", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
