@@ -4,6 +4,8 @@ closed an idle connection, TLS with certificate checks (openssl-made certificate
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import shutil
 import ssl
 import subprocess
@@ -107,10 +109,11 @@ async def test_https_works_and_an_untrusted_certificate_is_refused(certificate: 
         server.close()
 
 
-async def forward_proxy() -> tuple[asyncio.Server, list[bytes]]:
+async def forward_proxy() -> tuple[asyncio.Server, list[bytes], list[bytes]]:
     """A tiny HTTP proxy: CONNECT tunnels, and plain requests relayed to the host in their
-    absolute URL; records each request line it was asked to handle."""
+    absolute URL; records each request line it was asked to handle, and each head."""
     seen: list[bytes] = []
+    heads: list[bytes] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -126,6 +129,7 @@ async def forward_proxy() -> tuple[asyncio.Server, list[bytes]]:
         head = await reader.readuntil(b"\r\n\r\n")
         line = head.split(b"\r\n", 1)[0]
         seen.append(line)
+        heads.append(head)
         method, target, _ = line.split(b" ")
         if method == b"CONNECT":
             host, port = target.decode().rsplit(":", 1)
@@ -139,14 +143,15 @@ async def forward_proxy() -> tuple[asyncio.Server, list[bytes]]:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, seen
+    return server, seen, heads
 
 
 async def test_requests_go_through_the_proxy_the_environment_names_unless_no_proxy_says_otherwise(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     upstream, _ = await serve()
-    proxy, seen = await forward_proxy()
+    proxy, seen, heads = await forward_proxy()
     port, proxy_port = upstream.sockets[0].getsockname()[1], proxy.sockets[0].getsockname()[1]
     monkeypatch.setenv("HTTP_PROXY", f"http://user:s3cret@127.0.0.1:{proxy_port}")
     monkeypatch.delenv("NO_PROXY", raising=False)
@@ -159,6 +164,11 @@ async def test_requests_go_through_the_proxy_the_environment_names_unless_no_pro
         assert response.status_code == 200 and await response.aread() == b'{"ok":true}'
         await response.aclose()
         assert seen == [f"POST http://127.0.0.1:{port}/v1/messages HTTP/1.1".encode()]
+        credentials = base64.b64encode(b"user:s3cret")
+        sent = [line.split(b":", 1)[1].strip() for line in heads[0].split(b"\r\n")
+                if line.lower().startswith(b"proxy-authorization:")]
+        assert sent == [b"Basic " + credentials]  # the URL's credentials, to the proxy only
+        assert "s3cret" not in caplog.text  # the proxy's password is never logged
         response = await bypassing.post(f"http://127.0.0.1:{port}/v1/messages", headers={}, content=b"{}")
         assert await response.aread() == b'{"ok":true}'
         await response.aclose()
@@ -177,7 +187,7 @@ async def test_https_through_a_proxy_is_a_tunnel_and_the_certificate_is_still_ch
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     upstream, _ = await serve(ssl_context=server_ctx)
-    proxy, seen = await forward_proxy()
+    proxy, seen, _ = await forward_proxy()
     port, proxy_port = upstream.sockets[0].getsockname()[1], proxy.sockets[0].getsockname()[1]
     proxies = {"https": f"http://127.0.0.1:{proxy_port}"}
     trusting = UpstreamClient(ssl_context=ssl.create_default_context(cafile=str(cert)), proxies=proxies)
