@@ -13,7 +13,7 @@ import msgspec
 import typer
 from rich.console import Console
 
-from bus import Settings, TaskbusError
+from bus import Settings, TaskbusError, first_error
 
 T = TypeVar("T")
 
@@ -60,11 +60,17 @@ def discover_stack(settings: Settings, *, role: str = "cli") -> Settings:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` that turns expected errors into one clear line and exit 1."""
+    """``asyncio.run`` that turns expected errors (also from inside a task group) into one
+    clear line and exit 1."""
     try:
         return asyncio.run(coro)
     except TaskbusError as exc:
         fail(exc.describe())
+    except BaseExceptionGroup as group:
+        inner = first_error(group)
+        if isinstance(inner, TaskbusError):
+            fail(inner.describe())
+        raise
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None

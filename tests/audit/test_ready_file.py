@@ -3,6 +3,9 @@ published after it is stored), and is gone when the writer stops."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 
 from audit_helpers import every_event, publish_all, start_cli, stop_process, wait_rows, wait_until
@@ -25,4 +28,21 @@ async def test_the_audit_writer_writes_its_pid_once_consuming_and_removes_it_on_
     finally:
         code = await stop_process(proc)
     assert code == 0
+    assert not path.exists()
+
+
+async def test_a_writer_that_cannot_start_says_why_in_one_line_and_writes_no_ready_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    path = ready_file_path(data, "audit")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
+    env.update(TASKBUS_DATA_DIR=str(data), TASKBUS_NATS_URL="nats://127.0.0.1:1")  # nothing listens there
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server._cli", "audit", "run", "--ready-file", str(path),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(120):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 1
+    text = stderr.decode()
+    assert "cannot connect to NATS" in text and "Traceback" not in text
     assert not path.exists()
