@@ -34,6 +34,10 @@ from pathlib import Path
 
 import msgspec
 
+from audit import AuditOptions, Writer, open_db, run_audit
+from audit import _writer as _writer_module
+from audit._chain import row_hash
+from audit._rows import prepare
 from bus import (
     SCHEMA_VERSION,
     Accepted,
@@ -50,10 +54,6 @@ from bus import (
     Usage,
     new_task_id,
 )
-from server._audit import AuditOptions, Writer, open_db, run_audit
-from server._audit import _writer as _writer_module
-from server._audit._chain import row_hash
-from server._audit._rows import prepare
 
 TARGET_EPS = 50_000
 HEADERS = {"Taskbus-Schema": SCHEMA_VERSION}

@@ -27,6 +27,8 @@ from ._connection import Bus as Bus
 from ._connection import connect_options as connect_options
 from ._connection import ensure_streams as ensure_streams
 from ._connection import publish_acked as publish_acked
+from ._duration import is_duration as is_duration
+from ._duration import parse_duration as parse_duration
 from ._embedded import ClusterSpec as ClusterSpec
 from ._embedded import EmbeddedCluster as EmbeddedCluster
 from ._embedded import EmbeddedNats as EmbeddedNats
@@ -35,6 +37,7 @@ from ._embedded import free_port as free_port
 from ._embedded import write_config as write_config
 from ._errors import *  # noqa: F403  (the error tree is public as a whole)
 from ._errors import __all__ as _errors_all
+from ._excgroup import first_error as first_error
 from ._messages import *  # noqa: F403  (the wire messages are public as a whole)
 from ._messages import __all__ as _messages_all
 from ._natsauth import ROLES as ROLES
@@ -78,9 +81,10 @@ from ._toolnames import parse_grant as parse_grant
 from ._toolnames import tool_exists as tool_exists
 from ._toolnames import tool_names as tool_names
 from ._toolnames import tool_offered as tool_offered
+from ._version import taskbus_version as taskbus_version
 
 __all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as a whole: their __all__ spliced in)
-    "Backoff", "retry_async",
+    "Backoff", "retry_async", "first_error", "is_duration", "parse_duration", "taskbus_version",
     "BUILTIN_AGENTS", "CATALOG_KINDS", "Catalog", "CatalogLimits", "bundle_hash", "catalog_home_files",
     "make_bundle", "validate_bundle",
     "Bus", "ClusterSpec", "connect_options", "EmbeddedCluster", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",

@@ -9,6 +9,7 @@ after one shared failure spread out instead of retrying in lockstep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -35,9 +36,15 @@ class Backoff:
         self.failures += 1
         return ceiling * (1 - self.jitter * random.random())
 
-    async def sleep(self) -> float:
+    async def sleep(self, *, until: asyncio.Event | None = None) -> float:
+        """Wait the next delay (returned); return early once ``until`` is set (a stop event)."""
         delay = self.next_delay()
-        await asyncio.sleep(delay)
+        if until is None:
+            await asyncio.sleep(delay)
+        elif not until.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await until.wait()
         return delay
 
     def reset(self) -> None:

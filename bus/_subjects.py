@@ -95,10 +95,6 @@ class Subjects:
     def runners_all(self) -> str:
         return f"{self.prefix}.runners.*"
 
-    @staticmethod
-    def last_token(subject: str) -> str:
-        return subject.rsplit(".", 1)[-1]
-
 
 def _kind(kind: str) -> str:
     if kind not in JOB_KINDS:

@@ -7,8 +7,6 @@ from ._http import create_http_app as create_http_app
 from ._mcp_app import create_mcp_server as create_mcp_server
 from ._router import Route as Route
 from ._router import route_model as route_model
-from ._secrets import job_secret_path as job_secret_path
-from ._secrets import load_or_create_job_secret as load_or_create_job_secret
 from ._service import run_server as run_server
 from ._submit_gateway import SubmitGateway as SubmitGateway
 
@@ -20,8 +18,6 @@ __all__ = [
     "SubmitGateway",
     "create_http_app",
     "create_mcp_server",
-    "job_secret_path",
-    "load_or_create_job_secret",
     "route_model",
     "run_server",
 ]

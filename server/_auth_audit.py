@@ -7,7 +7,7 @@ window of ``window_s`` seconds. The failure that opens it is audited at once (an
 are only counted, and one more notice with their ``count`` (and ``aggregated: true``)
 is published when the window closes. So each pair costs at most two audit rows per
 window, however many requests arrive, and no failure goes uncounted. The count per
-row is what the alert rules add up (server/_audit/_alerts.py).
+row is what the alert rules add up (audit/_alerts.py).
 
 At most ``max_pairs`` pairs are tracked; further reasons share one ``other`` pair.
 ``aclose()`` publishes the counts of windows still open.

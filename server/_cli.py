@@ -5,13 +5,15 @@ Each group lives in its own ``_cli_<group>.py`` module with a ``register(app)`` 
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from bus import taskbus_version
+
+from . import _cli_audit, _cli_catalog, _cli_model, _cli_profiles, _cli_runner, _cli_sandbox, _cli_tasks, _cli_up
 from ._cli_common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, setup_logging
 
 app = typer.Typer(
@@ -22,31 +24,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Groups registered by other modules; a missing one (not built yet) is skipped.
-_GROUPS = (
-    "_cli_model",
-    "_cli_sandbox",
-    "_cli_profiles",
-    "_cli_runner",
-    "_cli_tasks",
-    "_cli_audit",
-    "_cli_up",
-    "_cli_catalog",
-)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("taskbus")
-    except PackageNotFoundError:
-        return "0+unknown"
+# Command groups, each registered by its own module, in the order `taskbus --help` lists them.
+_GROUPS = (_cli_model, _cli_sandbox, _cli_profiles, _cli_runner, _cli_tasks, _cli_audit, _cli_up, _cli_catalog)
 
 
 def _version_callback(value: bool) -> None:
     if value:
-        out.print(f"taskbus {_version()}")
+        out.print(f"taskbus {taskbus_version()}")
         raise typer.Exit()
 
 
@@ -132,18 +116,8 @@ def doctor(json_output: JsonOpt = False, config: ConfigOpt = None) -> None:
         render(checks)
 
 
-def _register_groups() -> None:
-    for name in _GROUPS:
-        try:
-            module = importlib.import_module(f"server.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"server.{name}":
-                continue
-            raise
-        module.register(app)
-
-
-_register_groups()
+for _group in _GROUPS:
+    _group.register(app)
 
 
 def main() -> None:

@@ -17,9 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from bus import Bus, Settings, TaskbusError
-
-from ._audit import (
+from audit import (
     AuditError,
     LiveFilter,
     PruneResult,
@@ -36,6 +34,8 @@ from ._audit import (
     tail,
     verify,
 )
+from bus import Bus, Settings, TaskbusError
+
 from ._cli_common import (
     ConfigOpt,
     JsonOpt,
@@ -46,6 +46,7 @@ from ._cli_common import (
     print_json,
     run,
 )
+from ._up._readyfile import remove_ready_file, write_ready_file
 
 T = TypeVar("T")
 
@@ -99,14 +100,38 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-def run_cmd(db: DbOpt = None, config: ConfigOpt = None) -> None:
+async def _write_when_ready(ready: asyncio.Event, path: Path) -> None:
+    await ready.wait()
+    write_ready_file(path)
+
+
+def run_cmd(
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option("--ready-file", help="Write the pid here (atomically) once consuming; removed on exit.",
+                     show_default=False),
+    ] = None,
+) -> None:
     """Run the audit writer: durable consumers on the events and audit streams -> SQLite."""
     settings = load_settings(config, nats_role="audit")
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await run_audit(settings, db_path=_db_path(settings, db), stop=stop)
+        ready = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                announce = tg.create_task(_write_when_ready(ready, ready_file)) if ready_file else None
+                try:
+                    await run_audit(settings, db_path=_db_path(settings, db), stop=stop, ready=ready)
+                finally:
+                    if announce is not None:
+                        announce.cancel()
+        finally:
+            if ready_file:
+                remove_ready_file(ready_file)
 
     run(main())
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from bus import Settings, TaskbusError
+from bus import Settings, TaskbusError, first_error
 
 from ._up._state import read_state, running_pid, stack_settings
 
@@ -61,11 +61,17 @@ def discover_stack(settings: Settings, *, role: str = "cli") -> Settings:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` that turns expected errors into one clear line and exit 1."""
+    """``asyncio.run`` that turns expected errors (also from inside a task group) into one
+    clear line and exit 1."""
     try:
         return asyncio.run(coro)
     except TaskbusError as exc:
         fail(exc.describe())
+    except BaseExceptionGroup as group:
+        inner = first_error(group)
+        if isinstance(inner, TaskbusError):
+            fail(inner.describe())
+        raise
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
@@ -101,5 +107,5 @@ def setup_logging(level: str = "info", fmt: str = "rich") -> None:
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("nats", "httpx", "httpcore", "uvicorn.access", "docker", "urllib3"):
+    for noisy in ("nats", "httpx", "httpcore", "httpx2", "httpcore2", "uvicorn.access", "docker", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

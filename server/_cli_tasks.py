@@ -30,19 +30,13 @@ KeyOpt = Annotated[
 ]
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _run(coro: Any) -> Any:
-    from bus import TaskbusError
+    from bus import TaskbusError, first_error
 
     try:
         return run(coro)
     except BaseExceptionGroup as group:
-        inner = _unwrap(group)
+        inner = first_error(group)
         if isinstance(inner, TaskbusError):
             fail(inner.describe())
         raise
@@ -154,10 +148,9 @@ def tasks_show(
 
 
 def _event_line(event: Any) -> str:
-    from ._mcp_results import progress_message
+    from ._mcp_results import event_summary
 
-    text = progress_message(event, cost=getattr(event, "total_cost_usd", 0.0) or 0.0, elapsed=0) or ""
-    text = text.rsplit(" [$", 1)[0] if text else type(event).__name__.lower()
+    text = event_summary(event) or type(event).__name__.lower()
     if type(event).__name__ == "Accepted":
         text = f"accepted on {event.model} ({event.routing_reason})"
     if type(event).__name__ == "Finished":
@@ -232,7 +225,7 @@ def tasks_cancel(
     from profiles import Store
 
     from ._dispatch import Caller, Dispatcher
-    from ._secrets import load_or_create_job_secret
+    from bus import load_or_create_job_secret
 
     settings = load_settings(config, nats_role="server")  # it cancels as the server does
 

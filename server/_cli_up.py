@@ -238,14 +238,12 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _run_unwrapped(coro: Any) -> Any:
-    from bus import TaskbusError
+    from bus import TaskbusError, first_error
 
     try:
         return run(coro)
     except BaseExceptionGroup as group:
-        inner: BaseException = group
-        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-            inner = inner.exceptions[0]
+        inner = first_error(group)
         if isinstance(inner, TaskbusError):
             fail(inner.describe())
         if isinstance(inner, OSError | ConnectionError):

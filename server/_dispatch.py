@@ -30,6 +30,7 @@ from bus import (
     Accepted,
     AuditNotice,
     AuthError,
+    Backoff,
     BudgetExceeded,
     Bus,
     BusTimeout,
@@ -370,7 +371,7 @@ class Dispatcher:
         """Follow until ``finished`` is seen and settled; a failure (NATS gone, consumer
         refused, Store busy) is retried with backoff, replaying from seq 1 (events already
         seen are skipped), so a waiting caller is never left hanging."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)  # jittered: after a NATS outage every follower retries at once
         try:
             while True:
                 try:
@@ -382,9 +383,9 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    delay = backoff.next_delay()
                     logger.warning("following task %s failed (%s); retrying in %.1fs", watch.task_id, exc, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
         finally:
             self._followers.pop(watch.task_id, None)
             # keep finished watches briefly for waiters; drop the oldest beyond a bound

@@ -10,8 +10,10 @@ bound to that principal. The key itself is not kept in the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -131,6 +133,16 @@ def create_http_app(dispatcher: Dispatcher, *, host: str, port: int, **mcp_kwarg
     return app, mcp
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without signal handlers of its own: the CLI owns signals (its stop event
+    ends the service, which stops this server). uvicorn's default would swap the CLI's
+    SIGINT/SIGTERM handlers for its own while serving and raise the signal again after."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve_http(
     app: Starlette,
     *,
@@ -142,8 +154,7 @@ async def serve_http(
 ) -> None:
     """Serve ``app`` with uvicorn until cancelled. ``bound`` receives the real port (for port 0)."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+    server = _Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")
     try:
         async with asyncio.timeout(start_timeout):

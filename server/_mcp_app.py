@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import mcp_types as types
@@ -24,10 +25,21 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from pydantic import BaseModel, ConfigDict, Field
 
-from bus import CompleteRequest, InvalidInput, Message, NotFound, TaskbusError, TaskRequest
+from bus import (
+    CompleteRequest,
+    Event,
+    Finished,
+    InvalidInput,
+    Message,
+    NotFound,
+    TaskbusError,
+    TaskRequest,
+    taskbus_version,
+)
 from bus import encode as encode_message
 
 from ._dispatch import Caller, Dispatcher
+from ._dispatch_events import TaskWatch
 from ._mcp_results import (
     artifact_entries,
     error_result,
@@ -109,6 +121,33 @@ async def cancel_quietly(dispatcher: Dispatcher, caller: Caller, task_id: str, r
         logger.warning("cancel of %s after the client went away failed: %s", task_id, exc)
 
 
+async def follow_with_progress(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    caller: Caller,
+    watch: TaskWatch,
+    *,
+    keepalive_s: float,
+    message_for: Callable[[Event | None], str | None],
+) -> Finished:
+    """Follow a task to its end, reporting MCP progress with ``message_for(event)`` (None:
+    nothing to report; the event is None on a keepalive tick). A client that goes away
+    (the call is cancelled) cancels the task too."""
+    progress = 0
+    try:
+        async for event in watch.stream(keepalive_s=keepalive_s):
+            message = message_for(event)
+            if message is not None:
+                progress += 1
+                await ctx.report_progress(progress, None, message)
+    except asyncio.CancelledError:
+        await asyncio.shield(cancel_quietly(dispatcher, caller, watch.task_id, "MCP client cancelled the call"))
+        raise
+    finished = watch.finished
+    assert finished is not None
+    return finished
+
+
 def create_mcp_server(
     dispatcher: Dispatcher,
     *,
@@ -117,13 +156,7 @@ def create_mcp_server(
     **server_kwargs: Any,
 ) -> MCPServer:
     """The taskbus MCP server on top of ``dispatcher`` (extra kwargs go to ``MCPServer``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ver = version("taskbus")
-    except PackageNotFoundError:
-        ver = "0"
-    mcp = StrictMCPServer("taskbus", version=ver, instructions=INSTRUCTIONS, **server_kwargs)
+    mcp = StrictMCPServer("taskbus", version=taskbus_version(), instructions=INSTRUCTIONS, **server_kwargs)
     identity = Identity(dispatcher, api_key)
     mcp.on_refused = identity.refused
 
@@ -161,27 +194,25 @@ def create_mcp_server(
             submission = await dispatcher.submit(caller, request, via="mcp", idempotency_key=idempotency_key)
         except TaskbusError as exc:
             return error_result(exc)
-        watch = dispatcher.live(submission.task_id)
-        try:
-            progress, chars, last_report = 0, 0, time.perf_counter()
-            async for event in watch.stream(keepalive_s=keepalive_s):
-                now = time.perf_counter()
-                if isinstance(event, Message) and event.delta:
-                    chars += len(event.text)
-                    if now - last_report < STREAM_PROGRESS_S:
-                        continue
-                    message = f"streaming: {chars} characters so far ({now - started:.0f}s)"
-                elif event is None:
-                    message = f"waiting for the model ({now - started:.0f}s)"
-                else:
-                    continue
-                progress, last_report = progress + 1, now
-                await ctx.report_progress(progress, None, message)
-        except asyncio.CancelledError:
-            await asyncio.shield(cancel_quietly(dispatcher, caller, submission.task_id, "MCP client cancelled the call"))
-            raise
-        finished = watch.finished
-        assert finished is not None
+        chars, last_report = 0, time.perf_counter()
+
+        def streaming(event: Event | None) -> str | None:
+            nonlocal chars, last_report
+            now = time.perf_counter()
+            if isinstance(event, Message) and event.delta:
+                chars += len(event.text)
+                if now - last_report < STREAM_PROGRESS_S:
+                    return None
+                message = f"streaming: {chars} characters so far ({now - started:.0f}s)"
+            elif event is None:
+                message = f"waiting for the model ({now - started:.0f}s)"
+            else:
+                return None
+            last_report = now
+            return message
+
+        finished = await follow_with_progress(ctx, dispatcher, caller, dispatcher.live(submission.task_id),
+                                              keepalive_s=keepalive_s, message_for=streaming)
         doc = {
             "task_id": submission.task_id, "text": finished.result, "model": finished.model or submission.model,
             "routing_reason": submission.routing_reason, "cached": submission.cached, **finished_summary(finished),
@@ -239,22 +270,15 @@ def create_mcp_server(
                                f"Task {submission.task_id} queued on {submission.model}. Poll get_task('{submission.task_id}') "
                                "until its status is final; cancel_task stops it.")
         watch = dispatcher.live(submission.task_id)
-        progress = 0
-        try:
-            async for event in watch.stream(keepalive_s=keepalive_s):
-                elapsed = time.perf_counter() - started
-                if event is None:
-                    message = f"working… [${watch.cost_so_far:.4f}, {elapsed:.0f}s]"
-                else:
-                    message = progress_message(event, cost=watch.cost_so_far, elapsed=elapsed)
-                if message is not None:
-                    progress += 1
-                    await ctx.report_progress(progress, None, message)
-        except asyncio.CancelledError:
-            await asyncio.shield(cancel_quietly(dispatcher, caller, submission.task_id, "MCP client cancelled the call"))
-            raise
-        finished = watch.finished
-        assert finished is not None
+
+        def working(event: Event | None) -> str | None:
+            elapsed = time.perf_counter() - started
+            if event is None:
+                return f"working… [${watch.cost_so_far:.4f}, {elapsed:.0f}s]"
+            return progress_message(event, cost=watch.cost_so_far, elapsed=elapsed)
+
+        finished = await follow_with_progress(ctx, dispatcher, caller, watch,
+                                              keepalive_s=keepalive_s, message_for=working)
         artifacts = watch.artifacts
         inline = await _inline_texts(dispatcher, caller, submission.task_id, artifacts)
         structured = {**base, **finished_summary(finished), "model": finished.model or submission.model,

@@ -79,6 +79,13 @@ def finished_error(structured: dict[str, Any], finished: Finished) -> types.Call
 
 def progress_message(event: Event, *, cost: float, elapsed: float) -> str | None:
     """One line for an MCP progress notification, or None for events not worth one."""
+    text = event_summary(event)
+    return None if text is None else f"{text} [${cost:.4f}, {elapsed:.0f}s]"
+
+
+def event_summary(event: Event) -> str | None:
+    """What an event says in a few words (redacted), or None for events not worth a line
+    (streamed text deltas, accepted)."""
     match event:
         case Started():
             text = f"started on {event.runner_id} ({event.backend})"
@@ -103,7 +110,7 @@ def progress_message(event: Event, *, cost: float, elapsed: float) -> str | None
             text = f"finished: {event.status}"
         case _:
             return None
-    return redact(f"{text} [${cost:.4f}, {elapsed:.0f}s]")
+    return redact(text)
 
 
 def _clip(text: str, limit: int = PREVIEW) -> str:

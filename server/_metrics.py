@@ -32,7 +32,7 @@ SCRAPE_TIMEOUT_S = 2.0
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 DENIAL_KINDS = frozenset(AUDIT_KINDS.values())
-# the durable consumers of the audit writer (server/_audit/_subscriber.py)
+# the durable consumers of the audit writer (audit/_subscriber.py)
 AUDIT_CONSUMERS = (("events", "audit-events"), ("audit", "audit-notices"))
 
 

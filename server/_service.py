@@ -12,14 +12,13 @@ import asyncio
 import logging
 from typing import Literal
 
-from bus import AuthError, Bus, Settings, Subjects
+from bus import AuthError, Bus, Settings, Subjects, load_or_create_job_secret
 from profiles import Store
 
 from ._console import Console, console_enabled
 from ._http import create_http_app, serve_http
 from ._mcp_app import create_mcp_server
 from ._metrics import MeteredDispatcher, metrics_route
-from ._secrets import load_or_create_job_secret
 from ._submit_gateway import SubmitGateway
 
 logger = logging.getLogger(__name__)

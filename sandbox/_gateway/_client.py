@@ -1,10 +1,19 @@
-"""A lean HTTP/1.1 client (h11 on asyncio streams) for the model upstream.
+"""The HTTP client toward the model upstream, on httpcore2 (httpx2's transport core,
+installed with httpx2 and the MCP SDK).
 
-Why not httpx: every model call costs the gateway two upstream requests (count_tokens,
-then the call); httpx spends about 1 ms of Python per request on this machine, this
-client about 0.3 ms. It does only what the gateway needs: POST with a body, a response
-whose body is streamed as it arrives, keep-alive connections per origin (bounded),
-http and https (TLS with certifi's or the system's CAs), and timeouts.
+- The response body is relayed as it arrives (``aiter_raw``: the bytes as received; the
+  request asks for ``accept-encoding: identity``); nothing is parsed here.
+- Keep-alive connections per origin, at most ``max_connections`` in use at once.
+- Proxies from the runner's environment, read once when the client is made:
+  ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, with the standard
+  library's rules (``urllib.request``). Only this client uses them; the sandbox's
+  environment is built separately and gets none of them.
+- TLS with the system's CA store (httpcore2's default context; ``SSL_CERT_FILE`` and
+  ``SSL_CERT_DIR`` too). No redirects are followed and no cookies are kept.
+
+Why not ``httpx2.AsyncClient`` itself: its request and response models cost about 0.2 ms
+per request on this machine, and every gateway call makes two upstream requests; see
+``_netstream.py`` for the network layer (measured in benchmarks/bench_gateway.py).
 
 Errors are ``UpstreamUnavailable`` (no connection could be made: the request was never
 sent) and ``UpstreamFailed`` (anything after that), both ``ModelError``s.
@@ -12,22 +21,25 @@ sent) and ``UpstreamFailed`` (anything after that), both ``ModelError``s.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import unquote, urlsplit
 
-import h11
+import httpcore2
 
 from bus import ModelError
 
-__all__ = ["HttpResponse", "LeanClient", "UpstreamFailed", "UpstreamUnavailable"]
+from ._netstream import AsyncioBackend
+
+__all__ = ["HttpResponse", "UpstreamClient", "UpstreamFailed", "UpstreamUnavailable", "proxy_for"]
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE = 65536
+# Nothing reached the upstream: safe to say "not sent" (a refund, a retry by the caller).
+_NOT_SENT = (httpcore2.ConnectError, httpcore2.ConnectTimeout, httpcore2.PoolTimeout, httpcore2.ProxyError,
+             httpcore2.UnsupportedProtocol)
 
 
 class UpstreamUnavailable(ModelError):
@@ -38,38 +50,37 @@ class UpstreamFailed(ModelError):
     """The upstream connection failed after the request was (maybe) sent."""
 
 
-def _ssl_context() -> ssl.SSLContext:
-    try:
-        import certifi
-
-        return ssl.create_default_context(cafile=certifi.where())
-    except ImportError:
-        return ssl.create_default_context()
+def _failed(exc: Exception, during: str) -> UpstreamFailed:
+    if isinstance(exc, httpcore2.TimeoutException):
+        return UpstreamFailed(f"the model API did not answer in time{during}")
+    return UpstreamFailed(f"the model API connection failed{during} ({type(exc).__name__})")
 
 
-class _Conn:
-    __slots__ = ("h11", "origin", "reader", "writer")
-
-    def __init__(self, origin: tuple[str, str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.origin = origin
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
-
-    def close(self) -> None:
-        self.writer.close()
+def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
+    """The proxy URL for ``url`` given ``urllib.request.getproxies_environment()``-style
+    ``proxies`` (scheme -> URL, ``no`` -> bypass list); None to connect directly."""
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    host = parts.hostname or ""
+    if urllib.request.proxy_bypass_environment(f"{host}:{parts.port}" if parts.port else host, proxies):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 class HttpResponse:
     """Status and headers are read; the body is read with ``aiter_raw`` or ``aread``.
     Always ``aclose()`` it (a response not read to its end closes its connection)."""
 
-    def __init__(self, client: LeanClient, conn: _Conn, event: h11.Response, read_timeout: float) -> None:
-        self._client = client
-        self._conn: _Conn | None = conn
-        self._read_timeout = read_timeout
-        self.status_code = event.status_code
-        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
+    def __init__(self, response: httpcore2.Response) -> None:
+        self._response = response
+        self._closed = False
+        self.status_code = response.status
+        self.headers: list[tuple[str, str]] = [
+            (name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in response.headers
+        ]
+        """(lower-case name, value) in the order received."""
 
     def header(self, name: str, default: str = "") -> str:
         for key, value in self.headers:
@@ -78,22 +89,17 @@ class HttpResponse:
         return default
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        if conn is None:
+        if self._closed:
             return
         try:
-            while True:
-                event = await self._client._next_event(conn, self._read_timeout)
-                if isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    self._conn = None
-                    self._client._release(conn, reusable=True)
-                    return
-                else:
-                    raise UpstreamFailed("the model API closed the connection mid-response")
-        except (OSError, h11.ProtocolError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            raise UpstreamFailed(f"the model API connection failed mid-response ({type(exc).__name__})") from None
+            async for chunk in self._response.aiter_stream():
+                yield chunk
+        except RuntimeError:  # already read to its end or closed
+            return
+        except httpcore2.NetworkError as exc:
+            raise _failed(exc, " mid-response") from None
+        except (httpcore2.TimeoutException, httpcore2.ProtocolError) as exc:
+            raise _failed(exc, " mid-response") from None
 
     async def aread(self, limit: int = 64 * 1024 * 1024) -> bytes:
         body = bytearray()
@@ -105,13 +111,14 @@ class HttpResponse:
         return bytes(body)
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._client._release(conn, reusable=False)
+        if not self._closed:
+            self._closed = True
+            await self._response.aclose()
 
 
-class LeanClient:
-    """Keep-alive connections per origin, at most ``max_connections`` in use at once."""
+class UpstreamClient:
+    """``post`` returns once status and headers are in; one connection pool per route
+    (direct, or through one proxy)."""
 
     def __init__(
         self,
@@ -122,109 +129,81 @@ class LeanClient:
         max_connections: int = 200,
         max_idle: int = 32,
         ssl_context: ssl.SSLContext | None = None,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._write_timeout = write_timeout
-        self._slots = asyncio.Semaphore(max_connections)
-        self._max_idle = max_idle
-        self._idle: list[_Conn] = []
+        """``proxies``: scheme -> proxy URL and ``no`` -> bypass list; None = from the
+        environment (``urllib.request.getproxies_environment()``)."""
+        self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": write_timeout,
+                          "pool": read_timeout}
+        self._pool_args = {"max_connections": max_connections, "max_keepalive_connections": max_idle,
+                           "network_backend": AsyncioBackend()}
         self._ssl = ssl_context
+        self._proxies = dict(urllib.request.getproxies_environment() if proxies is None else proxies)
+        self._pools: dict[str | None, httpcore2.AsyncConnectionPool] = {}
         self._closed = False
+
+    def _pool(self, url: str) -> httpcore2.AsyncConnectionPool:
+        proxy = proxy_for(url, self._proxies)
+        pool = self._pools.get(proxy)
+        if pool is None:
+            if self._ssl is None:
+                self._ssl = httpcore2.default_ssl_context()
+            if proxy is None:
+                pool = httpcore2.AsyncConnectionPool(ssl_context=self._ssl, **self._pool_args)
+            else:
+                parts = urlsplit(proxy)
+                if parts.scheme not in ("http", "https"):
+                    raise UpstreamUnavailable(
+                        f"the proxy for the model API is a {parts.scheme}:// proxy; only http(s) proxies are "
+                        "supported: set HTTPS_PROXY to an http:// proxy, or add the host to NO_PROXY"
+                    )
+                auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
+                pool = httpcore2.AsyncHTTPProxy(
+                    proxy_url=parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(),
+                    proxy_auth=auth, ssl_context=self._ssl, **self._pool_args,
+                )
+                logger.info("model API requests to %s go through the proxy %s", urlsplit(url).hostname,
+                            parts.hostname)
+            self._pools[proxy] = pool
+        return pool
 
     async def aclose(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
     async def post(
         self, url: str, *, headers: dict[str, str], content: bytes, read_timeout: float | None = None
     ) -> HttpResponse:
         """Send a POST and return once the response status and headers are in."""
-        parts = urlsplit(url)
-        scheme, host = parts.scheme, parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        origin = (scheme, host, port)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host_header = host if parts.port is None else f"{host}:{port}"
-        request = [("host", host_header), *headers.items(), ("content-length", str(len(content)))]
-        timeout = self._read_timeout if read_timeout is None else read_timeout
-        await self._slots.acquire()
-        try:
-            for attempt in (0, 1):
-                conn, reused = await self._acquire(origin)
-                try:
-                    data = conn.h11.send(h11.Request(method="POST", target=target, headers=request)) or b""
-                    if content:
-                        data += conn.h11.send(h11.Data(data=content)) or b""
-                    data += conn.h11.send(h11.EndOfMessage()) or b""
-                    conn.writer.write(data)
-                    async with asyncio.timeout(self._write_timeout):
-                        await conn.writer.drain()
-                    while True:
-                        event = await self._next_event(conn, timeout)
-                        if isinstance(event, h11.Response):
-                            return HttpResponse(self, conn, event, timeout)
-                        if not isinstance(event, h11.InformationalResponse):
-                            raise h11.RemoteProtocolError("connection closed before a response")
-                except (OSError, h11.ProtocolError, asyncio.IncompleteReadError) as exc:
-                    conn.close()
-                    if reused and attempt == 0:
-                        continue  # a kept-alive connection the server had closed: once more, fresh
-                    raise UpstreamFailed(f"the model API connection failed ({type(exc).__name__})") from None
-                except TimeoutError:
-                    conn.close()
-                    raise UpstreamFailed("the model API did not answer in time") from None
-                except BaseException:
-                    conn.close()
-                    raise
-            raise AssertionError("unreachable")
-        except BaseException:
-            self._slots.release()
-            raise
-
-    async def _acquire(self, origin: tuple[str, str, int]) -> tuple[_Conn, bool]:
         if self._closed:
             raise UpstreamUnavailable("the upstream client is closed")
-        for index in range(len(self._idle) - 1, -1, -1):
-            conn = self._idle[index]
-            if conn.origin == origin:
-                del self._idle[index]
-                if conn.reader.at_eof() or conn.writer.is_closing():
-                    conn.close()
-                    continue
-                return conn, True
-        scheme, host, port = origin
-        context = None
-        if scheme == "https":
-            if self._ssl is None:
-                self._ssl = _ssl_context()
-            context = self._ssl
+        parts = urlsplit(url)
+        timeouts = self._timeouts if read_timeout is None else {**self._timeouts, "read": read_timeout}
+        request = httpcore2.Request(
+            b"POST", url,
+            headers=[("host", parts.netloc.rpartition("@")[2]), *headers.items(), ("content-length", str(len(content)))],
+            content=content, extensions={"timeout": timeouts},
+        )
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host if context else None, limit=READ_SIZE
-                )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise UpstreamUnavailable(f"cannot connect to the model API at {scheme}://{host}:{port} ({type(exc).__name__})") from None
-        return _Conn(origin, reader, writer), False
+            response = await self._pool(url).handle_async_request(request)
+        except _NOT_SENT as exc:
+            port = f":{parts.port}" if parts.port else ""
+            raise UpstreamUnavailable(
+                f"cannot connect to the model API at {parts.scheme}://{parts.hostname}{port} ({_reason(exc)})"
+            ) from None
+        except (httpcore2.NetworkError, httpcore2.TimeoutException, httpcore2.ProtocolError) as exc:
+            raise _failed(exc, "") from None
+        return HttpResponse(response)
 
-    async def _next_event(self, conn: _Conn, timeout: float) -> h11.Event | type:
-        while True:
-            event = conn.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            async with asyncio.timeout(timeout):
-                data = await conn.reader.read(READ_SIZE)
-            conn.h11.receive_data(data)
 
-    def _release(self, conn: _Conn, *, reusable: bool) -> None:
-        self._slots.release()
-        reusable = reusable and not self._closed and len(self._idle) < self._max_idle
-        if reusable and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            with contextlib.suppress(h11.LocalProtocolError):
-                conn.h11.start_next_cycle()
-                self._idle.append(conn)
-                return
-        conn.close()
+def _reason(exc: BaseException) -> str:
+    """What went wrong, never a URL or header (the request's headers hold the real
+    credential): the SSL reason of a failed handshake, else the error's own text."""
+    inner: BaseException | None = exc
+    while inner is not None:
+        if isinstance(inner, ssl.SSLError):
+            return f"{type(exc).__name__}: SSL {inner.reason or type(inner).__name__}"
+        inner = inner.__cause__ or inner.__context__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -17,7 +17,7 @@ import msgspec
 
 from bus import ConfigError, Settings, redact
 
-from ._client import HttpResponse, LeanClient, ModelError
+from ._client import HttpResponse, ModelError, UpstreamClient
 from ._filter import encode_body
 
 __all__ = ["DEFAULT_UPSTREAM", "FORWARDED_REQUEST_HEADERS", "Upstream"]
@@ -58,10 +58,10 @@ class Upstream:
         self.base_url = url
         self._api_key = settings.upstream_api_key
         self._count_timeout = count_timeout
-        self._client_args = dict(
-            connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
-        )
-        self._client: LeanClient | None = None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_connections = max_connections
+        self._client: UpstreamClient | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -73,7 +73,8 @@ class Upstream:
 
     async def __aenter__(self) -> Upstream:
         if self._client is None:
-            self._client = LeanClient(**self._client_args)  # type: ignore[arg-type]
+            self._client = UpstreamClient(connect_timeout=self._connect_timeout, read_timeout=self._read_timeout,
+                                          max_connections=self._max_connections)
         return self
 
     async def __aexit__(
@@ -87,7 +88,7 @@ class Upstream:
             await client.aclose()
 
     @property
-    def client(self) -> LeanClient:
+    def client(self) -> UpstreamClient:
         if self._client is None:
             raise RuntimeError("Upstream is not open; use `async with Upstream(settings)`")
         return self._client

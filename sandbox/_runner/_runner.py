@@ -36,6 +36,7 @@ from bus import (
     decode_heartbeat,
     encode,
     load_or_create_job_secret,
+    taskbus_version,
 )
 
 from .._gateway import Upstream
@@ -59,15 +60,6 @@ REAP_EVERY_S = 30.0
 def default_runner_id(backend: str) -> str:
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:60] or "host"
     return f"{host}-{backend}"
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("taskbus")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 class Runner:
@@ -304,7 +296,7 @@ class Runner:
             await self._self_check()
             beat = Heartbeat(
                 runner_id=self.id, backend=self.backend_name, slots=self.slots, running=self.running,
-                version=_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
+                version=taskbus_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
                 ready=self.backend_ready.is_set(), problem=self.problem,
                 warm=warm_sandboxes(self.backend),
             )

@@ -52,17 +52,6 @@ async def pump(reader: asyncio.StreamReader, stream: Stream, ex: Execution) -> N
         await ex._eof()
 
 
-async def feed_stdin(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        proc.stdin.close()
-
-
 async def pump_fd(fd: int, stream: Stream, ex: Execution) -> None:
     """Read a pipe from the agent's command line by line into the execution."""
     loop = asyncio.get_running_loop()

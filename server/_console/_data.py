@@ -12,9 +12,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from audit import default_db_path, open_db, parse_time, search, verify
 from bus import Bus, Heartbeat, decode_heartbeat
-
-from .._audit import default_db_path, open_db, parse_time, search, verify
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from audit import default_db_path, open_db, search, summarize, verify
 from bus import Settings, TaskbusError
-
-from .._audit import default_db_path, open_db, search, summarize, verify
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from bus import Settings, TaskbusError, credentials_path, find_nats_server, free
 
 from ._ready import RunnerReadyProbe
 from ._state import UP_PID_VAR
-from ._supervisor import ChildSpec, UpError, log_probe, port_free, tcp_probe
+from ._readyfile import ready_file_path
+from ._supervisor import ChildSpec, UpError, port_free, ready_file_probe, tcp_probe
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +177,10 @@ def make_plan(
     )
     metrics_port = settings.runner_metrics_port or free_port("127.0.0.1")
     runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port)}
-    specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run"], env=env_of("audit"),
-                           label="hash-chained log in data dir", probe=log_probe("audit writer started"),
-                           stop_timeout_s=10.0, wave=1))
+    audit_ready = ready_file_path(data, "audit")
+    specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run", "--ready-file", str(audit_ready)],
+                           env=env_of("audit"), label="hash-chained log in data dir",
+                           probe=ready_file_probe(audit_ready), stop_timeout_s=10.0, wave=1))
     specs.append(ChildSpec(
         name="runner", argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
         env=runner_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(probe_settings, rid),

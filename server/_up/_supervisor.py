@@ -4,7 +4,8 @@ Each child runs in its own session (its own process group), so a Ctrl-C at the t
 reaches only the supervisor, which then stops the children in the reverse order of their
 start: SIGTERM to the group, a deadline, SIGKILL to the group. Output goes to
 ``<log_dir>/<name>.log``. A child that exits on its own after start-up is restarted
-after an exponential backoff (reset once it has stayed up for ``healthy_after_s``); one
+after a jittered exponential backoff (bus.Backoff, reset once it has stayed up for
+``healthy_after_s``); one
 that exits during start-up fails the whole start with the tail of its log.
 """
 
@@ -21,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus import TaskbusError
+from bus import Backoff, TaskbusError
+
+from ._readyfile import ready_pid
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +67,10 @@ class ChildState:
     """waiting, starting, ready, backoff, stopping, stopped, failed."""
     restarts: int = 0
     started_at: float = 0.0
-    log_offset: int = 0
-    """Size of the log file when the current process started (probes read from here)."""
     last_exit: int | None = None
     error: str = ""
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def log_since_start(self) -> str:
-        try:
-            with self.log_path.open("rb") as fh:
-                fh.seek(self.log_offset)
-                return fh.read(1_000_000).decode(errors="replace")
-        except OSError:
-            return ""
 
     def log_tail(self, chars: int = 1500) -> str:
         try:
@@ -101,11 +94,11 @@ def tcp_probe(host: str, port: int) -> Probe:
     return probe
 
 
-def log_probe(text: str) -> Probe:
-    """Ready once ``text`` appears in the child's output since its latest start."""
+def ready_file_probe(path: Path) -> Probe:
+    """Ready once the child wrote its own pid to ``path`` (_readyfile.py)."""
 
     async def probe(child: ChildState) -> bool:
-        return text in child.log_since_start()
+        return child.pid is not None and ready_pid(path) == child.pid
 
     return probe
 
@@ -232,11 +225,9 @@ class Supervisor:
         child.state = "starting"
         child.error = ""
         child.ready.clear()
-        child.log_offset = child.log_path.stat().st_size if child.log_path.exists() else 0
         with child.log_path.open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(child.spec.argv)}\n".encode())
             log.flush()
-            child.log_offset = log.tell()
             child.process = await asyncio.create_subprocess_exec(
                 *child.spec.argv, env=child.spec.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
@@ -274,7 +265,8 @@ class Supervisor:
         self._changed()
 
     async def _monitor(self, child: ChildState) -> None:
-        failures = 0
+        # at least half of each delay is kept, so a crash loop never restarts at once
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s, jitter=0.5)
         while not self._stopping:
             try:
                 await self._start(child)
@@ -307,8 +299,9 @@ class Supervisor:
                 self._changed()
                 return
             uptime = time.monotonic() - child.started_at
-            failures = 1 if uptime >= self._healthy_after_s else failures + 1
-            delay = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (failures - 1))
+            if uptime >= self._healthy_after_s:
+                backoff.reset()
+            delay = backoff.next_delay()
             child.state = "backoff"
             child.restarts += 1
             logger.warning("%s (pid %s) exited with code %s after %.1fs; restarting in %.1fs (restart %d)",

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from audit import AuditOptions, run_audit
 from bus import (
     Accepted,
     Artifact,
@@ -30,7 +31,6 @@ from bus import (
     ToolResult,
     Usage,
 )
-from server._audit import AuditOptions, run_audit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,14 +130,15 @@ def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+async def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Signal the process group and wait for the exit (off the event loop); SIGKILL after ``timeout``."""
     if proc.poll() is None:
         os.killpg(proc.pid, sig)
         try:
-            proc.wait(timeout)
+            await asyncio.to_thread(proc.wait, timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+            await asyncio.to_thread(proc.wait, 5)
     return proc.returncode
 
 
@@ -149,7 +150,7 @@ def fill(db: Path, events: list[Any], *, stream: str = "events", start_seq: int 
     """Store ``events`` through the real writer (no bus needed), as if fetched in one batch."""
     import msgspec
 
-    from server._audit import Writer, open_db
+    from audit import Writer, open_db
 
     conn = open_db(db)
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from audit_helpers import RunningWriter
 
+from audit import AuditOptions
 from bus import Bus, Settings
-from server._audit import AuditOptions
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from pathlib import Path
 import msgspec
 from audit_helpers import RunningWriter, wait_rows, wait_until
 
+from audit import AlertRules, AuditOptions
+from audit._writer import Notable
 from bus import AuditNotice, Bus, Message, Security, Settings, new_task_id
-from server._audit import AlertRules, AuditOptions
-from server._audit._writer import Notable
 
 
 async def collect_alerts(bus: Bus) -> tuple[asyncio.Queue[tuple[str, dict]], object]:
@@ -70,8 +70,21 @@ async def test_auth_failures_above_the_threshold_raise_one_alert(bus: Bus, setti
     assert alerts.empty()
 
 
-async def test_a_hanging_alert_hook_is_killed_and_never_holds_up_ingest(bus: Bus, settings: Settings, db: Path):
-    settings = msgspec.structs.replace(settings, alert_command="sleep 600")
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_a_hanging_alert_hook_is_killed_with_its_children_and_never_holds_up_ingest(
+    bus: Bus, settings: Settings, db: Path, tmp_path: Path
+):
+    pids = tmp_path / "hook.pids"
+    # the hook leaves a child behind and hangs: both must be killed (the hook's process group)
+    settings = msgspec.structs.replace(
+        settings, alert_command=f"sleep 600 & echo $! >> {pids}; echo $$ >> {pids}; wait")
     writer = await RunningWriter(settings, db, AuditOptions(alert_timeout_s=0.5)).start()
     try:
         task_id = new_task_id()
@@ -81,9 +94,14 @@ async def test_a_hanging_alert_hook_is_killed_and_never_holds_up_ingest(bus: Bus
                 task_id=task_id, seq=seq, ts=now, kind="escape_attempt", detail="mount /proc", severity="critical"))
         await bus.publish(bus.subjects.events(task_id), Message(task_id=task_id, seq=4, ts=now, text="after"))
         await wait_rows(db, 4, timeout=10)
+        await wait_until(lambda: pids.exists() and len(pids.read_text().split()) >= 2, what="the hook to start")
+        started = [int(p) for p in pids.read_text().split()[:2]]
+        await wait_until(lambda: not any(_alive(p) for p in started), what=f"the hung hook {started} to be killed")
     finally:
         async with asyncio.timeout(15):  # the hook runs are bounded, so stopping is too
             await writer.close()
+    remaining = [int(p) for p in pids.read_text().split()]
+    assert not any(_alive(p) for p in remaining), "a hook process outlived the writer"
 
 
 def test_auth_failure_window_counts_per_actor_and_forgets_old_failures():

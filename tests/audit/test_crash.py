@@ -13,9 +13,9 @@ import pytest
 from audit_helpers import count_rows, start_cli, stop_process, wait_until
 from nats.js.errors import NotFoundError
 
+from audit import open_db, verify
+from audit._subscriber import EVENTS_CONSUMER
 from bus import Bus, Message, Settings, new_task_id
-from server._audit import open_db, verify
-from server._audit._subscriber import EVENTS_CONSUMER
 
 TASKS = 10
 PER_TASK = 1000
@@ -71,14 +71,14 @@ async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_on
         await wait_until(lambda: count_rows(db) > 0 or proc.poll() is not None,
                          timeout=60, what="the first committed batch")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        stop_process(proc, signal.SIGKILL)  # 5,000 published, some stored, 5,000 to come
+        await stop_process(proc, signal.SIGKILL)  # 5,000 published, some stored, 5,000 to come
         killed_at = count_rows(db)
         resume.set()
         await asyncio.wait_for(burst, 120)
         assert 0 < killed_at < TASKS * PER_TASK
     finally:
         resume.set()
-        stop_process(proc, signal.SIGKILL)
+        await stop_process(proc, signal.SIGKILL)
 
     restarted = start_cli(settings, "audit", "run")
     try:
@@ -86,7 +86,7 @@ async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_on
                          timeout=120, what="all 10,000 rows after the restart")
         assert restarted.poll() is None
     finally:
-        assert stop_process(restarted, signal.SIGTERM) == 0  # SIGTERM is a clean stop
+        assert await stop_process(restarted, signal.SIGTERM) == 0  # SIGTERM is a clean stop
 
     conn = sqlite3.connect(db)
     try:

@@ -17,8 +17,8 @@ from audit_helpers import (
     wait_until,
 )
 
+from audit import AuditOptions, open_db, verify
 from bus import AuditNotice, Bus, ChainHead, Log, Settings, new_task_id
-from server._audit import AuditOptions, open_db, verify
 
 
 def rows(db: Path, sql: str = "SELECT task_id, seq, type, key_id FROM audit ORDER BY id", *args: object) -> list:
@@ -98,7 +98,7 @@ async def test_writer_catches_up_after_downtime_without_storing_anything_twice(
 
 
 async def test_redelivered_messages_are_skipped_and_do_not_fork_the_chain(settings: Settings, db: Path):
-    from server._audit import Writer
+    from audit import Writer
 
     conn = open_db(db)
     try:
@@ -138,7 +138,7 @@ async def test_chain_head_is_published_with_the_last_row_and_hash(bus: Bus, sett
 
 
 async def test_stream_sequence_is_read_from_the_ack_subject_like_nats_metadata(bus: Bus):
-    from server._audit._pull import stream_seq
+    from audit._pull import stream_seq
 
     task_id = new_task_id()
     for ev in every_event(task_id)[:3]:
@@ -152,7 +152,7 @@ async def test_stream_sequence_is_read_from_the_ack_subject_like_nats_metadata(b
 
 
 async def test_stored_batches_are_acked_so_the_consumer_has_nothing_pending(bus: Bus, writer: RunningWriter, db: Path):
-    from server._audit._subscriber import EVENTS_CONSUMER
+    from audit._subscriber import EVENTS_CONSUMER
 
     await publish_all(bus, every_event(new_task_id()))
     await wait_rows(db, 10)
@@ -166,7 +166,7 @@ async def test_stored_batches_are_acked_so_the_consumer_has_nothing_pending(bus:
 
 
 async def test_a_second_writer_on_the_same_database_is_refused(writer: RunningWriter, settings: Settings, db: Path):
-    from server._audit import AuditError
+    from audit import AuditError
 
     second = RunningWriter(settings, db)
     try:
@@ -179,7 +179,7 @@ async def test_a_second_writer_on_the_same_database_is_refused(writer: RunningWr
 
 
 async def test_writer_recovers_when_its_consumer_is_deleted_under_it(bus: Bus, writer: RunningWriter, db: Path):
-    from server._audit._subscriber import EVENTS_CONSUMER
+    from audit._subscriber import EVENTS_CONSUMER
 
     first, second = new_task_id(), new_task_id()
     await publish_all(bus, every_event(first))
@@ -228,7 +228,7 @@ async def test_writer_waits_out_a_database_lock_held_by_another_process(
     blocker = sqlite3.connect(db, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")  # as a long prune would
-        with caplog.at_level(logging.WARNING, logger="server._audit._subscriber"):
+        with caplog.at_level(logging.WARNING, logger="audit._subscriber"):
             await publish_all(bus, every_event(new_task_id()))
             await wait_until(lambda: "audit database is busy" in caplog.text, what="the writer to back off")
         blocker.execute("COMMIT")

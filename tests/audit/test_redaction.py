@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from audit_helpers import RunningWriter, invoke, wait_rows
 
+from audit._rows import needs_redaction
 from bus import AuditNotice, Bus, Message, Settings, ToolCall, new_task_id, redact
-from server._audit._rows import needs_redaction
 
 SECRETS = [
     "sk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Jh1Gf0",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from audit_helpers import every_event, fill, invoke, past
 
+from audit import row_hash
+from audit._chain import CONTENT_COLUMNS
 from bus import Settings, new_task_id
-from server._audit import row_hash
-from server._audit._chain import CONTENT_COLUMNS
 
 
 @pytest.fixture

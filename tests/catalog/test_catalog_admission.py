@@ -9,11 +9,10 @@ import json
 import pytest
 from mcp import Client
 
-from bus import Bus, Catalog, CatalogLimits, PolicyDenied, Settings, Subjects, TaskRequest, decode_job, decode_notice, make_bundle
+from bus import Bus, Catalog, CatalogLimits, PolicyDenied, Settings, Subjects, TaskRequest, decode_job, decode_notice, load_or_create_job_secret, make_bundle
 from profiles import Store
 from server._dispatch import Caller, Dispatcher
 from server._mcp_app import create_mcp_server
-from server._secrets import load_or_create_job_secret
 
 AGENT = b"---\nname: scribe\ndescription: Writes workflows from notes\n---\nYou write workflows.\n"
 SKILL = b"---\nname: notes-kit\ndescription: Meeting notes helpers\n---\nUse it.\n"

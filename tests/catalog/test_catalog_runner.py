@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from catalog_kit import write_agent, write_skill
 
 import bus as bus_module
 from bus import Catalog, Finished, Log, Security, Settings, TaskRequest, ToolCall, ToolResult, sign_job
-from catalog_kit import write_agent, write_skill
 from profiles import profile_from_mapping, resolve_policy
 from sandbox import Runner
 
@@ -98,8 +98,8 @@ def succeeded(events: list) -> Finished:
 
 async def audit_rows(settings: Settings, cli, task_id: str, *args: str) -> list[dict]:
     """Run the audit writer until it holds the task's ``finished`` row, then search with the CLI."""
-    from server._audit import open_db, run_audit
-    from server._audit import search as audit_search
+    from audit import open_db, run_audit
+    from audit import search as audit_search
 
     stop, ready = asyncio.Event(), asyncio.Event()
     db = Path(settings.data_dir) / "audit-test.db"

@@ -47,7 +47,7 @@ def require_chromium() -> None:
 
 @contextlib.asynccontextmanager
 async def audit_writer(settings: Settings) -> AsyncIterator[None]:
-    from server._audit import run_audit
+    from audit import run_audit
 
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_audit(settings, stop=stop, ready=ready))

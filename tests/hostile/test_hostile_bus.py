@@ -256,8 +256,8 @@ def test_data_dir_databases_and_secret_are_private_whoever_creates_them(tmp_path
     """Not `taskbus up`: the profiles store, the audit writer and the job secret create them."""
     import sqlite3
 
+    from audit._db import open_db
     from profiles import Store
-    from server._audit._db import open_db
 
     data = tmp_path / "fresh" / "data"
     settings = Settings.load({}, data_dir=str(data))
@@ -313,8 +313,8 @@ async def test_a_password_in_the_nats_url_is_not_printed(stack: dict[str, Any]) 
 
 
 def test_a_replayed_job_notice_raises_a_critical_alert() -> None:
-    from server._audit._alerts import AlertRules
-    from server._audit._writer import Notable
+    from audit._alerts import AlertRules
+    from audit._writer import Notable
 
     row = Notable(row=7, type="notice", kind="replayed_job", task_id="t_1", key_id="runner:r1", ts_us=1,
                   severity=None, detail="replayed_job")

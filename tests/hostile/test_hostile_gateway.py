@@ -25,11 +25,11 @@ import msgspec
 import pytest
 
 import bus as bus_module
+from audit import run_audit
 from bus import Finished, Security, Settings, ToolResult
 from sandbox import Runner, ScriptedModelServer, build_image
 from sandbox._sandboxes._image import image_folder
 from sandbox._scripted import parse_script
-from server._audit import run_audit
 
 MODEL = "claude-sonnet-4-6"
 MARKER_PARTS = ("hostile", "-probe-", "7d1")  # joined only inside the sandbox

@@ -7,13 +7,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from runner_kit import follow, make_job, scripted_model, submit
 
 import bus as bus_module
+from audit import open_db, run_audit, search, verify
 from bus import Settings
 from sandbox import Runner
-from server._audit import open_db, run_audit, search, verify
-
-from runner_kit import follow, make_job, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 

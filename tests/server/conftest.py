@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from bus import AuditNotice, Bus, Settings, Subjects, decode_notice
+from bus import AuditNotice, Bus, Settings, Subjects, decode_notice, load_or_create_job_secret
 from profiles import Store
 from server._dispatch import Dispatcher
-from server._secrets import load_or_create_job_secret
 from server._submit_gateway import SubmitGateway
 from server_kit import e2e_model_and_runner
 

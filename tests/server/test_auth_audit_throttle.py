@@ -15,13 +15,13 @@ from pathlib import Path
 import httpx2
 import msgspec
 import nats
-
-from bus import AuditNotice, AuthError, Settings, SubmitRejected, decode_reply
-from server._audit import run_audit
-from server._audit._alerts import AlertRules
-from server._audit._writer import Notable
-from server._auth_audit import AuthAuditThrottle
 from test_http import http_server
+
+from audit import run_audit
+from audit._alerts import AlertRules
+from audit._writer import Notable
+from bus import AuditNotice, AuthError, Settings, SubmitRejected, decode_reply
+from server._auth_audit import AuthAuditThrottle
 
 FLOOD = 500
 

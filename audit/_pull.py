@@ -21,6 +21,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 
+from bus import Backoff
+
 logger = logging.getLogger(__name__)
 
 _DONE = frozenset({"404", "408"})  # no messages (no_wait) / request expired
@@ -52,6 +54,7 @@ class BatchPull:
         self._left = 0
         self._deadline = 0.0
         self._retry_at = 0.0
+        self._backoff = Backoff(0.5, 10.0)
         self.failed = False
         """A status other than 404/408/100 ended a request (e.g. 409 consumer deleted)."""
 
@@ -77,6 +80,7 @@ class BatchPull:
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
         if status is None:
+            self._backoff.reset()
             self._buf.append(msg)
             self._left -= 1
             if self._left > 0:
@@ -89,7 +93,7 @@ class BatchPull:
             logger.warning("pull request on %s ended with %s %s", self._api, status, description)
             self.failed = True
             self._outstanding = False
-            self._retry_at = time.monotonic() + 1.0
+            self._retry_at = time.monotonic() + self._backoff.next_delay()
             self._ready.set()
             return
         self._outstanding = False

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import msgspec
 
-from bus import InvalidInput
+from bus import InvalidInput, is_duration, parse_duration
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -21,22 +21,12 @@ COLUMNS = (
     "prev_hash", "hash",
 )
 _SELECT = f"SELECT {', '.join('a.' + c for c in COLUMNS)} FROM audit a"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(value: str) -> float:
-    """``30s``, ``15m``, ``1h``, ``30d``, ``2w`` -> seconds; InvalidInput otherwise."""
-    match = _DURATION.match(value)
-    if not match:
-        raise InvalidInput(f"{value!r} is not a duration; use a number and a unit: 30s, 15m, 1h, 30d, 2w")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def parse_time(value: str, *, now: float | None = None) -> int:
     """A duration ago (``1h``) or an ISO date/time (UTC when no zone) -> microseconds since epoch."""
     now = time.time() if now is None else now
-    if _DURATION.match(value):
+    if is_duration(value):
         return int((now - parse_duration(value)) * 1_000_000)
     try:
         ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus import Bus, ChainHead, Settings, Subjects, encode
+from bus import Backoff, Bus, ChainHead, Settings, Subjects, encode, first_error
 
 from ._alerts import Alerter, AlertRules
 from ._db import WriterLock, default_db_path, open_db
@@ -151,7 +151,7 @@ class AuditService:
                     tg.create_task(self._head_loop(stop))
                     tg.create_task(self.alerter.run())
             except BaseExceptionGroup as group:  # one clear error for the CLI, not a group
-                raise _first_error(group) from None
+                raise first_error(group) from None
         finally:
             executor.shutdown(wait=True)
             for source in sources:
@@ -196,6 +196,7 @@ class AuditService:
 
     async def _fetch_loop(self, source: _Source, stop: asyncio.Event) -> None:
         nc = self.bus.nc
+        backoff = Backoff(0.5, 10.0)
         try:
             while not stop.is_set():
                 try:
@@ -205,6 +206,7 @@ class AuditService:
                         await self._resync(source, "the pull consumer failed")
                     assert source.pull is not None
                     msgs = await source.pull.take(timeout=self.options.fetch_wait_s)
+                    backoff.reset()
                     if not msgs:
                         continue
                     items = [(source.stream, stream_seq(m), m.subject, m.data) for m in msgs]
@@ -214,8 +216,7 @@ class AuditService:
                     logger.warning("audit fetch from %s failed: %s; retrying", source.stream, exc)
                     if source.pull is not None:
                         source.pull.failed = True
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                    await backoff.sleep(until=stop)
                     continue
                 source.highest = max(source.highest, items[-1][1])
                 await self._queue.put((items, msgs[-1]))
@@ -251,7 +252,7 @@ class AuditService:
         """Prepare and commit one batch; while another process holds the database's write
         lock (a long prune), retry with backoff instead of giving up."""
         prepared = await self._call(executor, self.writer.prepare, batch)
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 return await self._call(executor, self.writer.commit, prepared)
@@ -261,9 +262,9 @@ class AuditService:
                         f"cannot write the audit database: {exc}. Nothing was acked; fix the cause "
                         "(disk full? permissions?) and restart: the writer resumes where it stopped"
                     ) from exc
+                delay = backoff.next_delay()
                 logger.warning("audit database is busy (%s); retrying the batch in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _ack(self, msgs) -> None:
         # Only the last message per stream matters with AckPolicy.ALL; acking each fetch's
@@ -313,13 +314,3 @@ class AuditService:
             idle = time.monotonic() - self._last_head_pub
             if self.writer.head[0] != self._published_row or idle >= self.options.head_interval_s:
                 await self._publish_head()
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first real error in a (nested) exception group: not a cancellation."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]
