@@ -17,7 +17,7 @@ VENV = ROOT / ".venv"
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A copy of scripts/lint and pyproject.toml over four tiny packages that keep every contract."""
+    """A copy of scripts/lint and pyproject.toml over five tiny packages that keep every contract."""
     if not (VENV / "bin" / "lint-imports").exists():
         pytest.fail(f"{VENV}/bin/lint-imports is missing: run scripts/setup python")
     (tmp_path / "scripts").mkdir()
@@ -28,6 +28,7 @@ def tree(tmp_path: Path) -> Path:
         "bus/__init__.py": "from ._codec import encode as encode\n",
         "bus/_codec.py": "def encode(x: int) -> int:\n    return x\n",
         "profiles/__init__.py": "from bus import encode as encode\n",
+        "audit/__init__.py": "from bus import encode as encode\n",
         "sandbox/__init__.py": "from ._tools import find as find\n",
         "sandbox/_tools.py": "from bus import encode\n\n\ndef find() -> int:\n    return encode(1)\n",
         "server/__init__.py": "",
@@ -69,13 +70,13 @@ def test_lint_fails_on_an_import_that_breaks_a_contract(tree: Path, path: str, t
 
 
 def test_lint_fails_on_a_top_level_package_the_checks_do_not_cover(tree: Path) -> None:
-    (tree / "audit").mkdir()
-    (tree / "audit" / "__init__.py").write_text("")
+    (tree / "relay").mkdir()
+    (tree / "relay" / "__init__.py").write_text("")
     done = lint(tree, "packages")
     assert done.returncode == 1
-    assert "[tool.importlinter] root_packages lacks audit" in done.stderr
-    assert "[tool.mypy] packages lacks audit" in done.stderr
-    assert "[tool.setuptools] packages.find.include lacks audit" in done.stderr
+    assert "[tool.importlinter] root_packages lacks relay" in done.stderr
+    assert "[tool.mypy] packages lacks relay" in done.stderr
+    assert "[tool.setuptools] packages.find.include lacks relay" in done.stderr
 
 
 def test_lint_fails_on_an_ignore_without_a_reason_once_enforced(tree: Path) -> None:
