@@ -339,9 +339,33 @@ async def ensure_streams(
         (subjects.claims_bucket, max(events_max_age_s, DAY),
          "taskbus job claims: task id -> job message a runner took (replay check)"),
     ):
+        await ensure_key_value(js, bucket, ttl=ttl, description=description)
+
+
+async def ensure_key_value(js: JetStreamContext, bucket: str, *, ttl: float | None, description: str) -> Any:
+    """The KV bucket ``bucket`` (history 1), created when missing; returns it."""
+    try:
+        return await js.key_value(bucket)
+    except Exception:
         try:
-            await js.key_value(bucket)
-        except Exception:
-            await js.create_key_value(
-                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description)
+            return await js.create_key_value(
+                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, history=1, description=description)
             )
+        except BadRequestError as exc:  # raced with another process creating it
+            if "already in use" not in str(exc):
+                raise
+            return await js.key_value(bucket)
+
+
+async def ensure_control_plane(js: JetStreamContext, subjects: Subjects) -> dict[str, Any]:
+    """The control plane's KV buckets (keys/profiles/budgets, the ledger, the task registry),
+    created when missing. Not part of ``ensure_streams``: the runner and audit users are
+    denied these buckets; ``profiles.Store`` (server, CLI) calls this."""
+    return {
+        bucket: await ensure_key_value(js, bucket, ttl=None, description=description)
+        for bucket, description in (
+            (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides"),
+            (subjects.ledger_bucket, "taskbus ledger: budget entries per account, rate windows, reservations"),
+            (subjects.tasks_bucket, "taskbus task registry"),
+        )
+    }

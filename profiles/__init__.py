@@ -11,7 +11,6 @@ from ._budgets import BudgetStatus as BudgetStatus
 from ._budgets import BudgetWindow as BudgetWindow
 from ._budgets import Reservation as Reservation
 from ._budgets import check_can_pay as check_can_pay
-from ._db import SCHEMA_VERSION as SCHEMA_VERSION
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_duration as parse_duration
 from ._keys import parse_expiry as parse_expiry
@@ -44,7 +43,6 @@ __all__ = [
     "PROFILE_FIELDS",
     "Profile",
     "Reservation",
-    "SCHEMA_VERSION",
     "STATUSES",
     "Store",
     "TaskRecord",

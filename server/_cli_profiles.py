@@ -1,14 +1,14 @@
 """``taskbus profiles | keys | budgets``: operators manage who may do what, and with how much.
 
-Every command opens ``<data_dir>/taskbus.db`` (created and seeded on first use), does
-one transaction, then publishes the audit notices of what changed when ``nats_url`` is
-set (a NATS that cannot be reached gets one warning; the change stands).
+Every command connects to the stack's NATS as the ``cli`` user (the control plane lives
+in JetStream KV: ``profiles.Store``), makes its change, then publishes the audit notices
+of what changed (a notice that cannot be published gets one warning; the change stands).
+Without NATS nothing can be read or changed: one error line says how to start it.
 """
 
 from __future__ import annotations
 
 import getpass
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,12 +50,7 @@ def _with_store(config: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
     buffer = NoticeBuffer()
 
     async def go() -> tuple[T, str | None]:
-        store = Store.for_settings(settings, actor=f"cli:{_user()}", notify=buffer)
-        try:
-            await store.connect()
-        except (OSError, sqlite3.Error) as exc:
-            fail(f"cannot open the database {store.path}: {exc}; check TASKBUS_DATA_DIR and its permissions")
-        async with store:
+        async with Store.for_settings(settings, actor=f"cli:{_user()}", notify=buffer) as store:
             result = await action(store)
         return result, await publish_notices(settings, buffer.notices)
 

@@ -64,7 +64,7 @@ async def run_server(
             artifacts_max_bytes=settings.artifacts_store_max_bytes,
             artifacts_max_age_s=settings.artifacts_store_max_age_days * 86_400,
         )
-        async with Store.for_settings(settings) as store:
+        async with Store.for_settings(settings, bus=bus) as store:
             async with MeteredDispatcher(settings, bus, store, secret=secret) as dispatcher:
                 if transport == "stdio":
                     try:

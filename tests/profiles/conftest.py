@@ -1,4 +1,5 @@
-"""Fixtures for the profiles tests: a real SQLite file per test and an injectable clock."""
+"""Fixtures for the profiles tests: a Store on the session's real nats-server (fresh buckets per
+test) and an injectable clock."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bus import Bus
 from profiles import Profile, Store, profile_from_mapping
 
 
@@ -35,8 +37,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with Store(db_path, now=clock) as s:
+async def store(bus: Bus, clock: Clock) -> AsyncIterator[Store]:
+    async with Store(bus, now=clock) as s:
         yield s
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
@@ -35,10 +34,12 @@ async def test_fifty_concurrent_reservations_against_a_budget_for_five_admit_exa
     assert "daily budget" in refused[0].message and "$5.00" in refused[0].message
 
 
-async def test_reservations_from_several_connections_never_overshoot_the_budget(db_path: Path, store, make_profile, clock):
+async def test_reservations_from_several_connections_never_overshoot_the_budget(settings, store, make_profile, clock):
     await make_profile("race", budget_day_usd=5.0, max_concurrent=100)
     key = await _key(store, "race")
-    stores = [await Store.open(db_path, now=clock) for _ in range(5)]
+    stores = [Store.for_settings(settings, now=clock) for _ in range(5)]  # five NATS connections
+    for s in stores:
+        await s.connect()
     try:
         results = await asyncio.gather(
             *(stores[i % 5].reserve(key, f"task-{i}", 1.0) for i in range(50)), return_exceptions=True

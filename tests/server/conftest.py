@@ -48,7 +48,7 @@ async def server_stack(settings: Settings) -> AsyncIterator[Stack]:
             notices.append(decode_notice(msg.data))
 
         sub = await bus.nc.subscribe(bus.subjects.audit_all(), cb=on_notice)
-        async with Store.for_settings(settings) as store:
+        async with Store.for_settings(settings, bus=bus) as store:
             async with Dispatcher(settings, bus, store, secret=load_or_create_job_secret(settings)) as dispatcher:
                 async with SubmitGateway(dispatcher) as gateway:
                     yield Stack(settings, bus, store, dispatcher, gateway, notices)
