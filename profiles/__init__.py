@@ -11,6 +11,8 @@ from ._budgets import BudgetStatus as BudgetStatus
 from ._budgets import BudgetWindow as BudgetWindow
 from ._budgets import Reservation as Reservation
 from ._budgets import check_can_pay as check_can_pay
+from ._import import ImportReport as ImportReport
+from ._import import import_database as import_database
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_duration as parse_duration
 from ._keys import parse_expiry as parse_expiry
@@ -37,6 +39,7 @@ __all__ = [
     "BudgetStatus",
     "BudgetWindow",
     "DB_NAME",
+    "ImportReport",
     "KNOWN_TOOLS",
     "KeyRecord",
     "NoticeBuffer",
@@ -48,6 +51,7 @@ __all__ = [
     "TaskRecord",
     "check_tool_name",
     "default_profiles",
+    "import_database",
     "parse_duration",
     "parse_expiry",
     "parse_profiles_toml",

@@ -62,12 +62,18 @@ class Registry:
             cost_usd=None, model=model, created_at=now, updated_at=now, finished_at=None, result_summary=None,
             error_code=None,
         )
-        try:
-            await self.kv.create(task_key(task_id), msgspec.json.encode(record))
-        except KeyWrongLastSequenceError:
-            return await self.get(task_id), False
-        await asyncio.gather(self._index(record), *( [self.kv.put(f"live.{task_id}", b"1")]
-                                                    if status in LIVE_STATUSES else []))
+        live = [self.kv.put(f"live.{task_id}", b"1")] if status in LIVE_STATUSES else []
+        results = await asyncio.gather(self.kv.create(task_key(task_id), msgspec.json.encode(record)),
+                                       self._index(record), *live, return_exceptions=True)
+        if isinstance(results[0], KeyWrongLastSequenceError):  # recorded before: put its indexes back
+            existing = await self.get(task_id)
+            await self._index(existing)
+            if existing.status not in LIVE_STATUSES:
+                await self.kv.delete(f"live.{task_id}")
+            return existing, False
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return record, True
 
     async def _index(self, record: TaskRecord) -> None:

@@ -48,6 +48,7 @@ from ._profiles import (
     profile_from_mapping,
     profile_to_mapping,
 )
+from ._import import SEEDED
 from ._registry import Registry
 from ._tasks import LIVE_STATUSES, TaskRecord
 from ._view import BUDGET, KEY, PROFILE, ControlView, StoredKey, encode_key
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 Notify = Callable[[AuditNotice], Awaitable[None] | None]
 DB_NAME = "taskbus.db"
 """The SQLite file of taskbus before 0.6 (imported once by ``taskbus migrate``)."""
-SEEDED = "meta.seeded"
 
 
 def _utcnow() -> datetime:
@@ -423,6 +423,11 @@ class Store:
     async def reserve(self, key_id: str, task_id: str, amount: float) -> Reservation:
         """Reserve ``amount`` USD (one compare-and-set on the account's entry);
         BudgetExceeded / ConcurrencyLimit when it does not fit. Same task id twice: no-op."""
+        record, added = await self._reserve(key_id, task_id, amount)
+        return await self._record_reservation(record, added)
+
+    async def _reserve(self, key_id: str, task_id: str, amount: float) -> tuple[Doc, bool]:
+        """The compare-and-set half of ``reserve``: (the reservation's record, whether it is new)."""
         _ledger.check_amount(amount, "reservation amount")
         now = self.now()
         state = await self._status(key_id, None)
@@ -434,16 +439,21 @@ class Store:
             new = _ledger.reserve(doc, state, task_id, amount, now)
             return new, new is not None
 
-        added = await self.ledger.change(_ledger.account_key(state.account), change)
+        return record, await self.ledger.change(_ledger.account_key(state.account), change)
+
+    async def _record_reservation(self, record: Doc, added: bool) -> Reservation:
+        """The second half: the per-task reservation record (what settle and release find)."""
+        task_id = record["task_id"]
         try:
             await self.ledger.kv.create(_ledger.reservation_key(task_id), dumps(record))
         except KeyWrongLastSequenceError:  # this task id was reserved before: answer with that
             existing, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
             if added:  # ... and it was closed since: undo ours
-                await self.ledger.change(_ledger.account_key(state.account),
+                now = self.now()
+                await self.ledger.change(_ledger.account_key(record["account"]),
                                          lambda doc: (_ledger.close(doc, task_id, record, None, now), None))
             assert existing is not None
-            return self._existing(existing, key_id, task_id)
+            return self._existing(existing, record["key_id"], task_id)
         return _reservation(record)
 
     @staticmethod
@@ -581,11 +591,15 @@ class Store:
         return await self.get_profile(profile), await self._status(key_id, doc)
 
     async def admit(self, key_id: str, task_id: str, amount: float, *, profile: str, kind: str, **task: Any) -> Reservation:
-        """Reserve ``amount`` (BudgetExceeded / ConcurrencyLimit) and record the task."""
-        reservation = await self.reserve(key_id, task_id, amount)
+        """Reserve ``amount`` (BudgetExceeded / ConcurrencyLimit) and record the task: the
+        compare-and-set, then the reservation's and the task's records at once."""
+        record, added = await self._reserve(key_id, task_id, amount)
         try:
-            await self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind,
-                                       reserved=amount, now=self.now(), **task)
+            reservation, _ = await asyncio.gather(
+                self._record_reservation(record, added),
+                self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind,
+                                     reserved=amount, now=self.now(), **task),
+            )
         except BaseException:
             await asyncio.shield(self.release(task_id))
             raise

@@ -32,6 +32,7 @@ _GROUPS = (
     "_cli_audit",
     "_cli_up",
     "_cli_catalog",
+    "_cli_migrate",
 )
 
 
