@@ -10,12 +10,12 @@ they never conflict with each other: conflicts only come from other processes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from bus import Backoff, BusTimeout, retry_async
@@ -36,12 +36,16 @@ class _Stale(Exception):
     """Our cached revision was not the last one: read again and retry."""
 
 
+class _Handoff(Exception):
+    """The caller writing a batch was cancelled before answering: queue the change again."""
+
+
 def dumps(doc: Doc) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    return msgspec.json.encode(doc)
 
 
 def loads(raw: bytes | None) -> Doc:
-    return json.loads(raw) if raw else {}
+    return msgspec.json.decode(raw) if raw else {}
 
 
 async def read(kv: Any, key: str) -> tuple[Doc | None, int]:
@@ -71,12 +75,18 @@ async def scan(kv: Any, pattern: str, *, timeout: float = SCAN_TIMEOUT_S) -> lis
 
 
 class CasEntries:
-    """Compare-and-set writers of the entries of one bucket, with a bounded cache."""
+    """Compare-and-set writers of the entries of one bucket, with a bounded cache.
+
+    Group commit: while one write of an entry is in flight, the changes that arrive for
+    the same entry queue up and the next write applies them all, in order, in one
+    compare-and-set (each caller still gets its own result or refusal). A burst of
+    admissions against one account costs a few round trips, not one each."""
 
     def __init__(self, kv: Any) -> None:
         self.kv = kv
         self._cache: OrderedDict[str, tuple[Doc | None, int]] = OrderedDict()
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._waiting: dict[str, list[tuple[Change[Any], asyncio.Future[Any], bool]]] = {}
+        self._leading: set[str] = set()
 
     def forget(self, key: str) -> None:
         self._cache.pop(key, None)
@@ -89,43 +99,79 @@ class CasEntries:
     async def change(self, key: str, change: Change[T], *, fresh: bool = False) -> T:
         """Apply ``change`` atomically to ``key`` and return its result (``fresh``: read
         first instead of trusting the cached revision)."""
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                return await self._change(key, change, fresh)
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:  # no one else waits: drop it (memory stays bounded by concurrency)
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+        while True:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, []).append((change, future, fresh))
+            if key not in self._leading:  # no write of this entry in flight: lead one
+                await self._lead(key)
+            try:
+                return await future
+            except _Handoff:  # the leader was cancelled before answering: queue again
+                continue
 
-    async def _change(self, key: str, change: Change[T], fresh: bool) -> T:
+    async def _lead(self, key: str) -> None:
+        """Write the queued changes of ``key`` until none is left (the others await theirs)."""
+        self._leading.add(key)
+        batch: list[tuple[Change[Any], asyncio.Future[Any], bool]] = []
+        try:
+            while batch := self._waiting.pop(key, []):
+                await self._apply(key, [(c, f) for c, f, _ in batch], any(fresh for _, _, fresh in batch))
+        finally:
+            self._leading.discard(key)
+            for _, future, _ in batch + self._waiting.pop(key, []):
+                if not future.done():
+                    future.set_exception(_Handoff())
+                    future.exception()  # retrieved: a cancelled leader's own one is never awaited
+
+    async def _apply(self, key: str, batch: list[tuple[Change[Any], asyncio.Future[Any]]], fresh: bool) -> None:
         cached = None if fresh else self._cache.get(key)
 
-        async def attempt() -> T:
+        async def attempt() -> list[tuple[asyncio.Future[Any], Any, bool]]:
             nonlocal cached
             current, revision = cached if cached is not None else await read(self.kv, key)
             cached = None  # a retry always reads
-            new, result = change(current)
-            if new is None:
+            doc, dirty, answers = current, False, []
+            for change, future in batch:
+                try:
+                    new, result = change(doc)
+                except Exception as exc:  # this caller's refusal; the others go on
+                    answers.append((future, exc, True))
+                    continue
+                if new is not None:
+                    doc, dirty = new, True
+                answers.append((future, result, False))
+            if not dirty:
                 self._remember(key, current, revision)
-                return result
+                return answers
             try:
-                written = await self.kv.update(key, dumps(new), last=revision)
+                written = await self.kv.update(key, dumps(doc), last=revision)  # type: ignore[arg-type]
             except KeyWrongLastSequenceError:
                 self.forget(key)
                 raise _Stale() from None
-            self._remember(key, new, int(written))
-            return result
+            self._remember(key, doc, int(written))
+            return answers
 
         try:
-            return await retry_async(attempt, on=_Stale, attempts=CAS_ATTEMPTS, backoff=Backoff(0.001, 0.05))
+            answers = await retry_async(attempt, on=_Stale, attempts=CAS_ATTEMPTS, backoff=Backoff(0.001, 0.05))
         except _Stale:
-            raise BusTimeout(
-                f"the control-plane entry {key!r} kept changing under {CAS_ATTEMPTS} attempts to update it; retry"
-            ) from None
+            error = BusTimeout(
+                f"the control-plane entry {key!r} kept changing under {CAS_ATTEMPTS} attempts to update it; retry")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except Exception as exc:  # NATS failed: every caller of this batch hears it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, value, failed in answers:
+            if future.done():
+                continue
+            if failed:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
 
     def _remember(self, key: str, value: Doc | None, revision: int) -> None:
         self._cache[key] = (value, revision)
