@@ -371,13 +371,22 @@ class Dispatcher:
         refused, Store busy) is retried with backoff, replaying from seq 1 (events already
         seen are skipped), so a waiting caller is never left hanging."""
         delay = 0.5
+        settled = False
+
+        async def settle(finished: Finished) -> None:
+            nonlocal settled
+            await self._settle(finished)
+            settled = True
+
         try:
             while True:
                 try:
                     finished = await follow_events(
-                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event
+                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event,
+                        on_finished=settle,
                     )
-                    await self._settle(finished)
+                    if not settled:  # a retry found the task finished already
+                        await settle(finished)
                     return
                 except asyncio.CancelledError:
                     raise
