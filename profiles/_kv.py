@@ -96,6 +96,15 @@ class CasEntries:
         cached = self._cache.get(key)
         return cached[1] if cached is not None else 0
 
+    def cached(self, key: str) -> Doc | None:
+        """The value of ``key`` this process last read or wrote (None: none cached)."""
+        cached = self._cache.get(key)
+        return cached[0] if cached is not None else None
+
+    def remember(self, key: str, value: Doc, revision: int) -> None:
+        """What this process just created at ``revision`` (its next change skips the read)."""
+        self._remember(key, value, revision)
+
     async def change(self, key: str, change: Change[T], *, fresh: bool = False) -> T:
         """Apply ``change`` atomically to ``key`` and return its result (``fresh``: read
         first instead of trusting the cached revision)."""

@@ -445,7 +445,8 @@ class Store:
         """The second half: the per-task reservation record (what settle and release find)."""
         task_id = record["task_id"]
         try:
-            await self.ledger.kv.create(_ledger.reservation_key(task_id), dumps(record))
+            revision = await self.ledger.kv.create(_ledger.reservation_key(task_id), dumps(record))
+            self.ledger.remember(_ledger.reservation_key(task_id), record, revision)
         except KeyWrongLastSequenceError:  # this task id was reserved before: answer with that
             existing, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
             if added:  # ... and it was closed since: undo ours
@@ -464,7 +465,9 @@ class Store:
 
     async def _close(self, task_id: str, actual: float | None) -> tuple[Reservation | None, bool]:
         key = _ledger.reservation_key(task_id)
-        record, _ = await read(self.ledger.kv, key)
+        record = self.ledger.cached(key)  # what this server reserved: no read (a stale copy fails the CAS below)
+        if record is None:
+            record, _ = await read(self.ledger.kv, key)
         if record is None:
             if actual is None:
                 return None, False
@@ -481,7 +484,9 @@ class Store:
                    "actual": 0 if micro is None else micro}
             return new, new
 
-        return _reservation(await self.ledger.change(key, mark, fresh=True)), True
+        closed = _reservation(await self.ledger.change(key, mark))
+        self.ledger.forget(key)
+        return closed, True
 
     async def settle(self, task_id: str, actual: float) -> Reservation:
         """Replace the reservation with the metered cost; settling twice keeps the first figure.
