@@ -342,15 +342,20 @@ async def ensure_streams(
         await ensure_key_value(js, bucket, ttl=ttl, description=description)
 
 
-async def ensure_key_value(js: JetStreamContext, bucket: str, *, ttl: float | None, description: str) -> Any:
-    """The KV bucket ``bucket`` (history 1), created when missing; returns it."""
+async def ensure_key_value(
+    js: JetStreamContext, bucket: str, *, ttl: float | None, description: str, direct: bool = False
+) -> Any:
+    """The KV bucket ``bucket`` (history 1), created when missing; returns it. ``direct``:
+    reads are direct gets served by the stream, not JetStream API requests (which queue
+    behind consumer creations under load)."""
     try:
         return await js.key_value(bucket)
     except Exception:
         try:
-            return await js.create_key_value(
-                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, history=1, description=description)
-            )
+            return await js.create_key_value(KeyValueConfig(
+                bucket=bucket, storage=StorageType.FILE, ttl=ttl, history=1, description=description,
+                direct=direct or None,
+            ))
         except BadRequestError as exc:  # raced with another process creating it
             if "already in use" not in str(exc):
                 raise
@@ -362,7 +367,7 @@ async def ensure_control_plane(js: JetStreamContext, subjects: Subjects) -> dict
     created when missing. Not part of ``ensure_streams``: the runner and audit users are
     denied these buckets; ``profiles.Store`` (server, CLI) calls this."""
     return {
-        bucket: await ensure_key_value(js, bucket, ttl=None, description=description)
+        bucket: await ensure_key_value(js, bucket, ttl=None, description=description, direct=True)
         for bucket, description in (
             (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides"),
             (subjects.ledger_bucket, "taskbus ledger: budget entries per account, rate windows, reservations"),
