@@ -166,3 +166,29 @@ async def test_the_cli_user_manages_keys_and_the_runner_user_cannot_read_or_writ
         assert "tb_forged00" not in server_store.view.keys
         with pytest.raises(NotFound):
             await server_store.get_task("t_forged")
+
+
+async def test_the_ledger_entries_stay_small_as_the_history_grows(two: tuple[Store, Store]) -> None:
+    """200 tasks through one key: the account's entry and the key's rate window hold the
+    current periods and what is open, never the history; the registry lists by key."""
+    a, b = two
+    _, key = await a.create_key("developer")
+    _, other = await a.create_key("developer")
+    await _until("server b's view of the keys", lambda: other.prefix in b.view.keys)
+    await a.update_profile("developer", max_concurrent=1000, rate_limit_per_min=100_000)
+    await _until("server b's view of the profile", lambda: b.view.profiles["developer"].max_concurrent == 1000)
+    for i in range(200):
+        store = a if i % 2 else b
+        await store.begin_request(key.prefix, "developer")
+        await store.admit(key.prefix, f"t_hist{i:03d}", 0.01, profile="developer", kind="complete")
+        await (b if i % 2 else a).finish_task(f"t_hist{i:03d}", 0.001, "succeeded")
+    await a.admit(other.prefix, "t_other", 0.01, profile="developer", kind="complete")
+
+    account = await a.ledger.kv.get(f"a.{key.account}")
+    rate = await a.ledger.kv.get(f"r.{key.prefix}")
+    assert msgspec.json.decode(account.value)["open"] == {}
+    assert len(account.value) < 200 and len(rate.value) < 60 * 20
+    assert (await b.remaining_budget(key.prefix)).day.used_usd == pytest.approx(0.2)
+    assert [t.task_id for t in await b.list_tasks(other.prefix)] == ["t_other"]
+    assert len(await b.list_tasks(key.prefix, limit=500)) == 200
+    assert [t.task_id for t in await a.list_tasks(None, status="accepted")] == ["t_other"]
