@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from bus import (
-    AuthError, BudgetExceeded, Bus, EmbeddedNats, KeyRevoked, NotFound, Settings, Subjects, connect_options,
+    AuthError, BudgetExceeded, EmbeddedNats, KeyRevoked, NotFound, Settings, Subjects, connect_options,
 )
 from bus._natsauth import ROLES, credentials_path, server_authorization
 from profiles import Store, profile_from_mapping
