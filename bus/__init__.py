@@ -25,6 +25,7 @@ from ._codec import sign_job as sign_job
 from ._codec import verify_job as verify_job
 from ._connection import Bus as Bus
 from ._connection import connect_options as connect_options
+from ._connection import ensure_control_plane as ensure_control_plane
 from ._connection import ensure_streams as ensure_streams
 from ._connection import publish_acked as publish_acked
 from ._duration import is_duration as is_duration
@@ -89,7 +90,7 @@ __all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as
     "make_bundle", "validate_bundle",
     "Bus", "ClusterSpec", "connect_options", "EmbeddedCluster", "EmbeddedNats", "private_database", "private_dir", "JOB_KINDS", "JobKind", "ModelPrice", "Settings", "Subjects",
     "canonical", "check_token", "decode", "decode_control", "decode_event", "decode_heartbeat",
-    "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_streams",
+    "decode_job", "decode_notice", "decode_reply", "decode_request", "encode", "ensure_control_plane", "ensure_streams",
     "find_nats_server", "free_port", "json_schemas", "new_task_id", "publish_acked",
     "settings_reference", "check_relative_path", "input_file_bytes", "job_secret_path", "load_or_create_job_secret", "REDACTED", "redact", "redact_obj", "sign_job", "verify_job",
     "CLAUDE_CODE_TOOLS", "CLAUDE_CODE_VERSION", "TOOL_ALIASES", "Grant", "canonical_tool", "command_matches",

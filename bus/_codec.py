@@ -6,6 +6,7 @@ wrong types, unknown tags, too deep, too large) becomes MessageDecodeError.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import inspect
@@ -110,6 +111,13 @@ def decode_notice(data: bytes) -> AuditNotice:
 _EMPTY_FACTORIES = (list, dict, set, tuple)
 
 
+@functools.cache
+def _fields(cls: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """A Struct type's fields, resolved once (``msgspec.structs.fields`` evaluates the
+    type annotations on every call: it was most of the cost of signing a job)."""
+    return msgspec.structs.fields(cls)
+
+
 def essential(value: Any) -> Any:
     """``value`` as builtins with every Struct field left out that holds its default.
 
@@ -122,7 +130,7 @@ def essential(value: Any) -> Any:
         out: dict[str, Any] = {}
         if config.tag is not None and config.tag_field is not None:
             out[config.tag_field] = config.tag
-        for field in msgspec.structs.fields(value):
+        for field in _fields(type(value)):
             item = getattr(value, field.name)
             if field.default is not msgspec.NODEFAULT and _same(item, field.default):
                 continue

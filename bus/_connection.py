@@ -379,3 +379,20 @@ async def ensure_streams(
                         replicas=replicas, update=update)
     if update:  # the catalog's buckets too, so that one opened later (admission, the CLI) has the replicas
         await Catalog.open(js, subjects.catalog_bucket, replicas=replicas)
+
+
+async def ensure_control_plane(js: JetStreamContext, subjects: Subjects, *, replicas: int = 1) -> dict[str, Any]:
+    """The control plane's KV buckets (keys/profiles/budgets, the ledger, the task registry),
+    created when missing and raised to ``replicas``. Their reads are direct gets served by
+    the stream, not JetStream API requests (which queue behind consumer creations under
+    load). Not part of ``ensure_streams``: the runner and audit users are denied these
+    buckets; ``profiles.Store`` (server, CLI) calls this."""
+    return {
+        bucket: await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1,
+                                                   description=description, direct=True), replicas=replicas)
+        for bucket, description in (
+            (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides"),
+            (subjects.ledger_bucket, "taskbus ledger: budget entries per account, rate windows, reservations"),
+            (subjects.tasks_bucket, "taskbus task registry"),
+        )
+    }

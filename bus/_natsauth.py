@@ -16,8 +16,13 @@ What a role may do (least subjects):
 - audit (``taskbus audit run``): consumers on the events and audit streams, the chain
   head and alerts.
 - cli (the operator: CLI commands, ``taskbus up`` itself): submit, follow events, read
-  heartbeats, publish audit notices (key changes), read artifacts. It cannot publish jobs,
-  events or control messages.
+  heartbeats, publish audit notices (key changes), read artifacts, and read and change the
+  control plane (keys, profiles, budgets, the ledger, the task registry: three KV buckets).
+  It cannot publish jobs, events or control messages.
+
+The control-plane buckets hold key hashes, budgets and every caller's task records: the
+runner and audit users are denied them explicitly (``role_denials``), even though the
+JetStream API is otherwise granted to them whole.
 """
 
 from __future__ import annotations
@@ -103,10 +108,12 @@ def role_permissions(prefix: str) -> dict[str, tuple[list[str], list[str]]]:
     jobs, events, audit = s.jobs_stream, s.events_stream, s.audit_stream
     art, cache = s.artifacts_bucket, s.cache_bucket
     obj = f"OBJ_{art}"
+    control_plane = control_plane_buckets(prefix)
+    kv_control = [f"$KV.{b}.>" for b in control_plane]
     return {
         "server": (
             [f"{p}.jobs.>", f"{p}.control.>", f"{p}.audit.>", f"{p}.events.>", "$JS.API.>",
-             f"$O.{art}.>", f"$KV.{cache}.>", "$JS.ACK.>", _FLOW, _INBOX],
+             f"$O.{art}.>", f"$KV.{cache}.>", f"$KV.{p}-submits.>", *kv_control, "$JS.ACK.>", _FLOW, _INBOX],
             [f"{p}.submit.>", f"{p}.events.>", f"{p}.runners.>", f"$O.{art}.>", f"$KV.{cache}.>", _INBOX],
         ),
         "runner": (
@@ -125,16 +132,52 @@ def role_permissions(prefix: str) -> dict[str, tuple[list[str], list[str]]]:
              f"$JS.API.CONSUMER.MSG.NEXT.{events}.>", f"$JS.ACK.{events}.>",
              f"$JS.API.STREAM.INFO.{obj}", f"$JS.API.STREAM.MSG.GET.{obj}", f"$JS.API.DIRECT.GET.{obj}.>",
              f"$JS.API.CONSUMER.CREATE.{obj}.>", f"$JS.API.CONSUMER.CREATE.{obj}",
-             f"$JS.API.CONSUMER.DELETE.{obj}.>", _FLOW, _INBOX],
+             f"$JS.API.CONSUMER.DELETE.{obj}.>", *_cli_control_plane(control_plane), _FLOW, _INBOX],
             [f"{p}.events.>", f"{p}.runners.>", f"{p}.auditlog.head", f"{p}.alerts.>", _INBOX],
         ),
     }
+
+
+def _control_plane_api(buckets: tuple[str, ...]) -> list[str]:
+    """The JetStream API subjects that read or change the KV buckets ``buckets``."""
+    out: list[str] = []
+    for bucket in buckets:
+        stream = f"KV_{bucket}"
+        out += [f"$KV.{bucket}.>", f"$JS.API.*.*.{stream}", f"$JS.API.*.*.{stream}.>", f"$JS.API.*.*.*.{stream}",
+                f"$JS.API.*.*.*.{stream}.>"]
+    return out
+
+
+def control_plane_buckets(prefix: str) -> tuple[str, ...]:
+    s = Subjects(prefix)
+    return (s.control_bucket, s.ledger_bucket, s.tasks_bucket)
+
+
+def role_denials(prefix: str) -> dict[str, list[str]]:
+    """Publish subjects denied per role despite a wider grant: the control plane for the
+    runner and the audit writer."""
+    denied = _control_plane_api(control_plane_buckets(prefix))
+    return {"runner": denied, "audit": denied}
+
+
+def _cli_control_plane(buckets: tuple[str, ...]) -> list[str]:
+    """What the operator's commands need on the control-plane buckets: create them when
+    missing, read entries (direct get), watch them (ordered consumers), write them."""
+    out: list[str] = []
+    for bucket in buckets:
+        stream = f"KV_{bucket}"
+        out += [f"$KV.{bucket}.>", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}",
+                f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.DIRECT.GET.{stream}",
+                f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+                f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>"]
+    return out
 
 
 def authorization_block(prefix: str, passwords: dict[str, str]) -> str:
     """The nats-server ``authorization`` section: one user per role in ``passwords``
     (role -> bcrypt hash, or a placeholder in the example)."""
     perms = role_permissions(prefix)
+    denials = role_denials(prefix)
 
     def q(subjects: list[str]) -> str:
         return "[" + ", ".join(json.dumps(x) for x in subjects) + "]"
@@ -142,9 +185,10 @@ def authorization_block(prefix: str, passwords: dict[str, str]) -> str:
     users = []
     for role, password in passwords.items():
         pub, sub = perms[role]
+        publish = f"{{ allow: {q(pub)}, deny: {q(denials[role])} }}" if role in denials else q(pub)
         users.append(
             f"    {{ user: {json.dumps(user_name(prefix, role))}, password: {json.dumps(password)}, permissions: {{\n"
-            f"        publish: {q(pub)}\n        subscribe: {q(sub)}\n    }} }}"
+            f"        publish: {publish}\n        subscribe: {q(sub)}\n    }} }}"
         )
     return "authorization {\n  users = [\n" + "\n".join(users) + "\n  ]\n}\n"
 

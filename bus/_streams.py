@@ -211,6 +211,7 @@ def taskbus_streams(subjects: Subjects) -> list[str]:
         object_stream(subjects.artifacts_bucket), kv_stream(subjects.cache_bucket), kv_stream(subjects.claims_bucket),
         kv_stream(f"{subjects.prefix}-submits"),
         kv_stream(subjects.catalog_bucket), object_stream(subjects.catalog_bucket),
+        kv_stream(subjects.control_bucket), kv_stream(subjects.ledger_bucket), kv_stream(subjects.tasks_bucket),
     ]
 
 

@@ -50,6 +50,12 @@ class Subjects:
         self.cache_bucket = f"{self.prefix}-cache"
         self.claims_bucket = f"{self.prefix}-claims"
         """KV: task id -> the stream sequence of the job message a runner claimed (replay check)."""
+        self.control_bucket = f"{self.prefix}-control"
+        """KV: API keys (hashes only), profiles and per-account budget overrides; every server watches it."""
+        self.ledger_bucket = f"{self.prefix}-ledger"
+        """KV: one budget entry per account (compare-and-set), rate windows per key, reservations."""
+        self.tasks_bucket = f"{self.prefix}-tasks"
+        """KV: the task registry (one record per task) with a per-key and a live-task index."""
 
     # -- submit (core request/reply)
     def submit(self, kind: JobKind) -> str:

@@ -11,7 +11,8 @@ from ._budgets import BudgetStatus as BudgetStatus
 from ._budgets import BudgetWindow as BudgetWindow
 from ._budgets import Reservation as Reservation
 from ._budgets import check_can_pay as check_can_pay
-from ._db import SCHEMA_VERSION as SCHEMA_VERSION
+from ._import import ImportReport as ImportReport
+from ._import import import_database as import_database
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_duration as parse_duration
 from ._keys import parse_expiry as parse_expiry
@@ -38,18 +39,19 @@ __all__ = [
     "BudgetStatus",
     "BudgetWindow",
     "DB_NAME",
+    "ImportReport",
     "KNOWN_TOOLS",
     "KeyRecord",
     "NoticeBuffer",
     "PROFILE_FIELDS",
     "Profile",
     "Reservation",
-    "SCHEMA_VERSION",
     "STATUSES",
     "Store",
     "TaskRecord",
     "check_tool_name",
     "default_profiles",
+    "import_database",
     "parse_duration",
     "parse_expiry",
     "parse_profiles_toml",

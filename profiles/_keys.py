@@ -1,9 +1,10 @@
-"""API keys: generation, hashing, records, and the key operations on a connection.
+"""API keys: generation, hashing, records, and the checks that a key may be used.
 
 A key is ``tb_`` + 32 random bytes (url-safe base64, 43 characters). It is shown once;
-the database keeps its SHA-256 hex digest and a display prefix (``tb_`` + the first 8
+the control plane keeps its SHA-256 hex digest and a display prefix (``tb_`` + the first 8
 characters) that names the key in listings, logs and policies. Authentication looks the
-row up by digest and compares digests with ``hmac.compare_digest``.
+digest up in the Store's in-memory view (a dict keyed by digest: no secret-dependent
+comparison loop).
 
 Rotation creates a new key for the same profile and account and lets the old one work
 until ``grace_until``. Budgets belong to the *account* (the first key of a rotation
@@ -13,16 +14,14 @@ chain), so rotating never resets spend.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiosqlite
 import msgspec
 
-from bus import AuthError, InvalidInput, KeyExpired, KeyRevoked, NotFound
+from bus import AuthError, InvalidInput, KeyExpired, KeyRevoked
 
 KEY_PREFIX = "tb_"
 DISPLAY_CHARS = 8
@@ -67,10 +66,11 @@ def display_prefix(plaintext: str) -> str:
 
 
 def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def record_from_row(row: Any) -> KeyRecord:
+    """A row of the pre-0.6 SQLite ``api_keys`` table (``taskbus migrate``)."""
     return KeyRecord(
         prefix=row["prefix"],
         profile=row["profile"],
@@ -109,69 +109,23 @@ def parse_expiry(text: str, now: datetime) -> datetime:
             f"expiry {text!r} not understood; give a duration (30d, 12h) or an ISO date (2027-01-31)"
         ) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     if when <= now:
         raise InvalidInput(f"expiry {when.isoformat()} is in the past; give a future date or a duration")
     return when
 
 
-# --------------------------------------------------------------------------- operations
-
-
-async def fetch_key(db: aiosqlite.Connection, prefix: str) -> KeyRecord:
-    async with db.execute("SELECT * FROM api_keys WHERE prefix = ?", (prefix,)) as cur:
-        row = await cur.fetchone()
-    if row is None:
-        raise NotFound(f"no key with prefix {prefix!r}; `taskbus keys list` shows them", prefix=prefix)
-    return record_from_row(row)
-
-
-async def insert_key(
-    db: aiosqlite.Connection,
-    *,
-    profile: str,
-    name: str | None,
-    expires_at: datetime | None,
-    now: datetime,
-    account: str | None = None,
-) -> tuple[str, KeyRecord]:
-    for _ in range(5):  # a display-prefix collision is ~2^-48; retry rather than fail
-        plaintext = new_key()
-        prefix = display_prefix(plaintext)
-        async with db.execute("SELECT 1 FROM api_keys WHERE prefix = ?", (prefix,)) as cur:
-            if await cur.fetchone() is None:
-                break
-    else:  # pragma: no cover - would need five 48-bit collisions in a row
-        raise RuntimeError("could not generate a unique key prefix")
-    await db.execute(
-        "INSERT INTO api_keys (prefix, hash, name, profile, created_at, expires_at, account)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            prefix,
-            hash_key(plaintext),
-            name,
-            profile,
-            now.timestamp(),
-            expires_at.timestamp() if expires_at else None,
-            account or prefix,
-        ),
-    )
-    return plaintext, await fetch_key(db, prefix)
-
-
-async def authenticate(db: aiosqlite.Connection, plaintext: str, now: datetime) -> KeyRecord:
+def check_shape(plaintext: object) -> str:
+    """The key's digest; AuthError (never echoing the key) when it is no taskbus key."""
     if not isinstance(plaintext, str) or not plaintext:
         raise AuthError("no API key given")
     if not _KEY_SHAPE.match(plaintext):
         raise AuthError("the API key is not a taskbus key (expected 'tb_' and 43 characters)")
-    digest = hash_key(plaintext)
-    async with db.execute("SELECT * FROM api_keys WHERE hash = ?", (digest,)) as cur:
-        row = await cur.fetchone()
-    # compare even on a miss so that both paths do the same work
-    stored = row["hash"] if row is not None else "0" * 64
-    if row is None or not hmac.compare_digest(stored, digest):
-        raise AuthError("unknown API key")
-    record = record_from_row(row)
+    return hash_key(plaintext)
+
+
+def check_usable(record: KeyRecord, now: datetime) -> KeyRecord:
+    """``record`` when it may be used now; KeyRevoked / KeyExpired otherwise."""
     if record.revoked_at is not None:
         raise KeyRevoked(
             f"API key {record.prefix} was revoked at {record.revoked_at.isoformat()}", prefix=record.prefix
@@ -189,45 +143,10 @@ async def authenticate(db: aiosqlite.Connection, plaintext: str, now: datetime) 
     return record
 
 
-async def revoke(db: aiosqlite.Connection, prefix: str, now: datetime) -> tuple[KeyRecord, bool]:
-    """Returns the record and whether this call changed it (revoking twice is a no-op)."""
-    record = await fetch_key(db, prefix)
-    if record.revoked_at is not None:
-        return record, False
-    await db.execute("UPDATE api_keys SET revoked_at = ? WHERE prefix = ?", (now.timestamp(), prefix))
-    return await fetch_key(db, prefix), True
-
-
-async def rotate(
-    db: aiosqlite.Connection, prefix: str, grace_s: float, now: datetime
-) -> tuple[str, KeyRecord, KeyRecord]:
-    """New key for the same profile and account; the old one works for ``grace_s`` more."""
-    if grace_s < 0:
-        raise InvalidInput(f"grace period must not be negative (got {grace_s}s)")
-    old = await fetch_key(db, prefix)
-    if old.revoked_at is not None:
-        raise InvalidInput(f"key {prefix} is revoked; create a new key instead of rotating it")
-    if old.replaced_by is not None:
-        raise InvalidInput(f"key {prefix} was already rotated to {old.replaced_by}; rotate that one")
-    expires_at = None
-    if old.expires_at is not None:  # keep the key's lifetime, counted from now
-        expires_at = now + (old.expires_at - old.created_at)
-    plaintext, new = await insert_key(
-        db, profile=old.profile, name=old.name, expires_at=expires_at, now=now, account=old.account
-    )
-    grace_until = now + timedelta(seconds=grace_s)
-    await db.execute(
-        "UPDATE api_keys SET replaced_by = ?, grace_until = ? WHERE prefix = ?",
-        (new.prefix, grace_until.timestamp(), prefix),
-    )
-    return plaintext, new, await fetch_key(db, prefix)
-
-
-async def list_keys(db: aiosqlite.Connection, *, profile: str | None = None) -> list[KeyRecord]:
-    sql = "SELECT * FROM api_keys"
-    args: tuple[Any, ...] = ()
-    if profile is not None:
-        sql += " WHERE profile = ?"
-        args = (profile,)
-    async with db.execute(sql + " ORDER BY created_at, prefix", args) as cur:
-        return [record_from_row(row) for row in await cur.fetchall()]
+def lookup(by_hash: dict[str, KeyRecord], plaintext: str, now: datetime) -> KeyRecord:
+    """Authenticate against a digest -> record map (the watched view)."""
+    digest = check_shape(plaintext)
+    record = by_hash.get(digest)
+    if record is None:
+        raise AuthError("unknown API key")
+    return check_usable(record, now)

@@ -1,16 +1,19 @@
-"""``Store``: the async facade over the profiles database (keys, profiles, budgets, tasks).
+"""``Store``: keys, profiles, budgets, rate limits and the task registry in JetStream KV.
 
-    async with Store(settings.data_path / "taskbus.db") as store:
+    async with Store.for_settings(settings) as store:          # its own NATS connection
         plaintext, key = await store.create_key("developer")
+    async with Store(bus) as store: ...                          # the server's connection
 
-One aiosqlite connection per Store. Every write is one ``BEGIN IMMEDIATE`` transaction,
-so checks and writes are atomic across coroutines (serialized by a lock on this
-connection) and across processes (serialized by SQLite). The first open of a new file
-creates the schema and seeds the shipped default profiles.
+Three buckets (names in ``bus.Subjects``): the control bucket (key hashes, profiles,
+budget overrides) which every Store watches into memory (``ControlView``), so
+authentication and policy resolution touch no disk and no network; the ledger (one
+budget entry per account, one rate window per key, one record per reservation), written
+only by compare-and-set; the task registry. Any number of Stores (servers, CLI runs) on
+one NATS share one truth. The first Store on an empty control bucket seeds the shipped
+default profiles (once: an operator's later deletion stands).
 
-Changes to keys, profiles and budgets are handed, after commit, to the optional
-``notify`` callable as ``bus.AuditNotice``s; the store is the source of truth and a
-failing notifier is logged, never raised.
+Changes to keys, profiles and budgets are handed, once stored, to the optional ``notify``
+callable as ``bus.AuditNotice``s; a failing notifier is logged, never raised.
 """
 
 from __future__ import annotations
@@ -19,23 +22,30 @@ import asyncio
 import inspect
 import logging
 import math
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiosqlite
 import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
 
-from bus import AuditNotice, InvalidInput, NotFound, Policy, ProfileError, Request, Settings
+from bus import (
+    AuditNotice,
+    Bus,
+    InvalidInput,
+    NotFound,
+    Policy,
+    Request,
+    Settings,
+    ensure_control_plane,
+)
 
-from . import _budgets, _db, _keys, _tasks
+from . import _ledger
 from ._apply import ApplyResult, diff_profiles, plan_apply
-from ._budgets import BudgetStatus, Reservation, load_profile
-from ._keys import KeyRecord
+from ._budgets import BudgetStatus, Reservation, to_micro, to_usd
+from ._import import SEEDED
+from ._keys import KeyRecord, check_usable, display_prefix, hash_key, lookup, new_key
+from ._kv import CasEntries, Doc, dumps, read, scan
 from ._policy import resolve_policy
 from ._profiles import (
     Profile,
@@ -46,73 +56,77 @@ from ._profiles import (
     profile_from_mapping,
     profile_to_mapping,
 )
-from ._tasks import TaskRecord
+from ._registry import Registry
+from ._tasks import LIVE_STATUSES, TaskRecord
+from ._view import BUDGET, KEY, PROFILE, ControlView, StoredKey, encode_key
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[AuditNotice], Awaitable[None] | None]
 DB_NAME = "taskbus.db"
+"""The SQLite file of taskbus before 0.6 (imported once by ``taskbus migrate``)."""
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _seed() -> list[tuple[str, tuple[object, ...]]]:
-    ts = time.time()
-    return [
-        ("INSERT OR IGNORE INTO profiles (name, data, created_at, updated_at) VALUES (?, ?, ?, ?)",
-         (p.name, encode_profile(p), ts, ts))
-        for p in default_profiles().values()
-    ]
+    return datetime.now(UTC)
 
 
 class Store:
     def __init__(
         self,
-        path: str | Path,
+        bus: Bus | None = None,
         *,
+        settings: Settings | None = None,
         now: Callable[[], datetime] = _utcnow,
         actor: str = "server",
         notify: Notify | None = None,
-        busy_timeout_s: float = _db.BUSY_TIMEOUT_S,
     ) -> None:
-        self.path = Path(path)
+        if bus is None and settings is None:
+            raise ValueError("Store needs a Bus or the Settings to connect with")
         self.actor = actor
+        self._bus = bus
+        self._settings = settings
+        self._owns_bus = bus is None
         self._now = now
         self._notify = notify
-        self._busy_timeout_s = busy_timeout_s
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._view: ControlView | None = None
+        self._control: CasEntries | None = None
+        self._ledger: CasEntries | None = None
+        self._registry: Registry | None = None
 
     @classmethod
-    def for_settings(cls, settings: Settings, **kwargs: Any) -> Store:
-        return cls(settings.data_path / DB_NAME, **kwargs)
-
-    @classmethod
-    async def open(cls, path: str | Path, **kwargs: Any) -> Store:
-        store = cls(path, **kwargs)
-        await store.connect()
-        return store
+    def for_settings(cls, settings: Settings, *, bus: Bus | None = None, **kwargs: Any) -> Store:
+        """A Store on ``bus``, or on its own connection as the user of ``settings``."""
+        return cls(bus, settings=settings, **kwargs)
 
     async def connect(self) -> None:
-        if self._db is not None:
+        if self._view is not None:
             return
-        db = await _db.connect(self.path, busy_timeout_s=self._busy_timeout_s)
+        if self._bus is None:
+            assert self._settings is not None
+            self._bus = await Bus.for_settings(self._settings, name=f"taskbus-store-{self.actor}")
         try:
-            before, after = await _db.migrate(db, seed=_seed())
+            subjects = self._bus.subjects
+            buckets = await ensure_control_plane(self._bus.js, subjects, replicas=self._bus.replicas)
+            control = buckets[subjects.control_bucket]
+            self._control = CasEntries(control)
+            self._ledger = CasEntries(buckets[subjects.ledger_bucket])
+            self._registry = Registry(buckets[subjects.tasks_bucket])
+            view = ControlView(control)
+            await view.start()
+            self._view = view
+            await self._seed()
         except BaseException:
-            await asyncio.shield(db.close())
+            await asyncio.shield(self.close())
             raise
-        if before != after:  # a new file is routine; an upgrade is worth a line
-            log = logger.info if before else logger.debug
-            log("%s: schema version %d -> %d", self.path, before, after)
-        self._db = db
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+        view, self._view = self._view, None
+        if view is not None:
+            await view.stop()
+        if self._owns_bus and self._bus is not None:
+            bus, self._bus = self._bus, None
+            await bus.close()
 
     async def __aenter__(self) -> Store:
         await self.connect()
@@ -126,32 +140,55 @@ class Store:
     def now(self) -> datetime:
         return self._now()
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        if self._db is None:
-            raise RuntimeError("Store is not open: use `async with Store(path)` or `await Store.open(path)`")
-        async with self._lock:
-            yield self._db
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError("Store is not open: use `async with Store(...)`")
+        return self._bus
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._read() as db:
-            await db.execute("BEGIN IMMEDIATE")
+    @property
+    def view(self) -> ControlView:
+        if self._view is None:
+            raise RuntimeError("Store is not open: use `async with Store(...)`")
+        return self._view
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            raise RuntimeError("Store is not open: use `async with Store(...)`")
+        return self._registry
+
+    def _kv(self, which: CasEntries | None) -> CasEntries:
+        if which is None:
+            raise RuntimeError("Store is not open: use `async with Store(...)`")
+        return which
+
+    @property
+    def control(self) -> CasEntries:
+        return self._kv(self._control)
+
+    @property
+    def ledger(self) -> CasEntries:
+        return self._kv(self._ledger)
+
+    async def is_empty(self) -> bool:
+        """True when no Store has ever seeded this control plane (nothing imported either)."""
+        doc, _ = await read(self.control.kv, SEEDED)
+        return doc is None
+
+    async def _seed(self) -> None:
+        """The shipped default profiles, once per control plane."""
+        if self.view.profiles or not await self.is_empty():
+            return
+        try:
+            await self.control.kv.create(SEEDED, dumps({"at": self.now().timestamp(), "by": self.actor}))
+        except KeyWrongLastSequenceError:
+            return  # another Store seeds
+        for profile in default_profiles().values():
             try:
-                yield db
-                await asyncio.shield(db.execute("COMMIT"))
-            except BaseException as error:
-                try:
-                    await asyncio.shield(db.execute("ROLLBACK"))
-                except Exception as exc:  # never hide the original error
-                    logger.warning("rollback failed: %s", exc)
-                if isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode == sqlite3.SQLITE_FULL:
-                    logger.error("%s: the disk is full; refusing writes until space is freed", self.path)
-                    raise ProfileError(
-                        "the server's data disk is full: nothing was recorded and new work is refused until "
-                        "an operator frees space in its data directory; retry later"
-                    ) from None
-                raise
+                await self._write_profile(profile, create=True)
+            except InvalidInput:
+                pass
 
     async def _emit(self, kind: str, **detail: Any) -> None:
         if self._notify is None:
@@ -166,6 +203,14 @@ class Store:
         except Exception as exc:
             logger.warning("audit notifier failed for %s: %s", kind, exc)
 
+    async def _seen(self, revision: int) -> None:
+        await self.view.caught_up(revision)
+
+    async def _change_control(self, key: str, change: Callable[[Doc | None], tuple[Doc | None, Any]]) -> Any:
+        result = await self.control.change(key, change, fresh=True)
+        await self._seen(self.control.revision(key))
+        return result
+
     # ------------------------------------------------------------------ keys
 
     async def create_key(
@@ -175,29 +220,60 @@ class Store:
         now = self.now()
         if expires_at is not None and expires_at <= now:
             raise InvalidInput(f"expiry {expires_at.isoformat()} is in the past; give a future time")
-        async with self._tx() as db:
-            await load_profile(db, profile)
-            plaintext, record = await _keys.insert_key(db, profile=profile, name=name, expires_at=expires_at, now=now)
+        await self.get_profile(profile)
+        plaintext, record = await self._insert_key(profile=profile, name=name, expires_at=expires_at, now=now)
         logger.info("key %s created for profile %s", record.prefix, profile)
         await self._emit("key_created", prefix=record.prefix, profile=profile, name=name, expires_at=expires_at)
         return plaintext, record
 
+    async def _insert_key(
+        self, *, profile: str, name: str | None, expires_at: datetime | None, now: datetime, account: str | None = None,
+    ) -> tuple[str, KeyRecord]:
+        for _ in range(5):  # a display-prefix collision is ~2^-48; retry rather than fail
+            plaintext = new_key()
+            prefix = display_prefix(plaintext)
+            record = KeyRecord(prefix=prefix, profile=profile, name=name, created_at=now, expires_at=expires_at,
+                               account=account or prefix)
+            try:
+                revision = await self.control.kv.create(KEY + prefix, encode_key(record, hash_key(plaintext)))
+            except KeyWrongLastSequenceError:
+                continue
+            await self._seen(revision)
+            return plaintext, record
+        raise RuntimeError("could not generate a unique key prefix")  # pragma: no cover
+
     async def authenticate(self, plaintext: str) -> KeyRecord:
-        """The key's record, or AuthError / KeyRevoked / KeyExpired (never echoing the key)."""
-        async with self._read() as db:
-            return await _keys.authenticate(db, plaintext, self.now())
+        """The key's record, or AuthError / KeyRevoked / KeyExpired (never echoing the key).
+        Reads only the in-memory view."""
+        return lookup(self.view.by_hash, plaintext, self.now())
 
     async def get_key(self, prefix: str) -> KeyRecord:
-        async with self._read() as db:
-            return await _keys.fetch_key(db, prefix)
+        stored = self.view.keys.get(prefix)
+        if stored is None:
+            raise NotFound(f"no key with prefix {prefix!r}; `taskbus keys list` shows them", prefix=prefix)
+        return stored.record
 
     async def list_keys(self, *, profile: str | None = None) -> list[KeyRecord]:
-        async with self._read() as db:
-            return await _keys.list_keys(db, profile=profile)
+        records = [s.record for s in self.view.keys.values() if profile is None or s.record.profile == profile]
+        return sorted(records, key=lambda r: (r.created_at, r.prefix))
+
+    async def _change_key(self, prefix: str, edit: Callable[[KeyRecord], KeyRecord | None]) -> tuple[KeyRecord, bool]:
+        def change(doc: Doc | None) -> tuple[Doc | None, tuple[KeyRecord, bool]]:
+            if doc is None:
+                raise NotFound(f"no key with prefix {prefix!r}; `taskbus keys list` shows them", prefix=prefix)
+            stored = msgspec.convert(doc, StoredKey)
+            new = edit(stored.record)
+            if new is None:
+                return None, (stored.record, False)
+            return msgspec.to_builtins(StoredKey(record=new, hash=stored.hash)), (new, True)
+
+        result: tuple[KeyRecord, bool] = await self._change_control(KEY + prefix, change)
+        return result
 
     async def revoke(self, prefix: str) -> KeyRecord:
-        async with self._tx() as db:
-            record, changed = await _keys.revoke(db, prefix, self.now())
+        now = self.now()
+        record, changed = await self._change_key(
+            prefix, lambda r: None if r.revoked_at is not None else msgspec.structs.replace(r, revoked_at=now))
         if changed:
             logger.info("key %s revoked", prefix)
             await self._emit("key_revoked", prefix=prefix, profile=record.profile)
@@ -205,95 +281,112 @@ class Store:
 
     async def rotate(self, prefix: str, grace_s: float = 3600.0) -> tuple[str, KeyRecord]:
         """A new key replacing ``prefix``, which keeps working for ``grace_s`` seconds."""
-        async with self._tx() as db:
-            plaintext, new, old = await _keys.rotate(db, prefix, grace_s, self.now())
+        if grace_s < 0:
+            raise InvalidInput(f"grace period must not be negative (got {grace_s}s)")
+        now = self.now()
+        old = await self.get_key(prefix)
+        self._check_rotatable(old)
+        expires_at = None if old.expires_at is None else now + (old.expires_at - old.created_at)
+        plaintext, new = await self._insert_key(
+            profile=old.profile, name=old.name, expires_at=expires_at, now=now, account=old.account)
+        grace_until = now + timedelta(seconds=grace_s)
+
+        def edit(record: KeyRecord) -> KeyRecord:
+            self._check_rotatable(record)
+            return msgspec.structs.replace(record, replaced_by=new.prefix, grace_until=grace_until)
+
+        try:
+            await self._change_key(prefix, edit)
+        except BaseException:  # rotated or revoked meanwhile: the new key must not outlive that
+            await asyncio.shield(self.control.kv.delete(KEY + new.prefix))
+            raise
         logger.info("key %s rotated to %s (grace %ss)", prefix, new.prefix, grace_s)
-        await self._emit(
-            "key_rotated", prefix=prefix, new_prefix=new.prefix, profile=new.profile, grace_until=old.grace_until
-        )
+        await self._emit("key_rotated", prefix=prefix, new_prefix=new.prefix, profile=new.profile,
+                         grace_until=grace_until)
         return plaintext, new
+
+    @staticmethod
+    def _check_rotatable(record: KeyRecord) -> None:
+        if record.revoked_at is not None:
+            raise InvalidInput(f"key {record.prefix} is revoked; create a new key instead of rotating it")
+        if record.replaced_by is not None:
+            raise InvalidInput(f"key {record.prefix} was already rotated to {record.replaced_by}; rotate that one")
 
     # ------------------------------------------------------------------ profiles
 
     async def get_profile(self, name: str) -> Profile:
-        async with self._read() as db:
-            return await load_profile(db, name)
+        profile = self.view.profiles.get(name)
+        if profile is None:
+            raise NotFound(f"no profile named {name!r}; `taskbus profiles list` shows them", profile=name)
+        return profile
 
     async def list_profiles(self) -> list[Profile]:
-        async with self._read() as db:
-            async with db.execute("SELECT data FROM profiles ORDER BY name") as cur:
-                rows = await cur.fetchall()
-        return [decode_profile(row["data"]) for row in rows]
+        return [self.view.profiles[n] for n in sorted(self.view.profiles)]
 
-    async def _write_profile(self, db: aiosqlite.Connection, profile: Profile) -> None:
-        ts = self.now().timestamp()
-        await db.execute(
-            "INSERT INTO profiles (name, data, created_at, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-            (profile.name, encode_profile(profile), ts, ts),
-        )
+    async def _write_profile(self, profile: Profile, *, create: bool = False) -> None:
+        value = encode_profile(profile).encode()
+        key = PROFILE + profile.name
+        if create:
+            try:
+                revision = await self.control.kv.create(key, value)
+            except KeyWrongLastSequenceError:
+                raise InvalidInput(
+                    f"profile {profile.name!r} already exists; change it with `taskbus profiles update`"
+                ) from None
+        else:
+            revision = await self.control.kv.put(key, value)
+        await self._seen(revision)
 
     async def create_profile(self, profile: Profile) -> Profile:
         # a Profile built in code skipped msgspec's constraint checks: run them now
         profile = profile_from_mapping(profile.name, profile_to_mapping(profile))
-        async with self._tx() as db:
-            try:
-                await load_profile(db, profile.name)
-            except NotFound:
-                pass
-            else:
-                raise InvalidInput(
-                    f"profile {profile.name!r} already exists; change it with `taskbus profiles update`"
-                )
-            await self._write_profile(db, profile)
+        await self._write_profile(profile, create=True)
         await self._emit("profile_changed", profile=profile.name, action="created", fields=profile_to_mapping(profile))
         return profile
 
     async def update_profile(self, name: str, **changes: Any) -> Profile:
         """Change some fields; the result is validated as a whole before anything is written."""
-        async with self._tx() as db:
-            new, diff = await self._change_profile(db, name, changes)
+        new, diff = await self._change_profile(name, changes)
         if diff:
             await self._emit("profile_changed", profile=name, action="updated", changes=diff)
         return new
 
-    async def _change_profile(
-        self, db: aiosqlite.Connection, name: str, changes: dict[str, Any]
-    ) -> tuple[Profile, dict[str, tuple[Any, Any]]]:
-        old = await load_profile(db, name)
-        new = profile_from_mapping(name, {**profile_to_mapping(old), **changes})
-        diff = diff_profiles(old, new)
-        if diff:
-            await self._write_profile(db, new)
-        return new, diff
+    async def _change_profile(self, name: str, changes: dict[str, Any]) -> tuple[Profile, dict[str, tuple[Any, Any]]]:
+        def change(doc: Doc | None) -> tuple[Doc | None, tuple[Profile, dict[str, tuple[Any, Any]]]]:
+            if doc is None:
+                raise NotFound(f"no profile named {name!r}; `taskbus profiles list` shows them", profile=name)
+            old = decode_profile(dumps(doc))
+            new = profile_from_mapping(name, {**profile_to_mapping(old), **changes})
+            diff = diff_profiles(old, new)
+            return (msgspec.json.decode(encode_profile(new)) if diff else None), (new, diff)
+
+        result: tuple[Profile, dict[str, tuple[Any, Any]]] = await self._change_control(PROFILE + name, change)
+        return result
 
     async def delete_profile(self, name: str) -> None:
         """Refused while keys that still work use the profile."""
         now = self.now()
-        async with self._tx() as db:
-            await load_profile(db, name)
-            users = [k.prefix for k in await _keys.list_keys(db, profile=name) if k.state(now) in ("active", "rotated")]
-            if users:
-                raise InvalidInput(
-                    f"profile {name!r} is used by {len(users)} active key(s) ({', '.join(users)}); "
-                    "revoke them first (`taskbus keys revoke PREFIX`)"
-                )
-            await db.execute("DELETE FROM profiles WHERE name = ?", (name,))
+        await self.get_profile(name)
+        users = [k.prefix for k in await self.list_keys(profile=name) if k.state(now) in ("active", "rotated")]
+        if users:
+            raise InvalidInput(
+                f"profile {name!r} is used by {len(users)} active key(s) ({', '.join(users)}); "
+                "revoke them first (`taskbus keys revoke PREFIX`)"
+            )
+        await self.control.kv.delete(PROFILE + name)
+        async with asyncio.timeout(10):
+            while name in self.view.profiles:  # the watch applies the delete within milliseconds
+                await asyncio.sleep(0.005)
         await self._emit("profile_deleted", profile=name)
 
     async def apply_toml(self, text: str) -> ApplyResult:
-        """Create/update the profiles of a TOML file, all or nothing; idempotent."""
+        """Create/update the profiles of a TOML file; idempotent. Everything is validated
+        before the first write; the writes are one per profile."""
         incoming = parse_profiles_toml(text)
-        async with self._tx() as db:
-            existing: dict[str, Profile] = {}
-            for name in incoming:
-                try:
-                    existing[name] = await load_profile(db, name)
-                except NotFound:
-                    pass
-            result, writes = plan_apply(existing, incoming)
-            for profile in writes:
-                await self._write_profile(db, profile)
+        existing = {name: self.view.profiles[name] for name in incoming if name in self.view.profiles}
+        result, writes = plan_apply(existing, incoming)
+        for profile in writes:
+            await self._write_profile(profile)
         for name in result.created:
             await self._emit("profile_changed", profile=name, action="created", source="apply")
         for name in result.updated:
@@ -316,41 +409,141 @@ class Store:
 
     # ------------------------------------------------------------------ budgets
 
+    async def _status(self, key_id: str, doc: Doc | None) -> BudgetStatus:
+        key = await self.get_key(key_id)
+        profile = await self.get_profile(key.profile)
+        override = self.view.budgets.get(key.account)
+        day, month = profile.budget_day_usd, profile.budget_month_usd
+        if override is not None:
+            day = override["day_usd"] if override.get("day_usd") is not None else day
+            month = override["month_usd"] if override.get("month_usd") is not None else month
+        return _ledger.budget_status(
+            doc, key_id=key_id, account=key.account, profile=profile.name, max_concurrent=profile.max_concurrent,
+            day_limit=day, month_limit=month, override=override is not None, now=self.now(),
+        )
+
+    async def remaining_budget(self, key_id: str) -> BudgetStatus:
+        key = await self.get_key(key_id)
+        doc, _ = await read(self.ledger.kv, _ledger.account_key(key.account))
+        return await self._status(key_id, doc)
+
     async def reserve(self, key_id: str, task_id: str, amount: float) -> Reservation:
-        """Reserve ``amount`` USD; BudgetExceeded / ConcurrencyLimit when it does not fit."""
-        async with self._tx() as db:
-            reservation, _ = await _budgets.reserve(db, key_id, task_id, amount, self.now())
-        return reservation
+        """Reserve ``amount`` USD (one compare-and-set on the account's entry);
+        BudgetExceeded / ConcurrencyLimit when it does not fit. Same task id twice: no-op."""
+        record, added = await self._reserve(key_id, task_id, amount)
+        return await self._record_reservation(record, added)
+
+    async def _reserve(self, key_id: str, task_id: str, amount: float) -> tuple[Doc, bool]:
+        """The compare-and-set half of ``reserve``: (the reservation's record, whether it is new)."""
+        _ledger.check_amount(amount, "reservation amount")
+        now = self.now()
+        state = await self._status(key_id, None)
+        record: Doc = {"task_id": task_id, "key_id": key_id, "account": state.account, "amount": to_micro(amount),
+                       "actual": None, "state": "reserved", "day": state.day.period, "month": state.month.period,
+                       "created": now.timestamp()}
+
+        def change(doc: Doc | None) -> tuple[Doc | None, bool]:
+            new = _ledger.reserve(doc, state, task_id, amount, now)
+            return new, new is not None
+
+        return record, await self.ledger.change(_ledger.account_key(state.account), change)
+
+    async def _record_reservation(self, record: Doc, added: bool) -> Reservation:
+        """The second half: the per-task reservation record (what settle and release find)."""
+        task_id = record["task_id"]
+        try:
+            revision = await self.ledger.kv.create(_ledger.reservation_key(task_id), dumps(record))
+            self.ledger.remember(_ledger.reservation_key(task_id), record, revision)
+        except KeyWrongLastSequenceError:  # this task id was reserved before: answer with that
+            existing, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
+            if added:  # ... and it was closed since: undo ours
+                now = self.now()
+                await self.ledger.change(_ledger.account_key(record["account"]),
+                                         lambda doc: (_ledger.close(doc, task_id, record, None, now), None))
+            assert existing is not None
+            return self._existing(existing, record["key_id"], task_id)
+        return _reservation(record)
+
+    @staticmethod
+    def _existing(existing: Doc, key_id: str, task_id: str) -> Reservation:
+        if existing["key_id"] != key_id:
+            raise InvalidInput(f"task {task_id} already has a reservation under another key")
+        return _reservation(existing)
+
+    async def _close(self, task_id: str, actual: float | None) -> tuple[Reservation | None, bool]:
+        key = _ledger.reservation_key(task_id)
+        record = self.ledger.cached(key)  # what this server reserved: no read (a stale copy fails the CAS below)
+        if record is None:
+            record, _ = await read(self.ledger.kv, key)
+        if record is None:
+            if actual is None:
+                return None, False
+            raise NotFound(f"task {task_id} has no reservation to settle", task_id=task_id)
+        if record["state"] == "settled" or (actual is None and record["state"] != "reserved"):
+            return _reservation(record), False
+        now = self.now()
+        micro = None if actual is None else to_micro(actual)
+        await self.ledger.change(_ledger.account_key(record["account"]),
+                                 lambda doc: (_ledger.close(doc, task_id, record, micro, now), None))
+
+        def mark(doc: Doc | None) -> tuple[Doc | None, Doc]:
+            new = {**(doc or record), "state": "released" if actual is None else "settled",
+                   "actual": 0 if micro is None else micro}
+            return new, new
+
+        closed = _reservation(await self.ledger.change(key, mark))
+        self.ledger.forget(key)
+        return closed, True
 
     async def settle(self, task_id: str, actual: float) -> Reservation:
-        async with self._tx() as db:
-            reservation, _ = await _budgets.settle(db, task_id, actual, self.now())
+        """Replace the reservation with the metered cost; settling twice keeps the first figure.
+        A reservation released by the stale sweep is still settled: the money was spent."""
+        _ledger.check_amount(actual, "actual cost")
+        reservation, _ = await self._close(task_id, actual)
+        assert reservation is not None
         return reservation
 
     async def release(self, task_id: str) -> Reservation | None:
-        async with self._tx() as db:
-            reservation, _ = await _budgets.release(db, task_id, self.now())
+        """Drop an open reservation (the task never ran). Unknown or closed: no-op."""
+        reservation, _ = await self._close(task_id, None)
         return reservation
 
     async def get_reservation(self, task_id: str) -> Reservation | None:
-        async with self._read() as db:
-            return await _budgets.get_reservation(db, task_id)
-
-    async def remaining_budget(self, key_id: str) -> BudgetStatus:
-        async with self._read() as db:
-            return await _budgets.status(db, key_id, self.now())
+        record, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
+        return None if record is None else _reservation(record)
 
     async def sweep_stale(self, older_than_s: float) -> list[str]:
-        async with self._tx() as db:
-            released = await _budgets.sweep_stale(db, older_than_s, self.now())
+        """Release reservations still open after ``older_than_s`` (reads one entry per
+        account); their tasks, if still live, become ``failed`` (``stale_reservation``)."""
+        if older_than_s < 0:
+            raise InvalidInput(f"older_than_s must not be negative (got {older_than_s})")
+        cutoff = self.now().timestamp() - older_than_s
+        released: list[str] = []
+        for _, value in await scan(self.ledger.kv, "a.>"):
+            for task_id in sorted(_ledger.stale(msgspec.json.decode(value), cutoff)):
+                _, changed = await self._close(task_id, None)
+                if not changed:
+                    continue
+                released.append(task_id)
+                try:
+                    task = await self.registry.get(task_id)
+                except NotFound:
+                    continue
+                if task.status in LIVE_STATUSES:
+                    await self.registry.update(task_id, status="failed", error_code="stale_reservation", now=self.now())
         if released:
             logger.info("released %d stale reservation(s)", len(released))
         return released
 
     async def check_rate(self, key_id: str) -> int:
         """Count one request for ``key_id``; RateLimited when over the profile's per-minute limit."""
-        async with self._tx() as db:
-            return await _budgets.check_rate(db, key_id, self.now())
+        key = await self.get_key(key_id)
+        limit = (await self.get_profile(key.profile)).rate_limit_per_min
+        now = self.now()
+        remaining: int = await self.ledger.change(
+            _ledger.rate_key(key_id),
+            lambda doc: _ledger.count_request(doc, key_id=key_id, profile=key.profile, limit=limit, now=now))
+        return remaining
 
     async def set_budget(
         self,
@@ -368,42 +561,69 @@ class Store:
                 raise InvalidInput(f"{label} budget must be zero or more USD (got {value})")
         if day_usd is None and month_usd is None:
             raise InvalidInput("nothing to set: give a daily and/or a monthly budget")
+        target: dict[str, Any]
         if profile is not None:
             changes = {k: v for k, v in (("budget_day_usd", day_usd), ("budget_month_usd", month_usd)) if v is not None}
-            async with self._tx() as db:
-                await self._change_profile(db, profile, changes)
+            await self._change_profile(profile, changes)
             target = {"profile": profile}
         else:
-            async with self._tx() as db:
-                account = await _budgets.set_key_budget(db, key_id, day_usd, month_usd, self.now())  # type: ignore[arg-type]
+            assert key_id is not None
+            account = (await self.get_key(key_id)).account
+            now = self.now().timestamp()
+
+            def change(doc: Doc | None) -> tuple[Doc, None]:
+                doc = dict(doc or {})
+                for field, value in (("day_usd", day_usd), ("month_usd", month_usd)):
+                    if value is not None:
+                        doc[field] = value
+                doc["updated_at"] = now
+                return doc, None
+
+            await self._change_control(BUDGET + account, change)
             target = {"key": key_id, "account": account}
         await self._emit("budget_changed", **target, day_usd=day_usd, month_usd=month_usd)
 
     # ------------------------------------------------------------------ the server's hot path
-    # One transaction each instead of several: a request is admitted with three commits.
 
     async def begin_request(self, key_id: str, profile: str) -> tuple[Profile, BudgetStatus]:
-        """Count the request against the rate limit (RateLimited) and read what routing needs."""
-        async with self._tx() as db:
-            now = self.now()
-            await _budgets.check_rate(db, key_id, now)
-            return await load_profile(db, profile), await _budgets.status(db, key_id, now)
+        """Count the request against the rate limit (RateLimited) and read what routing needs.
+
+        One round trip: the rate window's compare-and-set, the account's budget entry and
+        the key's stored record (so a key revoked through another server a moment ago is
+        refused here even if this server's view has not seen the revoke yet) at once."""
+        key = await self.get_key(key_id)
+        _, (doc, _), (stored, _) = await asyncio.gather(
+            self.check_rate(key_id),
+            read(self.ledger.kv, _ledger.account_key(key.account)),
+            read(self.control.kv, KEY + key_id),
+        )
+        if stored is None:
+            raise NotFound(f"no key with prefix {key_id!r}", prefix=key_id)
+        check_usable(msgspec.convert(stored, StoredKey).record, self.now())
+        return await self.get_profile(profile), await self._status(key_id, doc)
 
     async def admit(self, key_id: str, task_id: str, amount: float, *, profile: str, kind: str, **task: Any) -> Reservation:
-        """Reserve ``amount`` (BudgetExceeded / ConcurrencyLimit) and record the task, atomically."""
-        async with self._tx() as db:
-            now = self.now()
-            reservation, _ = await _budgets.reserve(db, key_id, task_id, amount, now)
-            await _tasks.record_task(db, task_id=task_id, key_id=key_id, profile=profile, kind=kind,
-                                     reserved=amount, now=now, **task)
+        """Reserve ``amount`` (BudgetExceeded / ConcurrencyLimit) and record the task: the
+        compare-and-set, then the reservation's and the task's records at once."""
+        record, added = await self._reserve(key_id, task_id, amount)
+        try:
+            reservation, _ = await asyncio.gather(
+                self._record_reservation(record, added),
+                self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind,
+                                     reserved=amount, now=self.now(), **task),
+            )
+        except BaseException:
+            await asyncio.shield(self.release(task_id))
+            raise
         return reservation
 
     async def finish_task(self, task_id: str, actual: float, status: str, **task: Any) -> TaskRecord:
-        """Settle the reservation with the metered cost and record the outcome, atomically."""
-        async with self._tx() as db:
-            now = self.now()
-            await _budgets.settle(db, task_id, actual, now)
-            record, _ = await _tasks.update_task(db, task_id, status=status, cost=actual, now=now, **task)
+        """Settle the reservation with the metered cost and record the outcome."""
+        _ledger.check_amount(actual, "actual cost")
+        _, (record, _) = await asyncio.gather(
+            self._close(task_id, actual),
+            self.registry.update(task_id, status=status, cost=actual, now=self.now(), **task),
+        )
         return record
 
     # ------------------------------------------------------------------ tasks
@@ -411,24 +631,26 @@ class Store:
     async def record_task(
         self, task_id: str, key_id: str, profile: str, kind: str, reserved: float, **kwargs: Any
     ) -> TaskRecord:
-        async with self._tx() as db:
-            record, _ = await _tasks.record_task(
-                db, task_id=task_id, key_id=key_id, profile=profile, kind=kind, reserved=reserved,
-                now=self.now(), **kwargs,
-            )
+        record, _ = await self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind,
+                                               reserved=reserved, now=self.now(), **kwargs)
         return record
 
     async def update_task(self, task_id: str, status: str, **kwargs: Any) -> TaskRecord:
-        async with self._tx() as db:
-            record, _ = await _tasks.update_task(db, task_id, status=status, now=self.now(), **kwargs)
+        record, _ = await self.registry.update(task_id, status=status, now=self.now(), **kwargs)
         return record
 
     async def get_task(self, task_id: str) -> TaskRecord:
-        async with self._read() as db:
-            return await _tasks.get_task(db, task_id)
+        return await self.registry.get(task_id)
 
     async def list_tasks(
         self, key_id: str | None = None, *, status: str | None = None, limit: int = 50
     ) -> list[TaskRecord]:
-        async with self._read() as db:
-            return await _tasks.list_tasks(db, key_id, status=status, limit=limit)
+        return await self.registry.list(key_id, status=status, limit=limit)
+
+
+def _reservation(doc: Doc) -> Reservation:
+    return Reservation(
+        task_id=doc["task_id"], key_id=doc["key_id"], amount_usd=to_usd(doc["amount"]),
+        actual_usd=None if doc["actual"] is None else to_usd(doc["actual"]), state=doc["state"], day=doc["day"],
+        created_at=datetime.fromtimestamp(doc["created"], UTC),
+    )

@@ -13,7 +13,7 @@ import typer
 
 from bus import taskbus_version
 
-from . import _cli_audit, _cli_catalog, _cli_model, _cli_profiles, _cli_runner, _cli_sandbox, _cli_tasks, _cli_up
+from . import _cli_audit, _cli_catalog, _cli_migrate, _cli_model, _cli_profiles, _cli_runner, _cli_sandbox, _cli_tasks, _cli_up
 from ._cli_common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, setup_logging
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Command groups, each registered by its own module, in the order `taskbus --help` lists them.
-_GROUPS = (_cli_model, _cli_sandbox, _cli_profiles, _cli_runner, _cli_tasks, _cli_audit, _cli_up, _cli_catalog)
+_GROUPS = (_cli_model, _cli_sandbox, _cli_profiles, _cli_runner, _cli_tasks, _cli_audit, _cli_up, _cli_catalog, _cli_migrate)
 
 
 def _version_callback(value: bool) -> None:

@@ -1,16 +1,16 @@
 """``taskbus profiles | keys | budgets``: operators manage who may do what, and with how much.
 
-Every command opens ``<data_dir>/taskbus.db`` (created and seeded on first use), does
-one transaction, then publishes the audit notices of what changed when ``nats_url`` is
-set (a NATS that cannot be reached gets one warning; the change stands).
+Every command connects to the stack's NATS as the ``cli`` user (the control plane lives
+in JetStream KV: ``profiles.Store``), makes its change, then publishes the audit notices
+of what changed (a notice that cannot be published gets one warning; the change stands).
+Without NATS nothing can be read or changed: one error line says how to start it.
 """
 
 from __future__ import annotations
 
 import getpass
-import sqlite3
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -50,12 +50,7 @@ def _with_store(config: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
     buffer = NoticeBuffer()
 
     async def go() -> tuple[T, str | None]:
-        store = Store.for_settings(settings, actor=f"cli:{_user()}", notify=buffer)
-        try:
-            await store.connect()
-        except (OSError, sqlite3.Error) as exc:
-            fail(f"cannot open the database {store.path}: {exc}; check TASKBUS_DATA_DIR and its permissions")
-        async with store:
+        async with Store.for_settings(settings, actor=f"cli:{_user()}", notify=buffer) as store:
             result = await action(store)
         return result, await publish_notices(settings, buffer.notices)
 
@@ -280,7 +275,7 @@ def keys_create(
     from bus import TaskbusError
     from profiles import parse_expiry
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         expires_at = parse_expiry(expires, now) if expires else None
     except TaskbusError as exc:
@@ -300,7 +295,7 @@ def keys_list(
 ) -> None:
     """All keys (prefixes only; keys themselves are never stored)."""
     records = _with_store(config, lambda s: s.list_keys(profile=profile))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if json_output:
         print_json([_key_doc(r, now) for r in records])
         return
@@ -315,7 +310,7 @@ def keys_list(
 def keys_revoke(prefix: str, json_output: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Revoke a key now (its running tasks finish; new requests are refused)."""
     record = _with_store(config, lambda s: s.revoke(prefix))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if json_output:
         print_json(_key_doc(record, now))
     else:
@@ -338,7 +333,7 @@ def keys_rotate(
     except TaskbusError as exc:
         fail(exc.describe())
     plaintext, record = _with_store(config, lambda s: s.rotate(prefix, grace_s))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if json_output:
         print_json({**_key_doc(record, now, plaintext), "replaces": prefix, "grace_s": grace_s})
     else:

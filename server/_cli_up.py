@@ -68,6 +68,11 @@ def up(
         remove_files(data)  # stale pid and state files of a taskbus up that is gone
     env = dict(os.environ)
     first = run(prepare(settings))
+    if first.imported is not None:
+        counts = ", ".join(f"{n} {kind}" for kind, n in first.imported.imported.items()) or "nothing"
+        err.print(f"imported the old {first.imported.source} into the control plane on NATS: {counts} "
+                  "(the file is left as it was; `taskbus migrate --json` shows the full report)",
+                  highlight=False, markup=False)
     if first.admin_key:
         _show_admin_key(first.admin_key, first.admin_prefix)
     elif not daemon:

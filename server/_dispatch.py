@@ -65,16 +65,18 @@ from bus import (
 from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog, resolve_policy
 
 from ._auth_audit import AuthAuditThrottle
-from ._dispatch_events import TaskWatch, follow_events, replay_events
-from ._project_path import project_realpath
 from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
+from ._dispatch_events import TaskWatch, follow_events, replay_events
 from ._idempotency import SubmitClaims
+from ._project_path import project_realpath
 from ._router import cheapest_call_usd, route_model
 
 logger = logging.getLogger(__name__)
 
 FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"})
-MAX_CACHED_WATCHES = 4096
+MAX_CACHED_WATCHES = 1024
+"""Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
+the events stream): 4,096 held ~12 MB of a soak's memory growth."""
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
@@ -372,13 +374,22 @@ class Dispatcher:
         refused, Store busy) is retried with backoff, replaying from seq 1 (events already
         seen are skipped), so a waiting caller is never left hanging."""
         backoff = Backoff(0.5, 10.0)  # jittered: after a NATS outage every follower retries at once
+        settled = False
+
+        async def settle(finished: Finished) -> None:
+            nonlocal settled
+            await self._settle(finished)
+            settled = True
+
         try:
             while True:
                 try:
                     finished = await follow_events(
-                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event
+                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event,
+                        on_finished=settle,
                     )
-                    await self._settle(finished)
+                    if not settled:  # a retry found the task finished already
+                        await settle(finished)
                     return
                 except asyncio.CancelledError:
                     raise
@@ -390,7 +401,7 @@ class Dispatcher:
             self._followers.pop(watch.task_id, None)
             # keep finished watches briefly for waiters; drop the oldest beyond a bound
             if len(self._watches) > MAX_CACHED_WATCHES:
-                for task_id in [t for t, w in self._watches.items() if w.finished is not None][:1024]:
+                for task_id in [t for t, w in self._watches.items() if w.finished is not None][:256]:
                     del self._watches[task_id]
 
     async def _on_event(self, event: Event) -> None:

@@ -141,8 +141,13 @@ async def follow_events(
     *,
     max_bytes: int = 8 * 1024 * 1024,
     on_event: Callable[[Event], Awaitable[None]] | None = None,
+    on_finished: Callable[[Finished], Awaitable[None]] | None = None,
 ) -> Finished:
-    """Fill ``watch`` from the task's stored and future events until ``finished``."""
+    """Fill ``watch`` from the task's stored and future events until ``finished``.
+
+    ``on_finished`` runs before the ``finished`` event reaches the watch, so a caller
+    waiting on the watch sees the task's budget settled and its record final (when it
+    fails, the event is shown anyway and the error raised)."""
     subject = bus.subjects.events(watch.task_id)
     sub = await bus.js.subscribe(
         subject,
@@ -151,13 +156,21 @@ async def follow_events(
         deliver_policy=DeliverPolicy.ALL,
         # unsubscribe does not delete the ephemeral consumer; the server does once nobody has
         # listened for this long. 300 s let ~500 finished tasks' consumers pile up under load
-        # until JetStream refused new ones (err 10026) and new tasks were never followed.
-        inactive_threshold=10.0,
+        # until JetStream refused new ones (err 10026) and new tasks were never followed;
+        # 10 s still did at ~100 admissions/s (17,000 refused follows in a 20,000-task soak).
+        inactive_threshold=2.0,
     )
     try:
         _raise_if_cancelling()  # nats-py can swallow a cancel that lands inside subscribe()
         async for msg in sub.messages:
             event = _decode(watch.task_id, msg.data, max_bytes)
+            if (isinstance(event, Finished) and on_finished is not None and watch.finished is None
+                    and event.seq > watch.last_seq):
+                try:
+                    await on_finished(event)
+                except BaseException:
+                    watch.add(event)
+                    raise
             if event is not None and watch.add(event) and on_event is not None:
                 await on_event(event)
             if watch.finished is not None:

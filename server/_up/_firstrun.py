@@ -1,17 +1,26 @@
 """First start of ``taskbus up``: the data dir, the job secret, the profiles, an admin key.
 
-The admin key is created only when no live key of the ``admin`` profile exists; its
-plaintext is returned to be shown once and is never stored (the store keeps a hash).
+The control plane (profiles, keys) lives in NATS, which ``taskbus up`` itself starts as a
+child later: with the embedded NATS, ``prepare`` opens the same JetStream store for a
+moment on a loopback port with the stack's users (as the ``server`` user), seeds it,
+and stops it. The admin key is created only when no live key of the ``admin`` profile
+exists; its plaintext is returned to be shown once and is never stored (the store keeps
+a hash). A ``taskbus.db`` left by a taskbus before 0.6 is imported on the way (once;
+``taskbus migrate`` does the same by hand) and the report is returned.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from bus import AuditNotice, Settings, load_or_create_job_secret, private_dir
-from profiles import NoticeBuffer, Store
+import msgspec
+
+from bus import AuditNotice, EmbeddedNats, Settings, credentials_path, load_or_create_job_secret, private_dir, server_authorization
+from profiles import DB_NAME, ImportReport, NoticeBuffer, Store, import_database
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,9 @@ class FirstRun:
     admin_prefix: str
     notices: list[AuditNotice]
     """Key-creation notices to publish once the bus is up."""
+    imported: ImportReport | None = None
+    """What was imported from an old ``taskbus.db`` at this start (None: nothing to import
+    or imported before)."""
 
 
 def make_dirs(settings: Settings) -> bool:
@@ -41,28 +53,53 @@ def make_dirs(settings: Settings) -> bool:
     return created
 
 
+@asynccontextmanager
+async def control_plane(settings: Settings) -> AsyncIterator[Settings]:
+    """Settings that reach the stack's NATS before the stack runs: the configured one, or
+    the embedded NATS's store opened briefly (loopback, the stack's users, as ``server``)."""
+    if settings.nats_url:
+        yield settings
+        return
+    data = settings.data_path
+    server = EmbeddedNats(data / "nats", authorization=server_authorization(data, settings.subject_prefix),
+                          log_path=data / "logs" / "nats-firstrun.log")
+    async with server:
+        yield msgspec.structs.replace(settings, nats_url=server.url,
+                                      nats_credentials=str(credentials_path(data, "server")))
+
+
 async def prepare(settings: Settings) -> FirstRun:
     """Everything a start needs before any child runs. Idempotent."""
     created = make_dirs(settings)
     load_or_create_job_secret(settings)
     buffer = NoticeBuffer()
-    now = datetime.now(timezone.utc)
-    async with Store.for_settings(settings, actor="taskbus-up", notify=buffer) as store:  # seeds profiles
-        live = [
-            k for k in await store.list_keys(profile=ADMIN_PROFILE)
-            if k.revoked_at is None and (k.expires_at is None or k.expires_at > now)
-        ]
-        if live:
-            return FirstRun(created_data_dir=created, admin_key=None, admin_prefix=live[0].prefix, notices=[])
-        plaintext, record = await store.create_key(ADMIN_PROFILE, name=ADMIN_KEY_NAME)
+    now = datetime.now(UTC)
+    imported: ImportReport | None = None
+    async with control_plane(settings) as reach:
+        async with Store.for_settings(reach, actor="taskbus-up", notify=buffer) as store:  # seeds profiles
+            old = settings.data_path / DB_NAME
+            if old.is_file():
+                report = await import_database(store, old)
+                if not report.already:
+                    imported = report
+                    logger.info("imported %s: %s", old, report.imported)
+            live = [
+                k for k in await store.list_keys(profile=ADMIN_PROFILE)
+                if k.revoked_at is None and (k.expires_at is None or k.expires_at > now)
+            ]
+            if live:
+                return FirstRun(created_data_dir=created, admin_key=None, admin_prefix=live[0].prefix, notices=[],
+                                imported=imported)
+            plaintext, record = await store.create_key(ADMIN_PROFILE, name=ADMIN_KEY_NAME)
     logger.info("created admin key %s", record.prefix)
-    return FirstRun(created_data_dir=created, admin_key=plaintext, admin_prefix=record.prefix, notices=buffer.notices)
+    return FirstRun(created_data_dir=created, admin_key=plaintext, admin_prefix=record.prefix,
+                    notices=buffer.notices, imported=imported)
 
 
 async def demo_key(settings: Settings, *, lifetime_s: float = 3600.0) -> tuple[str, list[AuditNotice]]:
     """A short-lived key of the developer profile for the demo (expires in an hour)."""
     buffer = NoticeBuffer()
-    expires = datetime.now(timezone.utc) + timedelta(seconds=lifetime_s)
+    expires = datetime.now(UTC) + timedelta(seconds=lifetime_s)
     async with Store.for_settings(settings, actor="taskbus-demo", notify=buffer) as store:
         plaintext, _ = await store.create_key(DEMO_PROFILE, name=DEMO_KEY_NAME, expires_at=expires)
     return plaintext, buffer.notices

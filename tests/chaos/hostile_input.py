@@ -7,7 +7,6 @@ change no state: no task recorded, no budget reserved.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -63,13 +62,13 @@ def payloads(n_generated: int) -> list[bytes]:
     return hand + generated
 
 
-def _counts(data: Path) -> tuple[int, int]:
-    conn = sqlite3.connect(f"file:{data / 'taskbus.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return (conn.execute("SELECT count(*) FROM tasks").fetchone()[0],
-                conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
-    finally:
-        conn.close()
+async def _counts(settings: Any) -> tuple[int, int]:
+    """How many tasks and reservations the control plane holds."""
+    from profiles import Store
+    from profiles._kv import scan
+
+    async with Store.for_settings(settings, actor="chaos-count") as store:
+        return (len(await store.list_tasks(None, limit=1_000_000)), len(await scan(store.ledger.kv, "res.>")))
 
 
 async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
@@ -207,11 +206,11 @@ async def hostile_input_scenario(work: Path, scale: Any) -> Row:
     started = time.monotonic()
     row = Row("hostile input")
     async with ChaosStack(work, runners={"r-bwrap-1": "bwrap"}, slots=1) as stack:
-        before = _counts(stack.settings.data_path)
+        before = await _counts(stack.settings)
         await bus_attack(stack, row, 40 if scale.name == "ci" else 400)
         await mcp_attack(stack, row)
         await raw_http_attack(stack, row)
-        after = _counts(stack.settings.data_path)
+        after = await _counts(stack.settings)
         if after != before:
             row.state_changes += (after[0] - before[0]) + (after[1] - before[1])
             row.notes.append(f"tasks/ledger rows before {before}, after {after}")

@@ -131,23 +131,26 @@ async def wait_audit(data: Path, stream: str, expected: int, *, timeout: float =
         await asyncio.sleep(0.25)
 
 
-def _ledger(data: Path) -> tuple[dict[str, tuple[str, int, int | None]], dict[str, str]]:
-    conn = sqlite3.connect(f"file:{data / 'taskbus.db'}?mode=ro", uri=True, timeout=30, isolation_level=None)
-    try:
-        conn.execute("BEGIN")  # one snapshot: a settle committing between the two reads is not half-seen
-        ledger = {t: (s, a, x) for t, s, a, x in conn.execute("SELECT task_id, state, amount, actual FROM ledger")}
-        tasks = dict(conn.execute("SELECT task_id, status FROM tasks"))
-        conn.execute("COMMIT")
-        return ledger, tasks
-    finally:
-        conn.close()
+async def _ledger(settings: bus_module.Settings) -> tuple[dict[str, tuple[str, int, int | None]], dict[str, str]]:
+    """Every reservation (state, amount, actual in micro-USD) and every task's status, from
+    the control plane on NATS."""
+    from profiles import Store
+    from profiles._kv import loads, scan
+
+    async with Store.for_settings(settings, actor="chaos-report") as store:
+        ledger = {}
+        for _, value in await scan(store.ledger.kv, "res.>"):
+            doc = loads(value)
+            ledger[doc["task_id"]] = (doc["state"], doc["amount"], doc["actual"])
+        tasks = {t.task_id: t.status for t in await store.list_tasks(None, limit=1_000_000)}
+    return ledger, tasks
 
 
-async def wait_settled(data: Path, *, timeout: float = 60) -> tuple[dict[str, Any], dict[str, str]]:
+async def wait_settled(settings: bus_module.Settings, *, timeout: float = 60) -> tuple[dict[str, Any], dict[str, str]]:
     """Ledger and registry once no task is left unfinished (or the deadline)."""
     deadline = time.monotonic() + timeout
     while True:
-        ledger, tasks = await asyncio.to_thread(_ledger, data)
+        ledger, tasks = await _ledger(settings)
         if all(s in FINAL for s in tasks.values()) or time.monotonic() > deadline:
             return ledger, tasks
         await asyncio.sleep(0.25)
@@ -182,7 +185,7 @@ async def sandboxes_gone(settings: bus_module.Settings, backends: set[str], row:
 async def measure(stack: Any, row: Row, *, backends: set[str] | None = None, settle_timeout: float = 180) -> Row:
     """Fill ``row`` from the stack's stores (after the scenario's traffic is done)."""
     data = stack.settings.data_path
-    ledger, tasks = await wait_settled(data, timeout=settle_timeout)
+    ledger, tasks = await wait_settled(stack.settings, timeout=settle_timeout)
     async with stack.bus() as b:
         events = await stream_events(b)
         stream = "events"  # the audit database's name for rows from the events stream

@@ -253,27 +253,22 @@ async def test_a_job_from_a_newer_server_with_a_defaulted_field_verifies_and_run
 
 
 def test_data_dir_databases_and_secret_are_private_whoever_creates_them(tmp_path: Path) -> None:
-    """Not `taskbus up`: the profiles store, the audit writer and the job secret create them."""
+    """Not `taskbus up`: the audit writer and the job secret create them (the control plane
+    with the keys is in NATS, whose store dir `taskbus up` creates 0700)."""
     import sqlite3
 
     from audit._db import open_db
-    from profiles import Store
 
     data = tmp_path / "fresh" / "data"
     settings = Settings.load({}, data_dir=str(data))
-    async def make_store() -> None:
-        async with Store.for_settings(settings, actor="test"):
-            pass
-
     old_umask = os.umask(0o022)  # the usual umask: files would be 0644 without care
     try:
-        asyncio.run(make_store())
+        bus.load_or_create_job_secret(settings)
+        open_db(data / "audit.db").close()
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
-    bus.load_or_create_job_secret(settings)
-    open_db(data / "audit.db").close()
-    for name in ("taskbus.db", "audit.db", "job_secret"):
+    for name in ("audit.db", "job_secret"):
         assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
     for side in data.glob("*.db-*"):
         assert stat.S_IMODE(os.stat(side).st_mode) & 0o077 == 0, side.name

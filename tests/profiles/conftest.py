@@ -1,13 +1,15 @@
-"""Fixtures for the profiles tests: a real SQLite file per test and an injectable clock."""
+"""Fixtures for the profiles tests: a Store on the session's real nats-server (fresh buckets per
+test) and an injectable clock."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from bus import Bus
 from profiles import Profile, Store, profile_from_mapping
 
 
@@ -26,7 +28,7 @@ class Clock:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock(datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc))
+    return Clock(datetime(2026, 3, 15, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -35,8 +37,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with Store(db_path, now=clock) as s:
+async def store(bus: Bus, clock: Clock) -> AsyncIterator[Store]:
+    async with Store(bus, now=clock) as s:
         yield s
 
 

@@ -29,9 +29,9 @@ async def _notices(bus: Bus, count: int, *, timeout: float = 10.0) -> list:
     return got
 
 
-async def test_store_changes_become_audit_notices_on_the_bus(settings: Settings, bus: Bus, tmp_path: Path):
+async def test_store_changes_become_audit_notices_on_the_bus(settings: Settings, bus: Bus):
     buffer = NoticeBuffer()
-    async with Store(tmp_path / "t.db", actor="cli:alice", notify=buffer) as store:
+    async with Store.for_settings(settings, actor="cli:alice", notify=buffer) as store:
         plaintext, key = await store.create_key("developer", name="ci")
         await store.update_profile("developer", max_concurrent=3)
         await store.set_budget(key_id=key.prefix, day_usd=2.0)
@@ -72,17 +72,16 @@ async def test_the_cli_publishes_its_changes_and_never_the_key(settings: Setting
     assert created["key"] not in json.dumps(notice.detail)
 
 
-async def test_an_unreachable_nats_gives_one_warning_and_the_change_stands(settings: Settings, tmp_path: Path):
-    unreachable = Settings.load({}, data_dir=str(tmp_path / "d"), nats_url=f"nats://127.0.0.1:{free_port()}")
-    env = {"TASKBUS_DATA_DIR": unreachable.data_dir, "TASKBUS_NATS_URL": unreachable.nats_url, "TASKBUS_CONFIG": None}
+async def test_an_unreachable_nats_refuses_the_change_with_one_error_line(tmp_path: Path):
+    """NATS holds the keys now: without it nothing can be created, and the CLI says so."""
+    env = {"TASKBUS_DATA_DIR": str(tmp_path / "d"), "TASKBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+           "TASKBUS_CONFIG": None}
 
     result = await asyncio.to_thread(
         CliRunner().invoke, app, ["keys", "create", "--profile", "developer", "--json"], env=env
     )
 
-    assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
-    assert len(warnings) == 1 and "the change is saved" in warnings[0]
-    prefix = json.loads(result.stdout)["prefix"]
-    async with Store.for_settings(unreachable) as store:
-        assert [k.prefix for k in await store.list_keys()] == [prefix]
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot connect to NATS"), result.stderr
+    assert result.stdout == ""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import pytest
 
@@ -35,10 +34,12 @@ async def test_fifty_concurrent_reservations_against_a_budget_for_five_admit_exa
     assert "daily budget" in refused[0].message and "$5.00" in refused[0].message
 
 
-async def test_reservations_from_several_connections_never_overshoot_the_budget(db_path: Path, store, make_profile, clock):
+async def test_reservations_from_several_connections_never_overshoot_the_budget(settings, store, make_profile, clock):
     await make_profile("race", budget_day_usd=5.0, max_concurrent=100)
     key = await _key(store, "race")
-    stores = [await Store.open(db_path, now=clock) for _ in range(5)]
+    stores = [Store.for_settings(settings, now=clock) for _ in range(5)]  # five NATS connections
+    for s in stores:
+        await s.connect()
     try:
         results = await asyncio.gather(
             *(stores[i % 5].reserve(key, f"task-{i}", 1.0) for i in range(50)), return_exceptions=True
@@ -93,7 +94,7 @@ async def test_reserving_the_same_task_twice_counts_it_once(store, make_profile)
 
 
 async def test_the_day_window_rolls_over_at_utc_midnight_and_the_month_window_still_counts(store, make_profile, clock):
-    clock.current = datetime(2026, 3, 15, 23, 59, tzinfo=timezone.utc)
+    clock.current = datetime(2026, 3, 15, 23, 59, tzinfo=UTC)
     await make_profile("p", budget_day_usd=5.0, budget_month_usd=8.0, max_concurrent=10)
     key = await _key(store, "p")
     await store.reserve(key, "d1", 5.0)
@@ -106,7 +107,7 @@ async def test_the_day_window_rolls_over_at_utc_midnight_and_the_month_window_st
         await store.reserve(key, "d2b", 1.0)
     assert "2026-03" in refused.value.message
 
-    clock.current = datetime(2026, 4, 1, 0, 0, 1, tzinfo=timezone.utc)
+    clock.current = datetime(2026, 4, 1, 0, 0, 1, tzinfo=UTC)
     assert (await store.reserve(key, "m2", 5.0)).day == "2026-04-01"
 
 

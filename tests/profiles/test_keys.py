@@ -12,17 +12,20 @@ from bus import AuthError, InvalidInput, KeyExpired, KeyRevoked, NotFound
 from profiles import Store
 
 
-def _database_bytes(db_path: Path) -> bytes:
-    """The database file plus its WAL and shared-memory files: everything on disk."""
-    return b"".join(p.read_bytes() for p in sorted(db_path.parent.glob(db_path.name + "*")))
+def _jetstream_bytes(store_dir: Path, bucket: str) -> bytes:
+    """Every file JetStream keeps for the control bucket's stream: what is on disk."""
+    files = [p for p in sorted(store_dir.rglob("*")) if p.is_file() and f"KV_{bucket}" in str(p)]
+    assert files, f"no JetStream files for KV_{bucket} under {store_dir}"
+    return b"".join(p.read_bytes() for p in files)
 
 
-async def test_a_new_key_is_returned_once_and_only_its_hash_is_on_disk(store: Store, db_path: Path):
+async def test_a_new_key_is_returned_once_and_only_its_hash_is_on_disk(store: Store, nats_server, bus):
     plaintext, record = await store.create_key("developer", name="ci")
 
     assert plaintext.startswith("tb_") and len(plaintext) == 46
     assert plaintext.startswith(record.prefix) and len(record.prefix) == 11
-    on_disk = _database_bytes(db_path)
+    await bus.nc.flush()
+    on_disk = _jetstream_bytes(nats_server.store_dir, bus.subjects.control_bucket)
     assert plaintext.encode() not in on_disk
     assert plaintext[11:].encode() not in on_disk  # not even the part after the display prefix
     assert hashlib.sha256(plaintext.encode()).hexdigest().encode() in on_disk

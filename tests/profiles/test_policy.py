@@ -203,18 +203,15 @@ def test_a_stored_profile_naming_a_retired_tool_grants_the_rest():
     assert resolve(stored, TaskRequest(description="x")).tools == ["Read"]
 
 
-async def test_a_profile_stored_with_retired_tools_loads_without_them_and_can_still_be_updated(tmp_path):
-    import sqlite3
-
+async def test_a_profile_stored_with_retired_tools_loads_without_them_and_can_still_be_updated(settings, bus):
     from profiles import Store
     from profiles._profiles import encode_profile
 
-    settings = Settings.load({}, data_dir=str(tmp_path))
     async with Store.for_settings(settings):
-        pass  # creates and seeds the database
+        pass  # creates and seeds the control plane
     old = msgspec.structs.replace(PROFILES["developer"], tools=["Bash", "MultiEdit", "TodoWrite", "Task"])
-    with sqlite3.connect(tmp_path / "taskbus.db") as db:  # as a taskbus before Claude Code 2.1 wrote it
-        db.execute("UPDATE profiles SET data = ? WHERE name = 'developer'", (encode_profile(old),))
+    kv = await bus.js.key_value(bus.subjects.control_bucket)  # as a taskbus before Claude Code 2.1 wrote it
+    await kv.put("profile.developer", encode_profile(old).encode())
     async with Store.for_settings(settings) as store:
         assert (await store.get_profile("developer")).tools == ["Bash", "Task"]
         updated = await store.update_profile("developer", project_roots=["/srv/projects"])

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from bus import Bus, Settings
 from server._cli import app
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def cli(tmp_path: Path):
-    env = {"TASKBUS_DATA_DIR": str(tmp_path / "data"), "TASKBUS_NATS_URL": "", "TASKBUS_CONFIG": None}
+def cli(settings: Settings):
+    env = {"TASKBUS_DATA_DIR": settings.data_dir, "TASKBUS_NATS_URL": settings.nats_url,
+           "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix, "TASKBUS_CONFIG": None}
 
     def invoke(*args: str, ok: bool = True):
         result = runner.invoke(app, list(args), env=env)
@@ -24,7 +26,7 @@ def cli(tmp_path: Path):
             assert result.exit_code == 0, result.output
         return result
 
-    invoke.db = tmp_path / "data" / "taskbus.db"  # type: ignore[attr-defined]
+    invoke.settings = settings  # type: ignore[attr-defined]
     return invoke
 
 
@@ -32,12 +34,16 @@ def as_json(result) -> object:
     return json.loads(result.stdout)
 
 
-def dump(db: Path) -> list[str]:
-    con = sqlite3.connect(db)
-    try:
-        return list(con.iterdump())
-    finally:
-        con.close()
+def dump(settings: Settings) -> dict[str, int]:
+    """The last sequence of each control-plane bucket: any write changes one."""
+
+    async def last_seqs() -> dict[str, int]:
+        async with await Bus.for_settings(settings) as bus:
+            s = bus.subjects
+            return {b: (await bus.js.stream_info(f"KV_{b}")).state.last_seq
+                    for b in (s.control_bucket, s.ledger_bucket, s.tasks_bucket)}
+
+    return asyncio.run(last_seqs())
 
 
 def test_the_first_keys_create_on_a_fresh_data_dir_works_and_the_key_authenticates_once_listed(cli):
@@ -136,7 +142,7 @@ def test_budgets_set_and_show_for_a_profile_and_a_key(cli):
 )
 def test_bad_input_gives_one_error_line_exit_1_and_changes_nothing(cli, args, message):
     cli("keys", "create", "--profile", "developer")
-    before = dump(cli.db)
+    before = dump(cli.settings)
 
     result = cli(*args, ok=False)
 
@@ -145,7 +151,7 @@ def test_bad_input_gives_one_error_line_exit_1_and_changes_nothing(cli, args, me
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0]
     assert result.stdout == ""
-    assert dump(cli.db) == before
+    assert dump(cli.settings) == before
 
 
 @pytest.mark.parametrize(
@@ -159,7 +165,7 @@ def test_bad_input_gives_one_error_line_exit_1_and_changes_nothing(cli, args, me
 )
 def test_a_bad_profiles_file_applies_nothing(cli, tmp_path: Path, toml, message):
     cli("profiles", "list")
-    before = dump(cli.db)
+    before = dump(cli.settings)
     file = tmp_path / "bad.toml"
     file.write_text(toml)
 
@@ -167,4 +173,4 @@ def test_a_bad_profiles_file_applies_nothing(cli, tmp_path: Path, toml, message)
 
     assert result.exit_code == 1
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert dump(cli.db) == before
+    assert dump(cli.settings) == before

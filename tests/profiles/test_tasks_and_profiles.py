@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -59,9 +58,9 @@ def test_profile_files_are_validated_field_by_field(toml: str, message: str | No
     assert message in refused.value.message
 
 
-async def test_many_connections_opening_a_fresh_file_at_once_create_it_once(tmp_path: Path):
-    path = tmp_path / "fresh.db"
-    stores = await asyncio.gather(*(Store.open(path) for _ in range(8)))
+async def test_many_stores_opening_a_fresh_control_plane_at_once_seed_it_once(settings):
+    stores = [Store.for_settings(settings) for _ in range(8)]  # eight servers' NATS connections
+    await asyncio.gather(*(s.connect() for s in stores))
     try:
         names = [sorted(p.name for p in await s.list_profiles()) for s in stores]
     finally:

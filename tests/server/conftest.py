@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from server_kit import e2e_model_and_runner
 
 from bus import AuditNotice, Bus, Settings, Subjects, decode_notice, load_or_create_job_secret
 from profiles import Store
 from server._dispatch import Dispatcher
 from server._submit_gateway import SubmitGateway
-from server_kit import e2e_model_and_runner
 
 
 @dataclass
@@ -47,7 +47,7 @@ async def server_stack(settings: Settings) -> AsyncIterator[Stack]:
             notices.append(decode_notice(msg.data))
 
         sub = await bus.nc.subscribe(bus.subjects.audit_all(), cb=on_notice)
-        async with Store.for_settings(settings) as store:
+        async with Store.for_settings(settings, bus=bus) as store:
             async with Dispatcher(settings, bus, store, secret=load_or_create_job_secret(settings)) as dispatcher:
                 async with SubmitGateway(dispatcher) as gateway:
                     yield Stack(settings, bus, store, dispatcher, gateway, notices)

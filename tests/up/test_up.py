@@ -39,7 +39,15 @@ def test_up_starts_every_process_and_labels_the_offline_model(start_up) -> None:
     text = up.log.read_text()
     assert "offline scripted model" in text and "tb_" in text  # the admin key, printed on first start
     key = next(w for w in text.split() if w.startswith("tb_") and len(w) > 20)
-    assert key not in (up.data / "taskbus.db").read_bytes().decode(errors="replace")  # stored only as a hash
+    on_disk = b"".join(p.read_bytes() for p in (up.data / "nats").rglob("*") if p.is_file())
+    assert key.encode() not in on_disk and key[11:].encode() not in on_disk  # stored only as a hash
+    assert not (up.data / "taskbus.db").exists()  # the control plane is in NATS
+    # the printed admin key works: a completion through the stack
+    done = subprocess.run([TASKBUS, "submit", "--complete", "--key", key, "--json", "say hi"],
+                          env={**os.environ, "TASKBUS_DATA_DIR": str(up.data)}, capture_output=True, timeout=300,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
     # every child sees the same data dir and NATS, through TASKBUS_* variables
     env = Path(f"/proc/{up.child('runner')['pid']}/environ").read_bytes().split(b"\0")
     assert f"TASKBUS_NATS_URL={state['nats_url']}".encode() in env

@@ -1,0 +1,258 @@
+"""Benchmark of the NATS submit path: ``complete`` jobs submitted all at once through the
+submit gateway (docs/nats-publishers.md) to a local stack with the scripted model.
+
+Reports accepted/s (500 requests sent at once; the run ends when the last reply is in),
+reply p50/p99, and that every job finished. Baseline measured in the same run: the same
+500 requests answered by a trivial NATS request/reply responder in its own process (the
+transport's own cost). ``--soak N`` then submits N more jobs in rounds of 1,000 and
+reports the last round's accepted/s against the first (flat as the registry, the
+ledger and the rate windows grow) and the server's resident memory after the first
+round and at the end.
+
+Processes: nats-server (embedded), the scripted model, one runner, the server
+(``taskbus serve --transport none``: the gateway only), the baseline responder; the
+publisher runs in this process.
+
+    scripts/bench submit [--jobs 500] [--soak 20000] [--out bench-results/submit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_mcp import free_port, percentile, wait_port  # noqa: E402  (the path above)
+
+TARGET_ACCEPTED_PER_S = 400.0
+TARGET_P99_MS = 1000.0
+TARGET_SOAK_RATIO = 0.9
+TARGET_RSS_GROWTH_MB = 10.0
+
+RESPONDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import nats
+
+    async def main():
+        nc = await nats.connect(sys.argv[1])
+        async def answer(msg):
+            await msg.respond(sys.argv[3].encode())
+        await nc.subscribe(sys.argv[2], queue="bench", cb=answer)
+        await nc.flush()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def burst(nc: Any, subject: str, jobs: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """``jobs`` requests sent at once; accepted/s over the time to the last reply."""
+    from bus import SubmitAccepted, decode_reply
+
+    latencies: list[float] = []
+    task_ids: list[str] = []
+    refused: dict[str, int] = {}
+
+    async def one() -> None:
+        start = time.perf_counter()
+        msg = await nc.request(subject, body, headers=headers, timeout=120)
+        latencies.append((time.perf_counter() - start) * 1000)
+        reply = decode_reply(msg.data)
+        if isinstance(reply, SubmitAccepted):
+            task_ids.append(reply.task_id)
+        else:
+            refused[reply.code] = refused.get(reply.code, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(jobs)))
+    wall = time.perf_counter() - started
+    return {"jobs": jobs, "accepted": len(task_ids), "refused": refused, "accepted_per_s": len(task_ids) / wall,
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "task_ids": task_ids}
+
+
+async def all_finished(settings: Any, task_ids: list[str], timeout_s: float) -> dict[str, int]:
+    """Statuses of ``task_ids`` once none is live (or when ``timeout_s`` is over)."""
+    from profiles import Store
+
+    deadline = time.monotonic() + timeout_s
+    async with Store.for_settings(settings, actor="bench") as store:
+        while True:
+            statuses: dict[str, int] = {}
+            for start in range(0, len(task_ids), 200):
+                records = await asyncio.gather(*(store.get_task(t) for t in task_ids[start:start + 200]))
+                for r in records:
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+            if not any(s in statuses for s in ("accepted", "running")) or time.monotonic() > deadline:
+                return statuses
+            await asyncio.sleep(0.5)
+
+
+async def make_key(settings: Any) -> str:
+    from profiles import Store
+
+    async with Store.for_settings(settings, actor="bench") as store:
+        await store.apply_toml(textwrap.dedent(
+            """
+            [profiles.bench]
+            kinds = ["complete"]
+            models = ["claude-haiku-4-5"]
+            max_concurrent = 100000
+            max_cost_per_task_usd = 0.05
+            rate_limit_per_min = 1000000000
+            """
+        ))
+        return (await store.create_key("bench"))[0]
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int) -> dict[str, Any]:
+    import nats
+
+    from bus import Settings, Subjects
+
+    settings = Settings.load(env)
+    subjects = Subjects(settings.subject_prefix)
+    key = env["BENCH_KEY"]
+    body = json.dumps({"prompt": "[script:hello] benchmark", "model": "claude-haiku-4-5"}).encode()
+    headers = {"Authorization": f"Bearer {key}"}
+    nc = await nats.connect(settings.nats_url)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the gateway subscribes once the server is up: poll until it answers
+            try:
+                await nc.request(subjects.submit("complete"), b"{}", timeout=5)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server's submit gateway did not answer within 120 s") from None
+                await asyncio.sleep(0.2)
+        await burst(nc, subjects.submit("complete"), 20, headers, body)  # warm-up (connections, caches)
+        baseline = await burst(nc, "bench.baseline", args.jobs, {}, body)
+        ours = await burst(nc, subjects.submit("complete"), args.jobs, headers, body)
+        statuses = await all_finished(settings, ours["task_ids"], timeout_s=600)
+        result: dict[str, Any] = {"baseline": baseline, "taskbus": ours, "finished": statuses}
+        if args.soak:
+            rounds = []
+            rss_after_warmup = rss_mb(server_pid)
+            for index in range(max(1, args.soak // 1000)):
+                r = await burst(nc, subjects.submit("complete"), 1000, headers, body)
+                rounds.append({k: v for k, v in r.items() if k != "task_ids"})
+                print(f"  soak round {index + 1}: {r['accepted_per_s']:.0f} accepted/s, p99 {r['p99_ms']:.0f} ms, "
+                      f"server RSS {rss_mb(server_pid):.1f} MB", file=sys.stderr)
+                if index == 0:
+                    rss_after_warmup = rss_mb(server_pid)
+            result["soak"] = {
+                "rounds": rounds, "first_per_s": rounds[0]["accepted_per_s"], "last_per_s": rounds[-1]["accepted_per_s"],
+                "ratio": rounds[-1]["accepted_per_s"] / rounds[0]["accepted_per_s"],
+                "rss_after_first_round_mb": rss_after_warmup, "rss_end_mb": rss_mb(server_pid),
+            }
+            result["soak"]["rss_growth_mb"] = result["soak"]["rss_end_mb"] - rss_after_warmup
+        for row in (baseline, ours):
+            row.pop("task_ids", None)
+        return result
+    finally:
+        await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500, help="Requests sent at once.")
+    parser.add_argument("--soak", type=int, default=0, help="Then this many more, in rounds of 1,000.")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "submit.json")
+    args = parser.parse_args()
+
+    from bus import EmbeddedNats, Settings
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-submit-"))
+    nats_server = EmbeddedNats(tmp / "nats")
+    nats_server.start()
+    model_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
+    env.update({
+        "TASKBUS_NATS_URL": nats_server.url,
+        "TASKBUS_DATA_DIR": str(tmp / "data"),
+        "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+        "TASKBUS_SUBJECT_PREFIX": "bench",
+        "TASKBUS_LOG_LEVEL": "warning",
+    })
+    responder = tmp / "responder.py"
+    responder.write_text(RESPONDER)
+    procs = [subprocess.Popen([sys.executable, "-m", "server._cli", "model", "serve", "--script", "hello", "--port",
+                               str(model_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
+    try:
+        wait_port(model_port, procs[0])
+        env["BENCH_KEY"] = asyncio.run(make_key(Settings.load(env)))
+        procs.append(subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", "runner",
+                                       "--slots", "16"], cwd=ROOT, env=env))
+        server = subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", "serve",
+                                   "--transport", "none"], cwd=ROOT, env=env)
+        procs.append(server)
+        from bus import SubmitAccepted, encode, new_task_id
+
+        canned = SubmitAccepted(task_id=new_task_id(), events_subject="bench.events.x")  # what the gateway answers
+        base = subprocess.Popen([sys.executable, str(responder), nats_server.url, "bench.baseline",
+                                 encode(canned).decode()], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        procs.append(base)
+        assert base.stdout is not None and base.stdout.readline().strip() == "ready"
+        result = asyncio.run(measure(args, env, server.pid))
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        nats_server.stop()
+
+    b, t = result["baseline"], result["taskbus"]
+    print(f"{'':<10}{'jobs':>6}{'accepted':>10}{'acc/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, row in (("baseline", b), ("taskbus", t)):
+        print(f"{name:<10}{row['jobs']:>6}{row['accepted']:>10}{row['accepted_per_s']:>9.0f}{row['p50_ms']:>9.1f}"
+              f"{row['p99_ms']:>9.1f}")
+    finished = result["finished"]
+    print(f"finished: {finished}  (refused: {t['refused'] or 'none'})")
+    print(f"taskbus/baseline accepted/s: {t['accepted_per_s'] / b['accepted_per_s']:.2f}")
+    result["targets"] = {
+        "accepted_per_s": TARGET_ACCEPTED_PER_S, "p99_ms": TARGET_P99_MS,
+        "met": t["accepted_per_s"] >= TARGET_ACCEPTED_PER_S and t["p99_ms"] <= TARGET_P99_MS
+        and t["accepted"] == t["jobs"] and set(finished) == {"succeeded"},
+    }
+    print(f"target: >= {TARGET_ACCEPTED_PER_S:.0f} accepted/s, p99 <= {TARGET_P99_MS:.0f} ms, all finished: "
+          f"{'met' if result['targets']['met'] else 'NOT met'}")
+    if "soak" in result:
+        s = result["soak"]
+        print(f"soak: first 1,000 {s['first_per_s']:.0f}/s, last 1,000 {s['last_per_s']:.0f}/s (ratio {s['ratio']:.2f}, "
+              f"target >= {TARGET_SOAK_RATIO}); server RSS {s['rss_after_first_round_mb']:.1f} -> {s['rss_end_mb']:.1f} MB "
+              f"(+{s['rss_growth_mb']:.1f}, target < {TARGET_RSS_GROWTH_MB:.0f})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "submit", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, **result,
+    }, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Compare-and-set on one JetStream KV entry, the one write primitive of the control plane.
+
+``CasEntry`` keeps the last value and revision this process saw of each entry, so the
+common case (one writer, or the last writer was us) is a single ``kv.update(last=rev)``
+round trip; on a revision conflict it reads the entry again and retries with jittered
+backoff (``bus.retry_async``). A per-entry lock serializes this process's own writers so
+they never conflict with each other: conflicts only come from other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from bus import Backoff, BusTimeout, retry_async
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Doc = dict[str, Any]
+Change = Callable[[Doc | None], tuple[Doc | None, T]]
+"""``change(current)`` -> (new value or None for "write nothing", result). Pure: it may run again."""
+
+CAS_ATTEMPTS = 50
+MAX_CACHED = 4096
+SCAN_TIMEOUT_S = 30.0
+
+
+class _Stale(Exception):
+    """Our cached revision was not the last one: read again and retry."""
+
+
+class _Handoff(Exception):
+    """The caller writing a batch was cancelled before answering: queue the change again."""
+
+
+def dumps(doc: Doc) -> bytes:
+    return msgspec.json.encode(doc)
+
+
+def loads(raw: bytes | None) -> Doc:
+    return msgspec.json.decode(raw) if raw else {}
+
+
+async def read(kv: Any, key: str) -> tuple[Doc | None, int]:
+    """(value, revision) of ``key``; (None, 0) when missing or deleted."""
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError as exc:
+        deleted = getattr(exc, "entry", None)
+        return None, int(deleted.revision) if deleted is not None else 0
+    return loads(entry.value), int(entry.revision)
+
+
+async def scan(kv: Any, pattern: str, *, timeout: float = SCAN_TIMEOUT_S) -> list[tuple[str, bytes]]:
+    """The current entries whose key matches ``pattern`` (a watch the server filters, so
+    only the matching entries are read), deleted ones left out."""
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    out: list[tuple[str, bytes]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while (entry := await watcher.updates(timeout=timeout)) is not None:
+                out.append((entry.key, entry.value))
+    except TimeoutError:
+        raise BusTimeout(f"reading the entries {pattern!r} took over {timeout:g}s; is JetStream up?") from None
+    finally:
+        await watcher.stop()
+    return out
+
+
+class CasEntries:
+    """Compare-and-set writers of the entries of one bucket, with a bounded cache.
+
+    Group commit: while one write of an entry is in flight, the changes that arrive for
+    the same entry queue up and the next write applies them all, in order, in one
+    compare-and-set (each caller still gets its own result or refusal). A burst of
+    admissions against one account costs a few round trips, not one each."""
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+        self._cache: OrderedDict[str, tuple[Doc | None, int]] = OrderedDict()
+        self._waiting: dict[str, list[tuple[Change[Any], asyncio.Future[Any], bool]]] = {}
+        self._leading: set[str] = set()
+
+    def forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def revision(self, key: str) -> int:
+        """The revision of ``key`` this process last read or wrote (0: none cached)."""
+        cached = self._cache.get(key)
+        return cached[1] if cached is not None else 0
+
+    def cached(self, key: str) -> Doc | None:
+        """The value of ``key`` this process last read or wrote (None: none cached)."""
+        cached = self._cache.get(key)
+        return cached[0] if cached is not None else None
+
+    def remember(self, key: str, value: Doc, revision: int) -> None:
+        """What this process just created at ``revision`` (its next change skips the read)."""
+        self._remember(key, value, revision)
+
+    async def change(self, key: str, change: Change[T], *, fresh: bool = False) -> T:
+        """Apply ``change`` atomically to ``key`` and return its result (``fresh``: read
+        first instead of trusting the cached revision)."""
+        while True:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, []).append((change, future, fresh))
+            if key not in self._leading:  # no write of this entry in flight: lead one
+                await self._lead(key)
+            try:
+                return await future
+            except _Handoff:  # the leader was cancelled before answering: queue again
+                continue
+
+    async def _lead(self, key: str) -> None:
+        """Write the queued changes of ``key`` until none is left (the others await theirs)."""
+        self._leading.add(key)
+        batch: list[tuple[Change[Any], asyncio.Future[Any], bool]] = []
+        try:
+            while batch := self._waiting.pop(key, []):
+                await self._apply(key, [(c, f) for c, f, _ in batch], any(fresh for _, _, fresh in batch))
+        finally:
+            self._leading.discard(key)
+            for _, future, _ in batch + self._waiting.pop(key, []):
+                if not future.done():
+                    future.set_exception(_Handoff())
+                    future.exception()  # retrieved: a cancelled leader's own one is never awaited
+
+    async def _apply(self, key: str, batch: list[tuple[Change[Any], asyncio.Future[Any]]], fresh: bool) -> None:
+        cached = None if fresh else self._cache.get(key)
+
+        async def attempt() -> list[tuple[asyncio.Future[Any], Any, bool]]:
+            nonlocal cached
+            current, revision = cached if cached is not None else await read(self.kv, key)
+            cached = None  # a retry always reads
+            doc, dirty, answers = current, False, []
+            for change, future in batch:
+                try:
+                    new, result = change(doc)
+                except Exception as exc:  # this caller's refusal; the others go on
+                    answers.append((future, exc, True))
+                    continue
+                if new is not None:
+                    doc, dirty = new, True
+                answers.append((future, result, False))
+            if not dirty:
+                self._remember(key, current, revision)
+                return answers
+            try:
+                written = await self.kv.update(key, dumps(doc), last=revision)  # type: ignore[arg-type]
+            except KeyWrongLastSequenceError:
+                self.forget(key)
+                raise _Stale() from None
+            self._remember(key, doc, int(written))
+            return answers
+
+        try:
+            answers = await retry_async(attempt, on=_Stale, attempts=CAS_ATTEMPTS, backoff=Backoff(0.001, 0.05))
+        except _Stale:
+            error = BusTimeout(
+                f"the control-plane entry {key!r} kept changing under {CAS_ATTEMPTS} attempts to update it; retry")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except Exception as exc:  # NATS failed: every caller of this batch hears it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, value, failed in answers:
+            if future.done():
+                continue
+            if failed:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+    def _remember(self, key: str, value: Doc | None, revision: int) -> None:
+        self._cache[key] = (value, revision)
+        self._cache.move_to_end(key)
+        while len(self._cache) > MAX_CACHED:
+            self._cache.popitem(last=False)
