@@ -19,7 +19,6 @@ from ._follow import follow as follow
 from ._prune import PruneResult as PruneResult
 from ._prune import prune as prune
 from ._query import export_jsonl as export_jsonl
-from ._query import parse_duration as parse_duration
 from ._query import parse_time as parse_time
 from ._query import search as search
 from ._query import summarize as summarize
@@ -43,7 +42,6 @@ __all__ = [
     "export_jsonl",
     "follow",
     "open_db",
-    "parse_duration",
     "parse_time",
     "prune",
     "row_hash",

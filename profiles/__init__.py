@@ -14,7 +14,6 @@ from ._budgets import check_can_pay as check_can_pay
 from ._import import ImportReport as ImportReport
 from ._import import import_database as import_database
 from ._keys import KeyRecord as KeyRecord
-from ._keys import parse_duration as parse_duration
 from ._keys import parse_expiry as parse_expiry
 from ._policy import offered_catalog as offered_catalog
 from ._policy import resolve_policy as resolve_policy
@@ -52,7 +51,6 @@ __all__ = [
     "check_tool_name",
     "default_profiles",
     "import_database",
-    "parse_duration",
     "parse_expiry",
     "parse_profiles_toml",
     "profile_from_mapping",

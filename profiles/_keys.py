@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from bus import AuthError, InvalidInput, KeyExpired, KeyRevoked
+from bus import AuthError, InvalidInput, KeyExpired, KeyRevoked, parse_duration
 
 KEY_PREFIX = "tb_"
 DISPLAY_CHARS = 8
@@ -82,18 +82,6 @@ def record_from_row(row: Any) -> KeyRecord:
         replaced_by=row["replaced_by"],
         grace_until=_ts(row["grace_until"]),
     )
-
-
-_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``1h``, ``30d``, ``2w`` to seconds."""
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        raise InvalidInput(f"duration {text!r} not understood; use a number and s, m, h, d or w (e.g. 1h, 30d)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def parse_expiry(text: str, now: datetime) -> datetime:

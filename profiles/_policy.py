@@ -17,10 +17,10 @@ import posixpath
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from fnmatch import fnmatchcase
 
 from bus import (
     BUILTIN_AGENTS,
+    CatalogRef,
     CompleteRequest,
     InvalidInput,
     Job,
@@ -28,7 +28,6 @@ from bus import (
     PolicyDenied,
     Request,
     Settings,
-    CatalogRef,
     TaskRequest,
     expand_grants,
     grant_covers,
@@ -99,7 +98,7 @@ def _chosen(
 def _available(catalog: Sequence[CatalogRef]) -> tuple[dict[str, CatalogRef | None], dict[str, CatalogRef | None]]:
     """(agents, skills) that exist: the built-in agents, then the catalog's entries by name."""
     entries = sorted(((ref.kind, ref.name), ref) for ref in catalog)
-    agents: dict[str, CatalogRef | None] = {n: None for n in BUILTIN_AGENTS}
+    agents: dict[str, CatalogRef | None] = dict.fromkeys(BUILTIN_AGENTS)
     agents.update({n: r for (k, n), r in entries if k == "agent"})
     return agents, {n: r for (k, n), r in entries if k == "skill"}
 

@@ -25,7 +25,6 @@ from audit import (
     export_jsonl,
     follow,
     open_db,
-    parse_duration,
     parse_time,
     prune,
     run_audit,
@@ -34,7 +33,7 @@ from audit import (
     tail,
     verify,
 )
-from bus import Bus, Settings, TaskbusError
+from bus import Bus, Settings, TaskbusError, parse_duration
 
 from ._cli_common import (
     ConfigOpt,

@@ -325,8 +325,7 @@ def keys_rotate(
     config: ConfigOpt = None,
 ) -> None:
     """Replace a key: a new key (shown once); the old one works for the grace period."""
-    from bus import TaskbusError
-    from profiles import parse_duration
+    from bus import TaskbusError, parse_duration
 
     try:
         grace_s = parse_duration(grace)
