@@ -31,6 +31,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from bus import (
     AuditNotice,
+    AuthError,
     Bus,
     InvalidInput,
     NotFound,
@@ -44,7 +45,7 @@ from . import _ledger
 from ._apply import ApplyResult, diff_profiles, plan_apply
 from ._budgets import BudgetStatus, Reservation, to_micro, to_usd
 from ._import import SEEDED
-from ._keys import KeyRecord, check_usable, display_prefix, hash_key, lookup, new_key
+from ._keys import KeyRecord, check_shape, check_usable, display_prefix, hash_key, lookup, new_key
 from ._kv import CasEntries, Doc, dumps, read, scan
 from ._policy import resolve_policy
 from ._profiles import (
@@ -244,11 +245,18 @@ class Store:
 
     async def authenticate(self, plaintext: str) -> KeyRecord:
         """The key's record, or AuthError / KeyRevoked / KeyExpired (never echoing the key).
-        Reads only the in-memory view."""
-        return lookup(self.view.by_hash, plaintext, self.now())
+        Reads the in-memory view; only a key the view does not know yet (created through
+        another server a moment ago) costs one read of its entry."""
+        try:
+            return lookup(self.view.by_hash, plaintext, self.now())
+        except AuthError:
+            check_shape(plaintext)
+            if await self.view.fetch_key(display_prefix(plaintext)) is None:
+                raise
+            return lookup(self.view.by_hash, plaintext, self.now())
 
     async def get_key(self, prefix: str) -> KeyRecord:
-        stored = self.view.keys.get(prefix)
+        stored = self.view.keys.get(prefix) or await self.view.fetch_key(prefix)
         if stored is None:
             raise NotFound(f"no key with prefix {prefix!r}; `taskbus keys list` shows them", prefix=prefix)
         return stored.record

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 
 from bus import BusTimeout
 
@@ -92,6 +93,19 @@ class ControlView:
                 await self._changed.wait_for(lambda: self.revision >= revision)
         except TimeoutError:
             raise BusTimeout(f"the control-plane view did not see revision {revision} within {timeout:g}s") from None
+
+    async def fetch_key(self, prefix: str) -> StoredKey | None:
+        """Read ``key.<prefix>`` from the bucket itself and put it in the view: a key created
+        through another server moments ago may not have reached this view's watcher yet. The
+        view's ``revision`` is left alone (the watcher still delivers the change in order)."""
+        try:
+            entry = await self.kv.get(KEY + prefix)
+        except KeyNotFoundError:
+            return None
+        if int(entry.revision) >= self.revisions.get(KEY + prefix, 0):
+            self.revisions[KEY + prefix] = int(entry.revision)
+            self._apply_key(prefix, entry.value)
+        return self.keys.get(prefix)
 
     def _apply(self, entry: Any) -> None:
         key: str = entry.key

@@ -121,6 +121,17 @@ async def test_a_profile_change_through_one_server_applies_to_the_others_next_ca
         await a.check_rate(key.prefix)
 
 
+async def test_a_key_created_through_one_server_works_at_once_on_the_other(two: tuple[Store, Store]) -> None:
+    a, b = two
+    await a.view.stop()  # as if a's watcher lagged behind: the new keys never reach its view by watch
+    for _ in range(3):
+        plaintext, key = await b.create_key("developer")
+        assert (await a.authenticate(plaintext)).prefix == key.prefix
+        assert (await a.get_key(key.prefix)).profile == "developer"
+    with pytest.raises(AuthError, match="unknown API key"):
+        await a.authenticate(plaintext[:-1] + ("A" if plaintext[-1] != "A" else "B"))
+
+
 async def test_an_unknown_key_is_refused_by_every_server(two: tuple[Store, Store]) -> None:
     for store in two:
         with pytest.raises(AuthError, match="unknown API key"):
