@@ -103,6 +103,32 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas:
     that may read stream info but not change streams)."""
     assert config.name is not None
     await patient(lambda: _ensure_stream(js, config, replicas=replicas, update=update), f"the stream {config.name}")
+    await wait_for_leader(js, config.name, replicas)
+
+
+LEADER_WAIT_S = 20.0
+"""How long ``ensure_*`` waits for a replicated stream it created or found to have a leader."""
+
+
+async def wait_for_leader(js: JetStreamContext, stream: str, replicas: int, *, timeout: float = LEADER_WAIT_S) -> None:
+    """Return once ``stream`` has an elected leader. A replicated stream that was just created
+    (by this process or by another server a moment ago) answers nothing until its replicas
+    have elected one: a publish to it meanwhile fails with "no responders". A single server
+    (``replicas`` 1) has no election to wait for."""
+    if replicas <= 1:
+        return
+    backoff = Backoff(0.02, 0.5)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            info = await js.stream_info(stream)
+            if info.cluster is None or info.cluster.leader:
+                return
+        except _UNANSWERED:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise BusError(f"the stream {stream} has no leader after {timeout:g}s: check the NATS cluster (taskbus doctor)")
+        await backoff.sleep()
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas: int, update: bool) -> None:
@@ -134,8 +160,10 @@ async def ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: i
     """The KV bucket of ``config``: created with ``replicas``, or found and raised to them.
     ``create=False`` raises ``NotFoundError`` for a missing bucket; ``update=False`` leaves
     an existing one as it is."""
-    return await patient(lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update),
-                          f"the KV bucket {config.bucket}")
+    kv = await patient(lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update),
+                       f"the KV bucket {config.bucket}")
+    await wait_for_leader(js, kv_stream(config.bucket), replicas)
+    return kv
 
 
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: int, create: bool, update: bool) -> KeyValue:
@@ -160,8 +188,10 @@ async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectS
                               create: bool = True, update: bool = True) -> tuple[ObjectStore, bool]:
     """The Object Store ``bucket``: created with ``config`` and ``replicas``, or found and
     raised to them. Returns (store, created)."""
-    return await patient(lambda: _ensure_object_store(js, bucket, config, replicas=replicas, create=create,
-                                                       update=update), f"the Object Store {bucket}")
+    found = await patient(lambda: _ensure_object_store(js, bucket, config, replicas=replicas, create=create,
+                                                        update=update), f"the Object Store {bucket}")
+    await wait_for_leader(js, object_stream(bucket), replicas)
+    return found
 
 
 async def _ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int,

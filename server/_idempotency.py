@@ -23,10 +23,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from bus import Bus, BusTimeout, InvalidInput, new_task_id
+from bus import Bus, BusError, BusTimeout, InvalidInput, new_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,15 @@ class SubmitClaims:
         """``admit(task_id)``'s reply for the first request with this (key, id); the same reply
         for every later one (waiting while the first is still being admitted). A later request
         whose ``fingerprint`` (a hash of its body) differs is InvalidInput: the id is taken."""
+        try:
+            return await self._once(key_id, idempotency_id, fingerprint, admit)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:  # the bus refused or did not answer
+            raise BusError(
+                f"the message bus did not answer ({type(exc).__name__}); "
+                "retry in a moment with the same idempotency id"
+            ) from exc
+
+    async def _once(self, key_id: str, idempotency_id: str, fingerprint: str, admit: Admit) -> dict[str, Any]:
         kv = await self._bucket()
         key = claim_key(key_id, idempotency_id[:MAX_ID_CHARS])
         deadline = time.monotonic() + self.wait_s
