@@ -1,6 +1,8 @@
 """Running one ``run_task`` job: input files, the agent sandbox, Claude Code, artifacts.
 
-Order: input files are written into the fresh workspace before the sandbox exists;
+Order: input files are written into the fresh workspace before the sandbox exists (on a
+warm agent: before its Claude Code gets its first message, so before anything of the
+task runs in it);
 after Claude Code ends the sandbox is destroyed (every process in it gone) and only
 then are artifacts collected, within what is left of the task's wall clock (past it
 the task ends ``timeout``). Everything the task made on the host (workspace, gateway
@@ -25,6 +27,7 @@ from ._agent import AgentSandbox
 from ._catalog import catalog_files
 from ._claude import ClaudeOutcome, claude_argv, translate
 from ._events import EventBudget, TaskEvents, emit_model_call
+from ._warm import WarmAgent
 from ._workspace import FileState, snapshot, store_artifacts, write_inputs
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class EventSink:
         self.backend = backend
         self.usage = Usage()
         self.log_lines = 0
+        self.warm = False
 
     async def on_call(self, record: CallRecord) -> None:
         self.usage = self.usage + record.usage
@@ -67,7 +71,7 @@ class EventSink:
             await self.events.emit(Log, line=line, stream=stream)
 
     async def on_started(self, sandbox: Sandbox) -> None:
-        await self.events.emit(Started, runner_id=self.runner_id, backend=self.backend, sandbox_id=sandbox.id)
+        await self.events.emit(Started, runner_id=self.runner_id, backend=self.backend, sandbox_id=sandbox.id, warm=self.warm)
 
 
 class TaskRun:
@@ -86,6 +90,7 @@ class TaskRun:
         run_root: Path,
         socket_root: Path,
         shared_dir: Path,
+        warm: WarmAgent | None = None,
     ) -> None:
         self.settings = settings
         self.job = job
@@ -93,6 +98,7 @@ class TaskRun:
         self.request: TaskRequest = job.request  # type: ignore[assignment]
         self.events = events
         self.sink = EventSink(events, runner_id, backend.name)
+        self.sink.warm = warm is not None
         self.outcome = ClaudeOutcome(
             allowed_tools=tuple(self.policy.tools),
             allowed_agents=tuple(self.policy.agents),
@@ -105,7 +111,7 @@ class TaskRun:
             settings, self.policy, backend=backend, upstream=upstream, runner_id=runner_id,
             run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id, shared_dir=shared_dir,
             on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
-            on_started=self.sink.on_started, fill_workspace=self._write_inputs,
+            on_started=self.sink.on_started, fill_workspace=self._write_inputs, warm=warm,
         )
 
     def _write_inputs(self, workspace: Path) -> None:
@@ -145,9 +151,12 @@ class TaskRun:
         return self._outcome(exit_code, timed_out, agent, diff)
 
     async def _run_claude(self, agent: AgentSandbox) -> int:
-        proc = await agent.sandbox.exec(  # type: ignore[union-attr]
-            claude_argv(agent.claude_binary, self.policy), env=agent.env, stdin=self.request.description.encode()
-        )
+        if agent.warm is not None:
+            proc = agent.send_task(self.request.description)
+        else:
+            proc = await agent.sandbox.exec(  # type: ignore[union-attr]
+                claude_argv(agent.claude_binary, self.policy), env=agent.env, stdin=self.request.description.encode()
+            )
         budget = EventBudget(self.settings.task_max_events, self.settings.task_max_event_bytes)
         async for stream, line in proc:
             if stream == "stdout":

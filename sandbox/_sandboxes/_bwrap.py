@@ -116,7 +116,9 @@ class BwrapSandbox(Sandbox):
     def oom_killed(self) -> bool:
         return self._cgroups.oom_killed()
 
-    async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
+    async def _exec(
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | asyncio.Future[bytes] | None, cwd: str
+    ) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
         return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)
 

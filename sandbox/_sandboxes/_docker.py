@@ -100,7 +100,9 @@ class DockerSandbox(Sandbox):
                         return True
         return False
 
-    async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
+    async def _exec(
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | asyncio.Future[bytes] | None, cwd: str
+    ) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
         return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)
 
@@ -204,7 +206,7 @@ class DockerBackend:
 
     async def create(self, spec: SandboxSpec) -> DockerSandbox:
         client = await self.client()
-        if self._pool is not None:
+        if self._pool is not None and not spec.late_sockets:
             sandbox = await self._pool.take(spec)
             if sandbox is not None:
                 return sandbox

@@ -74,10 +74,18 @@ async def pump_fd(fd: int, stream: Stream, ex: Execution) -> None:
         transport.close()
 
 
-async def feed_fd(fd: int, data: bytes) -> None:
+async def feed_fd(fd: int, data: bytes | asyncio.Future[bytes]) -> None:
+    """Write ``data`` (once it is there, for a future) to ``fd`` and close it; a cancelled
+    wait closes it unwritten (the command sees end of input)."""
+    try:
+        payload = data if isinstance(data, bytes) else await data
+    except BaseException:
+        os.close(fd)
+        raise
+
     def write() -> None:
         try:
-            view = memoryview(data)
+            view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]
         except OSError:
