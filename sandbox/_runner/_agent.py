@@ -217,10 +217,8 @@ class AgentSandbox:
 
     def send_task(self, description: str) -> Execution:
         """The warm agent's Claude Code, now given the task's model and description."""
-        warm = self.warm
-        assert warm is not None and warm.claude is not None and warm.message is not None
-        warm.message.set_result(first_message(description, model=self.policy.model, started_model=warm.policy.model))
-        return warm.claude
+        assert self.warm is not None
+        return self.warm.send(first_message(description, model=self.policy.model, started_model=self.warm.policy.model))
 
 
 async def start_forwarder(

@@ -8,8 +8,9 @@
     await pool.close()                          # destroys every idle one
 
 A warm agent is a sandbox (workspace filesystem mounted, loopback forwarder listening)
-with ``claude -p --input-format=stream-json`` started in it and waiting for its first
-line on stdin. Nothing of any task is in it: no gateway and no hook socket exist yet
+with ``claude -p --input-format=stream-json`` started in it; it counts as ready once
+Claude Code answered an ``initialize`` control request (it has started and reads its
+stdin; it asks the model nothing), and then waits for its first user message. Nothing of any task is in it: no gateway and no hook socket exist yet
 (its Claude Code has no route to a model while it waits), its workspace is empty, its
 command line carries only what its class fixes. ``AgentSandbox`` adopts it for one
 task (task files, gateway, hook with that task's policy, the task's wall clock), and the
@@ -40,12 +41,12 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
 
-from bus import Policy, Settings
+from bus import Policy, SandboxError, Settings
 
 from .._gateway import new_placeholder_key
 from .._privdirs import ensure_dir
@@ -59,6 +60,9 @@ from ._claude import MANAGED_SETTINGS, OPT_DIR, claude_argv, claude_env
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
+INIT_ID = "taskbus-init"
+INITIALIZE = json.dumps({"type": "control_request", "request_id": INIT_ID, "request": {"subtype": "initialize"}}).encode() + b"\n"
+"""Sent at start; the answer says Claude Code is up (it asks the model nothing)."""
 RETRY_AFTER_S = 10.0
 IDLE_MARGIN_S = 60.0
 
@@ -104,7 +108,8 @@ class WarmAgent:
         self.claude_binary = ""
         self.sandbox: Sandbox | None = None
         self.claude: Execution | None = None
-        self.message: asyncio.Future[bytes] | None = None
+        self._stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.sent = False
         self.started_at = time.monotonic()
         self.stack = contextlib.AsyncExitStack()
         self._closed = False
@@ -146,16 +151,40 @@ class WarmAgent:
         self.sandbox = await self.stack.enter_async_context(await backend.create(spec))
         self.workspace = self.sandbox.workspace
         await start_forwarder(self.sandbox, self.stack, _quiet, name=self.id)
-        self.message = asyncio.get_running_loop().create_future()
         argv = claude_argv(self.claude_binary, self.policy) + ["--input-format=stream-json"]
-        self.claude = await self.sandbox.exec(argv, env=claude_env(self.placeholder), stdin=self.message)
+        self._stdin.put_nowait(INITIALIZE)
+        self.claude = await self.sandbox.exec(argv, env=claude_env(self.placeholder), stdin=self._lines())
+        await self._initialized(self.claude)
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        while (line := await self._stdin.get()) is not None:
+            yield line
+
+    async def _initialized(self, claude: Execution) -> None:
+        """Wait for the answer to ``initialize``: Claude Code has started and reads its stdin."""
+        async for stream, line in claude:
+            if stream == "stdout" and line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(line)
+                    if doc.get("type") == "control_response" and doc.get("response", {}).get("request_id") == INIT_ID:
+                        if doc["response"].get("subtype") != "success":
+                            raise SandboxError(f"Claude Code refused initialize: {line[:300]}")
+                        return
+            logger.debug("warm agent %s before its task: %s", self.id, line[:300])
+        raise SandboxError(f"Claude Code of warm agent {self.id} exited while starting")
+
+    def send(self, data: bytes) -> Execution:
+        """Give the agent its task (``first_message``) and close its stdin."""
+        assert self.claude is not None and not self.sent
+        self.sent = True
+        self._stdin.put_nowait(data)
+        self._stdin.put_nowait(None)
+        return self.claude
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.message is not None and not self.message.done():
-            self.message.cancel()
         try:
             await self.stack.aclose()
         finally:

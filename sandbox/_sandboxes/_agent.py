@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from bus import SandboxError
@@ -270,7 +270,7 @@ async def agent_exec(
     argv: list[str],
     *,
     env: dict[str, str],
-    stdin: bytes | asyncio.Future[bytes] | None,
+    stdin: bytes | AsyncIterator[bytes] | None,
     cwd: str,
     timed_out: Callable[[], bool],
 ) -> Execution:

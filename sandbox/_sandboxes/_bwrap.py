@@ -40,6 +40,7 @@ import shlex
 import shutil
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bus import SandboxError, SandboxUnavailable, Settings
@@ -117,7 +118,7 @@ class BwrapSandbox(Sandbox):
         return self._cgroups.oom_killed()
 
     async def _exec(
-        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | asyncio.Future[bytes] | None, cwd: str
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | AsyncIterator[bytes] | None, cwd: str
     ) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
         return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)

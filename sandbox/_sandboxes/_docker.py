@@ -26,7 +26,7 @@ import os
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ class DockerSandbox(Sandbox):
         return False
 
     async def _exec(
-        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | asyncio.Future[bytes] | None, cwd: str
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | AsyncIterator[bytes] | None, cwd: str
     ) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
         return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)

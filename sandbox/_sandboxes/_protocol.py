@@ -18,6 +18,7 @@ import abc
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -110,13 +111,14 @@ class Sandbox(abc.ABC):
         argv: list[str],
         *,
         env: dict[str, str] | None = None,
-        stdin: bytes | asyncio.Future[bytes] | None = None,
+        stdin: bytes | AsyncIterator[bytes] | None = None,
         cwd: str = WORKSPACE,
     ) -> Execution:
         """Start ``argv`` inside as the sandbox user; returns at once with a handle that
         streams output lines as they come. ``env`` adds to the spec's environment.
-        ``stdin`` is written and then closed; a future is written once it has a result
-        (a warm agent's Claude Code waits on its stdin until its task comes)."""
+        ``stdin`` is written and then closed; an async iterator's chunks are written as
+        they come, and stdin closed when it ends (a warm agent's Claude Code waits on its
+        stdin until its task comes)."""
         self._check_usable()
         if not argv:
             raise SandboxError("exec needs a command")
@@ -127,7 +129,7 @@ class Sandbox(abc.ABC):
 
     @abc.abstractmethod
     async def _exec(
-        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | asyncio.Future[bytes] | None, cwd: str
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | AsyncIterator[bytes] | None, cwd: str
     ) -> Execution: ...
 
     @abc.abstractmethod
