@@ -19,6 +19,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import nats.errors
@@ -299,7 +300,7 @@ class Runner:
         warm = self.warm.take(job.policy) if self.warm is not None else None
         run = TaskRun(self.settings, job, events, backend=self.backend, upstream=self.upstream,
                       runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root,
-                      shared_dir=self._shared_dir, warm=warm)
+                      shared_dir=self._shared_dir, warm=warm, later=self._later)
         self._tasks_running += 1
         try:
             return await run.run()
@@ -307,6 +308,20 @@ class Runner:
             self._tasks_running -= 1
             if self.warm is not None:
                 self.warm.wake()
+
+    def _later(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run ``cleanup`` in the runner's task group (after the job reported ``finished``)."""
+        async def run() -> None:
+            try:
+                await cleanup
+            except Exception:
+                logger.exception("runner %s: removing a finished task's sandbox failed; the reaper will finish it", self.id)
+            finally:
+                if self.warm is not None:
+                    self.warm.wake()
+
+        assert self._tg is not None  # jobs run in the task group, so it is open while one reports
+        self._tg.create_task(run(), name="task-cleanup")
 
     async def _execute_complete(self, job: Job, events: TaskEvents) -> TaskOutcome:
         assert self.provider is not None

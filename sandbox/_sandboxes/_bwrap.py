@@ -128,6 +128,12 @@ class BwrapSandbox(Sandbox):
         if self._cgroups.paths:
             await asyncio.to_thread(self._cgroups.kill_all)
 
+    async def stop_all(self) -> bool:
+        _killpg(self._proc)
+        if not self._cgroups.paths:
+            return False
+        return await asyncio.to_thread(self._cgroups.kill_all)
+
     async def _teardown(self) -> None:
         await self.kill()
         try:

@@ -139,11 +139,8 @@ class DockerSandbox(Sandbox):
     async def kill(self) -> None:
         """SIGKILL every process of the container straight through its cgroup (fast, needs
         root); otherwise through the Docker API."""
-        path = self._cgroup() if os.geteuid() == 0 else None
-        if path is not None:
-            cgroup = Cgroups([path], v2=(path / "cgroup.kill").exists())
-            if await asyncio.to_thread(cgroup.kill_all, timeout=5):
-                return
+        if await self.stop_all():
+            return
 
         def kill() -> None:
             try:
@@ -152,6 +149,13 @@ class DockerSandbox(Sandbox):
                 logger.debug("kill %s: %s", self.id, short_error(exc))
 
         await asyncio.to_thread(kill)
+
+    async def stop_all(self) -> bool:
+        path = self._cgroup() if os.geteuid() == 0 else None
+        if path is None:
+            return False
+        cgroup = Cgroups([path], v2=(path / "cgroup.kill").exists())
+        return await asyncio.to_thread(cgroup.kill_all, timeout=5)
 
     async def _teardown(self) -> None:
         await self.kill()

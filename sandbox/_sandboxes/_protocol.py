@@ -136,6 +136,12 @@ class Sandbox(abc.ABC):
     async def kill(self) -> None:
         """Kill every process in the sandbox (it cannot run anything afterwards)."""
 
+    async def stop_all(self) -> bool:
+        """SIGKILL every process of the sandbox and check that none is left; True only when
+        that is verified (through its cgroup, which needs root), so the caller may read its
+        workspace before ``destroy``. False: call ``destroy`` first."""
+        return False
+
     @abc.abstractmethod
     async def _teardown(self) -> None:
         """Remove everything the sandbox holds; called once by destroy()."""
