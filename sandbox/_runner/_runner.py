@@ -185,7 +185,8 @@ class Runner:
         if self.backend is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
             self.warm = WarmAgents(s, backend=self.backend, runner_id=self.id, run_root=self._run_root,
                                    socket_root=self._socket_root, shared_dir=self._shared_dir,
-                                   busy=lambda: self._tasks_running, slots=self.slots)
+                                   busy=lambda: self._tasks_running, slots=self.slots,
+                                   demand_file=s.data_path / "runs" / f"{self.id}.warm-classes.json")
             self._stack.push_async_callback(self.warm.close)  # before the backend closes
             self._tg.create_task(self.warm.run(self._stopping), name="warm-agents")
         self._tg.create_task(self._heartbeat_loop(), name="heartbeat")

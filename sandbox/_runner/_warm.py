@@ -25,7 +25,7 @@ the hook's and the gateway's, started per task. Tasks with catalog entries or a 
 mount start cold (their home and mounts are per task).
 
 Which classes are kept warm: the ``warm_agents_classes`` classes most recently asked
-for on this runner, ``warm_agents_per_class`` each, at most ``warm_agents_total`` (and
+for on this runner (kept across restarts in ``demand_file``: class fields only), ``warm_agents_per_class`` each, at most ``warm_agents_total`` (and
 never more than the runner's slots) idle at once, within ``warm_agents_memory_mb`` of
 memory limits; refilling happens one agent at a time and only while a slot is free.
 """
@@ -77,19 +77,21 @@ def warm_eligible(policy: Policy) -> bool:
     )
 
 
+CLASS_FIELDS = ("tools", "max_turns", "cpus", "memory_mb", "pids", "disk_mb", "timeout_s", "network")
+"""The Policy fields a warm agent is started with (and fixed to); ``model`` is only its first model."""
+
+
+def class_template(policy: Policy, *, task_id: str) -> Policy:
+    """A policy holding only what a warm agent of ``policy``'s class is started from
+    (nothing of the task: no key, profile, project, catalog or cost cap)."""
+    return Policy(task_id=task_id, kind="task", key_id="warm", profile="warm", model=policy.model,
+                  models=[policy.model], **{name: getattr(policy, name) for name in CLASS_FIELDS})
+
+
 def warm_class(policy: Policy) -> str:
     """The class of agents a task with ``policy`` can take: 12 hex digits of a hash of
     what is fixed when Claude Code and its sandbox start."""
-    fixed = {
-        "tools": sorted(policy.tools),
-        "max_turns": policy.max_turns,
-        "cpus": float(policy.cpus),
-        "memory_mb": policy.memory_mb,
-        "pids": policy.pids,
-        "disk_mb": policy.disk_mb,
-        "timeout_s": policy.timeout_s,
-        "network": policy.network,
-    }
+    fixed = {name: getattr(policy, name) for name in CLASS_FIELDS} | {"tools": sorted(policy.tools), "cpus": float(policy.cpus)}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -100,7 +102,7 @@ class WarmAgent:
     def __init__(self, template: Policy, *, klass: str, run_root: Path, socket_root: Path) -> None:
         self.id = "warm-" + secrets.token_hex(6)
         self.klass = klass
-        self.policy = msgspec.structs.replace(template, task_id=self.id)
+        self.policy = class_template(template, task_id=self.id)
         self.run_dir = run_root / "warm" / self.id
         self.sock_dir = socket_root / self.id
         self.workspace = self.run_dir / "workspace"
@@ -219,6 +221,7 @@ class WarmAgents:
         shared_dir: Path,
         busy: Callable[[], int],
         slots: int,
+        demand_file: Path | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -236,6 +239,33 @@ class WarmAgents:
         self._starting = 0
         self.taken = 0
         self.missed = 0
+        self._demand_file = demand_file
+        """Where the recent classes are kept across restarts (class templates only)."""
+        self._demand_dirty = False
+        self._load_demand()
+
+    def _load_demand(self) -> None:
+        if self._demand_file is None or not self._demand_file.is_file():
+            return
+        try:
+            templates = msgspec.json.decode(self._demand_file.read_bytes(), type=list[Policy])
+        except (OSError, msgspec.DecodeError) as exc:
+            logger.warning("runner %s: ignoring %s: %s", self.runner_id, self._demand_file, exc)
+            return
+        for template in templates[-self.settings.warm_agents_classes:]:
+            if warm_eligible(template):
+                self.demand[warm_class(template)] = class_template(template, task_id="warm")
+
+    def _save_demand(self) -> None:
+        if self._demand_file is None or not self._demand_dirty:
+            return
+        self._demand_dirty = False
+        tmp = self._demand_file.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(msgspec.json.encode(list(self.demand.values())))
+            tmp.replace(self._demand_file)
+        except OSError as exc:
+            logger.warning("runner %s: cannot save its warm classes to %s: %s", self.runner_id, self._demand_file, exc)
 
     @property
     def enabled(self) -> bool:
@@ -258,8 +288,9 @@ class WarmAgents:
         if not self.enabled or not warm_eligible(policy):
             return None
         klass = warm_class(policy)
-        self.demand[klass] = policy
+        self.demand[klass] = class_template(policy, task_id="warm")
         self.demand.move_to_end(klass)
+        self._demand_dirty = True
         while len(self.demand) > self.settings.warm_agents_classes:
             old, _ = self.demand.popitem(last=False)
             self._retired.extend(self.idle.pop(old, []))
@@ -282,6 +313,7 @@ class WarmAgents:
         """Refill until ``stopping`` is set: one agent at a time, only while a slot is free."""
         while not stopping.is_set():
             await self._retire()
+            await asyncio.to_thread(self._save_demand)
             klass = self._next_class()
             if klass is None:
                 self._wake.clear()

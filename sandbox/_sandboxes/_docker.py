@@ -269,7 +269,8 @@ class DockerBackend:
     async def list(self) -> list[SandboxInfo]:
         client = await asyncio.to_thread(connect)
         try:
-            containers = await asyncio.to_thread(client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path))
+            containers = await asyncio.to_thread(client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path),
+                                                   ignore_removed=True)
         finally:
             client.close()
         infos = []

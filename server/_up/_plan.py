@@ -178,7 +178,10 @@ def make_plan(
         nats_credentials=str(credentials_path(data, "cli")) if embedded else settings.nats_credentials,
     )
     metrics_port = settings.runner_metrics_port or free_port("127.0.0.1")
-    runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port)}
+    runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port),
+                  # warm agents on: after the first task of a class (the demo's too), the next one
+                  # takes a sandbox whose Claude Code is already started (docs/runner.md#warm-agents)
+                  "TASKBUS_WARM_AGENTS_PER_CLASS": str(max(1, settings.warm_agents_per_class))}
     specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run"], env=env_of("audit"),
                            label="hash-chained log in data dir", probe=log_probe("audit writer started"),
                            stop_timeout_s=10.0, wave=1))

@@ -83,3 +83,22 @@ async def test_two_tasks_of_different_policies_each_run_on_a_warm_agent_with_onl
     # only task A reached the model (B's cap refused its first call at the gateway), with A's tools
     assert requests and {r["model"] for r in requests} == {"claude-sonnet-4-6"}
     assert all(sorted(r["tools"]) == ["Bash", "Read"] for r in requests)
+
+
+async def test_a_restarted_runner_warms_the_classes_it_was_asked_for_before(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, require_bwrap: None, require_claude: Path
+) -> None:
+    async with scripted_model(warm_settings(runner_settings), tmp_path) as (settings, _m):
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-warm-restart"):
+            job = make_job(settings, bus_module.TaskRequest(description="[script:hello] hi"), tools=["Read"])
+            await submit(bus, job)
+            assert started(await follow(bus, job.task_id, timeout=180)).warm is False
+            first_id = job.task_id
+        saved = (settings.data_path / "runs" / "r-warm-restart.warm-classes.json").read_text()
+        async with Runner(settings, backend="bwrap", slots=1, runner_id="r-warm-restart") as runner:
+            await wait_warm(runner, 1)  # no task yet in this life: the class comes from the last one
+            job = make_job(settings, bus_module.TaskRequest(description="[script:hello] hi"), tools=["Read"])
+            await submit(bus, job)
+            events = await follow(bus, job.task_id, timeout=180)
+    assert started(events).warm is True and events[-1].status == "succeeded"
+    assert first_id not in saved and "tb_test" not in saved  # class fields only, nothing of a task
