@@ -80,7 +80,7 @@ def progress_message(event: Event, *, cost: float, elapsed: float) -> str | None
     """One line for an MCP progress notification, or None for events not worth one."""
     match event:
         case Started():
-            text = f"started on {event.runner_id} ({event.backend})"
+            text = f"started on {event.runner_id} ({event.backend}{', warm agent' if event.warm else ''})"
         case Message():
             if event.delta:
                 return None

@@ -56,3 +56,13 @@ def test_the_answer_to_set_model_is_no_event_unless_it_failed() -> None:
     bad = json.dumps({"type": "control_response", "response": {"subtype": "error", "request_id": "taskbus-model"}})
     assert translate(ok, ClaudeOutcome()) == []
     assert len(translate(bad, ClaudeOutcome())) == 1
+
+
+def test_mcp_progress_says_when_a_task_got_a_warm_agent() -> None:
+    from server._mcp_results import progress_message
+
+    now = bus.utcnow()
+    warm = bus.Started(task_id="t_1", seq=2, ts=now, runner_id="r", backend="bwrap", warm=True)
+    cold = bus.Started(task_id="t_1", seq=2, ts=now, runner_id="r", backend="bwrap")
+    assert "warm agent" in (progress_message(warm, cost=0.0, elapsed=0.1) or "")
+    assert "warm agent" not in (progress_message(cold, cost=0.0, elapsed=0.1) or "")
