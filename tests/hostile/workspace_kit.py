@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -197,14 +198,17 @@ async def warm_up(b: bus_module.Bus, settings: Settings, runner: Runner, **polic
 
 async def run_attack(
     b: bus_module.Bus, settings: Settings, tmp_path: Path, *, backend: str, runner_id: str, script: str,
-    during: object = None, timeout: float = 300, pooled: bool = False, warm: bool = False, **policy: object,
+    during: object = None, timeout: float = 300, pooled: bool = False, warm: bool | None = None, **policy: object,
 ) -> AttackRun:
     """Run the attack task and, at the same time on the same runner (2 slots), an innocent
     write-a-file task; watch the runner's heartbeats meanwhile. ``during(job, settings)``
     (optional coroutine function) runs while the attack task runs. ``pooled`` (Docker):
     a warm pool of 1, filled by a first task, so the attack gets a pooled container.
     ``warm`` (both backends): warm agents on, a first task of the attack's class, so the
-    attack runs on a warm agent (whose sandbox is removed after collection)."""
+    attack runs on a warm agent (whose sandbox is removed after collection); unset, it
+    follows ``TASKBUS_TEST_WARM=1`` (except for ``pooled`` attacks)."""
+    if warm is None:
+        warm = os.environ.get("TASKBUS_TEST_WARM") == "1" and not pooled
     settings = msgspec.structs.replace(settings, heartbeat_s=HEARTBEAT_S, docker_warm_pool=1 if pooled else 0,
                                        warm_agents_per_class=1 if warm else 0)
     async with scripted_model(settings, tmp_path, scripts={"attack": script}) as (settings, _model):
