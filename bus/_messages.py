@@ -218,6 +218,9 @@ class Started(EventBase, tag="started"):
     runner_id: str
     backend: str
     sandbox_id: str = ""
+    warm: bool = False
+    """True when the task got a warm agent (its sandbox and Claude Code were started
+    before the job came); False when both were started for it (the cold path)."""
 
 
 class Message(EventBase, tag="message"):
@@ -343,7 +346,10 @@ class Heartbeat(Wire):
     problem: str = ""
     """Why it cannot yet, with the command that fixes it; "" when ready."""
     warm: int = 0
-    """Idle warm sandboxes ready to hand out (the Docker warm pool; 0 for bwrap)."""
+    """Idle warm sandboxes ready to hand out (the Docker warm pool) plus idle warm agents (both backends)."""
+    warm_agents: dict[str, int] = {}
+    """Idle warm agents per task class (``warm_class``: a short hash of the tools, limits,
+    catalog and max turns a Claude Code was started with); they are counted in ``warm``."""
 
 
 class AuditNotice(Wire):

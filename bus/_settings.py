@@ -178,6 +178,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Most files (and folders) in one catalog skill."""
     nats_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     """Replicas of every JetStream stream, KV bucket and Object Store taskbus creates; existing ones with fewer are raised to it at start-up. At most the number of JetStream servers in the NATS cluster (1 for a single server, 3 for the cluster in docs/multi-host.md)."""
+    # -- warm agents (issue 18)
+    warm_agents_per_class: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Warm agents (a sandbox with Claude Code started and idle on stdin) a runner keeps ready per task class it saw recently; 0 (the default) turns them off; `taskbus up` uses 1."""
+    warm_agents_total: Annotated[int, msgspec.Meta(ge=0)] = 2
+    """Warm agents a runner keeps ready over all classes (never more than its slots)."""
+    warm_agents_classes: Positive = 4
+    """How many of the most recently used task classes a runner keeps warm."""
+    warm_agents_memory_mb: Positive = 4096
+    """Sum of the memory limits of a runner's idle warm agents; no refill past it."""
+    warm_agent_max_idle_s: PositiveFloat = 600.0
+    """An idle warm agent older than this is destroyed (and replaced while its class is in demand)."""
 
     def __repr__(self) -> str:
         parts = []

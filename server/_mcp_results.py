@@ -88,7 +88,7 @@ def event_summary(event: Event) -> str | None:
     (streamed text deltas, accepted)."""
     match event:
         case Started():
-            text = f"started on {event.runner_id} ({event.backend})"
+            text = f"started on {event.runner_id} ({event.backend}{', warm agent' if event.warm else ''})"
         case Message():
             if event.delta:
                 return None

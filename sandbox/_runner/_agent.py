@@ -23,19 +23,23 @@ import shutil
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bus import Policy, PolicyDenied, SandboxError, Settings
 
 from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
 from .._privdirs import ensure_dir
-from .._sandboxes import Sandbox, SandboxBackend, spec_from_policy
+from .._sandboxes import Execution, Sandbox, SandboxBackend, spec_from_policy
+from .._sandboxes._host import chown_tree
 from .._sandboxes._spec import SANDBOX_GID, SANDBOX_UID
 from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
-from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, write_shared_files
+from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, first_message, write_shared_files
 from ._hookpolicy import rules_for
 from ._hooksocket import HOOK_SOCKET, HookServer
+
+if TYPE_CHECKING:
+    from ._warm import WarmAgent
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ class AgentSandbox:
         fill_workspace: Callable[[Path], None] | None = None,
         home_files: dict[str, bytes] | None = None,
         catalog_files: dict[str, bytes] | None = None,
+        warm: WarmAgent | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -98,6 +103,8 @@ class AgentSandbox:
         self.gateway: ModelGateway | None = None
         self.hook: HookServer | None = None
         self.claude_binary = ""
+        self.warm = warm
+        """The warm agent this task took (its Claude Code is running: ``send_task``), or None."""
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -129,6 +136,9 @@ class AgentSandbox:
             await asyncio.to_thread(_remove, self.run_dir, self.sock_dir)
 
     async def _enter(self) -> None:
+        if self.warm is not None:
+            await self._adopt(self.warm)
+            return
         if self.policy.network != "model-api":
             # 'none': no route out at all, not even to the model; Claude Code cannot run
             raise PolicyDenied(
@@ -173,35 +183,80 @@ class AgentSandbox:
         self.workspace = self.sandbox.workspace  # a pooled Docker sandbox has its own folder
         if self._on_started is not None:
             await self._on_started(self.sandbox)
-        forwarder = await self.sandbox.exec(
-            ["python3", "-I", f"{OPT_DIR}/forwarder.py", "--listen", f"127.0.0.1:{GATEWAY_PORT}",
-             "--socket", "/run/taskbus/model.sock"],
-            cwd="/tmp",
+        await start_forwarder(self.sandbox, self._stack, self._on_log, name=self.policy.task_id)
+
+
+    async def _adopt(self, warm: WarmAgent) -> None:
+        """Take over a warm agent: the task's clock, files, gateway and hook (its rules)."""
+        self._stack.push_async_callback(warm.kill)  # runs last if nothing else was entered
+        self.run_dir, self.sock_dir, self.workspace = warm.run_dir, warm.sock_dir, warm.workspace
+        self.placeholder = warm.placeholder
+        self.secrets = (self.placeholder, self.settings.upstream_api_key)
+        self.claude_binary = warm.claude_binary
+        assert warm.sandbox is not None
+        warm.sandbox.restart_clock(float(self.policy.timeout_s))
+        if self._fill_workspace is not None:
+            # nothing in the sandbox has run anything of a task yet: its Claude Code has
+            # had no message, so no process in it can race these writes
+            await asyncio.to_thread(self._fill_workspace, self.workspace)
+            await asyncio.to_thread(chown_tree, self.workspace, SANDBOX_UID, SANDBOX_GID)
+        self.gateway = await self._stack.enter_async_context(
+            ModelGateway(
+                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
+                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
+            )
         )
-        await self._wait_ready(forwarder)
-        drain = asyncio.create_task(self._drain(forwarder), name=f"forwarder-log-{self.policy.task_id}")
+        self.hook = await self._stack.enter_async_context(
+            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
+                       on_security=self._on_security)
+        )
+        self._stack.push_async_callback(warm.kill)  # the sandbox goes before its gateway and hook
+        self.sandbox = warm.sandbox
+        if self._on_started is not None:
+            await self._on_started(self.sandbox)
 
-        async def stop_drain() -> None:
-            drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+    def send_task(self, description: str) -> Execution:
+        """The warm agent's Claude Code, now given the task's model and description."""
+        assert self.warm is not None
+        return self.warm.send(first_message(description, model=self.policy.model, started_model=self.warm.policy.model))
 
-        self._stack.push_async_callback(stop_drain)
 
-    async def _wait_ready(self, forwarder: Any) -> None:
-        try:
-            async with asyncio.timeout(FORWARDER_READY_TIMEOUT_S):
-                async for stream, line in forwarder:
-                    if stream == "stdout" and line.startswith("ready"):
-                        return
-                    await self._on_log(f"forwarder: {line[:500]}")
-        except TimeoutError:
-            pass
-        raise SandboxError("the model forwarder inside the sandbox did not start (is python3 in the sandbox image?)")
+async def start_forwarder(
+    sandbox: Sandbox, stack: contextlib.AsyncExitStack, on_log: Callable[[str], Awaitable[None]], *, name: str
+) -> None:
+    """Start the loopback forwarder inside ``sandbox``, wait until it listens, and keep
+    reading its output until ``stack`` closes."""
+    forwarder = await sandbox.exec(
+        ["python3", "-I", f"{OPT_DIR}/forwarder.py", "--listen", f"127.0.0.1:{GATEWAY_PORT}",
+         "--socket", "/run/taskbus/model.sock"],
+        cwd="/tmp",
+    )
+    await _wait_ready(forwarder, on_log)
+    drain = asyncio.create_task(_drain(forwarder, on_log), name=f"forwarder-log-{name}")
 
-    async def _drain(self, forwarder: Any) -> None:
-        """Keep reading the forwarder's output so it never blocks on a full pipe."""
-        async for _stream, line in forwarder:
-            await self._on_log(f"forwarder: {line[:500]}")
+    async def stop_drain() -> None:
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+
+    stack.push_async_callback(stop_drain)
+
+
+async def _wait_ready(forwarder: Any, on_log: Callable[[str], Awaitable[None]]) -> None:
+    try:
+        async with asyncio.timeout(FORWARDER_READY_TIMEOUT_S):
+            async for stream, line in forwarder:
+                if stream == "stdout" and line.startswith("ready"):
+                    return
+                await on_log(f"forwarder: {line[:500]}")
+    except TimeoutError:
+        pass
+    raise SandboxError("the model forwarder inside the sandbox did not start (is python3 in the sandbox image?)")
+
+
+async def _drain(forwarder: Any, on_log: Callable[[str], Awaitable[None]]) -> None:
+    """Keep reading the forwarder's output so it never blocks on a full pipe."""
+    async for _stream, line in forwarder:
+        await on_log(f"forwarder: {line[:500]}")
 
 
 def _remove(run_dir: Path, *paths: Path) -> None:

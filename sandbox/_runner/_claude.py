@@ -87,6 +87,17 @@ def claude_argv(binary: str, policy: Policy, *, tools: list[str] | None = None) 
     return argv
 
 
+def first_message(description: str, *, model: str, started_model: str) -> bytes:
+    """What a warm agent's stdin gets: the task's model (when it differs from the one it
+    started with) as a ``set_model`` control request, then the task as the user message."""
+    lines = []
+    if model != started_model:
+        lines.append({"type": "control_request", "request_id": "taskbus-model",
+                      "request": {"subtype": "set_model", "model": model}})
+    lines.append({"type": "user", "message": {"role": "user", "content": description}})
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
 def claude_env(placeholder_key: str) -> dict[str, str]:
     """The CLI's environment. No task rule travels in it: the hook asks the runner."""
     return {
@@ -185,6 +196,9 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                 output = _preview(block.get("content", ""), secrets)
                 tool_id = str(block.get("tool_use_id"))
                 out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output, "parent_id": parent}))
+        elif kind == "control_response":  # the answer to a warm agent's set_model
+            if (doc.get("response") or {}).get("subtype") != "success":
+                out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
         elif kind == "result":
             outcome.seen_result = True
             outcome.is_error = bool(doc.get("is_error"))

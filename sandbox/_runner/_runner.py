@@ -19,6 +19,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import nats.errors
@@ -50,6 +51,7 @@ from ._job import JobHandler
 from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
 from ._agent import prepare_shared
 from ._task import TaskOutcome, TaskRun
+from ._warm import WarmAgents
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ class Runner:
         self.provider: ModelProvider | None = None
         self.metrics = RunnerMetrics(self.id, self.backend_name)
         self.metrics_port: int | None = None
+        self.warm: WarmAgents | None = None
+        self._tasks_running = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Runner:
@@ -170,6 +174,13 @@ class Runner:
             )
             self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
         await self._self_check()
+        if self.backend is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
+            self.warm = WarmAgents(s, backend=self.backend, runner_id=self.id, run_root=self._run_root,
+                                   socket_root=self._socket_root, shared_dir=self._shared_dir,
+                                   busy=lambda: self._tasks_running, slots=self.slots,
+                                   demand_file=s.data_path / "runs" / f"{self.id}.warm-classes.json")
+            self._stack.push_async_callback(self.warm.close)  # before the backend closes
+            self._tg.create_task(self.warm.run(self._stopping), name="warm-agents")
         self._tg.create_task(self._heartbeat_loop(), name="heartbeat")
         if self.backend is not None:
             self._tg.create_task(self._reap_loop(), name="reaper")
@@ -279,10 +290,31 @@ class Runner:
 
     async def _execute_task(self, job: Job, events: TaskEvents) -> TaskOutcome:
         assert self.backend is not None and self.upstream is not None
+        warm = self.warm.take(job.policy) if self.warm is not None else None
         run = TaskRun(self.settings, job, events, backend=self.backend, upstream=self.upstream,
                       runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root,
-                      shared_dir=self._shared_dir)
-        return await run.run()
+                      shared_dir=self._shared_dir, warm=warm, later=self._later)
+        self._tasks_running += 1
+        try:
+            return await run.run()
+        finally:
+            self._tasks_running -= 1
+            if self.warm is not None:
+                self.warm.wake()
+
+    def _later(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run ``cleanup`` in the runner's task group (after the job reported ``finished``)."""
+        async def run() -> None:
+            try:
+                await cleanup
+            except Exception:
+                logger.exception("runner %s: removing a finished task's sandbox failed; the reaper will finish it", self.id)
+            finally:
+                if self.warm is not None:
+                    self.warm.wake()
+
+        assert self._tg is not None  # jobs run in the task group, so it is open while one reports
+        self._tg.create_task(run(), name="task-cleanup")
 
     async def _execute_complete(self, job: Job, events: TaskEvents) -> TaskOutcome:
         assert self.provider is not None
@@ -298,7 +330,8 @@ class Runner:
                 runner_id=self.id, backend=self.backend_name, slots=self.slots, running=self.running,
                 version=taskbus_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
                 ready=self.backend_ready.is_set(), problem=self.problem,
-                warm=warm_sandboxes(self.backend),
+                warm=warm_sandboxes(self.backend) + (self.warm.idle_total() if self.warm else 0),
+                warm_agents=self.warm.counts() if self.warm else {},
             )
             with contextlib.suppress(Exception):
                 await self.bus.nc.publish(self.subjects.runner(self.id), encode(beat))

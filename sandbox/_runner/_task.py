@@ -1,9 +1,13 @@
 """Running one ``run_task`` job: input files, the agent sandbox, Claude Code, artifacts.
 
-Order: input files are written into the fresh workspace before the sandbox exists;
+Order: input files are written into the fresh workspace before the sandbox exists (on a
+warm agent: before its Claude Code gets its first message, so before anything of the
+task runs in it);
 after Claude Code ends the sandbox is destroyed (every process in it gone) and only
 then are artifacts collected, within what is left of the task's wall clock (past it
-the task ends ``timeout``). Everything the task made on the host (workspace, gateway
+the task ends ``timeout``); on a warm agent whose processes are all killed and checked
+gone (through its cgroup) the collection comes first and the sandbox is removed after
+``finished`` (``later``). Everything the task made on the host (workspace, gateway
 socket, policy files) is removed at the end, whatever happened; the sandbox is
 destroyed by ``AgentSandbox``, also on cancel and timeout.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from ._agent import AgentSandbox
 from ._catalog import catalog_files
 from ._claude import ClaudeOutcome, claude_argv, translate
 from ._events import EventBudget, TaskEvents, emit_model_call
+from ._warm import WarmAgent
 from ._workspace import FileState, snapshot, store_artifacts, write_inputs
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class EventSink:
         self.backend = backend
         self.usage = Usage()
         self.log_lines = 0
+        self.warm = False
 
     async def on_call(self, record: CallRecord) -> None:
         self.usage = self.usage + record.usage
@@ -67,7 +74,7 @@ class EventSink:
             await self.events.emit(Log, line=line, stream=stream)
 
     async def on_started(self, sandbox: Sandbox) -> None:
-        await self.events.emit(Started, runner_id=self.runner_id, backend=self.backend, sandbox_id=sandbox.id)
+        await self.events.emit(Started, runner_id=self.runner_id, backend=self.backend, sandbox_id=sandbox.id, warm=self.warm)
 
 
 class TaskRun:
@@ -86,13 +93,19 @@ class TaskRun:
         run_root: Path,
         socket_root: Path,
         shared_dir: Path,
+        warm: WarmAgent | None = None,
+        later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.job = job
+        self._later = later
+        """Runs a coroutine after the task's outcome is reported (a warm agent's sandbox
+        removal, once every process of it was killed and checked gone)."""
         self.policy = job.policy
         self.request: TaskRequest = job.request  # type: ignore[assignment]
         self.events = events
         self.sink = EventSink(events, runner_id, backend.name)
+        self.sink.warm = warm is not None
         self.outcome = ClaudeOutcome(
             allowed_tools=tuple(self.policy.tools),
             allowed_agents=tuple(self.policy.agents),
@@ -105,7 +118,7 @@ class TaskRun:
             settings, self.policy, backend=backend, upstream=upstream, runner_id=runner_id,
             run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id, shared_dir=shared_dir,
             on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
-            on_started=self.sink.on_started, fill_workspace=self._write_inputs,
+            on_started=self.sink.on_started, fill_workspace=self._write_inputs, warm=warm,
         )
 
     def _write_inputs(self, workspace: Path) -> None:
@@ -121,11 +134,19 @@ class TaskRun:
             self.agent.catalog_files.update(await catalog_files(self.events.bus, self.policy))
             await self.sink.on_log("installed from the catalog: " + ", ".join(
                 f"{r.kind} {r.name} ({r.sha256[:12]})" for r in self.policy.catalog))
-        async with self.agent as agent:
+        agent = self.agent
+        await agent.__aenter__()
+        later = False
+        try:
             exit_code = await self._run_claude(agent)
             timed_out = agent.sandbox.timed_out  # type: ignore[union-attr]
             deadline = asyncio.get_running_loop().time() + agent.sandbox.remaining_s  # type: ignore[union-attr]
-            await agent.stop()  # nothing of the sandbox runs any more: nothing can race the collection
+            if self._later is not None and agent.warm is not None and await agent.sandbox.stop_all():  # type: ignore[union-attr]
+                # every process of the sandbox is gone (checked through its cgroup):
+                # nothing can race the collection; the sandbox is removed after `finished`
+                later = True
+            else:
+                await agent.stop()  # nothing of the sandbox runs any more: nothing can race the collection
             diff = None
             if not timed_out:
                 try:
@@ -137,6 +158,14 @@ class TaskRun:
                 except TimeoutError:
                     await self.sink.on_log(f"collecting artifacts ran past the task's {self.policy.timeout_s}s time limit; stopped")
                     timed_out = True
+        except BaseException:
+            later = False
+            raise
+        finally:
+            if later and self._later is not None:
+                self._later(agent.__aexit__(None, None, None))
+            else:
+                await agent.__aexit__(None, None, None)
         assert agent.gateway is not None
         logger.info(
             "task %s: claude exited %s after %.1fs (%d turns, $%.6f)",
@@ -145,9 +174,12 @@ class TaskRun:
         return self._outcome(exit_code, timed_out, agent, diff)
 
     async def _run_claude(self, agent: AgentSandbox) -> int:
-        proc = await agent.sandbox.exec(  # type: ignore[union-attr]
-            claude_argv(agent.claude_binary, self.policy), env=agent.env, stdin=self.request.description.encode()
-        )
+        if agent.warm is not None:
+            proc = agent.send_task(self.request.description)
+        else:
+            proc = await agent.sandbox.exec(  # type: ignore[union-attr]
+                claude_argv(agent.claude_binary, self.policy), env=agent.env, stdin=self.request.description.encode()
+            )
         budget = EventBudget(self.settings.task_max_events, self.settings.task_max_event_bytes)
         async for stream, line in proc:
             if stream == "stdout":
@@ -158,6 +190,10 @@ class TaskRun:
                     elif budget.dropped == 1:  # once; the rest is read and dropped
                         logger.warning("task %s: %s", self.job.task_id, budget.notice())
                         await self.events.emit(Security, kind="event_limit", severity="warning", detail=budget.notice())
+                if agent.warm is not None and self.outcome.seen_result:
+                    # the result is all a warm agent owes; its Claude Code's own shutdown
+                    # (100-200 ms) is not waited for: the sandbox is destroyed next anyway
+                    return 0
             elif line.strip():
                 await self.sink.on_log(redact(line[:2000], agent.secrets), "stderr")
         return await proc.wait()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from bus import SandboxError
@@ -270,7 +270,7 @@ async def agent_exec(
     argv: list[str],
     *,
     env: dict[str, str],
-    stdin: bytes | None,
+    stdin: bytes | AsyncIterator[bytes] | None,
     cwd: str,
     timed_out: Callable[[], bool],
 ) -> Execution:
@@ -287,7 +287,7 @@ async def agent_exec(
     ex._track(loop.create_task(pump_fd(proc.stdout, "stdout", ex)))
     ex._track(loop.create_task(pump_fd(proc.stderr, "stderr", ex)))
     if proc.stdin is not None:
-        ex._track(loop.create_task(feed_fd(proc.stdin, stdin or b"")))
+        ex._track(loop.create_task(feed_fd(proc.stdin, stdin if stdin is not None else b"")))
 
     async def reap() -> None:
         ex._set_exit(await proc.wait())

@@ -40,6 +40,7 @@ import shlex
 import shutil
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bus import SandboxError, SandboxUnavailable, Settings
@@ -116,7 +117,9 @@ class BwrapSandbox(Sandbox):
     def oom_killed(self) -> bool:
         return self._cgroups.oom_killed()
 
-    async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
+    async def _exec(
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | AsyncIterator[bytes] | None, cwd: str
+    ) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
         return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)
 
@@ -124,6 +127,12 @@ class BwrapSandbox(Sandbox):
         _killpg(self._proc)
         if self._cgroups.paths:
             await asyncio.to_thread(self._cgroups.kill_all)
+
+    async def stop_all(self) -> bool:
+        _killpg(self._proc)
+        if not self._cgroups.paths:
+            return False
+        return await asyncio.to_thread(self._cgroups.kill_all)
 
     async def _teardown(self) -> None:
         await self.kill()

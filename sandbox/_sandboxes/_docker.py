@@ -26,7 +26,7 @@ import os
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,9 @@ class DockerSandbox(Sandbox):
                         return True
         return False
 
-    async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution:
+    async def _exec(
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | AsyncIterator[bytes] | None, cwd: str
+    ) -> Execution:
         full_env = base_env({**self.spec.env, **(env or {})})
         return await agent_exec(self._agent_socket, argv, env=full_env, stdin=stdin, cwd=cwd, timed_out=lambda: self._timed_out)
 
@@ -137,11 +139,8 @@ class DockerSandbox(Sandbox):
     async def kill(self) -> None:
         """SIGKILL every process of the container straight through its cgroup (fast, needs
         root); otherwise through the Docker API."""
-        path = self._cgroup() if os.geteuid() == 0 else None
-        if path is not None:
-            cgroup = Cgroups([path], v2=(path / "cgroup.kill").exists())
-            if await asyncio.to_thread(cgroup.kill_all, timeout=5):
-                return
+        if await self.stop_all():
+            return
 
         def kill() -> None:
             try:
@@ -150,6 +149,13 @@ class DockerSandbox(Sandbox):
                 logger.debug("kill %s: %s", self.id, short_error(exc))
 
         await asyncio.to_thread(kill)
+
+    async def stop_all(self) -> bool:
+        path = self._cgroup() if os.geteuid() == 0 else None
+        if path is None:
+            return False
+        cgroup = Cgroups([path], v2=(path / "cgroup.kill").exists())
+        return await asyncio.to_thread(cgroup.kill_all, timeout=5)
 
     async def _teardown(self) -> None:
         await self.kill()
@@ -204,7 +210,7 @@ class DockerBackend:
 
     async def create(self, spec: SandboxSpec) -> DockerSandbox:
         client = await self.client()
-        if self._pool is not None:
+        if self._pool is not None and not spec.late_sockets:
             sandbox = await self._pool.take(spec)
             if sandbox is not None:
                 return sandbox
@@ -263,7 +269,8 @@ class DockerBackend:
     async def list(self) -> list[SandboxInfo]:
         client = await asyncio.to_thread(connect)
         try:
-            containers = await asyncio.to_thread(client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path))
+            containers = await asyncio.to_thread(client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path),
+                                                   ignore_removed=True)
         finally:
             client.close()
         infos = []

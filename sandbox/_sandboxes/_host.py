@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bus import SandboxError
@@ -63,15 +64,30 @@ async def pump_fd(fd: int, stream: Stream, ex: Execution) -> None:
         transport.close()
 
 
-async def feed_fd(fd: int, data: bytes) -> None:
-    def write() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError:
-            pass
-        finally:
+async def feed_fd(fd: int, data: bytes | AsyncIterator[bytes]) -> None:
+    """Write ``data`` (an iterator's chunks as they come) to ``fd``, then close it. When
+    cancelled, ``fd`` is closed once no write is in flight (never under a writing thread)."""
+    writing: asyncio.Future[None] | None = None
+    try:
+        chunks = _once(data) if isinstance(data, bytes) else data
+        async for chunk in chunks:
+            writing = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, chunk))
+            await asyncio.shield(writing)
+            writing = None
+    except OSError:
+        writing = None
+    finally:
+        if writing is not None and not writing.done():
+            writing.add_done_callback(lambda done: (done.cancelled() or done.exception(), os.close(fd)))
+        else:
             os.close(fd)
 
-    await asyncio.to_thread(write)
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -18,6 +18,7 @@ import abc
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +59,8 @@ class Sandbox(abc.ABC):
         """Host path of /workspace. Equal to ``spec.workspace`` except for pooled Docker
         sandboxes (see ``DockerBackend``); the runner fills and reads this one."""
         self.created_at = time.time()
+        self._clock_start = self.created_at
+        self._timeout_s = spec.timeout_s
         self._timed_out = False
         self._destroyed = False
         self._executions: list[Execution] = []
@@ -68,9 +71,19 @@ class Sandbox(abc.ABC):
     def _start_clock(self) -> None:
         self._timer = asyncio.get_running_loop().create_task(self._clock(), name=f"sandbox-clock-{self.id}")
 
+    def restart_clock(self, timeout_s: float) -> None:
+        """Start the wall clock again at ``timeout_s`` from now (a warm agent's sandbox,
+        created before its task, gets the task's own limit when the task takes it)."""
+        self._check_usable()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._clock_start = time.time()
+        self._timeout_s = timeout_s
+        self._start_clock()
+
     async def _clock(self) -> None:
-        await asyncio.sleep(self.spec.timeout_s)
-        logger.info("sandbox %s (task %s) hit its %ss wall clock; killing it", self.id, self.spec.task_id, self.spec.timeout_s)
+        await asyncio.sleep(self._timeout_s)
+        logger.info("sandbox %s (task %s) hit its %ss wall clock; killing it", self.id, self.spec.task_id, self._timeout_s)
         self._timed_out = True
         try:
             await self.kill()
@@ -84,11 +97,11 @@ class Sandbox(abc.ABC):
 
     @property
     def remaining_s(self) -> float:
-        return max(0.0, self.created_at + self.spec.timeout_s - time.time())
+        return max(0.0, self._clock_start + self._timeout_s - time.time())
 
     def _check_usable(self) -> None:
         if self._timed_out:
-            raise SandboxTimeout(f"sandbox {self.id} of task {self.spec.task_id} ran out of its {self.spec.timeout_s}s wall clock")
+            raise SandboxTimeout(f"sandbox {self.id} of task {self.spec.task_id} ran out of its {self._timeout_s}s wall clock")
         if self._destroyed:
             raise SandboxError(f"sandbox {self.id} was destroyed")
 
@@ -98,11 +111,14 @@ class Sandbox(abc.ABC):
         argv: list[str],
         *,
         env: dict[str, str] | None = None,
-        stdin: bytes | None = None,
+        stdin: bytes | AsyncIterator[bytes] | None = None,
         cwd: str = WORKSPACE,
     ) -> Execution:
         """Start ``argv`` inside as the sandbox user; returns at once with a handle that
-        streams output lines as they come. ``env`` adds to the spec's environment."""
+        streams output lines as they come. ``env`` adds to the spec's environment.
+        ``stdin`` is written and then closed; an async iterator's chunks are written as
+        they come, and stdin closed when it ends (a warm agent's Claude Code waits on its
+        stdin until its task comes)."""
         self._check_usable()
         if not argv:
             raise SandboxError("exec needs a command")
@@ -112,11 +128,19 @@ class Sandbox(abc.ABC):
         return ex
 
     @abc.abstractmethod
-    async def _exec(self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | None, cwd: str) -> Execution: ...
+    async def _exec(
+        self, argv: list[str], *, env: dict[str, str] | None, stdin: bytes | AsyncIterator[bytes] | None, cwd: str
+    ) -> Execution: ...
 
     @abc.abstractmethod
     async def kill(self) -> None:
         """Kill every process in the sandbox (it cannot run anything afterwards)."""
+
+    async def stop_all(self) -> bool:
+        """SIGKILL every process of the sandbox and check that none is left; True only when
+        that is verified (through its cgroup, which needs root), so the caller may read its
+        workspace before ``destroy``. False: call ``destroy`` first."""
+        return False
 
     @abc.abstractmethod
     async def _teardown(self) -> None:

@@ -106,7 +106,9 @@ def reap_docker(client: object, live_runner_ids: set[str], own_runner_id: str, d
     import docker.errors
 
     removed = 0
-    containers = client.containers.list(all=True, filters=_labels.docker_filters(data_path))  # type: ignore[attr-defined]
+    containers = client.containers.list(  # type: ignore[attr-defined]
+        all=True, filters=_labels.docker_filters(data_path), ignore_removed=True,  # one removed meanwhile is no failure
+    )
     for container in containers:
         labels = container.labels or {}
         runner = labels.get(_labels.LABEL_RUNNER, "")
@@ -155,7 +157,7 @@ def prune_docker(client: object, data_path: Path, *, everything: bool) -> int:
     import docker.errors
 
     removed = 0
-    for container in client.containers.list(all=True, filters=_labels.docker_filters(data_path)):  # type: ignore[attr-defined]
+    for container in client.containers.list(all=True, filters=_labels.docker_filters(data_path), ignore_removed=True):  # type: ignore[attr-defined]
         if not everything and container.status == "running":
             continue
         try:

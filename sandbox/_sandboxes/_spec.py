@@ -83,6 +83,10 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Catalog agents and skills: path relative to ~/.claude (``agents/<name>.md``,
     ``skills/<name>/<path>``) -> content. Written on the host into a folder bound
     read-only at ~/.claude/agents and ~/.claude/skills (immutable for the agent)."""
+    late_sockets: bool = False
+    """Sockets appear in ``socket_dir`` after create (a warm agent's gateway and hook are
+    started when its task takes it): a pooled Docker sandbox, which gets the sockets as
+    hard links made at hand-out, is never used for such a spec."""
 
     def __post_init__(self) -> None:
         for name in ("cpus", "memory_mb", "pids", "disk_mb", "timeout_s"):
@@ -145,6 +149,7 @@ def spec_from_policy(
     env: dict[str, str] | None = None,
     timeout_s: float | None = None,
     catalog_files: dict[str, bytes] | None = None,
+    late_sockets: bool = False,
 ) -> SandboxSpec:
     """Map a job's Policy onto a spec: cpu, memory, pids, disk and wall-clock limits;
     the project root read-only for ``fs_access = "readonly"``, writable for
@@ -169,6 +174,7 @@ def spec_from_policy(
         env=dict(env or {}),
         project_writable=project is not None and policy.fs_access == "readwrite",
         catalog_files=dict(catalog_files or {}),
+        late_sockets=late_sockets,
     )
 
 

@@ -174,7 +174,7 @@ class StatusBoard:
         for c in self.children():
             procs.add_row(c["name"], str(c["pid"] or "-"), Text(c["state"], style=_STATE_STYLE.get(c["state"], "")),
                           str(c["restarts"]), Text(c["label"], style="bold yellow" if c["label"] == OFFLINE_LABEL else "dim"))
-        runners = Table("runner", "backend", "slots busy", "running", "last beat", box=None, pad_edge=False,
+        runners = Table("runner", "backend", "slots busy", "running", "warm agents", "last beat", box=None, pad_edge=False,
                         header_style="bold underline")
         now = time.monotonic()
         for rid, (beat, seen) in sorted(self.runners.items()):
@@ -182,9 +182,9 @@ class StatusBoard:
             if not beat.ready and beat.problem:  # the runner's self-check failed: say why
                 backend.append(f" NOT READY: {beat.problem[:160]}", style="bold red")
             runners.add_row(rid, backend, f"{len(beat.running)}/{beat.slots}",
-                            ", ".join(beat.running) or "-", f"{now - seen:.0f}s ago")
+                            ", ".join(beat.running) or "-", warm_agents_text(beat.warm_agents), f"{now - seen:.0f}s ago")
         if not self.runners:
-            runners.add_row("(waiting for a heartbeat)", "", "", "", "")
+            runners.add_row("(waiting for a heartbeat)", "", "", "", "", "")
         tasks = Table("task", "kind", "status", "model", "cost $", "latest", box=None, pad_edge=False,
                       header_style="bold underline")
         for row in reversed(self.tasks.values()):
@@ -195,3 +195,11 @@ class StatusBoard:
         title = "taskbus up: ready" if self.ready else "taskbus up: starting"
         return Panel(Group(self.header(), procs, runners, tasks),
                      title=title, border_style="green" if self.ready else "yellow")
+
+
+def warm_agents_text(per_class: dict[str, int]) -> str:
+    """Idle warm agents per task class, e.g. ``3: 2 x 1a2b3c, 1 x 4d5e6f``; ``-`` for none."""
+    if not per_class:
+        return "-"
+    total = sum(per_class.values())
+    return f"{total}: " + ", ".join(f"{n} x {klass}" for klass, n in sorted(per_class.items()))

@@ -21,8 +21,8 @@ import msgspec
 from bus import Settings, TaskbusError, credentials_path, find_nats_server, free_port, private_dir, server_authorization, write_config
 
 from ._ready import RunnerReadyProbe
-from ._state import UP_PID_VAR
 from ._readyfile import ready_file_path
+from ._state import UP_PID_VAR
 from ._supervisor import ChildSpec, UpError, port_free, ready_file_probe, tcp_probe
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,10 @@ def make_plan(
         nats_credentials=str(credentials_path(data, "cli")) if embedded else settings.nats_credentials,
     )
     metrics_port = settings.runner_metrics_port or free_port("127.0.0.1")
-    runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port)}
+    runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port),
+                  # warm agents on: after the first task of a class (the demo's too), the next one
+                  # takes a sandbox whose Claude Code is already started (docs/runner.md#warm-agents)
+                  "TASKBUS_WARM_AGENTS_PER_CLASS": str(max(1, settings.warm_agents_per_class))}
     audit_ready = ready_file_path(data, "audit")
     specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run", "--ready-file", str(audit_ready)],
                            env=env_of("audit"), label="hash-chained log in data dir",

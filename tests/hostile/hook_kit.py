@@ -3,9 +3,13 @@ in-sandbox programs that attack the hook, the event stream and the kernel."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
 import sys
 from pathlib import Path
+
+import msgspec
 
 import bus as bus_module
 from bus import Event, Settings
@@ -14,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runner"))
 from runner_kit import follow, make_job, scripted_model, submit  # noqa: E402
 
 from sandbox import Runner  # noqa: E402
+from sandbox._runner._warm import warm_eligible  # noqa: E402
 
 
 def bash_turns(*commands: str, final: str = "Done.") -> str:
@@ -36,17 +41,34 @@ def python_command(program: str, *args: str) -> str:
     return f"echo {encoded} | base64 -d > /tmp/attack.py && python3 /tmp/attack.py {' '.join(args)} 2>&1"
 
 
+WARM = os.environ.get("TASKBUS_TEST_WARM") == "1"
+"""``TASKBUS_TEST_WARM=1``: every attack of the suite runs on a warm agent (a first,
+innocent task of its class warms one; the attack must get it)."""
+
+
 async def run_script(
     b: bus_module.Bus, settings: Settings, tmp_path: Path, backend: str, script: str, *,
     runner_id: str, timeout: float = 180, **policy: object,
 ) -> list[Event]:
     """Run one task driven by ``script`` on a fresh runner; every event until ``finished``."""
+    if WARM:
+        settings = msgspec.structs.replace(settings, warm_agents_per_class=1)
     async with scripted_model(settings, tmp_path, scripts={"hostile": script}) as (model_settings, _model):
-        async with Runner(model_settings, backend=backend, slots=1, runner_id=runner_id):
-            job = make_job(model_settings, bus_module.TaskRequest(description="[script:hostile] go"),
-                           **({"tools": ["Bash", "Read"]} | policy))
+        async with Runner(model_settings, backend=backend, slots=1, runner_id=runner_id) as runner:
+            fields = {"tools": ["Bash", "Read"]} | policy
+            if WARM and runner.warm is not None:
+                first = make_job(model_settings, bus_module.TaskRequest(description="[script:hello] warm up"), **fields)
+                await submit(b, first)
+                await follow(b, first.task_id, timeout=timeout)
+                async with asyncio.timeout(120):
+                    while not runner.warm.idle_total():
+                        await asyncio.sleep(0.1)
+            job = make_job(model_settings, bus_module.TaskRequest(description="[script:hostile] go"), **fields)
             await submit(b, job)
-            return await follow(b, job.task_id, timeout=timeout)
+            events = await follow(b, job.task_id, timeout=timeout)
+            if WARM and warm_eligible(job.policy):
+                assert any(isinstance(e, bus_module.Started) and e.warm for e in events), "the attack ran on a warm agent"
+            return events
 
 
 # Plants code that would switch the hook off (exit 0 before it checks anything) wherever a

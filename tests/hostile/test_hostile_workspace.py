@@ -213,6 +213,27 @@ async def test_symlink_swaps_during_collection_never_store_a_host_file(
 
 
 @pytestmark_real
+async def test_symlink_swaps_on_a_warm_agent_never_store_a_host_file_though_removal_comes_after_collection(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, canary: bytes, backend: str
+) -> None:
+    """On a warm agent the runner collects before the sandbox is removed: what makes that
+    safe is that every process of it was SIGKILLed and checked gone first (the racer too)."""
+    script = bash_script(background(SYMLINK_RACER, str(canary_path(tmp_path)), "8"))
+    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=f"r-ws-link-warm-{backend}",
+                           script=script, warm=True)
+    assert next(e for e in run.events if isinstance(e, Started)).warm is True
+    assert run.finished.status == "succeeded", run.finished
+    assert any(isinstance(e, ToolResult) and "RACER-RUNNING" in e.output for e in run.events), "the racer ran"
+    assert run.artifacts, "the decoys are stored"
+    for path, data in run.artifacts.items():
+        assert canary not in data, f"artifact {path} holds the host secret"
+        if path.startswith("out"):
+            assert data.startswith(b"decoy")
+    refused = [e for e in run.events if isinstance(e, Security) and e.kind == "artifact_refused"]
+    assert any("static-link.txt" in e.detail for e in refused), refused
+
+
+@pytestmark_real
 @pytest.mark.usefixtures("require_docker")
 async def test_symlink_swaps_in_a_warm_pool_container_never_store_a_host_file(
     runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, canary: bytes
@@ -282,10 +303,11 @@ async def test_writes_past_disk_mb_fail_inside_and_the_host_folder_stays_under_i
     measured: dict[str, int] = {}
 
     async def measure(job: bus_module.Job, settings: Settings) -> None:
-        workspace = run_root(settings, runner_id) / job.task_id / "workspace"
-        async with asyncio.timeout(180):
-            while not (workspace / "filled").exists():
+        root = run_root(settings, runner_id)
+        async with asyncio.timeout(180):  # the task's own folder, or a warm agent's (TASKBUS_TEST_WARM=1)
+            while not (filled := [*root.glob(f"{job.task_id}/workspace/filled"), *root.glob("warm/*/workspace/filled")]):
                 await asyncio.sleep(0.1)
+        workspace = filled[0].parent
         vfs = os.statvfs(workspace)
         measured["fs_total"] = vfs.f_blocks * vfs.f_frsize
         measured["used"] = sum(os.lstat(p).st_blocks * 512 for p in workspace.iterdir())

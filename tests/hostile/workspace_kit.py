@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -184,18 +185,37 @@ async def fill_pool(b: bus_module.Bus, settings: Settings, runner_id: str, **pol
             await asyncio.sleep(0.2)
 
 
+async def warm_up(b: bus_module.Bus, settings: Settings, runner: Runner, **policy: object) -> None:
+    """Run one task of the attack's class (Bash only), then wait for a warm agent of it."""
+    first = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] warm up"), tools=["Bash"], **policy)
+    await submit(b, first)
+    await follow(b, first.task_id)
+    assert runner.warm is not None
+    async with asyncio.timeout(120):
+        while not runner.warm.idle_total():
+            await asyncio.sleep(0.1)
+
+
 async def run_attack(
     b: bus_module.Bus, settings: Settings, tmp_path: Path, *, backend: str, runner_id: str, script: str,
-    during: object = None, timeout: float = 300, pooled: bool = False, **policy: object,
+    during: object = None, timeout: float = 300, pooled: bool = False, warm: bool | None = None, **policy: object,
 ) -> AttackRun:
     """Run the attack task and, at the same time on the same runner (2 slots), an innocent
     write-a-file task; watch the runner's heartbeats meanwhile. ``during(job, settings)``
     (optional coroutine function) runs while the attack task runs. ``pooled`` (Docker):
-    a warm pool of 1, filled by a first task, so the attack gets a pooled container."""
-    settings = msgspec.structs.replace(settings, heartbeat_s=HEARTBEAT_S, docker_warm_pool=1 if pooled else 0)
+    a warm pool of 1, filled by a first task, so the attack gets a pooled container.
+    ``warm`` (both backends): warm agents on, a first task of the attack's class, so the
+    attack runs on a warm agent (whose sandbox is removed after collection); unset, it
+    follows ``TASKBUS_TEST_WARM=1`` (except for ``pooled`` attacks)."""
+    if warm is None:
+        warm = os.environ.get("TASKBUS_TEST_WARM") == "1" and not pooled
+    settings = msgspec.structs.replace(settings, heartbeat_s=HEARTBEAT_S, docker_warm_pool=1 if pooled else 0,
+                                       warm_agents_per_class=1 if warm else 0)
     async with scripted_model(settings, tmp_path, scripts={"attack": script}) as (settings, _model):
-        async with watch_heartbeats(b, runner_id) as beats, Runner(settings, backend=backend, slots=2, runner_id=runner_id):
+        async with watch_heartbeats(b, runner_id) as beats, Runner(settings, backend=backend, slots=2, runner_id=runner_id) as runner:
             pooled_ids = await fill_pool(b, settings, runner_id, **policy) if pooled else set()
+            if warm:
+                await warm_up(b, settings, runner, timeout_s=240, **policy)
             job = make_job(settings, bus_module.TaskRequest(description="[script:attack] go"), tools=["Bash"], timeout_s=240, **policy)
             other = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] innocent"), tools=["Bash"])
             start = time.monotonic()

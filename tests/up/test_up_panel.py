@@ -33,7 +33,8 @@ async def test_the_panel_shows_runner_slots_and_recent_tasks_from_the_bus(bus: B
     try:
         async with asyncio.timeout(10):
             while not board.runners:  # the subscription is live once a heartbeat gets through
-                beat = Heartbeat(runner_id="r-one", backend="bwrap", slots=2, running=[task_id])
+                beat = Heartbeat(runner_id="r-one", backend="bwrap", slots=2, running=[task_id], warm=3,
+                                 warm_agents={"0123456789ab": 2, "ba9876543210": 1})
                 await bus.nc.publish(subjects.runner("r-one"), encode(beat))
                 await asyncio.sleep(0.05)
             for event in (
@@ -50,6 +51,7 @@ async def test_the_panel_shows_runner_slots_and_recent_tasks_from_the_bus(bus: B
         await follower
     text = _text(board)
     assert "r-one" in text and "1/2" in text and task_id in text
+    assert "3: 2 x 0123456789ab, 1 x ba9876543210" in text  # warm agents per class
     assert "succeeded" in text and "0.1250" in text and "claude-haiku-4-5" in text and "all done" in text
     assert "runner" in text and "42" in text and "ready" in text
     assert OFFLINE_LABEL in text and "Ctrl-C stops everything" in text

@@ -1,0 +1,17 @@
+"""Warm-agent fixtures: the runner suite's image cache and settings (tests/runner/conftest.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+_RUNNER_TESTS = Path(__file__).resolve().parent.parent / "runner"
+sys.path.insert(0, str(_RUNNER_TESTS))  # runner_kit
+_spec = importlib.util.spec_from_file_location("warm_runner_fixtures", _RUNNER_TESTS / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fixtures)
+
+image_cache = _fixtures.image_cache
+runner_settings = _fixtures.runner_settings
