@@ -19,8 +19,20 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from bus import AuditNotice, EmbeddedNats, Settings, credentials_path, load_or_create_job_secret, private_dir, server_authorization
+from bus import (
+    AuditNotice,
+    BusError,
+    EmbeddedNats,
+    Settings,
+    credentials_path,
+    load_or_create_job_secret,
+    private_dir,
+    safe_url,
+    server_authorization,
+)
 from profiles import DB_NAME, ImportReport, NoticeBuffer, Store, import_database
+
+from ._supervisor import UpError
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +88,15 @@ async def prepare(settings: Settings) -> FirstRun:
     now = datetime.now(UTC)
     imported: ImportReport | None = None
     async with control_plane(settings) as reach:
-        async with Store.for_settings(reach, actor="taskbus-up", notify=buffer) as store:  # seeds profiles
+        store = Store.for_settings(reach, actor="taskbus-up", notify=buffer)
+        try:
+            await store.connect()
+        except BusError as exc:
+            if not settings.nats_url:
+                raise
+            raise UpError(f"the NATS server in TASKBUS_NATS_URL ({safe_url(settings.nats_url)}) does not answer: "
+                          "start it, or unset TASKBUS_NATS_URL to let taskbus up run its own") from exc
+        async with store:  # seeds profiles
             old = settings.data_path / DB_NAME
             if old.is_file():
                 report = await import_database(store, old)
