@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
 
 
 def register(app: typer.Typer) -> None:

@@ -75,7 +75,7 @@ def taskbus_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("taskbus")
-    return [found] if found else [sys.executable, "-c", "from server._cli import main; main()"]
+    return [found] if found else [sys.executable, "-c", "from cli import main; main()"]
 
 
 def choose_backend(settings: Settings, asked: str | None, env: dict[str, str]) -> str:
