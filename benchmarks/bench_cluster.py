@@ -45,7 +45,7 @@ BODY = json.dumps({"prompt": "ping", "model": "claude-haiku-4-5", "max_tokens": 
 
 
 def taskbus(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "server._cli", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
                           timeout=120, cwd=str(ROOT))
     if done.returncode != 0:
         raise SystemExit(f"taskbus {' '.join(args)} failed: {(done.stderr or done.stdout)[-800:]}")
@@ -78,7 +78,7 @@ async def servers(datas: list[Path], url: str, replicas: int, secret: str, work:
             env = base_env(data, url, replicas, secret, "server")
             with (work / f"server-{i}.log").open("ab") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "server._cli", "serve", "--transport", "http", "--host", "127.0.0.1",
+                    [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1",
                      "--port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True, cwd=str(ROOT)))
         yield

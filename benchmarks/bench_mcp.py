@@ -124,7 +124,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
     echo_script.write_text(ECHO_SERVER)
     serve_port, echo_port = free_port(), free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", "serve", "--transport", "http",
+        subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "serve", "--transport", "http",
                           "--port", str(serve_port)], cwd=ROOT, env=env),
         subprocess.Popen([sys.executable, str(echo_script), "http", str(echo_port)], cwd=ROOT, env=env),
     ]
@@ -159,7 +159,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
         stdio_env = {**env, "TASKBUS_API_KEY": key, "TASKBUS_LOG_LEVEL": "warning"}
 
         def taskbus_stdio():
-            return Client(StdioServerParameters(command=sys.executable, args=["-m", "server._cli", "serve", "--transport",
+            return Client(StdioServerParameters(command=sys.executable, args=["-m", "cli", "serve", "--transport",
                                                                               "stdio"], cwd=str(ROOT), env=stdio_env))
 
         def echo_stdio():
@@ -215,13 +215,13 @@ def main() -> None:
         "TASKBUS_LOG_LEVEL": "warning",
     })
     procs = [
-        subprocess.Popen([sys.executable, "-m", "server._cli", "model", "serve", "--script", "hello", "--port",
+        subprocess.Popen([sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port",
                           str(model_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL),
     ]
     try:
         wait_port(model_port, procs[0])
         key = asyncio.run(make_key(env))
-        procs.append(subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", "runner",
+        procs.append(subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "runner",
                                        "--slots", "16"], cwd=ROOT, env=env))
         rows = asyncio.run(measure(args, env, key, tmp))
     finally:

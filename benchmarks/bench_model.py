@@ -207,7 +207,7 @@ def main() -> None:
     client = "wrk" if wrk else "python"
     python = sys.executable
     baseline = Server("baseline", [python, "-c", BASELINE_APP, "{port}"])
-    scripted = Server("scripted", [python, "-c", "from server._cli import main; main()", "model", "serve", "--port", "{port}"])
+    scripted = Server("scripted", [python, "-c", "from cli import main; main()", "model", "serve", "--port", "{port}"])
     cases = [
         ("baseline: bare ASGI hello", baseline, "/v1/messages", BODY),
         ("scripted: /v1/messages JSON", scripted, "/v1/messages?beta=true", BODY),

@@ -200,14 +200,14 @@ def main() -> None:
     })
     responder = tmp / "responder.py"
     responder.write_text(RESPONDER)
-    procs = [subprocess.Popen([sys.executable, "-m", "server._cli", "model", "serve", "--script", "hello", "--port",
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port",
                                str(model_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
     try:
         wait_port(model_port, procs[0])
         env["BENCH_KEY"] = asyncio.run(make_key(Settings.load(env)))
-        procs.append(subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", "runner",
+        procs.append(subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "runner",
                                        "--slots", "16"], cwd=ROOT, env=env))
-        server = subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", "serve",
+        server = subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "serve",
                                    "--transport", "none"], cwd=ROOT, env=env)
         procs.append(server)
         from bus import SubmitAccepted, encode, new_task_id

@@ -16,6 +16,7 @@ from ._import import import_database as import_database
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_expiry as parse_expiry
 from ._policy import offered_catalog as offered_catalog
+from ._policy import offered_models as offered_models
 from ._policy import resolve_policy as resolve_policy
 from ._policy import sign_policy as sign_policy
 from ._policy import tool_granted as tool_granted
@@ -58,6 +59,7 @@ __all__ = [
     "publish_notices",
     "resolve_policy",
     "offered_catalog",
+    "offered_models",
     "sign_policy",
     "tool_granted",
     "verify",

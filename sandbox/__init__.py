@@ -12,6 +12,8 @@ from ._runner import Runner as Runner
 from ._runner import TaskEvents as TaskEvents
 from ._runner import default_runner_id as default_runner_id
 from ._runner import last_event as last_event
+from ._runner import seed_warm_classes as seed_warm_classes
+from ._runner import warm_demand_file as warm_demand_file
 from ._sandboxes import BACKENDS as BACKENDS
 from ._sandboxes import Sandbox as Sandbox
 from ._sandboxes import SandboxBackend as SandboxBackend
@@ -33,6 +35,8 @@ from ._tools import find_bwrap as find_bwrap
 from ._tools import find_claude as find_claude
 
 __all__ = [
+    "seed_warm_classes",
+    "warm_demand_file",
     "AnthropicProvider", "BACKENDS", "CompletionResult", "ModelGateway", "ModelProvider", "Runner",
     "Sandbox", "SandboxBackend", "SandboxSpec", "ScriptedModelServer", "TaskEvents", "Upstream",
     "backend_problem", "build_image", "default_runner_id", "doctor_checks", "find_bwrap", "find_claude",

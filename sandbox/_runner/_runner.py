@@ -51,7 +51,7 @@ from ._job import JobHandler
 from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
 from ._agent import prepare_shared
 from ._task import TaskOutcome, TaskRun
-from ._warm import WarmAgents
+from ._warm import WarmAgents, demand_file
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Runner:
             self.warm = WarmAgents(s, backend=self.backend, runner_id=self.id, run_root=self._run_root,
                                    socket_root=self._socket_root, shared_dir=self._shared_dir,
                                    busy=lambda: self._tasks_running, slots=self.slots,
-                                   demand_file=s.data_path / "runs" / f"{self.id}.warm-classes.json")
+                                   demand_file=demand_file(s.data_path, self.id))
             self._stack.push_async_callback(self.warm.close)  # before the backend closes
             self._tg.create_task(self.warm.run(self._stopping), name="warm-agents")
         self._tg.create_task(self._heartbeat_loop(), name="heartbeat")

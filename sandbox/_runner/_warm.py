@@ -88,6 +88,28 @@ def class_template(policy: Policy, *, task_id: str) -> Policy:
                   models=[policy.model], **{name: getattr(policy, name) for name in CLASS_FIELDS})
 
 
+def demand_file(data_path: Path, runner_id: str) -> Path:
+    """Where runner ``runner_id`` keeps the task classes it keeps warm, across restarts."""
+    return data_path / "runs" / f"{runner_id}.warm-classes.json"
+
+
+def seed_demand(path: Path, policies: list[Policy]) -> bool:
+    """Give a runner that has no warm classes yet the classes of ``policies`` (class fields
+    only), so its first tasks of those classes already find a warm agent (``taskbus up``
+    seeds its runner with the demo's class). A runner's own record is never overwritten.
+    Returns whether the file was written."""
+    if path.exists():
+        return False
+    templates = [class_template(p, task_id="warm") for p in policies if warm_eligible(p)]
+    if not templates:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(templates))
+    tmp.replace(path)
+    return True
+
+
 def warm_class(policy: Policy) -> str:
     """The class of agents a task with ``policy`` can take: 12 hex digits of a hash of
     what is fixed when Claude Code and its sandbox start."""

@@ -124,7 +124,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     """``taskbus <args>`` as a subprocess in its own session, pointed at the test NATS."""
     return subprocess.Popen(
-        [sys.executable, "-m", "server._cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT, env=cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,
     )
@@ -168,7 +168,7 @@ def invoke(settings: Settings, *args: str) -> Any:
     """``taskbus <args>`` through typer's CliRunner with the test's settings in the environment."""
     from typer.testing import CliRunner
 
-    from server._cli import app
+    from cli import app
 
     env = {k: v for k, v in cli_env(settings).items() if k.startswith("TASKBUS_")}
     return CliRunner().invoke(app, list(args), env=env)

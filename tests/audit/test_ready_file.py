@@ -11,7 +11,7 @@ from pathlib import Path
 from audit_helpers import every_event, publish_all, start_cli, stop_process, wait_rows, wait_until
 
 from bus import Bus, Settings, new_task_id
-from server._up._readyfile import ready_file_path, ready_pid
+from cli._up._readyfile import ready_file_path, ready_pid
 
 
 async def test_the_audit_writer_writes_its_pid_once_consuming_and_removes_it_on_stop(
@@ -37,7 +37,7 @@ async def test_a_writer_that_cannot_start_says_why_in_one_line_and_writes_no_rea
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
     env.update(TASKBUS_DATA_DIR=str(data), TASKBUS_NATS_URL="nats://127.0.0.1:1")  # nothing listens there
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server._cli", "audit", "run", "--ready-file", str(path),
+        sys.executable, "-m", "cli", "audit", "run", "--ready-file", str(path),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(120):

@@ -35,7 +35,7 @@ class Tail:
 
     async def __aenter__(self) -> Tail:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server._cli", "audit", "tail", "--follow", *self.args,
+            sys.executable, "-m", "cli", "audit", "tail", "--follow", *self.args,
             cwd=ROOT, env=cli_env(self.settings), start_new_session=True,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
@@ -91,7 +91,7 @@ def test_tail_follow_of_a_task_on_a_prefix_without_streams_fails_with_one_clear_
     import subprocess
 
     result = subprocess.run(
-        [sys.executable, "-m", "server._cli", "audit", "tail", "--follow", "--task", new_task_id()],
+        [sys.executable, "-m", "cli", "audit", "tail", "--follow", "--task", new_task_id()],
         cwd=ROOT, env=cli_env(settings), capture_output=True, timeout=60,
     )
     assert result.returncode == 1

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import bus
-from server._cli import app
+from cli import app
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from server._cli import app
+from cli import app
 
 runner = CliRunner()
 

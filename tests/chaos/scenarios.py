@@ -407,7 +407,7 @@ async def _check_replicas(stack: ChaosStack, row: Row, *, timeout: float = 120) 
 
 
 def audit_verify(stack: ChaosStack) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "server._cli", "audit", "verify", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cli", "audit", "verify", "--json"],
                           env=stack.env(), capture_output=True, timeout=120, check=False, cwd=str(image_cache().parent))
     try:
         return json.loads(proc.stdout)

@@ -227,7 +227,7 @@ class ChaosStack:
         }
 
     def _child(self, name: str, args: list[str], role: str) -> Child:
-        return Child(name, [sys.executable, "-m", "server._cli", *args], self.work / f"{name}.log", self.env(role))
+        return Child(name, [sys.executable, "-m", "cli", *args], self.work / f"{name}.log", self.env(role))
 
     def add_runner(self, runner_id: str, backend: str, *, start: bool = False) -> Child:
         child = self._child(runner_id, [

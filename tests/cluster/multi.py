@@ -107,11 +107,11 @@ class MultiServer:
             data = private_dir(self.work / f"data-{i}")  # nothing shared on disk
             port = free_port()
             self.procs[f"server-{i}"] = Proc(
-                f"server-{i}", [sys.executable, "-m", "server._cli", "serve", "--transport", "http", "--host", "127.0.0.1",
+                f"server-{i}", [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1",
                                 "--port", str(port)], self.env(data, "server"), self.work / f"server-{i}.log", port)
         if self.runner:
             data = private_dir(self.work / "runner-data")
-            self.procs["runner"] = Proc("runner", [sys.executable, "-m", "server._cli", "runner", "--id", "multi-r1",
+            self.procs["runner"] = Proc("runner", [sys.executable, "-m", "cli", "runner", "--id", "multi-r1",
                                                    "--backend", "bwrap", "--kinds", "task,complete", "--slots", "3"],
                                         self.env(data, "runner"), self.work / "runner.log")
         for proc in self.procs.values():
@@ -143,7 +143,7 @@ class MultiServer:
     def cli(self, *args: str, data_of: int = 0) -> Any:
         """``taskbus ARGS --json`` as the operator, with server ``data_of``'s data dir."""
         env = self.env(self.work / f"data-{data_of}", "admin")
-        done = subprocess.run([sys.executable, "-m", "server._cli", *args, "--json"], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "cli", *args, "--json"], env=env, capture_output=True,
                               text=True, timeout=120, cwd=str(ROOT))
         assert done.returncode == 0, f"taskbus {' '.join(args)}: {done.stderr or done.stdout}"
         return json.loads(done.stdout)

@@ -11,7 +11,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from bus import Bus
-from server._cli import app
+from cli import app
 
 from .conftest import Cluster
 

@@ -60,7 +60,7 @@ async def _until(what: str, check: Any, timeout: float = 60.0) -> Any:
 
 
 def test_the_config_taskbus_up_writes_is_accepted_by_nats_server_and_holds_no_password(tmp_path: Path) -> None:
-    from server._up import make_plan
+    from cli._up import make_plan
 
     data = tmp_path / "data"
     settings = Settings.load({}, data_dir=str(data))

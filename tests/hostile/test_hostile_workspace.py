@@ -349,7 +349,7 @@ def test_doctor_says_whether_the_workspace_size_is_a_hard_total(tmp_path: Path) 
 
     from typer.testing import CliRunner
 
-    from server._cli import app
+    from cli import app
 
     result = CliRunner().invoke(app, ["doctor", "--json"], env={"TASKBUS_DATA_DIR": str(tmp_path)})
     check = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["workspace size"]

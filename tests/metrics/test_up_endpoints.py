@@ -7,9 +7,9 @@ import msgspec
 from stack_kit import free_port
 
 from bus import Settings
-from server._up._firstrun import FirstRun
-from server._up._panel import stack_info
-from server._up._plan import make_plan
+from cli._up._firstrun import FirstRun
+from cli._up._panel import stack_info
+from cli._up._plan import make_plan
 
 
 def _plan(settings: Settings, **changes):

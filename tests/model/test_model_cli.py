@@ -14,10 +14,10 @@ import httpx
 from typer.testing import CliRunner
 
 from sandbox._scripted import read_log
-from server._cli import app
+from cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKBUS = [sys.executable, "-c", "from server._cli import main; main()"]
+TASKBUS = [sys.executable, "-c", "from cli import main; main()"]
 
 
 def test_model_scripts_json_lists_the_shipped_scripts() -> None:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bus import Bus, Settings, decode_notice, free_port
 from profiles import NoticeBuffer, Store, publish_notices
-from server._cli import app
+from cli import app
 
 
 async def _notices(bus: Bus, count: int, *, timeout: float = 10.0) -> list:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bus import Bus, Settings
-from server._cli import app
+from cli import app
 
 runner = CliRunner()
 

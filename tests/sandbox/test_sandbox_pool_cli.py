@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from bus import Settings
 from sandbox._sandboxes import DockerBackend, SandboxSpec
-from server._cli import app
+from cli import app
 
 
 async def test_warm_pool_hands_out_a_ready_container_with_the_tasks_workspace(

@@ -455,7 +455,7 @@ async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempote
         env = {**os.environ, "TASKBUS_NATS_URL": settings.nats_url, "TASKBUS_DATA_DIR": settings.data_dir,
                "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix, "TASKBUS_JOB_SECRET": settings.job_secret}
         other = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server._cli", "serve", "--transport", "none", env=env,
+            sys.executable, "-m", "cli", "serve", "--transport", "none", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         nc = await nats.connect(settings.nats_url)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from server._cli import app
+from cli import app
 
 
 def _payload_check(tmp_path: Path, nats_url: str, max_bytes: int) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from server._cli import app
+from cli import app
 
 
 def _rootfs_check(env: dict[str, str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from bus import Bus, Settings, Subjects, encode, new_task_id
 from bus._messages import Accepted, Artifact
-from server._cli import app
+from cli import app
 
 READ_PROJECT = """
 name = "read-project"
@@ -54,7 +54,7 @@ def stack(settings: Settings, tmp_path: Path, require_bwrap: None, require_claud
         ["serve", "--transport", "none"],
     ]
     logs = [(tmp_path / f"{c[0]}.log").open("wb") for c in commands]
-    procs = [subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "info", *c], cwd=ROOT, env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "info", *c], cwd=ROOT, env=env,
                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
              for c, log in zip(commands, logs, strict=True)]
     try:

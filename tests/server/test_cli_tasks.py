@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from bus import Settings
 from profiles import Store
-from server._cli import app
+from cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_submit_list_show_and_cancel_round_trip_with_json(settings: Settings) ->
     key = asyncio.run(make_key())
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}, **_env(settings)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "server._cli", "--log-level", "warning", "serve", "--transport", "none"],
+        [sys.executable, "-m", "cli", "--log-level", "warning", "serve", "--transport", "none"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -112,7 +112,7 @@ def test_submit_follows_a_real_task_live_to_its_result(settings: Settings, requi
         ["runner", "--slots", "1", "--backend", "bwrap"],
         ["serve", "--transport", "none"],
     ]
-    procs = [subprocess.Popen([sys.executable, "-m", "server._cli", "--log-level", "warning", *c], cwd=ROOT, env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", *c], cwd=ROOT, env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for c in commands]
     try:

@@ -26,7 +26,7 @@ def stdio_params(settings: Settings, key: str) -> StdioServerParameters:
         "TASKBUS_LOG_LEVEL": "warning",
     })
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "server._cli", "serve", "--transport", "stdio"], cwd=str(ROOT), env=env
+        command=sys.executable, args=["-m", "cli", "serve", "--transport", "stdio"], cwd=str(ROOT), env=env
     )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from up_kit import ROOT, TASKBUS, pid_alive
 
-from server._up import render_reference
-from server._up._configdoc import BEGIN, END, current_section
+from cli._up import render_reference
+from cli._up._configdoc import BEGIN, END, current_section
 
 
 def test_scripts_up_check_runs_the_demo_task_and_verifies_its_audit_trail(up_env: dict[str, str]) -> None:

@@ -89,7 +89,7 @@ async def test_a_runner_heartbeats_ready_only_once_its_image_is_there(
 
 
 async def test_a_probe_that_reports_a_problem_stops_the_start_with_that_message(tmp_path: Path) -> None:
-    from server._up import ChildSpec, Supervisor, UpError
+    from cli._up import ChildSpec, Supervisor, UpError
 
     seen: list[int] = []
 
@@ -111,7 +111,7 @@ def test_the_panel_says_why_a_runner_is_not_ready(nats_url: str, subjects: Subje
     from test_up_panel import _info, _text
 
     from bus._messages import Heartbeat
-    from server._up import StatusBoard
+    from cli._up import StatusBoard
 
     board = StatusBoard(_info(nats_url, subjects), list)
     board.runners["r1"] = (Heartbeat(runner_id="r1", backend="bwrap", slots=2, ready=False,

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from rich.console import Console
 
 from bus import Accepted, Bus, Finished, Heartbeat, Started, Subjects, encode, new_task_id
-from server._up import OFFLINE_LABEL, StatusBoard
+from cli._up import OFFLINE_LABEL, StatusBoard
 
 
 def _info(nats_url: str, subjects: Subjects, **extra: object) -> dict:

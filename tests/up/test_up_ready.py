@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from server._up._readyfile import ready_file_path, ready_pid, write_ready_file
-from server._up import ChildSpec, Supervisor, UpError
-from server._up._supervisor import ready_file_probe
+from cli._up._readyfile import ready_file_path, ready_pid, write_ready_file
+from cli._up import ChildSpec, Supervisor, UpError
+from cli._up._supervisor import ready_file_probe
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
@@ -21,7 +21,7 @@ async def test_a_child_is_ready_once_it_writes_its_own_pid_to_its_ready_file(tmp
     path = ready_file_path(tmp_path / "data", "worker")
     script = (
         "import sys, time\n"
-        "from server._up._readyfile import write_ready_file\n"
+        "from cli._up._readyfile import write_ready_file\n"
         "print('audit writer started', flush=True)\n"  # log wording alone must not be enough ...
         "time.sleep(0.5)\n"
         "write_ready_file(__import__('pathlib').Path(sys.argv[1]))\n"  # ... the file is

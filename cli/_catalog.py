@@ -16,9 +16,9 @@ from rich.table import Table
 
 from bus import Bus, BusTimeout, CatalogLimits, Subjects, TaskbusError
 
-from ._catalog import add_bundles, open_catalog, remove_entry
-from ._catalog_files import read_agents, read_skill
-from ._cli_common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, run
+from server import add_bundles, open_catalog, remove_entry
+from server import read_agents, read_skill
+from ._common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, run
 
 agents_app = typer.Typer(name="agents", help="Claude Code sub-agents operators provide (the catalog).", no_args_is_help=True)
 skills_app = typer.Typer(name="skills", help="Claude Code skills operators provide (the catalog).", no_args_is_help=True)

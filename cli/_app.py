@@ -1,6 +1,6 @@
 """The ``taskbus`` command (composition root). Commands are thin: parse, settings, run, render.
 
-Each group lives in its own ``_cli_<group>.py`` module with a ``register(app)`` function.
+Each group lives in its own ``cli/_<group>.py`` module with a ``register(app)`` function.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import typer
 
 from bus import taskbus_version
 
-from . import _cli_audit, _cli_catalog, _cli_migrate, _cli_model, _cli_profiles, _cli_runner, _cli_sandbox, _cli_tasks, _cli_up
-from ._cli_common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, setup_logging
+from . import _audit, _catalog, _migrate, _model, _profiles, _runner, _sandbox, _stack, _tasks
+from ._common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, setup_logging
 
 app = typer.Typer(
     name="taskbus",
@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Command groups, each registered by its own module, in the order `taskbus --help` lists them.
-_GROUPS = (_cli_model, _cli_sandbox, _cli_profiles, _cli_runner, _cli_tasks, _cli_audit, _cli_up, _cli_catalog, _cli_migrate)
+_GROUPS = (_model, _sandbox, _profiles, _runner, _tasks, _audit, _stack, _catalog, _migrate)
 
 
 def _version_callback(value: bool) -> None:

@@ -18,7 +18,7 @@ import msgspec
 import typer
 from rich.table import Column, Table
 
-from ._cli_common import (
+from ._common import (
     ConfigOpt,
     JsonOpt,
     err,

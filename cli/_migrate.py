@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
 
 if TYPE_CHECKING:
     from profiles import ImportReport

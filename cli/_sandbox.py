@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bus import Settings, TaskbusError
 
-from ._cli_common import (
+from ._common import (
     ConfigOpt,
     JsonOpt,
     err,

@@ -21,6 +21,7 @@ from ._permissions import permissions_example as permissions_example
 from ._plan import OFFLINE_LABEL as OFFLINE_LABEL
 from ._plan import Plan as Plan
 from ._plan import make_plan as make_plan
+from ._plan import up_runner_id as up_runner_id
 from ._plan import taskbus_command as taskbus_command
 from ._run import run_stack as run_stack
 from ._state import pid_alive as pid_alive
@@ -34,7 +35,7 @@ from ._supervisor import UpError as UpError
 
 __all__ = [
     "DEMO_DESCRIPTION", "OFFLINE_LABEL", "ChildSpec", "DemoResult", "FirstRun", "Plan", "StartInterrupted",
-    "StatusBoard", "Supervisor", "UpError", "check", "connect_help", "demo_against", "make_plan",
+    "StatusBoard", "Supervisor", "UpError", "check", "connect_help", "demo_against", "make_plan", "up_runner_id",
     "permissions_example", "pid_alive", "prepare", "read_state", "render_reference", "run_stack",
     "running_pid", "spawn_detached", "stop_leftovers", "taskbus_command", "update_file",
 ]

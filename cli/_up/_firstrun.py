@@ -24,14 +24,18 @@ from bus import (
     BusError,
     EmbeddedNats,
     Settings,
+    TaskbusError,
+    TaskRequest,
     credentials_path,
     load_or_create_job_secret,
+    new_task_id,
     private_dir,
     safe_url,
     server_authorization,
 )
-from profiles import DB_NAME, ImportReport, NoticeBuffer, Store, import_database
+from profiles import DB_NAME, ImportReport, NoticeBuffer, Store, import_database, offered_models, resolve_policy
 
+from ._demo import DEMO_DESCRIPTION, DEMO_MAX_COST_USD, DEMO_TIMEOUT_S
 from ._supervisor import UpError
 
 logger = logging.getLogger(__name__)
@@ -80,8 +84,10 @@ async def control_plane(settings: Settings) -> AsyncIterator[Settings]:
                                       nats_credentials=str(credentials_path(data, "server")))
 
 
-async def prepare(settings: Settings) -> FirstRun:
-    """Everything a start needs before any child runs. Idempotent."""
+async def prepare(settings: Settings, *, runner_id: str | None = None) -> FirstRun:
+    """Everything a start needs before any child runs. Idempotent. With ``runner_id``,
+    that runner is seeded with the demo's task class, so its first demo finds a warm
+    agent (``seed_warm_classes``: never over the runner's own record)."""
     created = make_dirs(settings)
     load_or_create_job_secret(settings)
     buffer = NoticeBuffer()
@@ -97,6 +103,8 @@ async def prepare(settings: Settings) -> FirstRun:
             raise UpError(f"the NATS server in TASKBUS_NATS_URL ({safe_url(settings.nats_url)}) does not answer: "
                           "start it, or unset TASKBUS_NATS_URL to let taskbus up run its own") from exc
         async with store:  # seeds profiles
+            if runner_id is not None:
+                await seed_demo_class(store, settings, runner_id)
             old = settings.data_path / DB_NAME
             if old.is_file():
                 report = await import_database(store, old)
@@ -114,6 +122,26 @@ async def prepare(settings: Settings) -> FirstRun:
     logger.info("created admin key %s", record.prefix)
     return FirstRun(created_data_dir=created, admin_key=plaintext, admin_prefix=record.prefix,
                     notices=buffer.notices, imported=imported)
+
+
+async def seed_demo_class(store: Store, settings: Settings, runner_id: str) -> None:
+    """Write the demo task's class as ``runner_id``'s warm classes if it has none yet."""
+    from sandbox import seed_warm_classes, warm_demand_file  # noqa: PLC0415 (the CLI loads sandbox only for the commands that use it: start-up cost)
+
+    path = warm_demand_file(settings.data_path, runner_id)
+    if path.exists():
+        return
+    try:
+        profile = await store.get_profile(DEMO_PROFILE)
+        request = TaskRequest(description=DEMO_DESCRIPTION, timeout_s=DEMO_TIMEOUT_S, max_cost_usd=DEMO_MAX_COST_USD)
+        models = offered_models(profile, settings)
+        policy = resolve_policy(profile, request, task_id=new_task_id(), key_id="warm-seed",
+                                model=models[0] if models else "", settings=settings)
+    except TaskbusError as exc:  # an operator may have changed the profile: the demo then starts cold
+        logger.info("no warm class seeded for the demo: %s", exc.describe())
+        return
+    if seed_warm_classes(path, [policy]):
+        logger.info("seeded runner %s with the demo's task class (warm agent before the first task)", runner_id)
 
 
 async def demo_key(settings: Settings, *, lifetime_s: float = 3600.0) -> tuple[str, list[AuditNotice]]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._cli_common import ConfigOpt, err, load_settings, run
+from ._common import ConfigOpt, err, load_settings, run
 
 
 def register(app: typer.Typer) -> None:

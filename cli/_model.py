@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bus import TaskbusError
 
-from ._cli_common import JsonOpt, fail, out, print_json
+from ._common import JsonOpt, fail, out, print_json
 
 model_app = typer.Typer(
     name="model",

@@ -75,7 +75,7 @@ def taskbus_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("taskbus")
-    return [found] if found else [sys.executable, "-c", "from server._cli import main; main()"]
+    return [found] if found else [sys.executable, "-c", "from cli import main; main()"]
 
 
 def choose_backend(settings: Settings, asked: str | None, env: dict[str, str]) -> str:
@@ -95,6 +95,11 @@ def _pick_port(host: str, wanted: int, what: str, *, fallback_free: bool) -> int
     if fallback_free:
         return free_port(host)
     raise UpError(f"{what} port {wanted} on {host} is taken; stop what uses it or pick another with --port")
+
+
+def up_runner_id(runner_id: str | None = None) -> str:
+    """The id of ``taskbus up``'s runner: ``--runner-id``, else ``up-<host>``."""
+    return runner_id or f"up-{socket.gethostname().split('.')[0]}"
 
 
 def make_plan(
@@ -170,7 +175,7 @@ def make_plan(
             env=_without_creds(child_env), label=OFFLINE_LABEL, probe=tcp_probe("127.0.0.1", mport), stop_timeout_s=5.0, wave=1,
         ))
 
-    rid = runner_id or f"up-{socket.gethostname().split('.')[0]}"
+    rid = up_runner_id(runner_id)
     probe_settings = msgspec.structs.replace(
         settings, nats_url=nats_url,
         nats_credentials=str(credentials_path(data, "cli")) if embedded else settings.nats_credentials,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bus import Settings
+from bus import Bus, Settings, TaskbusError, decode_heartbeat
 from profiles import publish_notices
 
 from ._demo import DemoResult, run_demo
@@ -23,6 +24,9 @@ from ._supervisor import UpError
 
 logger = logging.getLogger(__name__)
 
+WARM_WAIT_S = 20.0
+"""How long the demo waits for the runner's warm agent before it submits its task."""
+
 
 async def demo_against(settings: Settings, state: dict[str, Any], console: Console) -> DemoResult:
     """The demo against a running stack described by ``state`` (``up.json``)."""
@@ -31,7 +35,34 @@ async def demo_against(settings: Settings, state: dict[str, Any], console: Conso
     warning = await publish_notices(settings, notices)
     if warning:
         logger.warning("%s", warning)
+    await wait_for_warm_agent(settings)
     return await run_demo(settings, state["mcp_url"], key, console=console)
+
+
+async def wait_for_warm_agent(settings: Settings, *, timeout_s: float = WARM_WAIT_S) -> bool:
+    """Wait (at most ``timeout_s``) until a runner's heartbeat shows an idle warm agent, so
+    the demo shows the warm path; the demo runs cold when none comes (warm agents off, or
+    the class the runner was seeded with no longer matches the profile)."""
+    seen = asyncio.Event()
+
+    async def on_beat(msg: Any) -> None:
+        with contextlib.suppress(TaskbusError):
+            if sum(decode_heartbeat(msg.data).warm_agents.values()) > 0:
+                seen.set()
+
+    try:
+        async with await Bus.for_settings(settings, name="taskbus-demo") as bus:
+            sub = await bus.nc.subscribe(bus.subjects.runners_all(), cb=on_beat)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await seen.wait()
+            except TimeoutError:
+                logger.info("no warm agent within %.0fs: the demo task starts cold", timeout_s)
+            finally:
+                await sub.unsubscribe()
+    except TaskbusError as exc:
+        logger.info("cannot watch the runners' heartbeats (%s): the demo task may start cold", exc.describe())
+    return seen.is_set()
 
 
 async def check(plan: Plan, first: FirstRun, console: Console) -> DemoResult:

@@ -32,6 +32,11 @@ from bus import Settings, TaskbusError
 
 logger = logging.getLogger(__name__)
 
+DEMO_WAIT_S = 300.0
+"""How long the demo waits for its task; the task's own time limit is 30 s less."""
+DEMO_TIMEOUT_S = int(DEMO_WAIT_S) - 30
+DEMO_MAX_COST_USD = 1.0
+
 DEMO_DESCRIPTION = (
     "[script:demo] Write a small Python program, primes.py, that prints the primes below 50; "
     "run it with python3 and tell me what it printed."
@@ -53,7 +58,7 @@ class DemoResult:
 
 
 async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Console,
-                   timeout_s: float = 300.0, audit_timeout_s: float = 30.0) -> DemoResult:
+                   timeout_s: float = DEMO_WAIT_S, audit_timeout_s: float = 30.0) -> DemoResult:
     """Run the demo task and report it on ``console``. Raises TaskbusError on a transport failure."""
     started = time.monotonic()
 
@@ -71,7 +76,8 @@ async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Conso
         async with Client(streamable_http_client(mcp_url, http_client=http)) as client:
             async with asyncio.timeout(timeout_s):
                 result = await client.call_tool(
-                    "run_task", {"description": DEMO_DESCRIPTION, "timeout_s": int(timeout_s) - 30, "max_cost_usd": 1.0},
+                    "run_task", {"description": DEMO_DESCRIPTION, "timeout_s": int(timeout_s) - 30,
+                                 "max_cost_usd": DEMO_MAX_COST_USD},
                     progress_callback=on_progress,
                 )
             doc: dict[str, Any] = result.structured_content or {}

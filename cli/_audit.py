@@ -35,7 +35,7 @@ from audit import (
 )
 from bus import Bus, Settings, TaskbusError, parse_duration
 
-from ._cli_common import (
+from ._common import (
     ConfigOpt,
     JsonOpt,
     err,

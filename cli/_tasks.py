@@ -1,4 +1,4 @@
-"""``taskbus serve``, ``taskbus tasks list|show|watch|cancel`` (``artifacts``: _cli_artifacts) and ``taskbus submit``."""
+"""``taskbus serve``, ``taskbus tasks list|show|watch|cancel`` (``artifacts``: _artifacts) and ``taskbus submit``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ._cli_common import (
+from ._common import (
     ConfigOpt,
     JsonOpt,
     err,
@@ -43,9 +43,9 @@ def _run(coro: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    from . import _cli_artifacts
+    from . import _artifacts
 
-    _cli_artifacts.register(tasks_app)
+    _artifacts.register(tasks_app)
     app.command()(serve)
     app.command()(submit)
     app.add_typer(tasks_app, name="tasks")
@@ -62,7 +62,7 @@ def serve(
     """Run the MCP server and the NATS submit gateway."""
     if transport not in ("stdio", "http", "none"):
         fail("--transport must be stdio, http or none (NATS submit gateway only)", code=2)
-    from ._service import run_server
+    from server import run_server
 
     settings = load_settings(config, nats_role="server")
     if transport == "stdio" and not settings.api_key:
@@ -121,7 +121,7 @@ async def _load(settings: Any, task_id: str) -> tuple[Any, list[Any]]:
     from bus import Bus
     from profiles import Store
 
-    from ._dispatch_events import replay_events
+    from server import replay_events
 
     async with Store.for_settings(settings) as store:
         record = await store.get_task(task_id)
@@ -148,7 +148,7 @@ def tasks_show(
 
 
 def _event_line(event: Any) -> str:
-    from ._mcp_results import event_summary
+    from server import event_summary
 
     text = event_summary(event) or type(event).__name__.lower()
     if type(event).__name__ == "Accepted":
@@ -167,7 +167,7 @@ def _escape(text: str) -> str:
 async def _follow(settings: Any, subject_task: str, *, quiet: bool) -> Any:
     from bus import Bus
 
-    from ._dispatch_events import TaskWatch, follow_events
+    from server import TaskWatch, follow_events
 
     watch = TaskWatch(subject_task)
     async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
@@ -224,7 +224,7 @@ def tasks_cancel(
     from bus import Bus
     from profiles import Store
 
-    from ._dispatch import Caller, Dispatcher
+    from server import Caller, Dispatcher
     from bus import load_or_create_job_secret
 
     settings = load_settings(config, nats_role="server")  # it cancels as the server does

@@ -12,7 +12,7 @@ import msgspec
 
 from bus import Settings, StreamHealth, TaskbusError, safe_url, stream_health, taskbus_streams
 
-from ._cli_common import out
+from ._common import out
 
 
 class Check(msgspec.Struct, kw_only=True):

@@ -10,8 +10,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from bus import Bus
 
-from ._artifacts import download, list_artifacts
-from ._cli_common import ConfigOpt, JsonOpt, err, load_settings, out, print_json, run
+from server import download, list_artifacts
+from ._common import ConfigOpt, JsonOpt, err, load_settings, out, print_json, run
 
 PROGRESS_FROM_BYTES = 1024 * 1024
 """Show a progress bar when the files together are at least this large."""

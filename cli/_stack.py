@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._cli_common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +51,7 @@ def up(
         spawn_detached,
         stop_leftovers,
         taskbus_command,
+        up_runner_id,
     )
     from ._up._state import remove_files
 
@@ -67,7 +68,7 @@ def up(
                       highlight=False)
         remove_files(data)  # stale pid and state files of a taskbus up that is gone
     env = dict(os.environ)
-    first = run(prepare(settings))
+    first = run(prepare(settings, runner_id=up_runner_id(runner_id)))
     if first.imported is not None:
         counts = ", ".join(f"{n} {kind}" for kind, n in first.imported.imported.items()) or "nothing"
         err.print(f"imported the old {first.imported.source} into the control plane on NATS: {counts} "
