@@ -221,11 +221,10 @@ def tasks_cancel(
     config: ConfigOpt = None,
 ) -> None:
     """Cancel a queued or running task (its sandbox is destroyed)."""
-    from bus import Bus
+    from bus import Bus, load_or_create_job_secret
     from profiles import Store
 
     from ._dispatch import Caller, Dispatcher
-    from bus import load_or_create_job_secret
 
     settings = load_settings(config, nats_role="server")  # it cancels as the server does
 

@@ -140,6 +140,7 @@ def _bwrap(settings: Settings) -> Check:
             [str(path), "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
             capture_output=True,
             timeout=10,
+            check=False,
         )
     except TaskbusError as exc:
         return Check(name="bwrap", ok=False, required=required, detail=str(exc), fix="apt-get install bubblewrap")
@@ -159,7 +160,7 @@ def _claude(settings: Settings) -> Check:
 
     try:
         path = find_claude(settings)
-        version = subprocess.run([str(path), "--version"], capture_output=True, timeout=30, text=True).stdout.strip()
+        version = subprocess.run([str(path), "--version"], capture_output=True, timeout=30, text=True, check=False).stdout.strip()
     except (TaskbusError, OSError, subprocess.TimeoutExpired) as exc:
         return Check(name="claude", ok=False, detail=str(exc), fix=CLAUDE_INSTALL_HINT)
     return Check(name="claude", ok=True, detail=f"{version} ({path})")

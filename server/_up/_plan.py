@@ -21,8 +21,8 @@ import msgspec
 from bus import Settings, TaskbusError, credentials_path, find_nats_server, free_port, private_dir, server_authorization, write_config
 
 from ._ready import RunnerReadyProbe
-from ._state import UP_PID_VAR
 from ._readyfile import ready_file_path
+from ._state import UP_PID_VAR
 from ._supervisor import ChildSpec, UpError, port_free, ready_file_probe, tcp_probe
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from profiles import profile_from_mapping, resolve_policy
 from sandbox import Runner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runner"))
-from runner_kit import follow, scripted_model, submit  # noqa: E402
+from runner_kit import follow, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 

@@ -378,7 +378,7 @@ async def _victim_node(stack: ChaosStack) -> tuple[int, str]:
     assert stack.cluster is not None
     for i, node in enumerate(stack.cluster.nodes):
         url = f"http://{node.host}:{node.monitor_port}/connz?limit=1024"
-        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 (loopback monitoring port)
+        with urllib.request.urlopen(url, timeout=5) as reply:
             conns = json.loads(reply.read()).get("connections") or []
         if any(c.get("name") == "taskbus-server" for c in conns):
             return i, "the MCP server's node"

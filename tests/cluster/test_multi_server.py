@@ -27,6 +27,7 @@ from sandbox._scripted import ScriptedModelServer
 from .conftest import Cluster
 from .multi import MultiServer
 
+
 def text_of(result: Any) -> str:
     return "\n".join(getattr(c, "text", "") for c in result.content)
 

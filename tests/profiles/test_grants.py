@@ -3,10 +3,7 @@ the gateway's tool filter, Claude Code's command line, the PreToolUse hook, the 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 
 import pytest
 
