@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
 from bus import Bus, BusError, TaskbusError
@@ -49,9 +51,7 @@ class LiveFilter:
             return False
         if self.key and row.get("key_id") != self.key:
             return False
-        if self.types and row["type"] not in self.types and row.get("kind") not in self.types:
-            return False
-        return True
+        return not (self.types and row["type"] not in self.types and row.get("kind") not in self.types)
 
 
 def live_row(stream: str, subject: str, data: bytes) -> dict[str, Any]:
@@ -77,8 +77,8 @@ async def follow(
     queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(maxsize=queue_size)
     dropped = 0
 
-    def make_cb(stream: str):
-        async def cb(msg) -> None:
+    def make_cb(stream: str) -> Callable[[Msg], Awaitable[None]]:
+        async def cb(msg: Msg) -> None:
             nonlocal dropped
             try:
                 queue.put_nowait((stream, msg.subject, msg.data))
@@ -86,7 +86,7 @@ async def follow(
                 dropped += 1
         return cb
 
-    subs = []
+    subs: list[Subscription] = []
     try:
         try:
             if accept.task:

@@ -45,7 +45,7 @@ def iso(ts_us: int) -> str:
 
 def row_dict(row: Sequence[Any], *, with_hashes: bool = False) -> dict[str, Any]:
     """One stored row as the CLI shows it (``event`` is the stored, redacted JSON)."""
-    values = dict(zip(COLUMNS, row))
+    values = dict(zip(COLUMNS, row, strict=True))
     try:
         event = _decode(values["body"])
     except msgspec.DecodeError:
@@ -151,7 +151,7 @@ def export_jsonl(conn: sqlite3.Connection, out: IO[bytes]) -> int:
     conn.execute("BEGIN")
     try:
         for row in iter_rows(conn):
-            doc = dict(zip(COLUMNS, row))
+            doc = dict(zip(COLUMNS, row, strict=True))
             doc["prev_hash"], doc["hash"] = doc["prev_hash"].hex(), doc["hash"].hex()
             out.write(_encode(doc) + b"\n")
             count += 1

@@ -49,15 +49,16 @@ from bus import Message as MessageEvent
 # A superset of every bus._redact pattern as it appears in lower-cased JSON text (a quote
 # inside a string is \", a newline \n; msgspec writes other non-ASCII as raw UTF-8).
 # bus.redact's (?i) keywords also match four non-ASCII letters by Unicode case folding
-# (İ ı -> i, ſ -> s, K Kelvin -> k), and its \s matches non-ASCII spaces: the first are
-# markers of their own, the second are allowed between keyword and [:=]. Each branch
+# (U+0130 and U+0131 -> i, U+017F long s -> s, U+212A Kelvin sign -> k), and its \s
+# matches non-ASCII spaces: the first are markers of their own, the second are allowed
+# between keyword and [:=]. Each branch
 # starts with a literal, which keeps Python's regex engine fast (~2 us per event).
 _SEP = rb"(?:\\?[\"'])?(?:\s|\\[nrtfb]|[\x80-\xff])*[:=]"
 _MARKERS = re.compile(
     rb"tb_|sk-|akia|gh[pousr]_|\\u|bearer|\xc4\xb0|\xc4\xb1|\xc5\xbf|\xe2\x84\xaa|"
     + b"|".join(word + _SEP for word in (b"key", b"authorization", b"password", b"secret", b"token"))
 )
-_TAGS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in EVENT_TYPES}
+_TAGS: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 _encode = msgspec.json.Encoder().encode
 _decode_any = msgspec.json.Decoder().decode
 _decode_event = msgspec.json.Decoder(Event).decode

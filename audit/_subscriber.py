@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus import Backoff, Bus, ChainHead, Settings, Subjects, encode, first_error
+from bus import Backoff, Bus, ChainHead, Settings, encode, first_error
 
 from ._alerts import Alerter, AlertRules
 from ._db import WriterLock, default_db_path, open_db
@@ -83,7 +83,6 @@ async def run_audit(
         try:
             writer = Writer(conn)
             try:
-                subjects = Subjects(settings.subject_prefix)
                 async with await Bus.for_settings(settings, name="taskbus-audit") as bus:
                     await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
                     service = AuditService(
@@ -266,7 +265,7 @@ class AuditService:
                 logger.warning("audit database is busy (%s); retrying the batch in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _ack(self, msgs) -> None:
+    async def _ack(self, msgs: Sequence[Msg]) -> None:
         # Only the last message per stream matters with AckPolicy.ALL; acking each fetch's
         # last message is cheap and keeps the consumer's ack floor exact.
         for msg in msgs:

@@ -46,7 +46,7 @@ BODY = json.dumps({"prompt": "ping", "model": "claude-haiku-4-5", "max_tokens": 
 
 def taskbus(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=str(ROOT))
+                          check=False, timeout=120, cwd=str(ROOT))
     if done.returncode != 0:
         raise SystemExit(f"taskbus {' '.join(args)} failed: {(done.stderr or done.stdout)[-800:]}")
     return done.stdout

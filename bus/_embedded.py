@@ -108,7 +108,7 @@ def write_config(
 
 def check_config(path: Path) -> None:
     """``nats-server -t``: raise EmbeddedServerError with its message when it refuses ``path``."""
-    done = subprocess.run([find_nats_server(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([find_nats_server(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
         raise EmbeddedServerError(f"nats-server refuses {path}: {(done.stderr or done.stdout).strip()[-800:]}")
 
@@ -172,13 +172,10 @@ class EmbeddedNats:
             monitor_port=self.monitor_port,
         )
         argv = [binary, "-c", str(config)]
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -8,7 +8,7 @@ keyword-only. Tagged unions use the ``type`` field (events, submit replies) or t
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import msgspec
@@ -24,7 +24,7 @@ RelPath = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
@@ -304,7 +304,7 @@ class Finished(EventBase, tag="finished"):
 Event: TypeAlias = (
     Accepted | Started | Message | ToolCall | ToolResult | ModelCall | Security | Artifact | Log | Finished
 )
-EVENT_TYPES: tuple[type, ...] = get_args(Event)
+EVENT_TYPES: tuple[type[Wire], ...] = get_args(Event)
 
 
 # --------------------------------------------------------------------------- submit replies

@@ -8,7 +8,9 @@ Library code receives a Settings; it never reads the environment itself.
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -294,9 +296,6 @@ def _problem(exc: msgspec.ValidationError) -> str:
 
 def settings_reference() -> list[tuple[str, str, str, str]]:
     """(variable, type, default, description) for every setting, for docs and tests."""
-    import inspect
-    import re
-
     source = inspect.getsource(Settings)
     docs = dict(re.findall(r"^    (\w+):[^\n]*\n    \"\"\"(.*?)\"\"\"", source, re.M | re.S))
     rows = []

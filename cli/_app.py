@@ -5,16 +5,19 @@ Each group lives in its own ``cli/_<group>.py`` module with a ``register(app)`` 
 
 from __future__ import annotations
 
-import sys
+import json
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bus import taskbus_version
+from bus import EmbeddedNats, TaskbusError, json_schemas, taskbus_version
 
 from . import _audit, _catalog, _migrate, _model, _profiles, _runner, _sandbox, _stack, _tasks
 from ._common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, setup_logging
+from ._doctor import render, run_checks
 
 app = typer.Typer(
     name="taskbus",
@@ -58,16 +61,12 @@ def schema(
     ] = None,
 ) -> None:
     """JSON Schema of every public bus message (generated from the msgspec Structs)."""
-    from bus import json_schemas
-
     schemas = json_schemas()
     if out_dir is None:
         print_json(schemas)
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, document in schemas.items():
-        import json
-
         (out_dir / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
     out.print(f"wrote {len(schemas)} schemas to {out_dir}")
 
@@ -79,11 +78,6 @@ def nats(
     config: ConfigOpt = None,
 ) -> None:
     """Run the embedded nats-server (JetStream in the data dir) in the foreground."""
-    import signal
-    import threading
-
-    from bus import EmbeddedNats, TaskbusError
-
     settings = load_settings(config, discover=False)
     store = settings.data_path / "nats"
     server = EmbeddedNats(store, host=host, port=port)
@@ -106,8 +100,6 @@ def nats(
 @app.command()
 def doctor(json_output: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Check what taskbus needs on this machine and say how to fix what is missing."""
-    from ._doctor import render, run_checks
-
     settings = load_settings(config)
     checks = run_checks(settings)
     if json_output:
@@ -125,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

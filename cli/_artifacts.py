@@ -9,8 +9,8 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from bus import Bus
-
 from server import download, list_artifacts
+
 from ._common import ConfigOpt, JsonOpt, err, load_settings, out, print_json, run
 
 PROGRESS_FROM_BYTES = 1024 * 1024

@@ -15,9 +15,8 @@ import typer
 from rich.table import Table
 
 from bus import Bus, BusTimeout, CatalogLimits, Subjects, TaskbusError
+from server import add_bundles, open_catalog, read_agents, read_skill, remove_entry
 
-from server import add_bundles, open_catalog, remove_entry
-from server import read_agents, read_skill
 from ._common import ConfigOpt, JsonOpt, fail, load_settings, out, print_json, run
 
 agents_app = typer.Typer(name="agents", help="Claude Code sub-agents operators provide (the catalog).", no_args_is_help=True)

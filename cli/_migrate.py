@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from profiles import DB_NAME, Store, import_database
+
 from ._common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
 
 if TYPE_CHECKING:
@@ -25,8 +27,6 @@ def migrate(
     config: ConfigOpt = None,
 ) -> None:
     """Import keys, profiles, budgets, open reservations and tasks of an old taskbus.db (once)."""
-    from profiles import DB_NAME, Store, import_database  # the CLI starts without the store's imports
-
     settings = load_settings(config)
     path = database or settings.data_path / DB_NAME
     if not path.is_file():

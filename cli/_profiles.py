@@ -18,6 +18,9 @@ import msgspec
 import typer
 from rich.table import Column, Table
 
+from bus import TaskbusError, parse_duration
+from profiles import NoticeBuffer, Store, parse_expiry, profile_from_mapping, profile_to_mapping, publish_notices
+
 from ._common import (
     ConfigOpt,
     JsonOpt,
@@ -44,8 +47,6 @@ def register(app: typer.Typer) -> None:
 
 def _with_store(config: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
     """Open the store, run ``action(store)``, publish audit notices; errors -> one red line."""
-    from profiles import NoticeBuffer, Store, publish_notices
-
     settings = load_settings(config)
     buffer = NoticeBuffer()
 
@@ -174,7 +175,6 @@ def profiles_create(
 ) -> None:
     """Create a profile (unset fields take defaults; see docs/profiles.md)."""
     fields = _profile_fields(locals())  # first statement: locals() are just the options here
-    from profiles import profile_from_mapping, profile_to_mapping
 
     async def action(store: Any) -> Any:
         base = profile_to_mapping(await store.get_profile(copy_from)) if copy_from else {}
@@ -272,9 +272,6 @@ def keys_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create a key. It is printed once and stored only as a hash."""
-    from bus import TaskbusError
-    from profiles import parse_expiry
-
     now = datetime.now(UTC)
     try:
         expires_at = parse_expiry(expires, now) if expires else None
@@ -325,8 +322,6 @@ def keys_rotate(
     config: ConfigOpt = None,
 ) -> None:
     """Replace a key: a new key (shown once); the old one works for the grace period."""
-    from bus import TaskbusError, parse_duration
-
     try:
         grace_s = parse_duration(grace)
     except TaskbusError as exc:

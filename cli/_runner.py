@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from bus import Settings
+
 from ._common import ConfigOpt, err, load_settings, run
 
 
@@ -31,8 +33,9 @@ def register(app: typer.Typer) -> None:
         run(_serve(settings, slots=slots, backend=backend, runner_id=runner_id, kinds=wanted, grace=grace))
 
 
-async def _serve(settings, *, slots, backend, runner_id, kinds, grace) -> None:  # type: ignore[no-untyped-def]
-    from sandbox import Runner
+async def _serve(settings: Settings, *, slots: int | None, backend: str | None, runner_id: str | None,
+                 kinds: tuple[str, ...], grace: float) -> None:
+    from sandbox import Runner  # noqa: PLC0415 (the CLI loads sandbox only for the commands that use it: start-up cost)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import time
@@ -9,8 +11,36 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.live import Live
+from rich.table import Table
+
+from bus import TaskbusError, first_error
+from profiles import publish_notices
 
 from ._common import ConfigOpt, JsonOpt, err, fail, load_settings, out, print_json, run
+from ._up import (
+    StatusBoard,
+    connect_help,
+    demo_against,
+    make_plan,
+    pid_alive,
+    prepare,
+    read_state,
+    render_reference,
+    run_stack,
+    running_pid,
+    spawn_detached,
+    stop_leftovers,
+    taskbus_command,
+    up_runner_id,
+    update_file,
+)
+from ._up import check as run_check
+from ._up._configdoc import current_section
+from ._up._firstrun import NEW_KEY_HINT
+from ._up._plan import choose_backend
+from ._up._sandbox import ensure_sandbox
+from ._up._state import remove_files, stack_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +53,6 @@ def register(app: typer.Typer) -> None:
 
 def _quiet_clients() -> None:
     """The demo's HTTP client logs every request at INFO; keep the terminal for the demo."""
-    import logging
-
     for name in ("httpx2", "mcp.client", "httpcore2"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -40,21 +68,6 @@ def up(
     daemon: Annotated[bool, typer.Option("--daemon", hidden=True)] = False,
 ) -> None:
     """Start the whole stack here: NATS, the offline model (if no real one), audit, a runner, the MCP server."""
-    from bus import TaskbusError
-
-    from ._up import check as run_check
-    from ._up import (
-        make_plan,
-        prepare,
-        run_stack,
-        running_pid,
-        spawn_detached,
-        stop_leftovers,
-        taskbus_command,
-        up_runner_id,
-    )
-    from ._up._state import remove_files
-
     if backend not in (None, "bwrap", "docker"):
         fail("--backend must be bwrap or docker", code=2)
     settings = load_settings(config, discover=False)
@@ -77,14 +90,9 @@ def up(
     if first.admin_key:
         _show_admin_key(first.admin_key, first.admin_prefix)
     elif not daemon:
-        from ._up._firstrun import NEW_KEY_HINT
-
         err.print(f"admin key {first.admin_prefix}... was shown at first start; make another with `{NEW_KEY_HINT}`",
                   highlight=False, markup=False)
     if detach and not daemon:
-        from ._up._plan import choose_backend
-        from ._up._sandbox import ensure_sandbox
-
         try:  # the daemon checks again; building here shows the progress
             ensure_sandbox(settings, choose_backend(settings, backend, env), err if err.is_terminal else None)
         except TaskbusError as exc:
@@ -98,10 +106,6 @@ def up(
         except TaskbusError as exc:
             fail(exc.describe())
         if first.notices:
-            from profiles import publish_notices
-
-            from ._up._state import stack_settings
-
             run(publish_notices(stack_settings(settings, state), first.notices))
         _summary(state)
         err.print(f"running in the background (pid {state['pid']}); logs in {data / 'logs'}; "
@@ -140,9 +144,6 @@ def down(
     config: ConfigOpt = None,
 ) -> None:
     """Stop a `taskbus up` running for this data dir (e.g. one started with --detach)."""
-    from ._up import pid_alive, running_pid, stop_leftovers
-    from ._up._state import remove_files
-
     data = load_settings(config).data_path.resolve()
     pid = running_pid(data)
     if pid is None:
@@ -174,10 +175,6 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Where a running `taskbus up` listens and what its processes are doing."""
-    from rich.table import Table
-
-    from ._up import read_state, running_pid
-
     data = load_settings(config).data_path.resolve()
     state = read_state(data) if running_pid(data) else None
     if state is None:
@@ -199,12 +196,6 @@ def status(
 
 
 async def _follow(data: Path, state: dict[str, Any]) -> None:
-    import asyncio
-
-    from rich.live import Live
-
-    from ._up import StatusBoard, read_state
-
     def children() -> list[dict[str, Any]]:
         return (read_state(data) or {"children": []})["children"]
 
@@ -229,8 +220,6 @@ async def _follow(data: Path, state: dict[str, Any]) -> None:
 
 def demo(config: ConfigOpt = None) -> None:
     """Run the demo task against the running `taskbus up` (a real MCP client over HTTP)."""
-    from ._up import connect_help, demo_against, read_state, running_pid, taskbus_command
-
     settings = load_settings(config)
     data = settings.data_path.resolve()
     state = read_state(data) if running_pid(data) else None
@@ -244,8 +233,6 @@ def demo(config: ConfigOpt = None) -> None:
 
 
 def _run_unwrapped(coro: Any) -> Any:
-    from bus import TaskbusError, first_error
-
     try:
         return run(coro)
     except BaseExceptionGroup as group:
@@ -262,9 +249,6 @@ def config_reference(
     check_file: Annotated[Path | None, typer.Option("--check", help="Exit 1 if this file's section is out of date.", show_default=False)] = None,
 ) -> None:
     """Every TASKBUS_* setting as a Markdown table, generated from Settings."""
-    from ._up import render_reference, update_file
-    from ._up._configdoc import current_section
-
     if update is not None:
         try:
             changed = update_file(update)

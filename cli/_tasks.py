@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
+import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from bus import Bus, BusError, SubmitRejected, TaskbusError, decode_reply, first_error, load_or_create_job_secret
+from profiles import Store
+from server import Caller, Dispatcher, TaskWatch, Transport, event_summary, follow_events, replay_events, run_server
+
+from . import _artifacts
 from ._common import (
     ConfigOpt,
     JsonOpt,
@@ -31,8 +40,6 @@ KeyOpt = Annotated[
 
 
 def _run(coro: Any) -> Any:
-    from bus import TaskbusError, first_error
-
     try:
         return run(coro)
     except BaseExceptionGroup as group:
@@ -43,12 +50,12 @@ def _run(coro: Any) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    from . import _artifacts
-
     _artifacts.register(tasks_app)
     app.command()(serve)
     app.command()(submit)
     app.add_typer(tasks_app, name="tasks")
+
+_TRANSPORTS: dict[str, Transport] = {"stdio": "stdio", "http": "http", "none": "none"}
 
 
 def serve(
@@ -60,22 +67,20 @@ def serve(
     config: ConfigOpt = None,
 ) -> None:
     """Run the MCP server and the NATS submit gateway."""
-    if transport not in ("stdio", "http", "none"):
+    mode = _TRANSPORTS.get(transport)
+    if mode is None:
         fail("--transport must be stdio, http or none (NATS submit gateway only)", code=2)
-    from server import run_server
 
     settings = load_settings(config, nats_role="server")
-    if transport == "stdio" and not settings.api_key:
+    if mode == "stdio" and not settings.api_key:
         fail("stdio needs an API key: set TASKBUS_API_KEY (operators create one with `taskbus keys create`)")
 
     async def main() -> None:
-        import signal
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_server(settings, transport=transport, host=host, port=port, stop=stop)  # type: ignore[arg-type]
+        await run_server(settings, transport=mode, host=host, port=port, stop=stop)
 
     _run(main())
 
@@ -100,8 +105,6 @@ def tasks_list(
     config: ConfigOpt = None,
 ) -> None:
     """Recent tasks from the registry."""
-    from profiles import Store
-
     settings = load_settings(config)
 
     async def main() -> list[Any]:
@@ -118,11 +121,6 @@ def tasks_list(
 
 
 async def _load(settings: Any, task_id: str) -> tuple[Any, list[Any]]:
-    from bus import Bus
-    from profiles import Store
-
-    from server import replay_events
-
     async with Store.for_settings(settings) as store:
         record = await store.get_task(task_id)
     async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
@@ -148,8 +146,6 @@ def tasks_show(
 
 
 def _event_line(event: Any) -> str:
-    from server import event_summary
-
     text = event_summary(event) or type(event).__name__.lower()
     if type(event).__name__ == "Accepted":
         text = f"accepted on {event.model} ({event.routing_reason})"
@@ -159,16 +155,10 @@ def _event_line(event: Any) -> str:
 
 
 def _escape(text: str) -> str:
-    from rich.markup import escape
-
     return escape(text)
 
 
 async def _follow(settings: Any, subject_task: str, *, quiet: bool) -> Any:
-    from bus import Bus
-
-    from server import TaskWatch, follow_events
-
     watch = TaskWatch(subject_task)
     async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
         async with asyncio.TaskGroup() as tg:
@@ -185,8 +175,6 @@ async def _follow(settings: Any, subject_task: str, *, quiet: bool) -> Any:
 
 
 def _summary(watch: Any) -> dict[str, Any]:
-    import msgspec
-
     finished = watch.finished
     return {
         "task_id": watch.task_id,
@@ -221,12 +209,6 @@ def tasks_cancel(
     config: ConfigOpt = None,
 ) -> None:
     """Cancel a queued or running task (its sandbox is destroyed)."""
-    from bus import Bus
-    from profiles import Store
-
-    from server import Caller, Dispatcher
-    from bus import load_or_create_job_secret
-
     settings = load_settings(config, nats_role="server")  # it cancels as the server does
 
     async def main() -> str:
@@ -268,8 +250,6 @@ def submit(
     config: ConfigOpt = None,
 ) -> None:
     """Submit over NATS like any external publisher would, and show live progress."""
-    from bus import SubmitRejected, decode_reply
-
     settings = load_settings(config)
     if not key:
         fail("no API key: pass --key or set TASKBUS_API_KEY", code=2)
@@ -287,11 +267,9 @@ def submit(
             body["timeout_s"] = timeout_s
     if max_cost is not None:
         body["max_cost_usd"] = max_cost
-    kind = "complete" if complete else "task"
+    kind: Literal["complete", "task"] = "complete" if complete else "task"
 
     async def main() -> Any:
-        from bus import Bus, BusError
-
         async with await Bus.for_settings(settings, name="taskbus-submit", open_timeout=5) as bus:
             subject = bus.subjects.submit(kind)
             try:
@@ -331,8 +309,6 @@ def submit(
 
 def _task_body(text: str, model: str, options: dict[str, Any]) -> dict[str, Any]:
     """A TaskRequest body with what ``run_task`` takes (fields left out stay the profile's)."""
-    import os
-
     body: dict[str, Any] = {"description": text, "model": model}
     if options["--file"]:
         body["files"] = [{"path": f.name, "content": _read(f)} for f in options["--file"]]

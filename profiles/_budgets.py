@@ -21,7 +21,7 @@ MICRO = 1_000_000
 
 
 def to_micro(usd: float) -> int:
-    return int(round(usd * MICRO))
+    return round(usd * MICRO)
 
 
 def to_usd(micro: int | None) -> float:

@@ -75,7 +75,7 @@ def record_from_row(row: Any) -> KeyRecord:
         prefix=row["prefix"],
         profile=row["profile"],
         name=row["name"],
-        created_at=_ts(row["created_at"]),  # type: ignore[arg-type]
+        created_at=datetime.fromtimestamp(row["created_at"], UTC),  # NOT NULL in the old schema
         expires_at=_ts(row["expires_at"]),
         revoked_at=_ts(row["revoked_at"]),
         account=row["account"] or row["prefix"],

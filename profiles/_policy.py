@@ -18,6 +18,8 @@ import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+import msgspec
+
 from bus import (
     BUILTIN_AGENTS,
     CatalogRef,
@@ -214,7 +216,7 @@ def resolve_policy(
 
     timeout = profile.timeout_s or settings.default_timeout_s
     issued = issued_at or utcnow()
-    common = dict(
+    base = Policy(
         task_id=task_id,
         kind=kind,
         key_id=key_id,
@@ -231,9 +233,12 @@ def resolve_policy(
         routing_reason=routing_reason,
         nonce=secrets.token_hex(16),
         expires_at=issued + timedelta(seconds=settings.job_expiry_s),
+        timeout_s=timeout,
+        max_turns=1,
+        fs_access="none",
     )
     if isinstance(request, CompleteRequest):
-        return Policy(**common, timeout_s=timeout, max_turns=1, fs_access="none")  # type: ignore[arg-type]
+        return base
 
     assert isinstance(request, TaskRequest)
     if request.timeout_s is not None:
@@ -249,9 +254,9 @@ def resolve_policy(
         agent_refs, skill_refs = _available(catalog)
         agents = _chosen(profile, "agents", profile.agents, request.allow_agents, agent_refs)
         skills = _chosen(profile, "skills", profile.skills, request.allow_skills, skill_refs)
-        refs = [r for n in agents if (r := agent_refs[n]) is not None] + [skill_refs[n] for n in skills]  # type: ignore[misc]
-    return Policy(
-        **common,  # type: ignore[arg-type]
+        refs = [r for n in agents if (r := agent_refs[n]) is not None] + [r for n in skills if (r := skill_refs[n]) is not None]
+    return msgspec.structs.replace(
+        base,
         tools=_names(profile, "tools", profile.tools, request.allow_tools),
         agents=agents,
         skills=skills,
@@ -263,10 +268,19 @@ def resolve_policy(
     )
 
 
-def sign_policy(policy: Policy, request: Request, secret: str | bytes, **job_fields: object) -> Job:
+def sign_policy(
+    policy: Policy, request: Request, secret: str | bytes, *, submitted_at: datetime | None = None, retryable: bool = False
+) -> Job:
     """The signed Job for ``policy`` and ``request`` (HMAC-SHA256 via ``bus.sign_job``)."""
     signature = sign_job(policy.task_id, policy, request, secret)
-    return Job(task_id=policy.task_id, policy=policy, request=request, signature=signature, **job_fields)  # type: ignore[arg-type]
+    return Job(
+        task_id=policy.task_id,
+        policy=policy,
+        request=request,
+        signature=signature,
+        submitted_at=utcnow() if submitted_at is None else submitted_at,
+        retryable=retryable,
+    )
 
 
 def verify(job: Job, secret: str | bytes) -> None:

@@ -51,8 +51,8 @@ def record_from_row(row: Any) -> TaskRecord:
         reserved_usd=row["reserved"],
         cost_usd=row["cost"],
         model=row["model"],
-        created_at=_ts(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=_ts(row["updated_at"]),  # type: ignore[arg-type]
+        created_at=datetime.fromtimestamp(row["created_at"], UTC),  # NOT NULL in the old schema
+        updated_at=datetime.fromtimestamp(row["updated_at"], UTC),
         finished_at=_ts(row["finished_at"]),
         result_summary=row["result_summary"],
         error_code=row["error_code"],

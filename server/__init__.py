@@ -20,10 +20,12 @@ from ._mcp_app import create_mcp_server as create_mcp_server
 from ._mcp_results import event_summary as event_summary
 from ._router import Route as Route
 from ._router import route_model as route_model
+from ._service import Transport as Transport
 from ._service import run_server as run_server
 from ._submit_gateway import SubmitGateway as SubmitGateway
 
 __all__ = [
+    "Transport",
     "download",
     "list_artifacts",
     "add_bundles",

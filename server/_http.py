@@ -120,12 +120,12 @@ def create_http_app(dispatcher: Dispatcher, *, host: str, port: int, **mcp_kwarg
     mcp = create_mcp_server(
         dispatcher,
         token_verifier=ApiKeyVerifier(dispatcher),
-        auth=AuthSettings(
-            issuer_url=base,  # type: ignore[arg-type]
-            resource_server_url=f"{base}{MCP_PATH}",  # type: ignore[arg-type]
-            required_scopes=[SCOPE],
-            validate_token_resource=False,
-        ),
+        auth=AuthSettings.model_validate({  # validation turns the strings into URLs
+            "issuer_url": base,
+            "resource_server_url": f"{base}{MCP_PATH}",
+            "required_scopes": [SCOPE],
+            "validate_token_resource": False,
+        }),
         **mcp_kwargs,
     )
     app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=host, transport_security=_security(host, port))

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from ci_guard import require
 
 from bus import Bus, EmbeddedNats, Settings, Subjects
-from ci_guard import require
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ from ._permissions import permissions_example as permissions_example
 from ._plan import OFFLINE_LABEL as OFFLINE_LABEL
 from ._plan import Plan as Plan
 from ._plan import make_plan as make_plan
-from ._plan import up_runner_id as up_runner_id
 from ._plan import taskbus_command as taskbus_command
+from ._plan import up_runner_id as up_runner_id
 from ._run import run_stack as run_stack
 from ._state import pid_alive as pid_alive
 from ._state import read_state as read_state

@@ -21,8 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bus import Bus, Finished, Subjects, TaskbusError, decode_event, decode_heartbeat, read_credentials
-
 from server import console_enabled
+
 from ._firstrun import FirstRun
 from ._plan import OFFLINE_LABEL, Plan
 from ._supervisor import Supervisor

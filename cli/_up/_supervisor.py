@@ -83,7 +83,7 @@ def tcp_probe(host: str, port: int) -> Probe:
     async def probe(_: ChildState) -> bool:
         try:
             async with asyncio.timeout(1.0):
-                _, writer = await asyncio.open_connection(host, port)
+                _reader, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -32,7 +32,7 @@ def rows(db: Path, sql: str = "SELECT task_id, seq, type, key_id FROM audit ORDE
 async def test_every_event_type_of_a_task_lands_once_in_order_per_task(bus: Bus, writer: RunningWriter, db: Path):
     t1, t2 = new_task_id(), new_task_id()
     a, b = every_event(t1, key_id="tb_alice"), every_event(t2, key_id="tb_bob")
-    for x, y in zip(a, b):  # interleaved, as two runners would publish
+    for x, y in zip(a, b, strict=True):  # interleaved, as two runners would publish
         await publish_all(bus, [x, y])
     await wait_rows(db, 20)
     expected_types = ["accepted", "started", "message", "tool_call", "tool_result", "model_call",

@@ -4,6 +4,7 @@ new objects instead of cutting old ones."""
 
 from __future__ import annotations
 
+import nats.js.errors
 import pytest
 
 from bus import Bus, Settings
@@ -38,7 +39,7 @@ async def test_a_full_bucket_refuses_new_artifacts_and_keeps_the_old_ones(bus: B
     await bus.ensure_streams(artifacts_max_bytes=300_000, artifacts_max_age_s=DAY)
     store = await bus.js.object_store(bus.subjects.artifacts_bucket)
     await store.put("first", b"a" * 200_000)
-    with pytest.raises(Exception):
+    with pytest.raises(nats.js.errors.APIError):  # JetStream refuses the publish
         await store.put("second", b"b" * 200_000)
     assert (await store.get("first")).data == b"a" * 200_000
 

@@ -9,7 +9,19 @@ import json
 import pytest
 from mcp import Client
 
-from bus import Bus, Catalog, CatalogLimits, PolicyDenied, Settings, Subjects, TaskRequest, decode_job, decode_notice, load_or_create_job_secret, make_bundle
+from bus import (
+    Bus,
+    Catalog,
+    CatalogLimits,
+    PolicyDenied,
+    Settings,
+    Subjects,
+    TaskRequest,
+    decode_job,
+    decode_notice,
+    load_or_create_job_secret,
+    make_bundle,
+)
 from profiles import Store
 from server._dispatch import Caller, Dispatcher
 from server._mcp_app import create_mcp_server

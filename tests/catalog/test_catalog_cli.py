@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 
 import pytest
+from catalog_kit import write_agent, write_skill
 
 from bus import Bus, Catalog, CatalogLimits, InvalidInput, Subjects, decode_notice, make_bundle
 from bus._messages import CatalogBundle, CatalogFile
-from catalog_kit import write_agent, write_skill
 
 
 def audit_notices(nats_url: str, subjects: Subjects) -> list:

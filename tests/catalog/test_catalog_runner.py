@@ -16,7 +16,7 @@ from profiles import profile_from_mapping, resolve_policy
 from sandbox import Runner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runner"))
-from runner_kit import follow, scripted_model, submit  # noqa: E402
+from runner_kit import follow, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 
@@ -289,7 +289,7 @@ async def test_each_documented_alpha_case_runs_offline_with_its_agents_and_skill
         files=[bus_module.InputFile(path=name, content=(example / name).read_text()) for name in inputs],
         allow_agents=agents, allow_skills=skills,
     )
-    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         job = job_for(settings, await catalog.entries(), request)
         events = await run_job(settings, bus, job)
     finished = succeeded(events)

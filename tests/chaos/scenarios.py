@@ -372,14 +372,19 @@ async def cluster_node_kill_scenario(work: Path, scale: Scale) -> Row:
     return row
 
 
+def _connections(url: str) -> list[dict[str, Any]]:
+    """The ``connections`` of a nats-server monitoring ``/connz`` reply (blocking)."""
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.loads(reply.read()).get("connections") or []
+
+
 async def _victim_node(stack: ChaosStack) -> tuple[int, str]:
     """The node the MCP server's NATS connection is on (its monitoring ``/connz``), else the
     node leading the jobs stream."""
     assert stack.cluster is not None
     for i, node in enumerate(stack.cluster.nodes):
         url = f"http://{node.host}:{node.monitor_port}/connz?limit=1024"
-        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 (loopback monitoring port)
-            conns = json.loads(reply.read()).get("connections") or []
+        conns = await asyncio.to_thread(_connections, url)
         if any(c.get("name") == "taskbus-server" for c in conns):
             return i, "the MCP server's node"
     async with stack.bus() as b:

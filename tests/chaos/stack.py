@@ -149,7 +149,7 @@ class ChaosStack:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> ChaosStack:  # noqa: PYI034 (a dataclass, never subclassed)
+    async def __aenter__(self) -> ChaosStack:
         from sandbox._scripted import ScriptedModelServer, parse_script
 
         self.work.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def test_doctor_reports_the_cluster_and_every_stream_at_three_replicas_with_curr
     streams = {name: c for name, c in checks.items() if name.startswith("replicas ")}
     assert f"replicas {cluster.prefix.upper()}_JOBS" in streams, sorted(streams)
     assert len(streams) >= 6, sorted(streams)
-    for name, check in streams.items():
+    for check in streams.values():
         assert check["ok"] is True, check
         assert check["detail"].startswith("R3 (setting 3), leader "), check
         assert check["detail"].count(" current") == 2, check

@@ -27,6 +27,7 @@ from sandbox._scripted import ScriptedModelServer
 from .conftest import Cluster
 from .multi import MultiServer
 
+
 def text_of(result: Any) -> str:
     return "\n".join(getattr(c, "text", "") for c in result.content)
 
@@ -105,7 +106,7 @@ async def test_a_killed_server_s_tasks_are_served_by_another_and_its_reservation
                                 results[task_id] = shown.structured_content
                     await asyncio.sleep(0.5)
             assert len(results) == len(ids), f"unfinished after 300 s: {set(ids) - set(results)}"
-            for task_id, shown in results.items():
+            for shown in results.values():
                 assert shown["status"] == "succeeded" or shown.get("reason"), shown
             deadline = time.monotonic() + 60
             while (budget := stack.cli("budgets", "show", "--key", prefix, data_of=1))["running"] and time.monotonic() < deadline:

@@ -18,8 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chaos"))
 
-from report import Row, markdown  # noqa: E402 (tests/chaos is not a package)
-from scenarios import SCENARIOS, env_scale  # noqa: E402
+from report import Row, markdown
+from scenarios import SCENARIOS, env_scale
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 

@@ -8,13 +8,14 @@ import logging
 
 import msgspec
 import pytest
-from .conftest import Cluster
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 
 from bus import Bus, BusError, Subjects
 from bus._catalog import Catalog
 from bus._streams import kv_stream, object_stream
 from server._idempotency import SubmitClaims
+
+from .conftest import Cluster
 
 
 def every_stream(subjects: Subjects) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.errors
 import pytest
 
 from bus import (
@@ -151,6 +152,29 @@ async def secured(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
                "as": {r: msgspec.structs.replace(base, nats_credentials=str(credentials_path(data, r))) for r in ROLES}}
 
 
+async def _refused_bucket_access(url: str, settings: Settings, s: Subjects, prefix: str) -> list[str]:
+    """Read and write the control-plane buckets as ``settings``' user; the server's error reports."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, **connect_options(settings))
+    try:
+        js = nc.jetstream(timeout=2)
+        with pytest.raises(nats.errors.TimeoutError):  # no reply: the request is refused by the server
+            await js.get_msg(f"KV_{s.control_bucket}", subject=f"$KV.{s.control_bucket}.key.{prefix}", direct=True)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.stream_info(f"KV_{s.ledger_bucket}")
+        await nc.publish(f"$KV.{s.control_bucket}.key.tb_forged00", b'{"forged": true}')
+        await nc.publish(f"$KV.{s.tasks_bucket}.t.t_forged", b"{}")
+        await nc.flush()
+        await _until("the permission errors", lambda: len(errors) >= 4)
+    finally:
+        await nc.close()
+    return errors
+
+
 async def test_the_cli_user_manages_keys_and_the_runner_user_cannot_read_or_write_them(secured: dict[str, Any]) -> None:
     s: Subjects = secured["subjects"]
     async with Store.for_settings(secured["as"]["server"]) as server_store:  # the server creates the buckets
@@ -160,26 +184,7 @@ async def test_the_cli_user_manages_keys_and_the_runner_user_cannot_read_or_writ
         await _until("the server's view of the key", lambda: key.prefix in server_store.view.keys)
 
         for role in ("runner", "audit"):
-            errors: list[str] = []
-
-            async def on_error(exc: Exception) -> None:
-                errors.append(str(exc))
-
-            nc = await nats.connect(secured["url"], error_cb=on_error, allow_reconnect=False,
-                                    **connect_options(secured["as"][role]))
-            try:
-                js = nc.jetstream(timeout=2)
-                with pytest.raises(Exception):  # no reply: the request is refused by the server
-                    await js.get_msg(f"KV_{s.control_bucket}", subject=f"$KV.{s.control_bucket}.key.{key.prefix}",
-                                     direct=True)
-                with pytest.raises(Exception):
-                    await js.stream_info(f"KV_{s.ledger_bucket}")
-                await nc.publish(f"$KV.{s.control_bucket}.key.tb_forged00", b'{"forged": true}')
-                await nc.publish(f"$KV.{s.tasks_bucket}.t.t_forged", b"{}")
-                await nc.flush()
-                await _until("the permission errors", lambda: len(errors) >= 4)
-            finally:
-                await nc.close()
+            errors = await _refused_bucket_access(secured["url"], secured["as"][role], s, key.prefix)
             assert all("permissions violation" in e.lower() for e in errors), errors
         assert "tb_forged00" not in server_store.view.keys
         with pytest.raises(NotFound):

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from pathlib import Path
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
+from server_kit import require_or_skip
 
 from bus import Settings
 from server._service import run_server
-from server_kit import require_or_skip
 
 
 def free_port() -> int:

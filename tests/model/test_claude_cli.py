@@ -125,7 +125,7 @@ async def test_claude_cli_with_the_required_key_works_and_a_wrong_key_fails_with
 
 async def test_runaway_script_is_stopped_by_max_turns(require_claude: Path, workdir: Path) -> None:
     async with ScriptedModelServer("runaway") as model:
-        code, lines, _ = await run_claude(require_claude, model.url, workdir, "go", max_turns=2)
+        _code, lines, _ = await run_claude(require_claude, model.url, workdir, "go", max_turns=2)
     result = lines[-1]
     assert result["type"] == "result" and result["subtype"] == "error_max_turns"
     assert len(blocks(lines, "user", "tool_result")) == 2

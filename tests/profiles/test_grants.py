@@ -3,10 +3,7 @@ the gateway's tool filter, Claude Code's command line, the PreToolUse hook, the 
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 
 import pytest
 
@@ -18,13 +15,13 @@ from sandbox._runner._hookpolicy import decide, rules_for
 
 
 def _policy(**fields) -> Policy:
-    base = dict(task_id="t_1", kind="task", key_id="tb_x", profile="p", model="claude-sonnet-4-6",
-                models=["claude-sonnet-4-6"], project_root="/srv/app")
+    base = {"task_id": "t_1", "kind": "task", "key_id": "tb_x", "profile": "p", "model": "claude-sonnet-4-6",
+            "models": ["claude-sonnet-4-6"], "project_root": "/srv/app"}
     return Policy(**{**base, **fields})
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
-    return {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.startswith("--tools=") or a.startswith("--allowedTools=")}
+    return {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.startswith(("--tools=", "--allowedTools="))}
 
 
 def test_claude_code_gets_real_tool_names_for_a_star_never_the_literal_star() -> None:

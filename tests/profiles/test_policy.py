@@ -108,7 +108,7 @@ def test_a_star_grants_any_name_only_when_written_explicitly():
 
 
 def test_an_unknown_tool_name_in_a_request_is_invalid_input_listing_valid_names():
-    with pytest.raises(InvalidInput, match="unknown tool 'Bsh'.*Bash"):
+    with pytest.raises(InvalidInput, match=r"unknown tool 'Bsh'.*Bash"):
         resolve(DEV, TaskRequest(description="x", allow_tools=["Bsh"]))
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from runner_kit import follow, scripted_model, submit
 
 import bus as bus_module
 from bus import Finished, Log, Security, Settings, TaskRequest, ToolCall, ToolResult, canonical_tool, sign_job, tool_names
 from profiles import Profile, default_profiles, profile_from_mapping, profile_to_mapping, resolve_policy
 from sandbox import Runner
-
-from runner_kit import follow, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 

@@ -57,7 +57,7 @@ def _auth_rows(db: Path) -> list[dict]:
 
 async def _wait_counted(db: Path, total: int) -> list[dict]:
     deadline = time.monotonic() + 30
-    while sum((rows := _auth_rows(db)) and [r["detail"]["count"] for r in rows] or [0]) < total:
+    while sum(((rows := _auth_rows(db)) and [r["detail"]["count"] for r in rows]) or [0]) < total:
         assert time.monotonic() < deadline, f"audit rows count {sum(r['detail']['count'] for r in rows)} failures, not {total}"
         await asyncio.sleep(0.05)
     return rows

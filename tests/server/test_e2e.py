@@ -8,8 +8,8 @@ import json
 
 import mcp_types as types
 import pytest
-from server_kit import sandboxes_left
 from mcp import Client
+from server_kit import sandboxes_left
 
 from bus import Settings
 from server._mcp_app import create_mcp_server
@@ -153,8 +153,8 @@ async def _complete_and_task_over(client) -> None:
 
 async def test_complete_and_run_task_over_streamable_http(e2e_settings: Settings) -> None:
     import httpx2
-    from server_kit import e2e_model_and_runner
     from mcp.client.streamable_http import streamable_http_client
+    from server_kit import e2e_model_and_runner
     from test_http import http_server
 
     async with e2e_model_and_runner(e2e_settings) as settings:

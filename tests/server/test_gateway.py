@@ -84,8 +84,7 @@ async def test_bad_key_malformed_and_oversized_requests_are_rejected_and_the_gat
 
 async def test_an_accepted_submit_publishes_accepted_then_a_signed_job(settings: Settings, make_stack
 ) -> None:
-    from bus import verify_job
-    from bus import load_or_create_job_secret
+    from bus import load_or_create_job_secret, verify_job
 
     async with make_stack(settings) as stack:
         key = await stack.key("developer")

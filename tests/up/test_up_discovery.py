@@ -56,7 +56,7 @@ def test_cli_commands_find_a_stack_on_another_nats_port_and_strangers_are_refuse
     async def stranger() -> None:  # another local user: no credentials file to read
         await nats.connect(state["nats_url"], allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
 
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         asyncio.run(stranger())
 
 

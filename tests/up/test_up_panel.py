@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 
@@ -29,7 +29,7 @@ async def test_the_panel_shows_runner_slots_and_recent_tasks_from_the_bus(bus: B
     stop = asyncio.Event()
     follower = asyncio.create_task(board.follow(stop))
     task_id = new_task_id()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         async with asyncio.timeout(10):
             while not board.runners:  # the subscription is live once a heartbeat gets through
@@ -67,7 +67,7 @@ def test_the_admin_key_is_in_the_panel_only_when_just_created(nats_url: str, sub
 
 def test_the_panel_keeps_only_the_most_recent_tasks(nats_url: str, subjects: Subjects) -> None:
     board = StatusBoard(_info(nats_url, subjects), list)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ids = [new_task_id() for _ in range(12)]
     for task_id in ids:
         board.note_event(Started(task_id=task_id, seq=2, ts=now, runner_id="r", backend="bwrap"))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cli._up._readyfile import ready_file_path, ready_pid, write_ready_file
 from cli._up import ChildSpec, Supervisor, UpError
+from cli._up._readyfile import ready_file_path, ready_pid, write_ready_file
 from cli._up._supervisor import ready_file_probe
 
 ENV = {"PATH": "/usr/bin:/bin"}
