@@ -17,7 +17,7 @@ VENV = ROOT / ".venv"
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A copy of scripts/lint and pyproject.toml over five tiny packages that keep every contract."""
+    """A copy of scripts/lint and pyproject.toml over six tiny packages that keep every contract."""
     if not (VENV / "bin" / "lint-imports").exists():
         pytest.fail(f"{VENV}/bin/lint-imports is missing: run scripts/setup python")
     (tmp_path / "scripts").mkdir()
@@ -31,7 +31,8 @@ def tree(tmp_path: Path) -> Path:
         "audit/__init__.py": "from bus import encode as encode\n",
         "sandbox/__init__.py": "from ._tools import find as find\n",
         "sandbox/_tools.py": "from bus import encode\n\n\ndef find() -> int:\n    return encode(1)\n",
-        "server/__init__.py": "",
+        "server/__init__.py": "from ._cli import main as main\n",
+        "cli/__init__.py": "from server import main as main\n",
         "server/_cli.py": "from sandbox import find\n\n\ndef main() -> int:\n    return find()\n",
     }
     for name, text in files.items():
