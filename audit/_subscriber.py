@@ -41,6 +41,15 @@ EVENTS_CONSUMER = "audit-events"
 NOTICES_CONSUMER = "audit-notices"
 
 
+def consumer_names(writer_name: str = "") -> tuple[str, str]:
+    """The durable consumers (events, notices) of the audit writer called ``writer_name``
+    (``Settings.audit_writer_name``): each named writer gets every message, so any number of
+    writers may each keep a full copy of the log; writers sharing a name share the work."""
+    if not writer_name:
+        return EVENTS_CONSUMER, NOTICES_CONSUMER
+    return f"{EVENTS_CONSUMER}-{writer_name}", f"{NOTICES_CONSUMER}-{writer_name}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuditOptions:
     fetch_batch: int = 1000
@@ -86,7 +95,8 @@ async def run_audit(
                 async with await Bus.for_settings(settings, name="taskbus-audit") as bus:
                     await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
                     service = AuditService(
-                        bus, writer, options, alert_command=settings.alert_command
+                        bus, writer, options, alert_command=settings.alert_command,
+                        writer_name=settings.audit_writer_name,
                     )
                     await service.run(stop, ready=ready)
             finally:
@@ -110,8 +120,10 @@ class _Source:
 
 
 class AuditService:
-    def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "") -> None:
+    def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "",
+                 writer_name: str = "") -> None:
         self.bus = bus
+        self.consumers = consumer_names(writer_name)
         self.writer = writer
         self.options = options
         self.alerter = Alerter(
@@ -128,8 +140,8 @@ class AuditService:
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         subjects = self.bus.subjects
         sources = [
-            _Source(EVENTS, subjects.events_stream, subjects.events_all(), EVENTS_CONSUMER),
-            _Source(NOTICES, subjects.audit_stream, subjects.audit_all(), NOTICES_CONSUMER),
+            _Source(EVENTS, subjects.events_stream, subjects.events_all(), self.consumers[0]),
+            _Source(NOTICES, subjects.audit_stream, subjects.audit_all(), self.consumers[1]),
         ]
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
         try:

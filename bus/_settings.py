@@ -191,6 +191,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Sum of the memory limits of a runner's idle warm agents; no refill past it."""
     warm_agent_max_idle_s: PositiveFloat = 600.0
     """An idle warm agent older than this is destroyed (and replaced while its class is in demand)."""
+    audit_writer_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,32}$")] = ""
+    """Names this audit writer's durable consumers (`audit-events-<name>`, `audit-notices-<name>`): give every audit writer that keeps its own full copy of the log (another host, another database) a different name. Empty: `audit-events` and `audit-notices`."""
 
     def __repr__(self) -> str:
         parts = []

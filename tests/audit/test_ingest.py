@@ -237,3 +237,31 @@ async def test_writer_waits_out_a_database_lock_held_by_another_process(
         blocker.close()
         await w.close()
     assert verify(open_db(db, readonly=True)).ok
+
+
+async def test_two_named_audit_writers_each_keep_a_full_copy_of_the_log(settings: Settings, bus: Bus, tmp_path: Path):
+    """Writers with different names (another host, another database) get every message each;
+    a second writer under the default name would instead take messages away from the first."""
+    writers = [
+        RunningWriter(msgspec.structs.replace(settings, audit_writer_name=name), tmp_path / f"{name}.db",
+                      AuditOptions(fetch_wait_s=0.2, head_interval_s=1.0))
+        for name in ("host-a", "host-b")
+    ]
+    for w in writers:
+        await w.start()
+    try:
+        tasks = [new_task_id() for _ in range(5)]
+        for task_id in tasks:
+            await publish_all(bus, every_event(task_id))
+        await bus.publish(bus.subjects.audit("key_revoked"), AuditNotice(kind="key_revoked", actor="cli:root", detail={}))
+        for w in writers:
+            await wait_rows(w.db, 51)
+        for w in writers:
+            assert count_rows(w.db) == 51
+            assert {r[0] for r in rows(w.db, "SELECT task_id FROM audit WHERE stream = 'events'")} == set(tasks)
+            assert verify(open_db(w.db, readonly=True)).ok
+    finally:
+        for w in writers:
+            await w.close()
+    names = {c.name for c in await bus.js.consumers_info(bus.subjects.events_stream)}
+    assert {"audit-events-host-a", "audit-events-host-b"} <= names
