@@ -66,7 +66,8 @@ from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog,
 
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
-from ._dispatch_events import TaskWatch, follow_events, replay_events
+from ._dispatch_events import TaskWatch, replay_events
+from ._events_hub import EventsHub, Inbox, follow
 from ._idempotency import SubmitClaims
 from ._project_path import project_realpath
 from ._router import cheapest_call_usd, route_model
@@ -141,6 +142,7 @@ class Dispatcher:
         self._secret = secret
         self._watches: dict[str, TaskWatch] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._hub = EventsHub(bus)
         self._tg: asyncio.TaskGroup | None = None
         self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
         self._cache = CompletionCache(bus)
@@ -152,6 +154,7 @@ class Dispatcher:
 
     async def __aenter__(self) -> Dispatcher:
         await self._auth_audit.__aenter__()
+        await self._hub.__aenter__()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         await self._resume_unfinished()
@@ -170,6 +173,7 @@ class Dispatcher:
         tg, self._tg = self._tg, None
         if tg is not None:
             await tg.__aexit__(None, None, None)
+        await self._hub.__aexit__(None, None, None)
         await self._auth_audit.aclose()
 
     async def _resume_unfinished(self) -> None:
@@ -295,8 +299,8 @@ class Dispatcher:
                 profile=caller.profile, model=policy.model, routing_reason=route.reason,
             )
             events = self.bus.subjects.events(task_id)
+            self._follow(task_id, fresh=True)  # its inbox is open before the first event is published
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
-            self._follow(task_id)
             await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)  # type: ignore[arg-type]
         except BaseException as exc:
             await asyncio.shield(self._never_started(task_id, exc))
@@ -321,6 +325,7 @@ class Dispatcher:
         await self.store.admit(caller.key_id, task_id, 0.0, profile=caller.profile, kind="complete", model=hit.model)
         events = self.bus.subjects.events(task_id)
         try:
+            self._follow(task_id, fresh=True)
             await self.bus.publish(events, Accepted(
                 task_id=task_id, seq=1, ts=utcnow(), kind="complete", key_id=caller.key_id,
                 profile=caller.profile, model=hit.model, routing_reason=reason,
@@ -329,7 +334,6 @@ class Dispatcher:
                 task_id=task_id, seq=2, ts=utcnow(), status="succeeded", result=hit.text, reason="cached",
                 usage=hit.usage, cost_usd=0.0, model=hit.model,
             ), msg_id=f"{task_id}-2")
-            self._follow(task_id)
         except BaseException as exc:
             await asyncio.shield(self._never_started(task_id, exc))
             raise
@@ -361,18 +365,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ following and settling
 
-    def _follow(self, task_id: str) -> TaskWatch:
+    def _follow(self, task_id: str, *, fresh: bool = False) -> TaskWatch:
+        """The watch of ``task_id``, with a follower filling it until ``finished`` (``fresh``:
+        none of the task's events is published yet, so the follower need not read the stream)."""
         watch = self._watches.get(task_id)
         if watch is None:
             watch = self._watches[task_id] = TaskWatch(task_id)
         if task_id not in self._followers and watch.finished is None and self._tg is not None:
-            self._followers[task_id] = self._tg.create_task(self._run_follower(watch), name=f"follow-{task_id}")
+            inbox = self._hub.open(task_id)  # now, not when the task starts: no event slips past
+            self._followers[task_id] = self._tg.create_task(
+                self._run_follower(watch, inbox, fresh=fresh), name=f"follow-{task_id}")
         return watch
 
-    async def _run_follower(self, watch: TaskWatch) -> None:
-        """Follow until ``finished`` is seen and settled; a failure (NATS gone, consumer
-        refused, Store busy) is retried with backoff, replaying from seq 1 (events already
-        seen are skipped), so a waiting caller is never left hanging."""
+    async def _run_follower(self, watch: TaskWatch, inbox: Inbox, *, fresh: bool) -> None:
+        """Follow until ``finished`` is seen and settled; a failure (NATS gone, Store busy)
+        is retried with backoff, reading the stream again (events already seen are
+        skipped), so a waiting caller is never left hanging."""
         backoff = Backoff(0.5, 10.0)  # jittered: after a NATS outage every follower retries at once
         settled = False
 
@@ -384,9 +392,9 @@ class Dispatcher:
         try:
             while True:
                 try:
-                    finished = await follow_events(
-                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event,
-                        on_finished=settle,
+                    finished = await follow(
+                        self._hub, inbox, watch, fresh=fresh, max_bytes=8 * self.settings.max_message_bytes,
+                        on_event=self._on_event, on_finished=settle,
                     )
                     if not settled:  # a retry found the task finished already
                         await settle(finished)
@@ -394,10 +402,12 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    fresh = False
                     delay = backoff.next_delay()
                     logger.warning("following task %s failed (%s); retrying in %.1fs", watch.task_id, exc, delay)
                     await asyncio.sleep(delay)
         finally:
+            self._hub.close(inbox)
             self._followers.pop(watch.task_id, None)
             # keep finished watches briefly for waiters; drop the oldest beyond a bound
             if len(self._watches) > MAX_CACHED_WATCHES:
@@ -453,6 +463,7 @@ class Dispatcher:
         for event in await replay_events(self.bus, task_id):
             watch.add(event)
         if watch.finished is None and record.status not in FINAL:
+            self._watches.setdefault(task_id, watch)  # the follower goes on from what was replayed
             return self._follow(task_id)
         # finished (or its events aged out of the stream: the registry row is what is left)
         if len(self._watches) < MAX_CACHED_WATCHES:
