@@ -43,6 +43,7 @@ from bus import (
     Finished,
     InvalidInput,
     Job,
+    JobKind,
     MessageDecodeError,
     MessageTooLarge,
     NotFound,
@@ -121,14 +122,14 @@ class Submission(NamedTuple):
     cached: bool = False
 
 
-def request_kind(request: Request) -> str:
+def request_kind(request: Request) -> JobKind:
     return "complete" if isinstance(request, CompleteRequest) else "task"
 
 
 def _audit_kind(exc: TaskbusError) -> str | None:
     for cls in type(exc).__mro__:
         if cls in AUDIT_KINDS:
-            return AUDIT_KINDS[cls]  # type: ignore[index]
+            return AUDIT_KINDS[cls]
     return None
 
 
@@ -301,7 +302,7 @@ class Dispatcher:
             events = self.bus.subjects.events(task_id)
             self._follow(task_id, fresh=True)  # its inbox is open before the first event is published
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
-            await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)  # type: ignore[arg-type]
+            await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)
         except BaseException as exc:
             await asyncio.shield(self._never_started(task_id, exc))
             raise

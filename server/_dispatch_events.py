@@ -208,7 +208,7 @@ async def replay_events(
                 event = decode_task_event(task_id, msg.data, max_bytes)
                 if event is not None:
                     watch.add(event)
-                if msg.metadata.sequence.stream >= last.seq:
+                if msg.metadata.sequence.stream >= (last.seq or 0):
                     break
     finally:
         await asyncio.shield(sub.unsubscribe())

@@ -157,26 +157,27 @@ async def follow(
             await on_event(event)
         return watch.finished is not None
 
-    async def replay() -> bool:
+    async def replay(why: str) -> bool:
+        logger.debug("task %s: reading the stream after seq %d (%s)", task_id, watch.last_seq, why)
         for event in await replay_events(hub.bus, task_id, timeout=REPLAY_TIMEOUT_S, max_bytes=max_bytes,
                                          after_seq=watch.last_seq):
             if await handle(event):
                 return True
         return False
 
-    if not fresh and await replay():
+    if not fresh and await replay("start"):
         return _done(watch)
     while True:
         if inbox.catch_up.is_set():
             inbox.catch_up.clear()
-            if await replay():
+            if await replay("reconnect"):
                 return _done(watch)
         try:
             async with asyncio.timeout(quiet_s):
                 data = await _next(inbox)
         except TimeoutError:
             quiet_s = min(quiet_s * 2, QUIET_CHECK_MAX_S)
-            if await _newer_stored(hub.bus, task_id, watch.last_seq) and await replay():
+            if await _newer_stored(hub.bus, task_id, watch.last_seq) and await replay("quiet"):
                 return _done(watch)
             continue
         if data is None:
@@ -185,7 +186,7 @@ async def follow(
         event = decode_task_event(task_id, data, max_bytes)
         if event is None:
             continue
-        if event.seq > watch.last_seq + 1 and await replay():  # a gap: some were dropped
+        if event.seq > watch.last_seq + 1 and await replay(f"gap before {event.seq}"):  # a gap: some were dropped
             return _done(watch)
         if await handle(event):
             return _done(watch)

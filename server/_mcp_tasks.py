@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import mcp_types as types
@@ -103,6 +104,4 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
 
 
 def _json(doc: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(doc, indent=2, default=str)
