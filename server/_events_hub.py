@@ -38,8 +38,11 @@ logger = logging.getLogger(__name__)
 INBOX_LIMIT = 10_000
 """Undelivered events held per followed task; beyond it a message is dropped and the
 follower reads the stream instead (the gap shows in ``seq``)."""
-QUIET_CHECK_S = 2.0
-QUIET_CHECK_MAX_S = 30.0
+QUIET_CHECK_S = 10.0
+QUIET_CHECK_MAX_S = 60.0
+"""A followed task quiet this long gets one direct get of its last stored event (a safety
+net: a lost live message shows as a gap or follows a reconnect, both caught sooner). Not
+shorter: a burst of queued tasks would each poll the stream while they wait."""
 RECONNECT_CHECK_S = 0.5
 REPLAY_TIMEOUT_S = 10.0
 
