@@ -1,13 +1,19 @@
 """One subscription per server for the events of every task it follows.
 
-``EventsHub`` holds ONE core NATS subscription on ``<prefix>.events.*`` and hands each
-message to the inbox of the task it names (messages of tasks nobody here follows are
-dropped after reading the subject). No JetStream consumer is created per task: a
-consumer costs several JetStream API round trips to create and counts against the
-stream's consumer limit, which a burst of admissions used to hit.
+``EventsHub`` holds ONE JetStream ordered consumer on ``<prefix>.events.*`` (new
+messages only, created when the server starts) and hands each message to the inbox of
+the task it names (messages of tasks nobody here follows are dropped after reading the
+subject). No consumer is created per task: a consumer costs several JetStream API round
+trips to create and counts against the stream's consumer limit, which a burst of
+admissions used to hit.
 
-A core subscription sees only what is published while it is connected, so ``follow``
-reads the stream (``replay_events``) whenever it may have missed something:
+A JetStream consumer, not a core subscription: a core subscriber also receives what the
+stream refused, such as the server's own preempting ``finished`` of a cancel that lost
+its race with the runner's first event (``Nats-Expected-Last-Subject-Sequence``); only
+stored events may settle a task. The ordered consumer recreates itself after a gap.
+
+Still, ``follow`` reads the stream (``replay_events``) whenever it may have missed
+something:
 
 - at the start, unless the inbox was opened before the task's first event was published
   (a task this server submits: ``fresh``);
@@ -27,6 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bus import Bus, Event, Finished
@@ -77,9 +84,10 @@ class EventsHub:
 
     async def __aenter__(self) -> EventsHub:
         self._reconnects = self._reconnect_count()
-        self._sub = await self.bus.nc.subscribe(
-            self.bus.subjects.events_all(), cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
-        await self.bus.nc.flush(timeout=10)  # the SUB is in effect before any job is published
+        self._sub = await self.bus.js.subscribe(
+            self.bus.subjects.events_all(), stream=self.bus.subjects.events_stream, cb=self._on_msg,
+            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await self.bus.nc.flush(timeout=10)
         self._watcher = asyncio.create_task(self._watch_reconnects(), name="events-hub-reconnects")
         return self
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bus import Accepted, Bus, EmbeddedNats, Event, Finished, Log, Subjects, new_task_id, utcnow
+import pytest
+from nats.js.errors import BadRequestError
+
+from bus import Accepted, Bus, EmbeddedNats, Event, Finished, Log, Subjects, encode, new_task_id, utcnow
 from server._dispatch_events import TaskWatch
 from server._events_hub import EventsHub, follow
 
@@ -49,7 +52,7 @@ async def test_many_followed_tasks_finish_through_one_subscription_without_a_con
                      for t in ids]
         for t in ids:
             await publish(bus, accepted(t))
-        assert await consumers(bus) == 0, "following a task must not create a JetStream consumer"
+        assert await consumers(bus) == 1, "the hub's one consumer; following a task must not create another"
         for t in ids:
             await publish(bus, log(t, 2))
             await publish(bus, finished(t, 3))
@@ -128,3 +131,24 @@ async def test_a_finished_event_published_while_the_servers_connection_was_down_
     finally:
         first.stop()
     assert result.seq == 2 and [e.seq for e in watch.events] == [1, 2]
+
+
+async def test_an_event_the_stream_refused_never_reaches_the_follower(bus: Bus) -> None:
+    """A preempting ``finished`` (a cancel racing the runner) that JetStream refuses for its
+    expected last sequence must not end the task: only stored events count."""
+    task_id = new_task_id()
+    subject = bus.subjects.events(task_id)
+    async with EventsHub(bus) as hub:
+        watch = TaskWatch(task_id)
+        inbox = hub.open(task_id)
+        follower = asyncio.create_task(follow(hub, inbox, watch, fresh=True))
+        await publish(bus, accepted(task_id))
+        forged = Finished(task_id=task_id, seq=2, ts=utcnow(), status="cancelled", reason="cancelled_before_start")
+        with pytest.raises(BadRequestError):  # wrong expected sequence: the stream refuses it
+            await bus.js.publish(subject, encode(forged), headers={"Nats-Expected-Last-Subject-Sequence": "999999"})
+        await publish(bus, log(task_id, 2))
+        await publish(bus, finished(task_id, 3))
+        async with asyncio.timeout(DEADLINE_S):
+            result = await follower
+        hub.close(inbox)
+    assert result.status == "succeeded" and [type(e).__name__ for e in watch.events] == ["Accepted", "Log", "Finished"]
