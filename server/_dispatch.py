@@ -21,6 +21,7 @@ the middle of a task still settles its budget and records its result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -79,6 +80,8 @@ FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceed
 MAX_CACHED_WATCHES = 1024
 """Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
 the events stream): 4,096 held ~12 MB of a soak's memory growth."""
+SETTLING_WAIT_S = 5.0
+"""How long a reader of a task whose record is final waits for its follower's `finished`."""
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
@@ -459,6 +462,11 @@ class Dispatcher:
         record = await self.task_record(caller, task_id)
         watch = self._watches.get(task_id)
         if watch is not None:
+            if record.status in FINAL and watch.finished is None and task_id in self._followers:
+                # settlement writes the record just before the follower hands `finished` to
+                # the watch: wait that moment rather than answer "final, without a result"
+                with contextlib.suppress(TimeoutError):
+                    await watch.wait_finished(timeout=SETTLING_WAIT_S)
             return watch
         watch = TaskWatch(task_id)
         for event in await replay_events(self.bus, task_id):
