@@ -176,6 +176,8 @@ async def follow(
                 return True
         return False
 
+    if watch.finished is not None:  # a retry after on_finished failed: the caller settles again
+        return watch.finished
     if not fresh and await replay("start"):
         return _done(watch)
     while True:

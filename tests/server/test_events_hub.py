@@ -152,3 +152,30 @@ async def test_an_event_the_stream_refused_never_reaches_the_follower(bus: Bus) 
             result = await follower
         hub.close(inbox)
     assert result.status == "succeeded" and [type(e).__name__ for e in watch.events] == ["Accepted", "Log", "Finished"]
+
+
+async def test_a_follow_retried_after_settlement_failed_returns_the_finished_event_to_settle_again(bus: Bus) -> None:
+    """Settlement failing (NATS away) must not lose the task: the retry gets ``finished`` back
+    although the watch already shows it, so the dispatcher settles it then."""
+    task_id = new_task_id()
+    attempts: list[int] = []
+
+    async def settle_fails_once(event: Finished) -> None:
+        attempts.append(event.seq)
+        if len(attempts) == 1:
+            raise ConnectionError("NATS went away while settling")
+
+    async with EventsHub(bus) as hub:
+        watch = TaskWatch(task_id)
+        inbox = hub.open(task_id)
+        follower = asyncio.create_task(follow(hub, inbox, watch, fresh=True, on_finished=settle_fails_once))
+        await publish(bus, accepted(task_id))
+        await publish(bus, finished(task_id, 2))
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(DEADLINE_S):
+                await follower
+        assert watch.finished is not None, "the caller still sees the result"
+        async with asyncio.timeout(DEADLINE_S):
+            again = await follow(hub, inbox, watch, fresh=False, on_finished=settle_fails_once)
+        hub.close(inbox)
+    assert again.seq == 2 and attempts == [2]  # the retry hands it back; the dispatcher settles it
