@@ -27,6 +27,8 @@ import logging
 import time
 from typing import Any, NamedTuple
 
+from nats.errors import Error as NatsError
+
 from bus import (
     Accepted,
     AuditNotice,
@@ -34,6 +36,7 @@ from bus import (
     Backoff,
     BudgetExceeded,
     Bus,
+    BusError,
     BusTimeout,
     Cancel,
     Catalog,
@@ -253,14 +256,19 @@ class Dispatcher:
         With ``idempotency_key`` the (key, id) pair is claimed first (``SubmitClaims``):
         a repeat, concurrent or later, gets the first request's Submission back.
         """
-        if not idempotency_key:
-            return await self._admit(caller, request, via, new_task_id())
+        try:
+            if not idempotency_key:
+                return await self._admit(caller, request, via, new_task_id())
 
-        async def admit(task_id: str) -> dict[str, Any]:
-            return (await self._admit(caller, request, via, task_id))._asdict()
+            async def admit(task_id: str) -> dict[str, Any]:
+                return (await self._admit(caller, request, via, task_id))._asdict()
 
-        fingerprint = hashlib.sha256(canonical(request)).hexdigest()
-        return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
+            fingerprint = hashlib.sha256(canonical(request)).hexdigest()
+            return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
+        except NatsError as exc:  # NATS away or electing a leader: a clear refusal, not "unexpected"
+            logger.warning("admission for %s failed on NATS: %r", caller.key_id, exc)
+            raise BusError(f"the bus did not answer while admitting this request ({type(exc).__name__}); "
+                           "retry in a few seconds") from None
 
     async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()
