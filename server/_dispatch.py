@@ -162,6 +162,7 @@ class Dispatcher:
     async def __aenter__(self) -> Dispatcher:
         await self._auth_audit.__aenter__()
         await self._hub.__aenter__()
+        await self._claims.open()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         await self._resume_unfinished()
