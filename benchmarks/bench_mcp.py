@@ -11,7 +11,15 @@ Processes: nats-server (embedded), the scripted model (``taskbus model serve``),
 runner (``taskbus runner``), the server (``taskbus serve``), the echo server; the
 clients run in this process.
 
-    scripts/bench mcp [--calls 200] [--out bench-results/mcp.json]
+A breakdown follows (``--breakdown N`` sequential calls, 1 client): where one call's
+time goes, from the client's clock and the event timestamps of the same machine
+(server: ``accepted``; runner: ``model_call``, ``finished``) and the server's admission
+histogram (``/metrics``): client -> admitted (HTTP, MCP SDK in, auth, admission),
+``accepted`` published -> runner's ``model_call`` (accepted and job publish, runner
+pick-up, the model call), -> ``finished`` published, -> the client has the result
+(delivery to the server, settlement, MCP SDK out, HTTP).
+
+    scripts/bench mcp [--calls 200] [--breakdown 100] [--out bench-results/mcp.json]
 """
 
 from __future__ import annotations
@@ -36,14 +44,17 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from bus import EmbeddedNats, Settings
+from bus import Bus, EmbeddedNats, Finished, ModelCall, Settings
 from profiles import Store
+from server._dispatch_events import replay_events
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_ADDED_P50_MS = 3.0
 
 ECHO_SERVER = textwrap.dedent(
     """
+    import sys
+    from mcp.server import MCPServer
     mcp = MCPServer("echo")
     @mcp.tool()
     async def echo(prompt: str) -> str:
@@ -166,6 +177,10 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
             return Client(StdioServerParameters(command=sys.executable, args=[str(echo_script), "stdio"], cwd=str(ROOT),
                                                 env=stdio_env))
 
+        if args.breakdown:
+            rows.append(await breakdown(taskbus_http, tb_args, env, f"http://127.0.0.1:{serve_port}/metrics",
+                                        calls=args.breakdown))
+            print("  breakdown: done", file=sys.stderr)
         base = await drive(echo_stdio, "echo", echo_args, clients=1, calls=args.calls)
         ours = await drive(taskbus_stdio, "complete", tb_args, clients=1, calls=args.calls)
         rows.append({"transport": "stdio", "baseline": base, "taskbus": ours})
@@ -178,6 +193,53 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
             except subprocess.TimeoutExpired:
                 proc.kill()
     return rows
+
+
+async def admission_ms(url: str) -> tuple[float, float]:
+    """(sum in ms, count) of the server's admission histogram for ``complete``."""
+    total = count = 0.0
+    async with httpx2.AsyncClient(timeout=10) as http:
+        text = (await http.get(url)).text
+    for line in text.splitlines():
+        if line.startswith('taskbus_admission_duration_seconds_sum{kind="complete"}'):
+            total = float(line.split()[-1]) * 1000
+        elif line.startswith('taskbus_admission_duration_seconds_count{kind="complete"}'):
+            count = float(line.split()[-1])
+    return total, count
+
+
+async def breakdown(make_client, tool_args: dict, env: dict[str, str], metrics_url: str, *, calls: int) -> dict:
+    """Sequential calls, each cut into segments by the clocks of one machine."""
+    stamps: list[tuple[float, float, str]] = []
+    sum0, count0 = await admission_ms(metrics_url)
+    async with make_client() as client:
+        for _ in range(10):
+            await client.call_tool("complete", tool_args)
+        sum0, count0 = await admission_ms(metrics_url)
+        for _ in range(calls):
+            t0 = time.time()
+            result = await client.call_tool("complete", tool_args)
+            t1 = time.time()
+            stamps.append((t0, t1, (result.structured_content or {}).get("task_id", "")))
+    sum1, count1 = await admission_ms(metrics_url)
+    segments: dict[str, list[float]] = {k: [] for k in ("to_accepted", "accepted_to_model_call",
+                                                        "model_call_to_finished", "finished_to_client", "total")}
+    async with await Bus.for_settings(Settings.load(env), name="bench-breakdown") as bus:
+        for t0, t1, task_id in stamps:
+            events = await replay_events(bus, task_id)
+            accepted = events[0].ts.timestamp()
+            model = next((e.ts.timestamp() for e in events if isinstance(e, ModelCall)), None)
+            finished = next((e.ts.timestamp() for e in events if isinstance(e, Finished)), None)
+            if model is None or finished is None:
+                continue
+            segments["to_accepted"].append((accepted - t0) * 1000)
+            segments["accepted_to_model_call"].append((model - accepted) * 1000)
+            segments["model_call_to_finished"].append((finished - model) * 1000)
+            segments["finished_to_client"].append((t1 - finished) * 1000)
+            segments["total"].append((t1 - t0) * 1000)
+    p50 = {k: statistics.median(v) for k, v in segments.items() if v}
+    p50["admission_mean"] = (sum1 - sum0) / max(1.0, count1 - count0)
+    return {"transport": "breakdown", "calls": len(segments["total"]), "p50_ms": p50}
 
 
 async def make_key(env: dict[str, str]) -> str:
@@ -199,6 +261,7 @@ async def make_key(env: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200, help="Measured calls at 1 client (x2 at 16 clients).")
+    parser.add_argument("--breakdown", type=int, default=100, help="Sequential calls cut into segments (0: none).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "mcp.json")
     args = parser.parse_args()
 
@@ -236,7 +299,7 @@ def main() -> None:
     header = f"{'transport':<10}{'clients':>8}{'echo c/s':>10}{'echo p50':>10}{'echo p99':>10}" \
              f"{'tb c/s':>9}{'tb p50':>9}{'tb p99':>9}{'added p50':>11}{'p50 ratio':>10}"
     print(header)
-    for row in rows:
+    for row in [r for r in rows if r["transport"] != "breakdown"]:
         b, t = row["baseline"], row["taskbus"]
         row["added_p50_ms"] = t["p50_ms"] - b["p50_ms"]
         row["p50_ratio"] = t["p50_ms"] / b["p50_ms"]
@@ -245,6 +308,19 @@ def main() -> None:
               f"{t['calls_per_s']:>9.0f}{t['p50_ms']:>9.2f}{t['p99_ms']:>9.2f}{row['added_p50_ms']:>11.2f}"
               f"{row['p50_ratio']:>10.2f}")
     print(f"target: added p50 <= {TARGET_ADDED_P50_MS} ms over the echo baseline")
+    for row in [r for r in rows if r["transport"] == "breakdown"]:
+        print(f"breakdown of one call over HTTP (p50 of {row['calls']} sequential calls; segments by timestamps):")
+        labels = {
+            "to_accepted": "client -> accepted published (HTTP, MCP in, auth, admission)",
+            "admission_mean": "  of which admission in the dispatcher (mean, /metrics)",
+            "accepted_to_model_call": "accepted -> model_call (publishes, runner pick-up, model)",
+            "model_call_to_finished": "model_call -> finished published (runner)",
+            "finished_to_client": "finished -> client has the result (delivery, settle, MCP out)",
+            "total": "total (client)",
+        }
+        for key, label in labels.items():
+            if key in row["p50_ms"]:
+                print(f"  {label:<66}{row['p50_ms'][key]:>8.2f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "mcp", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

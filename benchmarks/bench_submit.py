@@ -4,10 +4,11 @@ submit gateway (docs/nats-publishers.md) to a local stack with the scripted mode
 Reports accepted/s (500 requests sent at once; the run ends when the last reply is in),
 reply p50/p99, and that every job finished. Baseline measured in the same run: the same
 500 requests answered by a trivial NATS request/reply responder in its own process (the
-transport's own cost). ``--soak N`` then submits N more jobs in rounds of 1,000 and
-reports the last round's accepted/s against the first (flat as the registry, the
-ledger and the rate windows grow) and the server's resident memory after the first
-round and at the end.
+transport's own cost). ``--soak N`` then submits N more jobs in rounds of 1,000, each
+round once the previous one has finished (so every round starts from an idle stack and
+only the history differs), and reports the last round's accepted/s against the first
+(flat as the registry, the ledger and the rate windows grow) and the server's resident
+memory after the first round and at the end.
 
 Processes: nats-server (embedded), the scripted model, one runner, the server
 (``taskbus serve --transport none``: the gateway only), the baseline responder; the
@@ -36,7 +37,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import nats  # noqa: E402
 from bench_mcp import free_port, percentile, wait_port  # noqa: E402  (the path above)
+
+from bus import (  # noqa: E402
+    EmbeddedNats,
+    Settings,
+    Subjects,
+    SubmitAccepted,
+    decode_reply,
+    encode,
+    new_task_id,
+)
+from profiles import Store  # noqa: E402
 
 TARGET_ACCEPTED_PER_S = 400.0
 TARGET_P99_MS = 1000.0
@@ -71,8 +84,6 @@ def rss_mb(pid: int) -> float:
 
 async def burst(nc: Any, subject: str, jobs: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
     """``jobs`` requests sent at once; accepted/s over the time to the last reply."""
-    from bus import SubmitAccepted, decode_reply
-
     latencies: list[float] = []
     task_ids: list[str] = []
     refused: dict[str, int] = {}
@@ -96,8 +107,6 @@ async def burst(nc: Any, subject: str, jobs: int, headers: dict[str, str], body:
 
 async def all_finished(settings: Any, task_ids: list[str], timeout_s: float) -> dict[str, int]:
     """Statuses of ``task_ids`` once none is live (or when ``timeout_s`` is over)."""
-    from profiles import Store
-
     deadline = time.monotonic() + timeout_s
     async with Store.for_settings(settings, actor="bench") as store:
         while True:
@@ -112,8 +121,6 @@ async def all_finished(settings: Any, task_ids: list[str], timeout_s: float) -> 
 
 
 async def make_key(settings: Any) -> str:
-    from profiles import Store
-
     async with Store.for_settings(settings, actor="bench") as store:
         await store.apply_toml(textwrap.dedent(
             """
@@ -129,10 +136,6 @@ async def make_key(settings: Any) -> str:
 
 
 async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int) -> dict[str, Any]:
-    import nats
-
-    from bus import Settings, Subjects
-
     settings = Settings.load(env)
     subjects = Subjects(settings.subject_prefix)
     key = env["BENCH_KEY"]
@@ -159,7 +162,8 @@ async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int
             rss_after_warmup = rss_mb(server_pid)
             for index in range(max(1, args.soak // 1000)):
                 r = await burst(nc, subjects.submit("complete"), 1000, headers, body)
-                rounds.append({k: v for k, v in r.items() if k != "task_ids"})
+                done = await all_finished(settings, r["task_ids"], timeout_s=600)
+                rounds.append({**{k: v for k, v in r.items() if k != "task_ids"}, "finished": done})
                 print(f"  soak round {index + 1}: {r['accepted_per_s']:.0f} accepted/s, p99 {r['p99_ms']:.0f} ms, "
                       f"server RSS {rss_mb(server_pid):.1f} MB", file=sys.stderr)
                 if index == 0:
@@ -183,8 +187,6 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=0, help="Then this many more, in rounds of 1,000.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "submit.json")
     args = parser.parse_args()
-
-    from bus import EmbeddedNats, Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-submit-"))
     nats_server = EmbeddedNats(tmp / "nats")
@@ -210,8 +212,6 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "serve",
                                    "--transport", "none"], cwd=ROOT, env=env)
         procs.append(server)
-        from bus import SubmitAccepted, encode, new_task_id
-
         canned = SubmitAccepted(task_id=new_task_id(), events_subject="bench.events.x")  # what the gateway answers
         base = subprocess.Popen([sys.executable, str(responder), nats_server.url, "bench.baseline",
                                  encode(canned).decode()], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)

@@ -382,9 +382,7 @@ class Store:
                 "revoke them first (`taskbus keys revoke PREFIX`)"
             )
         await self.control.kv.delete(PROFILE + name)
-        async with asyncio.timeout(10):
-            while name in self.view.profiles:  # the watch applies the delete within milliseconds
-                await asyncio.sleep(0.005)
+        await self.view.wait_for(lambda: name not in self.view.profiles, f"profile {name!r} deleted")
         await self._emit("profile_deleted", profile=name)
 
     async def apply_toml(self, text: str) -> ApplyResult:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -88,11 +89,15 @@ class ControlView:
 
     async def caught_up(self, revision: int, timeout: float = 10.0) -> None:
         """Wait until the change stored at ``revision`` is in this view."""
+        await self.wait_for(lambda: self.revision >= revision, f"revision {revision}", timeout=timeout)
+
+    async def wait_for(self, predicate: Callable[[], bool], what: str, *, timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds for this view (checked after every applied change)."""
         try:
             async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: self.revision >= revision)
+                await self._changed.wait_for(predicate)
         except TimeoutError:
-            raise BusTimeout(f"the control-plane view did not see revision {revision} within {timeout:g}s") from None
+            raise BusTimeout(f"the control-plane view did not see {what} within {timeout:g}s") from None
 
     async def fetch_key(self, prefix: str) -> StoredKey | None:
         """Read ``key.<prefix>`` from the bucket itself and put it in the view: a key created

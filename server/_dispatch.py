@@ -21,10 +21,13 @@ the middle of a task still settles its budget and records its result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 from typing import Any, NamedTuple
+
+from nats.errors import Error as NatsError
 
 from bus import (
     Accepted,
@@ -33,6 +36,7 @@ from bus import (
     Backoff,
     BudgetExceeded,
     Bus,
+    BusError,
     BusTimeout,
     Cancel,
     Catalog,
@@ -43,6 +47,7 @@ from bus import (
     Finished,
     InvalidInput,
     Job,
+    JobKind,
     MessageDecodeError,
     MessageTooLarge,
     NotFound,
@@ -66,7 +71,8 @@ from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog,
 
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
-from ._dispatch_events import TaskWatch, follow_events, replay_events
+from ._dispatch_events import TaskWatch, replay_events
+from ._events_hub import EventsHub, Inbox, follow
 from ._idempotency import SubmitClaims
 from ._project_path import project_realpath
 from ._router import cheapest_call_usd, route_model
@@ -77,6 +83,8 @@ FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceed
 MAX_CACHED_WATCHES = 1024
 """Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
 the events stream): 4,096 held ~12 MB of a soak's memory growth."""
+SETTLING_WAIT_S = 5.0
+"""How long a reader of a task whose record is final waits for its follower's `finished`."""
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
@@ -120,14 +128,14 @@ class Submission(NamedTuple):
     cached: bool = False
 
 
-def request_kind(request: Request) -> str:
+def request_kind(request: Request) -> JobKind:
     return "complete" if isinstance(request, CompleteRequest) else "task"
 
 
 def _audit_kind(exc: TaskbusError) -> str | None:
     for cls in type(exc).__mro__:
         if cls in AUDIT_KINDS:
-            return AUDIT_KINDS[cls]  # type: ignore[index]
+            return AUDIT_KINDS[cls]
     return None
 
 
@@ -141,6 +149,7 @@ class Dispatcher:
         self._secret = secret
         self._watches: dict[str, TaskWatch] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._hub = EventsHub(bus)
         self._tg: asyncio.TaskGroup | None = None
         self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
         self._cache = CompletionCache(bus)
@@ -152,6 +161,8 @@ class Dispatcher:
 
     async def __aenter__(self) -> Dispatcher:
         await self._auth_audit.__aenter__()
+        await self._hub.__aenter__()
+        await self._claims.open()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         await self._resume_unfinished()
@@ -170,6 +181,7 @@ class Dispatcher:
         tg, self._tg = self._tg, None
         if tg is not None:
             await tg.__aexit__(None, None, None)
+        await self._hub.__aexit__(None, None, None)
         await self._auth_audit.aclose()
 
     async def _resume_unfinished(self) -> None:
@@ -245,14 +257,19 @@ class Dispatcher:
         With ``idempotency_key`` the (key, id) pair is claimed first (``SubmitClaims``):
         a repeat, concurrent or later, gets the first request's Submission back.
         """
-        if not idempotency_key:
-            return await self._admit(caller, request, via, new_task_id())
+        try:
+            if not idempotency_key:
+                return await self._admit(caller, request, via, new_task_id())
 
-        async def admit(task_id: str) -> dict[str, Any]:
-            return (await self._admit(caller, request, via, task_id))._asdict()
+            async def admit(task_id: str) -> dict[str, Any]:
+                return (await self._admit(caller, request, via, task_id))._asdict()
 
-        fingerprint = hashlib.sha256(canonical(request)).hexdigest()
-        return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
+            fingerprint = hashlib.sha256(canonical(request)).hexdigest()
+            return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
+        except NatsError as exc:  # NATS away or electing a leader: a clear refusal, not "unexpected"
+            logger.warning("admission for %s failed on NATS: %r", caller.key_id, exc)
+            raise BusError(f"the bus did not answer while admitting this request ({type(exc).__name__}); "
+                           "retry in a few seconds") from None
 
     async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()
@@ -295,9 +312,9 @@ class Dispatcher:
                 profile=caller.profile, model=policy.model, routing_reason=route.reason,
             )
             events = self.bus.subjects.events(task_id)
+            self._follow(task_id, fresh=True)  # its inbox is open before the first event is published
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
-            self._follow(task_id)
-            await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)  # type: ignore[arg-type]
+            await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)
         except BaseException as exc:
             await asyncio.shield(self._never_started(task_id, exc))
             raise
@@ -321,6 +338,7 @@ class Dispatcher:
         await self.store.admit(caller.key_id, task_id, 0.0, profile=caller.profile, kind="complete", model=hit.model)
         events = self.bus.subjects.events(task_id)
         try:
+            self._follow(task_id, fresh=True)
             await self.bus.publish(events, Accepted(
                 task_id=task_id, seq=1, ts=utcnow(), kind="complete", key_id=caller.key_id,
                 profile=caller.profile, model=hit.model, routing_reason=reason,
@@ -329,7 +347,6 @@ class Dispatcher:
                 task_id=task_id, seq=2, ts=utcnow(), status="succeeded", result=hit.text, reason="cached",
                 usage=hit.usage, cost_usd=0.0, model=hit.model,
             ), msg_id=f"{task_id}-2")
-            self._follow(task_id)
         except BaseException as exc:
             await asyncio.shield(self._never_started(task_id, exc))
             raise
@@ -361,18 +378,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ following and settling
 
-    def _follow(self, task_id: str) -> TaskWatch:
+    def _follow(self, task_id: str, *, fresh: bool = False) -> TaskWatch:
+        """The watch of ``task_id``, with a follower filling it until ``finished`` (``fresh``:
+        none of the task's events is published yet, so the follower need not read the stream)."""
         watch = self._watches.get(task_id)
         if watch is None:
             watch = self._watches[task_id] = TaskWatch(task_id)
         if task_id not in self._followers and watch.finished is None and self._tg is not None:
-            self._followers[task_id] = self._tg.create_task(self._run_follower(watch), name=f"follow-{task_id}")
+            inbox = self._hub.open(task_id)  # now, not when the task starts: no event slips past
+            self._followers[task_id] = self._tg.create_task(
+                self._run_follower(watch, inbox, fresh=fresh), name=f"follow-{task_id}")
         return watch
 
-    async def _run_follower(self, watch: TaskWatch) -> None:
-        """Follow until ``finished`` is seen and settled; a failure (NATS gone, consumer
-        refused, Store busy) is retried with backoff, replaying from seq 1 (events already
-        seen are skipped), so a waiting caller is never left hanging."""
+    async def _run_follower(self, watch: TaskWatch, inbox: Inbox, *, fresh: bool) -> None:
+        """Follow until ``finished`` is seen and settled; a failure (NATS gone, Store busy)
+        is retried with backoff, reading the stream again (events already seen are
+        skipped), so a waiting caller is never left hanging."""
         backoff = Backoff(0.5, 10.0)  # jittered: after a NATS outage every follower retries at once
         settled = False
 
@@ -384,9 +405,9 @@ class Dispatcher:
         try:
             while True:
                 try:
-                    finished = await follow_events(
-                        self.bus, watch, max_bytes=8 * self.settings.max_message_bytes, on_event=self._on_event,
-                        on_finished=settle,
+                    finished = await follow(
+                        self._hub, inbox, watch, fresh=fresh, max_bytes=8 * self.settings.max_message_bytes,
+                        on_event=self._on_event, on_finished=settle,
                     )
                     if not settled:  # a retry found the task finished already
                         await settle(finished)
@@ -394,10 +415,12 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    fresh = False
                     delay = backoff.next_delay()
                     logger.warning("following task %s failed (%s); retrying in %.1fs", watch.task_id, exc, delay)
                     await asyncio.sleep(delay)
         finally:
+            self._hub.close(inbox)
             self._followers.pop(watch.task_id, None)
             # keep finished watches briefly for waiters; drop the oldest beyond a bound
             if len(self._watches) > MAX_CACHED_WATCHES:
@@ -448,11 +471,17 @@ class Dispatcher:
         record = await self.task_record(caller, task_id)
         watch = self._watches.get(task_id)
         if watch is not None:
+            if record.status in FINAL and watch.finished is None and task_id in self._followers:
+                # settlement writes the record just before the follower hands `finished` to
+                # the watch: wait that moment rather than answer "final, without a result"
+                with contextlib.suppress(TimeoutError):
+                    await watch.wait_finished(timeout=SETTLING_WAIT_S)
             return watch
         watch = TaskWatch(task_id)
         for event in await replay_events(self.bus, task_id):
             watch.add(event)
         if watch.finished is None and record.status not in FINAL:
+            self._watches.setdefault(task_id, watch)  # the follower goes on from what was replayed
             return self._follow(task_id)
         # finished (or its events aged out of the stream: the registry row is what is left)
         if len(self._watches) < MAX_CACHED_WATCHES:

@@ -123,7 +123,7 @@ def _raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-def _decode(task_id: str, data: bytes, max_bytes: int) -> Event | None:
+def decode_task_event(task_id: str, data: bytes, max_bytes: int) -> Event | None:
     try:
         event = decode_event(data, max_bytes=max_bytes)
     except MessageDecodeError as exc:
@@ -163,7 +163,7 @@ async def follow_events(
     try:
         _raise_if_cancelling()  # nats-py can swallow a cancel that lands inside subscribe()
         async for msg in sub.messages:
-            event = _decode(watch.task_id, msg.data, max_bytes)
+            event = decode_task_event(watch.task_id, msg.data, max_bytes)
             if (isinstance(event, Finished) and on_finished is not None and watch.finished is None
                     and event.seq > watch.last_seq):
                 try:
@@ -183,26 +183,33 @@ async def follow_events(
     raise asyncio.CancelledError  # the subscription ended without a finished event: connection closed
 
 
-async def replay_events(bus: Bus, task_id: str, *, timeout: float = 5.0, max_bytes: int = 8 * 1024 * 1024) -> list[Event]:
-    """Every event of ``task_id`` stored now, in order (empty if none)."""
+async def replay_events(
+    bus: Bus, task_id: str, *, timeout: float = 5.0, max_bytes: int = 8 * 1024 * 1024, after_seq: int = 0
+) -> list[Event]:
+    """Every event of ``task_id`` stored now with a ``seq`` above ``after_seq``, in order
+    (empty if none). One direct get when nothing is newer; an ordered consumer otherwise."""
     subject = bus.subjects.events(task_id)
     try:
         last = await bus.js.get_last_msg(bus.subjects.events_stream, subject)
     except NotFoundError:
         return []
+    newest = decode_task_event(task_id, last.data or b"", max_bytes)
+    if after_seq and newest is not None and newest.seq <= after_seq:
+        return []
     watch = TaskWatch(task_id, window=None)  # all stored events (as many as the runner let through)
     sub = await bus.js.subscribe(
-        subject, stream=bus.subjects.events_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        subject, stream=bus.subjects.events_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=2.0,
     )
     try:
         async with asyncio.timeout(timeout):
             while True:
                 msg = await sub.next_msg(timeout=timeout)
-                event = _decode(task_id, msg.data, max_bytes)
+                event = decode_task_event(task_id, msg.data, max_bytes)
                 if event is not None:
                     watch.add(event)
-                if msg.metadata.sequence.stream >= last.seq:
+                if msg.metadata.sequence.stream >= (last.seq or 0):
                     break
     finally:
         await asyncio.shield(sub.unsubscribe())
-    return watch.events
+    return [e for e in watch.events if e.seq > after_seq]

@@ -55,6 +55,11 @@ class SubmitClaims:
     def bucket(self) -> str:
         return f"{self.bus.subjects.prefix}-submits"
 
+    async def open(self) -> None:
+        """Create (or bind) the claims bucket now: on a cluster its stream needs a moment to
+        elect a leader, which a server's start can absorb and a caller's first request cannot."""
+        await self._bucket()
+
     async def _bucket(self) -> Any:
         if self._kv is None:
             self._kv = await self.bus.ensure_kv(KeyValueConfig(

@@ -40,7 +40,9 @@ from bus import encode as encode_message
 
 from ._dispatch import Caller, Dispatcher
 from ._dispatch_events import TaskWatch
+from ._mcp_args import StrictMCPServer
 from ._mcp_results import (
+    INLINE_MAX_BYTES,
     artifact_entries,
     error_result,
     events_uri,
@@ -50,7 +52,6 @@ from ._mcp_results import (
     progress_message,
     task_result,
 )
-from ._mcp_args import StrictMCPServer
 from ._mcp_tasks import register_task_tools
 
 logger = logging.getLogger(__name__)
@@ -344,8 +345,6 @@ def create_mcp_server(
 
 
 async def _inline_texts(dispatcher: Dispatcher, caller: Caller, task_id: str, artifacts: list[Any]) -> dict[str, str]:
-    from ._mcp_results import INLINE_MAX_BYTES
-
     inline: dict[str, str] = {}
     for artifact in artifacts:
         if artifact.size > INLINE_MAX_BYTES or len(inline) >= 10:

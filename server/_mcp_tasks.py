@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import mcp_types as types
@@ -23,9 +23,6 @@ from ._mcp_results import (
 
 if TYPE_CHECKING:
     from ._mcp_app import Identity
-
-FINISHED_GRACE_S = 2.0
-"""How long get_task waits for the finished event of a task its registry entry says ended."""
 
 Status = Literal["accepted", "running", "succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"]
 
@@ -55,11 +52,6 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
             watch = await dispatcher.watch(caller, task_id)
         except TaskbusError as exc:
             return error_result(exc)
-        if record.status in FINISHED_STATUSES and watch.finished is None:
-            # the registry is written (budget settled) just before the finished event reaches
-            # this server's watch: give the event a moment so the answer carries its artifacts
-            with contextlib.suppress(TimeoutError):
-                await watch.wait_finished(timeout=FINISHED_GRACE_S)
         doc = record_doc(record)
         doc["cost_so_far_usd"] = watch.cost_so_far
         doc["events"] = watch.count
@@ -112,6 +104,4 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
 
 
 def _json(doc: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(doc, indent=2, default=str)

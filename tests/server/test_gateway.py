@@ -182,3 +182,20 @@ async def test_rate_and_concurrency_limits_are_refused_with_their_codes_and_audi
                     await asyncio.sleep(0.01)
         finally:
             await nc.drain()
+
+
+async def test_a_bus_that_stops_answering_during_admission_gives_a_bus_error_reply_and_no_job(
+        settings: Settings, make_stack) -> None:
+    """The task registry's stream is gone (as while JetStream elects a leader or restarts):
+    the publisher gets a clear ``bus_error`` saying to retry, not an internal error."""
+    async with make_stack(settings) as stack:
+        key = await stack.key("developer")
+        await stack.bus.js.delete_stream(f"KV_{stack.bus.subjects.tasks_bucket}")
+        nc = await nats.connect(settings.nats_url)
+        try:
+            reply = await _request(nc, stack.bus.subjects.submit("complete"), b'{"prompt": "hi"}', key)
+        finally:
+            await nc.drain()
+        assert isinstance(reply, SubmitRejected) and reply.code == "bus_error", reply
+        assert "retry" in reply.message
+        assert await _pending_jobs(stack) == 0
