@@ -108,6 +108,13 @@ class AgentSandbox:
         self._stack = contextlib.AsyncExitStack()
 
     @property
+    def box(self) -> Sandbox:
+        """The sandbox, once entered (asking before is a bug)."""
+        if self.sandbox is None:
+            raise RuntimeError("the agent sandbox is not entered yet")
+        return self.sandbox
+
+    @property
     def env(self) -> dict[str, str]:
         return claude_env(self.placeholder)
 

@@ -8,7 +8,6 @@ CLI options, so they are not applied (the cost cap still is).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,11 +16,12 @@ import msgspec
 
 from bus import BudgetExceeded, CompleteRequest, ModelError, Policy, Settings, Usage, redact
 
-from .._gateway import CallRecord, Callback, SecurityNotice, Upstream, notify
+from .._gateway import Callback, CallRecord, SecurityNotice, Upstream, notify
 from .._providers import CompletionResult
 from .._sandboxes import SandboxBackend
 from ._agent import AgentSandbox
 from ._claude import claude_argv
+from ._streamjson import ResultLine, StreamEventLine, parse_line
 
 logger = logging.getLogger(__name__)
 
@@ -77,26 +77,24 @@ class ClaudeCliProvider:
             shared_dir=self.shared_dir,
             on_call=count, on_security=security, on_log=log,
         )
-        text, result, is_error = [], "", False
+        text: list[str] = []
+        result, is_error = "", False
         async with agent:
-            argv = claude_argv(agent.claude_binary, no_tools, tools=[]) + ["--include-partial-messages"]
+            argv = [*claude_argv(agent.claude_binary, no_tools, tools=[]), "--include-partial-messages"]
             if request.system:
                 argv.append("--system-prompt=" + request.system)
-            proc = await agent.sandbox.exec(argv, env=agent.env, stdin=prompt_text(request).encode())  # type: ignore[union-attr]
+            proc = await agent.box.exec(argv, env=agent.env, stdin=prompt_text(request).encode())
             async for stream, line in proc:
                 if stream != "stdout":
                     continue
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    continue
-                if doc.get("type") == "stream_event":
-                    delta = (doc.get("event") or {}).get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        text.append(delta["text"])
-                        await notify(on_delta, redact(delta["text"], agent.secrets))
-                elif doc.get("type") == "result":
-                    result, is_error = str(doc.get("result") or ""), bool(doc.get("is_error"))
+                parsed = parse_line(line)
+                if isinstance(parsed, StreamEventLine):
+                    delta = parsed.event.delta if parsed.event is not None else None
+                    if delta is not None and delta.type == "text_delta" and delta.text:
+                        text.append(delta.text)
+                        await notify(on_delta, redact(delta.text, agent.secrets))
+                elif isinstance(parsed, ResultLine):
+                    result, is_error = parsed.result or "", bool(parsed.is_error)
             await proc.wait()
             gateway = agent.gateway
             assert gateway is not None

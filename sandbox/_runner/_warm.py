@@ -56,6 +56,7 @@ from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
 from ._agent import shared_folders, start_forwarder
 from ._claude import MANAGED_SETTINGS, OPT_DIR, claude_argv, claude_env
+from ._streamjson import ControlResponseLine, parse_line
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class WarmAgent:
         self.sandbox = await self.stack.enter_async_context(await backend.create(spec))
         self.workspace = self.sandbox.workspace
         await start_forwarder(self.sandbox, self.stack, _quiet, name=self.id)
-        argv = claude_argv(self.claude_binary, self.policy) + ["--input-format=stream-json"]
+        argv = [*claude_argv(self.claude_binary, self.policy), "--input-format=stream-json"]
         self._stdin.put_nowait(INITIALIZE)
         self.claude = await self.sandbox.exec(argv, env=claude_env(self.placeholder), stdin=self._lines())
         await self._initialized(self.claude)
@@ -165,13 +166,11 @@ class WarmAgent:
     async def _initialized(self, claude: Execution) -> None:
         """Wait for the answer to ``initialize``: Claude Code has started and reads its stdin."""
         async for stream, line in claude:
-            if stream == "stdout" and line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(line)
-                    if doc.get("type") == "control_response" and doc.get("response", {}).get("request_id") == INIT_ID:
-                        if doc["response"].get("subtype") != "success":
-                            raise SandboxError(f"Claude Code refused initialize: {line[:300]}")
-                        return
+            parsed = parse_line(line) if stream == "stdout" and line.startswith("{") else None
+            if isinstance(parsed, ControlResponseLine) and parsed.response is not None and parsed.response.request_id == INIT_ID:
+                if parsed.response.subtype != "success":
+                    raise SandboxError(f"Claude Code refused initialize: {line[:300]}")
+                return
             logger.debug("warm agent %s before its task: %s", self.id, line[:300])
         raise SandboxError(f"Claude Code of warm agent {self.id} exited while starting")
 
