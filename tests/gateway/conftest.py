@@ -30,16 +30,16 @@ def script(text: str) -> Script:
 
 
 def make_policy(**overrides: Any) -> Policy:
-    values: dict[str, Any] = dict(
-        task_id="t-" + secrets.token_hex(4),
-        kind="task",
-        key_id="tb_test",
-        profile="test",
-        model=MODEL,
-        models=[MODEL],
-        tools=["Bash", "Read"],
-        max_cost_usd=1.0,
-    )
+    values: dict[str, Any] = {
+        "task_id": "t-" + secrets.token_hex(4),
+        "kind": "task",
+        "key_id": "tb_test",
+        "profile": "test",
+        "model": MODEL,
+        "models": [MODEL],
+        "tools": ["Bash", "Read"],
+        "max_cost_usd": 1.0,
+    }
     values.update(overrides)
     return Policy(**values)
 

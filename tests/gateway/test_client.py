@@ -101,7 +101,7 @@ async def test_https_works_and_an_untrusted_certificate_is_refused(certificate: 
         response = await trusting.post(f"https://localhost:{port}/v1/messages", headers={}, content=b"{}")
         assert response.status_code == 200 and await response.aread() == b'{"ok":true}'
         await response.aclose()
-        with pytest.raises(UpstreamUnavailable, match="SSL|Certificate"):
+        with pytest.raises(UpstreamUnavailable, match=r"SSL|Certificate"):
             await default.post(f"https://localhost:{port}/v1/messages", headers={}, content=b"{}")
     finally:
         await trusting.aclose()

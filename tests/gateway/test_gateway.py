@@ -154,7 +154,7 @@ async def test_the_expensive_script_never_spends_more_than_the_cap(tmp_path: Pat
     async with open_stack(tmp_path, "expensive", models=["claude-opus-4-8"], model="claude-opus-4-8", max_cost_usd=cap) as s:
         s.gateway.meter.cache_read_credit = False  # the strict worst case (cache reads: see test_meter_cache)
         statuses = []
-        for turn in range(4):
+        for _turn in range(4):
             request = {"model": "claude-opus-4-8", "max_tokens": 32000, "messages": conversation, "stream": True}
             response = await s.client.post("/v1/messages", json=request, headers=s.auth)
             statuses.append(response.status_code)

@@ -103,7 +103,7 @@ async def test_a_call_waits_for_calls_in_flight_and_then_fits() -> None:
     cap=st.floats(min_value=0, max_value=2, allow_nan=False),
     calls=st.lists(
         st.tuples(
-            st.sampled_from(sorted(PRICES) + ["unknown-model"]),
+            st.sampled_from([*sorted(PRICES), "unknown-model"]),
             st.integers(0, 300_000),  # input tokens
             st.integers(1, 64_000),  # max_tokens asked
             st.floats(0, 1),  # share of the granted output actually used
