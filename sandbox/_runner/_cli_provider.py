@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import msgspec
 
-from bus import BudgetExceeded, CompleteRequest, ModelError, Policy, Settings, Usage, redact
+from bus import BudgetExceeded, CompleteRequest, ModelError, Policy, Usage, redact
 
-from .._gateway import Callback, CallRecord, SecurityNotice, Upstream, notify
+from .._gateway import Callback, CallRecord, SecurityNotice, notify
 from .._providers import CompletionResult
-from .._sandboxes import SandboxBackend
 from ._agent import AgentSandbox
 from ._claude import claude_argv
+from ._context import RunnerContext
 from ._streamjson import ResultLine, StreamEventLine, parse_line
 
 logger = logging.getLogger(__name__)
@@ -36,17 +35,8 @@ def prompt_text(request: CompleteRequest) -> str:
 class ClaudeCliProvider:
     name = "claude-cli"
 
-    def __init__(
-        self, settings: Settings, *, backend: SandboxBackend, upstream: Upstream, runner_id: str,
-        run_root: Path, socket_root: Path, shared_dir: Path,
-    ) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.upstream = upstream
-        self.runner_id = runner_id
-        self.run_root = run_root
-        self.socket_root = socket_root
-        self.shared_dir = shared_dir
+    def __init__(self, context: RunnerContext) -> None:
+        self.context = context
 
     async def complete(
         self,
@@ -72,9 +62,7 @@ class ClaudeCliProvider:
             logger.debug("completion %s: %s", policy.task_id, line)
 
         agent = AgentSandbox(
-            self.settings, no_tools, backend=self.backend, upstream=self.upstream, runner_id=self.runner_id,
-            run_dir=self.run_root / policy.task_id, sock_dir=self.socket_root / policy.task_id,
-            shared_dir=self.shared_dir,
+            self.context, no_tools,
             on_call=count, on_security=security, on_log=log,
         )
         text: list[str] = []

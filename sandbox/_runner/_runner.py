@@ -50,6 +50,7 @@ from .._sandboxes._wsmount import unmount_under
 from ._agent import prepare_shared
 from ._cli_provider import ClaudeCliProvider
 from ._complete import run_complete
+from ._context import RunnerContext
 from ._events import TaskEvents
 from ._job import JobHandler
 from ._metrics import RunnerMetrics, TimedBackend, warm_sandboxes
@@ -108,6 +109,8 @@ class Runner:
         self.metrics = RunnerMetrics(self.id, self.backend_name)
         self.metrics_port: int | None = None
         self.warm: WarmAgents | None = None
+        self.context: RunnerContext | None = None
+        """What every sandboxed run shares; set once the backend, upstream and folders exist."""
         self._tasks_running = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -154,11 +157,13 @@ class Runner:
         (self._run_root / SOCKET_ROOT_RECORD).write_text(str(self._socket_root))
         self._shared_dir = self._run_root / "shared"
         await asyncio.to_thread(prepare_shared, self._shared_dir)
+        if self.backend is not None:
+            self.context = RunnerContext(
+                s, self.backend, self.upstream, self.id, self._run_root, self._socket_root, self._shared_dir
+            )
         if s.complete_provider == "claude-cli":
-            assert self.backend is not None
-            self.provider = ClaudeCliProvider(s, backend=self.backend, upstream=self.upstream, runner_id=self.id,
-                                              run_root=self._run_root, socket_root=self._socket_root,
-                                              shared_dir=self._shared_dir)
+            assert self.context is not None
+            self.provider = ClaudeCliProvider(self.context)
         else:
             self.provider = await self._stack.enter_async_context(AnthropicProvider(s, upstream=self.upstream))
         await self.bus.nc.subscribe(self.subjects.runners_all(), cb=self._on_heartbeat)
@@ -178,10 +183,8 @@ class Runner:
             )
             self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
         await self._self_check()
-        if self.backend is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
-            self.warm = WarmAgents(s, backend=self.backend, runner_id=self.id, run_root=self._run_root,
-                                   socket_root=self._socket_root, shared_dir=self._shared_dir,
-                                   busy=lambda: self._tasks_running, slots=self.slots,
+        if self.context is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
+            self.warm = WarmAgents(self.context, busy=lambda: self._tasks_running, slots=self.slots,
                                    demand_file=s.data_path / "runs" / f"{self.id}.warm-classes.json")
             self._stack.push_async_callback(self.warm.close)  # before the backend closes
             self._tg.create_task(self.warm.run(self._stopping), name="warm-agents")
@@ -298,11 +301,9 @@ class Runner:
         task.add_done_callback(self._jobs.discard)
 
     async def _execute_task(self, job: Job, events: TaskEvents) -> TaskOutcome:
-        assert self.backend is not None and self.upstream is not None
+        assert self.context is not None
         warm = self.warm.take(job.policy) if self.warm is not None else None
-        run = TaskRun(self.settings, job, events, backend=self.backend, upstream=self.upstream,
-                      runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root,
-                      shared_dir=self._shared_dir, warm=warm, later=self._later)
+        run = TaskRun(self.context, job, events, warm=warm, later=self._later)
         self._tasks_running += 1
         try:
             return await run.run()

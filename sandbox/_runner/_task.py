@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus import Job, Log, Security, Settings, Started, TaskRequest, Usage, redact
+from bus import Job, Log, Security, Started, TaskRequest, Usage, redact
 
-from .._gateway import CallRecord, SecurityNotice, Upstream
-from .._sandboxes import Sandbox, SandboxBackend
+from .._gateway import CallRecord, SecurityNotice
+from .._sandboxes import Sandbox
 from ._agent import AgentSandbox
 from ._catalog import catalog_files
 from ._claude import ClaudeOutcome, claude_argv, translate
+from ._context import RunnerContext
 from ._events import EventBudget, TaskEvents, emit_model_call
 from ._warm import WarmAgent
 from ._workspace import FileState, snapshot, store_artifacts, write_inputs
@@ -83,20 +84,14 @@ class TaskRun:
 
     def __init__(
         self,
-        settings: Settings,
+        context: RunnerContext,
         job: Job,
         events: TaskEvents,
         *,
-        backend: SandboxBackend,
-        upstream: Upstream,
-        runner_id: str,
-        run_root: Path,
-        socket_root: Path,
-        shared_dir: Path,
         warm: WarmAgent | None = None,
         later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = context.settings
         self.job = job
         self._later = later
         """Runs a coroutine after the task's outcome is reported (a warm agent's sandbox
@@ -106,7 +101,7 @@ class TaskRun:
             raise TypeError(f"a run_task job carries a TaskRequest, not {type(job.request).__name__}")
         self.request = job.request
         self.events = events
-        self.sink = EventSink(events, runner_id, backend.name)
+        self.sink = EventSink(events, context.runner_id, context.backend.name)
         self.sink.warm = warm is not None
         self.outcome = ClaudeOutcome(
             allowed_tools=tuple(self.policy.tools),
@@ -117,8 +112,7 @@ class TaskRun:
         self.originals: dict[str, bytes] = {}
         self.before: dict[str, FileState] = {}
         self.agent = AgentSandbox(
-            settings, self.policy, backend=backend, upstream=upstream, runner_id=runner_id,
-            run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id, shared_dir=shared_dir,
+            context, self.policy,
             on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
             on_started=self.sink.on_started, fill_workspace=self._write_inputs, warm=warm,
         )
