@@ -113,6 +113,19 @@ class AgentSandbox:
     def env(self) -> dict[str, str]:
         return claude_env(self.placeholder)
 
+    async def _serve_sockets(self) -> None:
+        """The task's model gateway and hook socket in its socket folder (cold or warm)."""
+        self.gateway = await self._stack.enter_async_context(
+            ModelGateway(
+                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
+                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
+            )
+        )
+        self.hook = await self._stack.enter_async_context(
+            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
+                       on_security=self._on_security)
+        )
+
     async def __aenter__(self) -> AgentSandbox:
         try:
             await self._enter()
@@ -154,16 +167,7 @@ class AgentSandbox:
         ensure_dir(self.sock_dir, 0o755)  # under the runner's private socket root
         claude = find_claude(self.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
-        self.gateway = await self._stack.enter_async_context(
-            ModelGateway(
-                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
-                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
-            )
-        )
-        self.hook = await self._stack.enter_async_context(
-            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
-                       on_security=self._on_security)
-        )
+        await self._serve_sockets()
         try:
             spec = spec_from_policy(
                 self.policy,
@@ -202,16 +206,7 @@ class AgentSandbox:
             # had no message, so no process in it can race these writes
             await asyncio.to_thread(self._fill_workspace, self.workspace)
             await asyncio.to_thread(chown_tree, self.workspace, SANDBOX_UID, SANDBOX_GID)
-        self.gateway = await self._stack.enter_async_context(
-            ModelGateway(
-                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
-                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
-            )
-        )
-        self.hook = await self._stack.enter_async_context(
-            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
-                       on_security=self._on_security)
-        )
+        await self._serve_sockets()
         self._stack.push_async_callback(warm.kill)  # the sandbox goes before its gateway and hook
         self.sandbox = warm.sandbox
         if self._on_started is not None:
