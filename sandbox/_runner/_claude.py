@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from bus import Log, Message, Policy, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names
+from bus import Event, Log, Message, Policy, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names
 
 from ._streamjson import (
     AssistantLine,
@@ -166,40 +166,48 @@ def _invokes(name: str, tool_input: dict[str, Any], call_id: str, outcome: Claud
     return {"invokes": target[:200], "invokes_sha256": outcome.catalog.get(target, "")}
 
 
-def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[tuple[type, dict[str, Any]]]:
-    """One stream-json line -> (event type, fields) pairs, for ``TaskEvents.emit``. Never raises.
+class Draft(NamedTuple):
+    """One event for ``TaskEvents.emit``: its class and fields (task id, seq and time are
+    added when it is published)."""
+
+    kind: type[Event]
+    fields: dict[str, Any]
+
+
+def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[Draft]:
+    """One stream-json line -> the task events it makes (``Draft``s for ``TaskEvents.emit``). Never raises.
 
     The stream is written by a process inside the sandbox, so anything in it may be
     forged: it never yields a ``security`` event (those come from the hook's socket and
     the gateway only); refused calls it reports become log lines."""
 
-    raw: list[tuple[type, dict[str, Any]]] = [(Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)})]
+    raw = [Draft(Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)})]
     parsed = parse_line(line)
     if isinstance(parsed, Unrecognized):
         return raw if parsed.json or line.strip() else []
-    out: list[tuple[type, dict[str, Any]]] = []
+    out: list[Draft] = []
     if isinstance(parsed, SystemLine):
         if parsed.subtype != "init":
             return raw
         text = f"claude {parsed.claude_code_version} started: model {parsed.model}, tools {','.join(parsed.tools)}"
-        out.append((Log, {"stream": "runner", "line": text}))
+        out.append(Draft(Log, {"stream": "runner", "line": text}))
     elif isinstance(parsed, AssistantLine):
         parent = parent_id(parsed)
         for block in blocks(parsed):
             if block.type == "text" and block.text:
-                out.append((Message, {"text": redact(block.text, secrets)}))
+                out.append(Draft(Message, {"text": redact(block.text, secrets)}))
             elif block.type == "tool_use":
                 tool_input = block.input if isinstance(block.input, dict) else {}
                 call = {"id": block.id, "name": block.name, "input": redact_obj(tool_input, secrets),
                         "parent_id": parent, "agent": outcome.subagents.get(parent, "") if parent else ""}
                 call.update(_invokes(block.name, tool_input, block.id, outcome))
-                out.append((ToolCall, call))
+                out.append(Draft(ToolCall, call))
     elif isinstance(parsed, UserLine):
         parent = parent_id(parsed)
         for block in blocks(parsed):
             if block.type == "tool_result":
                 output = _preview(block.content, secrets)
-                out.append((ToolResult, {"id": block.tool_use_id, "is_error": bool(block.is_error), "output": output, "parent_id": parent}))
+                out.append(Draft(ToolResult, {"id": block.tool_use_id, "is_error": bool(block.is_error), "output": output, "parent_id": parent}))
     elif isinstance(parsed, ControlResponseLine):  # the answer to a warm agent's set_model
         if parsed.response is None or parsed.response.subtype != "success":
             return raw
@@ -212,7 +220,7 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
         for denial in (parsed.permission_denials or [])[:MAX_DENIALS]:
             if len(outcome.denials) < MAX_DENIALS:  # repeated result lines stay bounded too
                 outcome.denials.append(denial)
-            out.append((Log, {"stream": "stdout",
+            out.append(Draft(Log, {"stream": "stdout",
                               "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)}))
     else:  # a partial-message event: not asked for with tasks
         return raw
