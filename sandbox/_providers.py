@@ -34,6 +34,7 @@ from bus import (
 
 from ._gateway import (
     Callback,
+    CallOutcome,
     CallRecord,
     Meter,
     MeteredModel,
@@ -148,9 +149,9 @@ class AnthropicProvider:
         pending: list[str] = []
         reader = SseUsageReader(on_text=pending.append)
         failure: str | None = None
+        outcome = CallOutcome()
         try:
-            async with metered.forward(reservation, "/v1/messages", "", content, headers, started=started) as call:
-                response, outcome = call.response, call.outcome
+            async with metered.forward(reservation, "/v1/messages", "", content, headers, outcome, started=started) as response:
                 outcome.streamed = True
                 try:
                     if response.status_code >= 400:
@@ -174,7 +175,7 @@ class AnthropicProvider:
             raise ModelError(self.upstream.redact(exc.message)) from None
         except UpstreamFailed as exc:
             failure = exc.message
-        record = call.outcome.record
+        record = outcome.record
         assert record is not None  # forward settles on the way out
         if failure is not None:
             raise ModelError(self.upstream.redact(failure))

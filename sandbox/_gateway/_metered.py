@@ -30,7 +30,7 @@ from ._meter import CallRecord, Meter, Reservation
 from ._pricing import pusd_to_usd
 from ._upstream import Upstream
 
-__all__ = ["CallOutcome", "Callback", "ForwardedCall", "MeteredModel", "fallback_input_bound", "notify"]
+__all__ = ["CallOutcome", "Callback", "MeteredModel", "fallback_input_bound", "notify"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,6 @@ class CallOutcome:
         self.usage, self.complete, self.stop_reason = usage, complete, stop_reason
 
 
-@dataclass(slots=True)
-class ForwardedCall:
-    """A call opened upstream (``response``) and what became of it so far."""
-
-    response: HttpResponse
-    outcome: CallOutcome
-
-
 class MeteredModel:
     """The meter and the upstream of one task (or one completion), plus ``on_call``."""
 
@@ -121,19 +113,18 @@ class MeteredModel:
 
     @contextlib.asynccontextmanager
     async def forward(
-        self, reservation: Reservation, path: str, query: str, content: bytes, headers: dict[str, str], *, started: float
-    ) -> AsyncIterator[ForwardedCall]:
-        """Open the reserved call upstream; the caller relays ``call.response`` and fills in
-        ``call.outcome``. On the way out the call is always settled (``call.record``), also
+        self, reservation: Reservation, path: str, query: str, content: bytes, headers: dict[str, str],
+        outcome: CallOutcome, *, started: float,
+    ) -> AsyncIterator[HttpResponse]:
+        """Open the reserved call upstream; the caller relays the response and fills in
+        ``outcome``. On the way out the call is always settled (``outcome.record``), also
         when opening it failed (UpstreamUnavailable, propagated: nothing was sent) or the
         relay failed (UpstreamFailed, propagated: the request may have been billed)."""
-        outcome = CallOutcome()
         try:
             response = await self.upstream.open(path, query, content, headers)
             outcome.status, outcome.answered, outcome.sent = response.status_code, True, True
-            call = ForwardedCall(response, outcome)
             try:
-                yield call
+                yield response
             finally:
                 await response.aclose()
         except UpstreamFailed:

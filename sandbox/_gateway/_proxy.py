@@ -207,9 +207,12 @@ class GatewayHandler:
         except TimeoutError:
             await response.full(429, *anthropic_error(429, "taskbus: other model calls of this task are holding the rest of its budget; retry later"))
             return
+        outcome = CallOutcome()
         try:
-            async with self.metered.forward(reservation, MESSAGES, request.query, encode_body(body), headers, started=started) as call:
-                await self._relay(call.response, response, call.outcome)
+            async with self.metered.forward(
+                reservation, MESSAGES, request.query, encode_body(body), headers, outcome, started=started
+            ) as upstream:
+                await self._relay(upstream, response, outcome)
         except UpstreamUnavailable as exc:
             await response.full(502, *anthropic_error(502, f"taskbus: {self.upstream.redact(exc.message)}"))
         except UpstreamFailed as exc:
