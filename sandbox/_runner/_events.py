@@ -149,14 +149,13 @@ class TaskEvents:
                 self.on_event(event)
             return event
 
-    async def finish(self, status: str, **fields: Any) -> Finished:
-        """Publish the one terminal event (idempotent: a second call returns the first)."""
+    async def finish(self, status: str, **fields: Any) -> Finished | None:
+        """Publish the one terminal event (idempotent: a second call returns the first);
+        None when another process wrote this task's end first (it was cancelled before it ran)."""
         if self.finished is not None:
             return self.finished
         event = await self.emit(Finished, status=status, **fields)
-        if not isinstance(event, Finished):
-            raise TaskPreempted(self.task_id)  # another process wrote the end
-        return event
+        return event if isinstance(event, Finished) else self.finished  # None: another process ended it
 
 
 MAX_EVENT_TEXT = 65_536
