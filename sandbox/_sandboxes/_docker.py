@@ -290,8 +290,6 @@ class DockerBackend:
             self._client = None
 
 
-
-
 async def _activate(sandbox: DockerSandbox, started: float, how: str) -> DockerSandbox:
     """The one activation sequence of a started container, pooled or cold: its agent
     answers, its home files are in, its clock runs; destroyed when any of it fails."""
