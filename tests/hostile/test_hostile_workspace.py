@@ -243,8 +243,8 @@ async def test_symlink_swaps_in_a_warm_pool_container_never_store_a_host_file(
     assert run.finished.status == "succeeded", run.finished
     started = next(e for e in run.events if isinstance(e, Started))
     assert started.sandbox_id in run.pooled_ids, "the attack ran in a pooled container"
-    decoys = {p: d for p, d in run.artifacts.items() if p.startswith("out")}
-    assert decoys, "the pooled workspace came back to the task and was collected"
+    # not the out*.txt decoys: killed at the end of a swap pass, every one of them is a link
+    assert "racer.ready" in run.artifacts, "the pooled workspace came back to the task and was collected"
     for path, data in run.artifacts.items():
         assert canary not in data, f"artifact {path} holds the host secret"
     refused = [e for e in run.events if isinstance(e, Security) and e.kind == "artifact_refused"]
