@@ -25,12 +25,12 @@ import sys
 CHUNK = 65536
 
 
-def _log(message):
+def _log(message: str) -> None:
     sys.stderr.write("forwarder: " + message + "\n")
     sys.stderr.flush()
 
 
-def _parse_listen(value):
+def _parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:8080")
@@ -47,17 +47,17 @@ def _parse_listen(value):
 class _Link:
     """One client connection and its gateway connection."""
 
-    def __init__(self, socket_path):
+    def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
-        self.writers = []
+        self.writers: list[asyncio.StreamWriter] = []
 
-    def _abort_all(self):
+    def _abort_all(self) -> None:
         for writer in self.writers:
             transport = writer.transport
             if not transport.is_closing():
                 transport.abort()
 
-    async def _pipe(self, reader, writer):
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 data = await reader.read(CHUNK)
@@ -70,7 +70,7 @@ class _Link:
         except (ConnectionError, OSError):
             self._abort_all()
 
-    async def run(self, client_reader, client_writer):
+    async def run(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.writers.append(client_writer)
         try:
             gateway_reader, gateway_writer = await asyncio.open_unix_connection(self.socket_path, limit=CHUNK)
@@ -89,11 +89,12 @@ class _Link:
                 writer.close()
 
 
-async def _serve(host, port, socket_path):
-    links = set()
+async def _serve(host: str, port: int, socket_path: str) -> int:
+    links: set[asyncio.Task[None]] = set()
 
-    async def on_client(reader, writer):
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a stream callback always runs in a task
         links.add(task)
         try:
             await _Link(socket_path).run(reader, writer)
@@ -127,7 +128,7 @@ async def _serve(host, port, socket_path):
     return 0
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="forwarder.py", description="Forward loopback TCP connections to the taskbus model gateway's unix socket."
     )

@@ -34,6 +34,7 @@ from bus import (
 
 from ._gateway import (
     Callback,
+    CallOutcome,
     CallRecord,
     Meter,
     MeteredModel,
@@ -147,38 +148,35 @@ class AnthropicProvider:
         texts: list[str] = []
         pending: list[str] = []
         reader = SseUsageReader(on_text=pending.append)
-        outcome: dict[str, Any] = {"status": 502, "answered": False, "sent": False}
         failure: str | None = None
+        outcome = CallOutcome()
         try:
-            try:
-                response = await self.upstream.open("/v1/messages", "", content, headers)
-            except UpstreamUnavailable as exc:
-                raise ModelError(self.upstream.redact(exc.message)) from None
-            outcome.update(status=response.status_code, answered=True, sent=True, streamed=True)
-            try:
-                if response.status_code >= 400:
-                    raw = (await response.aread(limit=MAX_ERROR_BODY * 64))[:MAX_ERROR_BODY]
-                    failure = f"the model API answered {response.status_code}: {raw.decode('utf-8', 'replace')}"
-                else:
-                    async for chunk in response.aiter_raw():
-                        reader.feed(chunk)
-                        if pending:
-                            for text in pending:
-                                texts.append(text)
-                                await notify(on_delta, text)
-                            pending.clear()
-                    if reader.error:
-                        failure = f"the model stream failed: {reader.error}"
-                    elif not reader.completed:
-                        failure = "the model stream ended before message_stop"
-            finally:
-                await response.aclose()
-                outcome.update(usage=reader.usage, complete=reader.completed, stop_reason=reader.stop_reason)
+            async with metered.forward(reservation, "/v1/messages", "", content, headers, outcome, started=started) as response:
+                outcome.streamed = True
+                try:
+                    if response.status_code >= 400:
+                        raw = (await response.aread(limit=MAX_ERROR_BODY * 64))[:MAX_ERROR_BODY]
+                        failure = f"the model API answered {response.status_code}: {raw.decode('utf-8', 'replace')}"
+                    else:
+                        async for chunk in response.aiter_raw():
+                            reader.feed(chunk)
+                            if pending:
+                                for text in pending:
+                                    texts.append(text)
+                                    await notify(on_delta, text)
+                                pending.clear()
+                        if reader.error:
+                            failure = f"the model stream failed: {reader.error}"
+                        elif not reader.completed:
+                            failure = "the model stream ended before message_stop"
+                finally:
+                    outcome.read(reader.usage, complete=reader.completed, stop_reason=reader.stop_reason)
+        except UpstreamUnavailable as exc:
+            raise ModelError(self.upstream.redact(exc.message)) from None
         except UpstreamFailed as exc:
-            outcome["sent"] = True
             failure = exc.message
-        finally:
-            record = await metered.settle(reservation, started=started, **outcome)
+        record = outcome.record
+        assert record is not None  # forward settles on the way out
         if failure is not None:
             raise ModelError(self.upstream.redact(failure))
         return CompletionResult(

@@ -10,6 +10,7 @@ from ._meter import CallRecord as CallRecord
 from ._meter import Meter as Meter
 from ._meter import Reservation as Reservation
 from ._metered import Callback as Callback
+from ._metered import CallOutcome as CallOutcome
 from ._metered import MeteredModel as MeteredModel
 from ._metered import notify as notify
 from ._pricing import PriceTable as PriceTable
@@ -19,6 +20,7 @@ from ._sse import SseUsageReader as SseUsageReader
 from ._upstream import Upstream as Upstream
 
 __all__ = [
+    "CallOutcome",
     "CallRecord",
     "Callback",
     "Meter",

@@ -68,8 +68,8 @@ def check_betas(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> No
     for name, value in headers:
         if name.lower() != "anthropic-beta":
             continue
-        for flag in value.split(","):
-            flag = flag.strip()
+        for raw in value.split(","):
+            flag = raw.strip()
             if flag and flag not in KNOWN_BETAS and flag not in extra:
                 raise PolicyDenied(
                     f"anthropic-beta {_shown(flag)} is not allowed by the taskbus model gateway "

@@ -64,7 +64,9 @@ def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
     if not proxy:
         return None
     host = parts.hostname or ""
-    if urllib.request.proxy_bypass_environment(f"{host}:{parts.port}" if parts.port else host, proxies):
+    target = f"{host}:{parts.port}" if parts.port else host
+    # undocumented but in the stdlib since Python 3.0; typeshed leaves it out
+    if urllib.request.proxy_bypass_environment(target, proxies):  # type: ignore[attr-defined]  # see above
         return None
     return proxy if "://" in proxy else f"http://{proxy}"
 
@@ -135,8 +137,9 @@ class UpstreamClient:
         environment (``urllib.request.getproxies_environment()``)."""
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": write_timeout,
                           "pool": read_timeout}
-        self._pool_args = {"max_connections": max_connections, "max_keepalive_connections": max_idle,
-                           "network_backend": AsyncioBackend()}
+        self._max_connections = max_connections
+        self._max_idle = max_idle
+        self._backend = AsyncioBackend()
         self._ssl = ssl_context
         self._proxies = dict(urllib.request.getproxies_environment() if proxies is None else proxies)
         self._pools: dict[str | None, httpcore2.AsyncConnectionPool] = {}
@@ -149,7 +152,10 @@ class UpstreamClient:
             if self._ssl is None:
                 self._ssl = httpcore2.default_ssl_context()
             if proxy is None:
-                pool = httpcore2.AsyncConnectionPool(ssl_context=self._ssl, **self._pool_args)
+                pool = httpcore2.AsyncConnectionPool(
+                    ssl_context=self._ssl, max_connections=self._max_connections, max_keepalive_connections=self._max_idle,
+                    network_backend=self._backend,
+                )
             else:
                 parts = urlsplit(proxy)
                 if parts.scheme not in ("http", "https"):
@@ -160,7 +166,8 @@ class UpstreamClient:
                 auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
                 pool = httpcore2.AsyncHTTPProxy(
                     proxy_url=parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(),
-                    proxy_auth=auth, ssl_context=self._ssl, **self._pool_args,
+                    proxy_auth=auth, ssl_context=self._ssl, max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_idle, network_backend=self._backend,
                 )
                 logger.info("model API requests to %s go through the proxy %s", urlsplit(url).hostname,
                             parts.hostname)

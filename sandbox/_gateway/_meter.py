@@ -144,10 +144,7 @@ class Meter:
             (self.cap_pusd - self.spent_pusd, True),
         ):
             room = available - input_cost
-            if rates.output:
-                out_room = room // rates.output if room >= 0 else -1
-            else:
-                out_room = max_tokens if room >= 0 else -1
+            out_room = -1 if room < 0 else (room // rates.output if rates.output else max_tokens)
             if out_room >= self.min_output_tokens:
                 if final:
                     return None  # fits once the calls in flight have settled

@@ -14,20 +14,23 @@ What a call is charged:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bus import Usage
 
+from ._client import HttpResponse, UpstreamFailed
 from ._filter import count_tokens_body, lower_max_tokens, requested_max_tokens
 from ._meter import CallRecord, Meter, Reservation
 from ._pricing import pusd_to_usd
 from ._upstream import Upstream
 
-__all__ = ["Callback", "MeteredModel", "fallback_input_bound", "notify"]
+__all__ = ["CallOutcome", "Callback", "MeteredModel", "fallback_input_bound", "notify"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,28 @@ async def notify(callback: Callback[T] | None, value: T) -> None:
             await result
     except Exception:
         logger.exception("callback %r failed", getattr(callback, "__name__", callback))
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """What became of one forwarded model call, filled in as it goes; ``settle`` charges
+    by it. ``answered``: the upstream gave an HTTP status; ``sent``: the request may have
+    reached it (False only when the connection could not even be made); ``complete``: a
+    JSON answer with usage, or a stream that reached ``message_stop``."""
+
+    status: int = 502
+    answered: bool = False
+    sent: bool = False
+    streamed: bool = False
+    usage: Usage | None = None
+    complete: bool = False
+    stop_reason: str | None = None
+    record: CallRecord | None = None
+    """Set once the call is settled."""
+
+    def read(self, usage: Usage | None, *, complete: bool, stop_reason: str | None) -> None:
+        """What the relay read from the answer."""
+        self.usage, self.complete, self.stop_reason = usage, complete, stop_reason
 
 
 class MeteredModel:
@@ -86,24 +111,32 @@ class MeteredModel:
             )
         return reservation
 
-    async def settle(
-        self,
-        reservation: Reservation,
-        *,
-        status: int,
-        started: float,
-        usage: Usage | None = None,
-        complete: bool = False,
-        answered: bool = True,
-        sent: bool = True,
-        stop_reason: str | None = None,
-        streamed: bool = False,
-    ) -> CallRecord:
-        """Charge the call by the rules of the module docstring and report it to ``on_call``.
+    @contextlib.asynccontextmanager
+    async def forward(
+        self, reservation: Reservation, path: str, query: str, content: bytes, headers: dict[str, str],
+        outcome: CallOutcome, *, started: float,
+    ) -> AsyncIterator[HttpResponse]:
+        """Open the reserved call upstream; the caller relays the response and fills in
+        ``outcome``. On the way out the call is always settled (``outcome.record``), also
+        when opening it failed (UpstreamUnavailable, propagated: nothing was sent) or the
+        relay failed (UpstreamFailed, propagated: the request may have been billed)."""
+        try:
+            response = await self.upstream.open(path, query, content, headers)
+            outcome.status, outcome.answered, outcome.sent = response.status_code, True, True
+            try:
+                yield response
+            finally:
+                await response.aclose()
+        except UpstreamFailed:
+            outcome.sent = True
+            raise
+        finally:
+            outcome.record = await self.settle(reservation, outcome, started=started)
 
-        ``answered``: the upstream gave an HTTP status; ``sent``: the request may have
-        reached it (False only when the connection could not even be made).
-        """
+    async def settle(self, reservation: Reservation, outcome: CallOutcome, *, started: float) -> CallRecord:
+        """Charge the call by the rules of the module docstring and report it to ``on_call``."""
+        status, usage, answered, sent = outcome.status, outcome.usage, outcome.answered, outcome.sent
+        complete, stop_reason, streamed = outcome.complete, outcome.stop_reason, outcome.streamed
         charged: Usage | None
         if not answered:
             charged = None if sent else Usage()

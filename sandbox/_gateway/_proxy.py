@@ -23,7 +23,7 @@ from ._allow import check_betas, check_body, check_query
 from ._client import HttpResponse, UpstreamFailed, UpstreamUnavailable
 from ._filter import check_model, decode_body, encode_body, filter_tools
 from ._http import HttpRequest, Responder
-from ._metered import Callback, MeteredModel, notify
+from ._metered import Callback, CallOutcome, MeteredModel, notify
 from ._sse import SseUsageReader, read_json_message
 from ._upstream import Upstream
 
@@ -207,27 +207,20 @@ class GatewayHandler:
         except TimeoutError:
             await response.full(429, *anthropic_error(429, "taskbus: other model calls of this task are holding the rest of its budget; retry later"))
             return
-        outcome: dict = {"status": 502, "answered": False, "sent": False}
+        outcome = CallOutcome()
         try:
-            try:
-                upstream = await self.upstream.open(MESSAGES, request.query, encode_body(body), headers)
-            except UpstreamUnavailable as exc:
-                await response.full(502, *anthropic_error(502, f"taskbus: {self.upstream.redact(exc.message)}"))
-                return
-            outcome.update(status=upstream.status_code, answered=True, sent=True)
-            try:
+            async with self.metered.forward(
+                reservation, MESSAGES, request.query, encode_body(body), headers, outcome, started=started
+            ) as upstream:
                 await self._relay(upstream, response, outcome)
-            finally:
-                await upstream.aclose()
+        except UpstreamUnavailable as exc:
+            await response.full(502, *anthropic_error(502, f"taskbus: {self.upstream.redact(exc.message)}"))
         except UpstreamFailed as exc:
-            outcome["sent"] = True
             logger.warning("task %s: model call failed: %s", self.policy.task_id, exc.message)
             if not response.started:
                 await response.full(502, *anthropic_error(502, f"taskbus: {self.upstream.redact(exc.message)}"))
-        finally:
-            await self.metered.settle(reservation, started=started, **outcome)
 
-    async def _relay(self, upstream: HttpResponse, response: Responder, outcome: dict) -> None:
+    async def _relay(self, upstream: HttpResponse, response: Responder, outcome: CallOutcome) -> None:
         status = upstream.status_code
         headers = _response_headers(upstream.headers)
         if status >= 400:
@@ -241,7 +234,7 @@ class GatewayHandler:
             return
         if upstream.header("content-type").startswith("text/event-stream"):
             reader = SseUsageReader()
-            outcome["streamed"] = True
+            outcome.streamed = True
             await response.start(status, headers)
             try:
                 async for chunk in upstream.aiter_raw():
@@ -249,7 +242,7 @@ class GatewayHandler:
                     await response.send(chunk)
                 await response.end()
             finally:
-                outcome.update(usage=reader.usage, complete=reader.completed, stop_reason=reader.stop_reason)
+                outcome.read(reader.usage, complete=reader.completed, stop_reason=reader.stop_reason)
             return
         raw = bytearray()
         async for chunk in upstream.aiter_raw():
@@ -257,5 +250,5 @@ class GatewayHandler:
             if len(raw) > MAX_JSON_BODY:
                 raise UpstreamFailed(f"the model API response is over {MAX_JSON_BODY} bytes")
         usage, stop_reason, _model = read_json_message(bytes(raw))
-        outcome.update(usage=usage, complete=usage is not None, stop_reason=stop_reason)
+        outcome.read(usage, complete=usage is not None, stop_reason=stop_reason)
         await response.full(status, headers, bytes(raw))

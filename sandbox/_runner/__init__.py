@@ -1,8 +1,8 @@
 """The sandbox runner: jobs from the bus, Claude Code in a sandbox, events back."""
 
-from ._hookpolicy import DENY_COMMANDS as DENY_COMMANDS
 from ._events import TaskEvents as TaskEvents
 from ._events import last_event as last_event
+from ._hookpolicy import DENY_COMMANDS as DENY_COMMANDS
 from ._runner import Runner as Runner
 from ._runner import default_runner_id as default_runner_id
 from ._warm import demand_file as warm_demand_file

@@ -25,16 +25,17 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bus import Policy, PolicyDenied, SandboxError, Settings
+from bus import Policy, PolicyDenied, SandboxError
 
-from .._gateway import CallRecord, ModelGateway, SecurityNotice, Upstream, new_placeholder_key
+from .._gateway import CallRecord, ModelGateway, SecurityNotice, new_placeholder_key
 from .._privdirs import ensure_dir
-from .._sandboxes import Execution, Sandbox, SandboxBackend, spec_from_policy
+from .._sandboxes import Execution, Sandbox, spec_from_policy
 from .._sandboxes._host import chown_tree
 from .._sandboxes._spec import SANDBOX_GID, SANDBOX_UID
 from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
 from ._claude import GATEWAY_PORT, MANAGED_SETTINGS, OPT_DIR, claude_env, first_message, write_shared_files
+from ._context import RunnerContext
 from ._hookpolicy import rules_for
 from ._hooksocket import HOOK_SOCKET, HookServer
 
@@ -63,15 +64,9 @@ def prepare_shared(shared_dir: Path) -> None:
 class AgentSandbox:
     def __init__(
         self,
-        settings: Settings,
+        context: RunnerContext,
         policy: Policy,
         *,
-        backend: SandboxBackend,
-        upstream: Upstream,
-        runner_id: str,
-        run_dir: Path,
-        sock_dir: Path,
-        shared_dir: Path,
         on_call: Callable[[CallRecord], Awaitable[None]],
         on_security: Callable[[SecurityNotice], Awaitable[None]],
         on_log: Callable[[str], Awaitable[None]],
@@ -81,15 +76,15 @@ class AgentSandbox:
         catalog_files: dict[str, bytes] | None = None,
         warm: WarmAgent | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = context.settings
         self.policy = policy
-        self.backend = backend
-        self.upstream = upstream
-        self.runner_id = runner_id
-        self.run_dir = run_dir
-        self.sock_dir = sock_dir
-        self.shared_dir = shared_dir
-        self.workspace = run_dir / "workspace"
+        self.backend = context.backend
+        self.upstream = context.upstream
+        self.runner_id = context.runner_id
+        self.run_dir = context.run_dir(policy.task_id)
+        self.sock_dir = context.sock_dir(policy.task_id)
+        self.shared_dir = context.shared_dir
+        self.workspace = self.run_dir / "workspace"
         self._fill_workspace = fill_workspace
         self.home_files = dict(home_files or {})
         """Written into the sandbox home before anything runs."""
@@ -98,7 +93,7 @@ class AgentSandbox:
         read-only at ~/.claude/agents and ~/.claude/skills (``SandboxSpec.catalog_files``)."""
         self._on_call, self._on_security, self._on_log, self._on_started = on_call, on_security, on_log, on_started
         self.placeholder = new_placeholder_key()
-        self.secrets = (self.placeholder, settings.upstream_api_key)
+        self.secrets = (self.placeholder, context.settings.upstream_api_key)
         self.sandbox: Sandbox | None = None
         self.gateway: ModelGateway | None = None
         self.hook: HookServer | None = None
@@ -108,8 +103,28 @@ class AgentSandbox:
         self._stack = contextlib.AsyncExitStack()
 
     @property
+    def box(self) -> Sandbox:
+        """The sandbox, once entered (asking before is a bug)."""
+        if self.sandbox is None:
+            raise RuntimeError("the agent sandbox is not entered yet")
+        return self.sandbox
+
+    @property
     def env(self) -> dict[str, str]:
         return claude_env(self.placeholder)
+
+    async def _serve_sockets(self) -> None:
+        """The task's model gateway and hook socket in its socket folder (cold or warm)."""
+        self.gateway = await self._stack.enter_async_context(
+            ModelGateway(
+                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
+                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
+            )
+        )
+        self.hook = await self._stack.enter_async_context(
+            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
+                       on_security=self._on_security)
+        )
 
     async def __aenter__(self) -> AgentSandbox:
         try:
@@ -152,16 +167,7 @@ class AgentSandbox:
         ensure_dir(self.sock_dir, 0o755)  # under the runner's private socket root
         claude = find_claude(self.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
-        self.gateway = await self._stack.enter_async_context(
-            ModelGateway(
-                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
-                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
-            )
-        )
-        self.hook = await self._stack.enter_async_context(
-            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
-                       on_security=self._on_security)
-        )
+        await self._serve_sockets()
         try:
             spec = spec_from_policy(
                 self.policy,
@@ -200,16 +206,7 @@ class AgentSandbox:
             # had no message, so no process in it can race these writes
             await asyncio.to_thread(self._fill_workspace, self.workspace)
             await asyncio.to_thread(chown_tree, self.workspace, SANDBOX_UID, SANDBOX_GID)
-        self.gateway = await self._stack.enter_async_context(
-            ModelGateway(
-                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
-                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
-            )
-        )
-        self.hook = await self._stack.enter_async_context(
-            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
-                       on_security=self._on_security)
-        )
+        await self._serve_sockets()
         self._stack.push_async_callback(warm.kill)  # the sandbox goes before its gateway and hook
         self.sandbox = warm.sandbox
         if self._on_started is not None:

@@ -8,9 +8,21 @@ import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from bus import Message, Policy, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names
+from bus import Event, Log, Message, Policy, ToolCall, ToolResult, expand_grants, redact, redact_obj, tool_names
+
+from ._streamjson import (
+    AssistantLine,
+    ControlResponseLine,
+    ResultLine,
+    SystemLine,
+    Unrecognized,
+    UserLine,
+    blocks,
+    parent_id,
+    parse_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,65 +166,62 @@ def _invokes(name: str, tool_input: dict[str, Any], call_id: str, outcome: Claud
     return {"invokes": target[:200], "invokes_sha256": outcome.catalog.get(target, "")}
 
 
-def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[tuple[type, dict[str, Any]]]:
-    """One stream-json line -> (event type, fields) pairs. Never raises.
+class Draft(NamedTuple):
+    """One event for ``TaskEvents.emit``: its class and fields (task id, seq and time are
+    added when it is published)."""
+
+    kind: type[Event]
+    fields: dict[str, Any]
+
+
+def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) -> list[Draft]:
+    """One stream-json line -> the task events it makes (``Draft``s for ``TaskEvents.emit``). Never raises.
 
     The stream is written by a process inside the sandbox, so anything in it may be
     forged: it never yields a ``security`` event (those come from the hook's socket and
     the gateway only); refused calls it reports become log lines."""
-    from bus import Log
 
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return [(Log, {"line": redact(line[:PREVIEW_CHARS], secrets), "stream": "stdout"})] if line.strip() else []
-    if not isinstance(doc, dict):
-        return [(Log, {"line": redact(line[:PREVIEW_CHARS], secrets), "stream": "stdout"})]
-    kind = doc.get("type")
-    out: list[tuple[type, dict[str, Any]]] = []
-    try:
-        if kind == "system" and doc.get("subtype") == "init":
-            out.append((Log, {"stream": "runner", "line": f"claude {doc.get('claude_code_version', '?')} started: model {doc.get('model')}, tools {','.join(doc.get('tools', []))}"}))
-        elif kind == "assistant":
-            parent = doc.get("parent_tool_use_id")
-            parent = parent if isinstance(parent, str) else ""
-            for block in (doc.get("message") or {}).get("content") or []:
-                if block.get("type") == "text" and block.get("text"):
-                    out.append((Message, {"text": redact(block["text"], secrets)}))
-                elif block.get("type") == "tool_use":
-                    tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
-                    name = str(block.get("name"))
-                    call = {"id": str(block.get("id")), "name": name, "input": redact_obj(tool_input, secrets),
-                            "parent_id": parent, "agent": outcome.subagents.get(parent, "") if parent else ""}
-                    call.update(_invokes(name, tool_input, str(block.get("id")), outcome))
-                    out.append((ToolCall, call))
-        elif kind == "user":
-            parent = doc.get("parent_tool_use_id")
-            parent = parent if isinstance(parent, str) else ""
-            content = (doc.get("message") or {}).get("content")
-            for block in content if isinstance(content, list) else []:
-                if not isinstance(block, dict) or block.get("type") != "tool_result":
-                    continue
-                output = _preview(block.get("content", ""), secrets)
-                tool_id = str(block.get("tool_use_id"))
-                out.append((ToolResult, {"id": tool_id, "is_error": bool(block.get("is_error")), "output": output, "parent_id": parent}))
-        elif kind == "control_response":  # the answer to a warm agent's set_model
-            if (doc.get("response") or {}).get("subtype") != "success":
-                out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
-        elif kind == "result":
-            outcome.seen_result = True
-            outcome.is_error = bool(doc.get("is_error"))
-            outcome.subtype = str(doc.get("subtype", ""))
-            outcome.result = redact(str(doc.get("result") or ""), secrets)
-            outcome.turns = int(doc.get("num_turns") or 0)
-            for denial in (doc.get("permission_denials") or [])[:MAX_DENIALS]:
-                if len(outcome.denials) < MAX_DENIALS:  # repeated result lines stay bounded too
-                    outcome.denials.append(denial)
-                out.append((Log, {"stream": "stdout",
-                                  "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)}))
-        else:
-            out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
-    except Exception as exc:  # a surprising shape is a log line, never a crash
-        logger.debug("unexpected stream-json shape: %s", exc)
-        out.append((Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)}))
+    raw = [Draft(Log, {"stream": "stdout", "line": redact(line[:PREVIEW_CHARS], secrets)})]
+    parsed = parse_line(line)
+    if isinstance(parsed, Unrecognized):
+        return raw if parsed.json or line.strip() else []
+    out: list[Draft] = []
+    if isinstance(parsed, SystemLine):
+        if parsed.subtype != "init":
+            return raw
+        text = f"claude {parsed.claude_code_version} started: model {parsed.model}, tools {','.join(parsed.tools)}"
+        out.append(Draft(Log, {"stream": "runner", "line": text}))
+    elif isinstance(parsed, AssistantLine):
+        parent = parent_id(parsed)
+        for block in blocks(parsed):
+            if block.type == "text" and block.text:
+                out.append(Draft(Message, {"text": redact(block.text, secrets)}))
+            elif block.type == "tool_use":
+                tool_input = block.input if isinstance(block.input, dict) else {}
+                call = {"id": block.id, "name": block.name, "input": redact_obj(tool_input, secrets),
+                        "parent_id": parent, "agent": outcome.subagents.get(parent, "") if parent else ""}
+                call.update(_invokes(block.name, tool_input, block.id, outcome))
+                out.append(Draft(ToolCall, call))
+    elif isinstance(parsed, UserLine):
+        parent = parent_id(parsed)
+        for block in blocks(parsed):
+            if block.type == "tool_result":
+                output = _preview(block.content, secrets)
+                out.append(Draft(ToolResult, {"id": block.tool_use_id, "is_error": bool(block.is_error), "output": output, "parent_id": parent}))
+    elif isinstance(parsed, ControlResponseLine):  # the answer to a warm agent's set_model
+        if parsed.response is None or parsed.response.subtype != "success":
+            return raw
+    elif isinstance(parsed, ResultLine):
+        outcome.seen_result = True
+        outcome.is_error = bool(parsed.is_error)
+        outcome.subtype = parsed.subtype
+        outcome.result = redact(parsed.result or "", secrets)
+        outcome.turns = parsed.num_turns or 0
+        for denial in (parsed.permission_denials or [])[:MAX_DENIALS]:
+            if len(outcome.denials) < MAX_DENIALS:  # repeated result lines stay bounded too
+                outcome.denials.append(denial)
+            out.append(Draft(Log, {"stream": "stdout",
+                              "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)}))
+    else:  # a partial-message event: not asked for with tasks
+        return raw
     return out

@@ -8,20 +8,19 @@ CLI options, so they are not applied (the cost cap still is).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import msgspec
 
-from bus import BudgetExceeded, CompleteRequest, ModelError, Policy, Settings, Usage, redact
+from bus import BudgetExceeded, CompleteRequest, ModelError, Policy, Usage, redact
 
-from .._gateway import CallRecord, Callback, SecurityNotice, Upstream, notify
+from .._gateway import Callback, CallRecord, SecurityNotice, notify
 from .._providers import CompletionResult
-from .._sandboxes import SandboxBackend
 from ._agent import AgentSandbox
 from ._claude import claude_argv
+from ._context import RunnerContext
+from ._streamjson import ResultLine, StreamEventLine, parse_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +35,8 @@ def prompt_text(request: CompleteRequest) -> str:
 class ClaudeCliProvider:
     name = "claude-cli"
 
-    def __init__(
-        self, settings: Settings, *, backend: SandboxBackend, upstream: Upstream, runner_id: str,
-        run_root: Path, socket_root: Path, shared_dir: Path,
-    ) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.upstream = upstream
-        self.runner_id = runner_id
-        self.run_root = run_root
-        self.socket_root = socket_root
-        self.shared_dir = shared_dir
+    def __init__(self, context: RunnerContext) -> None:
+        self.context = context
 
     async def complete(
         self,
@@ -72,31 +62,27 @@ class ClaudeCliProvider:
             logger.debug("completion %s: %s", policy.task_id, line)
 
         agent = AgentSandbox(
-            self.settings, no_tools, backend=self.backend, upstream=self.upstream, runner_id=self.runner_id,
-            run_dir=self.run_root / policy.task_id, sock_dir=self.socket_root / policy.task_id,
-            shared_dir=self.shared_dir,
+            self.context, no_tools,
             on_call=count, on_security=security, on_log=log,
         )
-        text, result, is_error = [], "", False
+        text: list[str] = []
+        result, is_error = "", False
         async with agent:
-            argv = claude_argv(agent.claude_binary, no_tools, tools=[]) + ["--include-partial-messages"]
+            argv = [*claude_argv(agent.claude_binary, no_tools, tools=[]), "--include-partial-messages"]
             if request.system:
                 argv.append("--system-prompt=" + request.system)
-            proc = await agent.sandbox.exec(argv, env=agent.env, stdin=prompt_text(request).encode())  # type: ignore[union-attr]
+            proc = await agent.box.exec(argv, env=agent.env, stdin=prompt_text(request).encode())
             async for stream, line in proc:
                 if stream != "stdout":
                     continue
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    continue
-                if doc.get("type") == "stream_event":
-                    delta = (doc.get("event") or {}).get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        text.append(delta["text"])
-                        await notify(on_delta, redact(delta["text"], agent.secrets))
-                elif doc.get("type") == "result":
-                    result, is_error = str(doc.get("result") or ""), bool(doc.get("is_error"))
+                parsed = parse_line(line)
+                if isinstance(parsed, StreamEventLine):
+                    delta = parsed.event.delta if parsed.event is not None else None
+                    if delta is not None and delta.type == "text_delta" and delta.text:
+                        text.append(delta.text)
+                        await notify(on_delta, redact(delta.text, agent.secrets))
+                elif isinstance(parsed, ResultLine):
+                    result, is_error = parsed.result or "", bool(parsed.is_error)
             await proc.wait()
             gateway = agent.gateway
             assert gateway is not None

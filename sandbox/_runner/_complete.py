@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 
 
 async def run_complete(job: Job, events: TaskEvents, provider: ModelProvider) -> TaskOutcome:
-    request: CompleteRequest = job.request  # type: ignore[assignment]
+    request = job.request
+    if not isinstance(request, CompleteRequest):
+        raise TypeError(f"a complete job carries a CompleteRequest, not {type(request).__name__}")
     policy = job.policy
 
     async def on_delta(text: str) -> None:

@@ -12,9 +12,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus import Bus, DuplicateMessage, Event, Finished, MessageDecodeError, ModelCall, TaskError, Usage, decode_event, utcnow
+from bus import (
+    Bus,
+    DuplicateMessage,
+    Event,
+    Finished,
+    MessageDecodeError,
+    ModelCall,
+    Started,
+    TaskError,
+    Usage,
+    decode_event,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +49,7 @@ async def last_event(bus: Bus, task_id: str) -> Event | None:
     except NotFoundError:
         return None
     try:
-        return decode_event(msg.data)
+        return decode_event(msg.data or b"")
     except MessageDecodeError:
         logger.warning("last event of task %s does not decode; treating the task as started", task_id)
         return None
@@ -44,9 +57,7 @@ async def last_event(bus: Bus, task_id: str) -> Event | None:
 
 async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage, str | None]:
     """Metered cost and usage so far, and the runner named in the ``started`` event."""
-    from nats.js.api import DeliverPolicy
 
-    from bus import Started
 
     cost, usage, owner = 0.0, Usage(), None
     sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
@@ -87,6 +98,8 @@ class TaskEvents:
         self._next = next_seq
         self._lock = asyncio.Lock()
         self.finished: Finished | None = None
+        self.preempted = False
+        """Another process wrote this task's next event (it cancelled the task): nothing more is published."""
         self.count = 0
         self.on_event: Callable[[Event], None] | None = None  # e.g. the runner's metrics
 
@@ -97,7 +110,7 @@ class TaskEvents:
             # nothing readable: if a message exists at all we must not reuse its seq
             try:
                 info = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
-                next_seq = int(info.seq) + 1  # fallback keeps us past whatever is there
+                next_seq = (info.seq or 0) + 1  # fallback keeps us past whatever is there
             except NotFoundError:
                 next_seq = 1
             return cls(bus, task_id, next_seq=next_seq), None
@@ -113,7 +126,7 @@ class TaskEvents:
     async def emit(self, event_type: type[Any], **fields: Any) -> Any:
         """Publish one event with the next seq; returns it. Nothing after ``finished``."""
         async with self._lock:
-            if self.finished is not None:
+            if self.finished is not None or self.preempted:
                 logger.debug("task %s: dropping %s after finished", self.task_id, event_type.__name__)
                 return None
             event = event_type(task_id=self.task_id, seq=self._next, ts=utcnow(), **fields)
@@ -123,7 +136,10 @@ class TaskEvents:
                 )
             except DuplicateMessage:
                 # someone else (the server cancelling a task not yet started) took this seq
-                self.finished = await last_event(self.bus, self.task_id)  # type: ignore[assignment]
+                last = await last_event(self.bus, self.task_id)
+                self.preempted = True
+                if isinstance(last, Finished):
+                    self.finished = last
                 raise TaskPreempted(self.task_id) from None
             self._next += 1
             self.count += 1
@@ -133,12 +149,13 @@ class TaskEvents:
                 self.on_event(event)
             return event
 
-    async def finish(self, status: str, **fields: Any) -> Finished:
-        """Publish the one terminal event (idempotent: a second call returns the first)."""
+    async def finish(self, status: str, **fields: Any) -> Finished | None:
+        """Publish the one terminal event (idempotent: a second call returns the first);
+        None when another process wrote this task's end first (it was cancelled before it ran)."""
         if self.finished is not None:
             return self.finished
         event = await self.emit(Finished, status=status, **fields)
-        return event if event is not None else self.finished  # type: ignore[return-value]
+        return event if isinstance(event, Finished) else self.finished  # None: another process ended it
 
 
 MAX_EVENT_TEXT = 65_536
@@ -183,7 +200,8 @@ class EventBudget:
 def clip_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
     out: dict[str, Any] = {}
     size = 0
-    for name, value in fields.items():
+    for name, given in fields.items():
+        value = given
         if isinstance(value, str):
             if len(value) > MAX_EVENT_TEXT:
                 value = value[:MAX_EVENT_TEXT] + f"... [{len(value) - MAX_EVENT_TEXT} more characters cut]"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from bus import Grant, Policy, canonical_tool, command_matches, parse_grant
@@ -67,7 +67,7 @@ class Denial:
     reason: str
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Literal["warning", "critical"]:
         return "critical" if self.kind in CRITICAL_KINDS else "warning"
 
 

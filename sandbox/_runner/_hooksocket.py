@@ -144,7 +144,7 @@ class HookServer:
 
     async def _notice(self, denial: Denial) -> None:
         if self.denials <= self._max_notices:
-            await self._on_security(SecurityNotice(denial.kind, f"tool call blocked: {denial.reason}", denial.severity))  # type: ignore[arg-type]
+            await self._on_security(SecurityNotice(denial.kind, f"tool call blocked: {denial.reason}", denial.severity))
         elif self.denials == self._max_notices + 1:
             await self._on_security(SecurityNotice(
                 "notices_suppressed", f"more than {self._max_notices} tool calls blocked; further ones are not reported", "warning",
@@ -152,7 +152,8 @@ class HookServer:
 
 
 async def _read_all(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes | None:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         chunk = await loop.sock_recv(conn, 65536)
         if not chunk:

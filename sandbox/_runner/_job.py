@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 RECANCEL_AFTER_S = 5.0
 """A cancelled task still running after this long is cancelled again (see ``_recancel``)."""
 
-Execute = Callable[[Job, TaskEvents], Awaitable[TaskOutcome]]
+Execute = Callable[[Job, TaskEvents], Coroutine[Any, Any, TaskOutcome]]
 
 
 class JobHandler:
@@ -145,7 +145,7 @@ class JobHandler:
             await msg.ack()
             return
         expires = job.policy.expires_at
-        if expires is not None and datetime.now(timezone.utc) > expires:
+        if expires is not None and datetime.now(UTC) > expires:
             detail = f"job expired at {expires.isoformat()} (signed {job.policy.issued_at.isoformat()})"
             await events.emit(Security, kind="expired_job", severity="warning", detail=detail)
             await events.finish("denied", reason="expired",

@@ -18,8 +18,8 @@ import re
 import shutil
 import socket
 import time
-from pathlib import Path
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -28,10 +28,12 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus import (
     JOB_KINDS,
+    Backoff,
     Bus,
     ConfigError,
     Heartbeat,
     Job,
+    JobKind,
     Settings,
     Subjects,
     decode_heartbeat,
@@ -41,15 +43,17 @@ from bus import (
 )
 
 from .._gateway import Upstream
-from .._providers import AnthropicProvider, ModelProvider
-from ._cli_provider import ClaudeCliProvider
-from .._sandboxes import SandboxBackend, backend_problem, get_backend
-from ._complete import run_complete
-from ._events import TaskEvents
-from ._metrics import RunnerMetrics, TimedBackend, warm_sandboxes
-from ._job import JobHandler
 from .._privdirs import SOCKET_ROOT_RECORD, make_socket_root, remove_recorded_socket_root
+from .._providers import AnthropicProvider, ModelProvider
+from .._sandboxes import SandboxBackend, backend_problem, get_backend
+from .._sandboxes._wsmount import unmount_under
 from ._agent import prepare_shared
+from ._cli_provider import ClaudeCliProvider
+from ._complete import run_complete
+from ._context import RunnerContext
+from ._events import TaskEvents
+from ._job import JobHandler
+from ._metrics import RunnerMetrics, TimedBackend, warm_sandboxes
 from ._task import TaskOutcome, TaskRun
 from ._warm import WarmAgents, demand_file
 
@@ -81,7 +85,8 @@ class Runner:
         self.backend_name = backend or settings.sandbox_backend
         self.slots = slots or settings.runner_slots
         self.id = runner_id or default_runner_id(self.backend_name)
-        self.kinds = kinds
+        known: dict[str, JobKind] = {kind: kind for kind in JOB_KINDS}
+        self.kinds = tuple(known[kind] for kind in kinds if kind in known)
         self.subjects = Subjects(settings.subject_prefix)
         self._task_slots = asyncio.Semaphore(self.slots)
         self._complete_slots = asyncio.Semaphore(complete_concurrency)
@@ -104,6 +109,8 @@ class Runner:
         self.metrics = RunnerMetrics(self.id, self.backend_name)
         self.metrics_port: int | None = None
         self.warm: WarmAgents | None = None
+        self.context: RunnerContext | None = None
+        """What every sandboxed run shares; set once the backend, upstream and folders exist."""
         self._tasks_running = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -150,11 +157,13 @@ class Runner:
         (self._run_root / SOCKET_ROOT_RECORD).write_text(str(self._socket_root))
         self._shared_dir = self._run_root / "shared"
         await asyncio.to_thread(prepare_shared, self._shared_dir)
+        if self.backend is not None:
+            self.context = RunnerContext(
+                s, self.backend, self.upstream, self.id, self._run_root, self._socket_root, self._shared_dir
+            )
         if s.complete_provider == "claude-cli":
-            assert self.backend is not None
-            self.provider = ClaudeCliProvider(s, backend=self.backend, upstream=self.upstream, runner_id=self.id,
-                                              run_root=self._run_root, socket_root=self._socket_root,
-                                              shared_dir=self._shared_dir)
+            assert self.context is not None
+            self.provider = ClaudeCliProvider(self.context)
         else:
             self.provider = await self._stack.enter_async_context(AnthropicProvider(s, upstream=self.upstream))
         await self.bus.nc.subscribe(self.subjects.runners_all(), cb=self._on_heartbeat)
@@ -162,8 +171,8 @@ class Runner:
         await self._tg.__aenter__()
         for kind in self.kinds:
             sub = await self.bus.js.pull_subscribe(
-                self.subjects.jobs(kind),  # type: ignore[arg-type]
-                durable=self.subjects.job_consumer(kind),  # type: ignore[arg-type]
+                self.subjects.jobs(kind),
+                durable=self.subjects.job_consumer(kind),
                 stream=self.subjects.jobs_stream,
                 config=ConsumerConfig(
                     ack_policy=AckPolicy.EXPLICIT,
@@ -174,10 +183,8 @@ class Runner:
             )
             self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
         await self._self_check()
-        if self.backend is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
-            self.warm = WarmAgents(s, backend=self.backend, runner_id=self.id, run_root=self._run_root,
-                                   socket_root=self._socket_root, shared_dir=self._shared_dir,
-                                   busy=lambda: self._tasks_running, slots=self.slots,
+        if self.context is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
+            self.warm = WarmAgents(self.context, busy=lambda: self._tasks_running, slots=self.slots,
                                    demand_file=demand_file(s.data_path, self.id))
             self._stack.push_async_callback(self.warm.close)  # before the backend closes
             self._tg.create_task(self.warm.run(self._stopping), name="warm-agents")
@@ -243,6 +250,8 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self.backend_ready.wait()
+        # After a NATS outage every runner's pull loops retry at once: the jitter spreads them.
+        backoff = Backoff(0.2, 5.0)
         try:
             while not self._stopping.is_set():
                 await slots.acquire()
@@ -252,12 +261,14 @@ class Runner:
                     taken += 1
                 try:
                     msgs = await sub.fetch(batch=taken, timeout=1.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    backoff.reset()
+                except (TimeoutError, nats.errors.TimeoutError):
                     msgs = []
+                    backoff.reset()
                 except Exception as exc:  # reconnecting, stream briefly gone: retry
-                    logger.warning("runner %s: fetching %s jobs failed: %s", self.id, kind, exc)
                     msgs = []
-                    await asyncio.sleep(0.5)
+                    delay = await backoff.sleep(until=self._stopping)
+                    logger.warning("runner %s: fetching %s jobs failed (%s); retried after %.2fs", self.id, kind, exc, delay)
                 for _ in range(taken - len(msgs)):
                     slots.release()
                 for msg in msgs:
@@ -272,11 +283,12 @@ class Runner:
 
     def _spawn(self, msg: Msg, kind: str, slots: asyncio.Semaphore) -> None:
         assert self._tg is not None and self.handler is not None
+        handler = self.handler
         execute = self._execute_task if kind == "task" else self._execute_complete
 
         async def job() -> None:
             try:
-                await self.handler.handle(msg, kind, execute)  # type: ignore[union-attr]
+                await handler.handle(msg, kind, execute)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -289,11 +301,9 @@ class Runner:
         task.add_done_callback(self._jobs.discard)
 
     async def _execute_task(self, job: Job, events: TaskEvents) -> TaskOutcome:
-        assert self.backend is not None and self.upstream is not None
+        assert self.context is not None
         warm = self.warm.take(job.policy) if self.warm is not None else None
-        run = TaskRun(self.settings, job, events, backend=self.backend, upstream=self.upstream,
-                      runner_id=self.id, run_root=self._run_root, socket_root=self._socket_root,
-                      shared_dir=self._shared_dir, warm=warm, later=self._later)
+        run = TaskRun(self.context, job, events, warm=warm, later=self._later)
         self._tasks_running += 1
         try:
             return await run.run()
@@ -384,7 +394,6 @@ class Runner:
 
 def _remove_run_root(folder: Path) -> None:
     """Unmount the workspace mounts a killed runner left, then remove the folder."""
-    from .._sandboxes._wsmount import unmount_under
 
     unmount_under(folder)
     shutil.rmtree(folder, ignore_errors=True)

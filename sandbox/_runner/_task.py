@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus import Artifact, Job, Log, Security, Settings, Started, TaskRequest, Usage, redact
+from bus import Job, Log, Security, Started, TaskRequest, Usage, redact
 
-from .._gateway import CallRecord, SecurityNotice, Upstream
-from .._sandboxes import Sandbox, SandboxBackend
+from .._gateway import CallRecord, SecurityNotice
+from .._sandboxes import Sandbox
 from ._agent import AgentSandbox
 from ._catalog import catalog_files
 from ._claude import ClaudeOutcome, claude_argv, translate
+from ._context import RunnerContext
 from ._events import EventBudget, TaskEvents, emit_model_call
 from ._warm import WarmAgent
 from ._workspace import FileState, snapshot, store_artifacts, write_inputs
@@ -83,28 +84,24 @@ class TaskRun:
 
     def __init__(
         self,
-        settings: Settings,
+        context: RunnerContext,
         job: Job,
         events: TaskEvents,
         *,
-        backend: SandboxBackend,
-        upstream: Upstream,
-        runner_id: str,
-        run_root: Path,
-        socket_root: Path,
-        shared_dir: Path,
         warm: WarmAgent | None = None,
         later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = context.settings
         self.job = job
         self._later = later
         """Runs a coroutine after the task's outcome is reported (a warm agent's sandbox
         removal, once every process of it was killed and checked gone)."""
         self.policy = job.policy
-        self.request: TaskRequest = job.request  # type: ignore[assignment]
+        if not isinstance(job.request, TaskRequest):
+            raise TypeError(f"a run_task job carries a TaskRequest, not {type(job.request).__name__}")
+        self.request = job.request
         self.events = events
-        self.sink = EventSink(events, runner_id, backend.name)
+        self.sink = EventSink(events, context.runner_id, context.backend.name)
         self.sink.warm = warm is not None
         self.outcome = ClaudeOutcome(
             allowed_tools=tuple(self.policy.tools),
@@ -115,8 +112,7 @@ class TaskRun:
         self.originals: dict[str, bytes] = {}
         self.before: dict[str, FileState] = {}
         self.agent = AgentSandbox(
-            settings, self.policy, backend=backend, upstream=upstream, runner_id=runner_id,
-            run_dir=run_root / job.task_id, sock_dir=socket_root / job.task_id, shared_dir=shared_dir,
+            context, self.policy,
             on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
             on_started=self.sink.on_started, fill_workspace=self._write_inputs, warm=warm,
         )
@@ -124,9 +120,6 @@ class TaskRun:
     def _write_inputs(self, workspace: Path) -> None:
         self.originals = write_inputs(workspace, self.request.files, max_bytes=self.settings.artifact_max_bytes)
         self.before = snapshot(self.originals)
-
-    async def _emit_named(self, name: str, **fields: Any) -> None:
-        await self.events.emit({"artifact": Artifact, "log": Log, "security": Security}[name], **fields)
 
     async def run(self) -> TaskOutcome:
         started = time.monotonic()
@@ -139,9 +132,9 @@ class TaskRun:
         later = False
         try:
             exit_code = await self._run_claude(agent)
-            timed_out = agent.sandbox.timed_out  # type: ignore[union-attr]
-            deadline = asyncio.get_running_loop().time() + agent.sandbox.remaining_s  # type: ignore[union-attr]
-            if self._later is not None and agent.warm is not None and await agent.sandbox.stop_all():  # type: ignore[union-attr]
+            timed_out = agent.box.timed_out
+            deadline = asyncio.get_running_loop().time() + agent.box.remaining_s
+            if self._later is not None and agent.warm is not None and await agent.box.stop_all():
                 # every process of the sandbox is gone (checked through its cgroup):
                 # nothing can race the collection; the sandbox is removed after `finished`
                 later = True
@@ -153,7 +146,7 @@ class TaskRun:
                     async with asyncio.timeout_at(deadline):
                         diff = await store_artifacts(
                             self.events.bus, self.settings, self.job.task_id, agent.workspace, self.before,
-                            self.originals, self._emit_named,
+                            self.originals, self.events.emit,
                         )
                 except TimeoutError:
                     await self.sink.on_log(f"collecting artifacts ran past the task's {self.policy.timeout_s}s time limit; stopped")
@@ -177,7 +170,7 @@ class TaskRun:
         if agent.warm is not None:
             proc = agent.send_task(self.request.description)
         else:
-            proc = await agent.sandbox.exec(  # type: ignore[union-attr]
+            proc = await agent.box.exec(
                 claude_argv(agent.claude_binary, self.policy), env=agent.env, stdin=self.request.description.encode()
             )
         budget = EventBudget(self.settings.task_max_events, self.settings.task_max_event_bytes)
@@ -201,22 +194,30 @@ class TaskRun:
     def _outcome(self, exit_code: int, timed_out: bool, agent: AgentSandbox, diff: str | None) -> TaskOutcome:
         gateway = agent.gateway
         assert gateway is not None
-        common = {"usage": self.sink.usage, "cost_usd": gateway.spent_usd, "turns": self.outcome.turns,
-                  "diff": diff, "model": self.policy.model}
+
+        def ended(status: str, result: str, reason: str | None = None) -> TaskOutcome:
+            return TaskOutcome(
+                status=status, result=result, reason=reason, usage=self.sink.usage, cost_usd=gateway.spent_usd,
+                turns=self.outcome.turns, diff=diff, model=self.policy.model,
+            )
+
         if timed_out:
-            return TaskOutcome(status="timeout", reason="wall_clock", result=f"the task ran out of its {self.policy.timeout_s}s time limit", **common)
+            return ended("timeout", f"the task ran out of its {self.policy.timeout_s}s time limit", "wall_clock")
         if gateway.exhausted:
-            return TaskOutcome(status="budget_exceeded", reason="cost_cap",
-                               result=f"the task reached its cost cap of ${self.policy.max_cost_usd:.4f}; "
-                               "raise max_cost_usd to let it go further", **common)
+            return ended(
+                "budget_exceeded",
+                f"the task reached its cost cap of ${self.policy.max_cost_usd:.4f}; raise max_cost_usd to let it go further",
+                "cost_cap",
+            )
         if not self.outcome.seen_result:
-            return TaskOutcome(status="failed", reason="agent_crashed",
-                               result=f"Claude Code exited with status {exit_code} without a result (see the log events)", **common)
+            return ended(
+                "failed", f"Claude Code exited with status {exit_code} without a result (see the log events)", "agent_crashed"
+            )
         if self.outcome.is_error:
             # Claude Code says subtype "success" on some errors (a refused model request):
             # a failed task never carries reason "success"
             subtype = self.outcome.subtype
             reason = subtype if subtype and subtype != "success" else "agent_error"
             text = self.outcome.result or f"Claude Code ended with {reason}"
-            return TaskOutcome(status="failed", reason=reason, result=redact(text, agent.secrets), **common)
-        return TaskOutcome(status="succeeded", result=self.outcome.result, **common)
+            return ended("failed", redact(text, agent.secrets), reason)
+        return ended("succeeded", self.outcome.result)

@@ -1,7 +1,6 @@
 """Warm agents: sandboxes with Claude Code already started inside, idle on stdin.
 
-    pool = WarmAgents(settings, backend=..., runner_id=..., run_root=..., socket_root=...,
-                      shared_dir=..., busy=lambda: len(running), slots=2)
+    pool = WarmAgents(context, busy=lambda: len(running), slots=2)   # context: RunnerContext
     tg.create_task(pool.run(stopping))          # refills in the background
     agent = pool.take(job.policy)               # a WarmAgent of the task's class, or None
     ...
@@ -46,16 +45,18 @@ from pathlib import Path
 
 import msgspec
 
-from bus import Policy, SandboxError, Settings
+from bus import Policy, SandboxError
 
 from .._gateway import new_placeholder_key
 from .._privdirs import ensure_dir
-from .._sandboxes import Execution, Sandbox, SandboxBackend, spec_from_policy
+from .._sandboxes import Execution, Sandbox, spec_from_policy
 from .._sandboxes._spec import SANDBOX_GID, SANDBOX_UID
 from .._sandboxes._wsmount import mount_workspace_async, unmount_all
 from .._tools import find_claude
 from ._agent import shared_folders, start_forwarder
 from ._claude import MANAGED_SETTINGS, OPT_DIR, claude_argv, claude_env
+from ._context import RunnerContext
+from ._streamjson import ControlResponseLine, parse_line
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +122,13 @@ class WarmAgent:
     """One idle agent. ``start()`` makes it; a task adopts it (``AgentSandbox(warm=...)``);
     ``close()`` destroys it and removes its host folders (idempotent)."""
 
-    def __init__(self, template: Policy, *, klass: str, run_root: Path, socket_root: Path) -> None:
+    def __init__(self, template: Policy, *, klass: str, context: RunnerContext) -> None:
         self.id = "warm-" + secrets.token_hex(6)
         self.klass = klass
         self.policy = class_template(template, task_id=self.id)
-        self.run_dir = run_root / "warm" / self.id
-        self.sock_dir = socket_root / self.id
+        self.context = context
+        self.run_dir = context.run_root / "warm" / self.id
+        self.sock_dir = context.sock_dir(self.id)
         self.workspace = self.run_dir / "workspace"
         self.placeholder = new_placeholder_key()
         self.claude_binary = ""
@@ -149,22 +151,22 @@ class WarmAgent:
             and not self.sandbox.timed_out and not self._closed
         )
 
-    async def start(self, settings: Settings, *, backend: SandboxBackend, runner_id: str, shared_dir: Path, idle_s: float) -> None:
+    async def start(self, *, idle_s: float) -> None:
         try:
-            await self._start(settings, backend=backend, runner_id=runner_id, shared_dir=shared_dir, idle_s=idle_s)
+            await self._start(self.context, idle_s=idle_s)
         except BaseException:
             await asyncio.shield(self.close())
             raise
 
-    async def _start(self, settings: Settings, *, backend: SandboxBackend, runner_id: str, shared_dir: Path, idle_s: float) -> None:
-        opt_dir, etc_dir = shared_folders(shared_dir)
+    async def _start(self, context: RunnerContext, *, idle_s: float) -> None:
+        opt_dir, etc_dir = shared_folders(context.shared_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await mount_workspace_async(self.workspace, self.policy.disk_mb, SANDBOX_UID, SANDBOX_GID)
         ensure_dir(self.sock_dir, 0o755)
-        claude = find_claude(settings)
+        claude = find_claude(context.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
         spec = spec_from_policy(
-            self.policy, runner_id=runner_id, workspace=str(self.workspace),
+            self.policy, runner_id=context.runner_id, workspace=str(self.workspace),
             ro_mounts=[(str(claude.parent), "/opt/claude"), (str(opt_dir), OPT_DIR),
                        (str(etc_dir), str(Path(MANAGED_SETTINGS).parent))],
             socket_dir=str(self.sock_dir),
@@ -172,10 +174,10 @@ class WarmAgent:
             timeout_s=idle_s + self.policy.timeout_s + IDLE_MARGIN_S,
             late_sockets=True,
         )
-        self.sandbox = await self.stack.enter_async_context(await backend.create(spec))
+        self.sandbox = await self.stack.enter_async_context(await context.backend.create(spec))
         self.workspace = self.sandbox.workspace
         await start_forwarder(self.sandbox, self.stack, _quiet, name=self.id)
-        argv = claude_argv(self.claude_binary, self.policy) + ["--input-format=stream-json"]
+        argv = [*claude_argv(self.claude_binary, self.policy), "--input-format=stream-json"]
         self._stdin.put_nowait(INITIALIZE)
         self.claude = await self.sandbox.exec(argv, env=claude_env(self.placeholder), stdin=self._lines())
         await self._initialized(self.claude)
@@ -187,13 +189,11 @@ class WarmAgent:
     async def _initialized(self, claude: Execution) -> None:
         """Wait for the answer to ``initialize``: Claude Code has started and reads its stdin."""
         async for stream, line in claude:
-            if stream == "stdout" and line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(line)
-                    if doc.get("type") == "control_response" and doc.get("response", {}).get("request_id") == INIT_ID:
-                        if doc["response"].get("subtype") != "success":
-                            raise SandboxError(f"Claude Code refused initialize: {line[:300]}")
-                        return
+            parsed = parse_line(line) if stream == "stdout" and line.startswith("{") else None
+            if isinstance(parsed, ControlResponseLine) and parsed.response is not None and parsed.response.request_id == INIT_ID:
+                if parsed.response.subtype != "success":
+                    raise SandboxError(f"Claude Code refused initialize: {line[:300]}")
+                return
             logger.debug("warm agent %s before its task: %s", self.id, line[:300])
         raise SandboxError(f"Claude Code of warm agent {self.id} exited while starting")
 
@@ -234,23 +234,14 @@ class WarmAgents:
 
     def __init__(
         self,
-        settings: Settings,
+        context: RunnerContext,
         *,
-        backend: SandboxBackend,
-        runner_id: str,
-        run_root: Path,
-        socket_root: Path,
-        shared_dir: Path,
         busy: Callable[[], int],
         slots: int,
         demand_file: Path | None = None,
     ) -> None:
-        self.settings = settings
-        self.backend = backend
-        self.runner_id = runner_id
-        self.run_root = run_root
-        self.socket_root = socket_root
-        self.shared_dir = shared_dir
+        self.context = context
+        self.settings = context.settings
         self._busy = busy
         self.slots = slots
         self.demand: OrderedDict[str, Policy] = OrderedDict()
@@ -272,7 +263,7 @@ class WarmAgents:
         try:
             templates = msgspec.json.decode(self._demand_file.read_bytes(), type=list[Policy])
         except (OSError, msgspec.DecodeError) as exc:
-            logger.warning("runner %s: ignoring %s: %s", self.runner_id, self._demand_file, exc)
+            logger.warning("runner %s: ignoring %s: %s", self.context.runner_id, self._demand_file, exc)
             return
         for template in templates[-self.settings.warm_agents_classes:]:
             if warm_eligible(template):
@@ -287,7 +278,7 @@ class WarmAgents:
             tmp.write_bytes(msgspec.json.encode(list(self.demand.values())))
             tmp.replace(self._demand_file)
         except OSError as exc:
-            logger.warning("runner %s: cannot save its warm classes to %s: %s", self.runner_id, self._demand_file, exc)
+            logger.warning("runner %s: cannot save its warm classes to %s: %s", self.context.runner_id, self._demand_file, exc)
 
     @property
     def enabled(self) -> bool:
@@ -343,17 +334,16 @@ class WarmAgents:
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
                 continue
-            agent = WarmAgent(self.demand[klass], klass=klass, run_root=self.run_root, socket_root=self.socket_root)
+            agent = WarmAgent(self.demand[klass], klass=klass, context=self.context)
             self._starting += 1
             began = time.monotonic()
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
-                    await agent.start(self.settings, backend=self.backend, runner_id=self.runner_id,
-                                      shared_dir=self.shared_dir, idle_s=self.settings.warm_agent_max_idle_s)
+                    await agent.start(idle_s=self.settings.warm_agent_max_idle_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("runner %s: starting a warm agent of class %s failed: %s", self.runner_id, klass, exc)
+                logger.warning("runner %s: starting a warm agent of class %s failed: %s", self.context.runner_id, klass, exc)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RETRY_AFTER_S):
                         await stopping.wait()
@@ -362,7 +352,7 @@ class WarmAgents:
                 self._starting -= 1
             if klass in self.demand and not stopping.is_set():
                 self.idle.setdefault(klass, []).append(agent)
-                logger.info("runner %s: warm agent %s of class %s ready in %.0f ms", self.runner_id, agent.id, klass,
+                logger.info("runner %s: warm agent %s of class %s ready in %.0f ms", self.context.runner_id, agent.id, klass,
                             (time.monotonic() - began) * 1000)
             else:
                 self._retired.append(agent)
@@ -404,4 +394,4 @@ class WarmAgents:
             try:
                 await asyncio.shield(agent.close())
             except Exception:
-                logger.exception("runner %s: destroying warm agent %s failed; the reaper will finish it", self.runner_id, agent.id)
+                logger.exception("runner %s: destroying warm agent %s failed; the reaper will finish it", self.context.runner_id, agent.id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, InputFile, Settings, check_relative_path, input_file_bytes
+from bus import Artifact, Bus, InputFile, Log, Security, Settings, check_relative_path, input_file_bytes
 
 from . import _safefs
 
@@ -34,7 +34,8 @@ MAX_REFUSED_EVENTS = 20
 MAX_SKIP_LINES = 20
 SKIP_DIRS = {".git", "node_modules", "__pycache__", ".claude"}
 
-Emit = Callable[..., Awaitable[None]]
+Emit = Callable[..., Awaitable[object]]
+"""Publishes one event of the task: ``emit(EventClass, **fields)`` (``TaskEvents.emit``)."""
 
 
 def write_inputs(workspace: Path, files: list[InputFile], *, max_bytes: int) -> dict[str, bytes]:
@@ -85,17 +86,17 @@ async def _collect(
         _safefs.walk, workspace, skip_dirs=SKIP_DIRS, max_entries=settings.workspace_max_entries, stop=stop
     )
     if seen.truncated:
-        await emit("log", line=f"the workspace has over {settings.workspace_max_entries} entries; the rest was not looked at")
+        await emit(Log, line=f"the workspace has over {settings.workspace_max_entries} entries; the rest was not looked at")
     refused = [f"{rel}: a {kind} in the workspace; not read" for rel, kind in seen.special]
     refused += [f"{rel}: a link to outside the workspace; not followed" for rel, outside in seen.links if outside]
     for detail in refused[:MAX_REFUSED_EVENTS]:
-        await emit("security", kind="artifact_refused", severity="warning", detail=detail)
+        await emit(Security, kind="artifact_refused", severity="warning", detail=detail)
     if len(refused) > MAX_REFUSED_EVENTS:
-        await emit("security", kind="artifact_refused", severity="warning",
+        await emit(Security, kind="artifact_refused", severity="warning",
                    detail=f"{len(refused) - MAX_REFUSED_EVENTS} more links or special files in the workspace; not read")
     inside = [rel for rel, outside in seen.links if not outside]
     if inside:
-        await emit("log", line=f"{len(inside)} link(s) inside the workspace not stored (links are never stored), e.g. {inside[0]}")
+        await emit(Log, line=f"{len(inside)} link(s) inside the workspace not stored (links are never stored), e.g. {inside[0]}")
     store: Any = None
     diffs: list[str] = []
     skipped: list[str] = []
@@ -115,7 +116,7 @@ async def _collect(
         try:
             data, sha = await asyncio.to_thread(_safefs.read_file, workspace, rel, entry, max_bytes=settings.artifact_max_bytes, stop=stop)
         except _safefs.Refused as exc:
-            await emit("security", kind="artifact_refused", severity="critical", detail=f"{rel}: {exc}; not stored")
+            await emit(Security, kind="artifact_refused", severity="critical", detail=f"{rel}: {exc}; not stored")
             continue
         if old is not None and old.sha256 == sha:
             continue
@@ -125,16 +126,17 @@ async def _collect(
         key = f"{task_id}/{rel}"
         await store.put(key, data)
         stored += 1
-        await emit("artifact", path=rel, size=len(data), sha256=sha, object_key=key, change="modified" if old else "added")
+        await emit(Artifact, path=rel, size=len(data), sha256=sha, object_key=key, change="modified" if old else "added")
         if diff_size < MAX_DIFF_BYTES and len(data) <= MAX_DIFF_FILE_BYTES:
-            text = _diff(rel, originals.get(rel) if old else b"", data, added=old is None)
+            # difflib is quadratic at worst: not on the event loop
+            text = await asyncio.to_thread(_diff, rel, originals.get(rel) if old else b"", data, added=old is None)
             if text:
                 diffs.append(text)
                 diff_size += len(text)
     for line in skipped[:MAX_SKIP_LINES]:
-        await emit("log", line=line)
+        await emit(Log, line=line)
     if len(skipped) > MAX_SKIP_LINES:
-        await emit("log", line=f"... and {len(skipped) - MAX_SKIP_LINES} more files not stored")
+        await emit(Log, line=f"... and {len(skipped) - MAX_SKIP_LINES} more files not stored")
     return "".join(diffs)[:MAX_DIFF_BYTES] or None
 
 

@@ -1,6 +1,6 @@
 """The exec agent: pid 1 of every Docker sandbox, so an exec costs a fork, not a ``runc exec``.
 
-It runs inside the container as the sandbox user (``python3 -I -S -c AGENT_SOURCE
+It runs inside the container as the sandbox user (``python3 -I -S -c <exec_agent.py>
 <socket>``) and listens on a unix socket in a per-sandbox host folder bound at
 /run/taskbus-agent. A request is: ``sendmsg`` of a 4-byte length with three file
 descriptors (stdin: a pipe; stdout, stderr: one-way socket pairs, which no process can
@@ -23,121 +23,19 @@ import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from importlib import resources
 from pathlib import Path
 
 from bus import SandboxError
 
 from ._exec import Execution
+from ._host import feed_fd, pump_fd
 
 AGENT_DIR = "/run/taskbus-agent"
 AGENT_SOCKET = "agent.sock"
 
-AGENT_SOURCE = r"""
-import _signal, _socket, array, os, resource, select, sys
-path = sys.argv[1]
-for item in (sys.argv[2].split(",") if len(sys.argv) > 2 else []):
-    name, _, value = item.partition("=")
-    soft, _, hard = value.partition(":")
-    resource.setrlimit(getattr(resource, "RLIMIT_" + name), (int(soft), int(hard)))
-try:
-    os.unlink(path)
-except FileNotFoundError:
-    pass
-server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-server.bind(path + ".new")
-os.chmod(path + ".new", 0o600)
-os.rename(path + ".new", path)
-server.listen(64)
-rfd, wfd = os.pipe()
-os.set_blocking(wfd, False)
-_signal.set_wakeup_fd(wfd)
-_signal.signal(_signal.SIGCHLD, lambda *a: None)
-_signal.signal(_signal.SIGTERM, lambda *a: sys.exit(0))
-ep = select.epoll()
-ep.register(server.fileno(), select.EPOLLIN)
-ep.register(rfd, select.EPOLLIN)
-running, conns = {}, {}
-FD = array.array("i").itemsize
-def recv_exact(conn, n):
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-def start(conn):
-    msg, anc, _, _ = conn.recvmsg(4, _socket.CMSG_SPACE(3 * FD))
-    fds = array.array("i")
-    for level, kind, data in anc:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % FD])
-    try:
-        if len(msg) != 4 or len(fds) != 3:
-            raise EOFError
-        parts = recv_exact(conn, int.from_bytes(msg, "big")).split(b"\0")
-        argc = int(parts[1])
-        cwd, argv = parts[0], parts[2 : 2 + argc]
-        env = dict(p.split(b"=", 1) for p in parts[2 + argc :])
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setsid()
-                for i, fd in enumerate(fds):
-                    os.dup2(fd, i)
-                os.closerange(3, 65536)
-                os.chdir(cwd)
-                _signal.set_wakeup_fd(-1)
-                for s in (_signal.SIGCHLD, _signal.SIGTERM, _signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGINT):
-                    _signal.signal(s, _signal.SIG_DFL)
-                os.execvpe(argv[0], argv, env)
-            except BaseException as exc:
-                os.write(2, b"taskbus: cannot run " + argv[0] + b": " + str(exc).encode() + b"\n")
-            os._exit(127)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    running[pid] = conn
-    conns[conn.fileno()] = (conn, pid)
-    ep.register(conn.fileno(), select.EPOLLIN)
-while True:
-    for fd, _ in ep.poll():
-        if fd == server.fileno():
-            conn = _socket.socket(fileno=server._accept()[0])
-            try:
-                start(conn)
-            except (EOFError, OSError, ValueError, IndexError):
-                conn.close()
-        elif fd == rfd:
-            os.read(rfd, 4096)
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                conn = running.pop(pid, None)
-                if conn is not None:
-                    if conns.pop(conn.fileno(), None) is not None:
-                        ep.unregister(conn.fileno())
-                    try:
-                        conn.sendall(b"%d\n" % os.waitstatus_to_exitcode(status))
-                    except OSError:
-                        pass
-                    conn.close()
-        else:
-            conn, pid = conns.pop(fd)
-            ep.unregister(fd)
-            try:
-                conn.recv(16)
-            except OSError:
-                pass
-            try:
-                os.killpg(pid, _signal.SIGKILL)
-            except OSError:
-                pass
-"""
+AGENT_SOURCE = resources.files(__package__).joinpath("exec_agent.py").read_text()
+"""The agent's program (``exec_agent.py``), passed with ``-c``: nothing is mounted for it."""
 
 
 def agent_command(rlimits: dict[str, tuple[int, int]] | None = None) -> list[str]:
@@ -165,7 +63,7 @@ async def _poll_connect(loop: asyncio.AbstractEventLoop, path: str, timeout: flo
     async with asyncio.timeout(timeout):
         delay = 0.001
         while True:
-            if os.path.exists(path):
+            if os.path.exists(path):  # noqa: ASYNC240 (one stat of a local socket path, polled)
                 probe = socket.socket(socket.AF_UNIX)
                 probe.setblocking(False)
                 try:
@@ -275,7 +173,6 @@ async def agent_exec(
     timed_out: Callable[[], bool],
 ) -> Execution:
     """Start ``argv`` through the agent; the Execution streams its pipes line by line."""
-    from ._host import feed_fd, pump_fd
 
     proc = await AgentProcess.start(socket_path, argv, env, cwd, with_stdin=stdin is not None)
 

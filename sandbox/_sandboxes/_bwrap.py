@@ -46,14 +46,15 @@ from pathlib import Path
 from bus import SandboxError, SandboxUnavailable, Settings
 
 from . import _labels
-from ._catalogdir import catalog_binds, fill_catalog, make_catalog_dirs
 from ._agent import AGENT_DIR, AGENT_SOCKET, agent_command, agent_exec, wait_for_agent
+from ._catalogdir import catalog_binds, fill_catalog, make_catalog_dirs
 from ._exec import Execution
 from ._host import prepare_host_dirs
 from ._image import find_rootfs
 from ._labels import BwrapState, new_sandbox_id
 from ._limits import Cgroups, remove_cgroup_dirs
 from ._protocol import Sandbox, SandboxInfo
+from ._reaper import list_bwrap, prune_bwrap, reap_bwrap
 from ._seccomp import filter_fd
 from ._spec import (
     CLAUDE_DIR,
@@ -238,7 +239,7 @@ class BwrapBackend:
             seccomp_fd = filter_fd()
             try:
                 args = self._args(spec, tree, agent_dir, seccomp_fd, catalog)
-                with open(folder / "bwrap.log", "wb") as log:
+                with open(folder / "bwrap.log", "wb") as log:  # noqa: ASYNC230 (creating a local log file does not block)
                     proc = await asyncio.create_subprocess_exec(
                         *_join_cgroups(cgroups),
                         bwrap,
@@ -268,19 +269,13 @@ class BwrapBackend:
         return sandbox
 
     async def reap(self, live_runner_ids: set[str], own_runner_id: str) -> int:
-        from ._reaper import reap_bwrap
-
         return await asyncio.to_thread(reap_bwrap, self.settings.data_path, live_runner_ids, own_runner_id)
 
     async def prune(self, *, everything: bool = False) -> int:
         """Remove sandboxes whose bwrap process is gone (all of them with ``everything``)."""
-        from ._reaper import prune_bwrap
-
         return await asyncio.to_thread(prune_bwrap, self.settings.data_path, everything=everything)
 
     async def list(self) -> list[SandboxInfo]:
-        from ._reaper import list_bwrap
-
         return await asyncio.to_thread(list_bwrap, self.settings.data_path)
 
     async def close(self) -> None:

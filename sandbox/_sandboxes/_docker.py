@@ -50,7 +50,9 @@ from ._host import prepare_host_dirs
 from ._image import image_tag
 from ._labels import new_sandbox_id
 from ._limits import Cgroups
+from ._pool import WarmPool, release_workspace
 from ._protocol import Sandbox, SandboxInfo
+from ._reaper import prune_docker, reap_docker
 from ._spec import (
     HOME,
     SANDBOX_GID,
@@ -161,8 +163,6 @@ class DockerSandbox(Sandbox):
         await self.kill()
         os.close(self._agent_fd)
         if self._pool_slot is not None:
-            from ._pool import release_workspace
-
             await asyncio.to_thread(release_workspace, self._pool_slot, Path(self.spec.workspace))
         if self._remover is not None:
             self._remover(self._container)  # nothing runs in it any more; the pool removes it
@@ -182,7 +182,7 @@ class DockerBackend:
         self.image = image_tag(settings)
         self._client: Any = None
         self._image_checked = False
-        self._pool: Any = None
+        self._pool: WarmPool | None = None
         self._lock = asyncio.Lock()
 
     async def client(self) -> Any:
@@ -193,8 +193,6 @@ class DockerBackend:
                 await asyncio.to_thread(check_image, self._client, self.image)
                 self._image_checked = True
             if self._pool is None and self.settings.docker_warm_pool > 0:
-                from ._pool import WarmPool
-
                 self._pool = WarmPool(self, self.settings.docker_warm_pool)
             return self._client
 
@@ -210,11 +208,16 @@ class DockerBackend:
 
     async def create(self, spec: SandboxSpec) -> DockerSandbox:
         client = await self.client()
-        if self._pool is not None and not spec.late_sockets:
-            sandbox = await self._pool.take(spec)
-            if sandbox is not None:
-                return sandbox
         started = time.monotonic()
+        if self._pool is not None and not spec.late_sockets:
+            slot = await self._pool.take(spec)
+            if slot is not None:
+                pooled = DockerSandbox(
+                    slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", folder=slot.folder,
+                    pool_slot=True,
+                )
+                pooled._remover = self._pool.remove_later
+                return await _activate(pooled, started, "docker pool")
         sid = new_sandbox_id()
         folder = make_folder(_labels.sandboxes_dir(self.settings.data_path) / sid)
         try:
@@ -229,16 +232,8 @@ class DockerBackend:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        sandbox = DockerSandbox(sid, spec, client=client, container=container, workspace=Path(spec.workspace), folder=folder, pool_slot=False)
-        try:
-            await sandbox.wait_ready()
-            await sandbox.put_home_files()
-        except BaseException:
-            await sandbox.destroy()
-            raise
-        sandbox._start_clock()
-        logger.info("sandbox %s (docker, task %s) ready in %.0f ms", sid, spec.task_id, (time.monotonic() - started) * 1000)
-        return sandbox
+        cold = DockerSandbox(sid, spec, client=client, container=container, workspace=Path(spec.workspace), folder=folder, pool_slot=False)
+        return await _activate(cold, started, "docker")
 
     async def prewarm(self, spec: SandboxSpec, *, timeout: float = 60.0) -> int:
         """Fill the warm pool for sandboxes like ``spec`` and wait for it (0 when the pool is off)."""
@@ -248,8 +243,6 @@ class DockerBackend:
         return await self._pool.prewarm(spec, timeout=timeout)
 
     async def reap(self, live_runner_ids: set[str], own_runner_id: str) -> int:
-        from ._reaper import reap_docker
-
         client = await asyncio.to_thread(connect)
         try:
             return await asyncio.to_thread(reap_docker, client, live_runner_ids, own_runner_id, self.settings.data_path)
@@ -258,8 +251,6 @@ class DockerBackend:
 
     async def prune(self, *, everything: bool = False) -> int:
         """Remove stopped labelled containers (all of them with ``everything``)."""
-        from ._reaper import prune_docker
-
         client = await asyncio.to_thread(connect)
         try:
             return await asyncio.to_thread(prune_docker, client, self.settings.data_path, everything=everything)
@@ -299,3 +290,15 @@ class DockerBackend:
             self._client = None
 
 
+async def _activate(sandbox: DockerSandbox, started: float, how: str) -> DockerSandbox:
+    """The one activation sequence of a started container, pooled or cold: its agent
+    answers, its home files are in, its clock runs; destroyed when any of it fails."""
+    try:
+        await sandbox.wait_ready()
+        await sandbox.put_home_files()
+    except BaseException:
+        await sandbox.destroy()
+        raise
+    sandbox._start_clock()
+    logger.info("sandbox %s (%s, task %s) ready in %.0f ms", sandbox.id, how, sandbox.spec.task_id, (time.monotonic() - started) * 1000)
+    return sandbox

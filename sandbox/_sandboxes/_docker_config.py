@@ -11,6 +11,7 @@ from typing import Any
 from bus import SandboxError, SandboxUnavailable
 
 from ._agent import AGENT_DIR, agent_command
+from ._catalogdir import catalog_binds, make_catalog_dirs
 from ._spec import (
     CLAUDE_DIR,
     HOME,
@@ -35,9 +36,8 @@ def container_config(
     """Keyword arguments for ``containers.create`` enforcing the sandbox's limits.
     ``catalog`` is the host folder of ``make_catalog_dirs``: the same two read-only
     binds for every container (pooled or not), so pooled ones stay interchangeable."""
-    from docker.types import Mount, Ulimit
+    from docker.types import Mount, Ulimit  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
-    from ._catalogdir import catalog_binds
 
     limits = rlimits(spec)
     mounts = [
@@ -95,7 +95,7 @@ def short_error(exc: BaseException) -> str:
 
 
 def remove_container(container: Any) -> None:
-    import docker.errors
+    import docker.errors  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
     try:
         container.remove(force=True)
@@ -106,7 +106,6 @@ def remove_container(container: Any) -> None:
 def make_folder(folder: Path) -> Path:
     """The sandbox's host folder with ``agent/`` (the exec agent's socket, uid 1000 only)
     and the empty ``catalog/{agents,skills}`` (``make_catalog_dirs``)."""
-    from ._catalogdir import make_catalog_dirs
 
     (folder / "agent").mkdir(parents=True)
     os.chmod(folder, 0o711)
@@ -126,7 +125,7 @@ def created_at(container: Any) -> float:
 
 def connect() -> Any:
     try:
-        import docker
+        import docker  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
         client = docker.from_env(timeout=API_TIMEOUT_S)
         client.ping()
@@ -136,7 +135,7 @@ def connect() -> Any:
 
 
 def check_image(client: Any, tag: str) -> None:
-    import docker.errors
+    import docker.errors  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
     try:
         client.images.get(tag)
@@ -145,7 +144,7 @@ def check_image(client: Any, tag: str) -> None:
 
 
 def create_started(client: Any, config: dict[str, Any]) -> Any:
-    import docker.errors
+    import docker.errors  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
     try:
         container = client.containers.create(**config)

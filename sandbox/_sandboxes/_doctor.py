@@ -7,6 +7,7 @@ detail, fix, required); the doctor converts them.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 from bus import SandboxUnavailable, Settings
@@ -14,6 +15,7 @@ from bus import SandboxUnavailable, Settings
 from .._tools import find_bwrap, find_claude
 from ._image import find_rootfs, image_tag
 from ._limits import cgroup_support
+from ._seccomp import sandbox_filter
 
 
 def _check(name: str, ok: bool, detail: str, fix: str = "", required: bool = True) -> dict[str, Any]:
@@ -23,7 +25,7 @@ def _check(name: str, ok: bool, detail: str, fix: str = "", required: bool = Tru
 def _docker_image(settings: Settings) -> tuple[bool, str]:
     tag = image_tag(settings)
     try:
-        import docker
+        import docker  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
         client = docker.from_env(timeout=3)
         try:
@@ -88,7 +90,7 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
     enforced = [f"{c} (cgroup)" for c, ok in support.items() if ok]
     missing = [c for c, ok in support.items() if not ok]
     rlimits = "rlimits nproc, as, fsize, nofile, cpu"
-    detail = f"bwrap enforces: {', '.join(enforced + [rlimits])}; tmpfs size limits; no network"
+    detail = f"bwrap enforces: {', '.join([*enforced, rlimits])}; tmpfs size limits; no network"
     detail += "; docker enforces: memory (no swap), pids, cpu, tmpfs sizes, ulimits fsize/nofile/cpu; no network"
     if missing:
         detail += f"; NOT enforced by cgroup: {', '.join(missing)} (rlimits only)"
@@ -106,7 +108,6 @@ def check_limits(settings: Settings) -> list[dict[str, Any]]:
 
 def check_workspace_size(settings: Settings) -> list[dict[str, Any]]:
     """Whether a task's workspace gets a hard total size (``_wsmount``)."""
-    import shutil
 
     if os.geteuid() != 0:
         return [_check("workspace size", False,
@@ -120,9 +121,7 @@ def check_workspace_size(settings: Settings) -> list[dict[str, Any]]:
 
 def check_seccomp(settings: Settings) -> list[dict[str, Any]]:
     """bwrap sandboxes need libseccomp to compile their seccomp filter."""
-    from bus import SandboxUnavailable
 
-    from ._seccomp import sandbox_filter
 
     try:
         size = len(sandbox_filter()) // 8

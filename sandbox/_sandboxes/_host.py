@@ -78,7 +78,12 @@ async def feed_fd(fd: int, data: bytes | AsyncIterator[bytes]) -> None:
         writing = None
     finally:
         if writing is not None and not writing.done():
-            writing.add_done_callback(lambda done: (done.cancelled() or done.exception(), os.close(fd)))
+            def close_after(done: asyncio.Future[None]) -> None:
+                if not done.cancelled():
+                    done.exception()  # retrieved: the writer's failure is not logged as unhandled
+                os.close(fd)
+
+            writing.add_done_callback(close_after)
         else:
             os.close(fd)
 

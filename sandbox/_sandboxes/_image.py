@@ -221,10 +221,10 @@ def _adopt(settings: Settings, folder: Path, say: Progress) -> bool:
         for name in ("rootfs.tar", "rootfs"):
             tmp = folder / f"{name}.partial"
             _remove(tmp)
-            proc = subprocess.run(["cp", "-a", "--link", str(old / name), str(tmp)], capture_output=True, env=_tool_env())
+            proc = subprocess.run(["cp", "-a", "--link", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env(), check=False)
             if proc.returncode != 0:  # another file system: copy
                 _remove(tmp)
-                proc = subprocess.run(["cp", "-a", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env())
+                proc = subprocess.run(["cp", "-a", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env(), check=False)
                 if proc.returncode != 0:
                     _remove(tmp)
                     raise SandboxError(f"copying {old / name} into {folder} failed: {proc.stderr.strip()[-300:]}")
@@ -252,7 +252,7 @@ def _mmdebstrap(tarball: Path, say: Progress) -> None:
     argv += [SUITE, str(tmp)]
     say(f"mmdebstrap {SUITE} with {', '.join(PACKAGES)} (about 30 s)")
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=MMDEBSTRAP_TIMEOUT_S, env=_tool_env())
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=MMDEBSTRAP_TIMEOUT_S, env=_tool_env(), check=False)
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
         raise SandboxError(f"mmdebstrap did not finish in {MMDEBSTRAP_TIMEOUT_S} s; check the Debian mirror is reachable") from None
@@ -274,6 +274,7 @@ def _extract(tarball: Path, tree: Path, say: Progress) -> None:
         capture_output=True,
         text=True,
         env=_tool_env(),
+        check=False,
     )
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -286,9 +287,9 @@ def _extract(tarball: Path, tree: Path, say: Progress) -> None:
 
 def _docker_import(tarball: Path, tag: str, *, force: bool, say: Progress) -> bool:
     try:
-        import docker.errors
+        import docker.errors  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
-        import docker
+        import docker  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
         client = docker.from_env(timeout=300)
         client.ping()

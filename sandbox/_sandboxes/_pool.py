@@ -33,19 +33,21 @@ import logging
 import os
 import shutil
 import stat
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from . import _labels
+from ._agent import wait_for_agent
 from ._catalogdir import empty_catalog, fill_catalog
-from ._docker_config import remove_container
+from ._docker_config import container_config, create_started, make_folder, remove_container
 from ._host import chown_tree
 from ._spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
 from ._wsmount import bind, is_mount, mount_workspace_async, unmount_all
 
 if TYPE_CHECKING:
-    from ._docker import DockerBackend, DockerSandbox
+    from ._docker import DockerBackend
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def pool_key(spec: SandboxSpec) -> PoolKey:
     return (spec.limit_class, spec.project, spec.project_writable, spec.ro_mounts, spec.socket_dir is not None)
 
 
-class _Slot:
+class Slot:
     def __init__(self, sid: str, folder: Path, container: Any) -> None:
         self.sid = sid
         self.folder = folder
@@ -67,7 +69,7 @@ class WarmPool:
     def __init__(self, backend: DockerBackend, size: int) -> None:
         self._backend = backend
         self._size = size
-        self._idle: dict[PoolKey, list[_Slot]] = {}
+        self._idle: dict[PoolKey, list[Slot]] = {}
         self._fillers: dict[PoolKey, asyncio.Task[None]] = {}
         self._full: dict[PoolKey, asyncio.Event] = {}
         self._root = _labels.sandboxes_dir(backend.settings.data_path) / "pool"
@@ -82,9 +84,6 @@ class WarmPool:
         self._fillers[key] = asyncio.get_running_loop().create_task(self._fill(key, template), name="warm-pool-fill")
 
     async def _fill(self, key: PoolKey, template: SandboxSpec) -> None:
-        from ._agent import wait_for_agent
-        from ._docker_config import container_config, create_started, make_folder
-
         idle = self._idle.setdefault(key, [])
         client = await self._backend.client()
         while len(idle) < self._size and not self._closed:
@@ -110,19 +109,20 @@ class WarmPool:
             except asyncio.CancelledError:
                 # The Docker call finishes in its thread anyway: remove what it made.
                 made = None
-                try:
-                    made = await creating
-                except Exception:
-                    pass
+                if creating is not None:
+                    try:
+                        made = await creating
+                    except Exception:
+                        pass
                 if made is not None:
-                    await asyncio.to_thread(_remove_slot, _Slot(sid, folder, made))
+                    await asyncio.to_thread(_remove_slot, Slot(sid, folder, made))
                 remove_slot_folder(folder)
                 raise
             except Exception:
                 logger.exception("warm pool: creating a container failed; pool stays at %d", len(idle))
                 remove_slot_folder(folder)
                 break
-            idle.append(_Slot(sid, folder, container))
+            idle.append(Slot(sid, folder, container))
         self._full.setdefault(key, asyncio.Event()).set()
 
     async def prewarm(self, spec: SandboxSpec, *, timeout: float = 60.0) -> int:
@@ -137,10 +137,9 @@ class WarmPool:
         """Warm sandboxes waiting to be handed out, over every class."""
         return sum(len(slots) for slots in self._idle.values())
 
-    async def take(self, spec: SandboxSpec) -> DockerSandbox | None:
-        """A pooled sandbox for ``spec``, or None (then the caller creates one cold)."""
-        from ._docker import DockerSandbox
-
+    async def take(self, spec: SandboxSpec) -> Slot | None:
+        """A pooled container with ``spec``'s workspace, sockets and catalog handed in, or
+        None (then the caller creates one cold). The backend activates it."""
         key = pool_key(spec)
         idle = self._idle.get(key)
         if not idle:
@@ -148,7 +147,6 @@ class WarmPool:
             return None
         slot = idle.pop(0)
         self._ensure_filler(key, spec)
-        started = time.monotonic()
         try:
             await asyncio.to_thread(_hand_out, slot.folder, spec)
         except OSError as exc:
@@ -156,22 +154,10 @@ class WarmPool:
             await asyncio.to_thread(release_workspace, slot.folder, Path(spec.workspace))  # nothing is lost
             await asyncio.to_thread(_remove_slot, slot)
             return None
-        client = await self._backend.client()
-        sandbox = DockerSandbox(
-            slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", folder=slot.folder, pool_slot=True
-        )
-        sandbox._remover = self._remove_later
-        try:
-            await sandbox.wait_ready()
-            await sandbox.put_home_files()
-        except BaseException:
-            await sandbox.destroy()
-            raise
-        sandbox._start_clock()
-        logger.info("sandbox %s (docker pool, task %s) ready in %.0f ms", slot.sid, spec.task_id, (time.monotonic() - started) * 1000)
-        return sandbox
+        return slot
 
-    def _remove_later(self, container: Any) -> None:
+    def remove_later(self, container: Any) -> None:
+        """Remove a killed pooled container in the background (``close`` waits for it)."""
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove_container, container), name="warm-pool-remove")
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
@@ -194,8 +180,6 @@ class WarmPool:
 
 
 def _slot_spec(template: SandboxSpec, folder: Path) -> SandboxSpec:
-    import msgspec
-
     socket_dir = str(folder / "run") if template.socket_dir else None
     return msgspec.structs.replace(
         template, workspace=str(folder / "workspace"), socket_dir=socket_dir, home_files={}, env={}, catalog_files={}
@@ -248,7 +232,7 @@ def remove_slot_folder(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _remove_slot(slot: _Slot) -> None:
+def _remove_slot(slot: Slot) -> None:
     try:
         slot.container.remove(force=True)
     except Exception as exc:

@@ -18,10 +18,12 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from . import _labels
 from ._labels import BwrapState
 from ._limits import PARENT, Cgroups, remove_cgroup_dirs
+from ._pool import remove_slot_folder
 from ._protocol import SandboxInfo
 
 logger = logging.getLogger(__name__)
@@ -101,12 +103,12 @@ def list_bwrap(data_path: Path) -> list[SandboxInfo]:
     return infos
 
 
-def reap_docker(client: object, live_runner_ids: set[str], own_runner_id: str, data_path: Path) -> int:
+def reap_docker(client: Any, live_runner_ids: set[str], own_runner_id: str, data_path: Path) -> int:
     """Blocking: remove orphaned labelled containers (and their pool folders)."""
-    import docker.errors
+    import docker.errors  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
     removed = 0
-    containers = client.containers.list(  # type: ignore[attr-defined]
+    containers = client.containers.list(
         all=True, filters=_labels.docker_filters(data_path), ignore_removed=True,  # one removed meanwhile is no failure
     )
     for container in containers:
@@ -139,8 +141,6 @@ def _remove_pool_folder(data_path: Path, slot: str) -> None:
     root = _labels.sandboxes_dir(data_path) / "pool"
     folder = root / slot
     if folder.parent == root and slot.startswith("tb-"):
-        from ._pool import remove_slot_folder
-
         remove_slot_folder(folder)  # its workspace is a mount of its own
 
 
@@ -153,11 +153,11 @@ def prune_bwrap(data_path: Path, *, everything: bool) -> int:
     return removed
 
 
-def prune_docker(client: object, data_path: Path, *, everything: bool) -> int:
-    import docker.errors
+def prune_docker(client: Any, data_path: Path, *, everything: bool) -> int:
+    import docker.errors  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
     removed = 0
-    for container in client.containers.list(all=True, filters=_labels.docker_filters(data_path), ignore_removed=True):  # type: ignore[attr-defined]
+    for container in client.containers.list(all=True, filters=_labels.docker_filters(data_path), ignore_removed=True):
         if not everything and container.status == "running":
             continue
         try:

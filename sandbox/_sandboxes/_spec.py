@@ -205,7 +205,7 @@ def rlimits(spec: SandboxSpec) -> dict[str, tuple[int, int]]:
     cgroup is what really caps RAM.
     """
     mib = 1024 * 1024
-    cpu_s = int(math.ceil(spec.timeout_s * max(spec.cpus, 1.0))) + 5
+    cpu_s = math.ceil(spec.timeout_s * max(spec.cpus, 1.0)) + 5
     as_bytes = max(spec.memory_mb * 4, 16 * 1024) * mib
     return {
         "NPROC": (spec.pids, spec.pids),

@@ -104,7 +104,7 @@ def _mount_ext4(path: Path, size_mb: int, uid: int, gid: int) -> None:
 
 def _run(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}, check=False)
     if done.returncode != 0:
         raise subprocess.SubprocessError(f"{argv[0]} failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
@@ -113,7 +113,6 @@ def _mount_tmpfs(path: Path, size_mb: int, uid: int, gid: int) -> None:
     options = f"size={size_mb}m,nr_inodes={max(1024, size_mb * INODES_PER_MB)},mode=0700,uid={uid},gid={gid}"
     _check(_libc.mount(b"taskbus-ws", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
            f"mounting a {size_mb} MiB tmpfs on {path}")
-    return True
 
 
 def bind(source: Path, target: Path) -> None:

@@ -104,20 +104,20 @@ class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pass
 
 
-class ScriptUsage(_Strict):
+class ScriptUsage(_Strict, frozen=True):
     input_tokens: NonNegative | None = None
     output_tokens: NonNegative | None = None
     cache_creation_input_tokens: NonNegative = 0
     cache_read_input_tokens: NonNegative = 0
 
 
-class ToolUse(_Strict):
+class ToolUse(_Strict, frozen=True):
     name: Annotated[str, msgspec.Meta(min_length=1)]
     input: dict[str, Any] = msgspec.field(default_factory=dict)
     id: str | None = None
 
 
-class ErrorReply(_Strict):
+class ErrorReply(_Strict, frozen=True):
     status: Annotated[int, msgspec.Meta(ge=400, le=599)] = 500
     type: str | None = None
     message: str = "scripted error"
@@ -129,7 +129,7 @@ class ErrorReply(_Strict):
         return self.type or ERROR_TYPES.get(self.status, "api_error")
 
 
-class Turn(_Strict):
+class Turn(_Strict, frozen=True):
     text: str = ""
     tool_use: list[ToolUse] = msgspec.field(default_factory=list)
     error: ErrorReply | None = None
@@ -156,7 +156,7 @@ class Turn(_Strict):
         return self.contains is None or self.contains in user_text
 
 
-class Script(_Strict):
+class Script(_Strict, frozen=True):
     name: Name = "default"
     description: str = ""
     model: str | None = None
@@ -173,7 +173,7 @@ class Script(_Strict):
         if self.repeat_last and self.turns:
             last = len(self.turns) - 1
             at = self.turns[last].at
-            if at is None and reply > last or isinstance(at, int) and reply > at:
+            if (at is None and reply > last) or (isinstance(at, int) and reply > at):
                 return last, self.turns[last]
         return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
 from collections.abc import Generator, Mapping
@@ -31,11 +32,7 @@ logger = logging.getLogger(__name__)
 
 def http_impl() -> str:
     """``httptools`` when installed (several times faster than h11), else ``h11``."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "h11"
-    return "httptools"
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -35,7 +35,7 @@ def sse_events(reply: Reply) -> Iterator[list[bytes]]:
     yield [sse_event("message_start", {"type": "message_start", "message": start}), sse_event("ping", {"type": "ping"})]
     for index, block in enumerate(reply.content):
         if block["type"] == "text":
-            opening = {"type": "text", "text": ""}
+            opening: dict[str, Any] = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in _chunks(block["text"], reply.chunk_chars)]
         else:
             opening = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,17 @@ async def test_a_model_error_is_raised_without_the_real_key(tmp_path: Path) -> N
 async def test_a_model_outside_the_policy_is_denied(tmp_path: Path) -> None:
     result, *_ = await _provider_run(tmp_path, "hello", CompleteRequest(prompt="hi"), models=["claude-haiku-4-5"])
     assert isinstance(result, PolicyDenied)
+
+
+async def test_an_unreachable_model_api_is_a_model_error_and_the_call_is_settled_free(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings.load({}, data_dir=str(tmp_path), upstream_url=f"http://127.0.0.1:{port}",
+                             upstream_api_key="sk-ant-api03-" + secrets.token_urlsafe(24))
+    calls: list[CallRecord] = []
+    async with AnthropicProvider(settings) as provider:
+        with pytest.raises(ModelError):
+            await provider.complete(CompleteRequest(prompt="hi"), make_policy(kind="complete"), on_call=calls.append)
+    [call] = calls  # settled and reported although nothing reached the upstream
+    assert call.status == 502 and call.cost_usd == 0 and not call.charged_worst_case

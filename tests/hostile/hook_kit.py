@@ -15,10 +15,10 @@ import bus as bus_module
 from bus import Event, Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runner"))
-from runner_kit import follow, make_job, scripted_model, submit  # noqa: E402
+from runner_kit import follow, make_job, scripted_model, submit
 
-from sandbox import Runner  # noqa: E402
-from sandbox._runner._warm import warm_eligible  # noqa: E402
+from sandbox import Runner
+from sandbox._runner._warm import warm_eligible
 
 
 def bash_turns(*commands: str, final: str = "Done.") -> str:

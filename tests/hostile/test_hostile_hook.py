@@ -20,6 +20,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hook_kit import INJECT, STDOUT_TAKEOVER, SYSCALL_TABLE, bash_turns, python_command, run_script
 
 import bus as bus_module
 from bus import Artifact, Finished, Log, Message, Security, Settings, ToolCall, ToolResult, utcnow
@@ -31,8 +32,6 @@ from sandbox._runner._runner import run_root
 from sandbox._sandboxes import get_backend, spec_from_policy
 from sandbox._sandboxes._image import image_folder
 from server._dispatch_events import TaskWatch
-
-from hook_kit import INJECT, STDOUT_TAKEOVER, SYSCALL_TABLE, bash_turns, python_command, run_script
 
 
 @pytest.fixture(params=["bwrap", "docker"])
@@ -58,7 +57,7 @@ def runner_settings(settings: Settings, image_cache: Path) -> Settings:
 
 
 def _policy(**fields: object) -> bus_module.Policy:
-    base: dict[str, object] = dict(task_id="t-hook", kind="task", key_id="k", profile="p", model="m", models=["m"])
+    base: dict[str, object] = {"task_id": "t-hook", "kind": "task", "key_id": "k", "profile": "p", "model": "m", "models": ["m"]}
     return bus_module.Policy(**(base | fields))  # type: ignore[arg-type]
 
 
@@ -145,7 +144,7 @@ async def test_a_flood_of_requests_to_the_hook_socket_yields_bounded_security_ev
 
 def test_the_server_keeps_a_bounded_window_of_a_tasks_events() -> None:
     watch = TaskWatch("t-many", window=100)
-    base = dict(task_id="t-many", ts=utcnow())
+    base = {"task_id": "t-many", "ts": utcnow()}
     for seq in range(1, 5001):
         event = (Artifact(**base, seq=seq, path=f"f{seq}", size=1, sha256="0" * 64, object_key=f"t-many/f{seq}") if seq % 1000 == 0
                  else Message(**base, seq=seq, text="flood"))
@@ -294,13 +293,14 @@ async def test_a_local_user_who_plants_the_old_predictable_socket_folder_gains_n
     runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, require_bwrap: None, require_claude: Path
 ) -> None:
     from runner_kit import follow, make_job, scripted_model, submit
+
     from sandbox import Runner
 
     runner_id = "r-planted"
     old_name = Path("/tmp") / ("taskbus-" + hashlib.sha256(str(run_root(runner_settings, runner_id)).encode()).hexdigest()[:10])
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
-    subprocess.run(["rm", "-rf", str(old_name)], check=True)
+    await asyncio.to_thread(subprocess.run, ["rm", "-rf", str(old_name)], check=True)
     try:
         _as_nobody("mkdir", "-m", "0777", str(old_name))
         _as_nobody("sh", "-c", f"for i in $(seq 0 20); do ln -s {victim} {old_name}/link$i; done; ln -s {victim} {old_name}/shared")
@@ -319,7 +319,7 @@ async def test_a_local_user_who_plants_the_old_predictable_socket_folder_gains_n
         assert sorted(p.name for p in old_name.iterdir()) == sorted([f"link{i}" for i in range(21)] + ["shared"])
         assert os.stat(victim).st_mode & 0o777 == 0o700 and not any(victim.iterdir())
     finally:
-        subprocess.run(["rm", "-rf", str(old_name)], check=True)
+        await asyncio.to_thread(subprocess.run, ["rm", "-rf", str(old_name)], check=True)
 
 
 async def test_the_hook_in_the_sandbox_obeys_the_runner_and_fails_closed(
@@ -377,6 +377,7 @@ async def test_the_hook_socket_reaches_a_pooled_docker_sandbox(
     import time
 
     from runner_kit import follow, make_job, scripted_model, submit
+
     from sandbox import Runner
 
     pooled = msgspec.structs.replace(runner_settings, docker_warm_pool=1)
@@ -414,7 +415,7 @@ async def test_a_restarted_runner_removes_only_its_own_left_socket_folder(
     left = Path(tempfile.mkdtemp(prefix="tb-"))  # what a life killed with SIGKILL left behind
     (left / "t-old").mkdir()
     foreign = Path(tempfile.gettempdir()) / f"tb-foreign-{os.getpid()}"
-    subprocess.run(["rm", "-rf", str(foreign)], check=True)
+    await asyncio.to_thread(subprocess.run, ["rm", "-rf", str(foreign)], check=True)
     _as_nobody("mkdir", "-m", "0700", str(foreign))
     for runner_id, target in (("r-restart", left), ("r-foreign", foreign)):
         record = run_root(runner_settings, runner_id) / "socket_root"
@@ -426,4 +427,4 @@ async def test_a_restarted_runner_removes_only_its_own_left_socket_folder(
             assert not left.exists(), "the runner's own left folder is removed"
             assert foreign.is_dir() and os.lstat(foreign).st_uid == 65534, "another user's folder is not touched"
     finally:
-        subprocess.run(["rm", "-rf", str(foreign), str(left)], check=True)
+        await asyncio.to_thread(subprocess.run, ["rm", "-rf", str(foreign), str(left)], check=True)

@@ -14,11 +14,11 @@ from bus import Finished, Settings, ToolResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "warm"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runner"))
-from runner_kit import follow, make_job, scripted_model, submit  # noqa: E402
-from warm_kit import started, wait_warm, warm_settings  # noqa: E402
-from workspace_kit import runner_fixtures  # noqa: E402
+from runner_kit import follow, make_job, scripted_model, submit
+from warm_kit import started, wait_warm, warm_settings
+from workspace_kit import runner_fixtures
 
-from sandbox import Runner  # noqa: E402
+from sandbox import Runner
 
 image_cache = runner_fixtures.image_cache
 runner_settings = runner_fixtures.runner_settings
@@ -57,8 +57,8 @@ async def test_a_task_on_a_warm_agent_cannot_see_or_touch_the_warm_agent_beside_
 ) -> None:
     runner_id = f"r-hostile-warm-{backend}"
     runs = runner_settings.data_path / "runs" / runner_id
-    attacker_policy = dict(tools=["Bash", "Read"])
-    neighbour_policy = dict(tools=["Bash", "Read", "Write"])
+    attacker_policy = {"tools": ["Bash", "Read"]}
+    neighbour_policy = {"tools": ["Bash", "Read", "Write"]}
     scripts = {"probe": _script(PROBE.replace("{runs}", str(runs)).replace("{data}", str(runner_settings.data_path)), KILL)}
     async with scripted_model(warm_settings(runner_settings), tmp_path, scripts=scripts) as (settings, _m):
         async with Runner(settings, backend=backend, slots=2, runner_id=runner_id) as runner:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.util
+import itertools
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ import msgspec
 
 import bus as bus_module
 from bus import Artifact, Event, Finished, Settings
+from sandbox import Runner
 
 _RUNNER_TESTS = Path(__file__).resolve().parent.parent / "runner"
 sys.path.insert(0, str(_RUNNER_TESTS))
@@ -37,7 +39,6 @@ def _runner_fixtures() -> ModuleType:
 
 runner_fixtures = _runner_fixtures()
 
-from sandbox import Runner  # noqa: E402
 
 HEARTBEAT_S = 1.0
 
@@ -123,7 +124,7 @@ class Beats:
     def worst_gap(self, start: float, end: float) -> float:
         """The longest time without a heartbeat between ``start`` and ``end``."""
         points = [start, *(t for t in self.times if start < t < end), end]
-        return max(b - a for a, b in zip(points, points[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(points))
 
 
 @contextlib.asynccontextmanager

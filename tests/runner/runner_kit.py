@@ -38,12 +38,12 @@ def make_job(
 ) -> bus.Job:
     task_id = task_id or bus.new_task_id()
     kind = bus.kind_of(request)
-    defaults: dict[str, Any] = dict(
-        task_id=task_id, kind=kind, key_id="tb_test", profile="test", model="claude-sonnet-4-6",
-        models=["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
-        tools=["Bash", "Read", "Write", "Edit", "Glob", "Grep"], max_cost_usd=5.0, timeout_s=120,
-        memory_mb=1024, pids=512, disk_mb=256, max_turns=20,
-    )
+    defaults: dict[str, Any] = {
+        "task_id": task_id, "kind": kind, "key_id": "tb_test", "profile": "test", "model": "claude-sonnet-4-6",
+        "models": ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
+        "tools": ["Bash", "Read", "Write", "Edit", "Glob", "Grep"], "max_cost_usd": 5.0, "timeout_s": 120,
+        "memory_mb": 1024, "pids": 512, "disk_mb": 256, "max_turns": 20,
+    }
     defaults.update(policy)
     pol = bus.Policy(**defaults)
     signature = bus.sign_job(task_id, pol, request, secret if secret is not None else settings.job_secret)

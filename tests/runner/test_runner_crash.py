@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from nats.js.api import DeliverPolicy
+from runner_kit import follow, make_job, scripted_model, submit
 
 import bus as bus_module
 from bus import Finished, Settings, Started
 from sandbox import get_backend
-
-from runner_kit import follow, make_job, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_claude")
 

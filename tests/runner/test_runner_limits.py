@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
 
 import bus as bus_module
 from bus import Finished, Message, ModelCall, Security, Settings, Started
 from sandbox import Runner
-
-from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
 
 
 async def _running(b: bus_module.Bus, task_id: str, *, timeout: float = 60) -> None:
@@ -146,8 +145,8 @@ async def test_write_a_file_task_runs_in_docker_too(runner_settings: Settings, t
 async def test_a_completion_through_the_claude_cli_provider_streams_and_is_metered(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
     import msgspec
 
-    async with scripted_model(runner_settings, tmp_path) as (settings, model):
-        settings = msgspec.structs.replace(settings, complete_provider="claude-cli")
+    async with scripted_model(runner_settings, tmp_path) as (base, model):
+        settings = msgspec.structs.replace(base, complete_provider="claude-cli")
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-cli", kinds=("complete",)):
             job = make_job(settings, bus_module.CompleteRequest(prompt="Echo me through the CLI", system="Be brief."))
             await submit(bus, job)
@@ -207,8 +206,8 @@ async def test_a_redelivered_job_whose_runner_still_heartbeats_is_not_declared_l
     """After a NATS blip a job may be redelivered while its runner is alive: leave it be."""
     import msgspec
 
-    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
-        settings = msgspec.structs.replace(settings, heartbeat_s=0.5)
+    async with scripted_model(runner_settings, tmp_path) as (base, _model):
+        settings = msgspec.structs.replace(base, heartbeat_s=0.5)
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-owner", kinds=("task",)):
             job = make_job(settings, bus_module.TaskRequest(description="[script:runaway] keep going"), timeout_s=300, max_turns=1000)
             await submit(bus, job)

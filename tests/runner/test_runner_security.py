@@ -7,12 +7,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
 
 import bus as bus_module
 from bus import Artifact, Finished, Security, Settings, Started, ToolCall, ToolResult
 from sandbox import Runner
-
-from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
 
 import bus as bus_module
-from bus import Artifact, Finished, ModelCall, Security, Settings, Started, ToolCall, ToolResult
-from sandbox import Runner, read_log
-
-from runner_kit import assert_gapless, follow, make_job, scripted_model, submit
+from bus import Artifact, Finished, ModelCall, Settings, Started, ToolCall, ToolResult
+from sandbox import Runner
 
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 
 
 async def test_write_a_file_task_succeeds_with_the_file_as_an_artifact(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
-    async with scripted_model(runner_settings, tmp_path) as (settings, model):
+    async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-write"):
             job = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] please write hello.txt"))
             await submit(bus, job)

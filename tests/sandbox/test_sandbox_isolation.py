@@ -36,7 +36,7 @@ print("devtcp", "REACHED" if r.returncode == 0 else "blocked", flush=True)
 
 def _host_ip() -> str:
     """A non-loopback address of this host (falls back to loopback when there is none)."""
-    for family, _, _, _, addr in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+    for _family, _, _, _, addr in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
         if not addr[0].startswith("127."):
             return addr[0]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -124,7 +124,8 @@ async def test_reaper_removes_sandboxes_of_a_killed_runner(backend_name: str, sa
     children = {}
     try:
         for runner in ("dead-runner", "me"):  # a crashed runner, and our own previous life
-            child = subprocess.Popen(
+            child = await asyncio.to_thread(
+                subprocess.Popen,
                 [sys.executable, str(Path(__file__).parent / "reaper_child.py"), sandbox_settings.data_dir, runner, backend_name],
                 stdout=subprocess.PIPE,
                 cwd=ROOT,
@@ -134,7 +135,7 @@ async def test_reaper_removes_sandboxes_of_a_killed_runner(backend_name: str, sa
             children[runner] = (child, line.split()[1:])
         for child, _ in children.values():
             child.send_signal(signal.SIGKILL)
-            child.wait(10)
+            await asyncio.to_thread(child.wait, 10)
         orphan_ids = {i.decode() for _, ids in children.values() for i in ids}
         listed = {info.id for info in await backend.list()}
         assert orphan_ids <= listed

@@ -40,8 +40,8 @@ async def test_two_tasks_of_different_policies_each_run_on_a_warm_agent_with_onl
     runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, backend: str
 ) -> None:
     log = tmp_path / "model-requests.jsonl"
-    policy_a = dict(tools=["Bash", "Read"], model="claude-sonnet-4-6", max_cost_usd=5.0)
-    policy_b = dict(tools=["Read"], model="claude-haiku-4-5", max_cost_usd=0.000001)
+    policy_a = {"tools": ["Bash", "Read"], "model": "claude-sonnet-4-6", "max_cost_usd": 5.0}
+    policy_b = {"tools": ["Read"], "model": "claude-haiku-4-5", "max_cost_usd": 0.000001}
     async with scripted_model(warm_settings(runner_settings), tmp_path, scripts={"list": LIST_FILES}) as (settings, _m):
         async with Runner(settings, backend=backend, slots=2, runner_id=f"r-warm-{backend}") as runner:
             # one cold task per class: the runner learns which classes to keep warm

@@ -12,8 +12,8 @@ from sandbox._runner._warm import class_template, warm_class, warm_eligible
 
 
 def _policy(**fields: Any) -> bus.Policy:
-    base: dict[str, Any] = dict(task_id="t_1", kind="task", key_id="tb_a", profile="dev", model="claude-sonnet-4-6",
-                                models=["claude-sonnet-4-6"], tools=["Bash", "Read"], max_cost_usd=1.0)
+    base: dict[str, Any] = {"task_id": "t_1", "kind": "task", "key_id": "tb_a", "profile": "dev", "model": "claude-sonnet-4-6",
+                                "models": ["claude-sonnet-4-6"], "tools": ["Bash", "Read"], "max_cost_usd": 1.0}
     return bus.Policy(**(base | fields))
 
 
@@ -22,7 +22,7 @@ def test_tasks_differing_only_in_what_is_applied_per_task_share_a_class() -> Non
     same = _policy(task_id="t_2", key_id="tb_b", profile="other", model="claude-haiku-4-5", models=["claude-haiku-4-5"],
                    max_cost_usd=0.01, agents=["x"], skills=["y"], tools=["Read", "Bash"])
     assert warm_class(a) == warm_class(same)
-    for change in (dict(tools=["Read"]), dict(max_turns=3), dict(memory_mb=2048), dict(timeout_s=30), dict(cpus=2.0)):
+    for change in ({"tools": ["Read"]}, {"max_turns": 3}, {"memory_mb": 2048}, {"timeout_s": 30}, {"cpus": 2.0}):
         assert warm_class(_policy(**change)) != warm_class(a), change
 
 

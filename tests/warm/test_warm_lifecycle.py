@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from nats.js.api import DeliverPolicy
 from runner_kit import follow, make_job, scripted_model, submit
-from warm_kit import started, wait_warm, warm_settings
+from warm_kit import wait_warm, warm_settings
 
 import bus as bus_module
 from bus import Finished, Settings, Started, ToolCall
