@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import nats  # noqa: E402
-from bench_mcp import free_port, percentile, wait_port  # noqa: E402  (the path above)
+import nats  # noqa: E402 (after the sys.path lines above: run as a script)
+from bench_mcp import free_port, percentile, wait_port  # noqa: E402 (after the sys.path lines above: run as a script)
 
-from bus import (  # noqa: E402
+from bus import (  # noqa: E402 (after the sys.path lines above: run as a script)
     EmbeddedNats,
     Settings,
     Subjects,
@@ -49,7 +49,7 @@ from bus import (  # noqa: E402
     encode,
     new_task_id,
 )
-from profiles import Store  # noqa: E402
+from profiles import Store  # noqa: E402 (after the sys.path lines above: run as a script)
 
 TARGET_ACCEPTED_PER_S = 400.0
 TARGET_P99_MS = 1000.0

@@ -80,7 +80,7 @@ async def through_bus(settings: bus.Settings, b: bus.Bus, backend: str, runs: in
 async def _wait_warm_agent(run: Runner, *, timeout: float = 120.0) -> None:
     assert run.warm is not None
     async with asyncio.timeout(timeout):
-        while not run.warm.idle_total():
+        while not run.warm.idle_total():  # noqa: ASYNC110 (the pool exposes no event for "an agent is idle"; a benchmark setup step)
             await asyncio.sleep(0.02)
 
 
@@ -122,7 +122,7 @@ def _compare(samples: list[float], base: list[float], backend: str) -> dict[str,
         met = ratio50 <= TARGET_RATIOS["p50"] and ratio99 <= TARGET_RATIOS["p99"]
         r |= {"meets_target": met, "target": f"p50 <= 0.5x, p99 <= 0.8x: {'yes' if met else 'NO'}"}
     else:
-        met = r["overhead_p50_ms"] <= TARGETS_MS[backend]  # type: ignore[operator]
+        met = p50 - ms(base, 0.5) <= TARGETS_MS[backend]
         r |= {"target_overhead_ms": TARGETS_MS[backend], "meets_target": met,
               "target": f"<= {TARGETS_MS[backend]} ms: {'yes' if met else 'NO'}"}
     return r

@@ -152,8 +152,9 @@ class CasEntries:
             if not dirty:
                 self._remember(key, current, revision)
                 return answers
+            assert doc is not None  # dirty: some change returned a new document
             try:
-                written = await self.kv.update(key, dumps(doc), last=revision)  # type: ignore[arg-type]
+                written = await self.kv.update(key, dumps(doc), last=revision)
             except KeyWrongLastSequenceError:
                 self.forget(key)
                 raise _Stale() from None

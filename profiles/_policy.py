@@ -22,6 +22,7 @@ import msgspec
 
 from bus import (
     BUILTIN_AGENTS,
+    CatalogEntry,
     CatalogRef,
     CompleteRequest,
     InvalidInput,
@@ -72,7 +73,7 @@ def _names(
 
 
 def _chosen(
-    profile: Profile, field: str, granted: list[str], asked: list[str] | None, available: dict[str, CatalogRef | None]
+    profile: Profile, field: str, granted: list[str], asked: list[str] | None, available: dict[str, CatalogItem | None]
 ) -> list[str]:
     """The exact agents or skills of a task, from the profile's grants (names or ``*``),
     the request's narrowing and what exists (built-in agents and the catalog's entries).
@@ -97,15 +98,19 @@ def _chosen(
     return out
 
 
-def _available(catalog: Sequence[CatalogRef]) -> tuple[dict[str, CatalogRef | None], dict[str, CatalogRef | None]]:
+CatalogItem = CatalogRef | CatalogEntry
+"""A catalog entry as the catalog lists it, or as a policy pins it: both name kind, name and hash."""
+
+
+def _available(catalog: Sequence[CatalogItem]) -> tuple[dict[str, CatalogItem | None], dict[str, CatalogItem | None]]:
     """(agents, skills) that exist: the built-in agents, then the catalog's entries by name."""
     entries = sorted(((ref.kind, ref.name), ref) for ref in catalog)
-    agents: dict[str, CatalogRef | None] = dict.fromkeys(BUILTIN_AGENTS)
+    agents: dict[str, CatalogItem | None] = dict.fromkeys(BUILTIN_AGENTS)
     agents.update({n: r for (k, n), r in entries if k == "agent"})
     return agents, {n: r for (k, n), r in entries if k == "skill"}
 
 
-def offered_catalog(profile: Profile, catalog: Sequence[CatalogRef]) -> tuple[list[str], list[str]]:
+def offered_catalog(profile: Profile, catalog: Sequence[CatalogItem]) -> tuple[list[str], list[str]]:
     """The agents and skills a key of ``profile`` may ask for (what MCP discovery lists)."""
     agents, skills = _available(catalog)
     return (_chosen(profile, "agents", profile.agents, None, agents),
@@ -176,7 +181,7 @@ def resolve_policy(
     budget_remaining: float | None = None,
     issued_at: datetime | None = None,
     realpath: Callable[[str], str] | None = None,
-    catalog: Sequence[CatalogRef] | None = None,
+    catalog: Sequence[CatalogItem] | None = None,
 ) -> Policy:
     """The Policy for one task, or PolicyDenied naming what the profile does not grant.
 
@@ -246,7 +251,7 @@ def resolve_policy(
             raise _deny(profile, f"{request.timeout_s}s of execution time (at most {timeout}s)", "timeout_s")
         timeout = request.timeout_s
     turns = min(request.max_turns or profile.max_turns, profile.max_turns)
-    refs: list[CatalogRef] = []
+    refs: list[CatalogItem] = []
     if catalog is None:
         agents = _names(profile, "agents", profile.agents, request.allow_agents)
         skills = _names(profile, "skills", profile.skills, request.allow_skills)

@@ -74,7 +74,9 @@ class Registry:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        self._cas.remember(task_key(task_id), msgspec.to_builtins(record), int(results[0]))  # its update skips a read
+        revision = results[0]
+        assert not isinstance(revision, BaseException)  # raised just above
+        self._cas.remember(task_key(task_id), msgspec.to_builtins(record), int(revision))  # its update skips a read
         return record, True
 
     async def _index(self, record: TaskRecord) -> None:

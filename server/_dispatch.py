@@ -41,6 +41,7 @@ from bus import (
     Cancel,
     Catalog,
     CatalogEntry,
+    CatalogKind,
     CompleteRequest,
     ConcurrencyLimit,
     Event,
@@ -233,7 +234,7 @@ class Dispatcher:
         agents, skills = offered_catalog(profile, entries)
         by_key = {(e.kind, e.name): e for e in entries}
 
-        def item(kind: str, name: str) -> dict[str, Any]:
+        def item(kind: CatalogKind, name: str) -> dict[str, Any]:
             entry = by_key.get((kind, name))
             if entry is None:
                 return {"name": name, "description": BUILTIN_AGENT_DESCRIPTIONS.get(name, ""), "builtin": True}

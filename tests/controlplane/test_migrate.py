@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bus import KeyRevoked, Settings
+from cli import app
 from profiles import Store, default_profiles
 from profiles._keys import display_prefix, hash_key, new_key
 from profiles._profiles import encode_profile, profile_from_mapping
-from cli import app
 
 # the schema taskbus 0.5 wrote (profiles/_db.py migrations v1 + v2), as an old file has it
 OLD_SCHEMA = """

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from sandbox._scripted import read_log
 from cli import app
+from sandbox._scripted import read_log
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKBUS = [sys.executable, "-c", "from cli import main; main()"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from bus import Bus, Settings, decode_notice, free_port
-from profiles import NoticeBuffer, Store, publish_notices
 from cli import app
+from profiles import NoticeBuffer, Store, publish_notices
 
 
 async def _notices(bus: Bus, count: int, *, timeout: float = 10.0) -> list:

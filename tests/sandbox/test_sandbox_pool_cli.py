@@ -10,8 +10,8 @@ from sandbox_helpers import assert_nothing_left
 from typer.testing import CliRunner
 
 from bus import Settings
-from sandbox._sandboxes import DockerBackend, SandboxSpec
 from cli import app
+from sandbox._sandboxes import DockerBackend, SandboxSpec
 
 
 async def test_warm_pool_hands_out_a_ready_container_with_the_tasks_workspace(

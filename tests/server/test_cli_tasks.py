@@ -14,8 +14,8 @@ import nats
 from typer.testing import CliRunner
 
 from bus import Settings
-from profiles import Store
 from cli import app
+from profiles import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
