@@ -58,10 +58,7 @@ class AlertRules:
                 while window and window[0] < n.ts_us - self.auth_window_us:
                     window.popleft()
                 if len(window) >= self.auth_threshold:
-                    detail = (
-                        f"{len(window)} auth failures for {actor} within "
-                        f"{self.auth_window_us // 1_000_000}s"
-                    )
+                    detail = f"{len(window)} auth failures for {actor} within {self.auth_window_us // 1_000_000}s"
                     alerts.append(self._alert("auth_failures", n, "critical", detail))
                     window.clear()
             if len(self._failures) > 10_000:
@@ -71,8 +68,14 @@ class AlertRules:
     @staticmethod
     def _alert(kind: str, n: Notable, severity: str, detail: str | None) -> dict[str, Any]:
         return {
-            "kind": kind, "severity": severity, "row": n.row, "type": n.type, "task_id": n.task_id,
-            "key_id": n.key_id, "detail": redact(detail or ""), "ts": _iso(n.ts_us),
+            "kind": kind,
+            "severity": severity,
+            "row": n.row,
+            "type": n.type,
+            "task_id": n.task_id,
+            "key_id": n.key_id,
+            "detail": redact(detail or ""),
+            "ts": _iso(n.ts_us),
         }
 
 

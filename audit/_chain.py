@@ -28,7 +28,16 @@ import msgspec
 from ._db import GENESIS, get_meta
 
 CONTENT_COLUMNS = (
-    "stream", "stream_seq", "ts_us", "task_id", "seq", "type", "kind", "key_id", "subject", "body",
+    "stream",
+    "stream_seq",
+    "ts_us",
+    "task_id",
+    "seq",
+    "type",
+    "kind",
+    "key_id",
+    "subject",
+    "body",
 )
 _encode = msgspec.json.Encoder().encode
 _sha256 = hashlib.sha256
@@ -64,9 +73,7 @@ class VerifyResult:
 
 def latest_checkpoint(conn: sqlite3.Connection) -> tuple[int, bytes]:
     """(last pruned row id, its hash); (0, GENESIS) when nothing was pruned."""
-    row = conn.execute(
-        "SELECT last_id, last_hash FROM checkpoints ORDER BY id DESC LIMIT 1"
-    ).fetchone()
+    row = conn.execute("SELECT last_id, last_hash FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
     return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
 
@@ -86,14 +93,17 @@ def _verify(conn: sqlite3.Connection, chunk: int) -> VerifyResult:
     first: int | None = None
     count = 0
     cols = ", ".join(CONTENT_COLUMNS)
-    cursor = conn.execute(
-        f"SELECT id, {cols}, prev_hash, hash FROM audit WHERE id > ? ORDER BY id", (base_id,)
-    )
+    cursor = conn.execute(f"SELECT id, {cols}, prev_hash, hash FROM audit WHERE id > ? ORDER BY id", (base_id,))
 
     def result(problem: Problem | None) -> VerifyResult:
         return VerifyResult(
-            ok=problem is None, rows=count, first_row=first, last_row=expected_id - 1 if count else None,
-            head_hash=prev_hash.hex(), checkpoint_row=base_id, problem=problem,
+            ok=problem is None,
+            rows=count,
+            first_row=first,
+            last_row=expected_id - 1 if count else None,
+            head_hash=prev_hash.hex(),
+            checkpoint_row=base_id,
+            problem=problem,
         )
 
     while rows := cursor.fetchmany(chunk):
@@ -102,31 +112,46 @@ def _verify(conn: sqlite3.Connection, chunk: int) -> VerifyResult:
             if first is None:
                 first = row_id
             if row_id != expected_id:
-                return result(Problem(
-                    row=expected_id, kind="deleted",
-                    message=f"row {expected_id} was deleted (the next row present is {row_id})",
-                ))
+                return result(
+                    Problem(
+                        row=expected_id,
+                        kind="deleted",
+                        message=f"row {expected_id} was deleted (the next row present is {row_id})",
+                    )
+                )
             if row_hash(stored_prev, row[1:-2]) != stored_hash:
-                return result(Problem(
-                    row=row_id, kind="altered",
-                    message=f"row {row_id} was altered (its hash does not match its content)",
-                ))
+                return result(
+                    Problem(
+                        row=row_id,
+                        kind="altered",
+                        message=f"row {row_id} was altered (its hash does not match its content)",
+                    )
+                )
             if stored_prev != prev_hash:
                 if prev_prev_hash is not None and stored_prev == prev_prev_hash:
-                    return result(Problem(
-                        row=row_id - 1, kind="inserted",
-                        message=f"row {row_id - 1} was inserted (row {row_id} links to the row before it)",
-                    ))
+                    return result(
+                        Problem(
+                            row=row_id - 1,
+                            kind="inserted",
+                            message=f"row {row_id - 1} was inserted (row {row_id} links to the row before it)",
+                        )
+                    )
                 if row_id - 1 <= base_id:
-                    return result(Problem(
-                        row=row_id, kind="altered",
-                        message=f"row {row_id} was altered (it does not link to the checkpoint or genesis)",
-                    ))
-                return result(Problem(
-                    row=row_id - 1, kind="altered",
-                    message=f"row {row_id - 1} was altered or replaced (row {row_id} does not link to it), "
-                    "or rows after it were deleted and the rest renumbered",
-                ))
+                    return result(
+                        Problem(
+                            row=row_id,
+                            kind="altered",
+                            message=f"row {row_id} was altered (it does not link to the checkpoint or genesis)",
+                        )
+                    )
+                return result(
+                    Problem(
+                        row=row_id - 1,
+                        kind="altered",
+                        message=f"row {row_id - 1} was altered or replaced (row {row_id} does not link to it), "
+                        "or rows after it were deleted and the rest renumbered",
+                    )
+                )
             prev_prev_hash, prev_hash = prev_hash, stored_hash
             expected_id += 1
             count += 1
@@ -141,17 +166,20 @@ def _check_head(conn: sqlite3.Connection, last_id: int, last_hash: bytes) -> Pro
     head = int(head_id)
     if last_id < head:
         return Problem(
-            row=last_id + 1, kind="deleted",
+            row=last_id + 1,
+            kind="deleted",
             message=f"rows {last_id + 1}..{head} were deleted (the log ends before the recorded head)",
         )
     if last_id > head:
         return Problem(
-            row=head + 1, kind="inserted",
+            row=head + 1,
+            kind="inserted",
             message=f"row {head + 1} was inserted after the recorded head (row {head})",
         )
     if get_meta(conn, "head_hash") != last_hash.hex():
         return Problem(
-            row=head, kind="altered",
+            row=head,
+            kind="altered",
             message=f"row {head} was altered or replaced (its hash differs from the recorded head)",
         )
     return None

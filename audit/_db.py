@@ -77,17 +77,13 @@ def open_db(path: Path | str, *, readonly: bool = False, busy_timeout_s: float =
     path = Path(path)
     if readonly:
         if not path.exists():
-            raise AuditError(
-                f"no audit database at {path}; start `taskbus audit run` first or pass --db"
-            )
+            raise AuditError(f"no audit database at {path}; start `taskbus audit run` first or pass --db")
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         conn.execute("PRAGMA query_only = ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             conn.close()
-            raise AuditError(
-                f"{path} has audit schema {version}, newer than this taskbus ({SCHEMA_VERSION}); upgrade taskbus"
-            )
+            raise AuditError(f"{path} has audit schema {version}, newer than this taskbus ({SCHEMA_VERSION}); upgrade taskbus")
         return conn
     private_database(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -109,9 +105,7 @@ def open_db(path: Path | str, *, readonly: bool = False, busy_timeout_s: float =
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        raise AuditError(
-            f"{path} has audit schema {version}, newer than this taskbus ({SCHEMA_VERSION}); upgrade taskbus"
-        )
+        raise AuditError(f"{path} has audit schema {version}, newer than this taskbus ({SCHEMA_VERSION}); upgrade taskbus")
     for number in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -148,9 +142,7 @@ class WriterLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise AuditError(
-                f"another `taskbus audit run` is writing {self.path.with_suffix('')}; stop it first"
-            ) from None
+            raise AuditError(f"another `taskbus audit run` is writing {self.path.with_suffix('')}; stop it first") from None
         self._fd = fd
         return self
 

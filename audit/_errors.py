@@ -1,8 +1,8 @@
 """Audit errors: a subtree of the one TaskbusError tree.
 
-    TaskbusError
-    +-- AuditError            the audit database is missing, locked, newer, or unusable
-        +-- ChainBroken       verify found a row altered, deleted or inserted
+TaskbusError
++-- AuditError            the audit database is missing, locked, newer, or unusable
+    +-- ChainBroken       verify found a row altered, deleted or inserted
 """
 
 from __future__ import annotations

@@ -61,8 +61,16 @@ def live_row(stream: str, subject: str, data: bytes) -> dict[str, Any]:
     except msgspec.DecodeError:
         event = p.body
     return {
-        "id": None, "ts": iso(p.ts_us), "stream": stream, "task_id": p.task_id, "seq": p.seq,
-        "type": p.type, "kind": p.kind, "key_id": p.key_id, "subject": subject, "event": event,
+        "id": None,
+        "ts": iso(p.ts_us),
+        "stream": stream,
+        "task_id": p.task_id,
+        "seq": p.seq,
+        "type": p.type,
+        "kind": p.kind,
+        "key_id": p.key_id,
+        "subject": subject,
+        "event": event,
     }
 
 
@@ -84,16 +92,21 @@ async def follow(
                 queue.put_nowait((stream, msg.subject, msg.data))
             except asyncio.QueueFull:
                 dropped += 1
+
         return cb
 
     subs: list[Subscription] = []
     try:
         try:
             if accept.task:
-                subs.append(await bus.js.subscribe(
-                    bus.subjects.events(accept.task), ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.ALL, cb=make_cb(EVENTS),
-                ))
+                subs.append(
+                    await bus.js.subscribe(
+                        bus.subjects.events(accept.task),
+                        ordered_consumer=True,
+                        deliver_policy=DeliverPolicy.ALL,
+                        cb=make_cb(EVENTS),
+                    )
+                )
             else:
                 subs.append(await bus.nc.subscribe(bus.subjects.events_all(), cb=make_cb(EVENTS)))
             subs.append(await bus.nc.subscribe(bus.subjects.audit_all(), cb=make_cb(NOTICES)))

@@ -35,7 +35,8 @@ def prune(conn: sqlite3.Connection, *, before_us: int) -> PruneResult:
     result = verify(conn)
     if result.problem is not None:
         raise ChainBroken(
-            result.problem.row, result.problem.kind,
+            result.problem.row,
+            result.problem.kind,
             f"not pruning: {result.problem.message}; keep the database as evidence and investigate",
         )
     conn.execute("BEGIN IMMEDIATE")
@@ -49,9 +50,7 @@ def prune(conn: sqlite3.Connection, *, before_us: int) -> PruneResult:
             return PruneResult(rows=0, checkpoint_row=base_id, checkpoint_hash=base_hash.hex())
         last_hash = conn.execute("SELECT hash FROM audit WHERE id = ?", (last,)).fetchone()[0]
         deletes = []
-        for row_id, type_, body in conn.execute(
-            "SELECT id, type, body FROM audit WHERE id > ? AND id <= ?", (base_id, last)
-        ):
+        for row_id, type_, body in conn.execute("SELECT id, type, body FROM audit WHERE id > ? AND id <= ?", (base_id, last)):
             text = fts_text(type_, body)
             if text:
                 deletes.append((row_id, text))

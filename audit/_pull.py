@@ -104,8 +104,7 @@ class BatchPull:
     async def take(self, *, timeout: float) -> list[Msg]:
         """Every message received so far (at most waiting ``timeout`` for the first)."""
         now = time.monotonic()
-        if (not self._outstanding or now > self._deadline) and now >= self._retry_at \
-                and len(self._buf) < self.max_buffered:
+        if (not self._outstanding or now > self._deadline) and now >= self._retry_at and len(self._buf) < self.max_buffered:
             await self._request()
         if not self._buf:
             self._ready.clear()

@@ -17,8 +17,19 @@ _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 COLUMNS = (
-    "id", "stream", "stream_seq", "ts_us", "task_id", "seq", "type", "kind", "key_id", "subject", "body",
-    "prev_hash", "hash",
+    "id",
+    "stream",
+    "stream_seq",
+    "ts_us",
+    "task_id",
+    "seq",
+    "type",
+    "kind",
+    "key_id",
+    "subject",
+    "body",
+    "prev_hash",
+    "hash",
 )
 _SELECT = f"SELECT {', '.join('a.' + c for c in COLUMNS)} FROM audit a"
 
@@ -31,9 +42,7 @@ def parse_time(value: str, *, now: float | None = None) -> int:
     try:
         ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput(
-            f"{value!r} is neither a duration (1h, 30m, 7d) nor an ISO time (2026-01-31T12:00:00Z)"
-        ) from None
+        raise InvalidInput(f"{value!r} is neither a duration (1h, 30m, 7d) nor an ISO time (2026-01-31T12:00:00Z)") from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     return int(ts.timestamp() * 1_000_000)
@@ -51,10 +60,17 @@ def row_dict(row: Sequence[Any], *, with_hashes: bool = False) -> dict[str, Any]
     except msgspec.DecodeError:
         event = values["body"]
     out = {
-        "id": values["id"], "ts": iso(values["ts_us"]), "stream": values["stream"],
-        "stream_seq": values["stream_seq"], "task_id": values["task_id"], "seq": values["seq"],
-        "type": values["type"], "kind": values["kind"], "key_id": values["key_id"],
-        "subject": values["subject"], "event": event,
+        "id": values["id"],
+        "ts": iso(values["ts_us"]),
+        "stream": values["stream"],
+        "stream_seq": values["stream_seq"],
+        "task_id": values["task_id"],
+        "seq": values["seq"],
+        "type": values["type"],
+        "kind": values["kind"],
+        "key_id": values["key_id"],
+        "subject": values["subject"],
+        "event": event,
     }
     if with_hashes:
         out["prev_hash"], out["hash"] = values["prev_hash"].hex(), values["hash"].hex()
@@ -75,9 +91,7 @@ def _json(path: str) -> str:
 
 
 # a spawn or skill call (tool_call.invokes), or a catalog change notice about the entry
-_CATALOG_MATCH = (
-    f"({_json('$.invokes')} = ? OR ({_json('$.detail.catalog_kind')} = ? AND {_json('$.detail.name')} = ?))"
-)
+_CATALOG_MATCH = f"({_json('$.invokes')} = ? OR ({_json('$.detail.catalog_kind')} = ? AND {_json('$.detail.name')} = ?))"
 
 
 def _where(

@@ -164,8 +164,16 @@ def _event(data: bytes) -> Prepared:
         body = data.decode()
         fts, kind, key_id, severity, detail = _event_fields(ev)
     return Prepared(
-        ts_us=ts_us(ev.ts), task_id=ev.task_id, seq=ev.seq, type=_TAGS[type(ev)], kind=kind,
-        key_id=key_id, body=body, fts=fts[:MAX_FTS_CHARS], severity=severity, detail=detail,
+        ts_us=ts_us(ev.ts),
+        task_id=ev.task_id,
+        seq=ev.seq,
+        type=_TAGS[type(ev)],
+        kind=kind,
+        key_id=key_id,
+        body=body,
+        fts=fts[:MAX_FTS_CHARS],
+        severity=severity,
+        detail=detail,
     )
 
 
@@ -182,9 +190,16 @@ def _notice(data: bytes) -> Prepared:
         body = data.decode()
         fts = _notice_text(notice)
     return Prepared(
-        ts_us=ts_us(notice.ts), task_id=notice.task_id, seq=None, type="notice", kind=notice.kind,
-        key_id=redact(notice.actor), body=body, fts=fts[:MAX_FTS_CHARS],
-        detail=notice.code, count=_count(notice.detail.get("count")),
+        ts_us=ts_us(notice.ts),
+        task_id=notice.task_id,
+        seq=None,
+        type="notice",
+        kind=notice.kind,
+        key_id=redact(notice.actor),
+        body=body,
+        fts=fts[:MAX_FTS_CHARS],
+        detail=notice.code,
+        count=_count(notice.detail.get("count")),
     )
 
 
@@ -207,8 +222,14 @@ def _malformed(stream: str, subject: str, data: bytes, error: str) -> Prepared:
     error = redact(error)[:1000]
     body: dict[str, Any] = {"error": error, "raw": raw, "size": len(data), "truncated": len(data) > MAX_MALFORMED_BYTES}
     return Prepared(
-        ts_us=int(time.time() * 1_000_000), task_id=task_id, seq=None, type="malformed",
-        kind=stream, key_id=None, body=_encode(body).decode(), fts=error,
+        ts_us=int(time.time() * 1_000_000),
+        task_id=task_id,
+        seq=None,
+        type="malformed",
+        kind=stream,
+        key_id=None,
+        body=_encode(body).decode(),
+        fts=error,
     )
 
 

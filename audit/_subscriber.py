@@ -95,7 +95,10 @@ async def run_audit(
                 async with await Bus.for_settings(settings, name="taskbus-audit") as bus:
                     await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
                     service = AuditService(
-                        bus, writer, options, alert_command=settings.alert_command,
+                        bus,
+                        writer,
+                        options,
+                        alert_command=settings.alert_command,
                         writer_name=settings.audit_writer_name,
                     )
                     await service.run(stop, ready=ready)
@@ -120,14 +123,16 @@ class _Source:
 
 
 class AuditService:
-    def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "",
-                 writer_name: str = "") -> None:
+    def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "", writer_name: str = "") -> None:
         self.bus = bus
         self.consumers = consumer_names(writer_name)
         self.writer = writer
         self.options = options
         self.alerter = Alerter(
-            bus.nc, bus.subjects, command=alert_command, hook_timeout_s=options.alert_timeout_s,
+            bus.nc,
+            bus.subjects,
+            command=alert_command,
+            hook_timeout_s=options.alert_timeout_s,
             rules=AlertRules(auth_threshold=options.auth_failure_threshold, auth_window_s=options.auth_failure_window_s),
         )
         self._queue: asyncio.Queue[tuple[list[Incoming], Msg]] = asyncio.Queue(maxsize=8)
@@ -149,7 +154,9 @@ class AuditService:
                 await self._subscribe(source, self.writer.last_seq.get(source.stream, 0) + 1)
             logger.info(
                 "audit writer started: head row %d, resuming events after seq %d, notices after seq %d",
-                self.writer.head_id, self.writer.last_seq.get(EVENTS, 0), self.writer.last_seq.get(NOTICES, 0),
+                self.writer.head_id,
+                self.writer.last_seq.get(EVENTS, 0),
+                self.writer.last_seq.get(NOTICES, 0),
             )
             if ready is not None:
                 ready.set()
@@ -190,7 +197,10 @@ class AuditService:
         )
         await js.add_consumer(source.stream_name, config)
         pull = BatchPull(
-            self.bus.nc, source.stream_name, source.durable, batch=self.options.fetch_batch,
+            self.bus.nc,
+            source.stream_name,
+            source.durable,
+            batch=self.options.fetch_batch,
             max_buffered=self.options.max_batch * 2,
         )
         source.pull = await pull.start()
@@ -302,7 +312,12 @@ class AuditService:
         if batches:
             logger.info(
                 "audit: stored %d rows in %d batches (%d duplicates skipped, %d malformed) in %.1fs; head row %d",
-                stored, batches, dups, malformed, now - self._last_log, self.writer.head_id,
+                stored,
+                batches,
+                dups,
+                malformed,
+                now - self._last_log,
+                self.writer.head_id,
             )
         self._stats = [0, 0, 0, 0]
         self._last_log = now

@@ -84,8 +84,7 @@ class Writer:
         self.head: tuple[int, bytes] = head
         """(row, hash) of the last committed row, replaced as one value (read from other threads)."""
         self.last_seq: dict[str, int] = {
-            stream: int(seq)
-            for stream, seq in conn.execute("SELECT stream, MAX(stream_seq) FROM audit GROUP BY stream")
+            stream: int(seq) for stream, seq in conn.execute("SELECT stream, MAX(stream_seq) FROM audit GROUP BY stream")
         }
         for name, value in conn.execute("SELECT name, value FROM meta WHERE name LIKE 'last_seq:%'"):
             stream = name.split(":", 1)[1]
@@ -152,10 +151,19 @@ class Writer:
             if p.type in NOTABLE_TYPES:
                 if p.type == "malformed":
                     result.malformed += 1
-                notable.append(Notable(
-                    row=head_id, type=p.type, kind=p.kind, task_id=p.task_id, key_id=key_id,
-                    ts_us=p.ts_us, severity=p.severity, detail=p.detail, count=p.count,
-                ))
+                notable.append(
+                    Notable(
+                        row=head_id,
+                        type=p.type,
+                        kind=p.kind,
+                        task_id=p.task_id,
+                        key_id=key_id,
+                        ts_us=p.ts_us,
+                        severity=p.severity,
+                        detail=p.detail,
+                        count=p.count,
+                    )
+                )
         self._next_head = (head_id, head_hash)
         result.stored, result.head_id, result.head_hash = len(rows), head_id, head_hash
         return PreparedBatch(rows=rows, fts=fts, new_keys=new_keys, last_seq=dict(last_seq), result=result)
@@ -198,9 +206,7 @@ class Writer:
 
 def is_busy(exc: BaseException) -> bool:
     """SQLite could not get the write lock in time (another process holds it, e.g. a prune)."""
-    return isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in str(exc) or "busy" in str(exc)
-    )
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 def _reader_for(conn: sqlite3.Connection) -> sqlite3.Connection:

@@ -83,8 +83,13 @@ def make_events(n: int, per_task: int = 200) -> list[tuple[str, bytes]]:
                 case 2:
                     ev = ToolResult(**base, id=f"c{seq}", output="src/a.py:12: # TODO handle the error case\n" * 2)
                 case 3:
-                    ev = ModelCall(**base, model="claude-haiku-4-5", usage=Usage(input_tokens=1200, output_tokens=80),
-                                   cost_usd=0.0016, total_cost_usd=0.0016 * seq)
+                    ev = ModelCall(
+                        **base,
+                        model="claude-haiku-4-5",
+                        usage=Usage(input_tokens=1200, output_tokens=80),
+                        cost_usd=0.0016,
+                        total_cost_usd=0.0016 * seq,
+                    )
                 case _:
                     ev = Log(**base, line=f"[runner] step {seq} ok")
         out.append((task_id, msgspec.json.encode(ev)))
@@ -101,26 +106,22 @@ def bench_baseline(events: list[tuple[str, bytes]], batch: int, tmp: Path, *, ft
     rows, texts = [], []
     for i, (task_id, payload) in enumerate(events, start=1):  # not timed: rows ready to insert
         p = prepare("events", f"taskbus.events.{task_id}", payload)
-        rows.append((i, "events", i, p.ts_us, p.task_id, p.seq, p.type, p.kind, p.key_id,
-                     f"taskbus.events.{task_id}", p.body, "", ""))
+        rows.append((i, "events", i, p.ts_us, p.task_id, p.seq, p.type, p.kind, p.key_id, f"taskbus.events.{task_id}", p.body, "", ""))
         texts.append((i, p.fts) if p.fts else None)
     insert = "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
     start = time.perf_counter()
     for lo in range(0, len(rows), batch):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(insert, rows[lo:lo + batch])
+        conn.executemany(insert, rows[lo : lo + batch])
         if fts:
-            conn.executemany("INSERT INTO audit_fts (rowid, text) VALUES (?, ?)",
-                             [t for t in texts[lo:lo + batch] if t is not None])
+            conn.executemany("INSERT INTO audit_fts (rowid, text) VALUES (?, ?)", [t for t in texts[lo : lo + batch] if t is not None])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
     return _rate(len(rows), elapsed)
 
 
-def bench_writer(
-    events: list[tuple[str, bytes]], batch: int, tmp: Path, *, commit: bool = True, chain: bool = True
-) -> float:
+def bench_writer(events: list[tuple[str, bytes]], batch: int, tmp: Path, *, commit: bool = True, chain: bool = True) -> float:
     """Writer.write_batch per batch, as the service calls it (``commit=False``: the Python
     part alone: decode, redaction check, task->key, hash chain; ``chain=False``: the same
     writer with hashing replaced by a constant, to show what the chain itself costs)."""
@@ -132,7 +133,7 @@ def bench_writer(
     step = writer.write_batch if commit else writer.prepare
     start = time.perf_counter()
     for lo in range(0, len(incoming), batch):
-        step(incoming[lo:lo + batch])
+        step(incoming[lo : lo + batch])
     elapsed = time.perf_counter() - start
     _writer_module.row_hash = row_hash
     writer.close()
@@ -150,14 +151,17 @@ async def bench_end_to_end(events: list[tuple[str, bytes]], batch: int, tmp: Pat
             await bus.ensure_streams()
             t0 = time.perf_counter()
             for lo in range(0, len(events), 2000):  # pre-fill (not part of the measurement)
-                await asyncio.gather(*(  # with the header every bus.publish adds, as runners publish
-                    bus.js.publish(subjects.events(t), p, timeout=30, headers=HEADERS) for t, p in events[lo:lo + 2000]
-                ))
+                await asyncio.gather(
+                    *(  # with the header every bus.publish adds, as runners publish
+                        bus.js.publish(subjects.events(t), p, timeout=30, headers=HEADERS) for t, p in events[lo : lo + 2000]
+                    )
+                )
             fill_s = time.perf_counter() - t0
         db = tmp / "data" / "audit.db"
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_audit(settings, db_path=db, stop=stop, ready=ready,
-                                             options=AuditOptions(fetch_batch=batch, max_batch=max(batch, 5000))))
+        task = asyncio.create_task(
+            run_audit(settings, db_path=db, stop=stop, ready=ready, options=AuditOptions(fetch_batch=batch, max_batch=max(batch, 5000)))
+        )
         await asyncio.wait_for(ready.wait(), 30)
         start = time.perf_counter()
         probe = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -241,14 +245,15 @@ def main() -> int:
         "end_to_end_all_runs": [round(r["eps"]) for r in e2e_runs],
         "load_average_after": os.getloadavg(),
     }
-    print(f"audit ingest, {args.events} events (~{avg_bytes:.0f} B each), batches of {args.batch}, "
-          f"{os.cpu_count()} cpus, sqlite {sqlite3.sqlite_version}")
+    print(
+        f"audit ingest, {args.events} events (~{avg_bytes:.0f} B each), batches of {args.batch}, "
+        f"{os.cpu_count()} cpus, sqlite {sqlite3.sqlite_version}"
+    )
     print(f"{'stage':<34}{'events/s':>12}")
     for name, value in results["eps"].items():
         print(f"{name:<34}{value:>12,}")
     print(f"baseline / writer: {ratio:.2f}x (target <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'})")
-    print(f"end to end: {e2e['eps']:,.0f} events/s (target >= {TARGET_EPS:,}: "
-          f"{'met' if e2e['eps'] >= TARGET_EPS else 'NOT met'})")
+    print(f"end to end: {e2e['eps']:,.0f} events/s (target >= {TARGET_EPS:,}: {'met' if e2e['eps'] >= TARGET_EPS else 'NOT met'})")
     print(f"FTS cost: executemany without FTS is {baseline_nofts / baseline:.2f}x faster")
     print(f"chain cost: the writer without hashing is {best['no_chain'] / writer:.2f}x faster")
     if args.out:

@@ -45,8 +45,9 @@ BODY = json.dumps({"prompt": "ping", "model": "claude-haiku-4-5", "max_tokens": 
 
 
 def taskbus(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
-                          check=False, timeout=120, cwd=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, check=False, timeout=120, cwd=str(ROOT)
+    )
     if done.returncode != 0:
         raise SystemExit(f"taskbus {' '.join(args)} failed: {(done.stderr or done.stdout)[-800:]}")
     return done.stdout
@@ -54,18 +55,39 @@ def taskbus(args: list[str], env: dict[str, str]) -> str:
 
 def base_env(data: Path, url: str, replicas: int, secret: str, role: str) -> dict[str, str]:
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-        "TASKBUS_DATA_DIR": str(data), "TASKBUS_NATS_URL": url, "TASKBUS_SUBJECT_PREFIX": PREFIX,
-        "TASKBUS_NATS_CREDENTIALS": str(credentials_path(data, role)), "TASKBUS_NATS_REPLICAS": str(replicas),
-        "TASKBUS_JOB_SECRET": secret, "TASKBUS_UPSTREAM_URL": "http://127.0.0.1:9", "TASKBUS_UPSTREAM_API_KEY": "unused",
-        "TASKBUS_LOG_LEVEL": "warning", "COLUMNS": "200",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "TASKBUS_DATA_DIR": str(data),
+        "TASKBUS_NATS_URL": url,
+        "TASKBUS_SUBJECT_PREFIX": PREFIX,
+        "TASKBUS_NATS_CREDENTIALS": str(credentials_path(data, role)),
+        "TASKBUS_NATS_REPLICAS": str(replicas),
+        "TASKBUS_JOB_SECRET": secret,
+        "TASKBUS_UPSTREAM_URL": "http://127.0.0.1:9",
+        "TASKBUS_UPSTREAM_API_KEY": "unused",
+        "TASKBUS_LOG_LEVEL": "warning",
+        "COLUMNS": "200",
     }
 
 
 def make_key(env: dict[str, str]) -> str:
     """A key whose profile admits everything the benchmark sends (CLI: works on any Store)."""
-    taskbus(["profiles", "update", "developer", "--max-concurrent", "1000000", "--rate-limit", "100000000",
-             "--day", "1000000", "--month", "10000000"], env)
+    taskbus(
+        [
+            "profiles",
+            "update",
+            "developer",
+            "--max-concurrent",
+            "1000000",
+            "--rate-limit",
+            "100000000",
+            "--day",
+            "1000000",
+            "--month",
+            "10000000",
+        ],
+        env,
+    )
     created = json.loads(taskbus(["keys", "create", "--profile", "developer", "--name", "bench", "--json"], env))
     return str(created["key"])
 
@@ -77,10 +99,17 @@ async def servers(datas: list[Path], url: str, replicas: int, secret: str, work:
         for i, data in enumerate(datas):
             env = base_env(data, url, replicas, secret, "server")
             with (work / f"server-{i}.log").open("ab") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1",
-                     "--port", "0"], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, cwd=str(ROOT)))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", "0"],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        cwd=str(ROOT),
+                    )
+                )
         yield
     finally:
         for proc in procs:
@@ -113,6 +142,7 @@ async def measure(url: str, data: Path, key: str, requests: int, *, servers_expe
     nc = await nats.connect(servers=url.split(","), user=creds.user, password=creds.password)
     headers = {"Authorization": f"Bearer {key}"}
     try:
+
         async def submit() -> None:
             msg = await nc.request(f"{PREFIX}.submit.complete", BODY, headers=headers, timeout=60)
             reply = json.loads(msg.data)
@@ -175,10 +205,26 @@ async def main(args: argparse.Namespace) -> None:
         ratio_p50 = round(k["p50_ms"] / s["p50_ms"], 2) if s["p50_ms"] else 0.0
         ratio_rate = round(k["per_s"] / s["per_s"], 2) if s["per_s"] else 0.0
         results[f"{c}_p50_ratio"], results[f"{c}_rate_ratio"] = ratio_p50, ratio_rate
-        rows.append([f"{c[1:]} publisher(s)", f"{s['p50_ms']} / {s['p99_ms']} ms, {s['per_s']}/s",
-                     f"{k['p50_ms']} / {k['p99_ms']} ms, {k['per_s']}/s", f"{ratio_p50}x", f"{ratio_rate}x"])
-    print_table("admission on a 3-node cluster vs one server (same run)", ["complete admission (NATS submit)", "1 server, 1 node, R1 (p50/p99, rate)",
-                 "3 servers, 3 nodes, R3", "p50 ratio (<= 2x)", "rate ratio"], rows)
+        rows.append(
+            [
+                f"{c[1:]} publisher(s)",
+                f"{s['p50_ms']} / {s['p99_ms']} ms, {s['per_s']}/s",
+                f"{k['p50_ms']} / {k['p99_ms']} ms, {k['per_s']}/s",
+                f"{ratio_p50}x",
+                f"{ratio_rate}x",
+            ]
+        )
+    print_table(
+        "admission on a 3-node cluster vs one server (same run)",
+        [
+            "complete admission (NATS submit)",
+            "1 server, 1 node, R1 (p50/p99, rate)",
+            "3 servers, 3 nodes, R3",
+            "p50 ratio (<= 2x)",
+            "rate ratio",
+        ],
+        rows,
+    )
     write_json(str(args.out), results)
     print(f"logs in {work}", file=sys.stderr)
 
@@ -187,6 +233,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("bench-results/cluster.json"))
-    parser.add_argument("--shared-data", action=argparse.BooleanOptionalAction, default=True,
-                        help="the three servers share one data dir (needed while the Store is SQLite)")
+    parser.add_argument(
+        "--shared-data",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the three servers share one data dir (needed while the Store is SQLite)",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -41,11 +41,13 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, float]] = {}
     async with stack() as (settings, b, model):
         async with httpx.AsyncClient(base_url=model.url, headers={"x-api-key": "bench-key", "anthropic-version": "2023-06-01"}) as http:
+
             async def direct() -> None:
                 r = await http.post("/v1/messages", json=BODY)
                 r.raise_for_status()
 
             async with runner(settings, slots=1, kinds=("complete",)), Finisher(b) as finisher:
+
                 async def via_bus() -> None:
                     _, finished = await finisher.run(make_job(settings, bus.CompleteRequest(prompt="ping", max_tokens=64)))
                     if finished.status != "succeeded":
@@ -57,7 +59,9 @@ async def main(args: argparse.Namespace) -> None:
                         n = args.requests if concurrency > 1 else max(args.requests // 4, 50)
                         samples, wall = await closed_loop(n, concurrency, call)
                         results[f"{name}_c{concurrency}"] = {
-                            "p50_ms": ms(samples, 0.5), "p99_ms": ms(samples, 0.99), "per_s": round(n / wall, 1),
+                            "p50_ms": ms(samples, 0.5),
+                            "p99_ms": ms(samples, 0.99),
+                            "per_s": round(n / wall, 1),
                         }
     rows = []
     for concurrency in (1, 32):
@@ -65,7 +69,16 @@ async def main(args: argparse.Namespace) -> None:
         added = round(v["p50_ms"] - d["p50_ms"], 2)
         results[f"added_c{concurrency}"] = {"added_p50_ms": added, "ratio_per_s": round(v["per_s"] / d["per_s"], 3)}
         rows.append([concurrency, "direct (baseline)", d["p50_ms"], d["p99_ms"], d["per_s"], ""])
-        rows.append([concurrency, "bus + runner", v["p50_ms"], v["p99_ms"], v["per_s"], f"+{added} ms p50, {results[f'added_c{concurrency}']['ratio_per_s']}x throughput"])
+        rows.append(
+            [
+                concurrency,
+                "bus + runner",
+                v["p50_ms"],
+                v["p99_ms"],
+                v["per_s"],
+                f"+{added} ms p50, {results[f'added_c{concurrency}']['ratio_per_s']}x throughput",
+            ]
+        )
     print_table("complete: bus path vs direct model call", ["clients", "path", "p50 ms", "p99 ms", "calls/s", "vs baseline"], rows)
     results["targets"] = {"added_p50_ms": 3.0, "per_s": 500.0}
     write_json(args.out, {"benchmark": "complete", "results": results})

@@ -175,21 +175,39 @@ async def main() -> None:
         base = statistics.median(paths["direct"])
         for path, values in paths.items():
             p50, p99 = statistics.median(values), pct(values, 0.99)
-            row = {"path": f"{kind}/{path}", "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
-                   "mean_ms": round(statistics.fmean(values), 3), "ratio_p50": round(p50 / base, 2),
-                   "added_p50_ms": round(p50 - base, 3)}
+            row = {
+                "path": f"{kind}/{path}",
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(p99, 3),
+                "mean_ms": round(statistics.fmean(values), 3),
+                "ratio_p50": round(p50 / base, 2),
+                "added_p50_ms": round(p50 - base, 3),
+            }
             rows.append(row)
             print(f"{row['path']:<22}{p50:>10.2f}{p99:>10.2f}{row['mean_ms']:>10.2f}{row['ratio_p50']:>10.2f}{row['added_p50_ms']:>10.2f}")
     life = {"p50_ms": round(statistics.median(lifecycle), 3), "p99_ms": round(pct(lifecycle, 0.99), 3)}
     print(f"{'gateway start+stop':<22}{life['p50_ms']:>10.2f}{life['p99_ms']:>10.2f}")
     print("(json/stream: an httpx client in front; complete: the provider vs one streaming request with its own client)")
     if not nodelay:
-        print("note: the scripted model's listening socket had no TCP_NODELAY (set here); without it each "
-              "upstream request waits ~40 ms for a delayed ACK")
+        print(
+            "note: the scripted model's listening socket had no TCP_NODELAY (set here); without it each "
+            "upstream request waits ~40 ms for a delayed ACK"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "gateway", "requests": n, "rows": rows, "gateway_lifecycle": life,
-                               "scripted_server_had_nodelay": bool(nodelay), "cpus": os.cpu_count()}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "gateway",
+                "requests": n,
+                "rows": rows,
+                "gateway_lifecycle": life,
+                "scripted_server_had_nodelay": bool(nodelay),
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

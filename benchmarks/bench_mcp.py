@@ -135,8 +135,11 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
     echo_script.write_text(ECHO_SERVER)
     serve_port, echo_port = free_port(), free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "serve", "--transport", "http",
-                          "--port", str(serve_port)], cwd=ROOT, env=env),
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "--log-level", "warning", "serve", "--transport", "http", "--port", str(serve_port)],
+            cwd=ROOT,
+            env=env,
+        ),
         subprocess.Popen([sys.executable, str(echo_script), "http", str(echo_port)], cwd=ROOT, env=env),
     ]
     try:
@@ -170,16 +173,17 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str, tmp: 
         stdio_env = {**env, "TASKBUS_API_KEY": key, "TASKBUS_LOG_LEVEL": "warning"}
 
         def taskbus_stdio():
-            return Client(StdioServerParameters(command=sys.executable, args=["-m", "cli", "serve", "--transport",
-                                                                              "stdio"], cwd=str(ROOT), env=stdio_env))
+            return Client(
+                StdioServerParameters(
+                    command=sys.executable, args=["-m", "cli", "serve", "--transport", "stdio"], cwd=str(ROOT), env=stdio_env
+                )
+            )
 
         def echo_stdio():
-            return Client(StdioServerParameters(command=sys.executable, args=[str(echo_script), "stdio"], cwd=str(ROOT),
-                                                env=stdio_env))
+            return Client(StdioServerParameters(command=sys.executable, args=[str(echo_script), "stdio"], cwd=str(ROOT), env=stdio_env))
 
         if args.breakdown:
-            rows.append(await breakdown(taskbus_http, tb_args, env, f"http://127.0.0.1:{serve_port}/metrics",
-                                        calls=args.breakdown))
+            rows.append(await breakdown(taskbus_http, tb_args, env, f"http://127.0.0.1:{serve_port}/metrics", calls=args.breakdown))
             print("  breakdown: done", file=sys.stderr)
         base = await drive(echo_stdio, "echo", echo_args, clients=1, calls=args.calls)
         ours = await drive(taskbus_stdio, "complete", tb_args, clients=1, calls=args.calls)
@@ -222,8 +226,9 @@ async def breakdown(make_client, tool_args: dict, env: dict[str, str], metrics_u
             t1 = time.time()
             stamps.append((t0, t1, (result.structured_content or {}).get("task_id", "")))
     sum1, count1 = await admission_ms(metrics_url)
-    segments: dict[str, list[float]] = {k: [] for k in ("to_accepted", "accepted_to_model_call",
-                                                        "model_call_to_finished", "finished_to_client", "total")}
+    segments: dict[str, list[float]] = {
+        k: [] for k in ("to_accepted", "accepted_to_model_call", "model_call_to_finished", "finished_to_client", "total")
+    }
     async with await Bus.for_settings(Settings.load(env), name="bench-breakdown") as bus:
         for t0, t1, task_id in stamps:
             events = await replay_events(bus, task_id)
@@ -245,8 +250,9 @@ async def breakdown(make_client, tool_args: dict, env: dict[str, str], metrics_u
 async def make_key(env: dict[str, str]) -> str:
     settings = Settings.load(env)
     async with Store.for_settings(settings) as store:
-        await store.apply_toml(textwrap.dedent(
-            """
+        await store.apply_toml(
+            textwrap.dedent(
+                """
             [profiles.bench]
             kinds = ["complete"]
             models = ["claude-haiku-4-5", "claude-sonnet-4-6"]
@@ -254,7 +260,8 @@ async def make_key(env: dict[str, str]) -> str:
             max_cost_per_task_usd = 0.05
             rate_limit_per_min = 1000000
             """
-        ))
+            )
+        )
         return (await store.create_key("bench"))[0]
 
 
@@ -270,22 +277,29 @@ def main() -> None:
     nats.start()
     model_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
-    env.update({
-        "TASKBUS_NATS_URL": nats.url,
-        "TASKBUS_DATA_DIR": str(tmp / "data"),
-        "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
-        "TASKBUS_SUBJECT_PREFIX": "bench",
-        "TASKBUS_LOG_LEVEL": "warning",
-    })
+    env.update(
+        {
+            "TASKBUS_NATS_URL": nats.url,
+            "TASKBUS_DATA_DIR": str(tmp / "data"),
+            "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+            "TASKBUS_SUBJECT_PREFIX": "bench",
+            "TASKBUS_LOG_LEVEL": "warning",
+        }
+    )
     procs = [
-        subprocess.Popen([sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port",
-                          str(model_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port", str(model_port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        ),
     ]
     try:
         wait_port(model_port, procs[0])
         key = asyncio.run(make_key(env))
-        procs.append(subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "runner",
-                                       "--slots", "16"], cwd=ROOT, env=env))
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "runner", "--slots", "16"], cwd=ROOT, env=env)
+        )
         rows = asyncio.run(measure(args, env, key, tmp))
     finally:
         for proc in procs:
@@ -296,17 +310,21 @@ def main() -> None:
                 proc.kill()
         nats.stop()
 
-    header = f"{'transport':<10}{'clients':>8}{'echo c/s':>10}{'echo p50':>10}{'echo p99':>10}" \
-             f"{'tb c/s':>9}{'tb p50':>9}{'tb p99':>9}{'added p50':>11}{'p50 ratio':>10}"
+    header = (
+        f"{'transport':<10}{'clients':>8}{'echo c/s':>10}{'echo p50':>10}{'echo p99':>10}"
+        f"{'tb c/s':>9}{'tb p50':>9}{'tb p99':>9}{'added p50':>11}{'p50 ratio':>10}"
+    )
     print(header)
     for row in [r for r in rows if r["transport"] != "breakdown"]:
         b, t = row["baseline"], row["taskbus"]
         row["added_p50_ms"] = t["p50_ms"] - b["p50_ms"]
         row["p50_ratio"] = t["p50_ms"] / b["p50_ms"]
         row["target_met"] = row["added_p50_ms"] <= TARGET_ADDED_P50_MS
-        print(f"{row['transport']:<10}{t['clients']:>8}{b['calls_per_s']:>10.0f}{b['p50_ms']:>10.2f}{b['p99_ms']:>10.2f}"
-              f"{t['calls_per_s']:>9.0f}{t['p50_ms']:>9.2f}{t['p99_ms']:>9.2f}{row['added_p50_ms']:>11.2f}"
-              f"{row['p50_ratio']:>10.2f}")
+        print(
+            f"{row['transport']:<10}{t['clients']:>8}{b['calls_per_s']:>10.0f}{b['p50_ms']:>10.2f}{b['p99_ms']:>10.2f}"
+            f"{t['calls_per_s']:>9.0f}{t['p50_ms']:>9.2f}{t['p99_ms']:>9.2f}{row['added_p50_ms']:>11.2f}"
+            f"{row['p50_ratio']:>10.2f}"
+        )
     print(f"target: added p50 <= {TARGET_ADDED_P50_MS} ms over the echo baseline")
     for row in [r for r in rows if r["transport"] == "breakdown"]:
         print(f"breakdown of one call over HTTP (p50 of {row['calls']} sequential calls; segments by timestamps):")
@@ -322,10 +340,18 @@ def main() -> None:
             if key in row["p50_ms"]:
                 print(f"  {label:<66}{row['p50_ms'][key]:>8.2f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "mcp", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "target_added_p50_ms": TARGET_ADDED_P50_MS, "rows": rows,
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "mcp",
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "target_added_p50_ms": TARGET_ADDED_P50_MS,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

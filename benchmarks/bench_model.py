@@ -91,9 +91,7 @@ class Server:
 
     def __enter__(self) -> Server:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
-        self.process = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         wait_ready(self.port)
         return self
 
@@ -148,8 +146,7 @@ def run_wrk(wrk: str, url: str, body: dict, clients: int, duration: int) -> dict
 async def _python_client(port: int, path: str, body: dict, clients: int, duration: int) -> dict:
     payload = json.dumps(body).encode()
     request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
     latencies: list[float] = []
     errors = 0
@@ -225,27 +222,37 @@ def main() -> None:
     base = {r["clients"]: r["rps"] for r in rows if r["case"].startswith("baseline")}
     for row in rows:
         row["ratio_to_baseline"] = row["rps"] / base[row["clients"]]
-    print(f"\nscripted model server, one uvicorn process (uvloop + httptools); client: {client}; "
-          f"{args.duration}s per row; {os.cpu_count()} CPUs\n")
+    print(
+        f"\nscripted model server, one uvicorn process (uvloop + httptools); client: {client}; "
+        f"{args.duration}s per row; {os.cpu_count()} CPUs\n"
+    )
     print(f"{'case':32} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x base':>7} {'errors':>6}")
     for r in rows:
-        print(f"{r['case']:32} {r['clients']:>7} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['ratio_to_baseline']:>7.2f} {r['errors']:>6}")
+        print(
+            f"{r['case']:32} {r['clients']:>7} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['ratio_to_baseline']:>7.2f} {r['errors']:>6}"
+        )
     short32 = next(r for r in rows if r["case"] == "scripted: /v1/messages JSON" and r["clients"] == 32)
     verdict = "meets" if short32["rps"] >= TARGET_RPS else "MISSES"
     print(f"\nshort JSON reply at 32 clients: {short32['rps']:.0f} req/s ({verdict} the {TARGET_RPS} req/s target)")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "model",
-        "client": client,
-        "duration_s": args.duration,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "target_rps": TARGET_RPS,
-        "meets_target": short32["rps"] >= TARGET_RPS,
-        "rows": rows,
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "model",
+                "client": client,
+                "duration_s": args.duration,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "target_rps": TARGET_RPS,
+                "meets_target": short32["rps"] >= TARGET_RPS,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

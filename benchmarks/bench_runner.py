@@ -45,8 +45,13 @@ async def stack(*, image_dir: Path | None = None, **overrides: Any) -> AsyncIter
             (data / "images").symlink_to(image_dir or default_images)
         async with EmbeddedNats(Path(tmp) / "nats") as nats_server, ScriptedModelServer() as model:
             settings = Settings.load(
-                {}, data_dir=str(data), nats_url=nats_server.url, subject_prefix="bench",
-                job_secret=secrets.token_hex(16), upstream_url=model.url, upstream_api_key="bench-key",
+                {},
+                data_dir=str(data),
+                nats_url=nats_server.url,
+                subject_prefix="bench",
+                job_secret=secrets.token_hex(16),
+                upstream_url=model.url,
+                upstream_api_key="bench-key",
                 **overrides,
             )
             async with await Bus.open(settings.nats_url, Subjects("bench")) as b:
@@ -57,9 +62,15 @@ async def stack(*, image_dir: Path | None = None, **overrides: Any) -> AsyncIter
 def make_job(settings: Settings, request: Any, **policy: Any) -> bus.Job:
     task_id = bus.new_task_id()
     fields: dict[str, Any] = {
-        "task_id": task_id, "kind": bus.kind_of(request), "key_id": "tb_bench", "profile": "bench",
-        "model": "claude-sonnet-4-6", "models": ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
-        "tools": ["Bash", "Read", "Write"], "max_cost_usd": 5.0, "timeout_s": 120,
+        "task_id": task_id,
+        "kind": bus.kind_of(request),
+        "key_id": "tb_bench",
+        "profile": "bench",
+        "model": "claude-sonnet-4-6",
+        "models": ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
+        "tools": ["Bash", "Read", "Write"],
+        "max_cost_usd": 5.0,
+        "timeout_s": 120,
     }
     fields.update(policy)
     pol = bus.Policy(**fields)
@@ -93,9 +104,19 @@ class Finisher:
         fut: asyncio.Future[Finished] = asyncio.get_running_loop().create_future()
         self.waiting[job.task_id] = fut
         started = time.perf_counter()
-        await self.bus.publish(self.bus.subjects.events(job.task_id), bus.Accepted(
-            task_id=job.task_id, seq=1, ts=bus.utcnow(), kind=job.policy.kind, key_id="tb_bench",
-            profile="bench", model=job.policy.model), msg_id=f"{job.task_id}-1")
+        await self.bus.publish(
+            self.bus.subjects.events(job.task_id),
+            bus.Accepted(
+                task_id=job.task_id,
+                seq=1,
+                ts=bus.utcnow(),
+                kind=job.policy.kind,
+                key_id="tb_bench",
+                profile="bench",
+                model=job.policy.model,
+            ),
+            msg_id=f"{job.task_id}-1",
+        )
         await self.bus.publish(self.bus.subjects.jobs(job.policy.kind), job, msg_id=job.task_id)
         finished = await asyncio.wait_for(fut, timeout)
         return time.perf_counter() - started, finished

@@ -63,7 +63,9 @@ async def sandboxed(backend_name: str, settings: Settings, runs: int, *, warm: b
             for i in range(runs):
                 ws = Path(tmp) / f"ws{i}"
                 ws.mkdir()
-                spec = SandboxSpec(task_id=f"bench-{i}", runner_id="bench", workspace=str(ws), memory_mb=512, pids=128, disk_mb=64, timeout_s=60)
+                spec = SandboxSpec(
+                    task_id=f"bench-{i}", runner_id="bench", workspace=str(ws), memory_mb=512, pids=128, disk_mb=64, timeout_s=60
+                )
                 if warm:
                     await backend.prewarm(spec, timeout=120)  # type: ignore[attr-defined]  # docker only, not on the SandboxBackend protocol
                 t0 = time.perf_counter()

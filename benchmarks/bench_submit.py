@@ -101,8 +101,15 @@ async def burst(nc: Any, subject: str, jobs: int, headers: dict[str, str], body:
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(jobs)))
     wall = time.perf_counter() - started
-    return {"jobs": jobs, "accepted": len(task_ids), "refused": refused, "accepted_per_s": len(task_ids) / wall,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "task_ids": task_ids}
+    return {
+        "jobs": jobs,
+        "accepted": len(task_ids),
+        "refused": refused,
+        "accepted_per_s": len(task_ids) / wall,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "task_ids": task_ids,
+    }
 
 
 async def all_finished(settings: Any, task_ids: list[str], timeout_s: float) -> dict[str, int]:
@@ -112,7 +119,7 @@ async def all_finished(settings: Any, task_ids: list[str], timeout_s: float) -> 
         while True:
             statuses: dict[str, int] = {}
             for start in range(0, len(task_ids), 200):
-                records = await asyncio.gather(*(store.get_task(t) for t in task_ids[start:start + 200]))
+                records = await asyncio.gather(*(store.get_task(t) for t in task_ids[start : start + 200]))
                 for r in records:
                     statuses[r.status] = statuses.get(r.status, 0) + 1
             if not any(s in statuses for s in ("accepted", "running")) or time.monotonic() > deadline:
@@ -122,8 +129,9 @@ async def all_finished(settings: Any, task_ids: list[str], timeout_s: float) -> 
 
 async def make_key(settings: Any) -> str:
     async with Store.for_settings(settings, actor="bench") as store:
-        await store.apply_toml(textwrap.dedent(
-            """
+        await store.apply_toml(
+            textwrap.dedent(
+                """
             [profiles.bench]
             kinds = ["complete"]
             models = ["claude-haiku-4-5"]
@@ -131,7 +139,8 @@ async def make_key(settings: Any) -> str:
             max_cost_per_task_usd = 0.05
             rate_limit_per_min = 1000000000
             """
-        ))
+            )
+        )
         return (await store.create_key("bench"))[0]
 
 
@@ -164,14 +173,20 @@ async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int
                 r = await burst(nc, subjects.submit("complete"), 1000, headers, body)
                 done = await all_finished(settings, r["task_ids"], timeout_s=600)
                 rounds.append({**{k: v for k, v in r.items() if k != "task_ids"}, "finished": done})
-                print(f"  soak round {index + 1}: {r['accepted_per_s']:.0f} accepted/s, p99 {r['p99_ms']:.0f} ms, "
-                      f"server RSS {rss_mb(server_pid):.1f} MB", file=sys.stderr)
+                print(
+                    f"  soak round {index + 1}: {r['accepted_per_s']:.0f} accepted/s, p99 {r['p99_ms']:.0f} ms, "
+                    f"server RSS {rss_mb(server_pid):.1f} MB",
+                    file=sys.stderr,
+                )
                 if index == 0:
                     rss_after_warmup = rss_mb(server_pid)
             result["soak"] = {
-                "rounds": rounds, "first_per_s": rounds[0]["accepted_per_s"], "last_per_s": rounds[-1]["accepted_per_s"],
+                "rounds": rounds,
+                "first_per_s": rounds[0]["accepted_per_s"],
+                "last_per_s": rounds[-1]["accepted_per_s"],
                 "ratio": rounds[-1]["accepted_per_s"] / rounds[0]["accepted_per_s"],
-                "rss_after_first_round_mb": rss_after_warmup, "rss_end_mb": rss_mb(server_pid),
+                "rss_after_first_round_mb": rss_after_warmup,
+                "rss_end_mb": rss_mb(server_pid),
             }
             result["soak"]["rss_growth_mb"] = result["soak"]["rss_end_mb"] - rss_after_warmup
         for row in (baseline, ours):
@@ -193,28 +208,43 @@ def main() -> None:
     nats_server.start()
     model_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
-    env.update({
-        "TASKBUS_NATS_URL": nats_server.url,
-        "TASKBUS_DATA_DIR": str(tmp / "data"),
-        "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
-        "TASKBUS_SUBJECT_PREFIX": "bench",
-        "TASKBUS_LOG_LEVEL": "warning",
-    })
+    env.update(
+        {
+            "TASKBUS_NATS_URL": nats_server.url,
+            "TASKBUS_DATA_DIR": str(tmp / "data"),
+            "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+            "TASKBUS_SUBJECT_PREFIX": "bench",
+            "TASKBUS_LOG_LEVEL": "warning",
+        }
+    )
     responder = tmp / "responder.py"
     responder.write_text(RESPONDER)
-    procs = [subprocess.Popen([sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port",
-                               str(model_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port", str(model_port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    ]
     try:
         wait_port(model_port, procs[0])
         env["BENCH_KEY"] = asyncio.run(make_key(Settings.load(env)))
-        procs.append(subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "runner",
-                                       "--slots", "16"], cwd=ROOT, env=env))
-        server = subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "serve",
-                                   "--transport", "none"], cwd=ROOT, env=env)
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "runner", "--slots", "16"], cwd=ROOT, env=env)
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cli", "--log-level", "warning", "serve", "--transport", "none"], cwd=ROOT, env=env
+        )
         procs.append(server)
         canned = SubmitAccepted(task_id=new_task_id(), events_subject="bench.events.x")  # what the gateway answers
-        base = subprocess.Popen([sys.executable, str(responder), nats_server.url, "bench.baseline",
-                                 encode(canned).decode()], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        base = subprocess.Popen(
+            [sys.executable, str(responder), nats_server.url, "bench.baseline", encode(canned).decode()],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(base)
         assert base.stdout is not None and base.stdout.readline().strip() == "ready"
         result = asyncio.run(measure(args, env, server.pid))
@@ -230,27 +260,42 @@ def main() -> None:
     b, t = result["baseline"], result["taskbus"]
     print(f"{'':<10}{'jobs':>6}{'accepted':>10}{'acc/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name, row in (("baseline", b), ("taskbus", t)):
-        print(f"{name:<10}{row['jobs']:>6}{row['accepted']:>10}{row['accepted_per_s']:>9.0f}{row['p50_ms']:>9.1f}"
-              f"{row['p99_ms']:>9.1f}")
+        print(f"{name:<10}{row['jobs']:>6}{row['accepted']:>10}{row['accepted_per_s']:>9.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}")
     finished = result["finished"]
     print(f"finished: {finished}  (refused: {t['refused'] or 'none'})")
     print(f"taskbus/baseline accepted/s: {t['accepted_per_s'] / b['accepted_per_s']:.2f}")
     result["targets"] = {
-        "accepted_per_s": TARGET_ACCEPTED_PER_S, "p99_ms": TARGET_P99_MS,
-        "met": t["accepted_per_s"] >= TARGET_ACCEPTED_PER_S and t["p99_ms"] <= TARGET_P99_MS
-        and t["accepted"] == t["jobs"] and set(finished) == {"succeeded"},
+        "accepted_per_s": TARGET_ACCEPTED_PER_S,
+        "p99_ms": TARGET_P99_MS,
+        "met": t["accepted_per_s"] >= TARGET_ACCEPTED_PER_S
+        and t["p99_ms"] <= TARGET_P99_MS
+        and t["accepted"] == t["jobs"]
+        and set(finished) == {"succeeded"},
     }
-    print(f"target: >= {TARGET_ACCEPTED_PER_S:.0f} accepted/s, p99 <= {TARGET_P99_MS:.0f} ms, all finished: "
-          f"{'met' if result['targets']['met'] else 'NOT met'}")
+    print(
+        f"target: >= {TARGET_ACCEPTED_PER_S:.0f} accepted/s, p99 <= {TARGET_P99_MS:.0f} ms, all finished: "
+        f"{'met' if result['targets']['met'] else 'NOT met'}"
+    )
     if "soak" in result:
         s = result["soak"]
-        print(f"soak: first 1,000 {s['first_per_s']:.0f}/s, last 1,000 {s['last_per_s']:.0f}/s (ratio {s['ratio']:.2f}, "
-              f"target >= {TARGET_SOAK_RATIO}); server RSS {s['rss_after_first_round_mb']:.1f} -> {s['rss_end_mb']:.1f} MB "
-              f"(+{s['rss_growth_mb']:.1f}, target < {TARGET_RSS_GROWTH_MB:.0f})")
+        print(
+            f"soak: first 1,000 {s['first_per_s']:.0f}/s, last 1,000 {s['last_per_s']:.0f}/s (ratio {s['ratio']:.2f}, "
+            f"target >= {TARGET_SOAK_RATIO}); server RSS {s['rss_after_first_round_mb']:.1f} -> {s['rss_end_mb']:.1f} MB "
+            f"(+{s['rss_growth_mb']:.1f}, target < {TARGET_RSS_GROWTH_MB:.0f})"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "benchmark": "submit", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, **result,
-    }, indent=2, default=str) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "submit",
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                **result,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
 
 

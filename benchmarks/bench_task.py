@@ -39,13 +39,26 @@ async def direct(settings: bus.Settings, model_url: str, runs: int, prompt: str 
     samples = []
     for _ in range(runs):
         home = tempfile.mkdtemp(prefix="tb-bench-home-")
-        env = {"PATH": os.environ["PATH"], "HOME": home, "ANTHROPIC_BASE_URL": model_url,
-               "ANTHROPIC_API_KEY": "bench-key", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": home,
+            "ANTHROPIC_BASE_URL": model_url,
+            "ANTHROPIC_API_KEY": "bench-key",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            claude, "-p", "--output-format=stream-json", "--verbose", "--model=claude-sonnet-4-6",
-            "--tools=" + ",".join(TOOLS), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, cwd=home, env=env,
+            claude,
+            "-p",
+            "--output-format=stream-json",
+            "--verbose",
+            "--model=claude-sonnet-4-6",
+            "--tools=" + ",".join(TOOLS),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=home,
+            env=env,
         )
         await proc.communicate(prompt.encode())
         samples.append(time.perf_counter() - started)
@@ -96,15 +109,26 @@ async def main(args: argparse.Namespace) -> None:
             demo_base = await direct(settings, model.url, args.runs, DEMO_PROMPT)
             results["demo direct"] = _stats(demo_base)
             for backend in [x for x in backends if x.endswith("-agent")]:
-                results[f"demo {backend}"] = _compare(
-                    await through_bus(settings, b, backend, args.runs, DEMO_PROMPT), demo_base, backend)
+                results[f"demo {backend}"] = _compare(await through_bus(settings, b, backend, args.runs, DEMO_PROMPT), demo_base, backend)
     rows = []
     for path, r in results.items():
         label = f"{path} claude -p (baseline)" if path.endswith("direct") else f"run_task via bus ({path})"
-        rows.append([label, r["p50_ms"], r["p99_ms"], r.get("overhead_p50_ms", ""), r.get("ratio_p50", ""),
-                     r.get("ratio_p99", ""), r.get("target", "")])
-    print_table(f"run_task against direct claude -p, {args.runs} runs each",
-                ["path", "p50 ms", "p99 ms", "overhead p50 ms", "ratio p50", "ratio p99", "target"], rows)
+        rows.append(
+            [
+                label,
+                r["p50_ms"],
+                r["p99_ms"],
+                r.get("overhead_p50_ms", ""),
+                r.get("ratio_p50", ""),
+                r.get("ratio_p99", ""),
+                r.get("target", ""),
+            ]
+        )
+    print_table(
+        f"run_task against direct claude -p, {args.runs} runs each",
+        ["path", "p50 ms", "p99 ms", "overhead p50 ms", "ratio p50", "ratio p99", "target"],
+        rows,
+    )
     write_json(args.out, {"benchmark": "task", "runs": args.runs, "results": results})
 
 
@@ -123,8 +147,11 @@ def _compare(samples: list[float], base: list[float], backend: str) -> dict[str,
         r |= {"meets_target": met, "target": f"p50 <= 0.5x, p99 <= 0.8x: {'yes' if met else 'NO'}"}
     else:
         met = p50 - ms(base, 0.5) <= TARGETS_MS[backend]
-        r |= {"target_overhead_ms": TARGETS_MS[backend], "meets_target": met,
-              "target": f"<= {TARGETS_MS[backend]} ms: {'yes' if met else 'NO'}"}
+        r |= {
+            "target_overhead_ms": TARGETS_MS[backend],
+            "meets_target": met,
+            "target": f"<= {TARGETS_MS[backend]} ms: {'yes' if met else 'NO'}",
+        }
     return r
 
 

@@ -64,8 +64,8 @@ class CatalogLimits:
 def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
-            f"{kind} name {str(name)[:80]!r} is not allowed: use 1-64 lowercase letters, digits and '-' "
-            "(not starting or ending with '-')", field="name"
+            f"{kind} name {str(name)[:80]!r} is not allowed: use 1-64 lowercase letters, digits and '-' (not starting or ending with '-')",
+            field="name",
         )
     if name in RESERVED_NAMES:
         raise InvalidInput(f"{kind} name {name!r} is reserved by Claude Code: choose another name", field="name")
@@ -128,8 +128,15 @@ def _text(data: bytes, where: str) -> str:
 def check_path(path: str, where: str) -> PurePosixPath:
     p = PurePosixPath(path)
     if (
-        not path or p.is_absolute() or ".." in p.parts or "." in path.split("/") or "\x00" in path
-        or "\\" in path or path.startswith("~") or str(p) != path or len(path) > 255
+        not path
+        or p.is_absolute()
+        or ".." in p.parts
+        or "." in path.split("/")
+        or "\x00" in path
+        or "\\" in path
+        or path.startswith("~")
+        or str(p) != path
+        or len(path) > 255
     ):
         raise InvalidInput(f"{where}: path {path[:120]!r} is not allowed: relative, no '..', no '.', at most 255 characters")
     return p
@@ -226,15 +233,24 @@ class Catalog:
         """The catalog's index KV and content Object Store (``bus._streams``: created with
         ``replicas`` when ``create``, an existing one raised to them)."""
         try:
-            kv = await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=5,
-                                                    description="taskbus agents and skills (index)"),
-                                 replicas=replicas, create=create, update=create)
+            kv = await ensure_kv(
+                js,
+                KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=5, description="taskbus agents and skills (index)"),
+                replicas=replicas,
+                create=create,
+                update=create,
+            )
         except NotFoundError:
             raise NotFound(f"the catalog {bucket!r} does not exist yet: add an entry with `taskbus agents add`") from None
         try:
             objects, _ = await ensure_object_store(
-                js, bucket, ObjectStoreConfig(storage=StorageType.FILE, description="taskbus agents and skills (content by hash)"),
-                replicas=replicas, create=create, update=create)
+                js,
+                bucket,
+                ObjectStoreConfig(storage=StorageType.FILE, description="taskbus agents and skills (content by hash)"),
+                replicas=replicas,
+                create=create,
+                update=create,
+            )
         except NotFoundError:
             raise NotFound(f"the catalog {bucket!r} has no content store yet") from None
         return cls(kv, objects)
@@ -293,7 +309,9 @@ class Catalog:
         try:
             result = await self._objects.get(ref.sha256)
         except Exception as exc:
-            raise BusError(f"catalog {ref.kind} {ref.name!r} version {ref.sha256[:12]} cannot be fetched: {exc or type(exc).__name__}") from None
+            raise BusError(
+                f"catalog {ref.kind} {ref.name!r} version {ref.sha256[:12]} cannot be fetched: {exc or type(exc).__name__}"
+            ) from None
         data = result.data or b""
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise BusError(f"catalog {ref.kind} {ref.name!r}: stored content does not match its hash {ref.sha256[:12]}")

@@ -81,8 +81,9 @@ class Bus:
         ``credentials`` = the NATS user to connect as (a refused one fails at once);
         ``replicas`` = the replica count of what this bus creates (``ensure_*``)."""
         if not url:
-            raise BusError("no NATS server to connect to: start the stack with `taskbus up` (same data dir: "
-                           "TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL")
+            raise BusError(
+                "no NATS server to connect to: start the stack with `taskbus up` (same data dir: TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL"
+            )
         connected = False
         refused: list[str] = []
         state = {"closing": False}
@@ -137,8 +138,14 @@ class Bus:
     @classmethod
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
         """``open`` with the URL, subject prefix and credentials of ``settings``."""
-        return await cls.open(settings.nats_url, Subjects(settings.subject_prefix), name=name,
-                              credentials=settings_credentials(settings), replicas=settings.nats_replicas, **kwargs)
+        return await cls.open(
+            settings.nats_url,
+            Subjects(settings.subject_prefix),
+            name=name,
+            credentials=settings_credentials(settings),
+            replicas=settings.nats_replicas,
+            **kwargs,
+        )
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
@@ -173,7 +180,13 @@ class Bus:
         """Publish to JetStream and wait for the ack; retry with backoff. Returns the stream seq."""
         payload = message if isinstance(message, bytes) else encode(message)
         return await publish_acked(
-            self.js, subject, payload, msg_id=msg_id, headers=headers, attempts=attempts, timeout=timeout,
+            self.js,
+            subject,
+            payload,
+            msg_id=msg_id,
+            headers=headers,
+            attempts=attempts,
+            timeout=timeout,
             patience_s=self.publish_patience_s,
         )
 
@@ -182,12 +195,15 @@ class Bus:
         already used by a different message (another process won the race for it), raise
         ``DuplicateMessage``. A retry of our own earlier publish is not a conflict."""
         payload = message if isinstance(message, bytes) else encode(message)
-        ack = await publish_acked(self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True,
-                                  patience_s=self.publish_patience_s)
+        ack = await publish_acked(
+            self.js, subject, payload, msg_id=msg_id, timeout=timeout, want_ack=True, patience_s=self.publish_patience_s
+        )
         if ack.duplicate:
             stored = await self.js.get_msg(stream, ack.seq)
             if stored.data != payload:
-                raise DuplicateMessage(f"message id {msg_id} on {subject} is already taken by another message", subject=subject, msg_id=msg_id)
+                raise DuplicateMessage(
+                    f"message id {msg_id} on {subject} is already taken by another message", subject=subject, msg_id=msg_id
+                )
         return ack.seq
 
     async def ensure_streams(self, **kwargs: Any) -> None:
@@ -197,11 +213,9 @@ class Bus:
         """The KV bucket of ``config`` with this bus's replicas (``bus._streams.ensure_kv``)."""
         return await ensure_kv(self.js, config, replicas=self.replicas, create=create, update=update)
 
-    async def ensure_object_store(self, bucket: str, config: ObjectStoreConfig, *, create: bool = True,
-                                  update: bool = True) -> ObjectStore:
+    async def ensure_object_store(self, bucket: str, config: ObjectStoreConfig, *, create: bool = True, update: bool = True) -> ObjectStore:
         """The Object Store ``bucket`` with this bus's replicas (``bus._streams.ensure_object_store``)."""
-        store, _ = await ensure_object_store(self.js, bucket, config, replicas=self.replicas, create=create,
-                                             update=update)
+        store, _ = await ensure_object_store(self.js, bucket, config, replicas=self.replicas, create=create, update=update)
         return store
 
 
@@ -251,7 +265,7 @@ async def publish_acked(
     hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
-    backoff = Backoff(base_delay, base_delay * 2 ** attempts)
+    backoff = Backoff(base_delay, base_delay * 2**attempts)
     deadline = time.monotonic() + patience_s
     attempt = 0
     while True:
@@ -308,17 +322,23 @@ def stream_configs(
 
 
 async def _ensure_artifacts(
-    js: JetStreamContext, subjects: Subjects, *, max_bytes: int | None, max_age_s: float | None,
-    replicas: int = 1, update: bool = True,
+    js: JetStreamContext,
+    subjects: Subjects,
+    *,
+    max_bytes: int | None,
+    max_age_s: float | None,
+    replicas: int = 1,
+    update: bool = True,
 ) -> None:
     """The artifacts Object Store with its size and age limits (discard new: a full bucket
     refuses new objects rather than cutting chunks out of stored ones)."""
     try:
         _, created = await ensure_object_store(
-            js, subjects.artifacts_bucket,
-            ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes,
-                              ttl=max_age_s),
-            replicas=replicas, update=update,
+            js,
+            subjects.artifacts_bucket,
+            ObjectStoreConfig(storage=StorageType.FILE, description="taskbus task artifacts", max_bytes=max_bytes, ttl=max_age_s),
+            replicas=replicas,
+            update=update,
         )
         if created or not update:
             return
@@ -364,19 +384,16 @@ async def ensure_streams(
     existing bucket too. ``update=False`` only creates what is missing (for a NATS user
     that may read stream info but not change streams).
     """
-    for config in stream_configs(
-        subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s
-    ):
+    for config in stream_configs(subjects, events_max_age_s=events_max_age_s, dedupe_window_s=dedupe_window_s):
         await ensure_stream(js, config, replicas=replicas, update=update)
-    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s,
-                            replicas=replicas, update=update)
+    await _ensure_artifacts(js, subjects, max_bytes=artifacts_max_bytes, max_age_s=artifacts_max_age_s, replicas=replicas, update=update)
     for bucket, ttl, description in (
         (subjects.cache_bucket, DAY, "taskbus completion cache"),
-        (subjects.claims_bucket, max(events_max_age_s, DAY),
-         "taskbus job claims: task id -> job message a runner took (replay check)"),
+        (subjects.claims_bucket, max(events_max_age_s, DAY), "taskbus job claims: task id -> job message a runner took (replay check)"),
     ):
-        await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description),
-                        replicas=replicas, update=update)
+        await ensure_kv(
+            js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, ttl=ttl, description=description), replicas=replicas, update=update
+        )
     if update:  # the catalog's buckets too, so that one opened later (admission, the CLI) has the replicas
         await Catalog.open(js, subjects.catalog_bucket, replicas=replicas)
 
@@ -388,8 +405,9 @@ async def ensure_control_plane(js: JetStreamContext, subjects: Subjects, *, repl
     load). Not part of ``ensure_streams``: the runner and audit users are denied these
     buckets; ``profiles.Store`` (server, CLI) calls this."""
     return {
-        bucket: await ensure_kv(js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1,
-                                                   description=description, direct=True), replicas=replicas)
+        bucket: await ensure_kv(
+            js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1, description=description, direct=True), replicas=replicas
+        )
         for bucket, description in (
             (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides"),
             (subjects.ledger_bucket, "taskbus ledger: budget entries per account, rate windows, reservations"),

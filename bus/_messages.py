@@ -193,8 +193,7 @@ class Usage(Wire):
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
-            cache_creation_input_tokens=self.cache_creation_input_tokens
-            + other.cache_creation_input_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens + other.cache_creation_input_tokens,
             cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
         )
 
@@ -282,9 +281,7 @@ class Log(EventBase, tag="log"):
     stream: Literal["stdout", "stderr", "runner"] = "stderr"
 
 
-FinishedStatus = Literal[
-    "succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"
-]
+FinishedStatus = Literal["succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"]
 FINISHED_STATUSES: tuple[str, ...] = get_args(FinishedStatus)
 
 
@@ -301,9 +298,7 @@ class Finished(EventBase, tag="finished"):
     diff: str | None = None
 
 
-Event: TypeAlias = (
-    Accepted | Started | Message | ToolCall | ToolResult | ModelCall | Security | Artifact | Log | Finished
-)
+Event: TypeAlias = Accepted | Started | Message | ToolCall | ToolResult | ModelCall | Security | Artifact | Log | Finished
 EVENT_TYPES: tuple[type[Wire], ...] = get_args(Event)
 
 
@@ -391,6 +386,7 @@ PUBLIC_TYPES: tuple[type, ...] = (
     ChainHead,
 )
 
+
 def kind_of(request: CompleteRequest | TaskRequest) -> Literal["complete", "task"]:
     """The job kind of a request (its tag)."""
     return request.__struct_config__.tag  # type: ignore[return-value]  # msgspec types tags as str | int | None; these two are "complete" and "task"
@@ -438,4 +434,3 @@ __all__ = [
     "SCHEMA_VERSION",
     "utcnow",
 ]
-

@@ -80,8 +80,7 @@ def read_credentials(path: str | os.PathLike[str]) -> NatsCredentials:
         doc = json.loads(raw)
         return NatsCredentials(user=str(doc["user"]), password=str(doc["password"]))
     except (ValueError, KeyError, TypeError):
-        raise ConfigError("TASKBUS_NATS_CREDENTIALS",
-                          f"{path} is not a NATS credentials file (JSON with user and password)") from None
+        raise ConfigError("TASKBUS_NATS_CREDENTIALS", f"{path} is not a NATS credentials file (JSON with user and password)") from None
 
 
 def ensure_credentials(data: Path, prefix: str) -> dict[str, NatsCredentials]:
@@ -112,13 +111,35 @@ def role_permissions(prefix: str) -> dict[str, tuple[list[str], list[str]]]:
     kv_control = [f"$KV.{b}.>" for b in control_plane]
     return {
         "server": (
-            [f"{p}.jobs.>", f"{p}.control.>", f"{p}.audit.>", f"{p}.events.>", "$JS.API.>",
-             f"$O.{art}.>", f"$KV.{cache}.>", f"$KV.{p}-submits.>", *kv_control, "$JS.ACK.>", _FLOW, _INBOX],
+            [
+                f"{p}.jobs.>",
+                f"{p}.control.>",
+                f"{p}.audit.>",
+                f"{p}.events.>",
+                "$JS.API.>",
+                f"$O.{art}.>",
+                f"$KV.{cache}.>",
+                f"$KV.{p}-submits.>",
+                *kv_control,
+                "$JS.ACK.>",
+                _FLOW,
+                _INBOX,
+            ],
             [f"{p}.submit.>", f"{p}.events.>", f"{p}.runners.>", f"$O.{art}.>", f"$KV.{cache}.>", _INBOX],
         ),
         "runner": (
-            [f"{p}.events.>", f"{p}.runners.>", f"{p}.audit.malformed_job", f"{p}.audit.replayed_job",
-             "$JS.API.>", f"$JS.ACK.{jobs}.>", f"$O.{art}.>", f"$KV.{s.claims_bucket}.>", _FLOW, _INBOX],
+            [
+                f"{p}.events.>",
+                f"{p}.runners.>",
+                f"{p}.audit.malformed_job",
+                f"{p}.audit.replayed_job",
+                "$JS.API.>",
+                f"$JS.ACK.{jobs}.>",
+                f"$O.{art}.>",
+                f"$KV.{s.claims_bucket}.>",
+                _FLOW,
+                _INBOX,
+            ],
             [f"{p}.control.>", f"{p}.runners.>", f"$O.{art}.>", _INBOX],
         ),
         "audit": (
@@ -126,13 +147,29 @@ def role_permissions(prefix: str) -> dict[str, tuple[list[str], list[str]]]:
             [f"{p}.events.>", f"{p}.audit.>", _INBOX],
         ),
         "cli": (
-            [f"{p}.submit.>", f"{p}.audit.>", "$JS.API.INFO", "$JS.API.STREAM.INFO.>", f"$JS.API.STREAM.MSG.GET.{events}", f"$JS.API.DIRECT.GET.{events}.>",
-             f"$JS.API.CONSUMER.CREATE.{events}.>", f"$JS.API.CONSUMER.CREATE.{events}",
-             f"$JS.API.CONSUMER.DELETE.{events}.>", f"$JS.API.CONSUMER.INFO.{events}.>",
-             f"$JS.API.CONSUMER.MSG.NEXT.{events}.>", f"$JS.ACK.{events}.>",
-             f"$JS.API.STREAM.INFO.{obj}", f"$JS.API.STREAM.MSG.GET.{obj}", f"$JS.API.DIRECT.GET.{obj}.>",
-             f"$JS.API.CONSUMER.CREATE.{obj}.>", f"$JS.API.CONSUMER.CREATE.{obj}",
-             f"$JS.API.CONSUMER.DELETE.{obj}.>", *_cli_control_plane(control_plane), _FLOW, _INBOX],
+            [
+                f"{p}.submit.>",
+                f"{p}.audit.>",
+                "$JS.API.INFO",
+                "$JS.API.STREAM.INFO.>",
+                f"$JS.API.STREAM.MSG.GET.{events}",
+                f"$JS.API.DIRECT.GET.{events}.>",
+                f"$JS.API.CONSUMER.CREATE.{events}.>",
+                f"$JS.API.CONSUMER.CREATE.{events}",
+                f"$JS.API.CONSUMER.DELETE.{events}.>",
+                f"$JS.API.CONSUMER.INFO.{events}.>",
+                f"$JS.API.CONSUMER.MSG.NEXT.{events}.>",
+                f"$JS.ACK.{events}.>",
+                f"$JS.API.STREAM.INFO.{obj}",
+                f"$JS.API.STREAM.MSG.GET.{obj}",
+                f"$JS.API.DIRECT.GET.{obj}.>",
+                f"$JS.API.CONSUMER.CREATE.{obj}.>",
+                f"$JS.API.CONSUMER.CREATE.{obj}",
+                f"$JS.API.CONSUMER.DELETE.{obj}.>",
+                *_cli_control_plane(control_plane),
+                _FLOW,
+                _INBOX,
+            ],
             [f"{p}.events.>", f"{p}.runners.>", f"{p}.auditlog.head", f"{p}.alerts.>", _INBOX],
         ),
     }
@@ -143,8 +180,13 @@ def _control_plane_api(buckets: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for bucket in buckets:
         stream = f"KV_{bucket}"
-        out += [f"$KV.{bucket}.>", f"$JS.API.*.*.{stream}", f"$JS.API.*.*.{stream}.>", f"$JS.API.*.*.*.{stream}",
-                f"$JS.API.*.*.*.{stream}.>"]
+        out += [
+            f"$KV.{bucket}.>",
+            f"$JS.API.*.*.{stream}",
+            f"$JS.API.*.*.{stream}.>",
+            f"$JS.API.*.*.*.{stream}",
+            f"$JS.API.*.*.*.{stream}.>",
+        ]
     return out
 
 
@@ -166,10 +208,18 @@ def _cli_control_plane(buckets: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for bucket in buckets:
         stream = f"KV_{bucket}"
-        out += [f"$KV.{bucket}.>", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}",
-                f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.DIRECT.GET.{stream}",
-                f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
-                f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>"]
+        out += [
+            f"$KV.{bucket}.>",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{stream}.>",
+        ]
     return out
 
 

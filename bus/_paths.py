@@ -15,9 +15,7 @@ def check_relative_path(path: str) -> PurePosixPath:
     """A relative path inside the workspace: not absolute, no '..', no NUL, not empty."""
     p = PurePosixPath(path)
     if not path or p.is_absolute() or ".." in p.parts or "\x00" in path or not p.parts or path.startswith("~"):
-        raise InvalidInput(
-            f"file path {path[:200]!r} is not allowed: use a relative path inside the workspace, without '..'"
-        )
+        raise InvalidInput(f"file path {path[:200]!r} is not allowed: use a relative path inside the workspace, without '..'")
     return p
 
 

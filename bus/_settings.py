@@ -280,9 +280,7 @@ def _single_field_struct(cls: type[Settings], name: str) -> type:
     """A Struct with just one field of Settings, to validate values one at a time."""
     if name not in _single_cache:
         field = next(f for f in msgspec.structs.fields(cls) if f.name == name)
-        _single_cache[name] = msgspec.defstruct(
-            "One", [(name, field.type)], kw_only=True
-        )
+        _single_cache[name] = msgspec.defstruct("One", [(name, field.type)], kw_only=True)
     return _single_cache[name]
 
 
@@ -309,7 +307,12 @@ def settings_reference() -> list[tuple[str, str, str, str]]:
             default = '""'
         type_name = _type_name(field.type)
         rows.append(
-            (ENV_PREFIX + field.name.upper(), type_name, repr(default) if isinstance(default, str) else str(default), " ".join(docs.get(field.name, "").split()))
+            (
+                ENV_PREFIX + field.name.upper(),
+                type_name,
+                repr(default) if isinstance(default, str) else str(default),
+                " ".join(docs.get(field.name, "").split()),
+            )
         )
     return rows
 

@@ -60,8 +60,11 @@ def replica_errors(what: str, replicas: int) -> Iterator[None]:
     except APIError as exc:
         if exc.err_code not in _REPLICA_ERRORS:
             raise
-        where = ("this NATS server is not part of a cluster" if exc.err_code == JS_REPLICAS_NOT_SUPPORTED
-                 else "the NATS cluster has fewer JetStream servers available")
+        where = (
+            "this NATS server is not part of a cluster"
+            if exc.err_code == JS_REPLICAS_NOT_SUPPORTED
+            else "the NATS cluster has fewer JetStream servers available"
+        )
         raise BusError(
             f"cannot give {what} {replicas} replicas: {where}. Set TASKBUS_NATS_REPLICAS to at most the number "
             "of JetStream servers in the cluster (1 for a single server), or start more cluster nodes "
@@ -88,11 +91,11 @@ async def patient(call: Callable[[], Awaitable[T]], what: str) -> T:
     """``call`` again when JetStream did not answer in time: in a cluster a create waits for
     the meta leader and the new stream's own election, which a loaded machine (or a node
     that just went down) can delay past one request's timeout. Each ``call`` is idempotent."""
+
     def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
         logger.info("JetStream did not answer for %s (%s); retry %d in %.1fs", what, type(exc).__name__, attempt, delay)
 
-    return await retry_async(call, on=_UNANSWERED, attempts=PATIENT_ATTEMPTS, backoff=Backoff(0.2, 5.0),
-                             on_retry=log_retry)
+    return await retry_async(call, on=_UNANSWERED, attempts=PATIENT_ATTEMPTS, backoff=Backoff(0.2, 5.0), on_retry=log_retry)
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas: int = 1, update: bool = True) -> None:
@@ -151,17 +154,16 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas
         wanted.num_replicas = max(current, replicas)  # an update without replicas would lower them
         await js.update_stream(wanted)
         if current < replicas:
-            logger.warning("raised the replicas of stream %s from %d to %d (TASKBUS_NATS_REPLICAS)",
-                           config.name, current, replicas)
+            logger.warning("raised the replicas of stream %s from %d to %d (TASKBUS_NATS_REPLICAS)", config.name, current, replicas)
 
 
-async def ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: int = 1,
-                    create: bool = True, update: bool = True) -> KeyValue:
+async def ensure_kv(
+    js: JetStreamContext, config: KeyValueConfig, *, replicas: int = 1, create: bool = True, update: bool = True
+) -> KeyValue:
     """The KV bucket of ``config``: created with ``replicas``, or found and raised to them.
     ``create=False`` raises ``NotFoundError`` for a missing bucket; ``update=False`` leaves
     an existing one as it is."""
-    kv = await patient(lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update),
-                       f"the KV bucket {config.bucket}")
+    kv = await patient(lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update), f"the KV bucket {config.bucket}")
     await wait_for_leader(js, kv_stream(config.bucket), replicas)
     return kv
 
@@ -184,18 +186,21 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: 
     return kv
 
 
-async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int = 1,
-                              create: bool = True, update: bool = True) -> tuple[ObjectStore, bool]:
+async def ensure_object_store(
+    js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int = 1, create: bool = True, update: bool = True
+) -> tuple[ObjectStore, bool]:
     """The Object Store ``bucket``: created with ``config`` and ``replicas``, or found and
     raised to them. Returns (store, created)."""
-    found = await patient(lambda: _ensure_object_store(js, bucket, config, replicas=replicas, create=create,
-                                                        update=update), f"the Object Store {bucket}")
+    found = await patient(
+        lambda: _ensure_object_store(js, bucket, config, replicas=replicas, create=create, update=update), f"the Object Store {bucket}"
+    )
     await wait_for_leader(js, object_stream(bucket), replicas)
     return found
 
 
-async def _ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int,
-                               create: bool, update: bool) -> tuple[ObjectStore, bool]:
+async def _ensure_object_store(
+    js: JetStreamContext, bucket: str, config: ObjectStoreConfig, *, replicas: int, create: bool, update: bool
+) -> tuple[ObjectStore, bool]:
     try:
         store = await js.object_store(bucket)
     except NotFoundError:
@@ -237,11 +242,18 @@ class StreamHealth:
 def taskbus_streams(subjects: Subjects) -> list[str]:
     """The streams under every stream, KV bucket and Object Store a deployment uses."""
     return [
-        subjects.jobs_stream, subjects.events_stream, subjects.audit_stream,
-        object_stream(subjects.artifacts_bucket), kv_stream(subjects.cache_bucket), kv_stream(subjects.claims_bucket),
+        subjects.jobs_stream,
+        subjects.events_stream,
+        subjects.audit_stream,
+        object_stream(subjects.artifacts_bucket),
+        kv_stream(subjects.cache_bucket),
+        kv_stream(subjects.claims_bucket),
         kv_stream(f"{subjects.prefix}-submits"),
-        kv_stream(subjects.catalog_bucket), object_stream(subjects.catalog_bucket),
-        kv_stream(subjects.control_bucket), kv_stream(subjects.ledger_bucket), kv_stream(subjects.tasks_bucket),
+        kv_stream(subjects.catalog_bucket),
+        object_stream(subjects.catalog_bucket),
+        kv_stream(subjects.control_bucket),
+        kv_stream(subjects.ledger_bucket),
+        kv_stream(subjects.tasks_bucket),
     ]
 
 
@@ -268,5 +280,12 @@ async def stream_health(js: JetStreamContext, stream: str, *, timeout: float = 3
             current.append(name)
         else:
             lagging.append((name, peer.lag or 0))
-    return StreamHealth(stream, exists=True, replicas=replicas, leader=cluster.leader or "",
-                        current=tuple(current), lagging=tuple(lagging), offline=tuple(offline))
+    return StreamHealth(
+        stream,
+        exists=True,
+        replicas=replicas,
+        leader=cluster.leader or "",
+        current=tuple(current),
+        lagging=tuple(lagging),
+        offline=tuple(offline),
+    )

@@ -21,17 +21,42 @@ from typing import NamedTuple
 # installed CLI and fails when either changes: then update both here).
 CLAUDE_CODE_VERSION = "2.1.197"
 CLAUDE_CODE_TOOLS: tuple[str, ...] = (
-    "Agent", "Bash", "CronCreate", "CronDelete", "CronList", "Edit", "EnterWorktree",
-    "ExitWorktree", "Glob", "Grep", "NotebookEdit", "Read", "ReportFindings", "ScheduleWakeup",
-    "SendMessage", "Skill", "TaskCreate", "TaskGet", "TaskList", "TaskOutput", "TaskStop",
-    "TaskUpdate", "WebFetch", "WebSearch", "Workflow", "Write",
+    "Agent",
+    "Bash",
+    "CronCreate",
+    "CronDelete",
+    "CronList",
+    "Edit",
+    "EnterWorktree",
+    "ExitWorktree",
+    "Glob",
+    "Grep",
+    "NotebookEdit",
+    "Read",
+    "ReportFindings",
+    "ScheduleWakeup",
+    "SendMessage",
+    "Skill",
+    "TaskCreate",
+    "TaskGet",
+    "TaskList",
+    "TaskOutput",
+    "TaskStop",
+    "TaskUpdate",
+    "WebFetch",
+    "WebSearch",
+    "Workflow",
+    "Write",
 )
 
 # old name -> the name the installed Claude Code uses (it accepts the old ones in --tools
 # too; its stream-json ``init`` event still lists the sub-agent tool as ``Task``, while the
 # API tool definitions and the PreToolUse hook's ``tool_name`` say ``Agent``)
 TOOL_ALIASES: dict[str, str] = {
-    "Task": "Agent", "BashOutput": "TaskOutput", "KillShell": "TaskStop", "KillBash": "TaskStop",
+    "Task": "Agent",
+    "BashOutput": "TaskOutput",
+    "KillShell": "TaskStop",
+    "KillBash": "TaskStop",
 }
 
 # characters that chain, substitute or redirect in a shell command: a prefix grant never

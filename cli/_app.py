@@ -42,12 +42,8 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
     ] = False,
-    log_level: Annotated[
-        str, typer.Option("--log-level", envvar="TASKBUS_LOG_LEVEL", help="debug, info, warning or error.")
-    ] = "info",
-    log_format: Annotated[
-        str, typer.Option("--log-format", help="rich (human, stderr) or json (one object per line).")
-    ] = "rich",
+    log_level: Annotated[str, typer.Option("--log-level", envvar="TASKBUS_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option("--log-format", help="rich (human, stderr) or json (one object per line).")] = "rich",
 ) -> None:
     if log_format not in ("rich", "json"):
         fail("--log-format must be rich or json", code=2)
@@ -56,9 +52,7 @@ def main_callback(
 
 @app.command()
 def schema(
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write one <Type>.json per message into this folder.")
-    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write one <Type>.json per message into this folder.")] = None,
 ) -> None:
     """JSON Schema of every public bus message (generated from the msgspec Structs)."""
     schemas = json_schemas()

@@ -57,19 +57,30 @@ TaskOpt = Annotated[str | None, typer.Option("--task", help="Only this task id."
 KeyOpt = Annotated[str | None, typer.Option("--key", help="Only this key (its display prefix).", show_default=False)]
 TypeOpt = Annotated[
     list[str] | None,
-    typer.Option("--type", help="Only this event type or kind (repeatable): message, tool_call, security, "
-                 "blocked_command, notice, auth_failure, malformed, ...", show_default=False),
+    typer.Option(
+        "--type",
+        help="Only this event type or kind (repeatable): message, tool_call, security, "
+        "blocked_command, notice, auth_failure, malformed, ...",
+        show_default=False,
+    ),
 ]
 
 _TYPE_STYLE = {
-    "security": "bold red", "malformed": "red", "notice": "yellow", "finished": "bold green",
-    "accepted": "cyan", "tool_call": "magenta", "tool_result": "magenta", "model_call": "blue",
+    "security": "bold red",
+    "malformed": "red",
+    "notice": "yellow",
+    "finished": "bold green",
+    "accepted": "cyan",
+    "tool_call": "magenta",
+    "tool_result": "magenta",
+    "model_call": "blue",
 }
 
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
-        name="audit", no_args_is_help=True,
+        name="audit",
+        no_args_is_help=True,
         help="The hash-chained audit log: run the writer, tail, search, verify, export, prune.",
     )
     group.command("run")(run_cmd)
@@ -109,8 +120,7 @@ def run_cmd(
     config: ConfigOpt = None,
     ready_file: Annotated[
         Path | None,
-        typer.Option("--ready-file", help="Write the pid here (atomically) once consuming; removed on exit.",
-                     show_default=False),
+        typer.Option("--ready-file", help="Write the pid here (atomically) once consuming; removed on exit.", show_default=False),
     ] = None,
 ) -> None:
     """Run the audit writer: durable consumers on the events and audit streams -> SQLite."""
@@ -141,10 +151,14 @@ def _print_row(row: dict[str, Any], as_json: bool) -> None:
         sys.stdout.flush()
         return
     line = Text.assemble(
-        (row["ts"][11:23], "dim"), " ",
-        (str(row.get("task_id") or "-"), "cyan"), " ",
-        (f"#{row['seq']}" if row.get("seq") else "", "dim"), " ",
-        (row["type"], _TYPE_STYLE.get(row["type"], "bold")), " ",
+        (row["ts"][11:23], "dim"),
+        " ",
+        (str(row.get("task_id") or "-"), "cyan"),
+        " ",
+        (f"#{row['seq']}" if row.get("seq") else "", "dim"),
+        " ",
+        (row["type"], _TYPE_STYLE.get(row["type"], "bold")),
+        " ",
         (f"key={row['key_id']} " if row.get("key_id") else "", "yellow"),
         summarize(row),
     )
@@ -222,8 +236,13 @@ def search_cmd(
     key: KeyOpt = None,
     task: TaskOpt = None,
     text: Annotated[str | None, typer.Option("--text", help="Full-text: rows containing every word.", show_default=False)] = None,
-    agent: Annotated[str | None, typer.Option("--agent", help="Spawns of this sub-agent, its own tool calls and its catalog changes.", show_default=False)] = None,
-    skill: Annotated[str | None, typer.Option("--skill", help="Invocations of this skill and its catalog changes.", show_default=False)] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="Spawns of this sub-agent, its own tool calls and its catalog changes.", show_default=False),
+    ] = None,
+    skill: Annotated[
+        str | None, typer.Option("--skill", help="Invocations of this skill and its catalog changes.", show_default=False)
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Most rows returned.")] = 100,
     json_output: JsonOpt = False,
     db: DbOpt = None,
@@ -235,8 +254,16 @@ def search_cmd(
 
     def query() -> list[dict[str, Any]]:
         return search(
-            conn, limit=limit, types=types or (), key=key, task=task, text=text, agent=agent, skill=skill,
-            since_us=parse_time(since) if since else None, until_us=parse_time(until) if until else None,
+            conn,
+            limit=limit,
+            types=types or (),
+            key=key,
+            task=task,
+            text=text,
+            agent=agent,
+            skill=skill,
+            since_us=parse_time(since) if since else None,
+            until_us=parse_time(until) if until else None,
         )
 
     try:
@@ -251,8 +278,13 @@ def search_cmd(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
-            str(row["id"]), row["ts"][:23], row["task_id"] or "-", str(row["seq"] or ""),
-            Text(row["type"], style=_TYPE_STYLE.get(row["type"], "")), row["key_id"] or "", summarize(row, 100),
+            str(row["id"]),
+            row["ts"][:23],
+            row["task_id"] or "-",
+            str(row["seq"] or ""),
+            Text(row["type"], style=_TYPE_STYLE.get(row["type"], "")),
+            row["key_id"] or "",
+            summarize(row, 100),
         )
     out.print(table)
 
@@ -271,8 +303,10 @@ def verify_cmd(json_output: JsonOpt = False, db: DbOpt = None, config: ConfigOpt
             raise typer.Exit(1)
         return
     if result.problem is not None:
-        fail(f"audit chain broken: {result.problem.message}. Keep the database as evidence; "
-             "compare with the chain heads published on the auditlog.head subject.")
+        fail(
+            f"audit chain broken: {result.problem.message}. Keep the database as evidence; "
+            "compare with the chain heads published on the auditlog.head subject."
+        )
     span = f"rows {result.first_row}..{result.last_row}" if result.rows else "no rows"
     since = f" after checkpoint row {result.checkpoint_row}" if result.checkpoint_row else ""
     out.print(f"[green]chain ok[/green]: {result.rows} rows ({span}){since}; head {result.head_hash}")

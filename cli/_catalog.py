@@ -54,9 +54,16 @@ async def _with_bus(settings: Any, action: Any, *, timeout: float = 60.0) -> Any
 
 def _entry_doc(entry: Any) -> dict[str, Any]:
     return {
-        "kind": entry.kind, "name": entry.name, "sha256": entry.sha256, "description": entry.description,
-        "files": list(entry.files), "size": entry.size, "tools": list(entry.tools), "model": entry.model,
-        "updated_at": entry.updated_at.isoformat(), "updated_by": entry.updated_by,
+        "kind": entry.kind,
+        "name": entry.name,
+        "sha256": entry.sha256,
+        "description": entry.description,
+        "files": list(entry.files),
+        "size": entry.size,
+        "tools": list(entry.tools),
+        "model": entry.model,
+        "updated_at": entry.updated_at.isoformat(),
+        "updated_by": entry.updated_by,
     }
 
 

@@ -36,8 +36,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_settings(config: str | None = None, *, discover: bool = True, nats_role: str = "cli",
-                  **overrides: Any) -> Settings:
+def load_settings(config: str | None = None, *, discover: bool = True, nats_role: str = "cli", **overrides: Any) -> Settings:
     """Settings from taskbus.toml and TASKBUS_* variables. With ``discover`` (every command
     but ``taskbus up``), a ``taskbus up`` running on the same data dir provides the NATS URL
     (TASKBUS_NATS_URL still wins) and the credentials of ``nats_role`` from the data dir."""

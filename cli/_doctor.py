@@ -28,14 +28,16 @@ def payload_check(max_payload: int, settings: Settings) -> Check:
     """The NATS server must carry the largest message taskbus accepts."""
     if max_payload < settings.max_message_bytes:
         return Check(
-            name="nats_max_payload", ok=False,
+            name="nats_max_payload",
+            ok=False,
             detail=f"the NATS server's max_payload is {max_payload} bytes, less than TASKBUS_MAX_MESSAGE_BYTES "
-                   f"({settings.max_message_bytes}): larger submits and jobs would be refused by NATS",
+            f"({settings.max_message_bytes}): larger submits and jobs would be refused by NATS",
             fix=f"set `max_payload: {settings.max_message_bytes}` (or more) in the nats-server config, "
-                f"or lower TASKBUS_MAX_MESSAGE_BYTES to {max_payload}",
+            f"or lower TASKBUS_MAX_MESSAGE_BYTES to {max_payload}",
         )
-    return Check(name="nats_max_payload", ok=True,
-                 detail=f"max_payload {max_payload} >= TASKBUS_MAX_MESSAGE_BYTES {settings.max_message_bytes}")
+    return Check(
+        name="nats_max_payload", ok=True, detail=f"max_payload {max_payload} >= TASKBUS_MAX_MESSAGE_BYTES {settings.max_message_bytes}"
+    )
 
 
 def _nats(settings: Settings) -> Check | list[Check]:
@@ -60,10 +62,18 @@ def _nats(settings: Settings) -> Check | list[Check]:
     except TaskbusError as exc:
         return Check(name="nats", ok=False, detail=str(exc), fix="start one with `taskbus nats` or fix TASKBUS_NATS_URL")
     except TimeoutError:
-        return Check(name="nats", ok=False, detail="NATS answered but JetStream did not within 20 s (no meta leader?)",
-                     fix="check that a majority of the cluster's nodes are up (`nats-server` logs), then run doctor again")
-    return [Check(name="nats", ok=True, detail=f"reachable at {safe_url(settings.nats_url)}"), payload_check(max_payload, settings),
-            cluster_check(info, settings), *[replicas_check(h, settings.nats_replicas) for h in health if h.exists]]
+        return Check(
+            name="nats",
+            ok=False,
+            detail="NATS answered but JetStream did not within 20 s (no meta leader?)",
+            fix="check that a majority of the cluster's nodes are up (`nats-server` logs), then run doctor again",
+        )
+    return [
+        Check(name="nats", ok=True, detail=f"reachable at {safe_url(settings.nats_url)}"),
+        payload_check(max_payload, settings),
+        cluster_check(info, settings),
+        *[replicas_check(h, settings.nats_replicas) for h in health if h.exists],
+    ]
 
 
 def cluster_check(info: dict[str, Any], settings: Settings) -> Check:
@@ -73,40 +83,74 @@ def cluster_check(info: dict[str, Any], settings: Settings) -> Check:
     wanted = settings.nats_replicas
     if not name:
         if wanted > 1:
-            return Check(name="nats_cluster", ok=False,
-                         detail=f"a single NATS server (not a cluster), but TASKBUS_NATS_REPLICAS is {wanted}",
-                         fix="run a NATS cluster of at least that many nodes (docs/multi-host.md) or set TASKBUS_NATS_REPLICAS=1")
-        return Check(name="nats_cluster", ok=True, required=False,
-                     detail="a single NATS server: no copy survives its host",
-                     fix="for high availability run a 3-node cluster with TASKBUS_NATS_REPLICAS=3 (docs/multi-host.md)")
+            return Check(
+                name="nats_cluster",
+                ok=False,
+                detail=f"a single NATS server (not a cluster), but TASKBUS_NATS_REPLICAS is {wanted}",
+                fix="run a NATS cluster of at least that many nodes (docs/multi-host.md) or set TASKBUS_NATS_REPLICAS=1",
+            )
+        return Check(
+            name="nats_cluster",
+            ok=True,
+            required=False,
+            detail="a single NATS server: no copy survives its host",
+            fix="for high availability run a 3-node cluster with TASKBUS_NATS_REPLICAS=3 (docs/multi-host.md)",
+        )
     if servers and len(servers) < wanted:
-        return Check(name="nats_cluster", ok=False,
-                     detail=f"cluster {name!r} announces {len(servers)} server(s), fewer than TASKBUS_NATS_REPLICAS={wanted}",
-                     fix="start the missing cluster nodes, or lower TASKBUS_NATS_REPLICAS")
-    return Check(name="nats_cluster", ok=True,
-                 detail=f"cluster {name!r}, connected to {info.get('server_name', '?')}; servers: {', '.join(servers) or '?'}")
+        return Check(
+            name="nats_cluster",
+            ok=False,
+            detail=f"cluster {name!r} announces {len(servers)} server(s), fewer than TASKBUS_NATS_REPLICAS={wanted}",
+            fix="start the missing cluster nodes, or lower TASKBUS_NATS_REPLICAS",
+        )
+    return Check(
+        name="nats_cluster",
+        ok=True,
+        detail=f"cluster {name!r}, connected to {info.get('server_name', '?')}; servers: {', '.join(servers) or '?'}",
+    )
 
 
 def replicas_check(h: StreamHealth, wanted: int) -> Check:
     """One stream's replicas against the setting, and its copies: leader, current, lagging, offline."""
     name = f"replicas {h.stream}"
     if h.error:
-        return Check(name=name, ok=False, detail=h.error,
-                     fix="a stream needs a majority of its copies up to elect a leader: start the stopped NATS nodes")
+        return Check(
+            name=name,
+            ok=False,
+            detail=h.error,
+            fix="a stream needs a majority of its copies up to elect a leader: start the stopped NATS nodes",
+        )
     peers = [f"{p} current" for p in h.current] + [f"{p} {lag} behind" for p, lag in h.lagging] + [f"{p} OFFLINE" for p in h.offline]
     detail = f"R{h.replicas} (setting {wanted}), leader {h.leader or 'NONE'}" + (f"; followers: {', '.join(peers)}" if peers else "")
     if h.replicas < wanted:
-        return Check(name=name, ok=False, detail=detail,
-                     fix="restart `taskbus serve` (or a runner) with TASKBUS_NATS_REPLICAS set: it raises existing streams at start-up")
+        return Check(
+            name=name,
+            ok=False,
+            detail=detail,
+            fix="restart `taskbus serve` (or a runner) with TASKBUS_NATS_REPLICAS set: it raises existing streams at start-up",
+        )
     if not h.leader:
-        return Check(name=name, ok=False, detail=detail,
-                     fix="no leader: fewer than a majority of this stream's copies are up; start the stopped NATS nodes")
+        return Check(
+            name=name,
+            ok=False,
+            detail=detail,
+            fix="no leader: fewer than a majority of this stream's copies are up; start the stopped NATS nodes",
+        )
     if h.offline:
-        return Check(name=name, ok=False, detail=detail,
-                     fix=f"start the NATS node(s) {', '.join(h.offline)}; JetStream catches a copy up when its node rejoins")
+        return Check(
+            name=name,
+            ok=False,
+            detail=detail,
+            fix=f"start the NATS node(s) {', '.join(h.offline)}; JetStream catches a copy up when its node rejoins",
+        )
     if h.lagging:
-        return Check(name=name, ok=True, required=False, detail=detail,
-                     fix="a follower is catching up; if it stays behind, check that node's disk and network (nats-server log)")
+        return Check(
+            name=name,
+            ok=True,
+            required=False,
+            detail=detail,
+            fix="a follower is catching up; if it stays behind, check that node's disk and network (nats-server log)",
+        )
     return Check(name=name, ok=True, detail=detail)
 
 

@@ -21,8 +21,9 @@ def register(app: typer.Typer) -> None:
 
 
 def migrate(
-    database: Annotated[Path | None, typer.Option(
-        "--database", help="The file to import (default: <data dir>/taskbus.db).", show_default=False)] = None,
+    database: Annotated[
+        Path | None, typer.Option("--database", help="The file to import (default: <data dir>/taskbus.db).", show_default=False)
+    ] = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -41,15 +42,17 @@ def migrate(
         print_json(report)
         return
     if report.already:
-        err.print(f"{report.source} was already imported into this control plane; nothing done. "
-                  "What that import did:", highlight=False, markup=False)
+        err.print(
+            f"{report.source} was already imported into this control plane; nothing done. What that import did:",
+            highlight=False,
+            markup=False,
+        )
     else:
         out.print(f"imported {report.source}:", highlight=False, markup=False)
     for kind, count in report.imported.items():
         out.print(f"  {kind}: {count}", highlight=False, markup=False)
     for kind, count in report.skipped.items():
-        out.print(f"  skipped {kind}: {count} ({report.reasons.get(kind, '')})",
-                  highlight=False, markup=False)
+        out.print(f"  skipped {kind}: {count} ({report.reasons.get(kind, '')})", highlight=False, markup=False)
     for kind, why in report.reasons.items():
         if kind not in report.skipped:
             out.print(f"  not imported: {kind} ({why})", highlight=False, markup=False)

@@ -85,6 +85,7 @@ def _usd(value: float | None) -> str:
 
 # ---------------------------------------------------------------------------- profiles
 
+
 def _opt(help: str, *names: str) -> Any:
     return typer.Option(*names, help=help, show_default=False)
 
@@ -105,8 +106,14 @@ CacheOpt = Annotated[bool | None, _opt("Opt in to the completion cache.", "--cac
 
 
 _RENAMED = {
-    "roots": "project_roots", "timeout": "timeout_s", "max_cost": "max_cost_per_task_usd", "day": "budget_day_usd",
-    "month": "budget_month_usd", "fs": "fs_access", "rate_limit": "rate_limit_per_min", "cache": "cache_completions",
+    "roots": "project_roots",
+    "timeout": "timeout_s",
+    "max_cost": "max_cost_per_task_usd",
+    "day": "budget_day_usd",
+    "month": "budget_month_usd",
+    "fs": "fs_access",
+    "rate_limit": "rate_limit_per_min",
+    "cache": "cache_completions",
 }
 _NOT_FIELDS = frozenset({"name", "copy_from", "json_output", "config"})
 
@@ -121,14 +128,18 @@ def _profile_fields(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _profile_table(profiles: list[Any]) -> Table:
-    table = Table(
-        Column("name", no_wrap=True), "kinds", "tools", "conc.", "max/task", "day", "month", "fs", "rate/min"
-    )
+    table = Table(Column("name", no_wrap=True), "kinds", "tools", "conc.", "max/task", "day", "month", "fs", "rate/min")
     for p in profiles:
         table.add_row(
-            p.name, ",".join(p.kinds), f"{len(p.tools)}" if "*" not in p.tools else "*",
-            str(p.max_concurrent), _usd(p.max_cost_per_task_usd), _usd(p.budget_day_usd),
-            _usd(p.budget_month_usd), p.fs_access, str(p.rate_limit_per_min),
+            p.name,
+            ",".join(p.kinds),
+            f"{len(p.tools)}" if "*" not in p.tools else "*",
+            str(p.max_concurrent),
+            _usd(p.max_cost_per_task_usd),
+            _usd(p.budget_day_usd),
+            _usd(p.budget_month_usd),
+            p.fs_access,
+            str(p.rate_limit_per_min),
         )
     return table
 
@@ -164,11 +175,26 @@ def profiles_show(name: str, json_output: JsonOpt = False, config: ConfigOpt = N
 def profiles_create(
     name: str,
     copy_from: Annotated[str | None, _opt("Start from this profile's values.", "--from")] = None,
-    description: DescOpt = None, kinds: ListOpt = None, tools: ListOpt = None, agents: ListOpt = None,
-    skills: ListOpt = None, models: ListOpt = None, max_concurrent: IntOpt = None, cpus: FloatOpt = None,
-    memory_mb: IntOpt = None, pids: IntOpt = None, disk_mb: IntOpt = None, timeout: TimeoutOpt = None,
-    max_turns: IntOpt = None, max_cost: MaxCostOpt = None, day: DayOpt = None, month: MonthOpt = None,
-    network: NetworkOpt = None, fs: FsOpt = None, roots: RootsOpt = None, rate_limit: RateOpt = None,
+    description: DescOpt = None,
+    kinds: ListOpt = None,
+    tools: ListOpt = None,
+    agents: ListOpt = None,
+    skills: ListOpt = None,
+    models: ListOpt = None,
+    max_concurrent: IntOpt = None,
+    cpus: FloatOpt = None,
+    memory_mb: IntOpt = None,
+    pids: IntOpt = None,
+    disk_mb: IntOpt = None,
+    timeout: TimeoutOpt = None,
+    max_turns: IntOpt = None,
+    max_cost: MaxCostOpt = None,
+    day: DayOpt = None,
+    month: MonthOpt = None,
+    network: NetworkOpt = None,
+    fs: FsOpt = None,
+    roots: RootsOpt = None,
+    rate_limit: RateOpt = None,
     cache: CacheOpt = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
@@ -190,11 +216,26 @@ def profiles_create(
 @profiles_app.command("update")
 def profiles_update(
     name: str,
-    description: DescOpt = None, kinds: ListOpt = None, tools: ListOpt = None, agents: ListOpt = None,
-    skills: ListOpt = None, models: ListOpt = None, max_concurrent: IntOpt = None, cpus: FloatOpt = None,
-    memory_mb: IntOpt = None, pids: IntOpt = None, disk_mb: IntOpt = None, timeout: TimeoutOpt = None,
-    max_turns: IntOpt = None, max_cost: MaxCostOpt = None, day: DayOpt = None, month: MonthOpt = None,
-    network: NetworkOpt = None, fs: FsOpt = None, roots: RootsOpt = None, rate_limit: RateOpt = None,
+    description: DescOpt = None,
+    kinds: ListOpt = None,
+    tools: ListOpt = None,
+    agents: ListOpt = None,
+    skills: ListOpt = None,
+    models: ListOpt = None,
+    max_concurrent: IntOpt = None,
+    cpus: FloatOpt = None,
+    memory_mb: IntOpt = None,
+    pids: IntOpt = None,
+    disk_mb: IntOpt = None,
+    timeout: TimeoutOpt = None,
+    max_turns: IntOpt = None,
+    max_cost: MaxCostOpt = None,
+    day: DayOpt = None,
+    month: MonthOpt = None,
+    network: NetworkOpt = None,
+    fs: FsOpt = None,
+    roots: RootsOpt = None,
+    rate_limit: RateOpt = None,
     cache: CacheOpt = None,
     json_output: JsonOpt = False,
     config: ConfigOpt = None,
@@ -298,8 +339,15 @@ def keys_list(
         return
     table = Table(Column("prefix", no_wrap=True), "name", "profile", "state", "created", "expires", "replaced by")
     for r in records:
-        table.add_row(r.prefix, r.name or "-", r.profile, r.state(now), _when(r.created_at),
-                      _when(r.grace_until or r.expires_at), r.replaced_by or "-")
+        table.add_row(
+            r.prefix,
+            r.name or "-",
+            r.profile,
+            r.state(now),
+            _when(r.created_at),
+            _when(r.grace_until or r.expires_at),
+            r.replaced_by or "-",
+        )
     out.print(table)
 
 
@@ -358,8 +406,14 @@ def budgets_show(
     table = Table(Column("key", no_wrap=True), "profile", "day used", "day budget", "month used", "month budget", "remaining", "running")
     for s in rows:
         table.add_row(
-            s.key_id + (" *" if s.override else ""), s.profile, f"${s.day.used_usd:,.4f}", _usd(s.day.limit_usd),
-            f"${s.month.used_usd:,.4f}", _usd(s.month.limit_usd), _usd(s.remaining_usd), f"{s.running}/{s.max_concurrent}",
+            s.key_id + (" *" if s.override else ""),
+            s.profile,
+            f"${s.day.used_usd:,.4f}",
+            _usd(s.day.limit_usd),
+            f"${s.month.used_usd:,.4f}",
+            _usd(s.month.limit_usd),
+            _usd(s.remaining_usd),
+            f"{s.running}/{s.max_concurrent}",
         )
     out.print(table)
     if any(s.override for s in rows):

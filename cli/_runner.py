@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
     def runner_command(
         slots: Annotated[int | None, typer.Option("--slots", min=1, help="Tasks run at once (TASKBUS_RUNNER_SLOTS).")] = None,
         backend: Annotated[str | None, typer.Option("--backend", help="bwrap or docker (TASKBUS_SANDBOX_BACKEND).")] = None,
-        runner_id: Annotated[str | None, typer.Option("--id", help="Runner id (default: <host>-<backend>); keep it stable across restarts.")] = None,
+        runner_id: Annotated[
+            str | None, typer.Option("--id", help="Runner id (default: <host>-<backend>); keep it stable across restarts.")
+        ] = None,
         kinds: Annotated[str, typer.Option("--kinds", help="Job kinds to take: task,complete.")] = "task,complete",
         grace: Annotated[float, typer.Option("--grace", help="Seconds running tasks get to finish after SIGTERM.")] = 30.0,
         config: ConfigOpt = None,
@@ -33,8 +35,9 @@ def register(app: typer.Typer) -> None:
         run(_serve(settings, slots=slots, backend=backend, runner_id=runner_id, kinds=wanted, grace=grace))
 
 
-async def _serve(settings: Settings, *, slots: int | None, backend: str | None, runner_id: str | None,
-                 kinds: tuple[str, ...], grace: float) -> None:
+async def _serve(
+    settings: Settings, *, slots: int | None, backend: str | None, runner_id: str | None, kinds: tuple[str, ...], grace: float
+) -> None:
     from sandbox import Runner  # noqa: PLC0415 (the CLI loads sandbox only for the commands that use it: start-up cost)
 
     stop = asyncio.Event()

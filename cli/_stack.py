@@ -58,11 +58,26 @@ def _quiet_clients() -> None:
 
 
 def up(
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background: pid file and logs under <data dir>/logs; `taskbus down` stops it.")] = False,
-    backend: Annotated[str | None, typer.Option("--backend", help="bwrap or docker (default: TASKBUS_SANDBOX_BACKEND, else bwrap if installed, else docker).", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option("--port", envvar="TASKBUS_HTTP_PORT", help="MCP HTTP port (default 8765).", show_default=False)] = None,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", "-d", help="Run in the background: pid file and logs under <data dir>/logs; `taskbus down` stops it."),
+    ] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="bwrap or docker (default: TASKBUS_SANDBOX_BACKEND, else bwrap if installed, else docker).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", envvar="TASKBUS_HTTP_PORT", help="MCP HTTP port (default 8765).", show_default=False)
+    ] = None,
     nats_port: Annotated[int, typer.Option("--nats-port", help="Embedded NATS port; taken or 0 = a free one.")] = 4222,
-    check: Annotated[bool, typer.Option("--check", help="Start, run the demo once, stop; exit 0 only if the task succeeded and the audit chain verifies.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Start, run the demo once, stop; exit 0 only if the task succeeded and the audit chain verifies."),
+    ] = False,
     runner_id: Annotated[str | None, typer.Option("--runner-id", help="Runner id (default up-<host>).", show_default=False)] = None,
     config: ConfigOpt = None,
     daemon: Annotated[bool, typer.Option("--daemon", hidden=True)] = False,
@@ -77,21 +92,24 @@ def up(
         fail(f"taskbus up is already running for {data} (pid {pid}); `taskbus status` shows it, `taskbus down` stops it")
     if not daemon:
         if left := stop_leftovers(data):
-            err.print(f"stopped {left} process(es) left running by a previous taskbus up that did not stop cleanly",
-                      highlight=False)
+            err.print(f"stopped {left} process(es) left running by a previous taskbus up that did not stop cleanly", highlight=False)
         remove_files(data)  # stale pid and state files of a taskbus up that is gone
     env = dict(os.environ)
     first = run(prepare(settings, runner_id=up_runner_id(runner_id)))
     if first.imported is not None:
         counts = ", ".join(f"{n} {kind}" for kind, n in first.imported.imported.items()) or "nothing"
-        err.print(f"imported the old {first.imported.source} into the control plane on NATS: {counts} "
-                  "(the file is left as it was; `taskbus migrate --json` shows the full report)",
-                  highlight=False, markup=False)
+        err.print(
+            f"imported the old {first.imported.source} into the control plane on NATS: {counts} "
+            "(the file is left as it was; `taskbus migrate --json` shows the full report)",
+            highlight=False,
+            markup=False,
+        )
     if first.admin_key:
         _show_admin_key(first.admin_key, first.admin_prefix)
     elif not daemon:
-        err.print(f"admin key {first.admin_prefix}... was shown at first start; make another with `{NEW_KEY_HINT}`",
-                  highlight=False, markup=False)
+        err.print(
+            f"admin key {first.admin_prefix}... was shown at first start; make another with `{NEW_KEY_HINT}`", highlight=False, markup=False
+        )
     if detach and not daemon:
         try:  # the daemon checks again; building here shows the progress
             ensure_sandbox(settings, choose_backend(settings, backend, env), err if err.is_terminal else None)
@@ -108,8 +126,10 @@ def up(
         if first.notices:
             run(publish_notices(stack_settings(settings, state), first.notices))
         _summary(state)
-        err.print(f"running in the background (pid {state['pid']}); logs in {data / 'logs'}; "
-                  "`taskbus status` shows it, `taskbus down` stops it", highlight=False)
+        err.print(
+            f"running in the background (pid {state['pid']}); logs in {data / 'logs'}; `taskbus status` shows it, `taskbus down` stops it",
+            highlight=False,
+        )
         return
     try:
         plan = make_plan(settings, env, backend=backend, nats_port=nats_port, http_port=port, runner_id=runner_id)
@@ -119,24 +139,36 @@ def up(
         _quiet_clients()
         result = run(run_check(plan, first, out))
         verdict = "[green]check passed[/green]" if result.ok else "[red]check FAILED[/red]"
-        out.print(f"{verdict}: task {result.task_id} {result.status}, {result.artifacts} artifact(s), "
-                  f"{result.audit_rows} audit rows, chain {'ok' if result.audit_ok else 'NOT ok'}", highlight=False)
+        out.print(
+            f"{verdict}: task {result.task_id} {result.status}, {result.artifacts} artifact(s), "
+            f"{result.audit_rows} audit rows, chain {'ok' if result.audit_ok else 'NOT ok'}",
+            highlight=False,
+        )
         raise typer.Exit(0 if result.ok else 1)
     console = err if err.is_terminal and not daemon else None
     run(run_stack(plan, first, console=console))
 
 
 def _show_admin_key(key: str, prefix: str) -> None:
-    err.print("[bold]First start:[/bold] created the admin key below. It is shown ONCE and stored only as a hash; "
-              "copy it now (clients send it as `Authorization: Bearer <key>`).", highlight=False)
+    err.print(
+        "[bold]First start:[/bold] created the admin key below. It is shown ONCE and stored only as a hash; "
+        "copy it now (clients send it as `Authorization: Bearer <key>`).",
+        highlight=False,
+    )
     out.print(f"[bold green]{key}[/bold green]", highlight=False)
 
 
 def _summary(state: dict[str, Any]) -> None:
-    model = "offline scripted model (set ANTHROPIC_API_KEY or TASKBUS_UPSTREAM_URL for a real one)" \
-        if state["offline_model"] else state["upstream"]
-    err.print(f"MCP (Streamable HTTP): {state['mcp_url']}\nNATS: {state['nats_url']}\nmodel: {model}\n"
-              f"backend: {state['backend']}", highlight=False, markup=False)
+    model = (
+        "offline scripted model (set ANTHROPIC_API_KEY or TASKBUS_UPSTREAM_URL for a real one)"
+        if state["offline_model"]
+        else state["upstream"]
+    )
+    err.print(
+        f"MCP (Streamable HTTP): {state['mcp_url']}\nNATS: {state['nats_url']}\nmodel: {model}\nbackend: {state['backend']}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def down(
@@ -157,8 +189,7 @@ def down(
         time.sleep(0.1)
     if pid_alive(pid):
         os.killpg(pid, signal.SIGKILL) if _is_leader(pid) else os.kill(pid, signal.SIGKILL)
-        fail(f"taskbus up (pid {pid}) did not stop within {timeout:.0f}s and was killed; "
-             f"children may remain: see {data / 'logs'}")
+        fail(f"taskbus up (pid {pid}) did not stop within {timeout:.0f}s and was killed; children may remain: see {data / 'logs'}")
     out.print(f"stopped taskbus up (pid {pid})")
 
 
@@ -245,8 +276,12 @@ def _run_unwrapped(coro: Any) -> Any:
 
 
 def config_reference(
-    update: Annotated[Path | None, typer.Option("--update", help="Rewrite the marked section of this file (README.md).", show_default=False)] = None,
-    check_file: Annotated[Path | None, typer.Option("--check", help="Exit 1 if this file's section is out of date.", show_default=False)] = None,
+    update: Annotated[
+        Path | None, typer.Option("--update", help="Rewrite the marked section of this file (README.md).", show_default=False)
+    ] = None,
+    check_file: Annotated[
+        Path | None, typer.Option("--check", help="Exit 1 if this file's section is out of date.", show_default=False)
+    ] = None,
 ) -> None:
     """Every TASKBUS_* setting as a Markdown table, generated from Settings."""
     if update is not None:
@@ -262,8 +297,7 @@ def config_reference(
         except IndexError:
             fail(f"{check_file} has no configuration reference markers")
         if current != render_reference():
-            fail(f"{check_file}: the configuration reference is out of date; run "
-                 f"`taskbus config-reference --update {check_file}`")
+            fail(f"{check_file}: the configuration reference is out of date; run `taskbus config-reference --update {check_file}`")
         out.print(f"{check_file}: up to date")
         return
     out.print(render_reference(), markup=False, highlight=False, soft_wrap=True)

@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
     app.command()(submit)
     app.add_typer(tasks_app, name="tasks")
 
+
 _TRANSPORTS: dict[str, Transport] = {"stdio": "stdio", "http": "http", "none": "none"}
 
 
@@ -91,8 +92,16 @@ def serve(
 def _rows(records: list[Any]) -> Table:
     table = Table("task", "key", "profile", "kind", "status", "model", "cost $", "created")
     for r in records:
-        table.add_row(r.task_id, r.key_id, r.profile, r.kind, r.status, r.model or "",
-                      f"{r.cost_usd or 0:.4f}", r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            r.task_id,
+            r.key_id,
+            r.profile,
+            r.kind,
+            r.status,
+            r.model or "",
+            f"{r.cost_usd or 0:.4f}",
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     return table
 
 
@@ -217,8 +226,10 @@ def tasks_cancel(
             async with await Bus.for_settings(settings, name="taskbus-cli") as bus:
                 dispatcher = Dispatcher(settings, bus, store, secret=load_or_create_job_secret(settings))
                 return await dispatcher.cancel(
-                    Caller(record.key_id, record.profile), task_id,
-                    reason="cancelled by an operator", actor=f"cli:{getpass.getuser()}",
+                    Caller(record.key_id, record.profile),
+                    task_id,
+                    reason="cancelled by an operator",
+                    actor=f"cli:{getpass.getuser()}",
                 )
 
     status = _run(main())
@@ -238,11 +249,23 @@ def submit(
     timeout_s: Annotated[int | None, typer.Option("--timeout", help="Wall-clock limit in seconds.")] = None,
     max_cost: Annotated[float | None, typer.Option("--max-cost", help="Cost cap in USD.")] = None,
     model: Annotated[str, typer.Option(help="'auto' or a model the profile allows.")] = "auto",
-    project: Annotated[str | None, typer.Option("--project", help="Project folder mounted at /project (one of the profile's project roots).", show_default=False)] = None,
-    allow_tools: Annotated[list[str] | None, typer.Option("--allow-tool", help="Only these tools, within the profile's (repeatable).", show_default=False)] = None,
-    allow_agents: Annotated[list[str] | None, typer.Option("--allow-agent", help="Only these sub-agents, within the profile's (repeatable).", show_default=False)] = None,
-    allow_skills: Annotated[list[str] | None, typer.Option("--allow-skill", help="Only these skills, within the profile's (repeatable).", show_default=False)] = None,
-    max_turns: Annotated[int | None, typer.Option("--max-turns", min=1, max=1000, help="Most agent turns (within the profile's limit).", show_default=False)] = None,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", help="Project folder mounted at /project (one of the profile's project roots).", show_default=False),
+    ] = None,
+    allow_tools: Annotated[
+        list[str] | None, typer.Option("--allow-tool", help="Only these tools, within the profile's (repeatable).", show_default=False)
+    ] = None,
+    allow_agents: Annotated[
+        list[str] | None,
+        typer.Option("--allow-agent", help="Only these sub-agents, within the profile's (repeatable).", show_default=False),
+    ] = None,
+    allow_skills: Annotated[
+        list[str] | None, typer.Option("--allow-skill", help="Only these skills, within the profile's (repeatable).", show_default=False)
+    ] = None,
+    max_turns: Annotated[
+        int | None, typer.Option("--max-turns", min=1, max=1000, help="Most agent turns (within the profile's limit).", show_default=False)
+    ] = None,
     effort: Annotated[str | None, typer.Option("--effort", help="low, medium or high.", show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the events until it finishes.")] = True,
     key: KeyOpt = None,
@@ -253,8 +276,15 @@ def submit(
     settings = load_settings(config)
     if not key:
         fail("no API key: pass --key or set TASKBUS_API_KEY", code=2)
-    task_only = {"--project": project, "--allow-tool": allow_tools, "--allow-agent": allow_agents,
-                 "--allow-skill": allow_skills, "--max-turns": max_turns, "--effort": effort, "--file": files}
+    task_only = {
+        "--project": project,
+        "--allow-tool": allow_tools,
+        "--allow-agent": allow_agents,
+        "--allow-skill": allow_skills,
+        "--max-turns": max_turns,
+        "--effort": effort,
+        "--file": files,
+    }
     if effort is not None and effort not in ("low", "medium", "high"):
         fail(f"--effort must be low, medium or high, not {effort!r}", code=2)
     if complete:
@@ -273,11 +303,12 @@ def submit(
         async with await Bus.for_settings(settings, name="taskbus-submit", open_timeout=5) as bus:
             subject = bus.subjects.submit(kind)
             try:
-                msg = await bus.nc.request(subject, json.dumps(body).encode(),
-                                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
+                msg = await bus.nc.request(subject, json.dumps(body).encode(), headers={"Authorization": f"Bearer {key}"}, timeout=30)
             except Exception as exc:  # nats: no responders, timeout, permissions
-                raise BusError(f"no answer to the submit on {subject} ({str(exc) or type(exc).__name__}); "
-                               "is the server running? (`taskbus status` shows the stack)") from None
+                raise BusError(
+                    f"no answer to the submit on {subject} ({str(exc) or type(exc).__name__}); "
+                    "is the server running? (`taskbus status` shows the stack)"
+                ) from None
         reply = decode_reply(msg.data)
         if isinstance(reply, SubmitRejected):
             return reply
@@ -314,8 +345,13 @@ def _task_body(text: str, model: str, options: dict[str, Any]) -> dict[str, Any]
         body["files"] = [{"path": f.name, "content": _read(f)} for f in options["--file"]]
     if options["--project"] is not None:  # absolute, symlinks kept: the profile's roots are compared as written
         body["project"] = os.path.abspath(os.path.expanduser(options["--project"]))
-    for flag, field in (("--allow-tool", "allow_tools"), ("--allow-agent", "allow_agents"),
-                        ("--allow-skill", "allow_skills"), ("--max-turns", "max_turns"), ("--effort", "effort")):
+    for flag, field in (
+        ("--allow-tool", "allow_tools"),
+        ("--allow-agent", "allow_agents"),
+        ("--allow-skill", "allow_skills"),
+        ("--max-turns", "max_turns"),
+        ("--effort", "effort"),
+    ):
         if options[flag] is not None:
             body[field] = options[flag]
     return body

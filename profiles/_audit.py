@@ -33,9 +33,7 @@ class _Quiet(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
-async def publish_notices(
-    settings: Settings, notices: list[AuditNotice], *, timeout: float = 3.0
-) -> str | None:
+async def publish_notices(settings: Settings, notices: list[AuditNotice], *, timeout: float = 3.0) -> str | None:
     """Publish ``notices`` (acked) within ``timeout`` seconds.
 
     Returns None on success or when there is nothing to do, else one warning line
@@ -50,7 +48,9 @@ async def publish_notices(
     try:
         async with asyncio.timeout(timeout):
             bus = await Bus.for_settings(
-                settings, name="taskbus-cli", connect_timeout=min(2.0, timeout),
+                settings,
+                name="taskbus-cli",
+                connect_timeout=min(2.0, timeout),
                 max_reconnect_attempts=0,
             )
             async with bus:
@@ -60,10 +60,7 @@ async def publish_notices(
     except (TaskbusError, OSError, TimeoutError) as exc:
         kinds = ", ".join(sorted({n.kind for n in notices}))
         reason = str(exc) or f"no answer within {timeout:g}s"
-        return (
-            f"the change is saved, but its audit notice ({kinds}) could not be published to "
-            f"{settings.nats_url}: {reason}"
-        )
+        return f"the change is saved, but its audit notice ({kinds}) could not be published to {settings.nats_url}: {reason}"
     finally:
         connection_logger.removeFilter(quiet)
     return None

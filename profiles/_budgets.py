@@ -58,8 +58,12 @@ def check_can_pay(state: BudgetStatus, cheapest_usd: float) -> None:
                 f"the {name} budget of key {state.key_id} (profile {state.profile!r}, UTC {window.period}) has "
                 f"${window.remaining_usd:.4f} left of ${window.limit_usd:.2f}, less than the cheapest possible "
                 f"call (${cheapest_usd:.6f}); it resets at {when}",
-                key_id=state.key_id, window=name, limit=window.limit_usd, used=window.used_usd,
-                needed=cheapest_usd, resets_at=when,
+                key_id=state.key_id,
+                window=name,
+                limit=window.limit_usd,
+                used=window.used_usd,
+                needed=cheapest_usd,
+                resets_at=when,
             )
 
 

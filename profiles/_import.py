@@ -128,8 +128,15 @@ async def import_database(store: Store, path: Path) -> ImportReport:
     for row in rows["tasks"]:
         task = task_from_row(row)
         _, created = await store.registry.record(
-            task_id=task.task_id, key_id=task.key_id, profile=task.profile, kind=task.kind,
-            reserved=task.reserved_usd, now=task.created_at, model=task.model, status=task.status)
+            task_id=task.task_id,
+            key_id=task.key_id,
+            profile=task.profile,
+            kind=task.kind,
+            reserved=task.reserved_usd,
+            now=task.created_at,
+            model=task.model,
+            status=task.status,
+        )
         if not created:
             skipped["tasks"] += 1
             reasons["tasks"] = "a task with the same id is already registered"
@@ -150,8 +157,12 @@ async def import_database(store: Store, path: Path) -> ImportReport:
 
 
 async def _import_ledger(
-    store: Store, ledger: list[dict[str, Any]], accounts: dict[str, str],
-    imported: Counter[str], skipped: Counter[str], reasons: dict[str, str],
+    store: Store,
+    ledger: list[dict[str, Any]],
+    accounts: dict[str, str],
+    imported: Counter[str],
+    skipped: Counter[str],
+    reasons: dict[str, str],
 ) -> None:
     now = store.now()
     day, month = day_of(now), month_of(now)
@@ -170,9 +181,17 @@ async def _import_ledger(
             entry["month_used"] += used
         if row["state"] == "reserved":
             entry["open"][row["task_id"]] = [row["key_id"], row["amount"], row["day"], row["month"], row["created_at"]]
-            record = {"task_id": row["task_id"], "key_id": row["key_id"], "account": account, "amount": row["amount"],
-                      "actual": None, "state": "reserved", "day": row["day"], "month": row["month"],
-                      "created": row["created_at"]}
+            record = {
+                "task_id": row["task_id"],
+                "key_id": row["key_id"],
+                "account": account,
+                "amount": row["amount"],
+                "actual": None,
+                "state": "reserved",
+                "day": row["day"],
+                "month": row["month"],
+                "created": row["created_at"],
+            }
             await store.ledger.kv.put(_ledger.reservation_key(row["task_id"]), dumps(record))
             imported["open reservations"] += 1
         elif row["day"] == day or row["month"] == month:
@@ -181,6 +200,7 @@ async def _import_ledger(
             skipped["closed reservations"] += 1
             reasons["closed reservations"] = "of an earlier month: no budget counts them any more"
     for account, entry in entries.items():
+
         def merge(doc: Doc | None, entry: Doc = entry) -> tuple[Doc, None]:
             out = _ledger.current(doc, now)
             out["day_used"] += entry["day_used"]
@@ -189,4 +209,3 @@ async def _import_ledger(
             return out, None
 
         await store.ledger.change(_ledger.account_key(account), merge, fresh=True)
-

@@ -93,9 +93,7 @@ def parse_expiry(text: str, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInput(
-            f"expiry {text!r} not understood; give a duration (30d, 12h) or an ISO date (2027-01-31)"
-        ) from None
+        raise InvalidInput(f"expiry {text!r} not understood; give a duration (30d, 12h) or an ISO date (2027-01-31)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     if when <= now:
@@ -115,19 +113,14 @@ def check_shape(plaintext: object) -> str:
 def check_usable(record: KeyRecord, now: datetime) -> KeyRecord:
     """``record`` when it may be used now; KeyRevoked / KeyExpired otherwise."""
     if record.revoked_at is not None:
-        raise KeyRevoked(
-            f"API key {record.prefix} was revoked at {record.revoked_at.isoformat()}", prefix=record.prefix
-        )
+        raise KeyRevoked(f"API key {record.prefix} was revoked at {record.revoked_at.isoformat()}", prefix=record.prefix)
     if record.grace_until is not None and now >= record.grace_until:
         raise KeyExpired(
-            f"API key {record.prefix} was rotated to {record.replaced_by}; its grace period "
-            f"ended at {record.grace_until.isoformat()}",
+            f"API key {record.prefix} was rotated to {record.replaced_by}; its grace period ended at {record.grace_until.isoformat()}",
             prefix=record.prefix,
         )
     if record.expires_at is not None and now >= record.expires_at:
-        raise KeyExpired(
-            f"API key {record.prefix} expired at {record.expires_at.isoformat()}", prefix=record.prefix
-        )
+        raise KeyExpired(f"API key {record.prefix} expired at {record.expires_at.isoformat()}", prefix=record.prefix)
     return record
 
 

@@ -164,8 +164,7 @@ class CasEntries:
         try:
             answers = await retry_async(attempt, on=_Stale, attempts=CAS_ATTEMPTS, backoff=Backoff(0.001, 0.05))
         except _Stale:
-            error = BusTimeout(
-                f"the control-plane entry {key!r} kept changing under {CAS_ATTEMPTS} attempts to update it; retry")
+            error = BusTimeout(f"the control-plane entry {key!r} kept changing under {CAS_ATTEMPTS} attempts to update it; retry")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)

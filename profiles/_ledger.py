@@ -63,22 +63,38 @@ def check_amount(amount_usd: Any, what: str) -> None:
 
 
 def budget_status(
-    doc: Doc | None, *, key_id: str, account: str, profile: str, max_concurrent: int,
-    day_limit: float | None, month_limit: float | None, override: bool, now: datetime,
+    doc: Doc | None,
+    *,
+    key_id: str,
+    account: str,
+    profile: str,
+    max_concurrent: int,
+    day_limit: float | None,
+    month_limit: float | None,
+    override: bool,
+    now: datetime,
 ) -> BudgetStatus:
     entry = current(doc, now)
     windows = []
-    for period, used, limit in ((entry["day"], entry["day_used"], day_limit),
-                                (entry["month"], entry["month_used"], month_limit)):
+    for period, used, limit in ((entry["day"], entry["day_used"], day_limit), (entry["month"], entry["month_used"], month_limit)):
         remaining = None if limit is None else max(0, to_micro(limit) - used)
-        windows.append(BudgetWindow(period=period, limit_usd=limit, used_usd=to_usd(used),
-                                    remaining_usd=None if remaining is None else to_usd(remaining)))
+        windows.append(
+            BudgetWindow(
+                period=period, limit_usd=limit, used_usd=to_usd(used), remaining_usd=None if remaining is None else to_usd(remaining)
+            )
+        )
     day, month = windows
     rest = [w.remaining_usd for w in windows if w.remaining_usd is not None]
     return BudgetStatus(
-        key_id=key_id, account=account, profile=profile, day=day, month=month,
-        remaining_usd=min(rest) if rest else None, running=running(entry, key_id),
-        max_concurrent=max_concurrent, override=override,
+        key_id=key_id,
+        account=account,
+        profile=profile,
+        day=day,
+        month=month,
+        remaining_usd=min(rest) if rest else None,
+        running=running(entry, key_id),
+        max_concurrent=max_concurrent,
+        override=override,
     )
 
 
@@ -92,9 +108,10 @@ def reserve(doc: Doc | None, state: BudgetStatus, task_id: str, amount_usd: floa
     count = running(entry, key_id)
     if count >= state.max_concurrent:
         raise ConcurrencyLimit(
-            f"key {key_id} already runs {count} task(s); profile {state.profile!r} allows "
-            f"{state.max_concurrent} at once",
-            key_id=key_id, running=count, limit=state.max_concurrent,
+            f"key {key_id} already runs {count} task(s); profile {state.profile!r} allows {state.max_concurrent} at once",
+            key_id=key_id,
+            running=count,
+            limit=state.max_concurrent,
         )
     amount = to_micro(amount_usd)
     for name, window, used in (("daily", state.day, entry["day_used"]), ("monthly", state.month, entry["month_used"])):
@@ -105,8 +122,12 @@ def reserve(doc: Doc | None, state: BudgetStatus, task_id: str, amount_usd: floa
                 f"task {task_id} needs ${amount_usd:.4f} but the {name} budget of key {key_id} "
                 f"(UTC {window.period}) has ${to_usd(max(0, to_micro(window.limit_usd) - used)):.4f} "
                 f"left: ${to_usd(used):.4f} of ${window.limit_usd:.2f} spent or reserved",
-                key_id=key_id, task_id=task_id, needed=amount_usd, limit=window.limit_usd,
-                used=to_usd(used), window=name,
+                key_id=key_id,
+                task_id=task_id,
+                needed=amount_usd,
+                limit=window.limit_usd,
+                used=to_usd(used),
+                window=name,
             )
     entry["open"][task_id] = [key_id, amount, entry["day"], entry["month"], now.timestamp()]
     entry["day_used"] += amount
@@ -142,9 +163,10 @@ def count_request(doc: Doc | None, *, key_id: str, profile: str, limit: int, now
     if total >= limit:
         retry = max(0.0, min(counts) + RATE_WINDOW_S - now.timestamp())
         raise RateLimited(
-            f"key {key_id} made {total} requests in the last minute; profile {profile!r} allows "
-            f"{limit} per minute (retry in {retry:.1f}s)",
-            key_id=key_id, limit=limit, retry_after_s=retry,
+            f"key {key_id} made {total} requests in the last minute; profile {profile!r} allows {limit} per minute (retry in {retry:.1f}s)",
+            key_id=key_id,
+            limit=limit,
+            retry_after_s=retry,
         )
     counts[second] = counts.get(second, 0) + 1
     return {"s": {str(s): n for s, n in counts.items()}}, limit - total - 1

@@ -45,9 +45,7 @@ _KIND_TOOL = {"complete": "complete", "task": "run_task"}
 
 
 def _deny(profile: Profile, what: str, permission: str) -> PolicyDenied:
-    return PolicyDenied(
-        f"profile {profile.name!r} does not allow {what}", profile=profile.name, permission=permission
-    )
+    return PolicyDenied(f"profile {profile.name!r} does not allow {what}", profile=profile.name, permission=permission)
 
 
 def tool_granted(granted: list[str], name: str) -> bool:
@@ -55,9 +53,7 @@ def tool_granted(granted: list[str], name: str) -> bool:
     return grant_covers(granted, name)
 
 
-def _names(
-    profile: Profile, field: str, granted: list[str], asked: list[str] | None
-) -> list[str]:
+def _names(profile: Profile, field: str, granted: list[str], asked: list[str] | None) -> list[str]:
     if field == "tools":
         return _tools(profile, granted, asked)
     if asked is None:
@@ -91,7 +87,8 @@ def _chosen(
             why = "is not in the catalog" if name not in available else f"is not allowed by profile {profile.name!r}"
             raise PolicyDenied(
                 f"{singular} {name!r} {why} (this key may use: {', '.join(usable) or 'none'})",
-                profile=profile.name, permission=f"{field}:{name}",
+                profile=profile.name,
+                permission=f"{field}:{name}",
             )
         if name not in out:
             out.append(name)
@@ -113,8 +110,7 @@ def _available(catalog: Sequence[CatalogItem]) -> tuple[dict[str, CatalogItem | 
 def offered_catalog(profile: Profile, catalog: Sequence[CatalogItem]) -> tuple[list[str], list[str]]:
     """The agents and skills a key of ``profile`` may ask for (what MCP discovery lists)."""
     agents, skills = _available(catalog)
-    return (_chosen(profile, "agents", profile.agents, None, agents),
-            _chosen(profile, "skills", profile.skills, None, skills))
+    return (_chosen(profile, "agents", profile.agents, None, agents), _chosen(profile, "skills", profile.skills, None, skills))
 
 
 def _tools(profile: Profile, granted: list[str], asked: list[str] | None) -> list[str]:

@@ -107,8 +107,7 @@ def _check_names(profile: str, field: str, names: list[str]) -> None:
                 raise InvalidInput(f"profile {profile!r}: {exc.message}", field=field, value=name) from None
         elif name != "*" and not _EXACT.match(name):
             raise InvalidInput(
-                f"profile {profile!r}: {field[:-1]} name {name!r} is not valid "
-                "(letters, digits, '.', ':', '-' and '_'; or '*' for all)",
+                f"profile {profile!r}: {field[:-1]} name {name!r} is not valid (letters, digits, '.', ':', '-' and '_'; or '*' for all)",
                 field=field,
                 value=name,
             )
@@ -122,9 +121,7 @@ def validate(profile: Profile) -> Profile:
         raise InvalidInput(f"profile {profile.name!r}: kinds is empty; give 'complete' and/or 'task'")
     for root in profile.project_roots:
         if not root.startswith("/"):
-            raise InvalidInput(
-                f"profile {profile.name!r}: project root {root!r} is not an absolute path", field="project_roots"
-            )
+            raise InvalidInput(f"profile {profile.name!r}: project root {root!r} is not an absolute path", field="project_roots")
     if profile.project_roots and profile.fs_access == "none":
         raise InvalidInput(
             f"profile {profile.name!r}: project_roots given but fs_access is 'none'; "

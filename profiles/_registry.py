@@ -50,21 +50,40 @@ class Registry:
         return _record(entry.value)
 
     async def record(
-        self, *, task_id: str, key_id: str, profile: str, kind: str, reserved: float, now: datetime,
-        model: str | None = None, status: str = "accepted",
+        self,
+        *,
+        task_id: str,
+        key_id: str,
+        profile: str,
+        kind: str,
+        reserved: float,
+        now: datetime,
+        model: str | None = None,
+        status: str = "accepted",
     ) -> tuple[TaskRecord, bool]:
         """Create the task; recording the same task id again returns the existing record."""
         check_status(status)
         if kind not in ("complete", "task"):
             raise InvalidInput(f"task kind {kind!r} is not 'complete' or 'task'")
         record = TaskRecord(
-            task_id=task_id, key_id=key_id, profile=profile, kind=kind, status=status, reserved_usd=float(reserved),
-            cost_usd=None, model=model, created_at=now, updated_at=now, finished_at=None, result_summary=None,
+            task_id=task_id,
+            key_id=key_id,
+            profile=profile,
+            kind=kind,
+            status=status,
+            reserved_usd=float(reserved),
+            cost_usd=None,
+            model=model,
+            created_at=now,
+            updated_at=now,
+            finished_at=None,
+            result_summary=None,
             error_code=None,
         )
         live = [self.kv.put(f"live.{task_id}", b"1")] if status in LIVE_STATUSES else []
-        results = await asyncio.gather(self.kv.create(task_key(task_id), msgspec.json.encode(record)),
-                                       self._index(record), *live, return_exceptions=True)
+        results = await asyncio.gather(
+            self.kv.create(task_key(task_id), msgspec.json.encode(record)), self._index(record), *live, return_exceptions=True
+        )
         if isinstance(results[0], KeyWrongLastSequenceError):  # recorded before: put its indexes back
             existing = await self.get(task_id)
             await self._index(existing)
@@ -80,12 +99,18 @@ class Registry:
         return record, True
 
     async def _index(self, record: TaskRecord) -> None:
-        await self.kv.put(f"k.{record.key_id}.{record.task_id}",
-                          dumps({"s": record.status, "c": record.created_at.timestamp()}))
+        await self.kv.put(f"k.{record.key_id}.{record.task_id}", dumps({"s": record.status, "c": record.created_at.timestamp()}))
 
     async def update(
-        self, task_id: str, *, status: str, now: datetime, cost: float | None = None,
-        result_summary: str | None = None, error_code: str | None = None, model: str | None = None,
+        self,
+        task_id: str,
+        *,
+        status: str,
+        now: datetime,
+        cost: float | None = None,
+        result_summary: str | None = None,
+        error_code: str | None = None,
+        model: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """A terminal status is final: later updates return the record unchanged."""
         check_status(status)
@@ -98,7 +123,9 @@ class Registry:
                 return None, (current, False)
             summary = None if result_summary is None else result_summary[:SUMMARY_CHARS]
             new = msgspec.structs.replace(
-                current, status=status, updated_at=now,
+                current,
+                status=status,
+                updated_at=now,
                 finished_at=now if status in FINISHED_STATUSES else None,
                 cost_usd=cost if cost is not None else current.cost_usd,
                 result_summary=summary if summary is not None else current.result_summary,
@@ -124,7 +151,7 @@ class Registry:
         if status is not None:
             check_status(status)
         if key_id is None and status in LIVE_STATUSES:
-            ids = [(0.0, k[len("live."):]) for k, _ in await scan(self.kv, "live.>")]
+            ids = [(0.0, k[len("live.") :]) for k, _ in await scan(self.kv, "live.>")]
         else:
             pattern = f"k.{key_id}.>" if key_id is not None else "k.>"
             ids = []
@@ -135,7 +162,7 @@ class Registry:
         ids.sort(reverse=True)
         records: list[TaskRecord] = []
         for start in range(0, len(ids), 256):  # the index may be behind the record: check the record's status
-            batch = await asyncio.gather(*(self._maybe(t) for _, t in ids[start:start + 256]))
+            batch = await asyncio.gather(*(self._maybe(t) for _, t in ids[start : start + 256]))
             records.extend(r for r in batch if r is not None and (status is None or r.status == status))
             if len(records) >= limit:
                 break

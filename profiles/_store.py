@@ -214,9 +214,7 @@ class Store:
 
     # ------------------------------------------------------------------ keys
 
-    async def create_key(
-        self, profile: str, *, name: str | None = None, expires_at: datetime | None = None
-    ) -> tuple[str, KeyRecord]:
+    async def create_key(self, profile: str, *, name: str | None = None, expires_at: datetime | None = None) -> tuple[str, KeyRecord]:
         """A new key for ``profile``: (plaintext, record). The plaintext exists only here."""
         now = self.now()
         if expires_at is not None and expires_at <= now:
@@ -228,13 +226,18 @@ class Store:
         return plaintext, record
 
     async def _insert_key(
-        self, *, profile: str, name: str | None, expires_at: datetime | None, now: datetime, account: str | None = None,
+        self,
+        *,
+        profile: str,
+        name: str | None,
+        expires_at: datetime | None,
+        now: datetime,
+        account: str | None = None,
     ) -> tuple[str, KeyRecord]:
         for _ in range(5):  # a display-prefix collision is ~2^-48; retry rather than fail
             plaintext = new_key()
             prefix = display_prefix(plaintext)
-            record = KeyRecord(prefix=prefix, profile=profile, name=name, created_at=now, expires_at=expires_at,
-                               account=account or prefix)
+            record = KeyRecord(prefix=prefix, profile=profile, name=name, created_at=now, expires_at=expires_at, account=account or prefix)
             try:
                 revision = await self.control.kv.create(KEY + prefix, encode_key(record, hash_key(plaintext)))
             except KeyWrongLastSequenceError:
@@ -281,7 +284,8 @@ class Store:
     async def revoke(self, prefix: str) -> KeyRecord:
         now = self.now()
         record, changed = await self._change_key(
-            prefix, lambda r: None if r.revoked_at is not None else msgspec.structs.replace(r, revoked_at=now))
+            prefix, lambda r: None if r.revoked_at is not None else msgspec.structs.replace(r, revoked_at=now)
+        )
         if changed:
             logger.info("key %s revoked", prefix)
             await self._emit("key_revoked", prefix=prefix, profile=record.profile)
@@ -295,8 +299,7 @@ class Store:
         old = await self.get_key(prefix)
         self._check_rotatable(old)
         expires_at = None if old.expires_at is None else now + (old.expires_at - old.created_at)
-        plaintext, new = await self._insert_key(
-            profile=old.profile, name=old.name, expires_at=expires_at, now=now, account=old.account)
+        plaintext, new = await self._insert_key(profile=old.profile, name=old.name, expires_at=expires_at, now=now, account=old.account)
         grace_until = now + timedelta(seconds=grace_s)
 
         def edit(record: KeyRecord) -> KeyRecord:
@@ -309,8 +312,7 @@ class Store:
             await asyncio.shield(self.control.kv.delete(KEY + new.prefix))
             raise
         logger.info("key %s rotated to %s (grace %ss)", prefix, new.prefix, grace_s)
-        await self._emit("key_rotated", prefix=prefix, new_prefix=new.prefix, profile=new.profile,
-                         grace_until=grace_until)
+        await self._emit("key_rotated", prefix=prefix, new_prefix=new.prefix, profile=new.profile, grace_until=grace_until)
         return plaintext, new
 
     @staticmethod
@@ -338,9 +340,7 @@ class Store:
             try:
                 revision = await self.control.kv.create(key, value)
             except KeyWrongLastSequenceError:
-                raise InvalidInput(
-                    f"profile {profile.name!r} already exists; change it with `taskbus profiles update`"
-                ) from None
+                raise InvalidInput(f"profile {profile.name!r} already exists; change it with `taskbus profiles update`") from None
         else:
             revision = await self.control.kv.put(key, value)
         await self._seen(revision)
@@ -397,21 +397,20 @@ class Store:
             await self._emit("profile_changed", profile=name, action="created", source="apply")
         for name in result.updated:
             await self._emit(
-                "profile_changed", profile=name, action="updated", source="apply",
+                "profile_changed",
+                profile=name,
+                action="updated",
+                source="apply",
                 changes=diff_profiles(existing[name], incoming[name]),
             )
         return result
 
     # ------------------------------------------------------------------ policy
 
-    async def resolve(
-        self, key: KeyRecord, request: Request, *, task_id: str, model: str, settings: Settings, **kwargs: Any
-    ) -> Policy:
+    async def resolve(self, key: KeyRecord, request: Request, *, task_id: str, model: str, settings: Settings, **kwargs: Any) -> Policy:
         """``resolve_policy`` with the key's current profile loaded."""
         profile = await self.get_profile(key.profile)
-        return resolve_policy(
-            profile, request, task_id=task_id, key_id=key.prefix, model=model, settings=settings, **kwargs
-        )
+        return resolve_policy(profile, request, task_id=task_id, key_id=key.prefix, model=model, settings=settings, **kwargs)
 
     # ------------------------------------------------------------------ budgets
 
@@ -424,8 +423,15 @@ class Store:
             day = override["day_usd"] if override.get("day_usd") is not None else day
             month = override["month_usd"] if override.get("month_usd") is not None else month
         return _ledger.budget_status(
-            doc, key_id=key_id, account=key.account, profile=profile.name, max_concurrent=profile.max_concurrent,
-            day_limit=day, month_limit=month, override=override is not None, now=self.now(),
+            doc,
+            key_id=key_id,
+            account=key.account,
+            profile=profile.name,
+            max_concurrent=profile.max_concurrent,
+            day_limit=day,
+            month_limit=month,
+            override=override is not None,
+            now=self.now(),
         )
 
     async def remaining_budget(self, key_id: str) -> BudgetStatus:
@@ -444,9 +450,17 @@ class Store:
         _ledger.check_amount(amount, "reservation amount")
         now = self.now()
         state = await self._status(key_id, None)
-        record: Doc = {"task_id": task_id, "key_id": key_id, "account": state.account, "amount": to_micro(amount),
-                       "actual": None, "state": "reserved", "day": state.day.period, "month": state.month.period,
-                       "created": now.timestamp()}
+        record: Doc = {
+            "task_id": task_id,
+            "key_id": key_id,
+            "account": state.account,
+            "amount": to_micro(amount),
+            "actual": None,
+            "state": "reserved",
+            "day": state.day.period,
+            "month": state.month.period,
+            "created": now.timestamp(),
+        }
 
         def change(doc: Doc | None) -> tuple[Doc | None, bool]:
             new = _ledger.reserve(doc, state, task_id, amount, now)
@@ -464,8 +478,9 @@ class Store:
             existing, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
             if added:  # ... and it was closed since: undo ours
                 now = self.now()
-                await self.ledger.change(_ledger.account_key(record["account"]),
-                                         lambda doc: (_ledger.close(doc, task_id, record, None, now), None))
+                await self.ledger.change(
+                    _ledger.account_key(record["account"]), lambda doc: (_ledger.close(doc, task_id, record, None, now), None)
+                )
             assert existing is not None
             return self._existing(existing, record["key_id"], task_id)
         return _reservation(record)
@@ -489,12 +504,12 @@ class Store:
             return _reservation(record), False
         now = self.now()
         micro = None if actual is None else to_micro(actual)
-        await self.ledger.change(_ledger.account_key(record["account"]),
-                                 lambda doc: (_ledger.close(doc, task_id, record, micro, now), None))
+        await self.ledger.change(
+            _ledger.account_key(record["account"]), lambda doc: (_ledger.close(doc, task_id, record, micro, now), None)
+        )
 
         def mark(doc: Doc | None) -> tuple[Doc | None, Doc]:
-            new = {**(doc or record), "state": "released" if actual is None else "settled",
-                   "actual": 0 if micro is None else micro}
+            new = {**(doc or record), "state": "released" if actual is None else "settled", "actual": 0 if micro is None else micro}
             return new, new
 
         closed = _reservation(await self.ledger.change(key, mark))
@@ -547,8 +562,8 @@ class Store:
         limit = (await self.get_profile(key.profile)).rate_limit_per_min
         now = self.now()
         remaining: int = await self.ledger.change(
-            _ledger.rate_key(key_id),
-            lambda doc: _ledger.count_request(doc, key_id=key_id, profile=key.profile, limit=limit, now=now))
+            _ledger.rate_key(key_id), lambda doc: _ledger.count_request(doc, key_id=key_id, profile=key.profile, limit=limit, now=now)
+        )
         return remaining
 
     async def set_budget(
@@ -615,8 +630,7 @@ class Store:
         try:
             reservation, _ = await asyncio.gather(
                 self._record_reservation(record, added),
-                self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind,
-                                     reserved=amount, now=self.now(), **task),
+                self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind, reserved=amount, now=self.now(), **task),
             )
         except BaseException:
             await asyncio.shield(self.release(task_id))
@@ -634,11 +648,10 @@ class Store:
 
     # ------------------------------------------------------------------ tasks
 
-    async def record_task(
-        self, task_id: str, key_id: str, profile: str, kind: str, reserved: float, **kwargs: Any
-    ) -> TaskRecord:
-        record, _ = await self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind,
-                                               reserved=reserved, now=self.now(), **kwargs)
+    async def record_task(self, task_id: str, key_id: str, profile: str, kind: str, reserved: float, **kwargs: Any) -> TaskRecord:
+        record, _ = await self.registry.record(
+            task_id=task_id, key_id=key_id, profile=profile, kind=kind, reserved=reserved, now=self.now(), **kwargs
+        )
         return record
 
     async def update_task(self, task_id: str, status: str, **kwargs: Any) -> TaskRecord:
@@ -648,15 +661,17 @@ class Store:
     async def get_task(self, task_id: str) -> TaskRecord:
         return await self.registry.get(task_id)
 
-    async def list_tasks(
-        self, key_id: str | None = None, *, status: str | None = None, limit: int = 50
-    ) -> list[TaskRecord]:
+    async def list_tasks(self, key_id: str | None = None, *, status: str | None = None, limit: int = 50) -> list[TaskRecord]:
         return await self.registry.list(key_id, status=status, limit=limit)
 
 
 def _reservation(doc: Doc) -> Reservation:
     return Reservation(
-        task_id=doc["task_id"], key_id=doc["key_id"], amount_usd=to_usd(doc["amount"]),
-        actual_usd=None if doc["actual"] is None else to_usd(doc["actual"]), state=doc["state"], day=doc["day"],
+        task_id=doc["task_id"],
+        key_id=doc["key_id"],
+        amount_usd=to_usd(doc["amount"]),
+        actual_usd=None if doc["actual"] is None else to_usd(doc["actual"]),
+        state=doc["state"],
+        day=doc["day"],
         created_at=datetime.fromtimestamp(doc["created"], UTC),
     )

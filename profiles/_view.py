@@ -122,15 +122,15 @@ class ControlView:
             self.revisions[key] = int(entry.revision)
         try:
             if key.startswith(KEY):
-                self._apply_key(key[len(KEY):], None if deleted else entry.value)
+                self._apply_key(key[len(KEY) :], None if deleted else entry.value)
             elif key.startswith(PROFILE):
-                name = key[len(PROFILE):]
+                name = key[len(PROFILE) :]
                 if deleted:
                     self.profiles.pop(name, None)
                 else:
                     self.profiles[name] = decode_profile(entry.value)
             elif key.startswith(BUDGET):
-                account = key[len(BUDGET):]
+                account = key[len(BUDGET) :]
                 if deleted:
                     self.budgets.pop(account, None)
                 else:

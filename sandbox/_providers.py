@@ -108,9 +108,7 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(
-        self, settings: Settings, *, upstream: Upstream | None = None, default_max_tokens: int = 4096
-    ) -> None:
+    def __init__(self, settings: Settings, *, upstream: Upstream | None = None, default_max_tokens: int = 4096) -> None:
         self._own_upstream = upstream is None
         self.upstream = upstream or Upstream(settings)
         self.prices = PriceTable(settings.prices)
@@ -121,9 +119,7 @@ class AnthropicProvider:
             await self.upstream.__aenter__()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._own_upstream:
             await self.upstream.aclose()
 

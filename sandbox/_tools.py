@@ -29,9 +29,7 @@ def find_claude(settings: Settings) -> Path:
     for path in _claude_candidates(settings):
         if path.is_file() and os.access(path, os.X_OK):
             return path.resolve()
-    raise SandboxUnavailable(
-        f"Claude Code CLI not found; install it with `{CLAUDE_INSTALL_HINT}` or set TASKBUS_CLAUDE_PATH"
-    )
+    raise SandboxUnavailable(f"Claude Code CLI not found; install it with `{CLAUDE_INSTALL_HINT}` or set TASKBUS_CLAUDE_PATH")
 
 
 def find_bwrap() -> Path:

@@ -63,13 +63,13 @@ async def list_artifacts(bus: Bus, task_id: str) -> list[Download]:
     """The artifacts the task's events announce (the latest event wins for a path)."""
     events = await replay_events(bus, task_id)
     if not events:
-        raise NotFound(f"no events for task {task_id} (unknown id, or its events aged out); "
-                       "`taskbus tasks list` shows the known ones", task_id=task_id)
+        raise NotFound(
+            f"no events for task {task_id} (unknown id, or its events aged out); `taskbus tasks list` shows the known ones", task_id=task_id
+        )
     found: dict[str, Download] = {}
     for event in events:
         if isinstance(event, Artifact):
-            found[event.path] = Download(path=event.path, size=event.size, sha256=event.sha256,
-                                         object_key=event.object_key)
+            found[event.path] = Download(path=event.path, size=event.size, sha256=event.sha256, object_key=event.object_key)
     return list(found.values())
 
 
@@ -85,8 +85,9 @@ def _open_folder(root_fd: int, parts: list[str]) -> int:
             try:
                 child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError as exc:
-                raise InvalidInput(f"{part!r} under the output folder is a link or not a folder "
-                                   f"({exc.strerror}); not writing through it") from None
+                raise InvalidInput(
+                    f"{part!r} under the output folder is a link or not a folder ({exc.strerror}); not writing through it"
+                ) from None
             os.close(fd)
             fd = child
         return fd
@@ -133,7 +134,7 @@ class _Sink:
             raise InvalidInput(f"artifact {self.item.path!r} is larger than its event says ({self.item.size} bytes)")
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
         self.written += len(data)
         self.digest.update(data)
         if self.progress is not None:
@@ -141,8 +142,7 @@ class _Sink:
         return len(data)
 
 
-async def download(bus: Bus, task_id: str, out: Path, *, force: bool = False,
-                   progress: Progress | None = None) -> list[Download]:
+async def download(bus: Bus, task_id: str, out: Path, *, force: bool = False, progress: Progress | None = None) -> list[Download]:
     """Save every artifact of ``task_id`` under ``out``; InvalidInput before writing anything
     when a name is unsafe or (without ``force``) a file exists."""
     items = await list_artifacts(bus, task_id)
@@ -156,14 +156,16 @@ async def download(bus: Bus, task_id: str, out: Path, *, force: bool = False,
         if not force:
             taken = [item.path for item, parts in plan if _exists(root_fd, parts)]
             if taken:
-                raise InvalidInput(f"{len(taken)} file(s) already exist in {out} (first: {taken[0]}); "
-                                   "pass --force to replace them or pick another --out")
+                raise InvalidInput(
+                    f"{len(taken)} file(s) already exist in {out} (first: {taken[0]}); pass --force to replace them or pick another --out"
+                )
         store = await bus.js.object_store(bus.subjects.artifacts_bucket)
         saved = []
         for item, parts in plan:
             await _save(store, root_fd, item, parts, progress)
-            saved.append(Download(path=item.path, size=item.size, sha256=item.sha256, object_key=item.object_key,
-                                  saved_to=str(out.joinpath(*parts))))
+            saved.append(
+                Download(path=item.path, size=item.size, sha256=item.sha256, object_key=item.object_key, saved_to=str(out.joinpath(*parts)))
+            )
         logger.info("downloaded %d artifact(s) of %s into %s", len(saved), task_id, out)
         return saved
     finally:
@@ -180,11 +182,13 @@ async def _save(store: Any, root_fd: int, item: Download, parts: list[str], prog
             try:
                 info = await store.get_info(item.object_key)
             except Exception as exc:
-                raise NotFound(f"artifact {item.path!r} is not in the Object Store ({type(exc).__name__}); "
-                               "it may have been removed") from None
+                raise NotFound(
+                    f"artifact {item.path!r} is not in the Object Store ({type(exc).__name__}); it may have been removed"
+                ) from None
             if info.size != item.size:
-                raise InvalidInput(f"artifact {item.path!r} is {info.size} bytes in the Object Store, "
-                                   f"its event says {item.size}; not saved")
+                raise InvalidInput(
+                    f"artifact {item.path!r} is {info.size} bytes in the Object Store, its event says {item.size}; not saved"
+                )
             await store.get(item.object_key, writeinto=sink)
         finally:
             os.close(fd)

@@ -27,8 +27,10 @@ async def _announce(bus: Bus, notice: AuditNotice) -> None:
     try:
         await bus.publish(bus.subjects.audit(notice.kind), notice, attempts=3)
     except TaskbusError as exc:
-        raise BusError(f"the catalog change is stored, but its audit notice ({notice.kind}) could not be "
-                       f"published: {exc.describe()}; the audit log lacks it") from None
+        raise BusError(
+            f"the catalog change is stored, but its audit notice ({notice.kind}) could not be "
+            f"published: {exc.describe()}; the audit log lacks it"
+        ) from None
 
 
 async def open_catalog(bus: Bus, *, create: bool = True) -> Catalog:
@@ -59,8 +61,9 @@ async def add_bundles(bus: Bus, bundles: list[CatalogBundle], *, limits: Catalog
 async def remove_entry(bus: Bus, kind: str, name: str, *, actor: str) -> CatalogEntry:
     catalog = await open_catalog(bus)
     entry = await catalog.remove(kind, name)
-    await _announce(bus, AuditNotice(
-        kind="catalog_removed", actor=actor, detail={"catalog_kind": kind, "name": name, "sha256": entry.sha256}))
+    await _announce(
+        bus, AuditNotice(kind="catalog_removed", actor=actor, detail={"catalog_kind": kind, "name": name, "sha256": entry.sha256})
+    )
     return entry
 
 

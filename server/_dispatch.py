@@ -207,13 +207,9 @@ class Dispatcher:
             raise
         return Caller(record.prefix, record.profile)
 
-    async def audit(
-        self, exc: TaskbusError, *, actor: str, task_id: str | None = None, detail: dict[str, Any] | None = None
-    ) -> None:
+    async def audit(self, exc: TaskbusError, *, actor: str, task_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
         kind = _audit_kind(exc) or "denied"
-        notice = AuditNotice(
-            kind=kind, actor=actor, task_id=task_id, code=exc.code, detail={"message": exc.message, **(detail or {})}
-        )
+        notice = AuditNotice(kind=kind, actor=actor, task_id=task_id, code=exc.code, detail={"message": exc.message, **(detail or {})})
         await self.notice(notice)
 
     async def catalog_entries(self, *, timeout: float = 10.0) -> list[CatalogEntry]:
@@ -250,9 +246,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ submit
 
-    async def submit(
-        self, caller: Caller, request: Request, *, via: str = "mcp", idempotency_key: str | None = None
-    ) -> Submission:
+    async def submit(self, caller: Caller, request: Request, *, via: str = "mcp", idempotency_key: str | None = None) -> Submission:
         """Admit ``request`` for ``caller`` and publish its job; raise the refusal otherwise.
 
         With ``idempotency_key`` the (key, id) pair is claimed first (``SubmitClaims``):
@@ -269,8 +263,7 @@ class Dispatcher:
             return Submission(**await self._claims.once(caller.key_id, idempotency_key, fingerprint, admit))
         except NatsError as exc:  # NATS away or electing a leader: a clear refusal, not "unexpected"
             logger.warning("admission for %s failed on NATS: %r", caller.key_id, exc)
-            raise BusError(f"the bus did not answer while admitting this request ({type(exc).__name__}); "
-                           "retry in a few seconds") from None
+            raise BusError(f"the bus did not answer while admitting this request ({type(exc).__name__}); retry in a few seconds") from None
 
     async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()
@@ -285,20 +278,24 @@ class Dispatcher:
             check_can_pay(budget, cheapest)
             if request.max_cost_usd is not None and (request.max_cost_usd <= 0 or request.max_cost_usd < cheapest):
                 raise BudgetExceeded(
-                    f"max_cost_usd ${request.max_cost_usd:.6f} cannot pay for the cheapest possible call "
-                    f"(${cheapest:.6f}); raise it", needed=cheapest,
+                    f"max_cost_usd ${request.max_cost_usd:.6f} cannot pay for the cheapest possible call (${cheapest:.6f}); raise it",
+                    needed=cheapest,
                 )
             route = self._route(profile, budget.remaining_usd, request)
             policy = resolve_policy(
-                profile, request, task_id=task_id, key_id=caller.key_id, model=route.model,
-                settings=self.settings, routing_reason=route.reason, budget_remaining=route.remaining_usd,
+                profile,
+                request,
+                task_id=task_id,
+                key_id=caller.key_id,
+                model=route.model,
+                settings=self.settings,
+                routing_reason=route.reason,
+                budget_remaining=route.remaining_usd,
                 realpath=project_realpath,
                 catalog=await self.catalog_entries() if kind == "task" else None,
             )
             check_job_size(policy, request, self.settings.max_message_bytes)
-            await self.store.admit(
-                caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model
-            )
+            await self.store.admit(caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model)
         except REFUSALS as exc:
             await self.audit(exc, actor=caller.key_id, task_id=task_id, detail={"via": via, "kind": kind})
             logger.info("refused %s for %s: %s", kind, caller.key_id, exc.code)
@@ -306,11 +303,16 @@ class Dispatcher:
         if key is not None:
             self._cache_keys[task_id] = (key, route.reason)
         try:
-            job = Job(task_id=task_id, policy=policy, request=request,
-                      signature=sign_job(task_id, policy, request, self._secret))
+            job = Job(task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, self._secret))
             accepted = Accepted(
-                task_id=task_id, seq=1, ts=utcnow(), kind=kind, key_id=caller.key_id,
-                profile=caller.profile, model=policy.model, routing_reason=route.reason,
+                task_id=task_id,
+                seq=1,
+                ts=utcnow(),
+                kind=kind,
+                key_id=caller.key_id,
+                profile=caller.profile,
+                model=policy.model,
+                routing_reason=route.reason,
             )
             events = self.bus.subjects.events(task_id)
             self._follow(task_id, fresh=True)  # its inbox is open before the first event is published
@@ -320,7 +322,11 @@ class Dispatcher:
             await asyncio.shield(self._never_started(task_id, exc))
             raise
         logger.info(
-            "accepted %s %s for %s on %s (%.1f ms)", kind, task_id, caller.key_id, policy.model,
+            "accepted %s %s for %s on %s (%.1f ms)",
+            kind,
+            task_id,
+            caller.key_id,
+            policy.model,
             (time.perf_counter() - started) * 1000,
         )
         return Submission(task_id, events, policy.model, route.reason, policy.max_cost_usd)
@@ -330,9 +336,7 @@ class Dispatcher:
             return cache_key(caller.profile, request)
         return None
 
-    async def _answer_from_cache(
-        self, caller: Caller, request: Request, task_id: str, hit: CachedCompletion, *, via: str
-    ) -> Submission:
+    async def _answer_from_cache(self, caller: Caller, request: Request, task_id: str, hit: CachedCompletion, *, via: str) -> Submission:
         """A cache hit is a task like any other: registered (concurrency applies, $0 reserved),
         audited, and answered with ``accepted`` + ``finished`` on its events subject."""
         reason = f"cache hit (answer of task {hit.task_id}); {hit.routing_reason}"
@@ -340,27 +344,52 @@ class Dispatcher:
         events = self.bus.subjects.events(task_id)
         try:
             self._follow(task_id, fresh=True)
-            await self.bus.publish(events, Accepted(
-                task_id=task_id, seq=1, ts=utcnow(), kind="complete", key_id=caller.key_id,
-                profile=caller.profile, model=hit.model, routing_reason=reason,
-            ), msg_id=f"{task_id}-1")
-            await self.bus.publish(events, Finished(
-                task_id=task_id, seq=2, ts=utcnow(), status="succeeded", result=hit.text, reason="cached",
-                usage=hit.usage, cost_usd=0.0, model=hit.model,
-            ), msg_id=f"{task_id}-2")
+            await self.bus.publish(
+                events,
+                Accepted(
+                    task_id=task_id,
+                    seq=1,
+                    ts=utcnow(),
+                    kind="complete",
+                    key_id=caller.key_id,
+                    profile=caller.profile,
+                    model=hit.model,
+                    routing_reason=reason,
+                ),
+                msg_id=f"{task_id}-1",
+            )
+            await self.bus.publish(
+                events,
+                Finished(
+                    task_id=task_id,
+                    seq=2,
+                    ts=utcnow(),
+                    status="succeeded",
+                    result=hit.text,
+                    reason="cached",
+                    usage=hit.usage,
+                    cost_usd=0.0,
+                    model=hit.model,
+                ),
+                msg_id=f"{task_id}-2",
+            )
         except BaseException as exc:
             await asyncio.shield(self._never_started(task_id, exc))
             raise
-        await self.notice(AuditNotice(kind="cache_hit", actor=caller.key_id, task_id=task_id,
-                                      detail={"via": via, "original_task_id": hit.task_id, "model": hit.model}))
+        await self.notice(
+            AuditNotice(
+                kind="cache_hit",
+                actor=caller.key_id,
+                task_id=task_id,
+                detail={"via": via, "original_task_id": hit.task_id, "model": hit.model},
+            )
+        )
         logger.info("answered %s for %s from the cache (task %s)", task_id, caller.key_id, hit.task_id)
         return Submission(task_id, events, hit.model, reason, 0.0, cached=True)
 
     def _route(self, profile: Profile, remaining: float | None, request: Request) -> _Routed:
         cap = request.max_cost_usd if request.max_cost_usd is not None else profile.max_cost_per_task_usd
-        model, reason = route_model(
-            request, allowed=profile.models, prices=self.settings.prices, remaining_usd=remaining, max_cost_usd=cap
-        )
+        model, reason = route_model(request, allowed=profile.models, prices=self.settings.prices, remaining_usd=remaining, max_cost_usd=cap)
         return _Routed(model, reason, remaining)
 
     async def _never_started(self, task_id: str, exc: BaseException) -> None:
@@ -372,8 +401,9 @@ class Dispatcher:
         code = exc.code if isinstance(exc, TaskbusError) else "internal_error"
         try:
             await self.store.release(task_id)
-            await self.store.update_task(task_id, status="failed", cost=0.0, error_code=code,
-                                         result_summary="the job could not be published")
+            await self.store.update_task(
+                task_id, status="failed", cost=0.0, error_code=code, result_summary="the job could not be published"
+            )
         except Exception as inner:
             logger.error("task %s: release after failed publish failed: %s", task_id, inner)
 
@@ -387,8 +417,7 @@ class Dispatcher:
             watch = self._watches[task_id] = TaskWatch(task_id)
         if task_id not in self._followers and watch.finished is None and self._tg is not None:
             inbox = self._hub.open(task_id)  # now, not when the task starts: no event slips past
-            self._followers[task_id] = self._tg.create_task(
-                self._run_follower(watch, inbox, fresh=fresh), name=f"follow-{task_id}")
+            self._followers[task_id] = self._tg.create_task(self._run_follower(watch, inbox, fresh=fresh), name=f"follow-{task_id}")
         return watch
 
     async def _run_follower(self, watch: TaskWatch, inbox: Inbox, *, fresh: bool) -> None:
@@ -407,8 +436,13 @@ class Dispatcher:
             while True:
                 try:
                     finished = await follow(
-                        self._hub, inbox, watch, fresh=fresh, max_bytes=8 * self.settings.max_message_bytes,
-                        on_event=self._on_event, on_finished=settle,
+                        self._hub,
+                        inbox,
+                        watch,
+                        fresh=fresh,
+                        max_bytes=8 * self.settings.max_message_bytes,
+                        on_event=self._on_event,
+                        on_finished=settle,
                     )
                     if not settled:  # a retry found the task finished already
                         await settle(finished)
@@ -435,12 +469,23 @@ class Dispatcher:
     async def _settle(self, finished: Finished) -> None:
         cached = self._cache_keys.pop(finished.task_id, None)
         if cached is not None and finished.status == "succeeded":
-            await self._cache.put(cached[0], CachedCompletion(
-                text=finished.result, model=finished.model or "", routing_reason=cached[1], usage=finished.usage,
-                cost_usd=finished.cost_usd, task_id=finished.task_id))
+            await self._cache.put(
+                cached[0],
+                CachedCompletion(
+                    text=finished.result,
+                    model=finished.model or "",
+                    routing_reason=cached[1],
+                    usage=finished.usage,
+                    cost_usd=finished.cost_usd,
+                    task_id=finished.task_id,
+                ),
+            )
         await self.store.finish_task(
-            finished.task_id, finished.cost_usd, finished.status,
-            model=finished.model, result_summary=finished.result[:500] or None,
+            finished.task_id,
+            finished.cost_usd,
+            finished.status,
+            model=finished.model,
+            result_summary=finished.result[:500] or None,
             error_code=finished.reason if finished.status != "succeeded" else None,
         )
         logger.info("task %s %s, cost $%.6f", finished.task_id, finished.status, finished.cost_usd)
@@ -498,23 +543,19 @@ class Dispatcher:
         try:
             result = await store.get(f"{task_id}/{path}")
         except Exception:
-            raise NotFound(f"task {task_id} has no artifact {path!r}; see the task's artifact list",
-                           task_id=task_id) from None
+            raise NotFound(f"task {task_id} has no artifact {path!r}; see the task's artifact list", task_id=task_id) from None
         return result.data or b""
 
     # ------------------------------------------------------------------ cancel
 
-    async def cancel(
-        self, caller: Caller, task_id: str, *, reason: str = "cancelled by caller", actor: str | None = None
-    ) -> str:
+    async def cancel(self, caller: Caller, task_id: str, *, reason: str = "cancelled by caller", actor: str | None = None) -> str:
         """Ask the runner holding ``task_id`` to stop; returns the status known now."""
         record = await self.task_record(caller, task_id)
         if record.status in FINAL:
             return record.status
         await self.bus.nc.publish(self.bus.subjects.control(task_id), encode(Cancel(task_id=task_id, reason=reason)))
         await self.bus.nc.flush(timeout=5)
-        await self.notice(AuditNotice(kind="task_cancelled", actor=actor or caller.key_id, task_id=task_id,
-                                      detail={"reason": reason}))
+        await self.notice(AuditNotice(kind="task_cancelled", actor=actor or caller.key_id, task_id=task_id, detail={"reason": reason}))
         await self._finish_if_queued(task_id, reason)
         logger.info("cancel requested for %s by %s", task_id, caller.key_id)
         return "cancelling"
@@ -526,15 +567,14 @@ class Dispatcher:
             last = await self.bus.js.get_last_msg(self.bus.subjects.events_stream, subject)
         except Exception:
             return
-        if not last.data or not last.data.startswith(b'{') or b'"type":"accepted"' not in last.data:
+        if not last.data or not last.data.startswith(b"{") or b'"type":"accepted"' not in last.data:
             return
-        finished = Finished(task_id=task_id, seq=2, ts=utcnow(), status="cancelled", reason="cancelled_before_start",
-                            result=reason)
+        finished = Finished(task_id=task_id, seq=2, ts=utcnow(), status="cancelled", reason="cancelled_before_start", result=reason)
         try:
             await self.bus.js.publish(
-                subject, encode(finished),
-                headers={"Nats-Expected-Last-Subject-Sequence": str(last.seq), "Nats-Msg-Id": f"{task_id}-2",
-                         "Taskbus-Schema": "1"},
+                subject,
+                encode(finished),
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last.seq), "Nats-Msg-Id": f"{task_id}-2", "Taskbus-Schema": "1"},
                 timeout=5,
             )
         except Exception as exc:  # a runner published first: it handles the cancel
@@ -565,5 +605,3 @@ def validate_request(request: Request, *, max_file_bytes: int | None = None) -> 
             raise InvalidInput("give either `prompt` or `messages`, not both (put earlier turns in messages)")
         if request.messages and request.messages[-1].role != "user":
             raise InvalidInput("the last of `messages` must have role 'user'")
-
-

@@ -164,8 +164,7 @@ async def follow_events(
         _raise_if_cancelling()  # nats-py can swallow a cancel that lands inside subscribe()
         async for msg in sub.messages:
             event = decode_task_event(watch.task_id, msg.data, max_bytes)
-            if (isinstance(event, Finished) and on_finished is not None and watch.finished is None
-                    and event.seq > watch.last_seq):
+            if isinstance(event, Finished) and on_finished is not None and watch.finished is None and event.seq > watch.last_seq:
                 try:
                     await on_finished(event)
                 except BaseException:
@@ -198,7 +197,10 @@ async def replay_events(
         return []
     watch = TaskWatch(task_id, window=None)  # all stored events (as many as the runner let through)
     sub = await bus.js.subscribe(
-        subject, stream=bus.subjects.events_stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+        subject,
+        stream=bus.subjects.events_stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
         inactive_threshold=2.0,
     )
     try:

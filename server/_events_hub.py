@@ -85,8 +85,14 @@ class EventsHub:
     async def __aenter__(self) -> EventsHub:
         self._reconnects = self._reconnect_count()
         self._sub = await self.bus.js.subscribe(
-            self.bus.subjects.events_all(), stream=self.bus.subjects.events_stream, cb=self._on_msg,
-            ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, pending_msgs_limit=-1, pending_bytes_limit=-1)
+            self.bus.subjects.events_all(),
+            stream=self.bus.subjects.events_stream,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
         await self.bus.nc.flush(timeout=10)
         self._watcher = asyncio.create_task(self._watch_reconnects(), name="events-hub-reconnects")
         return self
@@ -119,7 +125,7 @@ class EventsHub:
             del self._inboxes[inbox.task_id]
 
     async def _on_msg(self, msg: Any) -> None:
-        inbox = self._inboxes.get(msg.subject[self._prefix_len:])
+        inbox = self._inboxes.get(msg.subject[self._prefix_len :])
         if inbox is not None:
             inbox.put(msg.data)
 
@@ -157,8 +163,7 @@ async def follow(
     quiet_s = QUIET_CHECK_S
 
     async def handle(event: Event) -> bool:
-        if (isinstance(event, Finished) and on_finished is not None and watch.finished is None
-                and event.seq > watch.last_seq):
+        if isinstance(event, Finished) and on_finished is not None and watch.finished is None and event.seq > watch.last_seq:
             try:
                 await on_finished(event)
             except BaseException:
@@ -170,8 +175,7 @@ async def follow(
 
     async def replay(why: str) -> bool:
         logger.debug("task %s: reading the stream after seq %d (%s)", task_id, watch.last_seq, why)
-        for event in await replay_events(hub.bus, task_id, timeout=REPLAY_TIMEOUT_S, max_bytes=max_bytes,
-                                         after_seq=watch.last_seq):
+        for event in await replay_events(hub.bus, task_id, timeout=REPLAY_TIMEOUT_S, max_bytes=max_bytes, after_seq=watch.last_seq):
             if await handle(event):
                 return True
         return False
@@ -238,4 +242,3 @@ async def _newer_stored(bus: Bus, task_id: str, last_seq: int) -> bool:
         return False
     event = decode_task_event(task_id, last.data or b"", 1 << 62)
     return event is not None and event.seq > last_seq
-

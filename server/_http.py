@@ -74,12 +74,12 @@ class AuthFailureBody:
                 return
             if "start" in held and message["type"] == "http.response.body":
                 code, text = await self._why(scope)
-                body = json.dumps({"error": "invalid_token", "error_description": f"[{code}] {text}",
-                                   "code": code}).encode()
-                headers = [(k, v) for k, v in held["start"].get("headers", [])
-                           if k.lower() not in (b"content-length", b"www-authenticate")]
-                headers += [(b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", f'Bearer error="invalid_token", error_description="{code}"'.encode())]
+                body = json.dumps({"error": "invalid_token", "error_description": f"[{code}] {text}", "code": code}).encode()
+                headers = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() not in (b"content-length", b"www-authenticate")]
+                headers += [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", f'Bearer error="invalid_token", error_description="{code}"'.encode()),
+                ]
                 await send({**held.pop("start"), "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -120,12 +120,14 @@ def create_http_app(dispatcher: Dispatcher, *, host: str, port: int, **mcp_kwarg
     mcp = create_mcp_server(
         dispatcher,
         token_verifier=ApiKeyVerifier(dispatcher),
-        auth=AuthSettings.model_validate({  # validation turns the strings into URLs
-            "issuer_url": base,
-            "resource_server_url": f"{base}{MCP_PATH}",
-            "required_scopes": [SCOPE],
-            "validate_token_resource": False,
-        }),
+        auth=AuthSettings.model_validate(
+            {  # validation turns the strings into URLs
+                "issuer_url": base,
+                "resource_server_url": f"{base}{MCP_PATH}",
+                "required_scopes": [SCOPE],
+                "validate_token_resource": False,
+            }
+        ),
         **mcp_kwargs,
     )
     app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=host, transport_security=_security(host, port))

@@ -62,10 +62,15 @@ class SubmitClaims:
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            self._kv = await self.bus.ensure_kv(KeyValueConfig(
-                bucket=self.bucket, storage=StorageType.FILE, ttl=float(self.ttl_s), history=1,
-                description="taskbus submit idempotency claims",
-            ))
+            self._kv = await self.bus.ensure_kv(
+                KeyValueConfig(
+                    bucket=self.bucket,
+                    storage=StorageType.FILE,
+                    ttl=float(self.ttl_s),
+                    history=1,
+                    description="taskbus submit idempotency claims",
+                )
+            )
         return self._kv
 
     async def once(self, key_id: str, idempotency_id: str, fingerprint: str, admit: Admit) -> dict[str, Any]:
@@ -76,8 +81,7 @@ class SubmitClaims:
             return await self._once(key_id, idempotency_id, fingerprint, admit)
         except (nats.errors.Error, nats.js.errors.Error) as exc:  # the bus refused or did not answer
             raise BusError(
-                f"the message bus did not answer ({type(exc).__name__}); "
-                "retry in a moment with the same idempotency id"
+                f"the message bus did not answer ({type(exc).__name__}); retry in a moment with the same idempotency id"
             ) from exc
 
     async def _once(self, key_id: str, idempotency_id: str, fingerprint: str, admit: Admit) -> dict[str, Any]:
@@ -107,16 +111,15 @@ class SubmitClaims:
                 return dict(doc["reply"])
             if time.time() - float(doc.get("at", 0)) > self.stale_s:
                 try:  # its server died while admitting: take over with the same task id
-                    await kv.update(key, _doc(state="pending", task_id=doc["task_id"], at=time.time(),
-                                              fingerprint=fingerprint), last=entry.revision)
+                    await kv.update(
+                        key, _doc(state="pending", task_id=doc["task_id"], at=time.time(), fingerprint=fingerprint), last=entry.revision
+                    )
                 except KeyWrongLastSequenceError:
                     continue
                 logger.warning("took over a stale submit claim for task %s", doc["task_id"])
                 return await self._admit(kv, key, doc["task_id"], fingerprint, admit)
             if time.monotonic() > deadline:
-                raise BusTimeout(
-                    "a request with this idempotency id is still being admitted; retry with the same id"
-                )
+                raise BusTimeout("a request with this idempotency id is still being admitted; retry with the same id")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
 

@@ -174,24 +174,48 @@ def create_mcp_server(
     async def complete(
         ctx: Context,
         prompt: Annotated[str | None, Field(description="The user prompt. Give this or `messages`.")] = None,
-        messages: Annotated[list[ChatTurn] | None, Field(description="Conversation turns, oldest first; the last must be role 'user'. Instead of `prompt`.")] = None,
+        messages: Annotated[
+            list[ChatTurn] | None, Field(description="Conversation turns, oldest first; the last must be role 'user'. Instead of `prompt`.")
+        ] = None,
         system: Annotated[str | None, Field(description="System prompt.")] = None,
         model: Annotated[str, Field(description="'auto' or a model your profile allows, e.g. 'claude-haiku-4-5'.")] = "auto",
         max_tokens: Annotated[int | None, Field(ge=1, le=128000, description="Most output tokens.")] = None,
         temperature: Annotated[float | None, Field(ge=0, le=1, description="0 for deterministic answers (cacheable).")] = None,
-        effort: Annotated[Literal["low", "medium", "high"] | None, Field(description="Hint for model='auto': low = fast and cheap, high = most capable.")] = None,
+        effort: Annotated[
+            Literal["low", "medium", "high"] | None, Field(description="Hint for model='auto': low = fast and cheap, high = most capable.")
+        ] = None,
         cache: Annotated[bool, Field(description="Reuse an identical earlier answer (only with temperature=0).")] = False,
-        max_cost_usd: Annotated[float | None, Field(ge=0, description="Cost cap for this call in USD (within your profile's per-task limit).")] = None,
-        idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256, description="Any unique string; calling again with the same key (for 24 h by default) returns the first call's task instead of starting another. Use it to retry safely.")] = None,
+        max_cost_usd: Annotated[
+            float | None, Field(ge=0, description="Cost cap for this call in USD (within your profile's per-task limit).")
+        ] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=256,
+                description="Any unique string; calling again with the same key (for 24 h by default) returns the first call's task instead of starting another. Use it to retry safely.",
+            ),
+        ] = None,
     ) -> types.CallToolResult:
         started = time.perf_counter()
         try:
             caller = await identity.caller()
-            request: CompleteRequest = await to_request(identity, "complete", CompleteRequest, {
-                "prompt": prompt, "messages": [m.model_dump() for m in messages] if messages else None,
-                "system": system, "model": model, "max_tokens": max_tokens, "temperature": temperature,
-                "effort": effort, "cache": cache, "max_cost_usd": max_cost_usd,
-            })
+            request: CompleteRequest = await to_request(
+                identity,
+                "complete",
+                CompleteRequest,
+                {
+                    "prompt": prompt,
+                    "messages": [m.model_dump() for m in messages] if messages else None,
+                    "system": system,
+                    "model": model,
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                    "effort": effort,
+                    "cache": cache,
+                    "max_cost_usd": max_cost_usd,
+                },
+            )
             submission = await dispatcher.submit(caller, request, via="mcp", idempotency_key=idempotency_key)
         except TaskbusError as exc:
             return error_result(exc)
@@ -212,11 +236,16 @@ def create_mcp_server(
             last_report = now
             return message
 
-        finished = await follow_with_progress(ctx, dispatcher, caller, dispatcher.live(submission.task_id),
-                                              keepalive_s=keepalive_s, message_for=streaming)
+        finished = await follow_with_progress(
+            ctx, dispatcher, caller, dispatcher.live(submission.task_id), keepalive_s=keepalive_s, message_for=streaming
+        )
         doc = {
-            "task_id": submission.task_id, "text": finished.result, "model": finished.model or submission.model,
-            "routing_reason": submission.routing_reason, "cached": submission.cached, **finished_summary(finished),
+            "task_id": submission.task_id,
+            "text": finished.result,
+            "model": finished.model or submission.model,
+            "routing_reason": submission.routing_reason,
+            "cached": submission.cached,
+            **finished_summary(finished),
         }
         if finished.status != "succeeded":
             return finished_error(doc, finished)
@@ -239,37 +268,67 @@ def create_mcp_server(
     async def run_task(
         ctx: Context,
         description: Annotated[str, Field(min_length=1, description="What the agent should do, with the acceptance criteria.")],
-        allow_tools: Annotated[list[str] | None, Field(description="Restrict the agent to these tools (default: all your profile grants), e.g. ['Read', 'Write'].")] = None,
+        allow_tools: Annotated[
+            list[str] | None,
+            Field(description="Restrict the agent to these tools (default: all your profile grants), e.g. ['Read', 'Write']."),
+        ] = None,
         allow_agents: Annotated[list[str] | None, Field(description="Sub-agents it may use (default: those your profile grants).")] = None,
         allow_skills: Annotated[list[str] | None, Field(description="Skills it may use (default: those your profile grants).")] = None,
         files: Annotated[list[InputFileArg] | None, Field(description="Files to place in the workspace before it starts.")] = None,
-        project: Annotated[str | None, Field(description="Absolute path of a project directory your profile allows, mounted read-only.")] = None,
+        project: Annotated[
+            str | None, Field(description="Absolute path of a project directory your profile allows, mounted read-only.")
+        ] = None,
         timeout_s: Annotated[int | None, Field(ge=1, description="Wall-clock limit in seconds.")] = None,
         max_cost_usd: Annotated[float | None, Field(ge=0, description="Cost cap in USD; the task stops when reached.")] = None,
         max_turns: Annotated[int | None, Field(ge=1, le=1000, description="Most agent turns.")] = None,
         model: Annotated[str, Field(description="'auto' or a model your profile allows.")] = "auto",
         effort: Annotated[Literal["low", "medium", "high"] | None, Field(description="Hint for model='auto'.")] = None,
         wait: Annotated[bool, Field(description="true: wait for the result, with progress. false: return the task_id at once.")] = True,
-        idempotency_key: Annotated[str | None, Field(min_length=1, max_length=256, description="Any unique string; calling again with the same key (for 24 h by default) returns the first call's task instead of starting another. Use it to retry safely.")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=256,
+                description="Any unique string; calling again with the same key (for 24 h by default) returns the first call's task instead of starting another. Use it to retry safely.",
+            ),
+        ] = None,
     ) -> types.CallToolResult:
         started = time.perf_counter()
         try:
             caller = await identity.caller()
-            request: TaskRequest = await to_request(identity, "run_task", TaskRequest, {
-                "description": description, "allow_tools": allow_tools, "allow_agents": allow_agents,
-                "allow_skills": allow_skills, "files": [f.model_dump() for f in files] if files else None,
-                "project": project, "timeout_s": timeout_s, "max_cost_usd": max_cost_usd,
-                "max_turns": max_turns, "model": model, "effort": effort,
-            })
+            request: TaskRequest = await to_request(
+                identity,
+                "run_task",
+                TaskRequest,
+                {
+                    "description": description,
+                    "allow_tools": allow_tools,
+                    "allow_agents": allow_agents,
+                    "allow_skills": allow_skills,
+                    "files": [f.model_dump() for f in files] if files else None,
+                    "project": project,
+                    "timeout_s": timeout_s,
+                    "max_cost_usd": max_cost_usd,
+                    "max_turns": max_turns,
+                    "model": model,
+                    "effort": effort,
+                },
+            )
             submission = await dispatcher.submit(caller, request, via="mcp", idempotency_key=idempotency_key)
         except TaskbusError as exc:
             return error_result(exc)
-        base = {"task_id": submission.task_id, "model": submission.model,
-                "routing_reason": submission.routing_reason, "events_uri": events_uri(submission.task_id)}
+        base = {
+            "task_id": submission.task_id,
+            "model": submission.model,
+            "routing_reason": submission.routing_reason,
+            "events_uri": events_uri(submission.task_id),
+        }
         if not wait:
-            return json_result({**base, "status": "queued", "next": "poll get_task with this task_id"},
-                               f"Task {submission.task_id} queued on {submission.model}. Poll get_task('{submission.task_id}') "
-                               "until its status is final; cancel_task stops it.")
+            return json_result(
+                {**base, "status": "queued", "next": "poll get_task with this task_id"},
+                f"Task {submission.task_id} queued on {submission.model}. Poll get_task('{submission.task_id}') "
+                "until its status is final; cancel_task stops it.",
+            )
         watch = dispatcher.live(submission.task_id)
 
         def working(event: Event | None) -> str | None:
@@ -278,12 +337,15 @@ def create_mcp_server(
                 return f"working… [${watch.cost_so_far:.4f}, {elapsed:.0f}s]"
             return progress_message(event, cost=watch.cost_so_far, elapsed=elapsed)
 
-        finished = await follow_with_progress(ctx, dispatcher, caller, watch,
-                                              keepalive_s=keepalive_s, message_for=working)
+        finished = await follow_with_progress(ctx, dispatcher, caller, watch, keepalive_s=keepalive_s, message_for=working)
         artifacts = watch.artifacts
         inline = await _inline_texts(dispatcher, caller, submission.task_id, artifacts)
-        structured = {**base, **finished_summary(finished), "model": finished.model or submission.model,
-                      "artifacts": artifact_entries(submission.task_id, artifacts)}
+        structured = {
+            **base,
+            **finished_summary(finished),
+            "model": finished.model or submission.model,
+            "artifacts": artifact_entries(submission.task_id, artifacts),
+        }
         return task_result(structured, finished, artifacts, inline)
 
     register_task_tools(mcp, dispatcher, identity)

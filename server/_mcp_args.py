@@ -39,9 +39,7 @@ def close_schemas(schema: dict[str, Any]) -> None:
 def unknown_argument(name: str, valid: list[str]) -> InvalidInput:
     near = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     hint = f"; did you mean `{near[0]}`?" if near else ""
-    return InvalidInput(
-        f"unknown argument `{name[:100]}`{hint} Valid arguments: {', '.join(sorted(valid))}.", field=name[:100]
-    )
+    return InvalidInput(f"unknown argument `{name[:100]}`{hint} Valid arguments: {', '.join(sorted(valid))}.", field=name[:100])
 
 
 def _where(loc: tuple[Any, ...]) -> str:

@@ -68,8 +68,10 @@ def error_result(exc: BaseException) -> types.CallToolResult:
 def finished_error(structured: dict[str, Any], finished: Finished) -> types.CallToolResult:
     """A completion that ended other than ``succeeded``: its status is the error code."""
     why = f" ({finished.reason})" if finished.reason else ""
-    text = redact(f"[{finished.status}] the completion ended {finished.status}{why}: "
-                  f"{finished.result or 'no detail'}. {WHAT_TO_DO.get(finished.status, '')}".strip())
+    text = redact(
+        f"[{finished.status}] the completion ended {finished.status}{why}: "
+        f"{finished.result or 'no detail'}. {WHAT_TO_DO.get(finished.status, '')}".strip()
+    )
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
         structured_content={**structured, "error": {"code": finished.status, "message": text}},
@@ -131,10 +133,7 @@ def finished_summary(finished: Finished) -> dict[str, Any]:
 
 
 def artifact_entries(task_id: str, artifacts: list[Artifact]) -> list[dict[str, Any]]:
-    return [
-        {"path": a.path, "size": a.size, "sha256": a.sha256, "uri": artifact_uri(task_id, a.path)}
-        for a in artifacts
-    ]
+    return [{"path": a.path, "size": a.size, "sha256": a.sha256, "uri": artifact_uri(task_id, a.path)} for a in artifacts]
 
 
 def task_result(
@@ -152,22 +151,22 @@ def task_result(
     elif finished.result:
         lines.append(finished.result)
     if artifacts:
-        lines.append(f"{len(artifacts)} file(s) produced; read them as resources: "
-                     + ", ".join(a.path for a in artifacts))
+        lines.append(f"{len(artifacts)} file(s) produced; read them as resources: " + ", ".join(a.path for a in artifacts))
     content: list[Any] = [types.TextContent(type="text", text=redact("\n".join(lines)))]
     for a in artifacts:
         uri = artifact_uri(task_id, a.path)
         mime = mimetypes.guess_type(a.path)[0] or "application/octet-stream"
         content.append(types.ResourceLink(type="resource_link", uri=uri, name=a.path, mime_type=mime, size=a.size))
         if a.path in inline:
-            content.append(types.EmbeddedResource(
-                type="resource",
-                resource=types.TextResourceContents(uri=uri, mime_type=mime if mime.startswith("text") else "text/plain",
-                                                    text=inline[a.path]),
-            ))
-    return types.CallToolResult(
-        content=content, structured_content=structured, is_error=finished.status != "succeeded"
-    )
+            content.append(
+                types.EmbeddedResource(
+                    type="resource",
+                    resource=types.TextResourceContents(
+                        uri=uri, mime_type=mime if mime.startswith("text") else "text/plain", text=inline[a.path]
+                    ),
+                )
+            )
+    return types.CallToolResult(content=content, structured_content=structured, is_error=finished.status != "succeeded")
 
 
 def json_result(document: dict[str, Any], text: str | None = None) -> types.CallToolResult:

@@ -80,8 +80,11 @@ def register_task_tools(mcp: MCPServer, dispatcher: Dispatcher, identity: Identi
             status = await dispatcher.cancel(caller, task_id, reason="cancelled with cancel_task")
         except TaskbusError as exc:
             return error_result(exc)
-        text = (f"Task {task_id} is already {status}." if status != "cancelling"
-                else f"Cancel sent to task {task_id}; get_task shows 'cancelled' once it stopped.")
+        text = (
+            f"Task {task_id} is already {status}."
+            if status != "cancelling"
+            else f"Cancel sent to task {task_id}; get_task shows 'cancelled' once it stopped."
+        )
         return json_result({"task_id": task_id, "status": status}, text)
 
     @mcp.tool(

@@ -41,56 +41,69 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.admissions = Counter(
-            "taskbus_admissions", "Requests admitted or refused by the dispatcher.", ["kind", "outcome"], registry=r
-        )
+        self.admissions = Counter("taskbus_admissions", "Requests admitted or refused by the dispatcher.", ["kind", "outcome"], registry=r)
         self.admission_seconds = Histogram(
-            "taskbus_admission_duration_seconds", "Time to admit (or refuse) one request.", ["kind"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "taskbus_admission_duration_seconds",
+            "Time to admit (or refuse) one request.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.finished = Counter(
-            "taskbus_tasks_finished", "Tasks and completions that ended, by kind and final status.",
-            ["kind", "status"], registry=r,
+            "taskbus_tasks_finished",
+            "Tasks and completions that ended, by kind and final status.",
+            ["kind", "status"],
+            registry=r,
         )
         self.e2e_seconds = Histogram(
-            "taskbus_task_duration_seconds", "From `accepted` to `finished` (event timestamps), by kind.",
-            ["kind"], buckets=E2E_BUCKETS, registry=r,
+            "taskbus_task_duration_seconds",
+            "From `accepted` to `finished` (event timestamps), by kind.",
+            ["kind"],
+            buckets=E2E_BUCKETS,
+            registry=r,
         )
-        self.spend = Counter(
-            "taskbus_spend_usd", "Metered cost of finished tasks, by profile (US dollars).", ["profile"], registry=r
-        )
+        self.spend = Counter("taskbus_spend_usd", "Metered cost of finished tasks, by profile (US dollars).", ["profile"], registry=r)
         self.model_tokens = Counter(
-            "taskbus_model_tokens", "Tokens of model calls of followed tasks, by model and type.",
-            ["model", "type"], registry=r,
+            "taskbus_model_tokens",
+            "Tokens of model calls of followed tasks, by model and type.",
+            ["model", "type"],
+            registry=r,
         )
         self.denials = Counter(
-            "taskbus_denials", "Requests refused: auth_failure, denied, budget_refused, rate_limited.",
-            ["kind"], registry=r,
+            "taskbus_denials",
+            "Requests refused: auth_failure, denied, budget_refused, rate_limited.",
+            ["kind"],
+            registry=r,
         )
-        self.audit_notices = Counter(
-            "taskbus_audit_notices", "Audit notices published by this server, by kind.", ["kind"], registry=r
-        )
-        self.security_events = Counter(
-            "taskbus_security_events", "`security` events of followed tasks, by kind.", ["kind"], registry=r
-        )
+        self.audit_notices = Counter("taskbus_audit_notices", "Audit notices published by this server, by kind.", ["kind"], registry=r)
+        self.security_events = Counter("taskbus_security_events", "`security` events of followed tasks, by kind.", ["kind"], registry=r)
         self.stream_messages = Gauge(
-            "taskbus_stream_messages", "Messages stored in a JetStream stream (jobs: the queue depth).",
-            ["stream"], registry=r,
+            "taskbus_stream_messages",
+            "Messages stored in a JetStream stream (jobs: the queue depth).",
+            ["stream"],
+            registry=r,
         )
         self.consumer_pending = Gauge(
-            "taskbus_consumer_pending_messages", "Messages not yet delivered to a durable consumer (its lag).",
-            ["stream", "consumer"], registry=r,
+            "taskbus_consumer_pending_messages",
+            "Messages not yet delivered to a durable consumer (its lag).",
+            ["stream", "consumer"],
+            registry=r,
         )
         self.consumer_ack_pending = Gauge(
-            "taskbus_consumer_ack_pending_messages", "Messages delivered to a durable consumer and not yet acked.",
-            ["stream", "consumer"], registry=r,
+            "taskbus_consumer_ack_pending_messages",
+            "Messages delivered to a durable consumer and not yet acked.",
+            ["stream", "consumer"],
+            registry=r,
         )
         self.audit_lag = Gauge(
-            "taskbus_audit_writer_lag_messages", "Messages the audit writer has not yet stored, by source stream.",
-            ["source"], registry=r,
+            "taskbus_audit_writer_lag_messages",
+            "Messages the audit writer has not yet stored, by source stream.",
+            ["source"],
+            registry=r,
         )
         self.bus_scrape_ok = Gauge(
-            "taskbus_bus_scrape_ok", "1 when the last scrape could read every stream and consumer, else 0.",
+            "taskbus_bus_scrape_ok",
+            "1 when the last scrape could read every stream and consumer, else 0.",
             registry=r,
         )
         for kind in JOB_KINDS:  # known label sets appear at 0 before the first task
@@ -113,8 +126,10 @@ class ServerMetrics:
         elif isinstance(event, ModelCall):
             usage = event.usage
             for token_kind, count in (
-                ("input", usage.input_tokens), ("output", usage.output_tokens),
-                ("cache_write", usage.cache_creation_input_tokens), ("cache_read", usage.cache_read_input_tokens),
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cache_write", usage.cache_creation_input_tokens),
+                ("cache_read", usage.cache_read_input_tokens),
             ):
                 if count:
                     self.model_tokens.labels(event.model, token_kind).inc(count)
@@ -166,9 +181,7 @@ class MeteredDispatcher(Dispatcher):
         super().__init__(*args, **kwargs)
         self.metrics = ServerMetrics()
 
-    async def submit(
-        self, caller: Caller, request: Request, *, via: str = "mcp", idempotency_key: str | None = None
-    ) -> Submission:
+    async def submit(self, caller: Caller, request: Request, *, via: str = "mcp", idempotency_key: str | None = None) -> Submission:
         kind = request_kind(request)
         started = time.perf_counter()
         outcome = "refused"

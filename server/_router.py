@@ -99,8 +99,7 @@ def cheapest_call_usd(request: Request, allowed: Iterable[str], prices: Mapping[
     """The least any call for ``request`` can cost: its prompt in and one token out on the
     cheapest allowed model (0 when no allowed model is priced)."""
     tokens_in = estimate_tokens(request_text(request))
-    costs = [(tokens_in * p.input + p.output) / 1_000_000
-             for m in allowed_models(allowed, prices) if (p := prices.get(m)) is not None]
+    costs = [(tokens_in * p.input + p.output) / 1_000_000 for m in allowed_models(allowed, prices) if (p := prices.get(m)) is not None]
     return min(costs, default=0.0)
 
 
@@ -138,7 +137,7 @@ def allowed_models(allowed: Iterable[str], prices: Mapping[str, ModelPrice]) -> 
     """Expand ``*`` to every priced model; keep order stable and unique."""
     out: list[str] = []
     for model in allowed:
-        for name in (sorted(prices) if model == "*" else [model]):
+        for name in sorted(prices) if model == "*" else [model]:
             if name not in out:
                 out.append(name)
     return out
@@ -182,10 +181,7 @@ def route_model(
             cheaper = [m for m in ordered[: ordered.index(choice)] if estimate_cost(request, m, prices) <= available]
             if cheaper:
                 down = cheaper[-1]
-                reason += (
-                    f"; downgraded to {down} because {choice} (est. ${cost:.4f}) does not fit "
-                    f"the ${available:.4f} left"
-                )
+                reason += f"; downgraded to {down} because {choice} (est. ${cost:.4f}) does not fit the ${available:.4f} left"
                 choice = down
             elif choice != ordered[0]:
                 reason += f"; downgraded to {ordered[0]} (cheapest allowed): only ${available:.4f} left"

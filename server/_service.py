@@ -69,9 +69,7 @@ async def run_server(
                     try:
                         await dispatcher.authenticate(settings.api_key, via="mcp-stdio")
                     except AuthError as exc:
-                        raise AuthError(
-                            f"the stdio MCP server needs a valid key in TASKBUS_API_KEY: {exc.message}"
-                        ) from None
+                        raise AuthError(f"the stdio MCP server needs a valid key in TASKBUS_API_KEY: {exc.message}") from None
                 async with SubmitGateway(dispatcher), asyncio.TaskGroup() as tg:
                     tasks = [tg.create_task(_sweep(store), name="sweep"), tg.create_task(stop.wait())]
                     if transport == "http":

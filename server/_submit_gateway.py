@@ -105,8 +105,7 @@ class SubmitGateway:
             logger.exception("submit on %s failed unexpectedly", msg.subject)
             if msg.reply:
                 try:
-                    await msg.respond(encode(SubmitRejected(code="internal_error",
-                                                            message="the server failed; retry later")))
+                    await msg.respond(encode(SubmitRejected(code="internal_error", message="the server failed; retry later")))
                 except Exception as err:
                     logger.debug("could not send the error reply: %s", err)
         finally:
@@ -115,7 +114,7 @@ class SubmitGateway:
 
     async def handle(self, subject: str, data: bytes, headers: dict[str, str] | None) -> SubmitAccepted | SubmitRejected:
         """One submit request to its reply. Every refusal is audited with its own kind."""
-        kind = subject[len(self.dispatcher.bus.subjects.prefix) + len(".submit."):]
+        kind = subject[len(self.dispatcher.bus.subjects.prefix) + len(".submit.") :]
         settings = self.dispatcher.settings
         try:
             caller = await self.dispatcher.authenticate(bearer(headers), via="nats")
@@ -124,8 +123,10 @@ class SubmitGateway:
             return SubmitRejected(code=exc.code, message=redact(exc.describe()))
         try:
             if kind not in REQUEST_TYPES:
-                raise InvalidInput(f"unknown submit kind {kind[:100]!r}; publish to "
-                                   + " or ".join(self.dispatcher.bus.subjects.submit(k) for k in JOB_KINDS))
+                raise InvalidInput(
+                    f"unknown submit kind {kind[:100]!r}; publish to "
+                    + " or ".join(self.dispatcher.bus.subjects.submit(k) for k in JOB_KINDS)
+                )
             if len(data) > settings.max_message_bytes:
                 raise MessageTooLarge(len(data), settings.max_message_bytes, type_name=f"{kind} request")
             request: Any = decode(data, REQUEST_TYPES[kind], max_bytes=settings.max_message_bytes)
@@ -134,9 +135,7 @@ class SubmitGateway:
             logger.info("submit on %s rejected: %s", subject[:200], exc.code)
             return SubmitRejected(code=exc.code, message=redact(exc.describe()))
         try:
-            submission = await self.dispatcher.submit(
-                caller, request, via="nats", idempotency_key=_header(headers, "Nats-Msg-Id")
-            )
+            submission = await self.dispatcher.submit(caller, request, via="nats", idempotency_key=_header(headers, "Nats-Msg-Id"))
         except TaskbusError as exc:  # audited by the dispatcher
             logger.info("submit on %s rejected: %s", subject[:200], exc.code)
             return SubmitRejected(code=exc.code, message=redact(exc.describe()))

@@ -57,8 +57,9 @@ class DemoResult:
         return self.status == "succeeded" and self.audit_ok and self.audit_rows > 0
 
 
-async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Console,
-                   timeout_s: float = DEMO_WAIT_S, audit_timeout_s: float = 30.0) -> DemoResult:
+async def run_demo(
+    settings: Settings, mcp_url: str, key: str, *, console: Console, timeout_s: float = DEMO_WAIT_S, audit_timeout_s: float = 30.0
+) -> DemoResult:
     """Run the demo task and report it on ``console``. Raises TaskbusError on a transport failure."""
     started = time.monotonic()
 
@@ -76,8 +77,8 @@ async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Conso
         async with Client(streamable_http_client(mcp_url, http_client=http)) as client:
             async with asyncio.timeout(timeout_s):
                 result = await client.call_tool(
-                    "run_task", {"description": DEMO_DESCRIPTION, "timeout_s": int(timeout_s) - 30,
-                                 "max_cost_usd": DEMO_MAX_COST_USD},
+                    "run_task",
+                    {"description": DEMO_DESCRIPTION, "timeout_s": int(timeout_s) - 30, "max_cost_usd": DEMO_MAX_COST_USD},
                     progress_callback=on_progress,
                 )
             doc: dict[str, Any] = result.structured_content or {}
@@ -89,36 +90,55 @@ async def run_demo(settings: Settings, mcp_url: str, key: str, *, console: Conso
             for artifact in doc.get("artifacts", []):
                 contents = (await client.read_resource(artifact["uri"])).contents[0]
                 body = getattr(contents, "text", None)
-                console.print(f"\n[bold]artifact[/bold] {artifact['path']} ({artifact['size']} bytes, "
-                              f"sha256 {artifact['sha256'][:12]}...) read via {artifact['uri']}", highlight=False)
+                console.print(
+                    f"\n[bold]artifact[/bold] {artifact['path']} ({artifact['size']} bytes, "
+                    f"sha256 {artifact['sha256'][:12]}...) read via {artifact['uri']}",
+                    highlight=False,
+                )
                 if body is not None:
                     console.print(Syntax(body, _lexer(artifact["path"]), line_numbers=False, word_wrap=True))
     rows, ok = await _audit(settings, task_id, console, timeout_s=audit_timeout_s)
-    console.print(f"\n[bold]console[/bold] {mcp_url.rsplit('/mcp', 1)[0]}/console/tasks/{task_id}  "
-                  "(log in with the admin key)", highlight=False)
-    return DemoResult(task_id=task_id, status=doc.get("status", "?"), cost_usd=float(doc.get("cost_usd") or 0.0),
-                      artifacts=len(doc.get("artifacts", [])), audit_rows=rows, audit_ok=ok)
+    console.print(
+        f"\n[bold]console[/bold] {mcp_url.rsplit('/mcp', 1)[0]}/console/tasks/{task_id}  (log in with the admin key)", highlight=False
+    )
+    return DemoResult(
+        task_id=task_id,
+        status=doc.get("status", "?"),
+        cost_usd=float(doc.get("cost_usd") or 0.0),
+        artifacts=len(doc.get("artifacts", [])),
+        audit_rows=rows,
+        audit_ok=ok,
+    )
 
 
 def _style(message: str) -> str:
-    for prefix, style in (("tool call", "magenta"), ("tool error", "red"), ("security", "bold red"),
-                          ("assistant", "cyan"), ("artifact", "green"), ("finished", "bold"), ("model call", "blue")):
+    for prefix, style in (
+        ("tool call", "magenta"),
+        ("tool error", "red"),
+        ("security", "bold red"),
+        ("assistant", "cyan"),
+        ("artifact", "green"),
+        ("finished", "bold"),
+        ("model call", "blue"),
+    ):
         if message.startswith(prefix):
             return style
     return ""
 
 
 def _lexer(path: str) -> str:
-    return {"py": "python", "sh": "bash", "js": "javascript", "md": "markdown", "json": "json"}.get(
-        path.rsplit(".", 1)[-1], "text")
+    return {"py": "python", "sh": "bash", "js": "javascript", "md": "markdown", "json": "json"}.get(path.rsplit(".", 1)[-1], "text")
 
 
 def _show_result(console: Console, doc: dict[str, Any]) -> None:
     usage = doc.get("usage") or {}
     status = doc.get("status", "?")
     style = "green" if status == "succeeded" else "red"
-    console.print(f"\n[bold]task[/bold] {doc['task_id']}  [bold {style}]{status}[/bold {style}]"
-                  f"{' (' + doc['reason'] + ')' if doc.get('reason') else ''}", highlight=False)
+    console.print(
+        f"\n[bold]task[/bold] {doc['task_id']}  [bold {style}]{status}[/bold {style}]"
+        f"{' (' + doc['reason'] + ')' if doc.get('reason') else ''}",
+        highlight=False,
+    )
     console.print(f"[bold]result[/bold] {doc.get('result', '')}", highlight=False)
     console.print(
         f"[bold]cost[/bold] ${float(doc.get('cost_usd') or 0):.4f} on {doc.get('model')} "
@@ -140,8 +160,10 @@ async def _audit(settings: Settings, task_id: str, console: Console, *, timeout_
             break
         await asyncio.sleep(0.2)
     else:
-        console.print(f"[red]the audit log has no finished row for {task_id} after {timeout_s:.0f}s[/red] "
-                      f"(is `taskbus audit run` running? see logs/audit.log)")
+        console.print(
+            f"[red]the audit log has no finished row for {task_id} after {timeout_s:.0f}s[/red] "
+            f"(is `taskbus audit run` running? see logs/audit.log)"
+        )
     console.print(f"$ taskbus audit search --task {task_id}", highlight=False, style="dim")
     table = Table("row", "seq", "type", "key", "what", box=None, pad_edge=False)
     for row in rows:
@@ -177,8 +199,9 @@ def _search(db_path: Path, task_id: str, open_db: Any, search: Any) -> list[dict
         conn.close()
 
 
-def connect_help(mcp_url: str, nats_url: str = "nats://127.0.0.1:4222", taskbus: str = "taskbus",
-                 data_dir: str = "", key_hint: str = "tb_...") -> str:
+def connect_help(
+    mcp_url: str, nats_url: str = "nats://127.0.0.1:4222", taskbus: str = "taskbus", data_dir: str = "", key_hint: str = "tb_..."
+) -> str:
     """How to point other MCP clients at this stack (plain text for a terminal)."""
     data = f',\n              "TASKBUS_DATA_DIR": "{data_dir}"' if data_dir else ""
     return f"""Connect your own MCP client with the admin key printed at first start, or a key of its own

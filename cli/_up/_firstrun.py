@@ -77,11 +77,11 @@ async def control_plane(settings: Settings) -> AsyncIterator[Settings]:
         yield settings
         return
     data = settings.data_path
-    server = EmbeddedNats(data / "nats", authorization=server_authorization(data, settings.subject_prefix),
-                          log_path=data / "logs" / "nats-firstrun.log")
+    server = EmbeddedNats(
+        data / "nats", authorization=server_authorization(data, settings.subject_prefix), log_path=data / "logs" / "nats-firstrun.log"
+    )
     async with server:
-        yield msgspec.structs.replace(settings, nats_url=server.url,
-                                      nats_credentials=str(credentials_path(data, "server")))
+        yield msgspec.structs.replace(settings, nats_url=server.url, nats_credentials=str(credentials_path(data, "server")))
 
 
 async def prepare(settings: Settings, *, runner_id: str | None = None) -> FirstRun:
@@ -100,8 +100,10 @@ async def prepare(settings: Settings, *, runner_id: str | None = None) -> FirstR
         except BusError as exc:
             if not settings.nats_url:
                 raise
-            raise UpError(f"the NATS server in TASKBUS_NATS_URL ({safe_url(settings.nats_url)}) does not answer: "
-                          "start it, or unset TASKBUS_NATS_URL to let taskbus up run its own") from exc
+            raise UpError(
+                f"the NATS server in TASKBUS_NATS_URL ({safe_url(settings.nats_url)}) does not answer: "
+                "start it, or unset TASKBUS_NATS_URL to let taskbus up run its own"
+            ) from exc
         async with store:  # seeds profiles
             if runner_id is not None:
                 await seed_demo_class(store, settings, runner_id)
@@ -112,16 +114,15 @@ async def prepare(settings: Settings, *, runner_id: str | None = None) -> FirstR
                     imported = report
                     logger.info("imported %s: %s", old, report.imported)
             live = [
-                k for k in await store.list_keys(profile=ADMIN_PROFILE)
+                k
+                for k in await store.list_keys(profile=ADMIN_PROFILE)
                 if k.revoked_at is None and (k.expires_at is None or k.expires_at > now)
             ]
             if live:
-                return FirstRun(created_data_dir=created, admin_key=None, admin_prefix=live[0].prefix, notices=[],
-                                imported=imported)
+                return FirstRun(created_data_dir=created, admin_key=None, admin_prefix=live[0].prefix, notices=[], imported=imported)
             plaintext, record = await store.create_key(ADMIN_PROFILE, name=ADMIN_KEY_NAME)
     logger.info("created admin key %s", record.prefix)
-    return FirstRun(created_data_dir=created, admin_key=plaintext, admin_prefix=record.prefix,
-                    notices=buffer.notices, imported=imported)
+    return FirstRun(created_data_dir=created, admin_key=plaintext, admin_prefix=record.prefix, notices=buffer.notices, imported=imported)
 
 
 async def seed_demo_class(store: Store, settings: Settings, runner_id: str) -> None:
@@ -135,8 +136,9 @@ async def seed_demo_class(store: Store, settings: Settings, runner_id: str) -> N
         profile = await store.get_profile(DEMO_PROFILE)
         request = TaskRequest(description=DEMO_DESCRIPTION, timeout_s=DEMO_TIMEOUT_S, max_cost_usd=DEMO_MAX_COST_USD)
         models = offered_models(profile, settings)
-        policy = resolve_policy(profile, request, task_id=new_task_id(), key_id="warm-seed",
-                                model=models[0] if models else "", settings=settings)
+        policy = resolve_policy(
+            profile, request, task_id=new_task_id(), key_id="warm-seed", model=models[0] if models else "", settings=settings
+        )
     except TaskbusError as exc:  # an operator may have changed the profile: the demo then starts cold
         logger.info("no warm class seeded for the demo: %s", exc.describe())
         return

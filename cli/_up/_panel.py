@@ -52,25 +52,33 @@ def stack_info(plan: Plan, first: FirstRun) -> dict[str, Any]:
 
 def supervisor_rows(supervisor: Supervisor) -> Callable[[], list[dict[str, Any]]]:
     def rows() -> list[dict[str, Any]]:
-        return [{"name": c.spec.name, "label": c.spec.label, "pid": c.pid, "state": c.state,
-                 "restarts": c.restarts, "log": str(c.log_path)} for c in supervisor.children]
+        return [
+            {"name": c.spec.name, "label": c.spec.label, "pid": c.pid, "state": c.state, "restarts": c.restarts, "log": str(c.log_path)}
+            for c in supervisor.children
+        ]
 
     return rows
+
 
 logger = logging.getLogger(__name__)
 
 MAX_TASKS = 8
-_STATE_STYLE = {"ready": "green", "starting": "yellow", "backoff": "red", "failed": "bold red",
-                "stopping": "yellow", "stopped": "dim", "waiting": "dim"}
-_STATUS_STYLE = {"succeeded": "green", "failed": "red", "timeout": "red", "cancelled": "yellow",
-                 "budget_exceeded": "red", "denied": "red"}
+_STATE_STYLE = {
+    "ready": "green",
+    "starting": "yellow",
+    "backoff": "red",
+    "failed": "bold red",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "waiting": "dim",
+}
+_STATUS_STYLE = {"succeeded": "green", "failed": "red", "timeout": "red", "cancelled": "yellow", "budget_exceeded": "red", "denied": "red"}
 
 
 class StatusBoard:
     """``info``: the facts of ``up.json`` (see ``stack_info``); ``children``: process rows."""
 
-    def __init__(self, info: dict[str, Any], children: Callable[[], list[dict[str, Any]]],
-                 *, admin_key: str | None = None) -> None:
+    def __init__(self, info: dict[str, Any], children: Callable[[], list[dict[str, Any]]], *, admin_key: str | None = None) -> None:
         self.info = info
         self.children = children
         self.admin_key = admin_key
@@ -85,8 +93,9 @@ class StatusBoard:
         subjects = Subjects(self.info["subject_prefix"])
         try:
             creds = self.info.get("nats_credentials")
-            bus = await Bus.open(self.info["nats_url"], subjects, name="taskbus-status",
-                                 credentials=read_credentials(creds) if creds else None)
+            bus = await Bus.open(
+                self.info["nats_url"], subjects, name="taskbus-status", credentials=read_credentials(creds) if creds else None
+            )
         except TaskbusError as exc:
             logger.warning("status panel cannot reach NATS (%s); process list only", exc.describe())
             await stop.wait()
@@ -117,8 +126,14 @@ class StatusBoard:
         self.note_event(event)
 
     def note_event(self, event: Any) -> None:
-        row = self.tasks.pop(event.task_id, None) or {"task_id": event.task_id, "status": "queued", "model": "",
-                                                       "cost_usd": 0.0, "last": "", "kind": ""}
+        row = self.tasks.pop(event.task_id, None) or {
+            "task_id": event.task_id,
+            "status": "queued",
+            "model": "",
+            "cost_usd": 0.0,
+            "last": "",
+            "kind": "",
+        }
         kind = type(event).__name__
         if kind == "Accepted":
             row.update(kind=event.kind, model=event.model, status="queued")
@@ -169,32 +184,55 @@ class StatusBoard:
         return text
 
     def render(self) -> Panel:
-        procs = Table("process", "pid", "state", "restarts", "what", box=None, pad_edge=False,
-                      header_style="bold underline")
+        procs = Table("process", "pid", "state", "restarts", "what", box=None, pad_edge=False, header_style="bold underline")
         for c in self.children():
-            procs.add_row(c["name"], str(c["pid"] or "-"), Text(c["state"], style=_STATE_STYLE.get(c["state"], "")),
-                          str(c["restarts"]), Text(c["label"], style="bold yellow" if c["label"] == OFFLINE_LABEL else "dim"))
-        runners = Table("runner", "backend", "slots busy", "running", "warm agents", "last beat", box=None, pad_edge=False,
-                        header_style="bold underline")
+            procs.add_row(
+                c["name"],
+                str(c["pid"] or "-"),
+                Text(c["state"], style=_STATE_STYLE.get(c["state"], "")),
+                str(c["restarts"]),
+                Text(c["label"], style="bold yellow" if c["label"] == OFFLINE_LABEL else "dim"),
+            )
+        runners = Table(
+            "runner",
+            "backend",
+            "slots busy",
+            "running",
+            "warm agents",
+            "last beat",
+            box=None,
+            pad_edge=False,
+            header_style="bold underline",
+        )
         now = time.monotonic()
         for rid, (beat, seen) in sorted(self.runners.items()):
             backend = Text(beat.backend)
             if not beat.ready and beat.problem:  # the runner's self-check failed: say why
                 backend.append(f" NOT READY: {beat.problem[:160]}", style="bold red")
-            runners.add_row(rid, backend, f"{len(beat.running)}/{beat.slots}",
-                            ", ".join(beat.running) or "-", warm_agents_text(beat.warm_agents), f"{now - seen:.0f}s ago")
+            runners.add_row(
+                rid,
+                backend,
+                f"{len(beat.running)}/{beat.slots}",
+                ", ".join(beat.running) or "-",
+                warm_agents_text(beat.warm_agents),
+                f"{now - seen:.0f}s ago",
+            )
         if not self.runners:
             runners.add_row("(waiting for a heartbeat)", "", "", "", "", "")
-        tasks = Table("task", "kind", "status", "model", "cost $", "latest", box=None, pad_edge=False,
-                      header_style="bold underline")
+        tasks = Table("task", "kind", "status", "model", "cost $", "latest", box=None, pad_edge=False, header_style="bold underline")
         for row in reversed(self.tasks.values()):
-            tasks.add_row(row["task_id"], row["kind"], Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
-                          row["model"], f"{row['cost_usd']:.4f}", row["last"])
+            tasks.add_row(
+                row["task_id"],
+                row["kind"],
+                Text(row["status"], style=_STATUS_STYLE.get(row["status"], "")),
+                row["model"],
+                f"{row['cost_usd']:.4f}",
+                row["last"],
+            )
         if not self.tasks:
             tasks.add_row("(no task since start)", "", "", "", "", "")
         title = "taskbus up: ready" if self.ready else "taskbus up: starting"
-        return Panel(Group(self.header(), procs, runners, tasks),
-                     title=title, border_style="green" if self.ready else "yellow")
+        return Panel(Group(self.header(), procs, runners, tasks), title=title, border_style="green" if self.ready else "yellow")
 
 
 def warm_agents_text(per_class: dict[str, int]) -> str:

@@ -52,8 +52,9 @@ class Plan:
 
     def client_settings(self) -> Settings:
         """Settings a CLI-side client of this stack (the supervisor, its panel) connects with."""
-        return msgspec.structs.replace(self.settings, nats_url=self.nats_url,
-                                       nats_credentials=self.nats_credentials or self.settings.nats_credentials)
+        return msgspec.structs.replace(
+            self.settings, nats_url=self.nats_url, nats_credentials=self.nats_credentials or self.settings.nats_credentials
+        )
 
     @property
     def offline(self) -> bool:
@@ -116,18 +117,19 @@ def make_plan(
     cmd = [*taskbus_command(), "--log-format", "json", "--log-level", settings.log_level]
     chosen = choose_backend(settings, backend, env)
     http_host = settings.http_host
-    port = _pick_port(http_host, settings.http_port if http_port is None else http_port, "MCP HTTP",
-                      fallback_free=False)
+    port = _pick_port(http_host, settings.http_port if http_port is None else http_port, "MCP HTTP", fallback_free=False)
     child_env = dict(env)  # every TASKBUS_* variable the user set reaches the children
-    child_env.update({
-        "TASKBUS_DATA_DIR": str(data),
-        "TASKBUS_SANDBOX_BACKEND": chosen,
-        "TASKBUS_HTTP_HOST": http_host,
-        "TASKBUS_HTTP_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-        UP_PID_VAR: str(os.getpid()),
-        "COLUMNS": "200",
-    })
+    child_env.update(
+        {
+            "TASKBUS_DATA_DIR": str(data),
+            "TASKBUS_SANDBOX_BACKEND": chosen,
+            "TASKBUS_HTTP_HOST": http_host,
+            "TASKBUS_HTTP_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            UP_PID_VAR: str(os.getpid()),
+            "COLUMNS": "200",
+        }
+    )
     child_env.pop("TASKBUS_API_KEY", None)  # the server authenticates callers; it acts as nobody
     try:
         from sandbox import find_claude  # noqa: PLC0415 (importing sandbox adds ~190 ms to every CLI start; only `up` needs it)
@@ -146,14 +148,25 @@ def make_plan(
         nport = _pick_port("127.0.0.1", nats_port, "NATS", fallback_free=True)
         store = private_dir(data / "nats", tighten=True)
         config = write_config(
-            store / "nats-server.conf", host="127.0.0.1", port=nport, store_dir=store,
-            max_payload=max(8 * 1024 * 1024, settings.max_message_bytes), name=f"taskbus-up-{uuid.uuid4().hex[:8]}",
+            store / "nats-server.conf",
+            host="127.0.0.1",
+            port=nport,
+            store_dir=store,
+            max_payload=max(8 * 1024 * 1024, settings.max_message_bytes),
+            name=f"taskbus-up-{uuid.uuid4().hex[:8]}",
             authorization=server_authorization(data, settings.subject_prefix),
         )
         nats_url = f"nats://127.0.0.1:{nport}"
-        specs.append(ChildSpec(name="nats", argv=[binary, "-c", str(config)], env=_without_creds(child_env),
-                               label="embedded, JetStream in data dir", probe=tcp_probe("127.0.0.1", nport),
-                               stop_timeout_s=10.0))
+        specs.append(
+            ChildSpec(
+                name="nats",
+                argv=[binary, "-c", str(config)],
+                env=_without_creds(child_env),
+                label="embedded, JetStream in data dir",
+                probe=tcp_probe("127.0.0.1", nport),
+                stop_timeout_s=10.0,
+            )
+        )
     child_env["TASKBUS_NATS_URL"] = nats_url
     embedded = not settings.nats_url
 
@@ -170,39 +183,80 @@ def make_plan(
         model_url = f"http://127.0.0.1:{mport}"
         upstream = f"{model_url} ({OFFLINE_LABEL})"
         child_env["TASKBUS_UPSTREAM_URL"] = model_url
-        specs.append(ChildSpec(
-            name="model", argv=[*cmd, "model", "serve", "--host", "127.0.0.1", "--port", str(mport)],
-            env=_without_creds(child_env), label=OFFLINE_LABEL, probe=tcp_probe("127.0.0.1", mport), stop_timeout_s=5.0, wave=1,
-        ))
+        specs.append(
+            ChildSpec(
+                name="model",
+                argv=[*cmd, "model", "serve", "--host", "127.0.0.1", "--port", str(mport)],
+                env=_without_creds(child_env),
+                label=OFFLINE_LABEL,
+                probe=tcp_probe("127.0.0.1", mport),
+                stop_timeout_s=5.0,
+                wave=1,
+            )
+        )
 
     rid = up_runner_id(runner_id)
     probe_settings = msgspec.structs.replace(
-        settings, nats_url=nats_url,
+        settings,
+        nats_url=nats_url,
         nats_credentials=str(credentials_path(data, "cli")) if embedded else settings.nats_credentials,
     )
     metrics_port = settings.runner_metrics_port or free_port("127.0.0.1")
-    runner_env = {**env_of("runner"), "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port),
-                  # warm agents on: after the first task of a class (the demo's too), the next one
-                  # takes a sandbox whose Claude Code is already started (docs/runner.md#warm-agents)
-                  "TASKBUS_WARM_AGENTS_PER_CLASS": str(max(1, settings.warm_agents_per_class))}
+    runner_env = {
+        **env_of("runner"),
+        "TASKBUS_RUNNER_METRICS_PORT": str(metrics_port),
+        # warm agents on: after the first task of a class (the demo's too), the next one
+        # takes a sandbox whose Claude Code is already started (docs/runner.md#warm-agents)
+        "TASKBUS_WARM_AGENTS_PER_CLASS": str(max(1, settings.warm_agents_per_class)),
+    }
     audit_ready = ready_file_path(data, "audit")
-    specs.append(ChildSpec(name="audit", argv=[*cmd, "audit", "run", "--ready-file", str(audit_ready)],
-                           env=env_of("audit"), label="hash-chained log in data dir",
-                           probe=ready_file_probe(audit_ready), stop_timeout_s=10.0, wave=1))
-    specs.append(ChildSpec(
-        name="runner", argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
-        env=runner_env, label=f"{chosen} sandboxes", probe=RunnerReadyProbe(probe_settings, rid),
-        stop_timeout_s=20.0, wave=1,
-    ))
-    specs.append(ChildSpec(
-        name="server", argv=[*cmd, "serve", "--transport", "http", "--host", http_host, "--port", str(port)],
-        env=env_of("server"), label="MCP Streamable HTTP + NATS submit", probe=tcp_probe(http_host, port),
-        stop_timeout_s=10.0, wave=1,
-    ))
-    return Plan(settings=settings, specs=specs, backend=chosen, nats_url=nats_url, nats_embedded=not settings.nats_url,
-                model_url=model_url, upstream=upstream, http_host=http_host, http_port=port, runner_id=rid,
-                nats_credentials=str(credentials_path(data, "cli")) if embedded else "",
-                runner_metrics_port=metrics_port)
+    specs.append(
+        ChildSpec(
+            name="audit",
+            argv=[*cmd, "audit", "run", "--ready-file", str(audit_ready)],
+            env=env_of("audit"),
+            label="hash-chained log in data dir",
+            probe=ready_file_probe(audit_ready),
+            stop_timeout_s=10.0,
+            wave=1,
+        )
+    )
+    specs.append(
+        ChildSpec(
+            name="runner",
+            argv=[*cmd, "runner", "--id", rid, "--backend", chosen, "--grace", "5"],
+            env=runner_env,
+            label=f"{chosen} sandboxes",
+            probe=RunnerReadyProbe(probe_settings, rid),
+            stop_timeout_s=20.0,
+            wave=1,
+        )
+    )
+    specs.append(
+        ChildSpec(
+            name="server",
+            argv=[*cmd, "serve", "--transport", "http", "--host", http_host, "--port", str(port)],
+            env=env_of("server"),
+            label="MCP Streamable HTTP + NATS submit",
+            probe=tcp_probe(http_host, port),
+            stop_timeout_s=10.0,
+            wave=1,
+        )
+    )
+    return Plan(
+        settings=settings,
+        specs=specs,
+        backend=chosen,
+        nats_url=nats_url,
+        nats_embedded=not settings.nats_url,
+        model_url=model_url,
+        upstream=upstream,
+        http_host=http_host,
+        http_port=port,
+        runner_id=rid,
+        nats_credentials=str(credentials_path(data, "cli")) if embedded else "",
+        runner_metrics_port=metrics_port,
+    )
 
 
 def _without_creds(env: dict[str, str]) -> dict[str, str]:

@@ -36,8 +36,7 @@ class RunnerReadyProbe:
     async def __call__(self, child: ChildState) -> bool:
         if self._bus is None:
             try:
-                self._bus = await Bus.for_settings(self.settings, name="up-ready-probe",
-                                                   connect_timeout=1.0, open_timeout=2.0)
+                self._bus = await Bus.for_settings(self.settings, name="up-ready-probe", connect_timeout=1.0, open_timeout=2.0)
                 await self._bus.nc.subscribe(self.subjects.runner(self.runner_id), cb=self._on_beat)
             except TaskbusError as exc:
                 logger.debug("runner probe cannot reach NATS yet: %s", exc)

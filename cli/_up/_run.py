@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # HUP: the terminal went away
 
 
-async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, stop: asyncio.Event | None = None,
-                    ready: asyncio.Event | None = None) -> None:
+async def run_stack(
+    plan: Plan, first: FirstRun, *, console: Console | None, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None
+) -> None:
     """Run until SIGINT/SIGTERM (or ``stop``). ``console`` = live panel on it; None = log lines only."""
     data = plan.settings.data_path.resolve()
     stop = stop or asyncio.Event()
@@ -45,8 +46,11 @@ async def run_stack(plan: Plan, first: FirstRun, *, console: Console | None, sto
 
     supervisor = Supervisor(plan.specs, log_dir=data / "logs", on_change=changed, stop=stop)
     board = StatusBoard(stack_info(plan, first), supervisor_rows(supervisor), admin_key=first.admin_key)
-    live = Live(board.render(), console=console, refresh_per_second=2, get_renderable=board.render,
-                transient=False) if console is not None else None
+    live = (
+        Live(board.render(), console=console, refresh_per_second=2, get_renderable=board.render, transient=False)
+        if console is not None
+        else None
+    )
     try:
         with live if live is not None else contextlib.nullcontext():
             try:
@@ -86,5 +90,10 @@ def _say_ready(plan: Plan, first: FirstRun, console: Console | None) -> None:
     if console is not None:
         return  # the panel says it
     model = "offline scripted model" if plan.offline else plan.upstream
-    logger.info("taskbus up ready: MCP %s, NATS %s, model %s, backend %s; SIGINT/SIGTERM stops everything",
-                plan.mcp_url, plan.nats_url, model, plan.backend)
+    logger.info(
+        "taskbus up ready: MCP %s, NATS %s, model %s, backend %s; SIGINT/SIGTERM stops everything",
+        plan.mcp_url,
+        plan.nats_url,
+        model,
+        plan.backend,
+    )

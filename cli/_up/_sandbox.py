@@ -31,22 +31,26 @@ def ensure_sandbox(settings: Settings, backend: str, console: Console | None) ->
     if not image_problem(settings, backend):  # not the image: Claude Code or bwrap is missing
         raise UpError(f"the {backend} runner could not run a task: {problem}")
     if not settings.up_build_image:
-        raise UpError(f"the {backend} runner could not run a task: {problem} "
-                      "(TASKBUS_UP_BUILD_IMAGE is off, so `taskbus up` did not build it)")
+        raise UpError(
+            f"the {backend} runner could not run a task: {problem} (TASKBUS_UP_BUILD_IMAGE is off, so `taskbus up` did not build it)"
+        )
     logger.info("building the sandbox image for the %s runner: %s", backend, problem)
     try:
         if console is None:
             build_image(settings, docker=backend == "docker", progress=lambda m: logger.info("sandbox image: %s", m))
         else:
             with console.status("building the sandbox image (first start on this machine)") as status:
+
                 def say(message: str) -> None:
                     status.update(f"sandbox image: {message}")
                     console.print(f"  sandbox image: {message}", highlight=False, markup=False)
 
                 build_image(settings, docker=backend == "docker", progress=say)
     except TaskbusError as exc:
-        raise UpError(f"building the sandbox image failed: {exc.describe()}; fix that, then run "
-                      "`taskbus sandbox build-image` and start `taskbus up` again") from None
+        raise UpError(
+            f"building the sandbox image failed: {exc.describe()}; fix that, then run "
+            "`taskbus sandbox build-image` and start `taskbus up` again"
+        ) from None
     problem = backend_problem(settings, backend)
     if problem:
         raise UpError(f"the {backend} runner still could not run a task after building the image: {problem}")

@@ -181,8 +181,7 @@ class Supervisor:
         stop = asyncio.create_task(self._stop.wait())
         monitor = self._monitors[child.spec.name]
         try:
-            done, _ = await asyncio.wait({ready, monitor, stop}, timeout=self._start_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({ready, monitor, stop}, timeout=self._start_timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ready.cancel()
             stop.cancel()
@@ -229,13 +228,16 @@ class Supervisor:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(child.spec.argv)}\n".encode())
             log.flush()
             child.process = await asyncio.create_subprocess_exec(
-                *child.spec.argv, env=child.spec.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                *child.spec.argv,
+                env=child.spec.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
         child.pid = child.process.pid
         child.started_at = time.monotonic()
-        logger.info("started %s (pid %d)%s", child.spec.name, child.pid,
-                    f" [{child.spec.label}]" if child.spec.label else "")
+        logger.info("started %s (pid %d)%s", child.spec.name, child.pid, f" [{child.spec.label}]" if child.spec.label else "")
         self._changed()
 
     async def _probe_until_ready(self, child: ChildState) -> None:
@@ -294,8 +296,9 @@ class Supervisor:
             _signal_group(child.pid or 0, signal.SIGKILL)  # its helpers go with it
             if self._starting:
                 child.state = "failed"
-                child.error = child.error or (f"{child.spec.name} exited with code {code} during start-up; "
-                                              f"its log ({child.log_path}) ends with:\n{child.log_tail()}")
+                child.error = child.error or (
+                    f"{child.spec.name} exited with code {code} during start-up; its log ({child.log_path}) ends with:\n{child.log_tail()}"
+                )
                 self._changed()
                 return
             uptime = time.monotonic() - child.started_at
@@ -304,8 +307,15 @@ class Supervisor:
             delay = backoff.next_delay()
             child.state = "backoff"
             child.restarts += 1
-            logger.warning("%s (pid %s) exited with code %s after %.1fs; restarting in %.1fs (restart %d)",
-                           child.spec.name, child.pid, code, uptime, delay, child.restarts)
+            logger.warning(
+                "%s (pid %s) exited with code %s after %.1fs; restarting in %.1fs (restart %d)",
+                child.spec.name,
+                child.pid,
+                code,
+                uptime,
+                delay,
+                child.restarts,
+            )
             self._changed()
             wake = self._wake[child.spec.name]
             with contextlib.suppress(TimeoutError):

@@ -27,10 +27,22 @@ __all__ = ["KNOWN_BETAS", "MESSAGES_FIELDS", "check_betas", "check_body", "check
 MESSAGES_FIELDS = frozenset(
     {
         # sent by Claude Code 2.1.x
-        "model", "messages", "system", "max_tokens", "metadata", "stream", "tools",
-        "thinking", "context_management", "output_config",
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "metadata",
+        "stream",
+        "tools",
+        "thinking",
+        "context_management",
+        "output_config",
         # documented Messages API fields that change neither price nor reach
-        "stop_sequences", "temperature", "top_k", "top_p", "tool_choice",
+        "stop_sequences",
+        "temperature",
+        "top_k",
+        "top_p",
+        "tool_choice",
     }
 )
 """Top-level fields of a ``/v1/messages`` or ``/v1/messages/count_tokens`` body."""
@@ -72,8 +84,7 @@ def check_betas(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> No
             flag = raw.strip()
             if flag and flag not in KNOWN_BETAS and flag not in extra:
                 raise PolicyDenied(
-                    f"anthropic-beta {_shown(flag)} is not allowed by the taskbus model gateway "
-                    "(the cost meter cannot price it)"
+                    f"anthropic-beta {_shown(flag)} is not allowed by the taskbus model gateway (the cost meter cannot price it)"
                 )
 
 
@@ -105,4 +116,3 @@ def check_body(body: dict[str, Any]) -> None:
                     f"cache_control ttl {_shown(str(ttl))} is not allowed by the taskbus model gateway "
                     "(the cost meter prices 5-minute cache writes only)"
                 )
-

@@ -38,8 +38,7 @@ __all__ = ["HttpResponse", "UpstreamClient", "UpstreamFailed", "UpstreamUnavaila
 logger = logging.getLogger(__name__)
 
 # Nothing reached the upstream: safe to say "not sent" (a refund, a retry by the caller).
-_NOT_SENT = (httpcore2.ConnectError, httpcore2.ConnectTimeout, httpcore2.PoolTimeout, httpcore2.ProxyError,
-             httpcore2.UnsupportedProtocol)
+_NOT_SENT = (httpcore2.ConnectError, httpcore2.ConnectTimeout, httpcore2.PoolTimeout, httpcore2.ProxyError, httpcore2.UnsupportedProtocol)
 
 
 class UpstreamUnavailable(ModelError):
@@ -135,8 +134,7 @@ class UpstreamClient:
     ) -> None:
         """``proxies``: scheme -> proxy URL and ``no`` -> bypass list; None = from the
         environment (``urllib.request.getproxies_environment()``)."""
-        self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": write_timeout,
-                          "pool": read_timeout}
+        self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": write_timeout, "pool": read_timeout}
         self._max_connections = max_connections
         self._max_idle = max_idle
         self._backend = AsyncioBackend()
@@ -153,7 +151,9 @@ class UpstreamClient:
                 self._ssl = httpcore2.default_ssl_context()
             if proxy is None:
                 pool = httpcore2.AsyncConnectionPool(
-                    ssl_context=self._ssl, max_connections=self._max_connections, max_keepalive_connections=self._max_idle,
+                    ssl_context=self._ssl,
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_idle,
                     network_backend=self._backend,
                 )
             else:
@@ -166,11 +166,13 @@ class UpstreamClient:
                 auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
                 pool = httpcore2.AsyncHTTPProxy(
                     proxy_url=parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl(),
-                    proxy_auth=auth, ssl_context=self._ssl, max_connections=self._max_connections,
-                    max_keepalive_connections=self._max_idle, network_backend=self._backend,
+                    proxy_auth=auth,
+                    ssl_context=self._ssl,
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=self._max_idle,
+                    network_backend=self._backend,
                 )
-                logger.info("model API requests to %s go through the proxy %s", urlsplit(url).hostname,
-                            parts.hostname)
+                logger.info("model API requests to %s go through the proxy %s", urlsplit(url).hostname, parts.hostname)
             self._pools[proxy] = pool
         return pool
 
@@ -180,18 +182,18 @@ class UpstreamClient:
         for pool in pools:
             await pool.aclose()
 
-    async def post(
-        self, url: str, *, headers: dict[str, str], content: bytes, read_timeout: float | None = None
-    ) -> HttpResponse:
+    async def post(self, url: str, *, headers: dict[str, str], content: bytes, read_timeout: float | None = None) -> HttpResponse:
         """Send a POST and return once the response status and headers are in."""
         if self._closed:
             raise UpstreamUnavailable("the upstream client is closed")
         parts = urlsplit(url)
         timeouts = self._timeouts if read_timeout is None else {**self._timeouts, "read": read_timeout}
         request = httpcore2.Request(
-            b"POST", url,
+            b"POST",
+            url,
             headers=[("host", parts.netloc.rpartition("@")[2]), *headers.items(), ("content-length", str(len(content)))],
-            content=content, extensions={"timeout": timeouts},
+            content=content,
+            extensions={"timeout": timeouts},
         )
         try:
             response = await self._pool(url).handle_async_request(request)

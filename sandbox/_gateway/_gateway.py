@@ -63,19 +63,23 @@ class ModelGateway:
         self.policy = policy
         self.socket_path = Path(socket_path)
         self.meter = Meter(
-            policy.max_cost_usd, PriceTable(settings.prices), min_output_tokens=min_output_tokens,
+            policy.max_cost_usd,
+            PriceTable(settings.prices),
+            min_output_tokens=min_output_tokens,
             cache_read_credit=settings.gateway_cache_read_credit,
         )
         self._own_upstream = upstream is None
         self.upstream = upstream or Upstream(settings)
         self._metered = MeteredModel(self.upstream, self.meter, on_call=on_call)
         self._handler = GatewayHandler(
-            policy, placeholder_key, self._metered, on_security=on_security, reserve_timeout=reserve_timeout,
+            policy,
+            placeholder_key,
+            self._metered,
+            on_security=on_security,
+            reserve_timeout=reserve_timeout,
             extra_betas=frozenset(settings.gateway_extra_betas),
         )
-        self._server = UnixHttpServer(
-            self.socket_path, self._handler, error_body=anthropic_error, max_body_bytes=max_body_bytes
-        )
+        self._server = UnixHttpServer(self.socket_path, self._handler, error_body=anthropic_error, max_body_bytes=max_body_bytes)
         self._stack: contextlib.AsyncExitStack | None = None
 
     # -- what the runner reads
@@ -108,14 +112,15 @@ class ModelGateway:
         self._stack = stack
         logger.info(
             "model gateway for task %s on %s -> %s (cap $%.6f, models %s)",
-            self.policy.task_id, self.socket_path, self.upstream.base_url, self.meter.cap_usd,
+            self.policy.task_id,
+            self.socket_path,
+            self.upstream.base_url,
+            self.meter.cap_usd,
             ",".join(self.policy.models),
         )
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -124,6 +129,9 @@ class ModelGateway:
             await stack.aclose()
             logger.info(
                 "model gateway for task %s closed: %d calls, $%.6f of $%.6f%s",
-                self.policy.task_id, self.meter.calls, self.meter.spent_usd, self.meter.cap_usd,
+                self.policy.task_id,
+                self.meter.calls,
+                self.meter.spent_usd,
+                self.meter.cap_usd,
                 " (cap reached)" if self.meter.exhausted else "",
             )

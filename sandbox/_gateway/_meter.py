@@ -170,9 +170,7 @@ class Meter:
             spent=self.spent_usd,
         )
 
-    async def reserve(
-        self, model: str, input_tokens: int, max_tokens: int, *, timeout: float = 600.0
-    ) -> Reservation:
+    async def reserve(self, model: str, input_tokens: int, max_tokens: int, *, timeout: float = 600.0) -> Reservation:
         """``try_reserve``, waiting (at most ``timeout`` s) for in-flight calls to settle."""
         async with asyncio.timeout(timeout):
             async with self._settled:
@@ -194,7 +192,10 @@ class Meter:
             logger.warning(
                 "model %s reported usage costing %d pUSD, above the reserved worst case %d pUSD "
                 "(input bound %d, max_tokens %d); the upstream's count_tokens under-counted",
-                reservation.model, cost, reservation.worst_pusd, reservation.input_tokens,
+                reservation.model,
+                cost,
+                reservation.worst_pusd,
+                reservation.input_tokens,
                 reservation.max_tokens,
             )
         self.spent_pusd += cost

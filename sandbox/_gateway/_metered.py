@@ -91,7 +91,12 @@ class MeteredModel:
         self.on_call = on_call
 
     async def reserve(
-        self, body: dict[str, Any], *, body_bytes: int, headers: dict[str, str], query: str = "",
+        self,
+        body: dict[str, Any],
+        *,
+        body_bytes: int,
+        headers: dict[str, str],
+        query: str = "",
         wait_timeout: float = 600.0,
     ) -> Reservation:
         """Count input tokens, reserve the worst case and lower ``body['max_tokens']`` to fit.
@@ -107,14 +112,23 @@ class MeteredModel:
         if reservation.max_tokens < requested:
             logger.info(
                 "max_tokens of a %s call lowered from %d to %d to fit the cost cap",
-                model, requested, reservation.max_tokens,
+                model,
+                requested,
+                reservation.max_tokens,
             )
         return reservation
 
     @contextlib.asynccontextmanager
     async def forward(
-        self, reservation: Reservation, path: str, query: str, content: bytes, headers: dict[str, str],
-        outcome: CallOutcome, *, started: float,
+        self,
+        reservation: Reservation,
+        path: str,
+        query: str,
+        content: bytes,
+        headers: dict[str, str],
+        outcome: CallOutcome,
+        *,
+        started: float,
     ) -> AsyncIterator[HttpResponse]:
         """Open the reserved call upstream; the caller relays the response and fills in
         ``outcome``. On the way out the call is always settled (``outcome.record``), also
@@ -162,11 +176,17 @@ class MeteredModel:
             charged_worst_case=worst,
         )
         logger.info(
-            "model call %s status=%d in=%d out=%d cache_w=%d cache_r=%d cost=$%.6f total=$%.6f "
-            "cap=$%.6f %dms%s",
-            record.model, status, record.usage.input_tokens, record.usage.output_tokens,
-            record.usage.cache_creation_input_tokens, record.usage.cache_read_input_tokens,
-            record.cost_usd, record.total_cost_usd, self.meter.cap_usd, record.duration_ms,
+            "model call %s status=%d in=%d out=%d cache_w=%d cache_r=%d cost=$%.6f total=$%.6f cap=$%.6f %dms%s",
+            record.model,
+            status,
+            record.usage.input_tokens,
+            record.usage.output_tokens,
+            record.usage.cache_creation_input_tokens,
+            record.usage.cache_read_input_tokens,
+            record.cost_usd,
+            record.total_cost_usd,
+            self.meter.cap_usd,
+            record.duration_ms,
             " (charged worst case)" if worst else "",
         )
         await notify(self.on_call, record)

@@ -83,8 +83,7 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> typing.Any:
         if info == "is_readable":  # an idle keep-alive connection the server closed or wrote to
-            return (self._reader.at_eof() or self._writer.is_closing()
-                    or _readable(self._writer.get_extra_info("socket")))
+            return self._reader.at_eof() or self._writer.is_closing() or _readable(self._writer.get_extra_info("socket"))
         if info == "ssl_object":
             return self._writer.get_extra_info("ssl_object")
         if info == "client_addr":
@@ -121,7 +120,9 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         return AsyncioStream(reader, writer)
 
     async def connect_unix_socket(
-        self, path: str, timeout: float | None = None,
+        self,
+        path: str,
+        timeout: float | None = None,
         socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         try:

@@ -80,9 +80,7 @@ class PriceTable:
 
     def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
         if not prices:
-            raise ConfigError(
-                "TASKBUS_PRICES", "the price table is empty; the model gateway cannot meter calls without prices"
-            )
+            raise ConfigError("TASKBUS_PRICES", "the price table is empty; the model gateway cannot meter calls without prices")
         self._rates = {model: _rates(price) for model, price in prices.items()}
         self._by_length = sorted(self._rates, key=len, reverse=True)
         all_rates = list(self._rates.values())
@@ -105,8 +103,7 @@ class PriceTable:
         if model not in self._warned:
             self._warned.add(model)
             logger.warning(
-                "no price for model %r; metering it at the most expensive rates in the table "
-                "(add it to TASKBUS_PRICES)",
+                "no price for model %r; metering it at the most expensive rates in the table (add it to TASKBUS_PRICES)",
                 model,
             )
         return self.worst, False

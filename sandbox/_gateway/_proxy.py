@@ -57,8 +57,12 @@ _encode = msgspec.json.Encoder().encode
 def anthropic_error(status: int, message: str, error_type: str | None = None) -> tuple[list[tuple[str, str]], bytes]:
     """Headers and body of an error in the Anthropic API's shape."""
     error_type = error_type or {
-        400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-        404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
     }.get(status, "api_error")
     body = _encode({"type": "error", "error": {"type": error_type, "message": message}})
     return [_JSON], body
@@ -127,9 +131,7 @@ class GatewayHandler:
             await response.full(200, [_JSON], b"{}")
             return
         if request.path not in (MESSAGES, COUNT_TOKENS) or request.method != "POST":
-            await response.full(
-                404, *anthropic_error(404, f"{request.method} {request.path}: not served by the taskbus model gateway")
-            )
+            await response.full(404, *anthropic_error(404, f"{request.method} {request.path}: not served by the taskbus model gateway"))
             return
         authorized = self._authorized(request)
         if not authorized:
@@ -193,7 +195,10 @@ class GatewayHandler:
         headers = self.upstream.headers(request.headers)
         try:
             reservation = await self.metered.reserve(
-                body, body_bytes=len(request.body), headers=headers, query=request.query,
+                body,
+                body_bytes=len(request.body),
+                headers=headers,
+                query=request.query,
                 wait_timeout=self._reserve_timeout,
             )
         except InvalidInput as exc:
@@ -205,7 +210,9 @@ class GatewayHandler:
             await response.full(400, [*hdrs, ("x-should-retry", "false")], payload)
             return
         except TimeoutError:
-            await response.full(429, *anthropic_error(429, "taskbus: other model calls of this task are holding the rest of its budget; retry later"))
+            await response.full(
+                429, *anthropic_error(429, "taskbus: other model calls of this task are holding the rest of its budget; retry later")
+            )
             return
         outcome = CallOutcome()
         try:

@@ -109,9 +109,7 @@ class SseUsageReader:
         wants_text = self._on_text is not None and b"text_delta" in block
         if not wants_text and not any(marker in block for marker in _INTERESTING):
             return
-        data = b"\n".join(
-            line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")
-        )
+        data = b"\n".join(line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:"))
         if not data:
             return
         try:

@@ -25,9 +25,7 @@ __all__ = ["DEFAULT_UPSTREAM", "FORWARDED_REQUEST_HEADERS", "Upstream"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
-FORWARDED_REQUEST_HEADERS = frozenset(
-    {"content-type", "accept", "anthropic-version", "anthropic-beta", "user-agent", "x-app"}
-)
+FORWARDED_REQUEST_HEADERS = frozenset({"content-type", "accept", "anthropic-version", "anthropic-beta", "user-agent", "x-app"})
 """Client headers passed upstream; every other header (credentials, cookies, session
 ids, SDK telemetry) is dropped."""
 
@@ -73,13 +71,12 @@ class Upstream:
 
     async def __aenter__(self) -> Upstream:
         if self._client is None:
-            self._client = UpstreamClient(connect_timeout=self._connect_timeout, read_timeout=self._read_timeout,
-                                          max_connections=self._max_connections)
+            self._client = UpstreamClient(
+                connect_timeout=self._connect_timeout, read_timeout=self._read_timeout, max_connections=self._max_connections
+            )
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -126,16 +123,15 @@ class Upstream:
     async def count_tokens(self, body: dict[str, Any], headers: dict[str, str], query: str = "") -> int | None:
         """Input tokens of ``body`` from ``/v1/messages/count_tokens``; None if that failed."""
         try:
-            response, raw = await self.post(
-                "/v1/messages/count_tokens", query, encode_body(body), headers, timeout=self._count_timeout
-            )
+            response, raw = await self.post("/v1/messages/count_tokens", query, encode_body(body), headers, timeout=self._count_timeout)
         except ModelError as exc:
             logger.warning("count_tokens failed (%s); using the fallback bound", exc.message)
             return None
         if response.status_code != 200:
             logger.warning(
                 "count_tokens answered %d (%s); using the fallback bound",
-                response.status_code, self.redact(raw[:300].decode("utf-8", "replace")),
+                response.status_code,
+                self.redact(raw[:300].decode("utf-8", "replace")),
             )
             return None
         try:

@@ -117,13 +117,17 @@ class AgentSandbox:
         """The task's model gateway and hook socket in its socket folder (cold or warm)."""
         self.gateway = await self._stack.enter_async_context(
             ModelGateway(
-                self.settings, self.policy, self.sock_dir / "model.sock", self.placeholder,
-                upstream=self.upstream, on_call=self._on_call, on_security=self._on_security,
+                self.settings,
+                self.policy,
+                self.sock_dir / "model.sock",
+                self.placeholder,
+                upstream=self.upstream,
+                on_call=self._on_call,
+                on_security=self._on_security,
             )
         )
         self.hook = await self._stack.enter_async_context(
-            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id,
-                       on_security=self._on_security)
+            HookServer(self.sock_dir / HOOK_SOCKET, rules_for(self.policy), task_id=self.policy.task_id, on_security=self._on_security)
         )
 
     async def __aenter__(self) -> AgentSandbox:
@@ -191,7 +195,6 @@ class AgentSandbox:
             await self._on_started(self.sandbox)
         await start_forwarder(self.sandbox, self._stack, self._on_log, name=self.policy.task_id)
 
-
     async def _adopt(self, warm: WarmAgent) -> None:
         """Take over a warm agent: the task's clock, files, gateway and hook (its rules)."""
         self._stack.push_async_callback(warm.kill)  # runs last if nothing else was entered
@@ -224,8 +227,7 @@ async def start_forwarder(
     """Start the loopback forwarder inside ``sandbox``, wait until it listens, and keep
     reading its output until ``stack`` closes."""
     forwarder = await sandbox.exec(
-        ["python3", "-I", f"{OPT_DIR}/forwarder.py", "--listen", f"127.0.0.1:{GATEWAY_PORT}",
-         "--socket", "/run/taskbus/model.sock"],
+        ["python3", "-I", f"{OPT_DIR}/forwarder.py", "--listen", f"127.0.0.1:{GATEWAY_PORT}", "--socket", "/run/taskbus/model.sock"],
         cwd="/tmp",
     )
     await _wait_ready(forwarder, on_log)

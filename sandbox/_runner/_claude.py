@@ -43,11 +43,7 @@ def managed_settings() -> dict[str, Any]:
     It runs isolated (``-I -S``: no PYTHON* variables, no site or user site, not the
     working folder on its path) from the read-only /opt/taskbus, by absolute path."""
     return {
-        "hooks": {
-            "PreToolUse": [
-                {"matcher": "*", "hooks": [{"type": "command", "command": HOOK_COMMAND, "timeout": 30}]}
-            ]
-        },
+        "hooks": {"PreToolUse": [{"matcher": "*", "hooks": [{"type": "command", "command": HOOK_COMMAND, "timeout": 30}]}]},
         "allowManagedHooksOnly": True,
         "disableAllHooks": False,
         "permissions": {"disableBypassPermissionsMode": "disable"},
@@ -104,8 +100,7 @@ def first_message(description: str, *, model: str, started_model: str) -> bytes:
     started with) as a ``set_model`` control request, then the task as the user message."""
     lines = []
     if model != started_model:
-        lines.append({"type": "control_request", "request_id": "taskbus-model",
-                      "request": {"subtype": "set_model", "model": model}})
+        lines.append({"type": "control_request", "request_id": "taskbus-model", "request": {"subtype": "set_model", "model": model}})
     lines.append({"type": "user", "message": {"role": "user", "content": description}})
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
@@ -145,9 +140,7 @@ class ClaudeOutcome:
 
 def _preview(value: Any, secrets: tuple[str, ...]) -> str:
     if isinstance(value, list):
-        value = "\n".join(
-            (block.get("text", "") if isinstance(block, dict) else str(block)) for block in value
-        )
+        value = "\n".join((block.get("text", "") if isinstance(block, dict) else str(block)) for block in value)
     text = value if isinstance(value, str) else json.dumps(value)
     if len(text) > PREVIEW_CHARS:
         text = text[:PREVIEW_CHARS] + f"... [{len(text) - PREVIEW_CHARS} more characters]"
@@ -198,8 +191,13 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
                 out.append(Draft(Message, {"text": redact(block.text, secrets)}))
             elif block.type == "tool_use":
                 tool_input = block.input if isinstance(block.input, dict) else {}
-                call = {"id": block.id, "name": block.name, "input": redact_obj(tool_input, secrets),
-                        "parent_id": parent, "agent": outcome.subagents.get(parent, "") if parent else ""}
+                call = {
+                    "id": block.id,
+                    "name": block.name,
+                    "input": redact_obj(tool_input, secrets),
+                    "parent_id": parent,
+                    "agent": outcome.subagents.get(parent, "") if parent else "",
+                }
                 call.update(_invokes(block.name, tool_input, block.id, outcome))
                 out.append(Draft(ToolCall, call))
     elif isinstance(parsed, UserLine):
@@ -207,7 +205,9 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
         for block in blocks(parsed):
             if block.type == "tool_result":
                 output = _preview(block.content, secrets)
-                out.append(Draft(ToolResult, {"id": block.tool_use_id, "is_error": bool(block.is_error), "output": output, "parent_id": parent}))
+                out.append(
+                    Draft(ToolResult, {"id": block.tool_use_id, "is_error": bool(block.is_error), "output": output, "parent_id": parent})
+                )
     elif isinstance(parsed, ControlResponseLine):  # the answer to a warm agent's set_model
         if parsed.response is None or parsed.response.subtype != "success":
             return raw
@@ -220,8 +220,9 @@ def translate(line: str, outcome: ClaudeOutcome, secrets: tuple[str, ...] = ()) 
         for denial in (parsed.permission_denials or [])[:MAX_DENIALS]:
             if len(outcome.denials) < MAX_DENIALS:  # repeated result lines stay bounded too
                 outcome.denials.append(denial)
-            out.append(Draft(Log, {"stream": "stdout",
-                              "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)}))
+            out.append(
+                Draft(Log, {"stream": "stdout", "line": "claude code reports a refused call: " + redact(json.dumps(denial)[:500], secrets)})
+            )
     else:  # a partial-message event: not asked for with tasks
         return raw
     return out

@@ -62,8 +62,11 @@ class ClaudeCliProvider:
             logger.debug("completion %s: %s", policy.task_id, line)
 
         agent = AgentSandbox(
-            self.context, no_tools,
-            on_call=count, on_security=security, on_log=log,
+            self.context,
+            no_tools,
+            on_call=count,
+            on_security=security,
+            on_log=log,
         )
         text: list[str] = []
         result, is_error = "", False
@@ -91,6 +94,10 @@ class ClaudeCliProvider:
             if is_error or not (result or text):
                 raise ModelError(f"claude -p failed: {redact(result, agent.secrets)[:500] or 'no result'}")
             return CompletionResult(
-                text=redact(result or "".join(text), agent.secrets), model=policy.model, usage=usage,
-                cost_usd=gateway.spent_usd, stop_reason="end_turn", duration_ms=int((time.monotonic() - started) * 1000),
+                text=redact(result or "".join(text), agent.secrets),
+                model=policy.model,
+                usage=usage,
+                cost_usd=gateway.spent_usd,
+                stop_reason="end_turn",
+                duration_ms=int((time.monotonic() - started) * 1000),
             )

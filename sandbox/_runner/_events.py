@@ -58,7 +58,6 @@ async def last_event(bus: Bus, task_id: str) -> Event | None:
 async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage, str | None]:
     """Metered cost and usage so far, and the runner named in the ``started`` event."""
 
-
     cost, usage, owner = 0.0, Usage(), None
     sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
@@ -82,9 +81,14 @@ async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float 
 async def emit_model_call(events: TaskEvents, record: Any) -> None:
     """One metered model call (a gateway ``CallRecord``) as a ``model_call`` event."""
     await events.emit(
-        ModelCall, model=record.model, usage=record.usage, cost_usd=record.cost_usd,
-        total_cost_usd=record.total_cost_usd, duration_ms=record.duration_ms,
-        status=record.status, stop_reason=record.stop_reason,
+        ModelCall,
+        model=record.model,
+        usage=record.usage,
+        cost_usd=record.cost_usd,
+        total_cost_usd=record.total_cost_usd,
+        duration_ms=record.duration_ms,
+        status=record.status,
+        stop_reason=record.stop_reason,
     )
 
 
@@ -192,9 +196,11 @@ class EventBudget:
         return clipped
 
     def notice(self) -> str:
-        return (f"the agent's output passed this task's limit of {self.max_events} events or "
-                f"{self.max_bytes} bytes; further output is dropped (the task keeps running "
-                "under its time and cost limits)")
+        return (
+            f"the agent's output passed this task's limit of {self.max_events} events or "
+            f"{self.max_bytes} bytes; further output is dropped (the task keeps running "
+            "under its time and cost limits)"
+        )
 
 
 def clip_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:

@@ -80,7 +80,9 @@ def rules_for(policy: Policy) -> HookRules:
             continue  # a grant nobody understands allows nothing
     read_roots = ("/project",) if policy.fs_access != "none" and policy.project_root else ()
     return HookRules(
-        grants=tuple(grants), agents=tuple(policy.agents), skills=tuple(policy.skills),
+        grants=tuple(grants),
+        agents=tuple(policy.agents),
+        skills=tuple(policy.skills),
         write_roots=("/workspace", "/tmp", *(read_roots if policy.fs_access == "readwrite" else ())),
         read_roots=(*read_roots, "/home/agent"),
     )
@@ -132,7 +134,7 @@ def _rule_allows(grant: Grant, tool_input: dict[str, Any]) -> bool:
     if grant.tool == "Bash":
         return command_matches(rule, _text(tool_input.get("command")))
     if grant.tool == "WebFetch" and rule.startswith("domain:"):
-        domain = rule[len("domain:"):].strip().lower()
+        domain = rule[len("domain:") :].strip().lower()
         host = (urlsplit(_text(tool_input.get("url"))).hostname or "").lower()
         return bool(domain) and (host == domain or host.endswith("." + domain))
     return False

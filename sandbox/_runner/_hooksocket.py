@@ -73,9 +73,7 @@ class HookServer:
         self._accept = self._tg.create_task(self._accept_loop(sock), name=f"hook-accept-{self.task_id}")
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         tg, self._tg = self._tg, None
         if tg is not None:
             for task in (self._accept, *self._calls):
@@ -146,9 +144,13 @@ class HookServer:
         if self.denials <= self._max_notices:
             await self._on_security(SecurityNotice(denial.kind, f"tool call blocked: {denial.reason}", denial.severity))
         elif self.denials == self._max_notices + 1:
-            await self._on_security(SecurityNotice(
-                "notices_suppressed", f"more than {self._max_notices} tool calls blocked; further ones are not reported", "warning",
-            ))
+            await self._on_security(
+                SecurityNotice(
+                    "notices_suppressed",
+                    f"more than {self._max_notices} tool calls blocked; further ones are not reported",
+                    "warning",
+                )
+            )
 
 
 async def _read_all(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes | None:

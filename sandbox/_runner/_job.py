@@ -67,7 +67,13 @@ class JobHandler:
     """Shared by a runner's pull loops; one ``handle`` call per job message."""
 
     def __init__(
-        self, bus: Bus, *, secret: str, runner_id: str, max_bytes: int, ack_wait_s: float,
+        self,
+        bus: Bus,
+        *,
+        secret: str,
+        runner_id: str,
+        max_bytes: int,
+        ack_wait_s: float,
         is_running: Callable[[str, str], bool] = lambda _runner_id, _task_id: False,
         on_event: Callable[[Any], None] | None = None,
     ) -> None:
@@ -134,8 +140,13 @@ class JobHandler:
                 return
             if not job.retryable:
                 await events.emit(Log, stream="runner", line=f"runner {self.runner_id} found this task started by a runner that stopped")
-                await events.finish("failed", reason="runner_lost", cost_usd=cost, usage=usage,
-                                    result="the runner running this task stopped before it finished; submit it again")
+                await events.finish(
+                    "failed",
+                    reason="runner_lost",
+                    cost_usd=cost,
+                    usage=usage,
+                    result="the runner running this task stopped before it finished; submit it again",
+                )
                 await msg.ack()
                 return
             await events.emit(Log, stream="runner", line="the previous runner stopped; retrying (job is retryable)")
@@ -148,8 +159,7 @@ class JobHandler:
         if expires is not None and datetime.now(UTC) > expires:
             detail = f"job expired at {expires.isoformat()} (signed {job.policy.issued_at.isoformat()})"
             await events.emit(Security, kind="expired_job", severity="warning", detail=detail)
-            await events.finish("denied", reason="expired",
-                                result=f"{detail}: it waited too long or was published again; nothing was run")
+            await events.finish("denied", reason="expired", result=f"{detail}: it waited too long or was published again; nothing was run")
             await msg.ack()
             return
         await self._run(msg, job, events, execute)
@@ -171,9 +181,16 @@ class JobHandler:
         seq = msg.metadata.sequence.stream
         logger.warning("task %s: job message %s is a replay of a job already taken; refused", job.task_id, seq)
         notice = AuditNotice(
-            kind="replayed_job", actor=f"runner:{self.runner_id}", task_id=job.task_id, code="replayed_job",
-            detail={"severity": "critical", "subject": msg.subject, "stream_seq": seq,
-                    "reason": "a signed job for a task id that a runner already took was published again; nothing was run"},
+            kind="replayed_job",
+            actor=f"runner:{self.runner_id}",
+            task_id=job.task_id,
+            code="replayed_job",
+            detail={
+                "severity": "critical",
+                "subject": msg.subject,
+                "stream_seq": seq,
+                "reason": "a signed job for a task id that a runner already took was published again; nothing was run",
+            },
         )
         await self.bus.publish(self.subjects.audit("replayed_job"), notice)
         await msg.term()
@@ -193,7 +210,9 @@ class JobHandler:
         except TaskPreempted:
             outcome = None
         except (SandboxTimeout, TimeoutError):
-            outcome = TaskOutcome(status="timeout", reason="wall_clock", result=f"the task ran out of its {job.policy.timeout_s}s time limit")
+            outcome = TaskOutcome(
+                status="timeout", reason="wall_clock", result=f"the task ran out of its {job.policy.timeout_s}s time limit"
+            )
         except InvalidInput as exc:
             outcome = TaskOutcome(status="failed", reason=exc.code, result=exc.describe())
         except TaskbusError as exc:
@@ -210,9 +229,15 @@ class JobHandler:
             await msg.ack()
             return
         await events.finish(
-            outcome.status, result=outcome.result, reason=outcome.reason, usage=outcome.usage,
-            cost_usd=outcome.cost_usd, duration_ms=int((time.monotonic() - started) * 1000),
-            turns=outcome.turns, model=outcome.model or job.policy.model, diff=outcome.diff,
+            outcome.status,
+            result=outcome.result,
+            reason=outcome.reason,
+            usage=outcome.usage,
+            cost_usd=outcome.cost_usd,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            turns=outcome.turns,
+            model=outcome.model or job.policy.model,
+            diff=outcome.diff,
         )
         await msg.ack_sync()
         logger.info("task %s %s in %.2fs ($%.6f)", job.task_id, outcome.status, time.monotonic() - started, outcome.cost_usd)
@@ -258,8 +283,12 @@ class JobHandler:
                 await events.emit(Security, kind="malformed_job", severity="warning", detail=str(exc)[:1000])
                 await events.finish("failed", reason="malformed_job", result=exc.describe())
         else:
-            notice = AuditNotice(kind="malformed_job", actor=f"runner:{self.runner_id}",
-                                 code=exc.code, detail={"subject": msg.subject, "error": str(exc)[:1000]})
+            notice = AuditNotice(
+                kind="malformed_job",
+                actor=f"runner:{self.runner_id}",
+                code=exc.code,
+                detail={"subject": msg.subject, "error": str(exc)[:1000]},
+            )
             await self.bus.publish(self.subjects.audit("malformed_job"), notice)
         await msg.term()
 

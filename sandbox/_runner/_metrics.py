@@ -28,41 +28,52 @@ class RunnerMetrics:
     def __init__(self, runner_id: str, backend: str) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.backend = backend
-        info = Gauge("taskbus_runner_info", "Always 1; labels name the runner and its backend.",
-                     ["runner", "backend"], registry=r)
+        info = Gauge("taskbus_runner_info", "Always 1; labels name the runner and its backend.", ["runner", "backend"], registry=r)
         info.labels(runner_id, backend).set(1)
         self.sandbox_create = Histogram(
-            "taskbus_sandbox_create_duration_seconds", "Time to create a started, ready sandbox.",
-            ["backend"], buckets=SANDBOX_BUCKETS, registry=r,
+            "taskbus_sandbox_create_duration_seconds",
+            "Time to create a started, ready sandbox.",
+            ["backend"],
+            buckets=SANDBOX_BUCKETS,
+            registry=r,
         )
         self.sandbox_destroy = Histogram(
-            "taskbus_sandbox_destroy_duration_seconds", "Time to destroy a sandbox.",
-            ["backend"], buckets=SANDBOX_BUCKETS, registry=r,
+            "taskbus_sandbox_destroy_duration_seconds",
+            "Time to destroy a sandbox.",
+            ["backend"],
+            buckets=SANDBOX_BUCKETS,
+            registry=r,
         )
-        self.sandbox_errors = Counter(
-            "taskbus_sandbox_create_errors", "Sandbox creations that failed.", ["backend"], registry=r
-        )
+        self.sandbox_errors = Counter("taskbus_sandbox_create_errors", "Sandbox creations that failed.", ["backend"], registry=r)
         self.warm_pool = Gauge(
-            "taskbus_warm_pool_sandboxes", "Idle warm sandboxes ready to hand out (docker warm pool).",
-            ["backend"], registry=r,
+            "taskbus_warm_pool_sandboxes",
+            "Idle warm sandboxes ready to hand out (docker warm pool).",
+            ["backend"],
+            registry=r,
         )
         self.gateway_calls = Counter(
-            "taskbus_gateway_calls", "Model calls metered by the gateway, by model and HTTP status.",
-            ["model", "status"], registry=r,
+            "taskbus_gateway_calls",
+            "Model calls metered by the gateway, by model and HTTP status.",
+            ["model", "status"],
+            registry=r,
         )
         self.gateway_tokens = Counter(
-            "taskbus_gateway_tokens", "Tokens metered by the gateway, by model and type.", ["model", "type"],
+            "taskbus_gateway_tokens",
+            "Tokens metered by the gateway, by model and type.",
+            ["model", "type"],
             registry=r,
         )
         self.gateway_cost = Counter(
-            "taskbus_gateway_cost_usd", "Cost metered by the gateway, by model (US dollars).", ["model"],
+            "taskbus_gateway_cost_usd",
+            "Cost metered by the gateway, by model (US dollars).",
+            ["model"],
             registry=r,
         )
-        self.finished = Counter(
-            "taskbus_runner_tasks_finished", "Jobs this runner finished, by final status.", ["status"], registry=r
-        )
+        self.finished = Counter("taskbus_runner_tasks_finished", "Jobs this runner finished, by final status.", ["status"], registry=r)
         self.security_events = Counter(
-            "taskbus_runner_security_events", "`security` events this runner published, by kind.", ["kind"],
+            "taskbus_runner_security_events",
+            "`security` events this runner published, by kind.",
+            ["kind"],
             registry=r,
         )
         self.events = Counter("taskbus_runner_events", "Events this runner published, by type.", ["type"], registry=r)
@@ -75,8 +86,10 @@ class RunnerMetrics:
             self.gateway_calls.labels(event.model, str(event.status)).inc()
             usage = event.usage
             for kind, count in (
-                ("input", usage.input_tokens), ("output", usage.output_tokens),
-                ("cache_write", usage.cache_creation_input_tokens), ("cache_read", usage.cache_read_input_tokens),
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cache_write", usage.cache_creation_input_tokens),
+                ("cache_read", usage.cache_read_input_tokens),
             ):
                 if count:
                     self.gateway_tokens.labels(event.model, kind).inc(count)

@@ -138,8 +138,13 @@ class Runner:
         )
         secret = load_or_create_job_secret(s)
         self.handler = JobHandler(
-            self.bus, secret=secret, runner_id=self.id, max_bytes=s.max_message_bytes,
-            ack_wait_s=s.job_ack_wait_s, is_running=self.peer_runs, on_event=self.metrics.observe_event,
+            self.bus,
+            secret=secret,
+            runner_id=self.id,
+            max_bytes=s.max_message_bytes,
+            ack_wait_s=s.job_ack_wait_s,
+            is_running=self.peer_runs,
+            on_event=self.metrics.observe_event,
         )
         self.upstream = await self._stack.enter_async_context(Upstream(s))
         needs_sandbox = "task" in self.kinds or s.complete_provider == "claude-cli"
@@ -158,9 +163,7 @@ class Runner:
         self._shared_dir = self._run_root / "shared"
         await asyncio.to_thread(prepare_shared, self._shared_dir)
         if self.backend is not None:
-            self.context = RunnerContext(
-                s, self.backend, self.upstream, self.id, self._run_root, self._socket_root, self._shared_dir
-            )
+            self.context = RunnerContext(s, self.backend, self.upstream, self.id, self._run_root, self._socket_root, self._shared_dir)
         if s.complete_provider == "claude-cli":
             assert self.context is not None
             self.provider = ClaudeCliProvider(self.context)
@@ -184,8 +187,9 @@ class Runner:
             self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
         await self._self_check()
         if self.context is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
-            self.warm = WarmAgents(self.context, busy=lambda: self._tasks_running, slots=self.slots,
-                                   demand_file=demand_file(s.data_path, self.id))
+            self.warm = WarmAgents(
+                self.context, busy=lambda: self._tasks_running, slots=self.slots, demand_file=demand_file(s.data_path, self.id)
+            )
             self._stack.push_async_callback(self.warm.close)  # before the backend closes
             self._tg.create_task(self.warm.run(self._stopping), name="warm-agents")
         self._tg.create_task(self._heartbeat_loop(), name="heartbeat")
@@ -314,6 +318,7 @@ class Runner:
 
     def _later(self, cleanup: Coroutine[Any, Any, None]) -> None:
         """Run ``cleanup`` in the runner's task group (after the job reported ``finished``)."""
+
         async def run() -> None:
             try:
                 await cleanup
@@ -337,9 +342,16 @@ class Runner:
         while not self._stopping.is_set():
             await self._self_check()
             beat = Heartbeat(
-                runner_id=self.id, backend=self.backend_name, slots=self.slots, running=self.running,
-                version=taskbus_version(), host=socket.gethostname(), pid=os.getpid(), kinds=list(self.kinds),
-                ready=self.backend_ready.is_set(), problem=self.problem,
+                runner_id=self.id,
+                backend=self.backend_name,
+                slots=self.slots,
+                running=self.running,
+                version=taskbus_version(),
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                kinds=list(self.kinds),
+                ready=self.backend_ready.is_set(),
+                problem=self.problem,
                 warm=warm_sandboxes(self.backend) + (self.warm.idle_total() if self.warm else 0),
                 warm_agents=self.warm.counts() if self.warm else {},
             )

@@ -66,8 +66,14 @@ def open_root(path: Path) -> Iterator[int]:
 
 
 def kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "link"), (stat.S_ISDIR, "folder")):
+    for test, name in (
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISLNK, "link"),
+        (stat.S_ISDIR, "folder"),
+    ):
         if test(mode):
             return name
     return "file"
@@ -85,8 +91,9 @@ def walk(root: Path, *, skip_dirs: set[str], max_entries: int, stop: threading.E
     return result
 
 
-def _walk_dir(fd: int, prefix: str, dev: int, depth: int, skip: set[str], budget: list[int], out: Walk,
-              stop: threading.Event | None) -> None:
+def _walk_dir(
+    fd: int, prefix: str, dev: int, depth: int, skip: set[str], budget: list[int], out: Walk, stop: threading.Event | None
+) -> None:
     with os.scandir(fd) as it:
         names = []
         for de in it:
@@ -222,8 +229,9 @@ def write_new_file(root: Path, rel: str, data: bytes) -> None:
     with open_root(root) as root_fd:
         try:
             with _open_beneath(root_fd, rel, create=True) as parent:
-                fd = os.open(PurePosixPath(rel).name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644, dir_fd=parent)
+                fd = os.open(
+                    PurePosixPath(rel).name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent
+                )
         except FileExistsError:
             raise InvalidInput(f"file path {rel!r} is given twice or names a folder of another file") from None
         except (NotADirectoryError, OSError) as exc:
@@ -233,6 +241,6 @@ def write_new_file(root: Path, rel: str, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)

@@ -112,9 +112,14 @@ class TaskRun:
         self.originals: dict[str, bytes] = {}
         self.before: dict[str, FileState] = {}
         self.agent = AgentSandbox(
-            context, self.policy,
-            on_call=self.sink.on_call, on_security=self.sink.on_security, on_log=self.sink.on_log,
-            on_started=self.sink.on_started, fill_workspace=self._write_inputs, warm=warm,
+            context,
+            self.policy,
+            on_call=self.sink.on_call,
+            on_security=self.sink.on_security,
+            on_log=self.sink.on_log,
+            on_started=self.sink.on_started,
+            fill_workspace=self._write_inputs,
+            warm=warm,
         )
 
     def _write_inputs(self, workspace: Path) -> None:
@@ -125,8 +130,9 @@ class TaskRun:
         started = time.monotonic()
         if self.policy.catalog:
             self.agent.catalog_files.update(await catalog_files(self.events.bus, self.policy))
-            await self.sink.on_log("installed from the catalog: " + ", ".join(
-                f"{r.kind} {r.name} ({r.sha256[:12]})" for r in self.policy.catalog))
+            await self.sink.on_log(
+                "installed from the catalog: " + ", ".join(f"{r.kind} {r.name} ({r.sha256[:12]})" for r in self.policy.catalog)
+            )
         agent = self.agent
         await agent.__aenter__()
         later = False
@@ -145,8 +151,13 @@ class TaskRun:
                 try:
                     async with asyncio.timeout_at(deadline):
                         diff = await store_artifacts(
-                            self.events.bus, self.settings, self.job.task_id, agent.workspace, self.before,
-                            self.originals, self.events.emit,
+                            self.events.bus,
+                            self.settings,
+                            self.job.task_id,
+                            agent.workspace,
+                            self.before,
+                            self.originals,
+                            self.events.emit,
                         )
                 except TimeoutError:
                     await self.sink.on_log(f"collecting artifacts ran past the task's {self.policy.timeout_s}s time limit; stopped")
@@ -162,7 +173,11 @@ class TaskRun:
         assert agent.gateway is not None
         logger.info(
             "task %s: claude exited %s after %.1fs (%d turns, $%.6f)",
-            self.job.task_id, exit_code, time.monotonic() - started, self.outcome.turns, agent.gateway.spent_usd,
+            self.job.task_id,
+            exit_code,
+            time.monotonic() - started,
+            self.outcome.turns,
+            agent.gateway.spent_usd,
         )
         return self._outcome(exit_code, timed_out, agent, diff)
 
@@ -197,8 +212,14 @@ class TaskRun:
 
         def ended(status: str, result: str, reason: str | None = None) -> TaskOutcome:
             return TaskOutcome(
-                status=status, result=result, reason=reason, usage=self.sink.usage, cost_usd=gateway.spent_usd,
-                turns=self.outcome.turns, diff=diff, model=self.policy.model,
+                status=status,
+                result=result,
+                reason=reason,
+                usage=self.sink.usage,
+                cost_usd=gateway.spent_usd,
+                turns=self.outcome.turns,
+                diff=diff,
+                model=self.policy.model,
             )
 
         if timed_out:
@@ -210,9 +231,7 @@ class TaskRun:
                 "cost_cap",
             )
         if not self.outcome.seen_result:
-            return ended(
-                "failed", f"Claude Code exited with status {exit_code} without a result (see the log events)", "agent_crashed"
-            )
+            return ended("failed", f"Claude Code exited with status {exit_code} without a result (see the log events)", "agent_crashed")
         if self.outcome.is_error:
             # Claude Code says subtype "success" on some errors (a refused model request):
             # a failed task never carries reason "success"

@@ -85,8 +85,15 @@ CLASS_FIELDS = ("tools", "max_turns", "cpus", "memory_mb", "pids", "disk_mb", "t
 def class_template(policy: Policy, *, task_id: str) -> Policy:
     """A policy holding only what a warm agent of ``policy``'s class is started from
     (nothing of the task: no key, profile, project, catalog or cost cap)."""
-    return Policy(task_id=task_id, kind="task", key_id="warm", profile="warm", model=policy.model,
-                  models=[policy.model], **{name: getattr(policy, name) for name in CLASS_FIELDS})
+    return Policy(
+        task_id=task_id,
+        kind="task",
+        key_id="warm",
+        profile="warm",
+        model=policy.model,
+        models=[policy.model],
+        **{name: getattr(policy, name) for name in CLASS_FIELDS},
+    )
 
 
 def demand_file(data_path: Path, runner_id: str) -> Path:
@@ -147,8 +154,11 @@ class WarmAgent:
     def healthy(self) -> bool:
         """Still waiting: its sandbox and its Claude Code are alive."""
         return (
-            self.sandbox is not None and self.claude is not None and self.claude.returncode is None
-            and not self.sandbox.timed_out and not self._closed
+            self.sandbox is not None
+            and self.claude is not None
+            and self.claude.returncode is None
+            and not self.sandbox.timed_out
+            and not self._closed
         )
 
     async def start(self, *, idle_s: float) -> None:
@@ -166,9 +176,10 @@ class WarmAgent:
         claude = find_claude(context.settings)
         self.claude_binary = f"/opt/claude/{claude.name}"
         spec = spec_from_policy(
-            self.policy, runner_id=context.runner_id, workspace=str(self.workspace),
-            ro_mounts=[(str(claude.parent), "/opt/claude"), (str(opt_dir), OPT_DIR),
-                       (str(etc_dir), str(Path(MANAGED_SETTINGS).parent))],
+            self.policy,
+            runner_id=context.runner_id,
+            workspace=str(self.workspace),
+            ro_mounts=[(str(claude.parent), "/opt/claude"), (str(opt_dir), OPT_DIR), (str(etc_dir), str(Path(MANAGED_SETTINGS).parent))],
             socket_dir=str(self.sock_dir),
             # idle time plus the task's own limit; the task restarts the clock when it takes it
             timeout_s=idle_s + self.policy.timeout_s + IDLE_MARGIN_S,
@@ -265,7 +276,7 @@ class WarmAgents:
         except (OSError, msgspec.DecodeError) as exc:
             logger.warning("runner %s: ignoring %s: %s", self.context.runner_id, self._demand_file, exc)
             return
-        for template in templates[-self.settings.warm_agents_classes:]:
+        for template in templates[-self.settings.warm_agents_classes :]:
             if warm_eligible(template):
                 self.demand[warm_class(template)] = class_template(template, task_id="warm")
 
@@ -352,8 +363,13 @@ class WarmAgents:
                 self._starting -= 1
             if klass in self.demand and not stopping.is_set():
                 self.idle.setdefault(klass, []).append(agent)
-                logger.info("runner %s: warm agent %s of class %s ready in %.0f ms", self.context.runner_id, agent.id, klass,
-                            (time.monotonic() - began) * 1000)
+                logger.info(
+                    "runner %s: warm agent %s of class %s ready in %.0f ms",
+                    self.context.runner_id,
+                    agent.id,
+                    klass,
+                    (time.monotonic() - began) * 1000,
+                )
             else:
                 self._retired.append(agent)
 

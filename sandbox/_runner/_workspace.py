@@ -79,12 +79,16 @@ async def store_artifacts(
 
 
 async def _collect(
-    bus: Bus, settings: Settings, task_id: str, workspace: Path, before: dict[str, FileState],
-    originals: dict[str, bytes], emit: Emit, stop: threading.Event,
+    bus: Bus,
+    settings: Settings,
+    task_id: str,
+    workspace: Path,
+    before: dict[str, FileState],
+    originals: dict[str, bytes],
+    emit: Emit,
+    stop: threading.Event,
 ) -> str | None:
-    seen = await asyncio.to_thread(
-        _safefs.walk, workspace, skip_dirs=SKIP_DIRS, max_entries=settings.workspace_max_entries, stop=stop
-    )
+    seen = await asyncio.to_thread(_safefs.walk, workspace, skip_dirs=SKIP_DIRS, max_entries=settings.workspace_max_entries, stop=stop)
     if seen.truncated:
         await emit(Log, line=f"the workspace has over {settings.workspace_max_entries} entries; the rest was not looked at")
     refused = [f"{rel}: a {kind} in the workspace; not read" for rel, kind in seen.special]
@@ -92,8 +96,12 @@ async def _collect(
     for detail in refused[:MAX_REFUSED_EVENTS]:
         await emit(Security, kind="artifact_refused", severity="warning", detail=detail)
     if len(refused) > MAX_REFUSED_EVENTS:
-        await emit(Security, kind="artifact_refused", severity="warning",
-                   detail=f"{len(refused) - MAX_REFUSED_EVENTS} more links or special files in the workspace; not read")
+        await emit(
+            Security,
+            kind="artifact_refused",
+            severity="warning",
+            detail=f"{len(refused) - MAX_REFUSED_EVENTS} more links or special files in the workspace; not read",
+        )
     inside = [rel for rel, outside in seen.links if not outside]
     if inside:
         await emit(Log, line=f"{len(inside)} link(s) inside the workspace not stored (links are never stored), e.g. {inside[0]}")

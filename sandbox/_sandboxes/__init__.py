@@ -1,13 +1,13 @@
 """Sandboxes: one task, one sandbox it cannot leave (bubblewrap or Docker).
 
-    from sandbox._sandboxes import get_backend, spec_from_policy
-    backend = get_backend(settings.sandbox_backend, settings)
-    spec = spec_from_policy(policy, runner_id=rid, workspace=str(ws), ro_mounts=[(claude_dir, "/opt/claude")])
-    async with await backend.create(spec) as sb:
-        ex = await sb.exec(["/opt/claude/claude", "--version"])
-        async for stream, line in ex: ...
-        code = await ex.wait()
-    await backend.close()
+from sandbox._sandboxes import get_backend, spec_from_policy
+backend = get_backend(settings.sandbox_backend, settings)
+spec = spec_from_policy(policy, runner_id=rid, workspace=str(ws), ro_mounts=[(claude_dir, "/opt/claude")])
+async with await backend.create(spec) as sb:
+    ex = await sb.exec(["/opt/claude/claude", "--version"])
+    async for stream, line in ex: ...
+    code = await ex.wait()
+await backend.close()
 """
 
 from __future__ import annotations

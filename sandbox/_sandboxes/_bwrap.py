@@ -77,8 +77,20 @@ HOST_NPROC = 4096
 _SKIP_ROOT = {"proc", "dev", "sys", "tmp", "run", "home", "workspace", "project", "lost+found"}
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _SH = "/bin/sh"
-_SETPRIV = ["setpriv", "--reuid", str(SANDBOX_UID), "--regid", str(SANDBOX_GID), "--clear-groups",
-            "--bounding-set", "-all", "--inh-caps", "-all", "--no-new-privs", "--"]
+_SETPRIV = [
+    "setpriv",
+    "--reuid",
+    str(SANDBOX_UID),
+    "--regid",
+    str(SANDBOX_GID),
+    "--clear-groups",
+    "--bounding-set",
+    "-all",
+    "--inh-caps",
+    "-all",
+    "--no-new-privs",
+    "--",
+]
 
 
 def _privileged() -> bool:
@@ -181,7 +193,9 @@ class BwrapBackend:
         seccomp = ["--seccomp", str(seccomp_fd)]  # loaded just before the first process starts
         if _privileged():
             args = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-            args += ["--cap-drop", "ALL"] + [x for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH") for x in ("--cap-add", cap)]
+            args += ["--cap-drop", "ALL"] + [
+                x for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH") for x in ("--cap-add", cap)
+            ]
         else:
             args = ["--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--cap-drop", "ALL"]
         args += ["--die-with-parent", "--new-session", "--hostname", "sandbox", *seccomp]

@@ -213,7 +213,12 @@ class DockerBackend:
             slot = await self._pool.take(spec)
             if slot is not None:
                 pooled = DockerSandbox(
-                    slot.sid, spec, client=client, container=slot.container, workspace=slot.folder / "workspace", folder=slot.folder,
+                    slot.sid,
+                    spec,
+                    client=client,
+                    container=slot.container,
+                    workspace=slot.folder / "workspace",
+                    folder=slot.folder,
                     pool_slot=True,
                 )
                 pooled._remover = self._pool.remove_later
@@ -225,7 +230,12 @@ class DockerBackend:
             labels = self.labels(sid=sid, task_id=spec.task_id, runner_id=spec.runner_id)
             fill_catalog(folder / "catalog", spec.catalog_files)
             config = container_config(
-                spec, sid=sid, image=self.image, workspace=spec.workspace, agent_dir=str(folder / "agent"), labels=labels,
+                spec,
+                sid=sid,
+                image=self.image,
+                workspace=spec.workspace,
+                agent_dir=str(folder / "agent"),
+                labels=labels,
                 catalog=folder / "catalog",
             )
             container = await asyncio.to_thread(create_started, client, config)
@@ -260,8 +270,9 @@ class DockerBackend:
     async def list(self) -> list[SandboxInfo]:
         client = await asyncio.to_thread(connect)
         try:
-            containers = await asyncio.to_thread(client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path),
-                                                   ignore_removed=True)
+            containers = await asyncio.to_thread(
+                client.containers.list, all=True, filters=_labels.docker_filters(self.settings.data_path), ignore_removed=True
+            )
         finally:
             client.close()
         infos = []

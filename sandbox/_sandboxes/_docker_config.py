@@ -38,7 +38,6 @@ def container_config(
     binds for every container (pooled or not), so pooled ones stay interchangeable."""
     from docker.types import Mount, Ulimit  # noqa: PLC0415 (the Docker SDK is imported only when the Docker backend is used)
 
-
     limits = rlimits(spec)
     mounts = [
         Mount(WORKSPACE, workspace, type="bind", read_only=False),

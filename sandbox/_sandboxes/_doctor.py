@@ -47,13 +47,9 @@ def check_image(settings: Settings) -> list[dict[str, Any]]:
             detail += f" (an older version's place; `taskbus sandbox build-image` moves it into {settings.image_cache_path})"
     except SandboxUnavailable as exc:
         tree_ok, detail = False, str(exc)  # the doctor's own fix column says what to run
-    checks = [
-        _check("sandbox rootfs", tree_ok, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "bwrap")
-    ]
+    checks = [_check("sandbox rootfs", tree_ok, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "bwrap")]
     found, detail = _docker_image(settings)
-    checks.append(
-        _check("sandbox image", found, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "docker")
-    )
+    checks.append(_check("sandbox image", found, detail, "taskbus sandbox build-image", required=settings.sandbox_backend == "docker"))
     return checks
 
 
@@ -110,18 +106,26 @@ def check_workspace_size(settings: Settings) -> list[dict[str, Any]]:
     """Whether a task's workspace gets a hard total size (``_wsmount``)."""
 
     if os.geteuid() != 0:
-        return [_check("workspace size", False,
-                       "runner is not root: a workspace is a plain folder, capped per file (RLIMIT_FSIZE = disk_mb) but NOT in total",
-                       "run the runner as root to give each workspace a disk_mb filesystem of its own", required=False)]
+        return [
+            _check(
+                "workspace size",
+                False,
+                "runner is not root: a workspace is a plain folder, capped per file (RLIMIT_FSIZE = disk_mb) but NOT in total",
+                "run the runner as root to give each workspace a disk_mb filesystem of its own",
+                required=False,
+            )
+        ]
     ext4 = shutil.which("mkfs.ext4", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None and os.path.exists("/dev/loop-control")
-    detail = ("each workspace is a loop-mounted ext4 filesystem of disk_mb" if ext4
-              else "each workspace is a tmpfs of disk_mb (in RAM, charged to the sandbox's memory): mkfs.ext4 or /dev/loop-control is missing")
+    detail = (
+        "each workspace is a loop-mounted ext4 filesystem of disk_mb"
+        if ext4
+        else "each workspace is a tmpfs of disk_mb (in RAM, charged to the sandbox's memory): mkfs.ext4 or /dev/loop-control is missing"
+    )
     return [_check("workspace size", ext4, detail, "install e2fsprogs and make loop devices available", required=False)]
 
 
 def check_seccomp(settings: Settings) -> list[dict[str, Any]]:
     """bwrap sandboxes need libseccomp to compile their seccomp filter."""
-
 
     try:
         size = len(sandbox_filter()) // 8

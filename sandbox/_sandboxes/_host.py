@@ -78,6 +78,7 @@ async def feed_fd(fd: int, data: bytes | AsyncIterator[bytes]) -> None:
         writing = None
     finally:
         if writing is not None and not writing.done():
+
             def close_after(done: asyncio.Future[None]) -> None:
                 if not done.cancelled():
                     done.exception()  # retrieved: the writer's failure is not logged as unhandled
@@ -95,4 +96,4 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

@@ -144,8 +144,7 @@ def find_rootfs(settings: Settings) -> Path:
         if _complete(folder):
             return _checked_tree(folder)
     raise SandboxUnavailable(
-        f"sandbox root filesystem not built (looked in {image_folder(settings)}); "
-        "run `taskbus sandbox build-image` (about 35 s)"
+        f"sandbox root filesystem not built (looked in {image_folder(settings)}); run `taskbus sandbox build-image` (about 35 s)"
     )
 
 
@@ -221,7 +220,9 @@ def _adopt(settings: Settings, folder: Path, say: Progress) -> bool:
         for name in ("rootfs.tar", "rootfs"):
             tmp = folder / f"{name}.partial"
             _remove(tmp)
-            proc = subprocess.run(["cp", "-a", "--link", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env(), check=False)
+            proc = subprocess.run(
+                ["cp", "-a", "--link", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env(), check=False
+            )
             if proc.returncode != 0:  # another file system: copy
                 _remove(tmp)
                 proc = subprocess.run(["cp", "-a", str(old / name), str(tmp)], capture_output=True, text=True, env=_tool_env(), check=False)

@@ -193,4 +193,3 @@ def _write(path: Path, value: object) -> None:
         path.write_text(str(value))
     except OSError:
         pass  # an absent knob (e.g. memsw without swap accounting) is not fatal
-

@@ -100,8 +100,13 @@ class WarmPool:
                 labels = self._backend.labels(sid=sid, task_id="pool", runner_id=template.runner_id)
                 labels[_labels.LABEL_POOL] = sid
                 config = container_config(
-                    spec, sid=sid, image=self._backend.image, workspace=str(folder / "workspace"), agent_dir=str(folder / "agent"),
-                    labels=labels, catalog=folder / "catalog",
+                    spec,
+                    sid=sid,
+                    image=self._backend.image,
+                    workspace=str(folder / "workspace"),
+                    agent_dir=str(folder / "agent"),
+                    labels=labels,
+                    catalog=folder / "catalog",
                 )
                 creating = asyncio.ensure_future(asyncio.to_thread(create_started, client, config))
                 container = await asyncio.shield(creating)

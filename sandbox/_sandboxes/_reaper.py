@@ -109,7 +109,9 @@ def reap_docker(client: Any, live_runner_ids: set[str], own_runner_id: str, data
 
     removed = 0
     containers = client.containers.list(
-        all=True, filters=_labels.docker_filters(data_path), ignore_removed=True,  # one removed meanwhile is no failure
+        all=True,
+        filters=_labels.docker_filters(data_path),
+        ignore_removed=True,  # one removed meanwhile is no failure
     )
     for container in containers:
         labels = container.labels or {}

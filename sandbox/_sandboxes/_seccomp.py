@@ -34,25 +34,75 @@ from bus import SandboxUnavailable
 
 DENIED: tuple[str, ...] = (
     # other processes: memory, descriptors, tracing
-    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
     "process_madvise",
     # kernel keyrings
-    "keyctl", "add_key", "request_key",
+    "keyctl",
+    "add_key",
+    "request_key",
     # mounts and filesystems
-    "mount", "umount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
-    "fsconfig", "fsmount", "fspick", "mount_setattr", "open_by_handle_at", "name_to_handle_at",
-    "quotactl", "quotactl_fd", "swapon", "swapoff", "fanotify_init",
+    "mount",
+    "umount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "quotactl",
+    "quotactl_fd",
+    "swapon",
+    "swapoff",
+    "fanotify_init",
     # namespaces
-    "unshare", "setns",
+    "unshare",
+    "setns",
     # kernel programs, tracing, modules
-    "bpf", "perf_event_open", "kexec_load", "kexec_file_load", "init_module", "finit_module",
-    "delete_module", "create_module", "get_kernel_syms", "query_module", "lookup_dcookie",
+    "bpf",
+    "perf_event_open",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "lookup_dcookie",
     # memory and I/O interfaces with a history of exploits
-    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     # system administration
-    "reboot", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "stime",
-    "syslog", "iopl", "ioperm", "vhangup", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl",
-    "sethostname", "setdomainname",
+    "reboot",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "stime",
+    "syslog",
+    "iopl",
+    "ioperm",
+    "vhangup",
+    "uselib",
+    "ustat",
+    "sysfs",
+    "_sysctl",
+    "nfsservctl",
+    "sethostname",
+    "setdomainname",
 )
 NAMESPACE_FLAGS: tuple[int, ...] = (
     0x00020000,  # CLONE_NEWNS
@@ -90,8 +140,7 @@ def _lib() -> ctypes.CDLL:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError:
         raise SandboxUnavailable(
-            "libseccomp is not installed; bwrap sandboxes need it for their seccomp filter "
-            "(`apt-get install libseccomp2`)"
+            "libseccomp is not installed; bwrap sandboxes need it for their seccomp filter (`apt-get install libseccomp2`)"
         ) from None
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]

@@ -88,8 +88,22 @@ def _mount_ext4(path: Path, size_mb: int, uid: int, gid: int) -> None:
         finally:
             os.close(fd)
         inodes = max(2048, size_mb * INODES_PER_MB)
-        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-N", str(inodes),
-              "-E", f"root_owner={uid}:{gid},lazy_itable_init=1,nodiscard", str(image)])
+        _run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal",
+                "-N",
+                str(inodes),
+                "-E",
+                f"root_owner={uid}:{gid},lazy_itable_init=1,nodiscard",
+                str(image),
+            ]
+        )
         _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime,noinit_itable", str(image), str(path)])
         try:
             os.rmdir(path / "lost+found")
@@ -103,16 +117,24 @@ def _mount_ext4(path: Path, size_mb: int, uid: int, gid: int) -> None:
 
 
 def _run(argv: list[str]) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}, check=False)
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
+        check=False,
+    )
     if done.returncode != 0:
         raise subprocess.SubprocessError(f"{argv[0]} failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
 def _mount_tmpfs(path: Path, size_mb: int, uid: int, gid: int) -> None:
     options = f"size={size_mb}m,nr_inodes={max(1024, size_mb * INODES_PER_MB)},mode=0700,uid={uid},gid={gid}"
-    _check(_libc.mount(b"taskbus-ws", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
-           f"mounting a {size_mb} MiB tmpfs on {path}")
+    _check(
+        _libc.mount(b"taskbus-ws", os.fsencode(path), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()),
+        f"mounting a {size_mb} MiB tmpfs on {path}",
+    )
 
 
 def bind(source: Path, target: Path) -> None:

@@ -17,9 +17,7 @@ from bus import REDACTED, redact
 
 __all__ = ["RequestLog", "read_log"]
 
-SECRET_HEADERS = frozenset(
-    {"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie", "x-auth-token"}
-)
+SECRET_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie", "x-auth-token"})
 
 
 class RequestLog:

@@ -63,11 +63,7 @@ def _fill(value: Any, view: RequestView) -> Any:
         return value
     if "{cwd}" in value:
         value = value.replace("{cwd}", view.cwd)
-    return (
-        value.replace("{prompt}", view.user_text)
-        .replace("{model}", view.request.model)
-        .replace("{reply}", str(view.reply))
-    )
+    return value.replace("{prompt}", view.user_text).replace("{model}", view.request.model).replace("{reply}", str(view.reply))
 
 
 def _instance(schema: Any, key: str = "") -> Any:
@@ -186,4 +182,3 @@ def build_reply(script: Script, selected: tuple[int, Turn] | None, view: Request
         "cache_read_input_tokens": scripted.cache_read_input_tokens if scripted else 0,
     }
     return reply
-

@@ -257,6 +257,4 @@ def resolve_script(name_or_path: str) -> Script:
     path = Path(name_or_path)
     if path.suffix in (".toml", ".json") or path.exists():
         return load_script(path)
-    raise ScriptLoadError(
-        name_or_path, f"no such script file or shipped script; shipped: {', '.join(shipped) or 'none'}"
-    )
+    raise ScriptLoadError(name_or_path, f"no such script file or shipped script; shipped: {', '.join(shipped) or 'none'}")

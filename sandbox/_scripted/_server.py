@@ -110,9 +110,7 @@ class ScriptedModelServer:
         self._socket = bind_socket(self.host, self.port)
         self.port = self._socket.getsockname()[1]
         self._log = RequestLog(self.log_path) if self.log_path is not None else None
-        self.app = ScriptedModelApp(
-            self.script, scripts=self._scripts, required_api_key=self._required_api_key, log=self._log
-        )
+        self.app = ScriptedModelApp(self.script, scripts=self._scripts, required_api_key=self._required_api_key, log=self._log)
         config = uvicorn.Config(
             self.app,
             lifespan="off",
@@ -141,9 +139,7 @@ class ScriptedModelServer:
         logger.info("scripted model server on %s (script %s)", self.url, self.app.script.name)
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self._stop()
 
     async def _stop(self) -> None:

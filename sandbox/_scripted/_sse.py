@@ -41,9 +41,7 @@ def sse_events(reply: Reply) -> Iterator[list[bytes]]:
             opening = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
             payload = _encoder.encode(block["input"]).decode()
             deltas = [{"type": "input_json_delta", "partial_json": ""}]
-            deltas += [
-                {"type": "input_json_delta", "partial_json": piece} for piece in _chunks(payload, reply.chunk_chars)
-            ]
+            deltas += [{"type": "input_json_delta", "partial_json": piece} for piece in _chunks(payload, reply.chunk_chars)]
         group = [sse_event("content_block_start", {"type": "content_block_start", "index": index, "content_block": opening})]
         for delta in deltas:
             group.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))

@@ -67,11 +67,20 @@ def _with_db(path: Path, work: Any) -> Any:
         conn.close()
 
 
-async def audit_search(path: Path, *, text: str = "", type_: str = "", key: str = "", task: str = "",
-                       since: str = "", limit: int = 200) -> list[dict[str, Any]]:
+async def audit_search(
+    path: Path, *, text: str = "", type_: str = "", key: str = "", task: str = "", since: str = "", limit: int = 200
+) -> list[dict[str, Any]]:
     def work(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-        return search(conn, limit=limit, newest=True, types=(type_,) if type_ else (), key=key or None,
-                      task=task or None, text=text or None, since_us=parse_time(since) if since else None)
+        return search(
+            conn,
+            limit=limit,
+            newest=True,
+            types=(type_,) if type_ else (),
+            key=key or None,
+            task=task or None,
+            text=text or None,
+            since_us=parse_time(since) if since else None,
+        )
 
     async with asyncio.timeout(AUDIT_TIMEOUT_S):
         return await asyncio.to_thread(_with_db, path, work)

@@ -9,8 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
-NAV = (("tasks", "Tasks"), ("runners", "Runners"), ("spend", "Spend"), ("audit", "Audit"),
-       ("keys", "Keys"), ("profiles", "Profiles"))
+NAV = (("tasks", "Tasks"), ("runners", "Runners"), ("spend", "Spend"), ("audit", "Audit"), ("keys", "Keys"), ("profiles", "Profiles"))
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -71,15 +70,15 @@ def post_button(action: str, label: str, csrf: str, *, danger: bool = False, ide
 def page(title: str, body: str, *, active: str = "", who: str = "", csrf: str = "", script: bool = False) -> str:
     nav = ""
     if who:
-        items = "".join(
-            f'<a href="/console/{k}" class="{"on" if k == active else ""}">{esc(label)}</a>' for k, label in NAV
+        items = "".join(f'<a href="/console/{k}" class="{"on" if k == active else ""}">{esc(label)}</a>' for k, label in NAV)
+        nav = (
+            f'<nav><span class="brand">taskbus</span>{items}<span class="who">{esc(who)}</span>'
+            f"{post_button('/console/logout', 'Log out', csrf, ident='logout')}</nav>"
         )
-        nav = (f'<nav><span class="brand">taskbus</span>{items}<span class="who">{esc(who)}</span>'
-               f'{post_button("/console/logout", "Log out", csrf, ident="logout")}</nav>')
     js = '<script src="/console/static/console.js" defer></script>' if script else ""
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)} · taskbus</title>"
         f'<link rel="stylesheet" href="/console/static/console.css">{js}</head>'
         f"<body>{nav}<main><h1>{esc(title)}</h1>{body}</main></body></html>"

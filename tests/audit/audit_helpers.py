@@ -45,8 +45,15 @@ def every_event(task_id: str, *, key_id: str = "tb_k1", ts: datetime | None = No
         Message(**base, seq=3, ts=t, text=f"planning the work for {task_id}"),
         ToolCall(**base, seq=4, ts=t, id="tc1", name="Bash", input={"command": "ls -la /workspace"}),
         ToolResult(**base, seq=5, ts=t, id="tc1", output="total 0"),
-        ModelCall(**base, seq=6, ts=t, model="claude-haiku-4-5", usage=Usage(input_tokens=10, output_tokens=5),
-                  cost_usd=0.001, total_cost_usd=0.001),
+        ModelCall(
+            **base,
+            seq=6,
+            ts=t,
+            model="claude-haiku-4-5",
+            usage=Usage(input_tokens=10, output_tokens=5),
+            cost_usd=0.001,
+            total_cost_usd=0.001,
+        ),
         Security(**base, seq=7, ts=t, kind="tool_denied", detail="WebFetch is not allowed", severity="warning"),
         Artifact(**base, seq=8, ts=t, path="out/report.txt", size=3, sha256="0" * 64, object_key="k"),
         Log(**base, seq=9, ts=t, line="stderr line"),
@@ -92,11 +99,8 @@ class RunningWriter:
     async def start(self) -> RunningWriter:
         self.stop = asyncio.Event()
         ready = asyncio.Event()
-        self.task = asyncio.create_task(
-            run_audit(self.settings, db_path=self.db, stop=self.stop, ready=ready, options=self.options)
-        )
-        done, _ = await asyncio.wait({self.task, asyncio.ensure_future(ready.wait())}, timeout=20,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        self.task = asyncio.create_task(run_audit(self.settings, db_path=self.db, stop=self.stop, ready=ready, options=self.options))
+        done, _ = await asyncio.wait({self.task, asyncio.ensure_future(ready.wait())}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
         if self.task in done:
             self.task.result()  # raises the start-up error
         assert ready.is_set(), "audit writer did not start within 20s"
@@ -125,7 +129,10 @@ def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     """``taskbus <args>`` as a subprocess in its own session, pointed at the test NATS."""
     return subprocess.Popen(
         [sys.executable, "-m", "cli", *args],
-        cwd=ROOT, env=cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=cli_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
 

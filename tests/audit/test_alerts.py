@@ -26,9 +26,7 @@ async def collect_alerts(bus: Bus) -> tuple[asyncio.Queue[tuple[str, dict]], obj
     return queue, sub
 
 
-async def test_a_blocked_command_is_republished_as_an_alert_and_runs_the_hook(
-    bus: Bus, settings: Settings, db: Path, tmp_path: Path
-):
+async def test_a_blocked_command_is_republished_as_an_alert_and_runs_the_hook(bus: Bus, settings: Settings, db: Path, tmp_path: Path):
     hook_out = tmp_path / "alert.json"
     settings = msgspec.structs.replace(settings, alert_command=f"cat > {hook_out}")
     alerts, sub = await collect_alerts(bus)
@@ -36,10 +34,13 @@ async def test_a_blocked_command_is_republished_as_an_alert_and_runs_the_hook(
     try:
         task_id = new_task_id()
         now = datetime.now(UTC)
-        await bus.publish(bus.subjects.events(task_id), Security(
-            task_id=task_id, seq=1, ts=now, kind="tool_denied", detail="WebFetch not allowed"))  # not critical
-        await bus.publish(bus.subjects.events(task_id), Security(
-            task_id=task_id, seq=2, ts=now, kind="blocked_command", detail="rm -rf / blocked by the hook"))
+        await bus.publish(
+            bus.subjects.events(task_id), Security(task_id=task_id, seq=1, ts=now, kind="tool_denied", detail="WebFetch not allowed")
+        )  # not critical
+        await bus.publish(
+            bus.subjects.events(task_id),
+            Security(task_id=task_id, seq=2, ts=now, kind="blocked_command", detail="rm -rf / blocked by the hook"),
+        )
         async with asyncio.timeout(20):
             subject, alert = await alerts.get()
         assert subject == bus.subjects.alerts("blocked_command")
@@ -83,15 +84,16 @@ async def test_a_hanging_alert_hook_is_killed_with_its_children_and_never_holds_
 ):
     pids = tmp_path / "hook.pids"
     # the hook leaves a child behind and hangs: both must be killed (the hook's process group)
-    settings = msgspec.structs.replace(
-        settings, alert_command=f"sleep 600 & echo $! >> {pids}; echo $$ >> {pids}; wait")
+    settings = msgspec.structs.replace(settings, alert_command=f"sleep 600 & echo $! >> {pids}; echo $$ >> {pids}; wait")
     writer = await RunningWriter(settings, db, AuditOptions(alert_timeout_s=0.5)).start()
     try:
         task_id = new_task_id()
         now = datetime.now(UTC)
         for seq in range(1, 4):
-            await bus.publish(bus.subjects.events(task_id), Security(
-                task_id=task_id, seq=seq, ts=now, kind="escape_attempt", detail="mount /proc", severity="critical"))
+            await bus.publish(
+                bus.subjects.events(task_id),
+                Security(task_id=task_id, seq=seq, ts=now, kind="escape_attempt", detail="mount /proc", severity="critical"),
+            )
         await bus.publish(bus.subjects.events(task_id), Message(task_id=task_id, seq=4, ts=now, text="after"))
         await wait_rows(db, 4, timeout=10)
         await wait_until(lambda: pids.exists() and len(pids.read_text().split()) >= 2, what="the hook to start")
@@ -108,8 +110,9 @@ def test_auth_failure_window_counts_per_actor_and_forgets_old_failures():
     rules = AlertRules(auth_threshold=3, auth_window_s=10)
 
     def failure(actor: str, second: int) -> Notable:
-        return Notable(row=second, type="notice", kind="auth_failure", task_id=None, key_id=actor,
-                       ts_us=second * 1_000_000, severity=None, detail=None)
+        return Notable(
+            row=second, type="notice", kind="auth_failure", task_id=None, key_id=actor, ts_us=second * 1_000_000, severity=None, detail=None
+        )
 
     assert rules.evaluate([failure("a", 0), failure("a", 5), failure("b", 6), failure("a", 20)]) == []
     alerts = rules.evaluate([failure("a", 21), failure("a", 22)])

@@ -58,9 +58,7 @@ async def _wait_consumer(bus: Bus, proc) -> None:
 
 
 @pytest.mark.slow
-async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_once(
-    bus: Bus, settings: Settings, db: Path
-):
+async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_once(bus: Bus, settings: Settings, db: Path):
     task_ids = [new_task_id() for _ in range(TASKS)]
     proc = start_cli(settings, "audit", "run")
     halfway, resume = asyncio.Event(), asyncio.Event()
@@ -68,8 +66,7 @@ async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_on
         await _wait_consumer(bus, proc)
         burst = asyncio.create_task(_burst(bus, task_ids, halfway, resume))
         await asyncio.wait_for(halfway.wait(), 120)
-        await wait_until(lambda: count_rows(db) > 0 or proc.poll() is not None,
-                         timeout=60, what="the first committed batch")
+        await wait_until(lambda: count_rows(db) > 0 or proc.poll() is not None, timeout=60, what="the first committed batch")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         await stop_process(proc, signal.SIGKILL)  # 5,000 published, some stored, 5,000 to come
         killed_at = count_rows(db)
@@ -82,8 +79,11 @@ async def test_sigkill_mid_burst_then_restart_stores_all_10000_events_exactly_on
 
     restarted = start_cli(settings, "audit", "run")
     try:
-        await wait_until(lambda: count_rows(db) >= TASKS * PER_TASK or restarted.poll() is not None,
-                         timeout=120, what="all 10,000 rows after the restart")
+        await wait_until(
+            lambda: count_rows(db) >= TASKS * PER_TASK or restarted.poll() is not None,
+            timeout=120,
+            what="all 10,000 rows after the restart",
+        )
         assert restarted.poll() is None
     finally:
         assert await stop_process(restarted, signal.SIGTERM) == 0  # SIGTERM is a clean stop

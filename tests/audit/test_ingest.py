@@ -35,8 +35,7 @@ async def test_every_event_type_of_a_task_lands_once_in_order_per_task(bus: Bus,
     for x, y in zip(a, b, strict=True):  # interleaved, as two runners would publish
         await publish_all(bus, [x, y])
     await wait_rows(db, 20)
-    expected_types = ["accepted", "started", "message", "tool_call", "tool_result", "model_call",
-                      "security", "artifact", "log", "finished"]
+    expected_types = ["accepted", "started", "message", "tool_call", "tool_result", "model_call", "security", "artifact", "log", "finished"]
     for task_id, key in ((t1, "tb_alice"), (t2, "tb_bob")):
         got = rows(db, "SELECT seq, type, key_id FROM audit WHERE task_id = ? ORDER BY id", task_id)
         assert [r[0] for r in got] == list(range(1, 11))
@@ -74,9 +73,7 @@ async def test_malformed_payload_is_stored_as_malformed_and_ingest_continues(bus
     assert verify(open_db(db, readonly=True)).ok
 
 
-async def test_writer_catches_up_after_downtime_without_storing_anything_twice(
-    bus: Bus, settings: Settings, db: Path
-):
+async def test_writer_catches_up_after_downtime_without_storing_anything_twice(bus: Bus, settings: Settings, db: Path):
     first = RunningWriter(settings, db)
     await first.start()
     t1 = new_task_id()
@@ -192,9 +189,7 @@ async def test_writer_recovers_when_its_consumer_is_deleted_under_it(bus: Bus, w
     assert verify(open_db(db, readonly=True)).ok
 
 
-async def test_writer_survives_a_nats_restart_without_losing_or_repeating_events(
-    tmp_path: Path, settings: Settings, db: Path
-):
+async def test_writer_survives_a_nats_restart_without_losing_or_repeating_events(tmp_path: Path, settings: Settings, db: Path):
     from bus import EmbeddedNats, Subjects
 
     server = EmbeddedNats(tmp_path / "own-nats")
@@ -219,9 +214,7 @@ async def test_writer_survives_a_nats_restart_without_losing_or_repeating_events
     assert verify(open_db(db, readonly=True)).ok
 
 
-async def test_writer_waits_out_a_database_lock_held_by_another_process(
-    bus: Bus, settings: Settings, db: Path, caplog
-):
+async def test_writer_waits_out_a_database_lock_held_by_another_process(bus: Bus, settings: Settings, db: Path, caplog):
     import logging
 
     w = await RunningWriter(settings, db, AuditOptions(busy_timeout_s=0.2)).start()
@@ -243,8 +236,11 @@ async def test_two_named_audit_writers_each_keep_a_full_copy_of_the_log(settings
     """Writers with different names (another host, another database) get every message each;
     a second writer under the default name would instead take messages away from the first."""
     writers = [
-        RunningWriter(msgspec.structs.replace(settings, audit_writer_name=name), tmp_path / f"{name}.db",
-                      AuditOptions(fetch_wait_s=0.2, head_interval_s=1.0))
+        RunningWriter(
+            msgspec.structs.replace(settings, audit_writer_name=name),
+            tmp_path / f"{name}.db",
+            AuditOptions(fetch_wait_s=0.2, head_interval_s=1.0),
+        )
         for name in ("host-a", "host-b")
     ]
     for w in writers:

@@ -14,14 +14,11 @@ from bus import Bus, Settings, new_task_id
 from cli._up._readyfile import ready_file_path, ready_pid
 
 
-async def test_the_audit_writer_writes_its_pid_once_consuming_and_removes_it_on_stop(
-    settings: Settings, bus: Bus, db: Path
-) -> None:
+async def test_the_audit_writer_writes_its_pid_once_consuming_and_removes_it_on_stop(settings: Settings, bus: Bus, db: Path) -> None:
     path = ready_file_path(settings.data_path, "audit")
     proc = start_cli(settings, "audit", "run", "--db", str(db), "--ready-file", str(path))
     try:
-        await wait_until(lambda: ready_pid(path) == proc.pid or proc.poll() is not None, timeout=60,
-                         what="the audit writer's ready file")
+        await wait_until(lambda: ready_pid(path) == proc.pid or proc.poll() is not None, timeout=60, what="the audit writer's ready file")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         await publish_all(bus, every_event(new_task_id()))
         await wait_rows(db, 10)
@@ -37,8 +34,16 @@ async def test_a_writer_that_cannot_start_says_why_in_one_line_and_writes_no_rea
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
     env.update(TASKBUS_DATA_DIR=str(data), TASKBUS_NATS_URL="nats://127.0.0.1:1")  # nothing listens there
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "audit", "run", "--ready-file", str(path),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "cli",
+        "audit",
+        "run",
+        "--ready-file",
+        str(path),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(120):
         _, stderr = await proc.communicate()

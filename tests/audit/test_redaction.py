@@ -26,25 +26,46 @@ def file_bytes(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file())
 
 
-async def test_an_event_carrying_an_api_key_is_stored_redacted(
-    bus: Bus, writer: RunningWriter, db: Path, settings: Settings
-):
+async def test_an_event_carrying_an_api_key_is_stored_redacted(bus: Bus, writer: RunningWriter, db: Path, settings: Settings):
     task_id = new_task_id()
     now = datetime.now(UTC)
-    await bus.publish(bus.subjects.events(task_id), Message(
-        task_id=task_id, seq=1, ts=now, text=f"the key is {SECRETS[0]} and {SECRETS[1]}",
-    ))
-    await bus.publish(bus.subjects.events(task_id), ToolCall(
-        task_id=task_id, seq=2, ts=now, id="c1", name="Bash",
-        input={"command": f"curl -H 'Authorization: Bearer {SECRETS[2]}' https://example.com",
-               "env": {"AWS": SECRETS[3], "password": "hunter2hunter2"}, "tokens": [SECRETS[4]]},
-    ))
-    await bus.publish(bus.subjects.audit("auth_failure"), AuditNotice(
-        kind="auth_failure", actor="tb_unknown", detail={"presented": SECRETS[1]},
-    ))
+    await bus.publish(
+        bus.subjects.events(task_id),
+        Message(
+            task_id=task_id,
+            seq=1,
+            ts=now,
+            text=f"the key is {SECRETS[0]} and {SECRETS[1]}",
+        ),
+    )
+    await bus.publish(
+        bus.subjects.events(task_id),
+        ToolCall(
+            task_id=task_id,
+            seq=2,
+            ts=now,
+            id="c1",
+            name="Bash",
+            input={
+                "command": f"curl -H 'Authorization: Bearer {SECRETS[2]}' https://example.com",
+                "env": {"AWS": SECRETS[3], "password": "hunter2hunter2"},
+                "tokens": [SECRETS[4]],
+            },
+        ),
+    )
+    await bus.publish(
+        bus.subjects.audit("auth_failure"),
+        AuditNotice(
+            kind="auth_failure",
+            actor="tb_unknown",
+            detail={"presented": SECRETS[1]},
+        ),
+    )
     # a publisher hiding the marker behind a JSON escape (\u0073 is "s")
-    escaped = (b'{"type":"log","task_id":"' + task_id.encode() + b'","seq":3,"ts":"2026-01-01T00:00:00Z",'
-               b'"line":"\\u0073k-ant-api03-HiddenBehindAnEscape0123"}')
+    escaped = (
+        b'{"type":"log","task_id":"' + task_id.encode() + b'","seq":3,"ts":"2026-01-01T00:00:00Z",'
+        b'"line":"\\u0073k-ant-api03-HiddenBehindAnEscape0123"}'
+    )
     await bus.publish(bus.subjects.events(task_id), escaped)
     await wait_rows(db, 4)
 
@@ -61,11 +82,21 @@ async def test_an_event_carrying_an_api_key_is_stored_redacted(
     assert len(json.loads(invoke(settings, "audit", "search", "--json", "--text", "REDACTED").stdout)) >= 3
 
 
-@pytest.mark.parametrize("secret", [
-    *SECRETS, "Bearer abcdefghijklmnop0123", "api_key=abcdefgh12345678", "Authorization: xyzxyzxyz123",
-    "password: 'longenough99'", 'secret\t=\n"abcdefgh1234"', "token\u00a0: abcdefgh123",  # odd spacing
-    "\u017fecret=abcdefgh123", "to\u212aen: abcdefgh123", "AP\u0130_KEY=abcdefgh123",  # case folding
-])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        *SECRETS,
+        "Bearer abcdefghijklmnop0123",
+        "api_key=abcdefgh12345678",
+        "Authorization: xyzxyzxyz123",
+        "password: 'longenough99'",
+        'secret\t=\n"abcdefgh1234"',
+        "token\u00a0: abcdefgh123",  # odd spacing
+        "\u017fecret=abcdefgh123",
+        "to\u212aen: abcdefgh123",
+        "AP\u0130_KEY=abcdefgh123",  # case folding
+    ],
+)
 def test_every_credential_shape_bus_redacts_is_caught_by_the_fast_path_check(secret: str):
     assert redact(secret) != secret  # bus.redact knows the shape
     assert needs_redaction(msgspec.json.encode({"text": f"x {secret} y"}))  # so the writer looks

@@ -17,8 +17,11 @@ def log(db: Path) -> dict[str, str]:
     an auth failure notice by tb_eve (10 min ago): row 21."""
     a, b = new_task_id(), new_task_id()
     fill(db, every_event(a, key_id="tb_alice", ts=past(hours=3)) + every_event(b, key_id="tb_bob", ts=past(minutes=30)))
-    fill(db, [AuditNotice(kind="auth_failure", actor="tb_eve", ts=past(minutes=10), code="unknown_key",
-                          detail={"reason": "no such key"})], stream="audit")
+    fill(
+        db,
+        [AuditNotice(kind="auth_failure", actor="tb_eve", ts=past(minutes=10), code="unknown_key", detail={"reason": "no such key"})],
+        stream="audit",
+    )
     return {"a": a, "b": b}
 
 

@@ -35,9 +35,18 @@ class Tail:
 
     async def __aenter__(self) -> Tail:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "audit", "tail", "--follow", *self.args,
-            cwd=ROOT, env=cli_env(self.settings), start_new_session=True,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "cli",
+            "audit",
+            "tail",
+            "--follow",
+            *self.args,
+            cwd=ROOT,
+            env=cli_env(self.settings),
+            start_new_session=True,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         async with asyncio.timeout(30):  # it says so on stderr once it is subscribed
             while b"following" not in (line := await self.proc.stderr.readline()):
@@ -92,7 +101,10 @@ def test_tail_follow_of_a_task_on_a_prefix_without_streams_fails_with_one_clear_
 
     result = subprocess.run(
         [sys.executable, "-m", "cli", "audit", "tail", "--follow", "--task", new_task_id()],
-        cwd=ROOT, env=cli_env(settings), capture_output=True, timeout=60,
+        cwd=ROOT,
+        env=cli_env(settings),
+        capture_output=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "cannot follow" in result.stderr.decode() and "Traceback" not in result.stderr.decode()

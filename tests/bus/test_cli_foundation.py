@@ -37,9 +37,13 @@ def test_schema_without_out_prints_one_json_document() -> None:
 
 def test_doctor_json_reports_every_component_with_a_fix_for_missing_ones(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["doctor", "--json"],
-        env={"TASKBUS_DATA_DIR": str(tmp_path), "TASKBUS_CLAUDE_PATH": str(tmp_path / "no-claude"),
-             "TASKBUS_NATS_URL": "nats://127.0.0.1:1"},
+        app,
+        ["doctor", "--json"],
+        env={
+            "TASKBUS_DATA_DIR": str(tmp_path),
+            "TASKBUS_CLAUDE_PATH": str(tmp_path / "no-claude"),
+            "TASKBUS_NATS_URL": "nats://127.0.0.1:1",
+        },
     )
     doc = json.loads(result.stdout)
     checks = {c["name"]: c for c in doc["checks"]}

@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 import bus
 from bus import EVENT_TYPES, PUBLIC_TYPES, MessageDecodeError, MessageTooLarge
 
-aware_datetimes = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
+aware_datetimes = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 st.register_type_strategy(datetime, aware_datetimes)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
@@ -80,8 +78,16 @@ def test_every_message_type_round_trips_through_json(typ: type, data: st.DataObj
 def test_every_event_type_is_in_the_event_union() -> None:
     tags = {t.__struct_config__.tag for t in EVENT_TYPES}
     assert tags == {
-        "accepted", "started", "message", "tool_call", "tool_result", "model_call",
-        "security", "artifact", "log", "finished",
+        "accepted",
+        "started",
+        "message",
+        "tool_call",
+        "tool_result",
+        "model_call",
+        "security",
+        "artifact",
+        "log",
+        "finished",
     }
 
 
@@ -97,7 +103,9 @@ BAD_EVENTS = {
     "task id with wildcard": b'{"type":"log","task_id":"a.>","seq":1,"ts":"2026-01-01T00:00:00Z","line":"x"}',
     "array": b"[1,2,3]",
     "deeply nested": b'{"type":"tool_call","task_id":"t","seq":1,"ts":"2026-01-01T00:00:00Z","id":"x","name":"n","input":'
-    + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+    + b'{"a":' * 5000
+    + b"1"
+    + b"}" * 5001,
     "empty": b"",
 }
 

@@ -41,8 +41,9 @@ async def test_retries_until_success_then_gives_up() -> None:
             raise ConnectionError("down")
         return "ok"
 
-    result = await retry_async(flaky, on=ConnectionError, attempts=5, backoff=Backoff(0.001, 0.002),
-                               on_retry=lambda exc, attempt, delay: seen.append(attempt))
+    result = await retry_async(
+        flaky, on=ConnectionError, attempts=5, backoff=Backoff(0.001, 0.002), on_retry=lambda exc, attempt, delay: seen.append(attempt)
+    )
     assert result == "ok" and len(calls) == 3 and seen == [1, 2]
 
     async def down() -> str:

@@ -25,17 +25,67 @@ SCHEMAS = ROOT / "docs" / "schema"
 
 # every keyword of draft 2020-12 (core, applicator, validation, unevaluated, format, meta-data, content)
 KEYWORDS = {
-    "$schema", "$id", "$ref", "$defs", "$anchor", "$dynamicRef", "$dynamicAnchor", "$vocabulary", "$comment",
-    "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas", "prefixItems", "items",
-    "contains", "properties", "patternProperties", "additionalProperties", "propertyNames",
-    "unevaluatedItems", "unevaluatedProperties", "type", "const", "enum", "multipleOf", "maximum",
-    "exclusiveMaximum", "minimum", "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems",
-    "minItems", "uniqueItems", "maxContains", "minContains", "maxProperties", "minProperties", "required",
-    "dependentRequired", "format", "title", "description", "default", "deprecated", "readOnly",
-    "writeOnly", "examples", "contentEncoding", "contentMediaType", "contentSchema",
+    "$schema",
+    "$id",
+    "$ref",
+    "$defs",
+    "$anchor",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$vocabulary",
+    "$comment",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentSchemas",
+    "prefixItems",
+    "items",
+    "contains",
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "type",
+    "const",
+    "enum",
+    "multipleOf",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "maxContains",
+    "minContains",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "dependentRequired",
+    "format",
+    "title",
+    "description",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "examples",
+    "contentEncoding",
+    "contentMediaType",
+    "contentSchema",
 }
 SCHEMA_MAPS = {"properties", "$defs", "patternProperties", "dependentSchemas"}
 SCHEMA_LISTS = {"allOf", "anyOf", "oneOf", "prefixItems"}
+
 
 def _unknown_keywords(node: Any, where: str = "#") -> list[str]:
     """Every keyword a strict validator (ajv strict: true) would refuse."""
@@ -76,9 +126,7 @@ def test_every_shipped_schema_is_strict_draft_2020_12() -> None:
 
 
 def test_the_unknown_keyword_check_catches_an_openapi_discriminator() -> None:
-    assert _unknown_keywords({"anyOf": [{"type": "string"}], "discriminator": {"propertyName": "kind"}}) == [
-        "#/discriminator"
-    ]
+    assert _unknown_keywords({"anyOf": [{"type": "string"}], "discriminator": {"propertyName": "kind"}}) == ["#/discriminator"]
 
 
 def test_kind_is_optional_where_the_subject_implies_it_and_required_in_unions() -> None:
@@ -123,7 +171,9 @@ def test_ajv_in_strict_mode_compiles_every_schema(tmp_path: Path) -> None:
     assert npm is not None
     install = subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--prefix", str(tmp_path), "ajv@8", "ajv-formats@3"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     require(install.returncode == 0, "ajv from the npm registry", install.stderr.strip()[-200:])
     script = tmp_path / "check.js"
@@ -137,8 +187,13 @@ def test_ajv_in_strict_mode_compiles_every_schema(tmp_path: Path) -> None:
         "  catch (e) { bad++; console.log(f + ': ' + e.message); }\n"
         "}\nprocess.exit(bad ? 1 : 0);\n"
     )
-    result = subprocess.run(["node", str(script), str(SCHEMAS)], capture_output=True, text=True, timeout=120,
-                            env={"NODE_PATH": str(tmp_path / "node_modules"), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        ["node", str(script), str(SCHEMAS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"NODE_PATH": str(tmp_path / "node_modules"), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -165,6 +220,4 @@ def test_descriptions_do_not_depend_on_how_the_interpreter_keeps_docstring_inden
     assert description(_Indented) == description(_Dedented) == "First line.\n\nAn indented paragraph\n    with a nested line."
     raw = "Something.\n\n    kind: a, b,\n    c."
     assert _strict({"description": raw}) == _strict({"description": "Something.\n\nkind: a, b,\nc."})
-    assert _strict({"properties": {"description": {"type": "string"}}}) == {
-        "properties": {"description": {"type": "string"}}
-    }
+    assert _strict({"properties": {"description": {"type": "string"}}}) == {"properties": {"description": {"type": "string"}}}

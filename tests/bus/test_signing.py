@@ -13,13 +13,18 @@ SECRET = "s3cret-for-tests"
 
 def _job(**policy_changes: object) -> bus.Job:
     policy = bus.Policy(
-        task_id="t_1", kind="task", key_id="tb_abc", profile="developer",
-        model="claude-sonnet-4-6", models=["claude-sonnet-4-6"], tools=["Bash", "Read"],
-        max_cost_usd=1.0, **policy_changes,
+        task_id="t_1",
+        kind="task",
+        key_id="tb_abc",
+        profile="developer",
+        model="claude-sonnet-4-6",
+        models=["claude-sonnet-4-6"],
+        tools=["Bash", "Read"],
+        max_cost_usd=1.0,
+        **policy_changes,
     )
     request = bus.TaskRequest(description="write hello.py")
-    return bus.Job(task_id="t_1", policy=policy, request=request,
-                   signature=bus.sign_job("t_1", policy, request, SECRET))
+    return bus.Job(task_id="t_1", policy=policy, request=request, signature=bus.sign_job("t_1", policy, request, SECRET))
 
 
 def test_a_signed_job_verifies() -> None:

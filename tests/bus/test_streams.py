@@ -53,8 +53,7 @@ async def test_each_job_goes_to_exactly_one_of_two_runners_sharing_the_durable_c
     s = bus.subjects
     consumer = s.job_consumer("task")
     subs = [
-        await bus.js.pull_subscribe(s.jobs("task"), durable=consumer, stream=s.jobs_stream,
-                                    config=ConsumerConfig(ack_wait=30))
+        await bus.js.pull_subscribe(s.jobs("task"), durable=consumer, stream=s.jobs_stream, config=ConsumerConfig(ack_wait=30))
         for _ in range(2)
     ]
     for i in range(40):
@@ -82,8 +81,9 @@ async def test_each_job_goes_to_exactly_one_of_two_runners_sharing_the_durable_c
 
 async def test_an_unacked_job_is_redelivered_after_the_ack_wait(bus: Bus) -> None:
     s = bus.subjects
-    sub = await bus.js.pull_subscribe(s.jobs("complete"), durable=s.job_consumer("complete"),
-                                      stream=s.jobs_stream, config=ConsumerConfig(ack_wait=1))
+    sub = await bus.js.pull_subscribe(
+        s.jobs("complete"), durable=s.job_consumer("complete"), stream=s.jobs_stream, config=ConsumerConfig(ack_wait=1)
+    )
     await bus.publish(s.jobs("complete"), b"job", msg_id="only-job")
     (first,) = await sub.fetch(batch=1, timeout=2)
     assert first.metadata.num_delivered == 1  # not acked: the "runner" died

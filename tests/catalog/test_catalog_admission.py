@@ -64,22 +64,28 @@ async def test_admission_pins_what_exists_and_a_removed_entry_fails_with_what_th
                 async with Client(create_mcp_server(dispatcher, api_key=admin_key)) as client:
                     offered = json.loads((await client.read_resource("taskbus://catalog")).contents[0].text)
                 assert [a["name"] for a in offered["agents"]] == ["general-purpose", "Explore", "Plan", "scribe"]
-                assert offered["agents"][3] == {"name": "scribe", "description": "Writes workflows from notes",
-                                                "builtin": False, "sha256": entry.sha256}
+                assert offered["agents"][3] == {
+                    "name": "scribe",
+                    "description": "Writes workflows from notes",
+                    "builtin": False,
+                    "sha256": entry.sha256,
+                }
                 assert [s["name"] for s in offered["skills"]] == ["notes-kit"]
                 async with Client(create_mcp_server(dispatcher, api_key=dev_key)) as client:
                     offered = json.loads((await client.read_resource("taskbus://catalog")).contents[0].text)
                 assert [a["name"] for a in offered["agents"]] == ["general-purpose", "Explore", "Plan"]
                 assert offered["skills"] == []
 
-                with pytest.raises(PolicyDenied, match=r"agent 'scribe' is not allowed by profile 'developer' \(this key may use: general-purpose, Explore, Plan\)"):
+                with pytest.raises(
+                    PolicyDenied,
+                    match=r"agent 'scribe' is not allowed by profile 'developer' \(this key may use: general-purpose, Explore, Plan\)",
+                ):
                     await dispatcher.submit(Caller(dev.prefix, "developer"), TaskRequest(description="x", allow_agents=["scribe"]))
 
                 await catalog.remove("agent", "scribe")
                 with pytest.raises(PolicyDenied) as refused:
                     await dispatcher.submit(admin_caller, TaskRequest(description="x", allow_agents=["scribe"]))
-                assert refused.value.message == (
-                    "agent 'scribe' is not in the catalog (this key may use: general-purpose, Explore, Plan)")
+                assert refused.value.message == ("agent 'scribe' is not in the catalog (this key may use: general-purpose, Explore, Plan)")
                 # the job admitted before the removal is untouched: still queued, still pinned
                 assert (await last_job(bus, first.task_id)).policy.catalog == job.policy.catalog
                 async with asyncio.timeout(10):  # both refusals audited, with their message

@@ -53,7 +53,9 @@ def test_an_agent_is_added_listed_shown_replaced_and_removed_and_each_change_is_
 
     notices = [n for n in audit_notices(nats_url, subjects) if n.kind.startswith("catalog_")]
     assert [(n.kind, n.detail["name"]) for n in notices] == [
-        ("catalog_added", "scribe"), ("catalog_replaced", "scribe"), ("catalog_removed", "scribe")
+        ("catalog_added", "scribe"),
+        ("catalog_replaced", "scribe"),
+        ("catalog_removed", "scribe"),
     ]
     assert notices[1].detail["previous_sha256"] == first and notices[0].actor.startswith("cli:")
 
@@ -149,8 +151,11 @@ async def test_a_bundle_with_path_traversal_is_refused_by_the_store_itself(bus):
     catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
     skill = b"---\nname: kit\ndescription: d\n---\nbody\n"
     for path in ("../escape.txt", "/etc/passwd", "a/../../b", "./x", "a//b", "~/x"):
-        bundle = CatalogBundle(kind="skill", name="kit", files=sorted(
-            [CatalogFile(path="SKILL.md", data=skill), CatalogFile(path=path, data=b"x")], key=lambda f: f.path))
+        bundle = CatalogBundle(
+            kind="skill",
+            name="kit",
+            files=sorted([CatalogFile(path="SKILL.md", data=skill), CatalogFile(path=path, data=b"x")], key=lambda f: f.path),
+        )
         with pytest.raises(InvalidInput, match="is not allowed"):
             await catalog.put(bundle, limits=CatalogLimits(), actor="test")
     with pytest.raises(InvalidInput, match="both a file and a folder"):
@@ -162,8 +167,9 @@ async def test_a_bundle_with_path_traversal_is_refused_by_the_store_itself(bus):
 
 async def test_a_runner_fetch_refuses_content_that_does_not_match_its_hash(bus):
     catalog = await Catalog.open(bus.js, bus.subjects.catalog_bucket)
-    entry, _ = await catalog.put(make_bundle("skill", "kit", {"SKILL.md": b"---\nname: kit\ndescription: d\n---\nbody\n"}),
-                                 limits=CatalogLimits(), actor="t")
+    entry, _ = await catalog.put(
+        make_bundle("skill", "kit", {"SKILL.md": b"---\nname: kit\ndescription: d\n---\nbody\n"}), limits=CatalogLimits(), actor="t"
+    )
     fetched = await catalog.fetch(entry.ref())
     assert fetched.files[0].data.endswith(b"body\n")
     objects = await bus.js.object_store(bus.subjects.catalog_bucket)

@@ -37,8 +37,12 @@ rm -rf ~/.claude 2>/dev/null; [ -e ~/.claude/agents/scribe.md ] && echo refused-
 (echo x > ~/.claude/agents/evil.md) 2>/dev/null && echo PLANTED || echo refused-plant
 echo notes > ~/.claude/notes.txt && echo claude-dir-writable
 """
-REFUSED = ["refused-write", "refused-rm", "refused-chmod", "refused-mv"] * 2 + ["refused-rm-skill"] + [
-    "refused-mv-dir", "refused-rmdir"] * 2 + ["refused-mv-claude", "refused-rm-claude", "refused-plant", "claude-dir-writable"]
+REFUSED = (
+    ["refused-write", "refused-rm", "refused-chmod", "refused-mv"] * 2
+    + ["refused-rm-skill"]
+    + ["refused-mv-dir", "refused-rmdir"] * 2
+    + ["refused-mv-claude", "refused-rm-claude", "refused-plant", "claude-dir-writable"]
+)
 
 
 def spec_for(tmp_path: Path, task_id: str, **fields) -> SandboxSpec:  # type: ignore[no-untyped-def]
@@ -49,8 +53,16 @@ def spec_for(tmp_path: Path, task_id: str, **fields) -> SandboxSpec:  # type: ig
 
 async def attack_and_read(sb) -> tuple[list[str], str]:  # type: ignore[no-untyped-def]
     attack = await (await sb.exec(["bash", "-c", ATTACK, "attack", *TARGETS])).collect(timeout=60)
-    listing = await (await sb.exec(["bash", "-c", "cd ~/.claude && find agents skills -type f | sort | xargs cat; "
-                                    "stat -c '%u %a %n' agents/scribe.md skills skills/notes-kit; id -u"])).collect(timeout=30)
+    listing = await (
+        await sb.exec(
+            [
+                "bash",
+                "-c",
+                "cd ~/.claude && find agents skills -type f | sort | xargs cat; "
+                "stat -c '%u %a %n' agents/scribe.md skills skills/notes-kit; id -u",
+            ]
+        )
+    ).collect(timeout=30)
     return attack.stdout, "\n".join(listing.stdout)
 
 
@@ -79,7 +91,7 @@ async def test_installed_agents_and_skills_cannot_be_changed_removed_or_renamed_
     expected = b"".join(FILES[k] for k in sorted(FILES)).decode().rstrip("\n").splitlines()
     lines = listing.splitlines()
     assert lines[: len(expected)] == expected  # the registered text, unchanged
-    assert lines[len(expected):] == ["0 444 agents/scribe.md", "0 555 skills", "0 555 skills/notes-kit", "1000"]
+    assert lines[len(expected) :] == ["0 444 agents/scribe.md", "0 555 skills", "0 555 skills/notes-kit", "1000"]
 
 
 async def test_a_sandbox_without_catalog_entries_has_empty_read_only_catalog_folders(
@@ -88,7 +100,9 @@ async def test_a_sandbox_without_catalog_entries_has_empty_read_only_catalog_fol
     backend = get_backend("bwrap", runner_settings)
     sb = await backend.create(spec_for(tmp_path, "t-empty"))
     try:
-        result = await (await sb.exec(["bash", "-c", "ls -A ~/.claude/agents ~/.claude/skills; touch ~/.claude/agents/x.md || echo refused"])).collect(timeout=30)
+        result = await (
+            await sb.exec(["bash", "-c", "ls -A ~/.claude/agents ~/.claude/skills; touch ~/.claude/agents/x.md || echo refused"])
+        ).collect(timeout=30)
     finally:
         await sb.destroy()
         await backend.close()

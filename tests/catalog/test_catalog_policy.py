@@ -17,13 +17,15 @@ CATALOG = [
 
 
 def profile(agents: list[str], skills: list[str]):
-    return profile_from_mapping("p", {"tools": ["Read", "Agent", "Skill"], "agents": agents, "skills": skills,
-                                      "models": ["claude-haiku-4-5"]})
+    return profile_from_mapping(
+        "p", {"tools": ["Read", "Agent", "Skill"], "agents": agents, "skills": skills, "models": ["claude-haiku-4-5"]}
+    )
 
 
 def resolve(prof, catalog=CATALOG, **asked):
-    return resolve_policy(prof, TaskRequest(description="x", **asked), task_id="t_1", key_id="k",
-                          model="claude-haiku-4-5", settings=SETTINGS, catalog=catalog)
+    return resolve_policy(
+        prof, TaskRequest(description="x", **asked), task_id="t_1", key_id="k", model="claude-haiku-4-5", settings=SETTINGS, catalog=catalog
+    )
 
 
 def test_star_grants_every_builtin_agent_and_catalog_entry_pinned_by_hash():
@@ -31,7 +33,9 @@ def test_star_grants_every_builtin_agent_and_catalog_entry_pinned_by_hash():
     assert policy.agents == ["general-purpose", "Explore", "Plan", "reviewer", "scribe"]
     assert policy.skills == ["notes-kit"]
     assert [(r.kind, r.name, r.sha256[:1]) for r in policy.catalog] == [
-        ("agent", "reviewer", "b"), ("agent", "scribe", "a"), ("skill", "notes-kit", "c")
+        ("agent", "reviewer", "b"),
+        ("agent", "scribe", "a"),
+        ("skill", "notes-kit", "c"),
     ]
 
 
@@ -56,6 +60,7 @@ def test_an_unknown_or_removed_entry_is_refused_at_admission_and_a_profile_defau
 
 
 def test_without_a_catalog_names_pass_as_granted_and_nothing_is_pinned():
-    policy = resolve_policy(profile(["scribe"], ["pdf"]), TaskRequest(description="x"), task_id="t_1", key_id="k",
-                            model="claude-haiku-4-5", settings=SETTINGS)
+    policy = resolve_policy(
+        profile(["scribe"], ["pdf"]), TaskRequest(description="x"), task_id="t_1", key_id="k", model="claude-haiku-4-5", settings=SETTINGS
+    )
     assert policy.agents == ["scribe"] and policy.skills == ["pdf"] and policy.catalog == []

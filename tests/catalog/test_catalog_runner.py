@@ -27,6 +27,7 @@ def backend(request) -> str:
         request.getfixturevalue("require_docker")
     return request.param
 
+
 SCRIPTS = {
     "spawn-scribe": """
 [[turns]]
@@ -65,15 +66,25 @@ text = "Skill used."
 
 
 def job_for(settings: Settings, entries, request: TaskRequest, *, agents=("*",), skills=("*",)) -> bus_module.Job:
-    profile = profile_from_mapping("catalog-test", {
-        "tools": ["Agent", "Skill", "Read", "Write", "Bash"], "agents": list(agents), "skills": list(skills),
-        "models": ["claude-sonnet-4-6"], "timeout_s": 180, "max_turns": 10, "max_cost_per_task_usd": 5.0,
-    })
+    profile = profile_from_mapping(
+        "catalog-test",
+        {
+            "tools": ["Agent", "Skill", "Read", "Write", "Bash"],
+            "agents": list(agents),
+            "skills": list(skills),
+            "models": ["claude-sonnet-4-6"],
+            "timeout_s": 180,
+            "max_turns": 10,
+            "max_cost_per_task_usd": 5.0,
+        },
+    )
     task_id = bus_module.new_task_id()
-    policy = resolve_policy(profile, request, task_id=task_id, key_id="tb_test", model="claude-sonnet-4-6",
-                            settings=settings, catalog=entries)
-    return bus_module.Job(task_id=task_id, policy=policy, request=request,
-                          signature=sign_job(task_id, policy, request, settings.job_secret))
+    policy = resolve_policy(
+        profile, request, task_id=task_id, key_id="tb_test", model="claude-sonnet-4-6", settings=settings, catalog=entries
+    )
+    return bus_module.Job(
+        task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, settings.job_secret)
+    )
 
 
 async def add_with_cli(cli, tmp_path: Path, bus) -> Catalog:
@@ -92,7 +103,9 @@ async def run_job(settings: Settings, bus, job, *, backend: str = "bwrap", runne
 def succeeded(events: list) -> Finished:
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.status == "succeeded", (
-        finished, [e for e in events if isinstance(e, (Log, Security))])
+        finished,
+        [e for e in events if isinstance(e, (Log, Security))],
+    )
     return finished
 
 
@@ -126,8 +139,11 @@ async def test_a_registered_agent_is_spawned_with_its_prompt_and_its_tool_calls_
 ) -> None:
     catalog = await add_with_cli(cli, tmp_path, bus)
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, model):
-        job = job_for(settings, await catalog.entries(), TaskRequest(
-            description="[script:spawn-scribe] extract the workflow", allow_agents=["scribe"], allow_skills=[]))
+        job = job_for(
+            settings,
+            await catalog.entries(),
+            TaskRequest(description="[script:spawn-scribe] extract the workflow", allow_agents=["scribe"], allow_skills=[]),
+        )
         scribe = await catalog.get("agent", "scribe")
         assert [(r.name, r.sha256) for r in job.policy.catalog] == [("scribe", scribe.sha256)]
         # removed after admission: the task still installs the version its policy pins
@@ -156,8 +172,11 @@ async def test_a_registered_skill_is_loaded_and_its_resource_file_read(
 ) -> None:
     catalog = await add_with_cli(cli, tmp_path, bus)
     async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, "skill-body-seen": SCRIPTS["use-skill"]}) as (settings, model):
-        job = job_for(settings, await catalog.entries(), TaskRequest(
-            description="[script:use-skill] use the notes kit", allow_agents=[], allow_skills=["notes-kit"]))
+        job = job_for(
+            settings,
+            await catalog.entries(),
+            TaskRequest(description="[script:use-skill] use the notes kit", allow_agents=[], allow_skills=["notes-kit"]),
+        )
         events = await run_job(settings, bus, job, backend=backend)
         requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
     succeeded(events)
@@ -195,8 +214,7 @@ at = 3
 text = "gave up"
 """
     async with scripted_model(runner_settings, tmp_path, scripts={"sneaky": script}) as (settings, model):
-        job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:sneaky] try"),
-                      agents=["Explore"], skills=[])
+        job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:sneaky] try"), agents=["Explore"], skills=[])
         assert job.policy.agents == ["Explore"] and job.policy.catalog == []
         events = await run_job(settings, bus, job)
         requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
@@ -219,9 +237,7 @@ text = "gave up"
     assert {r["event"]["kind"] for r in rows} == denied
 
 
-async def test_runners_on_two_data_dirs_install_the_same_catalog_version(
-    runner_settings: Settings, tmp_path: Path, bus, cli
-) -> None:
+async def test_runners_on_two_data_dirs_install_the_same_catalog_version(runner_settings: Settings, tmp_path: Path, bus, cli) -> None:
     import msgspec
 
     catalog = await add_with_cli(cli, tmp_path, bus)
@@ -249,24 +265,43 @@ EXAMPLES = Path(__file__).parents[2] / "docs" / "examples"
 # (folder, task description, input files, agents, skills, artifacts, invokes, text in the result, a file and what it holds)
 ALPHA_CASES = {
     "meeting-workflow": (
-        "Extract the workflow from meeting-notes.md into workflow.md and owners.md", ["meeting-notes.md"],
-        ["workflow-scribe"], ["workflow-extraction"], ["owners.md", "workflow.md"],
-        ["skill:workflow-extraction", "agent:workflow-scribe"], "workflow.md lists the 4 steps",
+        "Extract the workflow from meeting-notes.md into workflow.md and owners.md",
+        ["meeting-notes.md"],
+        ["workflow-scribe"],
+        ["workflow-extraction"],
+        ["owners.md", "workflow.md"],
+        ["skill:workflow-extraction", "agent:workflow-scribe"],
+        "workflow.md lists the 4 steps",
         ("workflow.md", "1. Freeze the feature branch (owner: Ana, due: December 5)"),
     ),
     "code-analysis": (
-        "Review app.py for security problems and write findings.md", ["app.py"],
-        ["code-auditor"], [], ["findings.md"], ["agent:code-auditor"], "1 high (SQL injection, app.py:5)",
+        "Review app.py for security problems and write findings.md",
+        ["app.py"],
+        ["code-auditor"],
+        [],
+        ["findings.md"],
+        ["agent:code-auditor"],
+        "1 high (SQL injection, app.py:5)",
         ("findings.md", "SQL injection"),
     ),
     "docs-generation": (
-        "Write the API reference of calc.py to docs/calc.md", ["calc.py"],
-        [], ["api-docs"], ["docs/calc.md"], ["skill:api-docs"], "sections for add and ratio",
+        "Write the API reference of calc.py to docs/calc.md",
+        ["calc.py"],
+        [],
+        ["api-docs"],
+        ["docs/calc.md"],
+        ["skill:api-docs"],
+        "sections for add and ratio",
         ("docs/calc.md", "## ratio(a: float, b: float) -> float"),
     ),
     "test-generation": (
-        "Write unit tests for slug.py and run them", ["slug.py"],
-        [], ["unit-tests"], ["test_slug.py"], ["skill:unit-tests"], "python3 -m unittest: OK",
+        "Write unit tests for slug.py and run them",
+        ["slug.py"],
+        [],
+        ["unit-tests"],
+        ["test_slug.py"],
+        ["skill:unit-tests"],
+        "python3 -m unittest: OK",
         ("test_slug.py", "class SlugifyTest(unittest.TestCase)"),
     ),
 }
@@ -287,7 +322,8 @@ async def test_each_documented_alpha_case_runs_offline_with_its_agents_and_skill
     request = TaskRequest(
         description=f"[script:{case}] {description}",
         files=[bus_module.InputFile(path=name, content=(example / name).read_text()) for name in inputs],
-        allow_agents=agents, allow_skills=skills,
+        allow_agents=agents,
+        allow_skills=skills,
     )
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         job = job_for(settings, await catalog.entries(), request)
@@ -330,7 +366,10 @@ tool_use = [{{ name = "Agent", input = {{ subagent_type = "evil", description = 
 at = 2
 text = "done"
 """
-    async with scripted_model(runner_settings, tmp_path, scripts={"plant": script, "evil-work": SCRIPTS["scribe-work"]}) as (settings, model):
+    async with scripted_model(runner_settings, tmp_path, scripts={"plant": script, "evil-work": SCRIPTS["scribe-work"]}) as (
+        settings,
+        model,
+    ):
         job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:plant] go", allow_agents=["scribe"]))
         assert job.policy.agents == ["scribe"]
         events = await run_job(settings, bus, job)
@@ -358,12 +397,16 @@ async def test_installed_agents_and_skills_resist_the_agent_and_the_registered_v
 
     catalog = await add_with_cli(cli, tmp_path, bus)
     attack = ATTACK.replace('"$@"', " ".join(TARGETS))
-    attack += ("mkdir -p ~/.claude/agents; (printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
-               "[script:evil-work] planted\\n' > ~/.claude/agents/scribe.md) 2>/dev/null && echo PLANTED-SCRIBE || echo refused-plant-scribe\n")
+    attack += (
+        "mkdir -p ~/.claude/agents; (printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
+        "[script:evil-work] planted\\n' > ~/.claude/agents/scribe.md) 2>/dev/null && echo PLANTED-SCRIBE || echo refused-plant-scribe\n"
+    )
     # project-level copies of the same names in the workspace (writable): not loaded (setting source `user` only)
-    attack += ("mkdir -p .claude/agents .claude/skills/notes-kit && printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
-               "[script:evil-work] planted\\n' > .claude/agents/scribe.md && printf -- '---\\nname: notes-kit\\n"
-               "description: planted\\n---\\n[script:evil-skill] planted\\n' > .claude/skills/notes-kit/SKILL.md && echo project-copies\n")
+    attack += (
+        "mkdir -p .claude/agents .claude/skills/notes-kit && printf -- '---\\nname: scribe\\ndescription: planted\\n---\\n"
+        "[script:evil-work] planted\\n' > .claude/agents/scribe.md && printf -- '---\\nname: notes-kit\\n"
+        "description: planted\\n---\\n[script:evil-skill] planted\\n' > .claude/skills/notes-kit/SKILL.md && echo project-copies\n"
+    )
     script = f"""
 [[turns]]
 at = 0
@@ -384,8 +427,11 @@ text = "all done"
     skill_seen = '[[turns]]\nat = "any"\ntext = "skill used"\n'
     scripts = {"tamper": script, "evil-work": SCRIPTS["scribe-work"], "skill-body-seen": skill_seen, "evil-skill": skill_seen}
     async with scripted_model(runner_settings, tmp_path, scripts={**SCRIPTS, **scripts}) as (settings, model):
-        job = job_for(settings, await catalog.entries(), TaskRequest(
-            description="[script:tamper] go", allow_agents=["scribe"], allow_skills=["notes-kit"]))
+        job = job_for(
+            settings,
+            await catalog.entries(),
+            TaskRequest(description="[script:tamper] go", allow_agents=["scribe"], allow_skills=["notes-kit"]),
+        )
         events = await run_job(settings, bus, job, backend=backend)
         requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
     succeeded(events)
@@ -417,7 +463,9 @@ async def test_a_warm_pool_container_runs_the_tasks_registered_agent(
         async with Runner(settings, backend="docker", slots=1, runner_id="r-catalog-pool") as runner:
             runs = []
             for _ in range(2):  # the first runs cold and makes the pool fill; the second takes a pooled one
-                job = job_for(settings, await catalog.entries(), TaskRequest(description="[script:spawn-scribe] go", allow_agents=["scribe"]))
+                job = job_for(
+                    settings, await catalog.entries(), TaskRequest(description="[script:spawn-scribe] go", allow_agents=["scribe"])
+                )
                 await submit(bus, job)
                 runs.append(await follow(bus, job.task_id, timeout=180))
                 pool = runner.backend._pool  # type: ignore[attr-defined]

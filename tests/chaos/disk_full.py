@@ -70,8 +70,10 @@ async def disk_full_scenario(work: Path, scale: Any) -> Row:
 
     started = time.monotonic()
     row = Row("disk full (data dir)")
-    calls = [("complete", {"prompt": "while full", "model": "claude-haiku-4-5"}),
-             ("run_task", {"description": "[script:hello] say hello", "timeout_s": 120})]
+    calls = [
+        ("complete", {"prompt": "while full", "model": "claude-haiku-4-5"}),
+        ("run_task", {"description": "[script:hello] say hello", "timeout_s": 120}),
+    ]
     with small_tmpfs(work / "data") as data:
         async with ChaosStack(work, runners={"r-bwrap-1": "bwrap"}, slots=1, data_dir=data) as stack:
             async with stack.client() as client:

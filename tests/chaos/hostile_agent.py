@@ -45,11 +45,13 @@ def steps(port: int, model_url: str, canary: Path, marker: Path, data_dir: str) 
     py = "python3 -c "
     return [
         Step("network tool to a host port", "Bash", f"curl -s http://127.0.0.1:{port}/"),
-        Step("python socket to a host port", "Bash",
-             py + f"\"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3); print('CONN'+'ECTED')\"",
-             "CONNECTED"),
-        Step("DNS lookup", "Bash", py + "\"import socket; print('RES'+'OLVED', socket.gethostbyname('example.com'))\"",
-             "RESOLVED"),
+        Step(
+            "python socket to a host port",
+            "Bash",
+            py + f"\"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3); print('CONN'+'ECTED')\"",
+            "CONNECTED",
+        ),
+        Step("DNS lookup", "Bash", py + "\"import socket; print('RES'+'OLVED', socket.gethostbyname('example.com'))\"", "RESOLVED"),
         Step("read /etc/shadow (Bash)", "Bash", "cat /etc/shadow"),
         Step("read /etc/shadow (Read)", "Read", "/etc/shadow"),
         Step("read /root", "Bash", "ls -la /root"),
@@ -57,26 +59,44 @@ def steps(port: int, model_url: str, canary: Path, marker: Path, data_dir: str) 
         Step("read a host secret (Read)", "Read", str(canary)),
         Step("another task's workspace", "Bash", f"ls -la {data_dir} {data_dir}/runs"),
         Step("Docker socket (named)", "Bash", "ls -l /var/run/docker.sock"),
-        Step("Docker socket (obfuscated)", "Bash",
-             py + "\"import socket; s=socket.socket(socket.AF_UNIX); s.connect('/var/run/'+'dock'+'er.sock'); print('DOCK'+'ER-OK')\"",
-             "DOCKER-OK"),
+        Step(
+            "Docker socket (obfuscated)",
+            "Bash",
+            py + "\"import socket; s=socket.socket(socket.AF_UNIX); s.connect('/var/run/'+'dock'+'er.sock'); print('DOCK'+'ER-OK')\"",
+            "DOCKER-OK",
+        ),
         Step("sudo", "Bash", "sudo id"),
         Step("mount", "Bash", "mount -t tmpfs none /tmp"),
         Step("setuid(0)", "Bash", py + "\"import os; os.setuid(0); print('ROOT'+'-OK')\"", "ROOT-OK"),
         Step("write a host file", "Bash", f"echo pwned > {marker}; ls -l {marker}"),
         Step("fork bomb (classic)", "Bash", ":(){ :|:& };:"),
-        Step("fork bomb (python, bounded)", "Bash",
-             py + "\"import os, time\nn = 0\nfor i in range(3000):\n    try:\n        if os.fork() == 0:\n"
-             "            time.sleep(2); os._exit(0)\n        n += 1\n    except OSError:\n        pass\n"
-             "print('forked', n, 'FORK'+'S-UNLIMITED' if n >= 3000 else 'capped')\"", "FORKS-UNLIMITED"),
+        Step(
+            "fork bomb (python, bounded)",
+            "Bash",
+            py + '"import os, time\nn = 0\nfor i in range(3000):\n    try:\n        if os.fork() == 0:\n'
+            "            time.sleep(2); os._exit(0)\n        n += 1\n    except OSError:\n        pass\n"
+            "print('forked', n, 'FORK'+'S-UNLIMITED' if n >= 3000 else 'capped')\"",
+            "FORKS-UNLIMITED",
+        ),
         Step("memory bomb", "Bash", py + "\"b = bytearray(3 * 1024 ** 3); print('MEM'+'ORY-OK')\"", "MEMORY-OK"),
-        Step("disk bomb", "Bash", "dd if=/dev/zero of=big bs=1M count=1024 2>&1 | tail -n 1; "
-             "python3 -c \"import os; print('DI'+'SK-OK' if os.path.getsize('big') >= 1024**3 else 'disk capped')\"; rm -f big",
-             "DISK-OK"),
-        Step("placeholder key against the real upstream", "Bash",
-             "echo KEY=$ANTHROPIC_API_KEY; " + py + "\"import os, urllib.request as u; r = u.Request('"
-             + model_url + "/v1/messages', data=b'{}', headers={'x-api-key': os.environ['ANTHROPIC_API_KEY']}); "
-             "print('UP'+'STREAM', u.urlopen(r, timeout=3).status)\"", "UPSTREAM"),
+        Step(
+            "disk bomb",
+            "Bash",
+            "dd if=/dev/zero of=big bs=1M count=1024 2>&1 | tail -n 1; "
+            "python3 -c \"import os; print('DI'+'SK-OK' if os.path.getsize('big') >= 1024**3 else 'disk capped')\"; rm -f big",
+            "DISK-OK",
+        ),
+        Step(
+            "placeholder key against the real upstream",
+            "Bash",
+            "echo KEY=$ANTHROPIC_API_KEY; "
+            + py
+            + "\"import os, urllib.request as u; r = u.Request('"
+            + model_url
+            + "/v1/messages', data=b'{}', headers={'x-api-key': os.environ['ANTHROPIC_API_KEY']}); "
+            "print('UP'+'STREAM', u.urlopen(r, timeout=3).status)\"",
+            "UPSTREAM",
+        ),
     ]
 
 
@@ -88,8 +108,10 @@ def script(all_steps: list[Step]) -> str:
         else:
             call = {"name": "Read", "input": {"file_path": step.arg}}
         after = "after_tool_result = true\n" if i else ""
-        turns.append(f"[[turns]]\n{after}text = {json.dumps('Trying: ' + step.label)}\n"
-                     f"tool_use = [{{ name = {json.dumps(call['name'])}, input = {_toml_table(call['input'])} }}]\n")
+        turns.append(
+            f"[[turns]]\n{after}text = {json.dumps('Trying: ' + step.label)}\n"
+            f"tool_use = [{{ name = {json.dumps(call['name'])}, input = {_toml_table(call['input'])} }}]\n"
+        )
     turns.append('[[turns]]\nafter_tool_result = true\ntext = "I could not get out."\n')
     return "\n".join(turns)
 
@@ -129,14 +151,23 @@ def classify(all_steps: list[Step], events: list[Any]) -> list[dict[str, Any]]:
     rows = []
     for i, step in enumerate(all_steps):
         tag = f"chaos-step-{i}"
-        call = next((c for c in calls if f"{tag};" in json.dumps(c.input) or (step.tool == "Read" and c.input.get("file_path") == step.arg)), None)
+        call = next(
+            (c for c in calls if f"{tag};" in json.dumps(c.input) or (step.tool == "Read" and c.input.get("file_path") == step.arg)), None
+        )
         result = results.get(call.id) if call else None
         audited = [s.kind for s in security if f"{tag};" in s.detail or (step.tool == "Read" and step.arg in s.detail)]
         output = result.output if result else ""
         escaped = bool(step.success_marker and step.success_marker in output)
         how = "audited (security: " + ", ".join(sorted(set(audited))) + ")" if audited else "contained (failed in the sandbox)"
-        rows.append({"step": step.label, "ran": call is not None, "result": "error" if result and result.is_error else "ok",
-                     "outcome": "ESCAPED" if escaped else how, "output": output[:160]})
+        rows.append(
+            {
+                "step": step.label,
+                "ran": call is not None,
+                "result": "error" if result and result.is_error else "ok",
+                "outcome": "ESCAPED" if escaped else how,
+                "output": output[:160],
+            }
+        )
     return rows
 
 
@@ -154,11 +185,13 @@ def placeholder_rejected(model_url: str, events: list[Any]) -> str:
     return "ESCAPED: the placeholder worked against the upstream"
 
 
-async def run_hostile(stack: ChaosStack, backend: str, row: Row, all_steps: list[Step], listener: Listener,
-                      marker: Path, canary_text: str) -> list[dict[str, Any]]:
+async def run_hostile(
+    stack: ChaosStack, backend: str, row: Row, all_steps: list[Step], listener: Listener, marker: Path, canary_text: str
+) -> list[dict[str, Any]]:
     async with stack.client() as client:
-        result = await client.call_tool("run_task", {
-            "description": "[script:escape] get out of the sandbox", "allow_tools": ["Bash", "Read"], "timeout_s": 280})
+        result = await client.call_tool(
+            "run_task", {"description": "[script:escape] get out of the sandbox", "allow_tools": ["Bash", "Read"], "timeout_s": 280}
+        )
     task_id = result.structured_content.get("task_id") if result.structured_content else None
     async with stack.bus() as b:
         events = [e for e in await stream_events(b) if e.task_id == task_id]
@@ -201,10 +234,16 @@ async def hostile_agent_scenario(work: Path, scale: Any, *, backends: tuple[str,
     wanted = [b for b in backends if b != "docker" or docker_up()]
     try:
         model_port = free_port()
-        all_steps = steps(listener.port, f"http://127.0.0.1:{model_port}", canary_dir / "secret.txt", marker,
-                          str(work / "data"))
-        stack = ChaosStack(work, runners={}, slots=1, upstream_key=real_key, profile_changes=LIMITS,
-                           model_port=model_port, model_scripts={"escape": script(all_steps)})
+        all_steps = steps(listener.port, f"http://127.0.0.1:{model_port}", canary_dir / "secret.txt", marker, str(work / "data"))
+        stack = ChaosStack(
+            work,
+            runners={},
+            slots=1,
+            upstream_key=real_key,
+            profile_changes=LIMITS,
+            model_port=model_port,
+            model_scripts={"escape": script(all_steps)},
+        )
         async with stack:
             tables = []
             for backend in wanted:

@@ -23,16 +23,34 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=30,
 )
-FIELDS = ["description", "prompt", "messages", "files", "project", "timeout_s", "max_cost_usd", "model",
-          "max_turns", "allow_tools", "max_tokens", "temperature", "kind", "type", "task_id", "policy", "signature"]
+FIELDS = [
+    "description",
+    "prompt",
+    "messages",
+    "files",
+    "project",
+    "timeout_s",
+    "max_cost_usd",
+    "model",
+    "max_turns",
+    "allow_tools",
+    "max_tokens",
+    "temperature",
+    "kind",
+    "type",
+    "task_id",
+    "policy",
+    "signature",
+]
 
 
 def examples(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
     """``n`` values drawn by hypothesis (generate phase only, reproducible)."""
     found: list[Any] = []
 
-    @settings(max_examples=n, database=None, phases=[Phase.generate], derandomize=True,
-              suppress_health_check=list(HealthCheck), deadline=None)
+    @settings(
+        max_examples=n, database=None, phases=[Phase.generate], derandomize=True, suppress_health_check=list(HealthCheck), deadline=None
+    )
     @given(strategy)
     def collect(value: Any) -> None:
         found.append(value)
@@ -48,8 +66,18 @@ def nested(depth: int) -> bytes:
 def payloads(n_generated: int) -> list[bytes]:
     """Hand-written hostile payloads, then hypothesis-generated ones."""
     hand = [
-        b"", b"{", b"\xff\xfe\xfd\x00", b"\xc3\x28", b"null", b"[]", b"42", b'"a string"', nested(100_000),
-        b'{"kind": "task"}', b'{"kind": "task", "description": 123}', b'{"kind": "complete", "prompt": ["x"]}',
+        b"",
+        b"{",
+        b"\xff\xfe\xfd\x00",
+        b"\xc3\x28",
+        b"null",
+        b"[]",
+        b"42",
+        b'"a string"',
+        nested(100_000),
+        b'{"kind": "task"}',
+        b'{"kind": "task", "description": 123}',
+        b'{"kind": "complete", "prompt": ["x"]}',
         b'{"kind": "task", "description": "x", "files": [{"path": "../../etc/passwd", "content": "x"}]}',
         b'{"kind": "complete", "prompt": "' + b"A" * (2 * MIB) + b'"}',
         b'{"kind": "complete", "prompt": "\\ud800"}',
@@ -57,8 +85,9 @@ def payloads(n_generated: int) -> list[bytes]:
         json.dumps({"task_id": "t_x", "policy": {"tools": ["*"]}, "request": {}, "signature": "0" * 64}).encode(),
     ]
     generated = examples(st.binary(max_size=300), n_generated // 2)
-    generated += [json.dumps(v).encode() for v in examples(
-        st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6), n_generated - n_generated // 2)]
+    generated += [
+        json.dumps(v).encode() for v in examples(st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6), n_generated - n_generated // 2)
+    ]
     return hand + generated
 
 
@@ -115,26 +144,42 @@ def mcp_attacks() -> list[tuple[str, dict[str, Any]]]:
     for _ in range(2000):
         deep = [deep]
     attacks: list[tuple[str, dict[str, Any]]] = [
-        ("complete", {}), ("complete", {"prompt": 123}), ("complete", {"prompt": None, "messages": "no"}),
-        ("complete", {"prompt": huge}), ("complete", {"prompt": "x", "max_tokens": -1}),
-        ("complete", {"prompt": "x", "model": "../../etc/passwd"}), ("complete", {"prompt": "x", "temperature": "hot"}),
-        ("complete", {"messages": [{"role": "assistant", "content": "x"}]}), ("complete", {"prompt": deep}),
-("complete", {"prompt": "x", "max_cost_usd": -5}),
-        ("run_task", {}), ("run_task", {"description": ""}), ("run_task", {"description": 7}),
+        ("complete", {}),
+        ("complete", {"prompt": 123}),
+        ("complete", {"prompt": None, "messages": "no"}),
+        ("complete", {"prompt": huge}),
+        ("complete", {"prompt": "x", "max_tokens": -1}),
+        ("complete", {"prompt": "x", "model": "../../etc/passwd"}),
+        ("complete", {"prompt": "x", "temperature": "hot"}),
+        ("complete", {"messages": [{"role": "assistant", "content": "x"}]}),
+        ("complete", {"prompt": deep}),
+        ("complete", {"prompt": "x", "max_cost_usd": -5}),
+        ("run_task", {}),
+        ("run_task", {"description": ""}),
+        ("run_task", {"description": 7}),
         ("run_task", {"description": huge}),
         ("run_task", {"description": "x", "files": [{"path": "../../etc/passwd", "content": "x"}]}),
         ("run_task", {"description": "x", "files": [{"path": "/etc/cron.d/evil", "content": "x"}]}),
         ("run_task", {"description": "x", "files": [{"path": "a/../../b", "content": "x"}]}),
         ("run_task", {"description": "x", "files": [{"path": "ok.txt", "content": "!!", "encoding": "base64"}]}),
         ("run_task", {"description": "x", "files": "not a list"}),
-        ("run_task", {"description": "x", "project": "/etc"}), ("run_task", {"description": "x", "project": "../../root"}),
+        ("run_task", {"description": "x", "project": "/etc"}),
+        ("run_task", {"description": "x", "project": "../../root"}),
         ("run_task", {"description": "x", "project": "relative/path"}),
-        ("run_task", {"description": "x", "timeout_s": "abc"}), ("run_task", {"description": "x", "timeout_s": 0}),
-        ("run_task", {"description": "x", "max_turns": 10**9}), ("run_task", {"description": "x", "allow_tools": ["../x"]}),
-        ("run_task", {"description": "x", "allow_tools": ["WebFetch"]}), ("run_task", {"description": "x", "model": "gpt-5"}),
-        ("get_task", {}), ("get_task", {"task_id": "../../x"}), ("get_task", {"task_id": "t_" + "a" * 10_000}),
-        ("get_task", {"task_id": 5}), ("cancel_task", {"task_id": "../../x"}), ("cancel_task", {}),
-        ("list_tasks", {"limit": "many"}), ("list_tasks", {"status": "../../x", "limit": -1}),
+        ("run_task", {"description": "x", "timeout_s": "abc"}),
+        ("run_task", {"description": "x", "timeout_s": 0}),
+        ("run_task", {"description": "x", "max_turns": 10**9}),
+        ("run_task", {"description": "x", "allow_tools": ["../x"]}),
+        ("run_task", {"description": "x", "allow_tools": ["WebFetch"]}),
+        ("run_task", {"description": "x", "model": "gpt-5"}),
+        ("get_task", {}),
+        ("get_task", {"task_id": "../../x"}),
+        ("get_task", {"task_id": "t_" + "a" * 10_000}),
+        ("get_task", {"task_id": 5}),
+        ("cancel_task", {"task_id": "../../x"}),
+        ("cancel_task", {}),
+        ("list_tasks", {"limit": "many"}),
+        ("list_tasks", {"status": "../../x", "limit": -1}),
         ("no_such_tool", {"x": 1}),
     ]
     for value in examples(st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=5), 40):
@@ -162,9 +207,13 @@ def raw_bodies() -> list[bytes]:
     """JSON-RPC bodies no well-behaved client can send (the MCP client refuses to encode them)."""
     call = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"complete","arguments":{"prompt":"%s"}}}'
     return [
-        call % (101, b"\xff\xfe invalid utf-8"), call % (102, b"\\ud800 lone surrogate"), b"{", b"\x00" * 64,
+        call % (101, b"\xff\xfe invalid utf-8"),
+        call % (102, b"\\ud800 lone surrogate"),
+        b"{",
+        b"\x00" * 64,
         b'{"jsonrpc":"2.0","id":103,"method":"tools/call","params":' + nested(50_000) + b"}",
-        call % (104, b"x" * (20 * MIB)), b'{"jsonrpc":"2.0","id":105,"method":"tools/call","params":"nope"}',
+        call % (104, b"x" * (20 * MIB)),
+        b'{"jsonrpc":"2.0","id":105,"method":"tools/call","params":"nope"}',
         b'[{"jsonrpc":"2.0","id":106,"method":"tools/list"}]' * 3,
     ]
 
@@ -173,10 +222,13 @@ async def raw_http_attack(stack: ChaosStack, row: Row) -> None:
     """Malformed bodies straight to the Streamable HTTP endpoint, inside a real session."""
     import httpx2
 
-    headers = {"Authorization": f"Bearer {stack.key}", "Accept": "application/json, text/event-stream",
-               "Content-Type": "application/json"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "chaos", "version": "1"}}}
+    headers = {"Authorization": f"Bearer {stack.key}", "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "chaos", "version": "1"}},
+    }
     async with httpx2.AsyncClient(timeout=60) as http:
         response = await http.post(stack.url, json=init, headers=headers)
         session = response.headers.get("mcp-session-id")
@@ -225,4 +277,3 @@ async def hostile_input_scenario(work: Path, scale: Any) -> Row:
         row.crashed += [n for n, alive in stack.alive().items() if not alive]
     row.duration_s = round(time.monotonic() - started, 1)
     return row
-

@@ -31,8 +31,18 @@ async def hostile_suite_scenario(work: Path, scale: object) -> Row:
     work.mkdir(parents=True, exist_ok=True)
     junit = work / "hostile.xml"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *(str(ROOT / p) for p in ATTACKS),
-        cwd=ROOT, env={**os.environ, "CI": "true"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        *(str(ROOT / p) for p in ATTACKS),
+        cwd=ROOT,
+        env={**os.environ, "CI": "true"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await proc.communicate()
     row = Row("hostile-suite")

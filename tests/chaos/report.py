@@ -67,8 +67,18 @@ class Row:
     @property
     def failures(self) -> list[str]:
         bad = []
-        for name in ("lost_jobs", "duplicate_runs", "lost_events", "duplicate_events", "sandboxes_left",
-                     "open_reservations", "budget_overshoot", "escapes", "unclear", "state_changes"):
+        for name in (
+            "lost_jobs",
+            "duplicate_runs",
+            "lost_events",
+            "duplicate_events",
+            "sandboxes_left",
+            "open_reservations",
+            "budget_overshoot",
+            "escapes",
+            "unclear",
+            "state_changes",
+        ):
             if getattr(self, name):
                 bad.append(f"{name}={getattr(self, name)}")
         if self.crashed:
@@ -169,8 +179,7 @@ async def sandboxes(settings: bus_module.Settings, backends: set[str]) -> list[A
     return left
 
 
-async def sandboxes_gone(settings: bus_module.Settings, backends: set[str], row: Row, *,
-                         timeout: float = 30) -> list[Any]:
+async def sandboxes_gone(settings: bus_module.Settings, backends: set[str], row: Row, *, timeout: float = 30) -> list[Any]:
     """Sandboxes still there after ``timeout`` (teardown after ``finished`` takes a moment)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -205,8 +214,10 @@ async def measure(stack: Any, row: Row, *, backends: set[str] | None = None, set
         row.gateway_usd += spent
         if ends and spent - ends[-1].cost_usd > 1e-9:
             row.uncharged_usd += spent - ends[-1].cost_usd
-            row.notes.append(f"{task_id}: gateway metered ${spent:.6f}, finished says ${ends[-1].cost_usd:.6f} "
-                             f"({ends[-1].status} {ends[-1].reason or ''})")
+            row.notes.append(
+                f"{task_id}: gateway metered ${spent:.6f}, finished says ${ends[-1].cost_usd:.6f} "
+                f"({ends[-1].status} {ends[-1].reason or ''})"
+            )
         if ends:
             finished[ends[-1].status if ends[-1].reason is None else f"{ends[-1].status} ({ends[-1].reason})"] += 1
             metered += ends[-1].cost_usd
@@ -235,16 +246,35 @@ async def measure(stack: Any, row: Row, *, backends: set[str] | None = None, set
 
 # --------------------------------------------------------------------------- the table
 
-COLUMNS = ("scenario", "submitted", "finished", "events exp/stored", "lost jobs/events", "dup runs",
-           "sandboxes left", "ledger / finished / gateway $", "overshoot", "escapes", "verdict")
+COLUMNS = (
+    "scenario",
+    "submitted",
+    "finished",
+    "events exp/stored",
+    "lost jobs/events",
+    "dup runs",
+    "sandboxes left",
+    "ledger / finished / gateway $",
+    "overshoot",
+    "escapes",
+    "verdict",
+)
 
 
 def cells(row: Row) -> list[str]:
     finished = ", ".join(f"{k} {v}" for k, v in sorted(row.finished.items())) or "-"
     return [
-        row.scenario, str(row.submitted), finished, f"{row.events_expected}/{row.events_stored}",
-        f"{row.lost_jobs}/{row.lost_events}", str(row.duplicate_runs), str(row.sandboxes_left),
-        f"{row.ledger_usd:.4f} / {row.metered_usd:.4f} / {row.gateway_usd:.4f}", str(row.budget_overshoot), str(row.escapes), row.verdict,
+        row.scenario,
+        str(row.submitted),
+        finished,
+        f"{row.events_expected}/{row.events_stored}",
+        f"{row.lost_jobs}/{row.lost_events}",
+        str(row.duplicate_runs),
+        str(row.sandboxes_left),
+        f"{row.ledger_usd:.4f} / {row.metered_usd:.4f} / {row.gateway_usd:.4f}",
+        str(row.budget_overshoot),
+        str(row.escapes),
+        row.verdict,
     ]
 
 

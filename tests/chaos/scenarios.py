@@ -64,8 +64,7 @@ SCALES = {"ci": Scale("ci", tasks=8, completes=200), "full": Scale("full", tasks
 
 
 def docker_up() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "info"], capture_output=True, check=False).returncode == 0
+    return shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
 
 
 def runner_set(*, docker: bool) -> dict[str, str]:
@@ -123,11 +122,9 @@ class Load:
             async with sem:
                 await self._call(client, "complete", {"prompt": f"ping {i}", "model": "claude-haiku-4-5"})
 
-        async with self.stack.client() as tasks_client, self.stack.client() as completes_client, \
-                asyncio.TaskGroup() as tg:
+        async with self.stack.client() as tasks_client, self.stack.client() as completes_client, asyncio.TaskGroup() as tg:
             for _ in range(self.scale.tasks):
-                tg.create_task(self._call(tasks_client, "run_task", {
-                    "description": TASK, "max_cost_usd": 0.5, "timeout_s": 300}))
+                tg.create_task(self._call(tasks_client, "run_task", {"description": TASK, "max_cost_usd": 0.5, "timeout_s": 300}))
             for i in range(self.scale.completes):
                 tg.create_task(complete(completes_client, i))
 
@@ -164,8 +161,9 @@ def _row(name: str, load: Load, faults: int, started: float) -> Row:
 
 
 def _stack(work: Path, scale: Scale, *, docker: bool = True, cluster_nodes: int = 0) -> ChaosStack:
-    return ChaosStack(work, runners=runner_set(docker=docker), slots=scale.slots, model_scripts={"chaos-steps": STEPS},
-                      cluster_nodes=cluster_nodes)
+    return ChaosStack(
+        work, runners=runner_set(docker=docker), slots=scale.slots, model_scripts={"chaos-steps": STEPS}, cluster_nodes=cluster_nodes
+    )
 
 
 async def _idle(load: Load) -> int:
@@ -253,6 +251,7 @@ async def nats_restart_scenario(work: Path, scale: Scale) -> Row:
     """Stop nats-server mid-load and start it again on the same port and file store."""
     started = time.monotonic()
     async with _stack(work, scale, docker=False) as stack:
+
         async def fault(load: Load) -> int:
             await wait_running(stack)
             await load.wait_done(0.25)
@@ -270,6 +269,7 @@ async def audit_kill_scenario(work: Path, scale: Scale) -> Row:
     """SIGKILL the audit subscriber mid-load, restart it; it catches up and the chain verifies."""
     started = time.monotonic()
     async with _stack(work, scale, docker=False) as stack:
+
         async def fault(load: Load) -> int:
             await wait_running(stack)
             await load.wait_done(0.25)
@@ -316,8 +316,10 @@ async def server_kill_scenario(work: Path, scale: Scale) -> Row:
                         results[task_id] = shown.structured_content
                 await asyncio.sleep(0.5)
         row = await measure(stack, Row("server SIGKILL", faults=1))
-        row.notes.append("get_task after restart: " + ", ".join(
-            f"{v['status']}" + (f" ({v['reason']})" if v.get("reason") else "") for v in results.values()))
+        row.notes.append(
+            "get_task after restart: "
+            + ", ".join(f"{v['status']}" + (f" ({v['reason']})" if v.get("reason") else "") for v in results.values())
+        )
         row.lost_jobs += n - len(results)
         no_result = [t for t, v in results.items() if v["status"] == "succeeded" and not v.get("result")]
         if no_result:
@@ -347,6 +349,7 @@ async def cluster_node_kill_scenario(work: Path, scale: Scale) -> Row:
     stream back to three current copies. Nothing acked may be lost; the audit chain verifies."""
     started = time.monotonic()
     async with _stack(work, scale, docker=False, cluster_nodes=3) as stack:
+
         async def fault(load: Load) -> int:
             await wait_running(stack)
             await load.wait_done(0.25)
@@ -402,8 +405,9 @@ async def _check_replicas(stack: ChaosStack, row: Row, *, timeout: float = 120) 
             health = [h for h in [await stream_health(b.js, n) for n in taskbus_streams(b.subjects)] if h.exists]
             bad = [h for h in health if h.replicas != 3 or not h.leader or len(h.current) != 2]
             if not bad:
-                row.notes.append(f"replicas: {len(health)} streams at R3, every copy current "
-                                 f"{time.monotonic() - began:.1f} s after the load")
+                row.notes.append(
+                    f"replicas: {len(health)} streams at R3, every copy current {time.monotonic() - began:.1f} s after the load"
+                )
                 return
             if time.monotonic() - began > timeout:
                 row.crashed += [f"stream {h.stream} not at 3 current copies: {h}" for h in bad]
@@ -412,8 +416,14 @@ async def _check_replicas(stack: ChaosStack, row: Row, *, timeout: float = 120) 
 
 
 def audit_verify(stack: ChaosStack) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "cli", "audit", "verify", "--json"],
-                          env=stack.env(), capture_output=True, timeout=120, check=False, cwd=str(image_cache().parent))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "audit", "verify", "--json"],
+        env=stack.env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+        cwd=str(image_cache().parent),
+    )
     try:
         return json.loads(proc.stdout)
     except ValueError:

@@ -85,8 +85,13 @@ class Child:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT),
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(ROOT),
             )
 
     @property
@@ -158,25 +163,32 @@ class ChaosStack:
         if not (data / "images").exists():
             (data / "images").symlink_to(image_cache())
         if self.cluster_nodes:
-            self.cluster = EmbeddedCluster(self.work / "nats", size=self.cluster_nodes,
-                                           authorization=_with_harness_user(data))
+            self.cluster = EmbeddedCluster(self.work / "nats", size=self.cluster_nodes, authorization=_with_harness_user(data))
             await self.cluster.__aenter__()
             nats_url = self.cluster.url
         else:
-            self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log",
-                                     authorization=_with_harness_user(data))
+            self.nats = EmbeddedNats(self.work / "nats", log_path=self.work / "nats-server.log", authorization=_with_harness_user(data))
             await self.nats.__aenter__()
             nats_url = self.nats.url
         extra = {n: parse_script(t, source=n, name=n) for n, t in self.model_scripts.items()}
         self.model = ScriptedModelServer(
-            port=self.model_port, log_path=self.work / "model-requests.jsonl", required_api_key=self.upstream_key, scripts=extra)
+            port=self.model_port, log_path=self.work / "model-requests.jsonl", required_api_key=self.upstream_key, scripts=extra
+        )
         await self.model.__aenter__()
         self.http_port = free_port()
         self.settings = Settings.load(
-            {}, data_dir=str(data), nats_url=nats_url, subject_prefix=PREFIX, nats_replicas=max(1, self.cluster_nodes),
-            job_secret="chaos-" + uuid.uuid4().hex, upstream_url=self.model.url,
-            upstream_api_key=self.upstream_key or "scripted-model-key", claude_path=claude_path(),
-            job_ack_wait_s=self.ack_wait_s, heartbeat_s=1.0, http_port=self.http_port,
+            {},
+            data_dir=str(data),
+            nats_url=nats_url,
+            subject_prefix=PREFIX,
+            nats_replicas=max(1, self.cluster_nodes),
+            job_secret="chaos-" + uuid.uuid4().hex,
+            upstream_url=self.model.url,
+            upstream_api_key=self.upstream_key or "scripted-model-key",
+            claude_path=claude_path(),
+            job_ack_wait_s=self.ack_wait_s,
+            heartbeat_s=1.0,
+            http_port=self.http_port,
             nats_credentials=str(data / HARNESS_CREDENTIALS),  # the harness: every subject, to attack them all
         )
         await self._make_key()
@@ -230,9 +242,11 @@ class ChaosStack:
         return Child(name, [sys.executable, "-m", "cli", *args], self.work / f"{name}.log", self.env(role))
 
     def add_runner(self, runner_id: str, backend: str, *, start: bool = False) -> Child:
-        child = self._child(runner_id, [
-            "runner", "--id", runner_id, "--backend", backend, "--kinds", "task,complete",
-            "--slots", str(self.slots), "--grace", "60"], "runner")
+        child = self._child(
+            runner_id,
+            ["runner", "--id", runner_id, "--backend", backend, "--kinds", "task,complete", "--slots", str(self.slots), "--grace", "60"],
+            "runner",
+        )
         self.children[runner_id] = child
         if start:
             child.start()
@@ -243,8 +257,7 @@ class ChaosStack:
 
         assert self.settings is not None
         async with Store.for_settings(self.settings) as store:
-            await store.update_profile(
-                KEY_PROFILE, max_concurrent=256, rate_limit_per_min=1_000_000, **self.profile_changes)
+            await store.update_profile(KEY_PROFILE, max_concurrent=256, rate_limit_per_min=1_000_000, **self.profile_changes)
             await store.set_budget(profile=KEY_PROFILE, day_usd=1000.0, month_usd=10_000.0)
             self.key, record = await store.create_key(KEY_PROFILE, name="chaos")
             self.key_id = record.prefix
@@ -287,8 +300,7 @@ class ChaosStack:
         port, store = self.nats.port, self.nats.store_dir
         self.nats.kill()
         time.sleep(down_s)  # the outage itself, not a wait for something
-        self.nats = EmbeddedNats(store, port=port, log_path=self.work / "nats-server.log",
-                                 authorization=self.nats.authorization)
+        self.nats = EmbeddedNats(store, port=port, log_path=self.work / "nats-server.log", authorization=self.nats.authorization)
         self.nats.start()
 
     def kill_nats_node(self, i: int) -> None:
@@ -314,8 +326,10 @@ class ChaosStack:
         from mcp.client.streamable_http import streamable_http_client
 
         headers = {"Authorization": f"Bearer {key or self.key}"}
-        async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
-                Client(streamable_http_client(self.url, http_client=http)) as client:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+            Client(streamable_http_client(self.url, http_client=http)) as client,
+        ):
             yield client
 
     @contextlib.asynccontextmanager
@@ -327,4 +341,3 @@ class ChaosStack:
     def replace_settings(self, **changes: Any) -> Settings:
         assert self.settings is not None
         return msgspec.structs.replace(self.settings, **changes)
-

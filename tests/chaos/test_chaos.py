@@ -30,7 +30,9 @@ def _needs_root() -> None:
     require(os.geteuid() == 0, "root", "root is needed to mount a small tmpfs on the data dir")
 
 
-async def test_under_load_every_task_finishes_every_event_is_audited_once_and_budgets_match_spend(tmp_path: Path, require_docker: None) -> None:
+async def test_under_load_every_task_finishes_every_event_is_audited_once_and_budgets_match_spend(
+    tmp_path: Path, require_docker: None
+) -> None:
     row = await ALL["load"](tmp_path, env_scale())
     _assert_pass(row)
     assert row.finished.get("succeeded") == row.submitted, row.finished

@@ -41,10 +41,18 @@ class Cluster:
 
     def settings(self, role: str = "server", *, prefix: str | None = None, **changes: Any) -> Settings:
         """Settings on this cluster as ``role`` (``admin``: any prefix), replicas 3."""
-        return Settings.load({}, **{
-            "data_dir": str(self.data), "nats_url": self.url, "subject_prefix": prefix or self.prefix,
-            "nats_credentials": self.credentials(role), "nats_replicas": 3,
-            "job_secret": "cluster-" + uuid.uuid4().hex, **changes})
+        return Settings.load(
+            {},
+            **{
+                "data_dir": str(self.data),
+                "nats_url": self.url,
+                "subject_prefix": prefix or self.prefix,
+                "nats_credentials": self.credentials(role),
+                "nats_replicas": 3,
+                "job_secret": "cluster-" + uuid.uuid4().hex,
+                **changes,
+            },
+        )
 
     def kill(self, i: int) -> None:
         self.nats.kill(i)

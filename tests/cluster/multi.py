@@ -27,8 +27,12 @@ from bus._private import private_dir
 from .conftest import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}},
+}
 
 
 def claude_path() -> str:
@@ -47,8 +51,15 @@ class Proc:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(ROOT),
+            )
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -89,13 +100,21 @@ class MultiServer:
     def env(self, data: Path, role: str) -> dict[str, str]:
         creds = self.cluster.credentials(role) if role == "admin" else str(credentials_path(self.cluster.data, role))
         return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-            "TASKBUS_DATA_DIR": str(data), "TASKBUS_NATS_URL": self.cluster.url,
-            "TASKBUS_SUBJECT_PREFIX": self.cluster.prefix, "TASKBUS_NATS_CREDENTIALS": creds,
-            "TASKBUS_NATS_REPLICAS": "3", "TASKBUS_JOB_SECRET": self.secret,
-            "TASKBUS_UPSTREAM_URL": self.model_url or "http://127.0.0.1:9", "TASKBUS_UPSTREAM_API_KEY": "scripted-model-key",
-            "TASKBUS_CLAUDE_PATH": claude_path(), "TASKBUS_JOB_ACK_WAIT_S": "3", "TASKBUS_HEARTBEAT_S": "1",
-            "TASKBUS_LOG_LEVEL": "info", "COLUMNS": "200",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "TASKBUS_DATA_DIR": str(data),
+            "TASKBUS_NATS_URL": self.cluster.url,
+            "TASKBUS_SUBJECT_PREFIX": self.cluster.prefix,
+            "TASKBUS_NATS_CREDENTIALS": creds,
+            "TASKBUS_NATS_REPLICAS": "3",
+            "TASKBUS_JOB_SECRET": self.secret,
+            "TASKBUS_UPSTREAM_URL": self.model_url or "http://127.0.0.1:9",
+            "TASKBUS_UPSTREAM_API_KEY": "scripted-model-key",
+            "TASKBUS_CLAUDE_PATH": claude_path(),
+            "TASKBUS_JOB_ACK_WAIT_S": "3",
+            "TASKBUS_HEARTBEAT_S": "1",
+            "TASKBUS_LOG_LEVEL": "info",
+            "COLUMNS": "200",
         }
 
     def server(self, i: int) -> Proc:
@@ -107,13 +126,33 @@ class MultiServer:
             data = private_dir(self.work / f"data-{i}")  # nothing shared on disk
             port = free_port()
             self.procs[f"server-{i}"] = Proc(
-                f"server-{i}", [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1",
-                                "--port", str(port)], self.env(data, "server"), self.work / f"server-{i}.log", port)
+                f"server-{i}",
+                [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
+                self.env(data, "server"),
+                self.work / f"server-{i}.log",
+                port,
+            )
         if self.runner:
             data = private_dir(self.work / "runner-data")
-            self.procs["runner"] = Proc("runner", [sys.executable, "-m", "cli", "runner", "--id", "multi-r1",
-                                                   "--backend", "bwrap", "--kinds", "task,complete", "--slots", "3"],
-                                        self.env(data, "runner"), self.work / "runner.log")
+            self.procs["runner"] = Proc(
+                "runner",
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "runner",
+                    "--id",
+                    "multi-r1",
+                    "--backend",
+                    "bwrap",
+                    "--kinds",
+                    "task,complete",
+                    "--slots",
+                    "3",
+                ],
+                self.env(data, "runner"),
+                self.work / "runner.log",
+            )
         for proc in self.procs.values():
             proc.start()
         for i in range(self.servers):
@@ -143,15 +182,17 @@ class MultiServer:
     def cli(self, *args: str, data_of: int = 0) -> Any:
         """``taskbus ARGS --json`` as the operator, with server ``data_of``'s data dir."""
         env = self.env(self.work / f"data-{data_of}", "admin")
-        done = subprocess.run([sys.executable, "-m", "cli", *args, "--json"], env=env, capture_output=True,
-                              text=True, timeout=120, cwd=str(ROOT))
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", *args, "--json"], env=env, capture_output=True, text=True, timeout=120, cwd=str(ROOT)
+        )
         assert done.returncode == 0, f"taskbus {' '.join(args)}: {done.stderr or done.stdout}"
         return json.loads(done.stdout)
 
     def make_key(self, *, day_usd: float | None = None) -> tuple[str, str]:
         """A new key (its secret, its prefix) of profile developer, limits raised for load."""
-        self.cli("profiles", "update", "developer", "--max-concurrent", "1000", "--rate-limit", "100000",
-                 "--day", "1000", "--month", "10000")
+        self.cli(
+            "profiles", "update", "developer", "--max-concurrent", "1000", "--rate-limit", "100000", "--day", "1000", "--month", "10000"
+        )
         created = self.cli("keys", "create", "--profile", "developer", "--name", "multi")
         key, prefix = str(created["key"]), str(created["prefix"])
         if day_usd is not None:
@@ -164,8 +205,10 @@ class MultiServer:
         from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
 
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=300) as http, \
-                Client(streamable_http_client(self.server(i).url, http_client=http)) as client:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=300) as http,
+            Client(streamable_http_client(self.server(i).url, http_client=http)) as client,
+        ):
             yield client
 
     @contextlib.asynccontextmanager
@@ -177,6 +220,7 @@ class MultiServer:
     async def auth_status(self, i: int, key: str) -> int:
         """The HTTP status server ``i`` answers an MCP initialize with ``key`` (401: refused)."""
         async with httpx2.AsyncClient(timeout=30) as http:
-            reply = await http.post(self.server(i).url, json=INIT, headers={
-                "Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"})
+            reply = await http.post(
+                self.server(i).url, json=INIT, headers={"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+            )
             return reply.status_code

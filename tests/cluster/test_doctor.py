@@ -18,11 +18,17 @@ from .conftest import Cluster
 
 def doctor(cluster: Cluster, replicas: int = 3) -> dict[str, dict[str, Any]]:
     """``taskbus doctor --json`` as the operator (the cli role of taskbus up)."""
-    result = CliRunner().invoke(app, ["doctor", "--json"], env={
-        "TASKBUS_DATA_DIR": str(cluster.data), "TASKBUS_NATS_URL": cluster.url,
-        "TASKBUS_NATS_CREDENTIALS": cluster.credentials("cli"), "TASKBUS_SUBJECT_PREFIX": cluster.prefix,
-        "TASKBUS_NATS_REPLICAS": str(replicas),
-    })
+    result = CliRunner().invoke(
+        app,
+        ["doctor", "--json"],
+        env={
+            "TASKBUS_DATA_DIR": str(cluster.data),
+            "TASKBUS_NATS_URL": cluster.url,
+            "TASKBUS_NATS_CREDENTIALS": cluster.credentials("cli"),
+            "TASKBUS_SUBJECT_PREFIX": cluster.prefix,
+            "TASKBUS_NATS_REPLICAS": str(replicas),
+        },
+    )
     assert result.exit_code in (0, 1), result.output
     return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
 
@@ -31,6 +37,7 @@ def ensure_streams(cluster: Cluster) -> None:
     async def run() -> None:
         async with await Bus.for_settings(cluster.settings("server")) as bus:
             await bus.ensure_streams()
+
     asyncio.run(run())
 
 

@@ -34,7 +34,8 @@ def text_of(result: Any) -> str:
 
 @pytest.mark.parametrize("servers", [2, 3])
 async def test_fifty_concurrent_run_tasks_over_several_servers_never_overshoot_one_keys_budget(
-        cluster: Cluster, tmp_path: Path, servers: int) -> None:
+    cluster: Cluster, tmp_path: Path, servers: int
+) -> None:
     async with MultiServer(cluster, tmp_path, servers=servers) as stack:
         key, prefix = stack.make_key(day_usd=1.0)
         outcomes: list[tuple[bool, str]] = []
@@ -58,8 +59,7 @@ async def test_fifty_concurrent_run_tasks_over_several_servers_never_overshoot_o
         assert shown["running"] == len(accepted), shown
 
 
-async def test_a_key_revoked_through_one_server_is_refused_by_every_server_at_its_next_call(
-        cluster: Cluster, tmp_path: Path) -> None:
+async def test_a_key_revoked_through_one_server_is_refused_by_every_server_at_its_next_call(cluster: Cluster, tmp_path: Path) -> None:
     async with MultiServer(cluster, tmp_path, servers=3) as stack:
         key, prefix = stack.make_key()
         for i in range(3):
@@ -82,15 +82,15 @@ async def test_one_idempotency_key_sent_to_every_server_gives_one_task(cluster: 
 
 
 async def test_a_killed_server_s_tasks_are_served_by_another_and_its_reservations_are_settled(
-        cluster: Cluster, tmp_path: Path, require_bwrap: None, require_claude: Path) -> None:
+    cluster: Cluster, tmp_path: Path, require_bwrap: None, require_claude: Path
+) -> None:
     async with ScriptedModelServer(port=0, required_api_key="scripted-model-key") as model:
         async with MultiServer(cluster, tmp_path, servers=2, runner=True, model_url=model.url) as stack:
             key, prefix = stack.make_key()
             async with stack.client(0, key) as client:
                 ids = []
                 for i in range(4):
-                    queued = await client.call_tool("run_task", {"description": f"say hello {i}", "wait": False,
-                                                                 "max_cost_usd": 0.5})
+                    queued = await client.call_tool("run_task", {"description": f"say hello {i}", "wait": False, "max_cost_usd": 0.5})
                     assert not queued.is_error, text_of(queued)
                     ids.append(queued.structured_content["task_id"])
             stack.server(0).kill()

@@ -19,8 +19,14 @@ from .conftest import Cluster
 
 
 def every_stream(subjects: Subjects) -> list[str]:
-    return [subjects.jobs_stream, subjects.events_stream, subjects.audit_stream,
-            object_stream(subjects.artifacts_bucket), kv_stream(subjects.cache_bucket), kv_stream(subjects.claims_bucket)]
+    return [
+        subjects.jobs_stream,
+        subjects.events_stream,
+        subjects.audit_stream,
+        object_stream(subjects.artifacts_bucket),
+        kv_stream(subjects.cache_bucket),
+        kv_stream(subjects.claims_bucket),
+    ]
 
 
 async def replicas_of(bus: Bus, stream: str) -> int:
@@ -33,8 +39,12 @@ async def test_streams_kv_and_object_stores_are_created_with_three_replicas_plac
     claims = SubmitClaims(admin_bus, ttl_s=3600)
     await claims._bucket()
     await Catalog.open(admin_bus.js, admin_bus.subjects.catalog_bucket, replicas=admin_bus.replicas)
-    names = [*every_stream(admin_bus.subjects), kv_stream(claims.bucket),
-             kv_stream(admin_bus.subjects.catalog_bucket), object_stream(admin_bus.subjects.catalog_bucket)]
+    names = [
+        *every_stream(admin_bus.subjects),
+        kv_stream(claims.bucket),
+        kv_stream(admin_bus.subjects.catalog_bucket),
+        object_stream(admin_bus.subjects.catalog_bucket),
+    ]
     for name in names:
         info = await admin_bus.js.stream_info(name)
         assert info.config.num_replicas == 3, name
@@ -43,7 +53,8 @@ async def test_streams_kv_and_object_stores_are_created_with_three_replicas_plac
 
 
 async def test_existing_r1_streams_and_buckets_are_raised_to_three_and_the_change_is_logged(
-        admin_bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
+    admin_bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
     s = admin_bus.subjects
     js = admin_bus.js
     await js.add_stream(StreamConfig(name=s.events_stream, subjects=[s.events_all()], storage=StorageType.FILE))

@@ -27,8 +27,11 @@ def test_a_server_without_the_route_password_cannot_join_the_cluster(cluster: Cl
     peers = {n.name for n in cluster.nats.nodes[1:]}
     assert peers <= route_names(cluster, 0), "node 0 is routed to the other two"
     intruder_route = f"127.0.0.1:{free_port()}"
-    intruder = EmbeddedNats(tmp_path / "intruder", name="intruder", cluster=replace(
-        spec, listen=intruder_route, routes=(spec.routes[0], intruder_route), password="wrong-" + spec.password))
+    intruder = EmbeddedNats(
+        tmp_path / "intruder",
+        name="intruder",
+        cluster=replace(spec, listen=intruder_route, routes=(spec.routes[0], intruder_route), password="wrong-" + spec.password),
+    )
     with intruder:
         deadline = time.monotonic() + 30
         while "authorization" not in intruder.log_path.read_text(errors="replace").lower():

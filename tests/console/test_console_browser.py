@@ -26,8 +26,15 @@ from bus import Settings
 from profiles import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "console"
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)><b>bold</b>'
 WAIT_MS = 120_000
@@ -127,8 +134,9 @@ async def test_an_operator_follows_cancels_downloads_searches_and_logs_out_in_a_
             assert admin not in await page.content()
 
             # a task started over MCP appears in the live list and streams its events live
-            runaway = await mcp_call(base, developer, "run_task",
-                                     {"description": "[script:runaway] keep going", "timeout_s": 300, "wait": False})
+            runaway = await mcp_call(
+                base, developer, "run_task", {"description": "[script:runaway] keep going", "timeout_s": 300, "wait": False}
+            )
             task_id = runaway["task_id"]
             await expect(page.locator(f"#tasks >> text={task_id}")).to_be_visible()
             await shot("tasks")
@@ -137,8 +145,7 @@ async def test_an_operator_follows_cancels_downloads_searches_and_logs_out_in_a_
             events = page.locator("#events tr:not(.empty)")
             before = await events.count()
             await expect(page.locator("#events tr.t-tool_call").first).to_be_visible()
-            await page.wait_for_function(
-                "n => document.querySelectorAll('#events tr:not(.empty)').length > n", arg=max(before, 1) + 2)
+            await page.wait_for_function("n => document.querySelectorAll('#events tr:not(.empty)').length > n", arg=max(before, 1) + 2)
             assert await events.count() > before  # rows arrived while the page was open, without a reload
             await shot("task-live")
 

@@ -54,9 +54,7 @@ def test_the_console_is_off_beyond_loopback_unless_enabled(settings: Settings) -
     assert not console_enabled(msgspec.structs.replace(settings, console="off"), "127.0.0.1")
 
 
-async def test_login_session_csrf_and_hostile_output_over_http(
-    settings: Settings, require_bwrap, require_claude
-) -> None:
+async def test_login_session_csrf_and_hostile_output_over_http(settings: Settings, require_bwrap, require_claude) -> None:
     settings = e2e_ready(settings, require_claude)
     async with Store.for_settings(settings) as store:
         admin, admin_record = await store.create_key("admin", name=HOSTILE)
@@ -92,8 +90,9 @@ async def test_login_session_csrf_and_hostile_output_over_http(
                 assert (await wait_for(seen, "console_login")).actor == admin_record.prefix
 
                 # an alert fires (published as the audit writer does); its hostile text is escaped
-                await bus.nc.publish(f"{settings.subject_prefix}.alerts.security",
-                                     b'{"kind": "forged_policy", "detail": "<script>alert(2)</script>"}')
+                await bus.nc.publish(
+                    f"{settings.subject_prefix}.alerts.security", b'{"kind": "forged_policy", "detail": "<script>alert(2)</script>"}'
+                )
                 await bus.nc.flush()
                 async with asyncio.timeout(20):
                     while "forged_policy" not in (audit_page := (await browser.get("/console/audit")).text):
@@ -123,8 +122,7 @@ async def test_login_session_csrf_and_hostile_output_over_http(
                 refusal = await wait_for(seen, "console_csrf_refused", "/cancel")
                 assert refusal.actor == admin_record.prefix
                 token = csrf_of(pages["tasks"])
-                forged = await browser.post("/console/logout", data={"csrf": token},
-                                            headers={"Origin": "http://evil.example"})
+                forged = await browser.post("/console/logout", data={"csrf": token}, headers={"Origin": "http://evil.example"})
                 assert forged.status_code == 403
                 assert (await browser.get("/console/tasks")).status_code == 200  # still logged in
 

@@ -50,9 +50,10 @@ def _old_database(path: Path) -> dict[str, str]:
         db.execute("INSERT INTO profiles VALUES (?, ?, ?, ?)", (profile.name, encode_profile(profile), now, now))
     for name, plaintext in keys.items():
         prefix = display_prefix(plaintext)
-        db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL, ?, ?, NULL, NULL)",
-                   (prefix, hash_key(plaintext), name, "ops" if name == "ops" else "developer", now,
-                    now if name == "gone" else None, prefix))
+        db.execute(
+            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL, ?, ?, NULL, NULL)",
+            (prefix, hash_key(plaintext), name, "ops" if name == "ops" else "developer", now, now if name == "gone" else None, prefix),
+        )
     ops_prefix = display_prefix(keys["ops"])
     db.execute("INSERT INTO key_budgets VALUES (?, 4.0, NULL, ?)", (ops_prefix, now))
     for task_id, amount, actual, state, d, m, status in (
@@ -60,11 +61,21 @@ def _old_database(path: Path) -> dict[str, str]:
         ("t_done", 1_000_000, 250_000, "settled", day, month, "succeeded"),
         ("t_old", 2_000_000, 2_000_000, "settled", "2020-01-02", "2020-01", "succeeded"),
     ):
-        db.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (task_id, ops_prefix, amount, actual, state, d, m, now, now))
-        db.execute("INSERT INTO tasks VALUES (?, ?, 'ops', 'complete', ?, ?, ?, 'claude-haiku-4-5', ?, ?, ?, ?, NULL)",
-                   (task_id, ops_prefix, status, amount / 1e6, None if actual is None else actual / 1e6, now, now,
-                    None if status == "running" else now, "ok" if status == "succeeded" else None))
+        db.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (task_id, ops_prefix, amount, actual, state, d, m, now, now))
+        db.execute(
+            "INSERT INTO tasks VALUES (?, ?, 'ops', 'complete', ?, ?, ?, 'claude-haiku-4-5', ?, ?, ?, ?, NULL)",
+            (
+                task_id,
+                ops_prefix,
+                status,
+                amount / 1e6,
+                None if actual is None else actual / 1e6,
+                now,
+                now,
+                None if status == "running" else now,
+                "ok" if status == "succeeded" else None,
+            ),
+        )
     db.execute("INSERT INTO rate_events VALUES (?, ?)", (ops_prefix, now))
     db.commit()
     db.close()
@@ -72,8 +83,12 @@ def _old_database(path: Path) -> dict[str, str]:
 
 
 def _migrate(settings: Settings, *args: str):
-    env = {"TASKBUS_DATA_DIR": settings.data_dir, "TASKBUS_NATS_URL": settings.nats_url,
-           "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix, "TASKBUS_CONFIG": None}
+    env = {
+        "TASKBUS_DATA_DIR": settings.data_dir,
+        "TASKBUS_NATS_URL": settings.nats_url,
+        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+        "TASKBUS_CONFIG": None,
+    }
     return CliRunner().invoke(app, ["migrate", *args], env=env)
 
 
@@ -87,8 +102,14 @@ async def test_an_old_database_is_imported_once_with_a_report_and_left_as_it_was
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
     assert report["already"] is False
-    assert report["imported"] == {"profiles": 5, "keys": 3, "budget overrides": 1, "open reservations": 1,
-                                  "closed reservations this month": 1, "tasks": 3}
+    assert report["imported"] == {
+        "profiles": 5,
+        "keys": 3,
+        "budget overrides": 1,
+        "open reservations": 1,
+        "closed reservations this month": 1,
+        "tasks": 3,
+    }
     assert report["skipped"] == {"closed reservations": 1}
     assert "earlier month" in report["reasons"]["closed reservations"] and "rate windows" in report["reasons"]
 

@@ -44,14 +44,16 @@ async def _until(what: str, check: Any, timeout: float = 10.0) -> None:
 
 async def test_fifty_reservations_across_two_servers_never_overshoot_one_keys_budget(two: tuple[Store, Store]) -> None:
     a, b = two
-    await a.create_profile(profile_from_mapping("race", {"models": ["claude-haiku-4-5"], "budget_day_usd": 7.0,
-                                                         "budget_month_usd": 50.0, "max_concurrent": 100}))
+    await a.create_profile(
+        profile_from_mapping(
+            "race", {"models": ["claude-haiku-4-5"], "budget_day_usd": 7.0, "budget_month_usd": 50.0, "max_concurrent": 100}
+        )
+    )
     _, key = await a.create_key("race")
     await _until("server b's view of the key", lambda: key.prefix in b.view.keys)
 
     results = await asyncio.gather(
-        *((a if i % 2 else b).admit(key.prefix, f"t_race{i:02d}", 1.0, profile="race", kind="complete")
-          for i in range(50)),
+        *((a if i % 2 else b).admit(key.prefix, f"t_race{i:02d}", 1.0, profile="race", kind="complete") for i in range(50)),
         return_exceptions=True,
     )
 
@@ -148,8 +150,11 @@ async def secured(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     prefix = "c" + uuid.uuid4().hex[:8]
     async with EmbeddedNats(data / "nats", authorization=server_authorization(data, prefix)) as server:
         base = Settings.load({}, data_dir=str(data), nats_url=server.url, subject_prefix=prefix)
-        yield {"url": server.url, "subjects": Subjects(prefix),
-               "as": {r: msgspec.structs.replace(base, nats_credentials=str(credentials_path(data, r))) for r in ROLES}}
+        yield {
+            "url": server.url,
+            "subjects": Subjects(prefix),
+            "as": {r: msgspec.structs.replace(base, nats_credentials=str(credentials_path(data, r))) for r in ROLES},
+        }
 
 
 async def _refused_bucket_access(url: str, settings: Settings, s: Subjects, prefix: str) -> list[str]:

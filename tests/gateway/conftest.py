@@ -65,23 +65,26 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def open_stack(
-    tmp_path: Path, model_script: Script | str | None = "hello", *, settings: dict[str, Any] | None = None,
+    tmp_path: Path,
+    model_script: Script | str | None = "hello",
+    *,
+    settings: dict[str, Any] | None = None,
     **policy: Any,
 ) -> AsyncIterator[Stack]:
     real_key = "sk-ant-api03-" + secrets.token_urlsafe(24)
     socket_path = tmp_path / "run" / "model.sock"
-    async with ScriptedModelServer(
-        model_script, log_path=tmp_path / "model.jsonl", required_api_key=real_key
-    ) as model:
-        loaded = Settings.load(
-            {}, data_dir=str(tmp_path / "data"), upstream_url=model.url, upstream_api_key=real_key, **(settings or {})
-        )
+    async with ScriptedModelServer(model_script, log_path=tmp_path / "model.jsonl", required_api_key=real_key) as model:
+        loaded = Settings.load({}, data_dir=str(tmp_path / "data"), upstream_url=model.url, upstream_api_key=real_key, **(settings or {}))
         placeholder = new_placeholder_key()
         stack_calls: list[CallRecord] = []
         stack_notices: list[SecurityNotice] = []
         async with ModelGateway(
-            loaded, make_policy(**policy), socket_path, placeholder,
-            on_call=stack_calls.append, on_security=stack_notices.append,
+            loaded,
+            make_policy(**policy),
+            socket_path,
+            placeholder,
+            on_call=stack_calls.append,
+            on_security=stack_notices.append,
         ) as gateway:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:

@@ -20,7 +20,7 @@ CLAUDE_CODE_BETAS = (
 )
 CLAUDE_CODE_FIELDS: dict[str, Any] = {
     "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
-    "metadata": {"user_id": "{\"session_id\":\"x\"}"},
+    "metadata": {"user_id": '{"session_id":"x"}'},
     "thinking": {"type": "adaptive"},
     "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
     "output_config": {"effort": "high"},
@@ -41,9 +41,7 @@ def _refused(stack: Stack, response: Any, fragment: str) -> None:
 async def test_what_claude_code_sends_is_forwarded(tmp_path: Path) -> None:
     async with open_stack(tmp_path) as s:
         headers = {**s.auth, "anthropic-beta": CLAUDE_CODE_BETAS + ",mid-conversation-system-2026-04-07"}
-        response = await s.client.post(
-            "/v1/messages?beta=true", json=body(stream=True, **CLAUDE_CODE_FIELDS), headers=headers
-        )
+        response = await s.client.post("/v1/messages?beta=true", json=body(stream=True, **CLAUDE_CODE_FIELDS), headers=headers)
         assert response.status_code == 200, response.text
         upstream = s.upstream_requests()
     assert len(upstream) == 1 and upstream[0]["headers"]["anthropic-beta"].startswith("claude-code-20250219")
@@ -82,9 +80,7 @@ async def test_a_beta_flag_listed_in_the_settings_is_forwarded(tmp_path: Path) -
 
 
 async def test_one_hour_cache_writes_are_refused(tmp_path: Path) -> None:
-    message = {"role": "user", "content": [
-        {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}
-    ]}
+    message = {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
     async with open_stack(tmp_path) as s:
         response = await s.client.post("/v1/messages", json={**body(), "messages": [message]}, headers=s.auth)
         _refused(s, response, "'1h'")

@@ -21,8 +21,12 @@ CAP = 2.75
 async def _two_calls(tmp_path: Path, *, credit: bool) -> tuple[list[int], float]:
     conversation = [{"role": "user", "content": "go"}]
     async with open_stack(
-        tmp_path, "expensive", settings={"gateway_cache_read_credit": credit},
-        models=[OPUS], model=OPUS, max_cost_usd=CAP,
+        tmp_path,
+        "expensive",
+        settings={"gateway_cache_read_credit": credit},
+        models=[OPUS],
+        model=OPUS,
+        max_cost_usd=CAP,
     ) as s:
         statuses = []
         for _ in range(2):
@@ -31,8 +35,11 @@ async def _two_calls(tmp_path: Path, *, credit: bool) -> tuple[list[int], float]
             statuses.append(response.status_code)
             if response.status_code == 200:
                 tool = next(b for b in response.json()["content"] if b["type"] == "tool_use")
-                conversation = [*conversation, {"role": "assistant", "content": [tool]},
-                                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool["id"], "content": "ok"}]}]
+                conversation = [
+                    *conversation,
+                    {"role": "assistant", "content": [tool]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool["id"], "content": "ok"}]},
+                ]
         return statuses, s.gateway.spent_usd
 
 

@@ -27,7 +27,9 @@ def image_cache() -> Path:
     return image_folder(settings).parent
 
 
-async def run_claude_in_bwrap(tmp_path: Path, image_cache: Path, stack, claude: Path, prompt: str, *, model: str = MODEL) -> tuple[int, list[dict], Path]:
+async def run_claude_in_bwrap(
+    tmp_path: Path, image_cache: Path, stack, claude: Path, prompt: str, *, model: str = MODEL
+) -> tuple[int, list[dict], Path]:
     data = tmp_path / "sbdata"
     data.mkdir()
     (data / "images").symlink_to(image_cache)
@@ -48,8 +50,8 @@ async def run_claude_in_bwrap(tmp_path: Path, image_cache: Path, stack, claude: 
     try:
         async with await backend.create(spec) as sandbox:
             forwarder = await sandbox.exec(
-                ["python3", "-I", "/opt/taskbus/forwarder.py", "--listen", f"127.0.0.1:{PORT}",
-                 "--socket", "/run/taskbus/model.sock"], cwd="/tmp",
+                ["python3", "-I", "/opt/taskbus/forwarder.py", "--listen", f"127.0.0.1:{PORT}", "--socket", "/run/taskbus/model.sock"],
+                cwd="/tmp",
             )
             async with asyncio.timeout(20):
                 async for stream, line in forwarder:
@@ -61,8 +63,16 @@ async def run_claude_in_bwrap(tmp_path: Path, image_cache: Path, stack, claude: 
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                 "DISABLE_AUTOUPDATER": "1",
             }
-            argv = [f"/opt/claude/{claude.name}", "-p", "--output-format=stream-json", "--verbose",
-                    f"--model={model}", "--max-turns=6", "--allowedTools=Bash", "--no-session-persistence"]
+            argv = [
+                f"/opt/claude/{claude.name}",
+                "-p",
+                "--output-format=stream-json",
+                "--verbose",
+                f"--model={model}",
+                "--max-turns=6",
+                "--allowedTools=Bash",
+                "--no-session-persistence",
+            ]
             proc = await sandbox.exec(argv, env=env, stdin=prompt.encode())
             async with asyncio.timeout(100):
                 async for stream, line in proc:

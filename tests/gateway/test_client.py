@@ -17,7 +17,7 @@ from ci_guard import require
 from sandbox._gateway import UpstreamUnavailable
 from sandbox._gateway._client import UpstreamClient, proxy_for
 
-REPLY = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
+REPLY = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
 
 
 async def serve(*, close_after: int = 0, ssl_context: ssl.SSLContext | None = None) -> tuple[asyncio.Server, list[int]]:
@@ -82,9 +82,27 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return cert, key
 
@@ -147,7 +165,8 @@ async def forward_proxy() -> tuple[asyncio.Server, list[bytes], list[bytes]]:
 
 
 async def test_requests_go_through_the_proxy_the_environment_names_unless_no_proxy_says_otherwise(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     upstream, _ = await serve()
@@ -165,8 +184,7 @@ async def test_requests_go_through_the_proxy_the_environment_names_unless_no_pro
         await response.aclose()
         assert seen == [f"POST http://127.0.0.1:{port}/v1/messages HTTP/1.1".encode()]
         credentials = base64.b64encode(b"user:s3cret")
-        sent = [line.split(b":", 1)[1].strip() for line in heads[0].split(b"\r\n")
-                if line.lower().startswith(b"proxy-authorization:")]
+        sent = [line.split(b":", 1)[1].strip() for line in heads[0].split(b"\r\n") if line.lower().startswith(b"proxy-authorization:")]
         assert sent == [b"Basic " + credentials]  # the URL's credentials, to the proxy only
         assert "s3cret" not in caplog.text  # the proxy's password is never logged
         response = await bypassing.post(f"http://127.0.0.1:{port}/v1/messages", headers={}, content=b"{}")

@@ -30,7 +30,9 @@ def closed_port() -> int:
 
 
 async def test_an_unreachable_upstream_gives_502_and_costs_nothing(tmp_path: Path) -> None:
-    settings = Settings.load({}, data_dir=str(tmp_path), upstream_url=f"http://127.0.0.1:{closed_port()}", upstream_api_key="sk-ant-real-000000000000")
+    settings = Settings.load(
+        {}, data_dir=str(tmp_path), upstream_url=f"http://127.0.0.1:{closed_port()}", upstream_api_key="sk-ant-real-000000000000"
+    )
     placeholder = new_placeholder_key()
     calls = []
     async with ModelGateway(settings, make_policy(), tmp_path / "run" / "m.sock", placeholder, on_call=calls.append) as gw:

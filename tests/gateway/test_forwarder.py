@@ -22,8 +22,17 @@ from .conftest import MODEL, body, open_stack, script
 @contextlib.asynccontextmanager
 async def forwarder(script: Path, socket_path: Path) -> AsyncIterator[int]:
     proc = await asyncio.create_subprocess_exec(
-        "python3", "-I", "-S", str(script), "--listen", "127.0.0.1:0", "--socket", str(socket_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        "python3",
+        "-I",
+        "-S",
+        str(script),
+        "--listen",
+        "127.0.0.1:0",
+        "--socket",
+        str(socket_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None
@@ -46,9 +55,7 @@ async def forwarder(script: Path, socket_path: Path) -> AsyncIterator[int]:
 async def test_the_official_sdk_streams_through_forwarder_and_gateway(tmp_path: Path, forwarder_path: Path) -> None:
     async with open_stack(tmp_path, "hello") as s, forwarder(forwarder_path, s.socket_path) as port:
         client = anthropic.AsyncAnthropic(base_url=f"http://127.0.0.1:{port}", api_key=s.placeholder, max_retries=0)
-        async with client.messages.stream(
-            model=MODEL, max_tokens=200, messages=[{"role": "user", "content": "hi"}]
-        ) as stream:
+        async with client.messages.stream(model=MODEL, max_tokens=200, messages=[{"role": "user", "content": "hi"}]) as stream:
             deltas = [text async for text in stream.text_stream]
             final = await stream.get_final_message()
         plain = await client.messages.create(model=MODEL, max_tokens=200, messages=[{"role": "user", "content": "hi"}])
@@ -101,8 +108,16 @@ async def test_a_dead_gateway_closes_the_connection_and_the_forwarder_keeps_serv
 
 async def test_the_forwarder_refuses_to_listen_beyond_loopback(forwarder_path: Path, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "python3", "-I", "-S", str(forwarder_path), "--listen", "0.0.0.0:0", "--socket", str(tmp_path / "s"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "python3",
+        "-I",
+        "-S",
+        str(forwarder_path),
+        "--listen",
+        "0.0.0.0:0",
+        "--socket",
+        str(tmp_path / "s"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(10):
         _out, err = await proc.communicate()

@@ -69,9 +69,7 @@ async def test_the_real_key_is_injected_upstream_and_never_sent_back(tmp_path: P
         async with httpx.AsyncClient() as plain:
             direct = await plain.post(f"{s.model.url}/v1/messages", json=body(), headers={"x-api-key": s.placeholder})
         assert direct.status_code == 401
-        through = await s.client.post(
-            "/v1/messages", json=body(stream=True), headers={**s.auth, "cookie": "a=b", "x-other": "1"}
-        )
+        through = await s.client.post("/v1/messages", json=body(stream=True), headers={**s.auth, "cookie": "a=b", "x-other": "1"})
         assert through.status_code == 200
         seen = s.upstream_requests()[-1]["headers"]
         assert "cookie" not in seen and "x-other" not in seen and seen["x-api-key"] == "[REDACTED]"
@@ -90,9 +88,7 @@ async def test_an_upstream_error_is_passed_back_redacted_and_costs_nothing(tmp_p
 
 async def test_a_model_outside_the_policy_is_refused_before_it_reaches_upstream(tmp_path: Path) -> None:
     async with open_stack(tmp_path, "hello") as s:
-        response = await s.client.post(
-            "/v1/messages", json={**body(), "model": "claude-opus-4-8"}, headers=s.auth
-        )
+        response = await s.client.post("/v1/messages", json={**body(), "model": "claude-opus-4-8"}, headers=s.auth)
         assert response.status_code == 403
         assert response.json()["error"]["type"] == "permission_error"
         assert s.model.requests() == []
@@ -106,7 +102,9 @@ async def test_tool_definitions_outside_the_policy_never_reach_the_model(tmp_pat
         for _ in range(2):
             response = await s.client.post("/v1/messages", json=body(tools=tools, stream=True), headers=s.auth)
             assert response.status_code == 200
-        counted = await s.client.post("/v1/messages/count_tokens", json={"model": MODEL, "messages": body()["messages"], "tools": tools}, headers=s.auth)
+        counted = await s.client.post(
+            "/v1/messages/count_tokens", json={"model": MODEL, "messages": body()["messages"], "tools": tools}, headers=s.auth
+        )
         assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
         seen = [r["tools"] for r in s.model.requests()]
     assert seen and all(t == ["Bash", "Read"] for t in seen)
@@ -185,9 +183,7 @@ async def test_concurrent_calls_of_one_task_cannot_overshoot_the_cap(tmp_path: P
     cap = 0.05
     pricey = script('[[turns]]\nat = "any"\ntext = "x"\nusage = { output_tokens = 900 }\ndelay_ms = 50\n')
     async with open_stack(tmp_path, pricey, max_cost_usd=cap) as s:
-        responses = await asyncio.gather(
-            *(s.client.post("/v1/messages", json=body(f"call {i}"), headers=s.auth) for i in range(12))
-        )
+        responses = await asyncio.gather(*(s.client.post("/v1/messages", json=body(f"call {i}"), headers=s.auth) for i in range(12)))
         codes = sorted(r.status_code for r in responses)
     assert 200 in codes and 400 in codes
     assert s.gateway.spent_usd <= cap

@@ -36,9 +36,7 @@ async def _provider_run(tmp_path: Path, model_script, request: CompleteRequest, 
         async with AnthropicProvider(settings) as provider:
             assert isinstance(provider, ModelProvider)
             try:
-                result = await provider.complete(
-                    request, make_policy(kind="complete", **policy), on_delta=on_delta, on_call=calls.append
-                )
+                result = await provider.complete(request, make_policy(kind="complete", **policy), on_delta=on_delta, on_call=calls.append)
             except Exception as exc:
                 result = exc
         return result, deltas, calls, model.requests(), real_key
@@ -48,7 +46,9 @@ async def test_a_completion_streams_text_deltas_and_reports_usage_and_cost(tmp_p
     chatty = script('chunk_chars = 5\n[[turns]]\nat = "any"\ntext = "Paris is the capital of France."\n')
     request = CompleteRequest(
         messages=[ChatMessage(role="user", content="Hi"), ChatMessage(role="assistant", content="Hello")],
-        prompt="Capital of France?", system="Be brief.", max_tokens=300,
+        prompt="Capital of France?",
+        system="Be brief.",
+        max_tokens=300,
     )
     result, deltas, calls, upstream, _ = await _provider_run(tmp_path, chatty, request)
     assert result.text == "Paris is the capital of France." == "".join(deltas)
@@ -95,8 +95,9 @@ async def test_an_unreachable_model_api_is_a_model_error_and_the_call_is_settled
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = Settings.load({}, data_dir=str(tmp_path), upstream_url=f"http://127.0.0.1:{port}",
-                             upstream_api_key="sk-ant-api03-" + secrets.token_urlsafe(24))
+    settings = Settings.load(
+        {}, data_dir=str(tmp_path), upstream_url=f"http://127.0.0.1:{port}", upstream_api_key="sk-ant-api03-" + secrets.token_urlsafe(24)
+    )
     calls: list[CallRecord] = []
     async with AnthropicProvider(settings) as provider:
         with pytest.raises(ModelError):

@@ -26,8 +26,14 @@ def sse(*events: dict) -> bytes:
 
 
 STREAM = sse(
-    {"type": "message_start", "message": {"id": "m", "model": "claude-x", "usage": {
-        "input_tokens": 120, "output_tokens": 1, "cache_creation_input_tokens": 30, "cache_read_input_tokens": 400}}},
+    {
+        "type": "message_start",
+        "message": {
+            "id": "m",
+            "model": "claude-x",
+            "usage": {"input_tokens": 120, "output_tokens": 1, "cache_creation_input_tokens": 30, "cache_read_input_tokens": 400},
+        },
+    },
     {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     {"type": "ping"},
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
@@ -71,16 +77,25 @@ def test_an_error_event_is_reported() -> None:
 
 
 def test_usage_of_a_json_message() -> None:
-    usage, stop, model = read_json_message(json.dumps({
-        "type": "message", "model": "m", "stop_reason": "tool_use",
-        "usage": {"input_tokens": 5, "output_tokens": 7, "cache_creation_input_tokens": None}}).encode())
+    usage, stop, model = read_json_message(
+        json.dumps(
+            {
+                "type": "message",
+                "model": "m",
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 5, "output_tokens": 7, "cache_creation_input_tokens": None},
+            }
+        ).encode()
+    )
     assert usage == Usage(input_tokens=5, output_tokens=7) and stop == "tool_use" and model == "m"
     assert read_json_message(b"not json") == (None, None, None)
 
 
 def test_tools_outside_the_policy_are_removed_with_a_tool_choice_naming_them() -> None:
-    body = {"tools": [{"name": "Bash"}, {"name": "WebFetch"}, {"type": "web_search_20250305", "name": "web_search"},
-                      {"nameless": True}], "tool_choice": {"type": "tool", "name": "WebFetch"}}
+    body = {
+        "tools": [{"name": "Bash"}, {"name": "WebFetch"}, {"type": "web_search_20250305", "name": "web_search"}, {"nameless": True}],
+        "tool_choice": {"type": "tool", "name": "WebFetch"},
+    }
     dropped = filter_tools(body, frozenset({"Bash"}))
     assert dropped == ["WebFetch", "web_search", "<unnamed>"]
     assert body["tools"] == [{"name": "Bash"}]

@@ -28,10 +28,10 @@ def bash_turns(*commands: str, final: str = "Done.") -> str:
         assert "'''" not in command
         after = "after_tool_result = true\n" if i else ""
         turns.append(
-            f"[[turns]]\n{after}text = \"step {i}\"\n"
+            f'[[turns]]\n{after}text = "step {i}"\n'
             f"tool_use = [{{ name = \"Bash\", input = {{ command = '''{command}''', description = \"step {i}\" }} }}]\n"
         )
-    turns.append(f"[[turns]]\nafter_tool_result = true\ntext = \"{final}\"\n")
+    turns.append(f'[[turns]]\nafter_tool_result = true\ntext = "{final}"\n')
     return "\n".join(turns)
 
 
@@ -47,8 +47,15 @@ innocent task of its class warms one; the attack must get it)."""
 
 
 async def run_script(
-    b: bus_module.Bus, settings: Settings, tmp_path: Path, backend: str, script: str, *,
-    runner_id: str, timeout: float = 180, **policy: object,
+    b: bus_module.Bus,
+    settings: Settings,
+    tmp_path: Path,
+    backend: str,
+    script: str,
+    *,
+    runner_id: str,
+    timeout: float = 180,
+    **policy: object,
 ) -> list[Event]:
     """Run one task driven by ``script`` on a fresh runner; every event until ``finished``."""
     if WARM:

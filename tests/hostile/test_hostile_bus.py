@@ -36,10 +36,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     prefix = "h" + uuid.uuid4().hex[:8]
     server = EmbeddedNats(data / "nats", authorization=server_authorization(data, prefix))
     async with server:
-        base = Settings.load({}, data_dir=str(data), nats_url=server.url, subject_prefix=prefix,
-                             job_secret="hostile-" + uuid.uuid4().hex)
-        as_role = {role: msgspec.structs.replace(base, nats_credentials=str(credentials_path(data, role)))
-                   for role in ROLES}
+        base = Settings.load({}, data_dir=str(data), nats_url=server.url, subject_prefix=prefix, job_secret="hostile-" + uuid.uuid4().hex)
+        as_role = {role: msgspec.structs.replace(base, nats_credentials=str(credentials_path(data, role))) for role in ROLES}
         async with await Bus.for_settings(as_role["server"], name="hostile-server") as server_bus:
             await server_bus.ensure_streams()
             yield {"data": data, "server": server, "settings": as_role, "bus": server_bus, "subjects": Subjects(prefix)}
@@ -114,8 +112,9 @@ async def test_the_cli_and_audit_users_cannot_publish_jobs_events_cancels_or_cac
         async def on_error(exc: Exception, errors: list[str] = errors) -> None:
             errors.append(str(exc))
 
-        nc = await nats.connect(stack["server"].url, error_cb=on_error, allow_reconnect=False,
-                                **bus.connect_options(stack["settings"][role]))
+        nc = await nats.connect(
+            stack["server"].url, error_cb=on_error, allow_reconnect=False, **bus.connect_options(stack["settings"][role])
+        )
         try:
             await nc.publish(s.events(task_id), bus.encode(forged))
             await nc.publish(s.jobs("task"), b'{"task_id": "x"}')
@@ -140,8 +139,7 @@ async def test_the_cli_and_audit_users_cannot_publish_jobs_events_cancels_or_cac
 @pytest.fixture
 async def runner(stack: dict[str, Any], tmp_path: Path) -> AsyncIterator[Settings]:
     async with ScriptedModelServer(log_path=tmp_path / "model.jsonl") as model:
-        settings = msgspec.structs.replace(stack["settings"]["runner"], upstream_url=model.url,
-                                           upstream_api_key="scripted-model-key")
+        settings = msgspec.structs.replace(stack["settings"]["runner"], upstream_url=model.url, upstream_api_key="scripted-model-key")
         async with Runner(settings, slots=1, runner_id="r-hostile", kinds=("complete",)):
             yield settings
 
@@ -149,13 +147,20 @@ async def runner(stack: dict[str, Any], tmp_path: Path) -> AsyncIterator[Setting
 def _job(settings: Settings, **policy: Any) -> bus.Job:
     task_id = bus.new_task_id()
     request = bus.CompleteRequest(prompt="say hello")
-    fields: dict[str, Any] = {"task_id": task_id, "kind": "complete", "key_id": "tb_test", "profile": "test",
-                                  "model": "claude-sonnet-4-6", "models": ["claude-sonnet-4-6"], "max_cost_usd": 1.0,
-                                  "nonce": uuid.uuid4().hex, "expires_at": bus.utcnow() + timedelta(hours=1)}
+    fields: dict[str, Any] = {
+        "task_id": task_id,
+        "kind": "complete",
+        "key_id": "tb_test",
+        "profile": "test",
+        "model": "claude-sonnet-4-6",
+        "models": ["claude-sonnet-4-6"],
+        "max_cost_usd": 1.0,
+        "nonce": uuid.uuid4().hex,
+        "expires_at": bus.utcnow() + timedelta(hours=1),
+    }
     fields.update(policy)
     pol = bus.Policy(**fields)
-    return bus.Job(task_id=task_id, policy=pol, request=request,
-                   signature=bus.sign_job(task_id, pol, request, settings.job_secret))
+    return bus.Job(task_id=task_id, policy=pol, request=request, signature=bus.sign_job(task_id, pol, request, settings.job_secret))
 
 
 async def _events(b: Bus, task_id: str) -> list[bus.Event]:
@@ -228,14 +233,11 @@ class NewerPolicy(bus.Policy):
     sandbox_profile: str = "standard"
 
 
-async def test_a_job_from_a_newer_server_with_a_defaulted_field_verifies_and_runs(
-    stack: dict[str, Any], runner: Settings
-) -> None:
+async def test_a_job_from_a_newer_server_with_a_defaulted_field_verifies_and_runs(stack: dict[str, Any], runner: Settings) -> None:
     old = _job(runner)
     newer_policy = NewerPolicy(**msgspec.structs.asdict(old.policy))
     signature = bus.sign_job(old.task_id, newer_policy, old.request, runner.job_secret)
-    wire = json.loads(bus.encode(bus.Job(task_id=old.task_id, policy=newer_policy, request=old.request,
-                                         signature=signature)))
+    wire = json.loads(bus.encode(bus.Job(task_id=old.task_id, policy=newer_policy, request=old.request, signature=signature)))
     assert wire["policy"]["sandbox_profile"] == "standard"  # the field travels
     decoded = bus.decode_job(json.dumps(wire).encode())  # as this (older) runner sees it
     bus.verify_job(decoded, runner.job_secret)
@@ -311,9 +313,9 @@ def test_a_replayed_job_notice_raises_a_critical_alert() -> None:
     from audit._alerts import AlertRules
     from audit._writer import Notable
 
-    row = Notable(row=7, type="notice", kind="replayed_job", task_id="t_1", key_id="runner:r1", ts_us=1,
-                  severity=None, detail="replayed_job")
-    other = Notable(row=8, type="notice", kind="key_created", task_id=None, key_id="cli:x", ts_us=2,
-                    severity=None, detail=None)
+    row = Notable(
+        row=7, type="notice", kind="replayed_job", task_id="t_1", key_id="runner:r1", ts_us=1, severity=None, detail="replayed_job"
+    )
+    other = Notable(row=8, type="notice", kind="key_created", task_id=None, key_id="cli:x", ts_us=2, severity=None, detail=None)
     alerts = AlertRules().evaluate([row, other])
     assert [(a["kind"], a["severity"], a["task_id"]) for a in alerts] == [("replayed_job", "critical", "t_1")]

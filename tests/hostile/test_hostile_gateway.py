@@ -122,8 +122,13 @@ async def _follow(b: bus_module.Bus, task_id: str, *, timeout: float = 240) -> l
 
 @pytest.mark.parametrize("backend", ["bwrap", "docker"])
 async def test_an_agent_cannot_make_the_gateway_forward_what_it_does_not_understand(
-    backend: str, settings: Settings, tmp_path: Path, bus: bus_module.Bus, image_cache: Path,
-    request: pytest.FixtureRequest, require_claude: Path,
+    backend: str,
+    settings: Settings,
+    tmp_path: Path,
+    bus: bus_module.Bus,
+    image_cache: Path,
+    request: pytest.FixtureRequest,
+    require_claude: Path,
 ) -> None:
     request.getfixturevalue(f"require_{backend}")
     data = Path(settings.data_dir)
@@ -139,14 +144,29 @@ async def test_an_agent_cannot_make_the_gateway_forward_what_it_does_not_underst
                 task_id = bus_module.new_task_id()
                 task = bus_module.TaskRequest(description="[script:probe] probe the gateway")
                 policy = bus_module.Policy(
-                    task_id=task_id, kind="task", key_id="tb_test", profile="test", model=MODEL, models=[MODEL],
-                    tools=["Bash"], max_cost_usd=1.0, timeout_s=180, memory_mb=1024, pids=512, disk_mb=256,
+                    task_id=task_id,
+                    kind="task",
+                    key_id="tb_test",
+                    profile="test",
+                    model=MODEL,
+                    models=[MODEL],
+                    tools=["Bash"],
+                    max_cost_usd=1.0,
+                    timeout_s=180,
+                    memory_mb=1024,
+                    pids=512,
+                    disk_mb=256,
                 )
-                job = bus_module.Job(task_id=task_id, policy=policy, request=task,
-                                     signature=bus_module.sign_job(task_id, policy, task, settings.job_secret))
-                await bus.publish(bus.subjects.events(task_id), bus_module.Accepted(
-                    task_id=task_id, seq=1, ts=bus_module.utcnow(), kind="task", key_id="tb_test", profile="test",
-                    model=MODEL), msg_id=f"{task_id}-1")
+                job = bus_module.Job(
+                    task_id=task_id, policy=policy, request=task, signature=bus_module.sign_job(task_id, policy, task, settings.job_secret)
+                )
+                await bus.publish(
+                    bus.subjects.events(task_id),
+                    bus_module.Accepted(
+                        task_id=task_id, seq=1, ts=bus_module.utcnow(), kind="task", key_id="tb_test", profile="test", model=MODEL
+                    ),
+                    msg_id=f"{task_id}-1",
+                )
                 await bus.publish(bus.subjects.jobs("task"), job, msg_id=task_id)
                 events = await _follow(bus, task_id)
             refused = [e for e in events if isinstance(e, Security) and e.kind == "request_refused"]

@@ -38,11 +38,11 @@ KILL = "kill -9 -1"
 
 def _script(*commands: str) -> str:
     turns = [
-        f"[[turns]]\n{'after_tool_result = true' if i else ''}\ntext = \"step {i}\"\n"
+        f'[[turns]]\n{"after_tool_result = true" if i else ""}\ntext = "step {i}"\n'
         f"tool_use = [{{ name = \"Bash\", input = {{ command = '''{command}''', description = \"step\" }} }}]\n"
         for i, command in enumerate(commands)
     ]
-    return "\n".join(turns) + "\n[[turns]]\nafter_tool_result = true\ntext = \"done\"\n"
+    return "\n".join(turns) + '\n[[turns]]\nafter_tool_result = true\ntext = "done"\n'
 
 
 @pytest.fixture(params=["bwrap", "docker"])
@@ -68,8 +68,7 @@ async def test_a_task_on_a_warm_agent_cannot_see_or_touch_the_warm_agent_beside_
                 await follow(bus, job.task_id, timeout=180)
             await wait_warm(runner, 2)
             assert runner.warm is not None
-            neighbour = next(a for agents in runner.warm.idle.values() for a in agents
-                             if a.policy.tools == neighbour_policy["tools"])
+            neighbour = next(a for agents in runner.warm.idle.values() for a in agents if a.policy.tools == neighbour_policy["tools"])
             assert neighbour.sandbox is not None
             attack = make_job(settings, bus_module.TaskRequest(description="[script:probe] go"), **attacker_policy)
             await submit(bus, attack)

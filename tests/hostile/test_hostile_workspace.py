@@ -140,8 +140,7 @@ async def test_a_file_swapped_between_walk_and_read_is_a_critical_security_event
             (folder / "a.txt").symlink_to(secret)
 
     await store_artifacts(bus, settings, "t_swap", folder, {}, {}, emit)
-    assert events[0] == (Security, {"kind": "artifact_refused", "severity": "warning",
-                                      "detail": "pipe: a fifo in the workspace; not read"})
+    assert events[0] == (Security, {"kind": "artifact_refused", "severity": "warning", "detail": "pipe: a fifo in the workspace; not read"})
     critical = [f for kind, f in events if kind is Security and f["severity"] == "critical"]
     assert len(critical) == 1 and str(critical[0]["detail"]).startswith("a.txt: "), events
     stored = {f["path"]: f for kind, f in events if kind is Artifact}
@@ -218,8 +217,7 @@ async def test_symlink_swaps_on_a_warm_agent_never_store_a_host_file_though_remo
     """On a warm agent the runner collects before the sandbox is removed: what makes that
     safe is that every process of it was SIGKILLed and checked gone first (the racer too)."""
     script = bash_script(background(SYMLINK_RACER, str(canary_path(tmp_path)), "8"))
-    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=f"r-ws-link-warm-{backend}",
-                           script=script, warm=True)
+    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=f"r-ws-link-warm-{backend}", script=script, warm=True)
     assert next(e for e in run.events if isinstance(e, Started)).warm is True
     assert run.finished.status == "succeeded", run.finished
     assert any(isinstance(e, ToolResult) and "RACER-RUNNING" in e.output for e in run.events), "the racer ran"
@@ -238,8 +236,9 @@ async def test_symlink_swaps_in_a_warm_pool_container_never_store_a_host_file(
     runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, canary: bytes
 ) -> None:
     script = bash_script(background(SYMLINK_RACER, str(canary_path(tmp_path)), "8"))
-    run = await run_attack(bus, runner_settings, tmp_path, backend="docker", runner_id="r-ws-link-pool", script=script,
-                           pooled=True, disk_mb=64)
+    run = await run_attack(
+        bus, runner_settings, tmp_path, backend="docker", runner_id="r-ws-link-pool", script=script, pooled=True, disk_mb=64
+    )
     assert run.finished.status == "succeeded", run.finished
     started = next(e for e in run.events if isinstance(e, Started))
     assert started.sandbox_id in run.pooled_ids, "the attack ran in a pooled container"
@@ -272,13 +271,17 @@ async def test_fifo_and_socket_swaps_never_block_the_runner(
 async def test_huge_sparse_files_and_many_small_files_respect_the_caps(
     runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, backend: str
 ) -> None:
-    settings = msgspec.structs.replace(runner_settings, artifact_max_bytes=1 << 20, artifact_max_files=30,
-                                       artifact_max_total_bytes=4 << 20, workspace_max_entries=3000)
-    command = ("for i in $(seq 40); do truncate -s 60M b-sparse$i.bin || echo TRUNC-FAILED; done; "
-               "for i in $(seq 8); do head -c 900000 /dev/urandom > a-mid$i.bin; done; "
-               "mkdir many && cd many && seq 1 6000 | xargs touch && cd .. && ls | wc -l && echo MADE")
-    run = await run_attack(bus, settings, tmp_path, backend=backend, runner_id=f"r-ws-big-{backend}",
-                           script=bash_script(command), disk_mb=64)
+    settings = msgspec.structs.replace(
+        runner_settings, artifact_max_bytes=1 << 20, artifact_max_files=30, artifact_max_total_bytes=4 << 20, workspace_max_entries=3000
+    )
+    command = (
+        "for i in $(seq 40); do truncate -s 60M b-sparse$i.bin || echo TRUNC-FAILED; done; "
+        "for i in $(seq 8); do head -c 900000 /dev/urandom > a-mid$i.bin; done; "
+        "mkdir many && cd many && seq 1 6000 | xargs touch && cd .. && ls | wc -l && echo MADE"
+    )
+    run = await run_attack(
+        bus, settings, tmp_path, backend=backend, runner_id=f"r-ws-big-{backend}", script=bash_script(command), disk_mb=64
+    )
     assert run.finished.status == "succeeded", run.finished
     assert any(isinstance(e, ToolResult) and "MADE" in e.output and "TRUNC-FAILED" not in e.output for e in run.events)
     stored = [e for e in run.events if isinstance(e, Artifact)]
@@ -296,9 +299,11 @@ async def test_writes_past_disk_mb_fail_inside_and_the_host_folder_stays_under_i
     runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus, backend: str
 ) -> None:
     runner_id = f"r-ws-fill-{backend}"
-    command = ("for i in 1 2 3 4; do dd if=/dev/zero of=fill$i bs=1M count=40 2>&1 | grep -E 'No space|copied'; done; "
-               "touch filled; for i in $(seq 600); do [ -e host-checked ] && break; sleep 0.1; done; "
-               "ls host-checked; du -sm . | cut -f1")
+    command = (
+        "for i in 1 2 3 4; do dd if=/dev/zero of=fill$i bs=1M count=40 2>&1 | grep -E 'No space|copied'; done; "
+        "touch filled; for i in $(seq 600); do [ -e host-checked ] && break; sleep 0.1; done; "
+        "ls host-checked; du -sm . | cut -f1"
+    )
     measured: dict[str, int] = {}
 
     async def measure(job: bus_module.Job, settings: Settings) -> None:
@@ -315,8 +320,9 @@ async def test_writes_past_disk_mb_fail_inside_and_the_host_folder_stays_under_i
         measured["mounted"] = int(os.path.ismount(workspace))
         (workspace / "host-checked").write_text("")
 
-    run = await run_attack(bus, runner_settings, tmp_path, backend=backend, runner_id=runner_id,
-                           script=bash_script(command), during=measure, disk_mb=64)
+    run = await run_attack(
+        bus, runner_settings, tmp_path, backend=backend, runner_id=runner_id, script=bash_script(command), during=measure, disk_mb=64
+    )
     assert run.finished.status == "succeeded", run.finished
     output = next(e.output for e in run.events if isinstance(e, ToolResult))
     assert "No space left on device" in output, output

@@ -51,7 +51,9 @@ def exchange(a, b):
     libc.syscall(NR, -100, a.encode(), -100, b.encode(), 2)
 """
 
-SYMLINK_RACER = _EXCHANGE + r"""
+SYMLINK_RACER = (
+    _EXCHANGE
+    + r"""
 canary, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):
     with open("out%d.txt" % i, "w") as f:
@@ -65,8 +67,11 @@ while True:
     for i in range(n):
         exchange("out%d.txt" % i, ".swap%d" % i)
 """
+)
 
-SPECIAL_RACER = _EXCHANGE + r"""
+SPECIAL_RACER = (
+    _EXCHANGE
+    + r"""
 import socket
 n = int(sys.argv[1])
 os.mkfifo("direct.fifo.txt")
@@ -87,6 +92,7 @@ while True:
         exchange("pipe%d.txt" % i, ".fifo%d" % i)
         exchange("sock%d.txt" % i, ".sock%d" % i)
 """
+)
 
 
 def background(script: str, *args: str) -> str:
@@ -105,8 +111,8 @@ def background(script: str, *args: str) -> str:
 def bash_script(command: str, final: str = "Done.") -> str:
     """A scripted-model conversation: one Bash call, then a final text."""
     return (
-        "[[turns]]\ntext = \"Working.\"\n"
-        f"tool_use = [{{ name = \"Bash\", input = {{ command = {toml_string(command)}, description = \"work\" }} }}]\n\n"
+        '[[turns]]\ntext = "Working."\n'
+        f'tool_use = [{{ name = "Bash", input = {{ command = {toml_string(command)}, description = "work" }} }}]\n\n'
         f"[[turns]]\nafter_tool_result = true\ntext = {toml_string(final)}\n"
     )
 
@@ -198,8 +204,18 @@ async def warm_up(b: bus_module.Bus, settings: Settings, runner: Runner, **polic
 
 
 async def run_attack(
-    b: bus_module.Bus, settings: Settings, tmp_path: Path, *, backend: str, runner_id: str, script: str,
-    during: object = None, timeout: float = 300, pooled: bool = False, warm: bool | None = None, **policy: object,
+    b: bus_module.Bus,
+    settings: Settings,
+    tmp_path: Path,
+    *,
+    backend: str,
+    runner_id: str,
+    script: str,
+    during: object = None,
+    timeout: float = 300,
+    pooled: bool = False,
+    warm: bool | None = None,
+    **policy: object,
 ) -> AttackRun:
     """Run the attack task and, at the same time on the same runner (2 slots), an innocent
     write-a-file task; watch the runner's heartbeats meanwhile. ``during(job, settings)``
@@ -210,8 +226,9 @@ async def run_attack(
     follows ``TASKBUS_TEST_WARM=1`` (except for ``pooled`` attacks)."""
     if warm is None:
         warm = os.environ.get("TASKBUS_TEST_WARM") == "1" and not pooled
-    settings = msgspec.structs.replace(settings, heartbeat_s=HEARTBEAT_S, docker_warm_pool=1 if pooled else 0,
-                                       warm_agents_per_class=1 if warm else 0)
+    settings = msgspec.structs.replace(
+        settings, heartbeat_s=HEARTBEAT_S, docker_warm_pool=1 if pooled else 0, warm_agents_per_class=1 if warm else 0
+    )
     async with scripted_model(settings, tmp_path, scripts={"attack": script}) as (settings, _model):
         async with watch_heartbeats(b, runner_id) as beats, Runner(settings, backend=backend, slots=2, runner_id=runner_id) as runner:
             pooled_ids = await fill_pool(b, settings, runner_id, **policy) if pooled else set()

@@ -49,9 +49,7 @@ async def http_stack(settings: Settings, *, slots: int = 2, runner_metrics: bool
     from sandbox._scripted import ScriptedModelServer
 
     async with ScriptedModelServer() as model:
-        settings = msgspec.structs.replace(
-            settings, upstream_url=model.url, runner_metrics_port=free_port() if runner_metrics else 0
-        )
+        settings = msgspec.structs.replace(settings, upstream_url=model.url, runner_metrics_port=free_port() if runner_metrics else 0)
         async with Runner(settings, backend="bwrap", slots=slots) as runner:
             ready, stop, bound = asyncio.Event(), asyncio.Event(), []
             task = asyncio.create_task(

@@ -39,9 +39,7 @@ async def scrape(url: str) -> dict:
     return samples(response.text)
 
 
-async def test_server_and_runner_metrics_move_as_real_tasks_run(
-    settings: Settings, tmp_path: Path, require_bwrap, require_claude
-) -> None:
+async def test_server_and_runner_metrics_move_as_real_tasks_run(settings: Settings, tmp_path: Path, require_bwrap, require_claude) -> None:
     settings = e2e_ready(settings, require_claude)
     async with Store.for_settings(settings) as store:
         key, _ = await store.create_key("developer")

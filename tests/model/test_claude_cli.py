@@ -70,9 +70,7 @@ def workdir(tmp_path: Path) -> Path:
     return path
 
 
-async def test_claude_cli_runs_write_a_file_and_the_file_exists(
-    require_claude: Path, workdir: Path, tmp_path: Path
-) -> None:
+async def test_claude_cli_runs_write_a_file_and_the_file_exists(require_claude: Path, workdir: Path, tmp_path: Path) -> None:
     async with ScriptedModelServer("write-a-file", log_path=tmp_path / "model.jsonl") as model:
         code, lines, stderr = await run_claude(require_claude, model.url, workdir, "write the file")
         requests = model.requests()
@@ -93,13 +91,9 @@ async def test_claude_cli_runs_write_a_file_and_the_file_exists(
     assert assistant_models == {conversation[0]["model"]}  # the requested model is echoed back
 
 
-async def test_side_requests_of_claude_cli_do_not_consume_script_turns(
-    require_claude: Path, workdir: Path, tmp_path: Path
-) -> None:
+async def test_side_requests_of_claude_cli_do_not_consume_script_turns(require_claude: Path, workdir: Path, tmp_path: Path) -> None:
     async with ScriptedModelServer(log_path=tmp_path / "model.jsonl") as model:
-        code, lines, stderr = await run_claude(
-            require_claude, model.url, workdir, "please [script:multi-step]", nonessential=True
-        )
+        code, lines, stderr = await run_claude(require_claude, model.url, workdir, "please [script:multi-step]", nonessential=True)
         requests = model.requests()
     assert code == 0, stderr
     assert lines[-1]["result"] == "notes.txt has 3 lines."

@@ -25,7 +25,11 @@ async def test_log_records_tools_offered_marker_turn_and_tokens_without_secrets(
         "tools": [{"name": "Read", "input_schema": {}}, {"name": "Bash", "input_schema": {}}],
         "messages": [{"role": "user", "content": "[script:hello] my key is sk-ant-api03-abcdefghijklmnop"}],
     }
-    headers = {"x-api-key": "sk-ant-secret-header-value", "authorization": "Bearer tb_abcdefghijklmnopqrstuvwxyz", "anthropic-version": "2023-06-01"}
+    headers = {
+        "x-api-key": "sk-ant-secret-header-value",
+        "authorization": "Bearer tb_abcdefghijklmnopqrstuvwxyz",
+        "anthropic-version": "2023-06-01",
+    }
     reply = (await http.post("/v1/messages?beta=true", json=body, headers=headers)).json()
     [record] = model.requests()
     assert record["tools"] == ["Read", "Bash"]

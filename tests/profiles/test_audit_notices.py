@@ -59,9 +59,7 @@ async def test_the_cli_publishes_its_changes_and_never_the_key(settings: Setting
         "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
         "TASKBUS_CONFIG": None,
     }
-    result = await asyncio.to_thread(
-        CliRunner().invoke, app, ["keys", "create", "--profile", "developer", "--json"], env=env
-    )
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["keys", "create", "--profile", "developer", "--json"], env=env)
     assert result.exit_code == 0, result.output
     created = json.loads(result.stdout)
 
@@ -74,12 +72,9 @@ async def test_the_cli_publishes_its_changes_and_never_the_key(settings: Setting
 
 async def test_an_unreachable_nats_refuses_the_change_with_one_error_line(tmp_path: Path):
     """NATS holds the keys now: without it nothing can be created, and the CLI says so."""
-    env = {"TASKBUS_DATA_DIR": str(tmp_path / "d"), "TASKBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}",
-           "TASKBUS_CONFIG": None}
+    env = {"TASKBUS_DATA_DIR": str(tmp_path / "d"), "TASKBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}", "TASKBUS_CONFIG": None}
 
-    result = await asyncio.to_thread(
-        CliRunner().invoke, app, ["keys", "create", "--profile", "developer", "--json"], env=env
-    )
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["keys", "create", "--profile", "developer", "--json"], env=env)
 
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]

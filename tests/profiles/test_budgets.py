@@ -20,9 +20,7 @@ async def test_fifty_concurrent_reservations_against_a_budget_for_five_admit_exa
     await make_profile("race", budget_day_usd=5.0, budget_month_usd=100.0, max_concurrent=100)
     key = await _key(store, "race")
 
-    results = await asyncio.gather(
-        *(store.reserve(key, f"task-{i}", 1.0) for i in range(50)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(store.reserve(key, f"task-{i}", 1.0) for i in range(50)), return_exceptions=True)
 
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, BudgetExceeded)]
@@ -41,9 +39,7 @@ async def test_reservations_from_several_connections_never_overshoot_the_budget(
     for s in stores:
         await s.connect()
     try:
-        results = await asyncio.gather(
-            *(stores[i % 5].reserve(key, f"task-{i}", 1.0) for i in range(50)), return_exceptions=True
-        )
+        results = await asyncio.gather(*(stores[i % 5].reserve(key, f"task-{i}", 1.0) for i in range(50)), return_exceptions=True)
     finally:
         for s in stores:
             await s.close()

@@ -25,13 +25,31 @@ async def init_and_api_tools(claude: Path, tmp_path: Path, *flags: str) -> tuple
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     async with ScriptedModelServer(log_path=tmp_path / "model.jsonl") as model:
-        env = {"PATH": os.environ["PATH"], "HOME": str(home), "ANTHROPIC_BASE_URL": model.url,
-               "ANTHROPIC_API_KEY": "scripted", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-               "DISABLE_AUTOUPDATER": "1"}
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(home),
+            "ANTHROPIC_BASE_URL": model.url,
+            "ANTHROPIC_API_KEY": "scripted",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        }
         proc = await asyncio.create_subprocess_exec(
-            str(claude), "-p", "--output-format=stream-json", "--verbose", "--model=claude-sonnet-4-6",
-            "--max-turns=1", "--strict-mcp-config", "--no-session-persistence", "--setting-sources=", *flags,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path))
+            str(claude),
+            "-p",
+            "--output-format=stream-json",
+            "--verbose",
+            "--model=claude-sonnet-4-6",
+            "--max-turns=1",
+            "--strict-mcp-config",
+            "--no-session-persistence",
+            "--setting-sources=",
+            *flags,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=str(tmp_path),
+        )
         out, err = await asyncio.wait_for(proc.communicate(b"hello"), 180)
         requests = [r for r in model.requests() if r.get("path") == "/v1/messages"]
     init = [d for d in map(json.loads, out.decode().splitlines()) if d.get("type") == "system" and d.get("subtype") == "init"]

@@ -15,8 +15,15 @@ from sandbox._runner._hookpolicy import decide, rules_for
 
 
 def _policy(**fields) -> Policy:
-    base = {"task_id": "t_1", "kind": "task", "key_id": "tb_x", "profile": "p", "model": "claude-sonnet-4-6",
-            "models": ["claude-sonnet-4-6"], "project_root": "/srv/app"}
+    base = {
+        "task_id": "t_1",
+        "kind": "task",
+        "key_id": "tb_x",
+        "profile": "p",
+        "model": "claude-sonnet-4-6",
+        "models": ["claude-sonnet-4-6"],
+        "project_root": "/srv/app",
+    }
     return Policy(**{**base, **fields})
 
 
@@ -47,10 +54,14 @@ def test_a_rule_grant_makes_the_tool_exist_and_permits_only_the_rule() -> None:
     ],
 )
 def test_the_gateway_keeps_exactly_the_tools_the_grants_offer(grants, kept) -> None:
-    body = {"tools": [{"name": n} for n in ("Bash", "Agent", "Read", "Write", "mcp__gh__issue", "mcp__slack__post")],
-            "tool_choice": {"type": "tool", "name": "Write"}}
+    body = {
+        "tools": [{"name": n} for n in ("Bash", "Agent", "Read", "Write", "mcp__gh__issue", "mcp__slack__post")],
+        "tool_choice": {"type": "tool", "name": "Write"},
+    }
     filter_tools(body, frozenset(grants))
-    assert [t["name"] for t in body["tools"]] == [n for n in ("Bash", "Agent", "Read", "Write", "mcp__gh__issue", "mcp__slack__post") if n in kept]
+    assert [t["name"] for t in body["tools"]] == [
+        n for n in ("Bash", "Agent", "Read", "Write", "mcp__gh__issue", "mcp__slack__post") if n in kept
+    ]
     assert "tool_choice" not in body  # Write was never offered
 
 
@@ -76,8 +87,15 @@ def _hook(policy: Policy, tool: str, tool_input: dict) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize(
     ("command", "allowed"),
-    [("ls", True), ("ls -la /workspace", True), ("cat /etc/passwd", False), ("ls; cat /etc/passwd", False),
-     ("ls && id", False), ("lsblk", False), ("echo $(ls)", False)],
+    [
+        ("ls", True),
+        ("ls -la /workspace", True),
+        ("cat /etc/passwd", False),
+        ("ls; cat /etc/passwd", False),
+        ("ls && id", False),
+        ("lsblk", False),
+        ("echo $(ls)", False),
+    ],
 )
 def test_the_hook_lets_a_rule_granted_bash_run_only_matching_commands(command: str, allowed: bool) -> None:
     done = _hook(_policy(tools=["Bash(ls:*)", "Read"]), "Bash", {"command": command})
@@ -106,7 +124,9 @@ def test_bus_exports_the_grant_helpers() -> None:
     assert bus.canonical_tool("Task") == "Agent" and bus.tool_names(["Bash(ls:*)"]) == ["Bash"]
 
 
-@pytest.mark.parametrize(("fs_access", "mounted", "writable"), [("readwrite", "/srv/app", True), ("readonly", "/srv/app", False), ("none", None, False)])
+@pytest.mark.parametrize(
+    ("fs_access", "mounted", "writable"), [("readwrite", "/srv/app", True), ("readonly", "/srv/app", False), ("none", None, False)]
+)
 def test_the_project_is_mounted_writable_only_for_readwrite(fs_access: str, mounted: str | None, writable: bool) -> None:
     from sandbox._sandboxes._spec import spec_from_policy
 
@@ -121,5 +141,11 @@ def test_a_rule_with_a_comma_is_refused_since_claude_code_would_split_it() -> No
     with pytest.raises(InvalidInput, match=r"unknown tool 'Bash\(ls,Write:\*\)'"):
         profile_from_mapping("p", {"tools": ["Bash(ls,Write:*)"]})
     with pytest.raises(InvalidInput, match="unknown tool"):
-        resolve_policy(default_profiles()["developer"], TaskRequest(description="x", allow_tools=["Bash(ls,Write:*)"]),
-                       task_id="t_1", key_id="tb_x", model="claude-haiku-4-5", settings=Settings.load({}))
+        resolve_policy(
+            default_profiles()["developer"],
+            TaskRequest(description="x", allow_tools=["Bash(ls,Write:*)"]),
+            task_id="t_1",
+            key_id="tb_x",
+            model="claude-haiku-4-5",
+            settings=Settings.load({}),
+        )

@@ -28,9 +28,7 @@ DEV = profile_from_mapping(
 
 
 def resolve(profile: Profile, request, model: str = "claude-haiku-4-5", **kwargs):
-    return resolve_policy(
-        profile, request, task_id="t_1", key_id="tb_AbCd1234", model=model, settings=SETTINGS, **kwargs
-    )
+    return resolve_policy(profile, request, task_id="t_1", key_id="tb_AbCd1234", model=model, settings=SETTINGS, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -52,9 +50,7 @@ def resolve(profile: Profile, request, model: str = "claude-haiku-4-5", **kwargs
         (DEV, {"max_cost_usd": 2.5}, "claude-haiku-4-5", "cost cap of $2.5000 per task (at most $2.0000)"),
     ],
 )
-def test_a_task_asking_for_more_than_the_profile_grants_is_denied_naming_the_permission(
-    profile, request_fields, model, denied
-):
+def test_a_task_asking_for_more_than_the_profile_grants_is_denied_naming_the_permission(profile, request_fields, model, denied):
     request = TaskRequest(description="do it", **request_fields)
     with pytest.raises(PolicyDenied) as refused:
         resolve(profile, request, model=model)
@@ -134,9 +130,7 @@ def test_a_symlink_out_of_the_allowed_roots_is_denied_when_paths_are_resolved(tm
     (root / "app").mkdir(parents=True)
     (tmp_path / "secret").mkdir()
     (root / "escape").symlink_to(tmp_path / "secret")
-    profile = profile_from_mapping(
-        "p", {"models": ["claude-haiku-4-5"], "fs_access": "readonly", "project_roots": [str(root)]}
-    )
+    profile = profile_from_mapping("p", {"models": ["claude-haiku-4-5"], "fs_access": "readonly", "project_roots": [str(root)]})
 
     policy = resolve(profile, TaskRequest(description="x", project=str(root / "app")), realpath=os.path.realpath)
     assert policy.project_root == os.path.realpath(root / "app")
@@ -153,11 +147,13 @@ def test_a_profile_without_network_cannot_run_agentic_tasks_but_can_complete() -
 
     profile = msgspec.structs.replace(default_profiles()["developer"], network="none")
     with pytest.raises(PolicyDenied, match="network is 'none'") as info:
-        resolve_policy(profile, TaskRequest(description="x"), task_id="t_1", key_id="tb_x",
-                       model=profile.models[0], settings=Settings.load({}))
+        resolve_policy(
+            profile, TaskRequest(description="x"), task_id="t_1", key_id="tb_x", model=profile.models[0], settings=Settings.load({})
+        )
     assert info.value.permission == "network:model-api"
-    policy = resolve_policy(profile, CompleteRequest(prompt="hi"), task_id="t_2", key_id="tb_x",
-                            model=profile.models[0], settings=Settings.load({}))
+    policy = resolve_policy(
+        profile, CompleteRequest(prompt="hi"), task_id="t_2", key_id="tb_x", model=profile.models[0], settings=Settings.load({})
+    )
     assert policy.network == "none"
 
 
@@ -184,7 +180,9 @@ def test_a_rule_grant_gives_exactly_the_rule_and_never_the_whole_tool():
     assert resolve(ls_only, TaskRequest(description="x")).tools == ["Bash(ls:*)", "Read"]
     assert resolve(ls_only, TaskRequest(description="x", allow_tools=["Bash(ls:*)"])).tools == ["Bash(ls:*)"]
     for wider in ("Bash", "Bash(cat:*)"):
-        with pytest.raises(PolicyDenied, match=f"does not allow tool {wider!r}".replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        with pytest.raises(
+            PolicyDenied, match=f"does not allow tool {wider!r}".replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")
+        ):
             resolve(ls_only, TaskRequest(description="x", allow_tools=[wider]))
 
 

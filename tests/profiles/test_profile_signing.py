@@ -13,24 +13,56 @@ from profiles import sign_policy, verify
 SECRET = "shared-job-secret"
 REQUEST = TaskRequest(description="fix the bug", allow_tools=["Read"], project="/srv/p", timeout_s=60)
 POLICY = Policy(
-    task_id="t_1", kind="task", key_id="tb_AbCd1234", profile="developer", model="claude-haiku-4-5",
-    models=["claude-haiku-4-5"], tools=["Read"], project_root="/srv/p", fs_access="readonly",
+    task_id="t_1",
+    kind="task",
+    key_id="tb_AbCd1234",
+    profile="developer",
+    model="claude-haiku-4-5",
+    models=["claude-haiku-4-5"],
+    tools=["Read"],
+    project_root="/srv/p",
+    fs_access="readonly",
 )
 
 # one changed value per field; the coverage assertion below fails when a field is added
 POLICY_CHANGES = {
-    "task_id": "t_2", "kind": "complete", "key_id": "tb_ZzZz9999", "profile": "admin",
-    "model": "claude-opus-4-8", "models": ["claude-opus-4-8"], "tools": ["Read", "Bash"],
-    "agents": ["Explore"], "skills": ["pdf"], "cpus": 2.0, "memory_mb": 2048, "pids": 1000,
-    "disk_mb": 9999, "timeout_s": 6000, "max_cost_usd": 99.0, "max_turns": 500, "network": "none",
-    "fs_access": "readwrite", "project_root": "/", "issued_at": POLICY.issued_at + timedelta(seconds=1),
-    "routing_reason": "forged", "nonce": "0" * 32, "expires_at": POLICY.issued_at + timedelta(days=365),
+    "task_id": "t_2",
+    "kind": "complete",
+    "key_id": "tb_ZzZz9999",
+    "profile": "admin",
+    "model": "claude-opus-4-8",
+    "models": ["claude-opus-4-8"],
+    "tools": ["Read", "Bash"],
+    "agents": ["Explore"],
+    "skills": ["pdf"],
+    "cpus": 2.0,
+    "memory_mb": 2048,
+    "pids": 1000,
+    "disk_mb": 9999,
+    "timeout_s": 6000,
+    "max_cost_usd": 99.0,
+    "max_turns": 500,
+    "network": "none",
+    "fs_access": "readwrite",
+    "project_root": "/",
+    "issued_at": POLICY.issued_at + timedelta(seconds=1),
+    "routing_reason": "forged",
+    "nonce": "0" * 32,
+    "expires_at": POLICY.issued_at + timedelta(days=365),
     "catalog": [CatalogRef(kind="agent", name="evil", sha256="0" * 64)],
 }
 REQUEST_CHANGES = {
-    "description": "rm -rf /", "allow_tools": ["Bash"], "allow_agents": ["x"], "allow_skills": ["y"],
-    "files": [InputFile(path="a.txt", content="x")], "project": "/", "timeout_s": 61,
-    "max_cost_usd": 5.0, "model": "claude-opus-4-8", "max_turns": 3, "effort": "high",
+    "description": "rm -rf /",
+    "allow_tools": ["Bash"],
+    "allow_agents": ["x"],
+    "allow_skills": ["y"],
+    "files": [InputFile(path="a.txt", content="x")],
+    "project": "/",
+    "timeout_s": 61,
+    "max_cost_usd": 5.0,
+    "model": "claude-opus-4-8",
+    "max_turns": 3,
+    "effort": "high",
 }
 
 

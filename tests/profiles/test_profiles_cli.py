@@ -17,8 +17,12 @@ runner = CliRunner()
 
 @pytest.fixture
 def cli(settings: Settings):
-    env = {"TASKBUS_DATA_DIR": settings.data_dir, "TASKBUS_NATS_URL": settings.nats_url,
-           "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix, "TASKBUS_CONFIG": None}
+    env = {
+        "TASKBUS_DATA_DIR": settings.data_dir,
+        "TASKBUS_NATS_URL": settings.nats_url,
+        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+        "TASKBUS_CONFIG": None,
+    }
 
     def invoke(*args: str, ok: bool = True):
         result = runner.invoke(app, list(args), env=env)
@@ -40,8 +44,7 @@ def dump(settings: Settings) -> dict[str, int]:
     async def last_seqs() -> dict[str, int]:
         async with await Bus.for_settings(settings) as bus:
             s = bus.subjects
-            return {b: (await bus.js.stream_info(f"KV_{b}")).state.last_seq
-                    for b in (s.control_bucket, s.ledger_bucket, s.tasks_bucket)}
+            return {b: (await bus.js.stream_info(f"KV_{b}")).state.last_seq for b in (s.control_bucket, s.ledger_bucket, s.tasks_bucket)}
 
     return asyncio.run(last_seqs())
 
@@ -72,8 +75,26 @@ def test_revoke_and_rotate_round_trip(cli):
 
 
 def test_profiles_create_show_update_list_delete_round_trip(cli):
-    cli("profiles", "create", "ops", "--tools", "Read,Grep", "--tools", "mcp__github__*", "--models",
-        "claude-haiku-4-5", "--day", "3", "--month", "30", "--fs", "readonly", "--root", "/srv", "--cache")
+    cli(
+        "profiles",
+        "create",
+        "ops",
+        "--tools",
+        "Read,Grep",
+        "--tools",
+        "mcp__github__*",
+        "--models",
+        "claude-haiku-4-5",
+        "--day",
+        "3",
+        "--month",
+        "30",
+        "--fs",
+        "readonly",
+        "--root",
+        "/srv",
+        "--cache",
+    )
     shown = as_json(cli("profiles", "show", "ops", "--json"))
     assert shown["tools"] == ["Read", "Grep", "mcp__github__*"] and shown["budget_day_usd"] == 3.0
     assert shown["project_roots"] == ["/srv"] and shown["cache_completions"] is True
@@ -94,9 +115,7 @@ def test_profiles_create_show_update_list_delete_round_trip(cli):
 def test_profiles_apply_is_idempotent_and_reports_what_changed(cli, tmp_path: Path):
     file = tmp_path / "profiles.toml"
     file.write_text('[profiles.bot]\nkinds = ["complete"]\nmodels = ["claude-haiku-4-5"]\nbudget_day_usd = 1.0\n')
-    assert as_json(cli("profiles", "apply", "-f", str(file), "--json")) == {
-        "created": ["bot"], "updated": {}, "unchanged": []
-    }
+    assert as_json(cli("profiles", "apply", "-f", str(file), "--json")) == {"created": ["bot"], "updated": {}, "unchanged": []}
     assert as_json(cli("profiles", "apply", "-f", str(file), "--json"))["unchanged"] == ["bot"]
 
     file.write_text(file.read_text().replace("1.0", "2.0"))
@@ -159,7 +178,7 @@ def test_bad_input_gives_one_error_line_exit_1_and_changes_nothing(cli, args, me
     [
         ("[profiles.a\n", "not valid TOML"),
         ('[profiles.a]\ntools = ["Shell"]\n', "unknown tool 'Shell'"),
-        ('[profiles.a]\nbudget_month_usd = -3\n', "budget_month_usd"),
+        ("[profiles.a]\nbudget_month_usd = -3\n", "budget_month_usd"),
         ('[profiles.a]\nmodels = ["m"]\n[profiles.b]\ncolour = "red"\n', "unknown field"),
     ],
 )

@@ -41,7 +41,7 @@ async def test_a_task_is_recorded_updated_once_finished_and_listed_newest_first(
         ('[profiles.a]\ntools = ["Frobnicate(x)"]', "unknown tool 'Frobnicate(x)'"),
         ('[profiles.a]\nproject_roots = ["/srv"]', "fs_access is 'none'"),
         ('[profiles.a]\nfs_access = "readonly"\nproject_roots = ["srv"]', "not an absolute path"),
-        ('[profiles.a]\nkinds = []', "kinds is empty"),
+        ("[profiles.a]\nkinds = []", "kinds is empty"),
         ('[profiles.a]\nkinds = ["chat"]', "kinds"),
         ('[profiles.a]\nagents = ["bad agent"]', "agent name 'bad agent' is not valid"),
         ('[profiles."Upper"]\n', "profile name 'Upper' is not valid"),

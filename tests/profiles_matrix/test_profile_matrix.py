@@ -69,15 +69,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("matrix")
     data = tmp / "data"  # does not exist yet: `taskbus up` creates it
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_") and k != "ANTHROPIC_API_KEY"}
-    env.update({"TASKBUS_DATA_DIR": str(data), "TASKBUS_HTTP_PORT": str(free_port()),
-                "TASKBUS_CLAUDE_PATH": str(CLAUDE.resolve())})
+    env.update({"TASKBUS_DATA_DIR": str(data), "TASKBUS_HTTP_PORT": str(free_port()), "TASKBUS_CLAUDE_PATH": str(CLAUDE.resolve())})
     data.mkdir()
     (data / "images").symlink_to(images)  # until the image cache is per machine (issue 14 item 2)
     log = tmp / "up.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([TASKBUS, "up", "--nats-port", "0"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [TASKBUS, "up", "--nats-port", "0"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+
         def ready() -> dict[str, Any] | None:
             assert proc.poll() is None, f"taskbus up exited early:\n{log.read_text()[-3000:]}"
             with contextlib.suppress(OSError, ValueError):

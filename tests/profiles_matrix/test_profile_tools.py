@@ -73,8 +73,7 @@ def task_profiles() -> list[Profile]:
 def make_job(settings: Settings, profile: Profile, request: TaskRequest) -> bus_module.Job:
     task_id = bus_module.new_task_id()
     model = "claude-sonnet-4-6" if "claude-sonnet-4-6" in profile.models or "*" in profile.models else profile.models[0]
-    policy = resolve_policy(profile, request, task_id=task_id, key_id="tb_test", model=model, settings=settings,
-                            realpath=os.path.realpath)
+    policy = resolve_policy(profile, request, task_id=task_id, key_id="tb_test", model=model, settings=settings, realpath=os.path.realpath)
     policy = msgspec.structs.replace(policy, timeout_s=180, memory_mb=max(policy.memory_mb, 2048))
     signature = sign_job(task_id, policy, request, settings.job_secret)
     return bus_module.Job(task_id=task_id, policy=policy, request=request, signature=signature)
@@ -96,7 +95,9 @@ async def run(settings: Settings, b: bus_module.Bus, profile: Profile, request: 
 
 
 def refused(events: list) -> list[str]:
-    return [e.kind for e in events if isinstance(e, Security) and e.kind in ("tool_denied", "tool_dropped", "permission_denied", "model_denied")]
+    return [
+        e.kind for e in events if isinstance(e, Security) and e.kind in ("tool_denied", "tool_dropped", "permission_denied", "model_denied")
+    ]
 
 
 @pytest.mark.parametrize("profile", task_profiles(), ids=lambda p: p.name)
@@ -131,7 +132,9 @@ async def test_the_developer_profile_runs_a_built_in_sub_agent(runner_settings: 
     assert [r.get("script") for r in model.requests() if r.get("path") == "/v1/messages"] == ["sub-agent", "default", "sub-agent"]
 
 
-async def test_a_rule_grant_runs_matching_commands_and_refuses_the_rest(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_rule_grant_runs_matching_commands_and_refuses_the_rest(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     ls_only = profile_from_mapping("ls-only", {"tools": ["Bash(ls:*)"], "models": ["claude-sonnet-4-6"]})
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, _model):
         events = await run(settings, bus, ls_only, TaskRequest(description="[script:ls-only] look around"))
@@ -156,13 +159,19 @@ async def test_readwrite_writes_the_project_in_place_and_readonly_cannot(
     project = tmp_path / "projects" / "app"
     project.mkdir(parents=True)
     project.chmod(0o777)  # the agent writes as uid 1000
-    writer = profile_from_mapping("writer", {
-        "tools": ["Write", "Bash"], "models": ["claude-sonnet-4-6"], "fs_access": fs_access,
-        "project_roots": [str(tmp_path / "projects")],
-    })
+    writer = profile_from_mapping(
+        "writer",
+        {
+            "tools": ["Write", "Bash"],
+            "models": ["claude-sonnet-4-6"],
+            "fs_access": fs_access,
+            "project_roots": [str(tmp_path / "projects")],
+        },
+    )
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, _model):
-        events = await run(settings, bus, writer, TaskRequest(description="[script:write-project] write", project=str(project)),
-                           backend=backend)
+        events = await run(
+            settings, bus, writer, TaskRequest(description="[script:write-project] write", project=str(project)), backend=backend
+        )
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.status == "succeeded", finished
     written = sorted(p.name for p in project.iterdir())
@@ -189,14 +198,22 @@ async def test_docker_offers_the_developer_its_tools_and_sub_agent(
     assert refused(events) == []
 
 
-async def test_a_task_failing_on_a_refused_model_never_says_reason_success(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_task_failing_on_a_refused_model_never_says_reason_success(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     from runner_kit import make_job as make_raw_job
 
     async with scripted_model(runner_settings, tmp_path, scripts=SCRIPTS) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-refused"):
             # a policy whose model is not among its models: the gateway refuses every call
-            job = make_raw_job(settings, TaskRequest(description="[script:probe] hi"), model="claude-opus-4-8",
-                               models=["claude-haiku-4-5"], timeout_s=180, memory_mb=2048)
+            job = make_raw_job(
+                settings,
+                TaskRequest(description="[script:probe] hi"),
+                model="claude-opus-4-8",
+                models=["claude-haiku-4-5"],
+                timeout_s=180,
+                memory_mb=2048,
+            )
             await submit(bus, job)
             events = await follow(bus, job.task_id, timeout=240)
     finished = events[-1]
@@ -220,8 +237,9 @@ async def test_an_admin_completion_succeeds_with_either_provider(
             task_id = bus_module.new_task_id()
             policy = resolve_policy(admin, request, task_id=task_id, key_id="tb_test", model="claude-haiku-4-5", settings=settings)
             assert "*" not in policy.models
-            job = bus_module.Job(task_id=task_id, policy=policy, request=request,
-                                 signature=sign_job(task_id, policy, request, settings.job_secret))
+            job = bus_module.Job(
+                task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, settings.job_secret)
+            )
             await submit(bus, job)
             events = await follow(bus, task_id, timeout=240)
     finished = events[-1]

@@ -39,10 +39,19 @@ def make_job(
     task_id = task_id or bus.new_task_id()
     kind = bus.kind_of(request)
     defaults: dict[str, Any] = {
-        "task_id": task_id, "kind": kind, "key_id": "tb_test", "profile": "test", "model": "claude-sonnet-4-6",
+        "task_id": task_id,
+        "kind": kind,
+        "key_id": "tb_test",
+        "profile": "test",
+        "model": "claude-sonnet-4-6",
         "models": ["claude-sonnet-4-6", "claude-opus-4-8", "claude-haiku-4-5"],
-        "tools": ["Bash", "Read", "Write", "Edit", "Glob", "Grep"], "max_cost_usd": 5.0, "timeout_s": 120,
-        "memory_mb": 1024, "pids": 512, "disk_mb": 256, "max_turns": 20,
+        "tools": ["Bash", "Read", "Write", "Edit", "Glob", "Grep"],
+        "max_cost_usd": 5.0,
+        "timeout_s": 120,
+        "memory_mb": 1024,
+        "pids": 512,
+        "disk_mb": 256,
+        "max_turns": 20,
     }
     defaults.update(policy)
     pol = bus.Policy(**defaults)
@@ -53,9 +62,19 @@ def make_job(
 async def submit(b: Bus, job: bus.Job, *, accepted: bool = True) -> None:
     """Publish like the server does: ``accepted`` as seq 1, then the job."""
     if accepted:
-        await b.publish(b.subjects.events(job.task_id), bus.Accepted(
-            task_id=job.task_id, seq=1, ts=bus.utcnow(), kind=job.policy.kind, key_id=job.policy.key_id,
-            profile=job.policy.profile, model=job.policy.model), msg_id=f"{job.task_id}-1")
+        await b.publish(
+            b.subjects.events(job.task_id),
+            bus.Accepted(
+                task_id=job.task_id,
+                seq=1,
+                ts=bus.utcnow(),
+                kind=job.policy.kind,
+                key_id=job.policy.key_id,
+                profile=job.policy.profile,
+                model=job.policy.model,
+            ),
+            msg_id=f"{job.task_id}-1",
+        )
     await b.publish(b.subjects.jobs(job.policy.kind), job, msg_id=job.task_id)
 
 

@@ -63,7 +63,17 @@ async def test_every_event_type_of_a_real_task_lands_once_in_order(runner_settin
     stored = [(r["seq"], r["type"]) for r in rows]
     assert stored == published, "every event once, in order"
     types = {t for _, t in stored}
-    assert {"accepted", "started", "message", "tool_call", "tool_result", "model_call",
-            "security", "artifact", "log", "finished"} <= types, types
+    assert {
+        "accepted",
+        "started",
+        "message",
+        "tool_call",
+        "tool_result",
+        "model_call",
+        "security",
+        "artifact",
+        "log",
+        "finished",
+    } <= types, types
     assert all(r["key_id"] == "tb_test" for r in rows)
     assert chain.ok, chain

@@ -30,9 +30,7 @@ async def _swallows_one_cancel(state: dict[str, int]) -> None:
             raise
 
 
-async def test_a_cancel_that_the_task_loses_once_is_asserted_again_until_it_ends(
-    bus: Bus, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_cancel_that_the_task_loses_once_is_asserted_again_until_it_ends(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_job, "RECANCEL_AFTER_S", 0.2)
     handler = JobHandler(bus, secret="s", runner_id="r-cancel", max_bytes=1 << 20, ack_wait_s=30)
     state = {"cancels": 0}

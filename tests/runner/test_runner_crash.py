@@ -37,9 +37,11 @@ def _runner_process(settings: Settings, runner_id: str, backend: str, log: Path)
     }
     with log.open("ab") as out:  # the child has its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task",
-             "--grace", "2"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task", "--grace", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 

@@ -30,12 +30,15 @@ async def _running(b: bus_module.Bus, task_id: str, *, timeout: float = 60) -> N
 
 
 @pytest.mark.usefixtures("require_bwrap", "require_claude")
-async def test_an_expensive_task_ends_budget_exceeded_within_its_cap(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_an_expensive_task_ends_budget_exceeded_within_its_cap(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     cap = 2.0  # one expensive Opus call is about 1.2 USD: the second cannot fit
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-cost"):
-            job = make_job(settings, bus_module.TaskRequest(description="[script:expensive] think hard"),
-                           model="claude-opus-4-8", max_cost_usd=cap)
+            job = make_job(
+                settings, bus_module.TaskRequest(description="[script:expensive] think hard"), model="claude-opus-4-8", max_cost_usd=cap
+            )
             await submit(bus, job)
             events = await follow(bus, job.task_id)
     assert_gapless(events)
@@ -46,7 +49,9 @@ async def test_an_expensive_task_ends_budget_exceeded_within_its_cap(runner_sett
 
 
 @pytest.mark.usefixtures("require_bwrap", "require_claude")
-async def test_a_runaway_task_times_out_and_a_cancel_lands_within_two_seconds(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_runaway_task_times_out_and_a_cancel_lands_within_two_seconds(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=2, runner_id="r-runaway") as runner:
             slow = make_job(settings, bus_module.TaskRequest(description="[script:runaway] go"), timeout_s=8, max_turns=1000)
@@ -70,7 +75,9 @@ async def test_a_runaway_task_times_out_and_a_cancel_lands_within_two_seconds(ru
     assert left == [], "task folders (workspaces) are removed"
 
 
-async def test_a_malformed_job_is_rejected_with_a_reason_and_the_next_job_runs(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_malformed_job_is_rejected_with_a_reason_and_the_next_job_runs(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-malformed", kinds=("complete",)):
             bad_id = bus_module.new_task_id()
@@ -89,7 +96,9 @@ async def test_a_malformed_job_is_rejected_with_a_reason_and_the_next_job_runs(r
     assert good_events[-1].status == "succeeded"
 
 
-async def test_a_completion_streams_deltas_and_reports_metered_usage(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_completion_streams_deltas_and_reports_metered_usage(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         async with Runner(settings, slots=1, runner_id="r-complete", kinds=("complete",)):
             job = make_job(settings, bus_module.CompleteRequest(prompt="Say hello to the bus", max_tokens=200))
@@ -108,7 +117,9 @@ async def test_a_completion_streams_deltas_and_reports_metered_usage(runner_sett
     assert finished.cost_usd == pytest.approx(expected)
 
 
-async def test_a_job_already_finished_is_acked_without_running_again(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_job_already_finished_is_acked_without_running_again(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path) as (settings, model):
         job = make_job(settings, bus_module.CompleteRequest(prompt="once"))
         await submit(bus, job)
@@ -142,7 +153,9 @@ async def test_write_a_file_task_runs_in_docker_too(runner_settings: Settings, t
 
 
 @pytest.mark.usefixtures("require_bwrap", "require_claude")
-async def test_a_completion_through_the_claude_cli_provider_streams_and_is_metered(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_completion_through_the_claude_cli_provider_streams_and_is_metered(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     import msgspec
 
     async with scripted_model(runner_settings, tmp_path) as (base, model):
@@ -163,14 +176,18 @@ async def test_a_completion_through_the_claude_cli_provider_streams_and_is_meter
     assert all(tools == [] for tools in offered), "a completion offers the model no tools"
 
 
-async def test_a_task_cancelled_by_the_server_before_start_is_not_run(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_task_cancelled_by_the_server_before_start_is_not_run(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     """The server may finish a queued task itself (seq 2); a runner must then drop the job."""
     async with scripted_model(runner_settings, tmp_path) as (settings, model):
         job = make_job(settings, bus_module.CompleteRequest(prompt="never to be answered"))
         await submit(bus, job)
-        await bus.publish(bus.subjects.events(job.task_id), bus_module.Finished(
-            task_id=job.task_id, seq=2, ts=bus_module.utcnow(), status="cancelled", reason="cancelled_before_start"),
-            msg_id=f"{job.task_id}-2")
+        await bus.publish(
+            bus.subjects.events(job.task_id),
+            bus_module.Finished(task_id=job.task_id, seq=2, ts=bus_module.utcnow(), status="cancelled", reason="cancelled_before_start"),
+            msg_id=f"{job.task_id}-2",
+        )
         async with Runner(settings, slots=1, runner_id="r-pre", kinds=("complete",)):
             async with asyncio.timeout(20):
                 while (await bus.js.stream_info(bus.subjects.jobs_stream)).state.messages:
@@ -187,9 +204,11 @@ async def test_a_second_writer_of_the_same_seq_preempts_the_runner(runner_settin
 
     task_id = bus_module.new_task_id()
     events = TaskEvents(bus, task_id, next_seq=2)
-    await bus.publish(bus.subjects.events(task_id), bus_module.Finished(
-        task_id=task_id, seq=2, ts=bus_module.utcnow(), status="cancelled", reason="cancelled_before_start"),
-        msg_id=f"{task_id}-2")
+    await bus.publish(
+        bus.subjects.events(task_id),
+        bus_module.Finished(task_id=task_id, seq=2, ts=bus_module.utcnow(), status="cancelled", reason="cancelled_before_start"),
+        msg_id=f"{task_id}-2",
+    )
     with pytest.raises(TaskPreempted):
         await events.emit(bus_module.Started, runner_id="r", backend="bwrap")
     assert isinstance(events.finished, Finished) and events.finished.status == "cancelled"
@@ -202,7 +221,9 @@ async def test_a_second_writer_of_the_same_seq_preempts_the_runner(runner_settin
 
 
 @pytest.mark.usefixtures("require_bwrap", "require_claude")
-async def test_a_redelivered_job_whose_runner_still_heartbeats_is_not_declared_lost(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_redelivered_job_whose_runner_still_heartbeats_is_not_declared_lost(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     """After a NATS blip a job may be redelivered while its runner is alive: leave it be."""
     import msgspec
 

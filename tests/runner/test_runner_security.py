@@ -41,7 +41,9 @@ text = "Contained."
 """
 
 
-async def test_a_tool_outside_the_policy_is_never_offered_and_a_call_is_refused(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_a_tool_outside_the_policy_is_never_offered_and_a_call_is_refused(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path, scripts={"forbidden": FORBIDDEN}) as (settings, model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-forbid"):
             job = make_job(settings, bus_module.TaskRequest(description="[script:forbidden] fetch a page"), tools=["Bash", "Read"])
@@ -60,7 +62,9 @@ async def test_a_tool_outside_the_policy_is_never_offered_and_a_call_is_refused(
     assert results and results[0].is_error and "WebFetch" in results[0].output
 
 
-async def test_network_and_host_file_attempts_are_blocked_and_reported(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_network_and_host_file_attempts_are_blocked_and_reported(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path, scripts={"escape": ESCAPE}) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-escape"):
             job = make_job(settings, bus_module.TaskRequest(description="[script:escape] get out"), tools=["Bash", "Read"])

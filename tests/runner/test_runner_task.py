@@ -14,7 +14,9 @@ from sandbox import Runner
 pytestmark = pytest.mark.usefixtures("require_bwrap", "require_claude")
 
 
-async def test_write_a_file_task_succeeds_with_the_file_as_an_artifact(runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus) -> None:
+async def test_write_a_file_task_succeeds_with_the_file_as_an_artifact(
+    runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
+) -> None:
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-write"):
             job = make_job(settings, bus_module.TaskRequest(description="[script:write-a-file] please write hello.txt"))
@@ -35,4 +37,3 @@ async def test_write_a_file_task_succeeds_with_the_file_as_an_artifact(runner_se
     stored = await store.get(artifacts[0].object_key)
     assert stored.data and len(stored.data) == artifacts[0].size
     assert finished.diff and "+++ b/hello.txt" in finished.diff
-

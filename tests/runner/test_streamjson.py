@@ -20,14 +20,22 @@ from sandbox._runner._streamjson import (
 
 
 def test_unknown_fields_and_block_types_are_ignored_not_refused() -> None:
-    line = json.dumps({
-        "type": "assistant", "uuid": "u1", "session_id": "s", "future_field": {"a": 1},
-        "message": {"id": "m", "content": [
-            {"type": "thinking", "thinking": "hmm", "signature": "x"},
-            {"type": "text", "text": "hello", "citations": None},
-            {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}, "caller": {}},
-        ]},
-    })
+    line = json.dumps(
+        {
+            "type": "assistant",
+            "uuid": "u1",
+            "session_id": "s",
+            "future_field": {"a": 1},
+            "message": {
+                "id": "m",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "x"},
+                    {"type": "text", "text": "hello", "citations": None},
+                    {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}, "caller": {}},
+                ],
+            },
+        }
+    )
     parsed = parse_line(line)
     assert isinstance(parsed, AssistantLine)
     assert [b.type for b in blocks(parsed)] == ["thinking", "text", "tool_use"]
@@ -66,16 +74,33 @@ def test_the_lines_a_task_and_the_completion_provider_read() -> None:
 def test_translate_makes_the_task_events() -> None:
     outcome = ClaudeOutcome()
     lines = [
-        {"type": "assistant", "message": {"content": [
-            {"type": "text", "text": "working"},
-            {"type": "tool_use", "id": "a1", "name": "Agent", "input": {"subagent_type": "reviewer"}},
-        ]}},
-        {"type": "assistant", "parent_tool_use_id": "a1", "message": {"content": [
-            {"type": "tool_use", "id": "b1", "name": "Read", "input": "not an object"},
-        ]}},
-        {"type": "user", "parent_tool_use_id": "a1", "message": {"content": [
-            {"type": "tool_result", "tool_use_id": "b1", "is_error": True, "content": [{"type": "text", "text": "nope"}]},
-        ]}},
+        {
+            "type": "assistant",
+            "message": {
+                "content": [
+                    {"type": "text", "text": "working"},
+                    {"type": "tool_use", "id": "a1", "name": "Agent", "input": {"subagent_type": "reviewer"}},
+                ]
+            },
+        },
+        {
+            "type": "assistant",
+            "parent_tool_use_id": "a1",
+            "message": {
+                "content": [
+                    {"type": "tool_use", "id": "b1", "name": "Read", "input": "not an object"},
+                ]
+            },
+        },
+        {
+            "type": "user",
+            "parent_tool_use_id": "a1",
+            "message": {
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "b1", "is_error": True, "content": [{"type": "text", "text": "nope"}]},
+                ]
+            },
+        },
         {"type": "user", "message": {"content": "the prompt, echoed"}},
         {"type": "result", "subtype": "success", "result": "all done", "num_turns": 4},
     ]

@@ -92,5 +92,3 @@ async def new_sandbox(backend: SandboxBackend, workspace: Path):  # type: ignore
         await sb.destroy()
         await sb.destroy()  # idempotent
         await assert_nothing_left(sb)
-
-

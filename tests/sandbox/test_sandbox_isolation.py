@@ -119,7 +119,6 @@ async def test_command_cannot_write_outside_workspace_and_tmpfs(new_sandbox, tmp
     assert (managed / "managed-settings.json").read_text() == '{"permissions": {}}'
 
 
-
 async def test_command_cannot_gain_privileges(new_sandbox, workspace: Path) -> None:  # type: ignore[no-untyped-def]
     # A setuid-root binary placed in the workspace by the host must not run as root.
     shutil.copy("/usr/bin/id", workspace / "suid-id")

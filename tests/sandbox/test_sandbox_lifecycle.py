@@ -83,7 +83,16 @@ async def test_a_missing_command_fails_with_exit_127_and_says_why(new_sandbox) -
 
 async def test_home_files_are_in_place_before_anything_runs(new_sandbox) -> None:  # type: ignore[no-untyped-def]
     sb = await new_sandbox(home_files={".claude/settings.json": b'{"a": 1}', "notes.txt": b"hi"})
-    result = await (await sb.exec(["bash", "-c", "cat ~/.claude/settings.json ~/notes.txt; echo; stat -c %U ~ ~/.claude/settings.json; touch ~/.claude/new && echo writable"], cwd="/tmp")).collect(timeout=30)
+    result = await (
+        await sb.exec(
+            [
+                "bash",
+                "-c",
+                "cat ~/.claude/settings.json ~/notes.txt; echo; stat -c %U ~ ~/.claude/settings.json; touch ~/.claude/new && echo writable",
+            ],
+            cwd="/tmp",
+        )
+    ).collect(timeout=30)
     assert result.stdout == ['{"a": 1}hi', "agent", "agent", "writable"], result
 
 

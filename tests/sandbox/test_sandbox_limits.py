@@ -95,7 +95,9 @@ async def test_busy_loop_is_killed_at_the_wall_clock(new_sandbox) -> None:  # ty
 async def test_workspace_files_belong_to_the_sandbox_user_on_the_host(new_sandbox, workspace: Path) -> None:  # type: ignore[no-untyped-def]
     (workspace / "input.txt").write_text("given")
     sb = await new_sandbox()
-    result = await (await sb.exec(["bash", "-c", "cat input.txt && echo made > output.txt && echo appended >> input.txt"])).collect(timeout=30)
+    result = await (await sb.exec(["bash", "-c", "cat input.txt && echo made > output.txt && echo appended >> input.txt"])).collect(
+        timeout=30
+    )
     assert result.exit_code == 0 and result.stdout == ["given"]
     assert (sb.workspace / "output.txt").stat().st_uid == 1000
     assert os.stat(sb.workspace / "input.txt").st_uid == 1000

@@ -24,7 +24,9 @@ async def test_warm_pool_hands_out_a_ready_container_with_the_tasks_workspace(
     ws = tmp_path / "task-ws"
     ws.mkdir()
     (ws / "input.txt").write_text("from the runner")
-    spec = SandboxSpec(task_id="pooled-task", runner_id="pool-runner", workspace=str(ws), memory_mb=256, pids=64, disk_mb=32, home_files={"h.txt": b"home"})
+    spec = SandboxSpec(
+        task_id="pooled-task", runner_id="pool-runner", workspace=str(ws), memory_mb=256, pids=64, disk_mb=32, home_files={"h.txt": b"home"}
+    )
     try:
         assert await backend.prewarm(spec, timeout=60) == 1
         pooled_ids = {i.id for i in await backend.list() if i.state == "pooled"}
@@ -46,7 +48,9 @@ async def test_warm_pool_hands_out_a_ready_container_with_the_tasks_workspace(
 def test_cli_runs_a_command_in_a_sandbox_and_returns_its_exit_code(require_bwrap: None, sandbox_settings: Settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TASKBUS_DATA_DIR", sandbox_settings.data_dir)
     runner = CliRunner()
-    result = runner.invoke(app, ["sandbox", "run", "--backend", "bwrap", "--memory", "128", "--", "bash", "-c", "echo hi from $(id -un); exit 3"])
+    result = runner.invoke(
+        app, ["sandbox", "run", "--backend", "bwrap", "--memory", "128", "--", "bash", "-c", "echo hi from $(id -un); exit 3"]
+    )
     assert result.exit_code == 3, result.output
     assert "hi from agent" in result.output
     listing = runner.invoke(app, ["sandbox", "ls", "--json"])

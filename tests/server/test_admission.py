@@ -65,10 +65,9 @@ async def test_twenty_concurrent_submits_with_one_idempotency_id_make_one_task(s
         nc = await nats.connect(settings.nats_url)
         try:
             body = b'{"description": "once only"}'
-            replies = await asyncio.gather(*[
-                _request(nc, stack.bus.subjects.submit("task"), body, key, **{"Nats-Msg-Id": "order-42"})
-                for _ in range(20)
-            ])
+            replies = await asyncio.gather(
+                *[_request(nc, stack.bus.subjects.submit("task"), body, key, **{"Nats-Msg-Id": "order-42"}) for _ in range(20)]
+            )
             assert all(isinstance(r, SubmitAccepted) for r in replies), replies
             assert len({r.task_id for r in replies}) == 1
             assert await _pending_jobs(stack) == 1
@@ -83,9 +82,7 @@ async def test_twenty_concurrent_submits_with_one_idempotency_id_make_one_task(s
             await nc.drain()
 
 
-async def test_an_idempotency_id_survives_a_server_restart_and_is_shared_by_two_servers(
-    settings: Settings, make_stack
-) -> None:
+async def test_an_idempotency_id_survives_a_server_restart_and_is_shared_by_two_servers(settings: Settings, make_stack) -> None:
     body = b'{"description": "once across servers"}'
     async with make_stack(settings) as first:
         await first.store.update_profile("developer", max_concurrent=100)
@@ -101,10 +98,9 @@ async def test_an_idempotency_id_survives_a_server_restart_and_is_shared_by_two_
     async with make_stack(settings) as one, make_stack(settings) as two:
         nc = await nats.connect(settings.nats_url)
         try:
-            replies = await asyncio.gather(*[
-                _request(nc, subject, body, key, **{"Nats-Msg-Id": mid})
-                for mid in ["restart-1"] * 10 + ["both-1"] * 20
-            ])
+            replies = await asyncio.gather(
+                *[_request(nc, subject, body, key, **{"Nats-Msg-Id": mid}) for mid in ["restart-1"] * 10 + ["both-1"] * 20]
+            )
         finally:
             await nc.drain()
         assert {r.task_id for r in replies[:10]} == {before.task_id}
@@ -132,15 +128,13 @@ async def test_a_refused_first_request_does_not_pin_its_idempotency_id(settings:
         nc = await nats.connect(settings.nats_url)
         try:
             subject = stack.bus.subjects.submit("task")
-            refused = await _request(nc, subject, b'{"description": "x", "allow_tools": ["Bash"]}', key,
-                                     **{"Nats-Msg-Id": "fix-and-retry"})
+            refused = await _request(nc, subject, b'{"description": "x", "allow_tools": ["Bash"]}', key, **{"Nats-Msg-Id": "fix-and-retry"})
             assert isinstance(refused, SubmitRejected) and refused.code == "permission_denied"
             fixed = await _request(nc, subject, b'{"description": "x"}', key, **{"Nats-Msg-Id": "fix-and-retry"})
             assert isinstance(fixed, SubmitAccepted)
             again = await _request(nc, subject, b'{"description": "x"}', key, **{"Nats-Msg-Id": "fix-and-retry"})
             assert again == fixed
-            other = await _request(nc, subject, b'{"description": "something else"}', key,
-                                   **{"Nats-Msg-Id": "fix-and-retry"})
+            other = await _request(nc, subject, b'{"description": "something else"}', key, **{"Nats-Msg-Id": "fix-and-retry"})
             assert isinstance(other, SubmitRejected) and other.code == "invalid_input"
             assert "different request" in other.message
             assert await _pending_jobs(stack) == 1
@@ -225,9 +219,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 
 
 @MODES
-async def test_misspelt_and_unknown_arguments_name_the_field_and_the_nearest_valid_name(
-    settings: Settings, make_stack, mode: str
-) -> None:
+async def test_misspelt_and_unknown_arguments_name_the_field_and_the_nearest_valid_name(settings: Settings, make_stack, mode: str) -> None:
     async with make_stack(settings) as stack:
         key = await stack.key("developer")
         async with Client(create_mcp_server(stack.dispatcher, api_key=key), mode=mode) as client:
@@ -319,9 +311,17 @@ async def test_a_spent_budget_refuses_over_nats_too(settings: Settings, make_sta
 
 
 async def _seed_cache(stack: Any, profile: str, request: CompleteRequest, text: str) -> None:
-    await CompletionCache(stack.bus).put(cache_key(profile, request), CachedCompletion(
-        text=text, model="claude-haiku-4-5", routing_reason="seeded", usage=Usage(input_tokens=3, output_tokens=2),
-        cost_usd=0.01, task_id="t_original"))
+    await CompletionCache(stack.bus).put(
+        cache_key(profile, request),
+        CachedCompletion(
+            text=text,
+            model="claude-haiku-4-5",
+            routing_reason="seeded",
+            usage=Usage(input_tokens=3, output_tokens=2),
+            cost_usd=0.01,
+            task_id="t_original",
+        ),
+    )
 
 
 async def test_a_cache_hit_over_nats_is_registered_audited_and_rate_limited(settings: Settings, make_stack) -> None:
@@ -424,11 +424,12 @@ async def test_concurrent_duplicates_start_one_sandbox_run_with_a_real_runner(e2
         key = await stack.key("developer")
         nc = await nats.connect(e2e_settings.nats_url)
         try:
-            replies = await asyncio.gather(*[
-                _request(nc, stack.bus.subjects.submit("task"), b'{"description": "say once"}', key,
-                         **{"Nats-Msg-Id": "run-once"})
-                for _ in range(20)
-            ])
+            replies = await asyncio.gather(
+                *[
+                    _request(nc, stack.bus.subjects.submit("task"), b'{"description": "say once"}', key, **{"Nats-Msg-Id": "run-once"})
+                    for _ in range(20)
+                ]
+            )
         finally:
             await nc.drain()
         assert len({r.task_id for r in replies}) == 1 and all(isinstance(r, SubmitAccepted) for r in replies)
@@ -442,9 +443,7 @@ async def test_concurrent_duplicates_start_one_sandbox_run_with_a_real_runner(e2
         assert [t.task_id for t in await stack.store.list_tasks(None)] == [task_id]
 
 
-async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempotency_id(
-    settings: Settings, make_stack
-) -> None:
+async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempotency_id(settings: Settings, make_stack) -> None:
     import os
     import signal
     import sys
@@ -452,11 +451,23 @@ async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempote
     async with make_stack(settings) as stack:
         await stack.store.update_profile("developer", max_concurrent=100)
         key = await stack.key("developer")
-        env = {**os.environ, "TASKBUS_NATS_URL": settings.nats_url, "TASKBUS_DATA_DIR": settings.data_dir,
-               "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix, "TASKBUS_JOB_SECRET": settings.job_secret}
+        env = {
+            **os.environ,
+            "TASKBUS_NATS_URL": settings.nats_url,
+            "TASKBUS_DATA_DIR": settings.data_dir,
+            "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+            "TASKBUS_JOB_SECRET": settings.job_secret,
+        }
         other = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "serve", "--transport", "none", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "cli",
+            "serve",
+            "--transport",
+            "none",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         nc = await nats.connect(settings.nats_url)
         try:
@@ -469,11 +480,14 @@ async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempote
                     assert isinstance(reply, SubmitRejected) and reply.code == "invalid_input"
                     sent += 1
             before = stack.gateway.handled
-            replies = await asyncio.gather(*[
-                _request(nc, stack.bus.subjects.submit("task"), b'{"description": "two servers"}', key,
-                         **{"Nats-Msg-Id": "two-processes"})
-                for _ in range(20)
-            ])
+            replies = await asyncio.gather(
+                *[
+                    _request(
+                        nc, stack.bus.subjects.submit("task"), b'{"description": "two servers"}', key, **{"Nats-Msg-Id": "two-processes"}
+                    )
+                    for _ in range(20)
+                ]
+            )
             assert 0 < stack.gateway.handled - before < 20  # both processes answered some
         finally:
             await nc.drain()
@@ -486,9 +500,7 @@ async def test_two_server_processes_sharing_one_nats_admit_one_task_per_idempote
         assert [t.task_id for t in await stack.store.list_tasks(None)] == [replies[0].task_id]
 
 
-async def test_a_claim_left_pending_by_a_dead_server_is_taken_over_with_its_task_id(
-    settings: Settings, make_stack
-) -> None:
+async def test_a_claim_left_pending_by_a_dead_server_is_taken_over_with_its_task_id(settings: Settings, make_stack) -> None:
     from bus import BusTimeout
     from server._idempotency import SubmitClaims, claim_key
 

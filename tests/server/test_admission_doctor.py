@@ -11,9 +11,15 @@ from cli import app
 
 
 def _payload_check(tmp_path: Path, nats_url: str, max_bytes: int) -> dict:
-    result = CliRunner().invoke(app, ["doctor", "--json"], env={
-        "TASKBUS_DATA_DIR": str(tmp_path), "TASKBUS_NATS_URL": nats_url, "TASKBUS_MAX_MESSAGE_BYTES": str(max_bytes),
-    })
+    result = CliRunner().invoke(
+        app,
+        ["doctor", "--json"],
+        env={
+            "TASKBUS_DATA_DIR": str(tmp_path),
+            "TASKBUS_NATS_URL": nats_url,
+            "TASKBUS_MAX_MESSAGE_BYTES": str(max_bytes),
+        },
+    )
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["nats"]["ok"] is True
     return checks["nats_max_payload"]

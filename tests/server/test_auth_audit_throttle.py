@@ -63,9 +63,7 @@ async def _wait_counted(db: Path, total: int) -> list[dict]:
     return rows
 
 
-async def test_a_flood_of_bad_keys_costs_a_few_audit_rows_that_count_every_failure(
-    settings: Settings, tmp_path: Path
-) -> None:
+async def test_a_flood_of_bad_keys_costs_a_few_audit_rows_that_count_every_failure(settings: Settings, tmp_path: Path) -> None:
     settings = msgspec.structs.replace(settings, auth_audit_window_s=3600.0)
     db = tmp_path / "audit.db"
     bad = "tb_" + "n" * 43
@@ -79,9 +77,9 @@ async def test_a_flood_of_bad_keys_costs_a_few_audit_rows_that_count_every_failu
             try:
                 subject = f"{settings.subject_prefix}.submit.task"
                 for _ in range(FLOOD):
-                    reply = decode_reply((await nc.request(
-                        subject, b'{"description": "x"}', headers={"Authorization": f"Bearer {bad}"}, timeout=10
-                    )).data)
+                    reply = decode_reply(
+                        (await nc.request(subject, b'{"description": "x"}', headers={"Authorization": f"Bearer {bad}"}, timeout=10)).data
+                    )
                     assert isinstance(reply, SubmitRejected) and reply.code == "unauthorized"
             finally:
                 await nc.close()
@@ -113,9 +111,7 @@ async def test_a_closed_window_is_flushed_without_another_failure_and_a_new_one_
         async with asyncio.timeout(20):
             while len(published) < 3:
                 await asyncio.sleep(0.02)
-        assert published[2].detail == {
-            "message": "unknown API key", "via": "nats", "count": 9, "aggregated": True, "window_s": 0.2
-        }
+        assert published[2].detail == {"message": "unknown API key", "via": "nats", "count": 9, "aggregated": True, "window_s": 0.2}
         await throttle.failed(AuthError("unknown API key"), via="nats")
         assert published[-1].detail["count"] == 1 and "aggregated" not in published[-1].detail
     assert len(published) == 4  # nothing left to flush: each window had no further failures
@@ -123,7 +119,16 @@ async def test_a_closed_window_is_flushed_without_another_failure_and_a_new_one_
 
 def test_an_aggregated_row_counts_as_its_failures_for_the_alert() -> None:
     rules = AlertRules(auth_threshold=5, auth_window_s=60)
-    row = Notable(row=1, type="notice", kind="auth_failure", task_id=None, key_id="anonymous",
-                  ts_us=1_000_000, severity=None, detail="unauthorized", count=499)
+    row = Notable(
+        row=1,
+        type="notice",
+        kind="auth_failure",
+        task_id=None,
+        key_id="anonymous",
+        ts_us=1_000_000,
+        severity=None,
+        detail="unauthorized",
+        count=499,
+    )
     alerts = rules.evaluate([row])
     assert [a["kind"] for a in alerts] == ["auth_failures"]

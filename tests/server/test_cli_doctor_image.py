@@ -19,8 +19,9 @@ def _rootfs_check(env: dict[str, str]) -> dict[str, Any]:
 
 def test_doctor_names_the_empty_image_cache_and_the_command_that_fills_it(tmp_path: Path) -> None:
     empty = tmp_path / "cache"
-    check = _rootfs_check({"TASKBUS_DATA_DIR": str(tmp_path / "data"), "TASKBUS_IMAGE_CACHE_DIR": str(empty),
-                           "TASKBUS_SANDBOX_BACKEND": "bwrap"})
+    check = _rootfs_check(
+        {"TASKBUS_DATA_DIR": str(tmp_path / "data"), "TASKBUS_IMAGE_CACHE_DIR": str(empty), "TASKBUS_SANDBOX_BACKEND": "bwrap"}
+    )
     assert check["ok"] is False and check["required"] is True
     assert str(empty) in check["detail"] and check["fix"] == "taskbus sandbox build-image"
 

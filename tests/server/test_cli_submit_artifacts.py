@@ -46,17 +46,29 @@ def stack(settings: Settings, tmp_path: Path, require_bwrap: None, require_claud
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         model_port = sock.getsockname()[1]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}, **_env(settings),
-           "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}", "TASKBUS_CLAUDE_PATH": str(require_claude)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")},
+        **_env(settings),
+        "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+        "TASKBUS_CLAUDE_PATH": str(require_claude),
+    }
     commands = [
         ["model", "serve", "--port", str(model_port), "--script", str(script)],
         ["runner", "--slots", "1", "--backend", "bwrap"],
         ["serve", "--transport", "none"],
     ]
     logs = [(tmp_path / f"{c[0]}.log").open("wb") for c in commands]
-    procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "info", *c], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-             for c, log in zip(commands, logs, strict=True)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "--log-level", "info", *c],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for c, log in zip(commands, logs, strict=True)
+    ]
     try:
         asyncio.run(_wait_for_gateway(settings))
         yield settings
@@ -75,20 +87,33 @@ def _events(settings: Settings, task_id: str) -> list[dict[str, Any]]:
     return json.loads(shown.stdout)["events"]
 
 
-def test_submit_options_reach_the_runner_and_artifacts_download_what_the_task_wrote(
-    stack: Settings, tmp_path: Path
-) -> None:
+def test_submit_options_reach_the_runner_and_artifacts_download_what_the_task_wrote(stack: Settings, tmp_path: Path) -> None:
     settings = stack
     project = tmp_path / "project"
     project.mkdir()
     (project / "notes.txt").write_text("the notes of this project\n")
-    made = _cli(settings, "profiles", "create", "projects", "--from", "developer", "--fs", "readonly",
-                "--root", str(project))
+    made = _cli(settings, "profiles", "create", "projects", "--from", "developer", "--fs", "readonly", "--root", str(project))
     assert made.exit_code == 0, made.output
     key = json.loads(_cli(settings, "keys", "create", "--profile", "projects", "--json").stdout)["key"]
 
-    submitted = _cli(settings, "submit", "read the notes", "--key", key, "--json", "--project", str(project),
-                     "--allow-tool", "Read", "--max-turns", "3", "--effort", "low", "--timeout", "240")
+    submitted = _cli(
+        settings,
+        "submit",
+        "read the notes",
+        "--key",
+        key,
+        "--json",
+        "--project",
+        str(project),
+        "--allow-tool",
+        "Read",
+        "--max-turns",
+        "3",
+        "--effort",
+        "low",
+        "--timeout",
+        "240",
+    )
     task_id = json.loads(submitted.stdout)["task_id"]
     events = _events(settings, task_id)
     accepted = next(e for e in events if e["type"] == "accepted")
@@ -103,8 +128,7 @@ def test_submit_options_reach_the_runner_and_artifacts_download_what_the_task_wr
     # the script never stops by itself: Claude Code's --max-turns 3 ended it after three tool calls
     assert finished["type"] == "finished" and finished["reason"] == "error_max_turns" and len(calls) == 3
 
-    wrote = _cli(settings, "submit", "[script:write-a-file] write hello.txt", "--key", key, "--json",
-                 "--timeout", "240")
+    wrote = _cli(settings, "submit", "[script:write-a-file] write hello.txt", "--key", key, "--json", "--timeout", "240")
     assert wrote.exit_code == 0, wrote.output
     wrote_id = json.loads(wrote.stdout)["task_id"]
     out = tmp_path / "out"
@@ -137,20 +161,31 @@ async def _plant(settings: Settings, files: dict[str, bytes]) -> str:
         await bus.ensure_streams()
         store = await bus.js.object_store(subjects.artifacts_bucket)
         now = datetime.now(UTC)
-        await bus.js.publish(subjects.events(task_id), encode(Accepted(
-            task_id=task_id, seq=1, ts=now, kind="task", key_id="tb_test", profile="developer", model="m")))
+        await bus.js.publish(
+            subjects.events(task_id),
+            encode(Accepted(task_id=task_id, seq=1, ts=now, kind="task", key_id="tb_test", profile="developer", model="m")),
+        )
         for seq, (path, data) in enumerate(files.items(), start=2):
             await store.put(f"{task_id}/{path}", data)
-            await bus.js.publish(subjects.events(task_id), encode(Artifact(
-                task_id=task_id, seq=seq, ts=now, path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                object_key=f"{task_id}/{path}")))
+            await bus.js.publish(
+                subjects.events(task_id),
+                encode(
+                    Artifact(
+                        task_id=task_id,
+                        seq=seq,
+                        ts=now,
+                        path=path,
+                        size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        object_key=f"{task_id}/{path}",
+                    )
+                ),
+            )
     return task_id
 
 
 @pytest.mark.parametrize("name", ["../escaped.txt", "a/../../escaped.txt", "/tmp/escaped.txt", "./x", "a//b", "a\\..\\b"])
-def test_an_artifact_name_that_could_leave_out_is_refused_and_nothing_is_written(
-    settings: Settings, tmp_path: Path, name: str
-) -> None:
+def test_an_artifact_name_that_could_leave_out_is_refused_and_nothing_is_written(settings: Settings, tmp_path: Path, name: str) -> None:
     task_id = asyncio.run(_plant(settings, {"fine.txt": b"ok", name: b"evil"}))
     (tmp_path / "box").mkdir()
     out = tmp_path / "box" / "out"

@@ -53,7 +53,11 @@ def test_submit_list_show_and_cancel_round_trip_with_json(settings: Settings) ->
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}, **_env(settings)}
     server = subprocess.Popen(
         [sys.executable, "-m", "cli", "--log-level", "warning", "serve", "--transport", "none"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         asyncio.run(_wait_for_gateway(settings))
@@ -105,16 +109,28 @@ def test_submit_follows_a_real_task_live_to_its_result(settings: Settings, requi
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         model_port = sock.getsockname()[1]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}, **_env(settings),
-           "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}", "TASKBUS_CLAUDE_PATH": str(require_claude)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")},
+        **_env(settings),
+        "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+        "TASKBUS_CLAUDE_PATH": str(require_claude),
+    }
     commands = [
         ["model", "serve", "--port", str(model_port)],
         ["runner", "--slots", "1", "--backend", "bwrap"],
         ["serve", "--transport", "none"],
     ]
-    procs = [subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", *c], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for c in commands]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "--log-level", "warning", *c],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for c in commands
+    ]
     try:
         asyncio.run(_wait_for_gateway(settings))
         cli_env = {**_env(settings), "TASKBUS_UPSTREAM_URL": env["TASKBUS_UPSTREAM_URL"]}

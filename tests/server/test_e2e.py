@@ -23,9 +23,7 @@ def _text(result) -> str:
 
 
 @MODES
-async def test_complete_and_run_task_end_to_end_with_progress_and_artifacts(
-    e2e_settings: Settings, make_e2e, mode: str
-) -> None:
+async def test_complete_and_run_task_end_to_end_with_progress_and_artifacts(e2e_settings: Settings, make_e2e, mode: str) -> None:
     async with make_e2e(e2e_settings) as stack:
         key = await stack.key("developer")
         async with Client(create_mcp_server(stack.dispatcher, api_key=key), mode=mode) as client:
@@ -86,9 +84,7 @@ async def test_wait_false_then_get_task_until_done(e2e_settings: Settings, make_
             assert status["result"] and status["cost_usd"] > 0
 
 
-async def test_a_client_cancelling_run_task_cancels_the_task_and_leaves_no_sandbox(
-    e2e_settings: Settings, make_e2e
-) -> None:
+async def test_a_client_cancelling_run_task_cancels_the_task_and_leaves_no_sandbox(e2e_settings: Settings, make_e2e) -> None:
     async with make_e2e(e2e_settings) as stack:
         key = await stack.key("developer")
         started = asyncio.Event()
@@ -98,9 +94,11 @@ async def test_a_client_cancelling_run_task_cancels_the_task_and_leaves_no_sandb
                 started.set()
 
         async with Client(create_mcp_server(stack.dispatcher, api_key=key)) as client:
-            call = asyncio.create_task(client.call_tool(
-                "run_task", {"description": "[script:runaway] keep going", "timeout_s": 300},
-                progress_callback=on_progress))
+            call = asyncio.create_task(
+                client.call_tool(
+                    "run_task", {"description": "[script:runaway] keep going", "timeout_s": 300}, progress_callback=on_progress
+                )
+            )
             async with asyncio.timeout(120):
                 await started.wait()
             call.cancel()
@@ -113,17 +111,14 @@ async def test_a_client_cancelling_run_task_cancels_the_task_and_leaves_no_sandb
         assert await sandboxes_left(stack.settings) == []
 
 
-async def test_twenty_concurrent_tasks_against_a_budget_for_five_run_five_and_refuse_fifteen(
-    e2e_settings: Settings, make_e2e
-) -> None:
+async def test_twenty_concurrent_tasks_against_a_budget_for_five_run_five_and_refuse_fifteen(e2e_settings: Settings, make_e2e) -> None:
     async with make_e2e(e2e_settings, slots=5) as stack:
         await stack.store.update_profile("developer", max_concurrent=100)
         key = await stack.key("developer", day_usd=0.25)
         async with Client(create_mcp_server(stack.dispatcher, api_key=key)) as client:
-            results = await asyncio.gather(*[
-                client.call_tool("run_task", {"description": "[script:hello] say hello", "max_cost_usd": 0.05})
-                for _ in range(20)
-            ])
+            results = await asyncio.gather(
+                *[client.call_tool("run_task", {"description": "[script:hello] say hello", "max_cost_usd": 0.05}) for _ in range(20)]
+            )
         ran = [r for r in results if not r.is_error]
         refused = [r for r in results if r.is_error]
         assert len(ran) == 5 and len(refused) == 15
@@ -220,7 +215,8 @@ async def test_a_completion_over_its_cost_cap_is_an_error_with_the_budget_code(e
         key = await stack.key("developer")
         async with Client(create_mcp_server(stack.dispatcher, api_key=key)) as client:
             result = await client.call_tool(
-                "complete", {"prompt": "[script:expensive] spend", "model": "claude-haiku-4-5", "max_cost_usd": 0.000001})
+                "complete", {"prompt": "[script:expensive] spend", "model": "claude-haiku-4-5", "max_cost_usd": 0.000001}
+            )
         assert result.is_error, _text(result)
         assert result.structured_content["error"]["code"] == "budget_exceeded"
         assert _text(result).startswith("[budget_exceeded]") and "max_cost_usd" in _text(result)

@@ -19,8 +19,16 @@ DEADLINE_S = 60.0
 
 
 def accepted(task_id: str) -> Accepted:
-    return Accepted(task_id=task_id, seq=1, ts=utcnow(), kind="complete", key_id="tb_test", profile="developer",
-                    model="claude-haiku-4-5", routing_reason="test")
+    return Accepted(
+        task_id=task_id,
+        seq=1,
+        ts=utcnow(),
+        kind="complete",
+        key_id="tb_test",
+        profile="developer",
+        model="claude-haiku-4-5",
+        routing_reason="test",
+    )
 
 
 def log(task_id: str, seq: int) -> Log:
@@ -48,8 +56,7 @@ async def test_many_followed_tasks_finish_through_one_subscription_without_a_con
     async with EventsHub(bus) as hub, asyncio.TaskGroup() as tg:
         ids = [new_task_id() for _ in range(50)]
         watches = {t: TaskWatch(t) for t in ids}
-        followers = [tg.create_task(follow(hub, hub.open(t), watches[t], fresh=True, on_finished=on_finished))
-                     for t in ids]
+        followers = [tg.create_task(follow(hub, hub.open(t), watches[t], fresh=True, on_finished=on_finished)) for t in ids]
         for t in ids:
             await publish(bus, accepted(t))
         assert await consumers(bus) == 1, "the hub's one consumer; following a task must not create another"

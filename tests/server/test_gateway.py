@@ -44,9 +44,7 @@ def test_bearer_reads_the_key_from_the_authorization_header() -> None:
     assert bearer(None) is None
 
 
-async def test_bad_key_malformed_and_oversized_requests_are_rejected_and_the_gateway_keeps_serving(
-    settings: Settings, make_stack
-) -> None:
+async def test_bad_key_malformed_and_oversized_requests_are_rejected_and_the_gateway_keeps_serving(settings: Settings, make_stack) -> None:
     async with make_stack(settings) as stack:
         key = await stack.key("developer")
         nc = await nats.connect(settings.nats_url)
@@ -59,9 +57,7 @@ async def test_bad_key_malformed_and_oversized_requests_are_rejected_and_the_gat
             malformed = await _request(nc, subjects.submit("task"), b"{not json", key)
             wrong_type = await _request(nc, subjects.submit("task"), b'{"description": 42}', key)
             empty_completion = await _request(nc, subjects.submit("complete"), b"{}", key)
-            oversized = await _request(
-                nc, subjects.submit("task"), b'{"description": "' + b"x" * settings.max_message_bytes + b'"}', key
-            )
+            oversized = await _request(nc, subjects.submit("task"), b'{"description": "' + b"x" * settings.max_message_bytes + b'"}', key)
             for reply in (no_key, wrong_key, malformed, wrong_type, empty_completion, oversized):
                 assert isinstance(reply, SubmitRejected), reply
             assert no_key.code == "unauthorized" and "API key" in no_key.message
@@ -82,8 +78,7 @@ async def test_bad_key_malformed_and_oversized_requests_are_rejected_and_the_gat
             await nc.drain()
 
 
-async def test_an_accepted_submit_publishes_accepted_then_a_signed_job(settings: Settings, make_stack
-) -> None:
+async def test_an_accepted_submit_publishes_accepted_then_a_signed_job(settings: Settings, make_stack) -> None:
     from bus import load_or_create_job_secret, verify_job
 
     async with make_stack(settings) as stack:
@@ -114,15 +109,12 @@ async def test_an_accepted_submit_publishes_accepted_then_a_signed_job(settings:
             await nc.drain()
 
 
-async def test_a_denied_permission_is_refused_with_its_name_audited_and_nothing_published(settings: Settings, make_stack
-) -> None:
+async def test_a_denied_permission_is_refused_with_its_name_audited_and_nothing_published(settings: Settings, make_stack) -> None:
     async with make_stack(settings) as stack:
         key = await stack.key("readonly-analyst")
         nc = await nats.connect(settings.nats_url)
         try:
-            reply = await _request(
-                nc, stack.bus.subjects.submit("task"), b'{"description": "x", "allow_tools": ["Bash"]}', key
-            )
+            reply = await _request(nc, stack.bus.subjects.submit("task"), b'{"description": "x", "allow_tools": ["Bash"]}', key)
             assert isinstance(reply, SubmitRejected) and reply.code == "permission_denied"
             assert "Bash" in reply.message
             only_complete = await stack.key("complete-only")
@@ -137,17 +129,14 @@ async def test_a_denied_permission_is_refused_with_its_name_audited_and_nothing_
             await nc.drain()
 
 
-async def test_concurrent_submits_against_a_small_budget_admit_only_what_fits(settings: Settings, make_stack
-) -> None:
+async def test_concurrent_submits_against_a_small_budget_admit_only_what_fits(settings: Settings, make_stack) -> None:
     async with make_stack(settings) as stack:
         await stack.store.update_profile("developer", max_concurrent=100)
         key = await stack.key("developer", day_usd=0.5)
         nc = await nats.connect(settings.nats_url)
         try:
             body = json.dumps({"description": "hello", "max_cost_usd": 0.1}).encode()
-            replies = await asyncio.gather(
-                *[_request(nc, stack.bus.subjects.submit("task"), body, key) for _ in range(20)]
-            )
+            replies = await asyncio.gather(*[_request(nc, stack.bus.subjects.submit("task"), body, key) for _ in range(20)])
             accepted = [r for r in replies if isinstance(r, SubmitAccepted)]
             refused = [r for r in replies if isinstance(r, SubmitRejected)]
             assert len(accepted) == 5 and len(refused) == 15
@@ -161,9 +150,7 @@ async def test_concurrent_submits_against_a_small_budget_admit_only_what_fits(se
             await nc.drain()
 
 
-async def test_rate_and_concurrency_limits_are_refused_with_their_codes_and_audited(
-    settings: Settings, make_stack
-) -> None:
+async def test_rate_and_concurrency_limits_are_refused_with_their_codes_and_audited(settings: Settings, make_stack) -> None:
     async with make_stack(settings) as stack:
         await stack.store.update_profile("developer", rate_limit_per_min=3, max_concurrent=1)
         key = await stack.key("developer")
@@ -184,8 +171,7 @@ async def test_rate_and_concurrency_limits_are_refused_with_their_codes_and_audi
             await nc.drain()
 
 
-async def test_a_bus_that_stops_answering_during_admission_gives_a_bus_error_reply_and_no_job(
-        settings: Settings, make_stack) -> None:
+async def test_a_bus_that_stops_answering_during_admission_gives_a_bus_error_reply_and_no_job(settings: Settings, make_stack) -> None:
     """The task registry's stream is gone (as while JetStream elects a leader or restarts):
     the publisher gets a clear ``bus_error`` saying to retry, not an internal error."""
     async with make_stack(settings) as stack:

@@ -57,9 +57,15 @@ async def test_a_symlink_out_of_the_allowed_root_is_refused_at_dispatch_and_audi
 ) -> None:
     root, _ = roots
     async with make_stack(settings) as stack:
-        await stack.store.create_profile(Profile(
-            name="proj", models=["claude-sonnet-4-6"], tools=["Bash"], fs_access="readonly", project_roots=[str(root)],
-        ))
+        await stack.store.create_profile(
+            Profile(
+                name="proj",
+                models=["claude-sonnet-4-6"],
+                tools=["Bash"],
+                fs_access="readonly",
+                project_roots=[str(root)],
+            )
+        )
         caller = await stack.dispatcher.authenticate(await stack.key("proj"), via="test")
         for link, target in (("etc-link", "/etc"), ("sneaky", str(root.parent / "secret-project"))):
             with pytest.raises(PolicyDenied) as refused:
@@ -76,14 +82,17 @@ async def test_a_project_under_a_root_that_is_itself_a_link_is_signed_by_its_rea
 ) -> None:
     root, linked_root = roots
     async with make_stack(settings) as stack:
-        await stack.store.create_profile(Profile(
-            name="proj", models=["claude-sonnet-4-6"], fs_access="readonly", project_roots=[str(linked_root)],
-        ))
+        await stack.store.create_profile(
+            Profile(
+                name="proj",
+                models=["claude-sonnet-4-6"],
+                fs_access="readonly",
+                project_roots=[str(linked_root)],
+            )
+        )
         sub = await stack.bus.js.subscribe(stack.bus.subjects.jobs("task"), stream=stack.bus.subjects.jobs_stream)
         caller = await stack.dispatcher.authenticate(await stack.key("proj"), via="test")
-        submission = await stack.dispatcher.submit(
-            caller, TaskRequest(description="x", project=str(linked_root / "app"))
-        )
+        submission = await stack.dispatcher.submit(caller, TaskRequest(description="x", project=str(linked_root / "app")))
         msg = await sub.next_msg(timeout=10)
         job = decode_job(msg.data)
         await sub.unsubscribe()
@@ -92,8 +101,16 @@ async def test_a_project_under_a_root_that_is_itself_a_link_is_signed_by_its_rea
 
 
 def _policy(project_root: str) -> Policy:
-    return Policy(task_id="t-0123456789ab", kind="task", key_id="tb_x", profile="p", model="m", models=["m"],
-                  fs_access="readonly", project_root=project_root)
+    return Policy(
+        task_id="t-0123456789ab",
+        kind="task",
+        key_id="tb_x",
+        profile="p",
+        model="m",
+        models=["m"],
+        fs_access="readonly",
+        project_root=project_root,
+    )
 
 
 def test_the_runner_refuses_a_signed_project_root_that_now_resolves_elsewhere(tmp_path: Path) -> None:
@@ -120,20 +137,30 @@ async def test_a_runner_refuses_a_project_root_swapped_for_a_link_after_signing_
     project.symlink_to("/etc")  # swapped in after dispatch resolved and signed the path
     task_id = "t-" + os.urandom(6).hex()
     request = TaskRequest(description="[script:hello] hi", project=str(project))
-    policy = Policy(task_id=task_id, kind="task", key_id="tb_x", profile="p", model="claude-sonnet-4-6",
-                    models=["claude-sonnet-4-6"], tools=["Bash"], max_cost_usd=1.0, timeout_s=60,
-                    fs_access="readonly", project_root=str(project))
+    policy = Policy(
+        task_id=task_id,
+        kind="task",
+        key_id="tb_x",
+        profile="p",
+        model="claude-sonnet-4-6",
+        models=["claude-sonnet-4-6"],
+        tools=["Bash"],
+        max_cost_usd=1.0,
+        timeout_s=60,
+        fs_access="readonly",
+        project_root=str(project),
+    )
     async with ScriptedModelServer(log_path=tmp_path / "model.jsonl") as model:
         settings = msgspec.structs.replace(e2e_settings, upstream_url=model.url)
         async with Runner(settings, backend="bwrap", slots=1, runner_id="r-project-root"):
-            await bus.publish(bus.subjects.events(task_id), Accepted(
-                task_id=task_id, seq=1, ts=utcnow(), kind="task", key_id="tb_x", profile="p",
-                model="claude-sonnet-4-6"), msg_id=f"{task_id}-1")
-            job = Job(task_id=task_id, policy=policy, request=request,
-                      signature=sign_job(task_id, policy, request, settings.job_secret))
+            await bus.publish(
+                bus.subjects.events(task_id),
+                Accepted(task_id=task_id, seq=1, ts=utcnow(), kind="task", key_id="tb_x", profile="p", model="claude-sonnet-4-6"),
+                msg_id=f"{task_id}-1",
+            )
+            job = Job(task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, settings.job_secret))
             await bus.publish(bus.subjects.jobs("task"), job, msg_id=task_id)
-            sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True,
-                                         deliver_policy=DeliverPolicy.ALL)
+            sub = await bus.js.subscribe(bus.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
             events: list = []
             async with asyncio.timeout(120):
                 while not events or not isinstance(events[-1], Finished):

@@ -18,8 +18,16 @@ async def _start(settings: Settings, key: str, *args: str) -> asyncio.subprocess
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
     env["TASKBUS_API_KEY"] = key
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLE), "--url", settings.nats_url, "--prefix", settings.subject_prefix, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        str(EXAMPLE),
+        "--url",
+        settings.nats_url,
+        "--prefix",
+        settings.subject_prefix,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
 
 

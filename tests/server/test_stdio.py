@@ -17,17 +17,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def stdio_params(settings: Settings, key: str) -> StdioServerParameters:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
-    env.update({
-        "TASKBUS_NATS_URL": settings.nats_url,
-        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
-        "TASKBUS_DATA_DIR": settings.data_dir,
-        "TASKBUS_JOB_SECRET": settings.job_secret,
-        "TASKBUS_API_KEY": key,
-        "TASKBUS_LOG_LEVEL": "warning",
-    })
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "cli", "serve", "--transport", "stdio"], cwd=str(ROOT), env=env
+    env.update(
+        {
+            "TASKBUS_NATS_URL": settings.nats_url,
+            "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+            "TASKBUS_DATA_DIR": settings.data_dir,
+            "TASKBUS_JOB_SECRET": settings.job_secret,
+            "TASKBUS_API_KEY": key,
+            "TASKBUS_LOG_LEVEL": "warning",
+        }
     )
+    return StdioServerParameters(command=sys.executable, args=["-m", "cli", "serve", "--transport", "stdio"], cwd=str(ROOT), env=env)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

@@ -27,8 +27,7 @@ def up_env(tmp_path: Path, require_bwrap: None, require_claude: Path) -> dict[st
     data.mkdir()
     (data / "images").symlink_to(images)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_") and k != "ANTHROPIC_API_KEY"}
-    env.update({"TASKBUS_DATA_DIR": str(data), "TASKBUS_HTTP_PORT": str(free_port()),
-                "TASKBUS_CLAUDE_PATH": str(require_claude)})
+    env.update({"TASKBUS_DATA_DIR": str(data), "TASKBUS_HTTP_PORT": str(free_port()), "TASKBUS_CLAUDE_PATH": str(require_claude)})
     if "TASKBUS_TEST_ROOT" in os.environ:
         env["TASKBUS_TEST_ROOT"] = os.environ["TASKBUS_TEST_ROOT"]
     return env
@@ -42,9 +41,15 @@ def start_up(up_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., U
     def start(*args: str, env: dict[str, str] | None = None) -> Up:
         log = tmp_path / f"up-{len(started)}.log"
         with log.open("wb") as fh:
-            proc = subprocess.Popen([TASKBUS, "up", "--nats-port", "0", *args], env={**up_env, **(env or {})}, cwd=ROOT,
-                                    stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [TASKBUS, "up", "--nats-port", "0", *args],
+                env={**up_env, **(env or {})},
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         up = Up(proc=proc, data=Path(up_env["TASKBUS_DATA_DIR"]), log=log)
         started.append(up)
         return up

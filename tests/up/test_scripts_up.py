@@ -12,14 +12,13 @@ from cli._up._configdoc import BEGIN, END, current_section
 
 
 def test_scripts_up_check_runs_the_demo_task_and_verifies_its_audit_trail(up_env: dict[str, str]) -> None:
-    result = subprocess.run([str(ROOT / "scripts" / "up"), "--check"], env=up_env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run([str(ROOT / "scripts" / "up"), "--check"], env=up_env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "check passed" in output and "succeeded" in output
     assert "tool call Write" in output and "tool call Bash" in output  # the events, live
-    assert "2 3 5 7 11 13 17 19 23 29 31 37 41 43 47" in output        # the program's output
-    assert "def primes(limit):" in output                               # the artifact, via the resource
+    assert "2 3 5 7 11 13 17 19 23 29 31 37 41 43 47" in output  # the program's output
+    assert "def primes(limit):" in output  # the artifact, via the resource
     assert "cost $" in output and "chain ok" in output
     data = Path(up_env["TASKBUS_DATA_DIR"])
     assert not (data / "up.pid").exists()  # stopped again
@@ -31,8 +30,7 @@ def test_scripts_up_check_fails_when_the_stack_cannot_start(up_env: dict[str, st
     # the control plane lives on NATS: an external NATS that does not answer stops the start
     # before any child runs, with one line that names the setting and what to do
     env = {**up_env, "TASKBUS_NATS_URL": "nats://127.0.0.1:1"}
-    result = subprocess.run([TASKBUS, "up", "--check"], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([TASKBUS, "up", "--check"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "TASKBUS_NATS_URL (nats://127.0.0.1:1) does not answer" in result.stderr and "unset" in result.stderr
     assert "Traceback" not in result.stderr and "UpError" not in result.stderr  # one clear error, no traceback
@@ -45,9 +43,7 @@ def test_scripts_up_check_fails_when_the_stack_cannot_start(up_env: dict[str, st
 def test_the_readme_configuration_reference_matches_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     assert BEGIN in readme and END in readme
-    assert current_section(readme) == render_reference(), (
-        "README.md is out of date: run `taskbus config-reference --update README.md`"
-    )
+    assert current_section(readme) == render_reference(), "README.md is out of date: run `taskbus config-reference --update README.md`"
 
 
 def test_every_setting_appears_in_the_readme() -> None:
@@ -63,11 +59,9 @@ def test_every_setting_appears_in_the_readme() -> None:
 def test_config_reference_check_names_the_fix_when_the_readme_drifts(tmp_path: Path) -> None:
     stale = tmp_path / "README.md"
     stale.write_text(f"# x\n{BEGIN}\n| old |\n{END}\n")
-    result = subprocess.run([TASKBUS, "config-reference", "--check", str(stale)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([TASKBUS, "config-reference", "--check", str(stale)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "config-reference --update" in result.stderr
-    assert subprocess.run([TASKBUS, "config-reference", "--update", str(stale)], capture_output=True,
-                          timeout=60).returncode == 0
+    assert subprocess.run([TASKBUS, "config-reference", "--update", str(stale)], capture_output=True, timeout=60).returncode == 0
     assert current_section(stale.read_text()) == render_reference()
 
 

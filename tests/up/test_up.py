@@ -43,9 +43,13 @@ def test_up_starts_every_process_and_labels_the_offline_model(start_up) -> None:
     assert key.encode() not in on_disk and key[11:].encode() not in on_disk  # stored only as a hash
     assert not (up.data / "taskbus.db").exists()  # the control plane is in NATS
     # the printed admin key works: a completion through the stack
-    done = subprocess.run([TASKBUS, "submit", "--complete", "--key", key, "--json", "say hi"],
-                          env={**os.environ, "TASKBUS_DATA_DIR": str(up.data)}, capture_output=True, timeout=300,
-                          text=True)
+    done = subprocess.run(
+        [TASKBUS, "submit", "--complete", "--key", key, "--json", "say hi"],
+        env={**os.environ, "TASKBUS_DATA_DIR": str(up.data)},
+        capture_output=True,
+        timeout=300,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["status"] == "succeeded"
     # every child sees the same data dir and NATS, through TASKBUS_* variables
@@ -115,8 +119,9 @@ def test_closing_the_terminal_stops_everything_like_ctrl_c(start_up) -> None:
 
 
 def _make_key(data: Path, env: dict[str, str]) -> str:
-    out = subprocess.run([TASKBUS, "keys", "create", "--profile", "developer", "--json"], env=env,
-                         capture_output=True, timeout=60, check=True)
+    out = subprocess.run(
+        [TASKBUS, "keys", "create", "--profile", "developer", "--json"], env=env, capture_output=True, timeout=60, check=True
+    )
     return json.loads(out.stdout)["key"]
 
 
@@ -132,16 +137,26 @@ def test_ctrl_c_with_a_task_running_leaves_no_process_container_or_socket(
     key = _make_key(up.data, env)
     submitted = subprocess.run(
         [TASKBUS, "submit", "--no-wait", "--key", key, "--timeout", "300", "[script:runaway] keep working"],
-        env=env, capture_output=True, timeout=60, text=True,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        text=True,
     )
     assert submitted.returncode == 0, submitted.stderr
     task_id = re.search(r"\bt_[0-9a-z]+", submitted.stdout + submitted.stderr).group(0)
     runner_log = up.data / "logs" / "runner.log"
-    wait_for("the task to be running in a sandbox",
-             lambda: f"task {task_id}) ready" in runner_log.read_text(errors="replace"), 120, log=runner_log)
+    wait_for(
+        "the task to be running in a sandbox",
+        lambda: f"task {task_id}) ready" in runner_log.read_text(errors="replace"),
+        120,
+        log=runner_log,
+    )
     pids = _all_pids(up)
-    ports = [int(state["mcp_url"].rsplit(":", 1)[1].split("/")[0]), int(state["nats_url"].rsplit(":", 1)[1]),
-             int(state["model_url"].rsplit(":", 1)[1])]
+    ports = [
+        int(state["mcp_url"].rsplit(":", 1)[1].split("/")[0]),
+        int(state["nats_url"].rsplit(":", 1)[1]),
+        int(state["model_url"].rsplit(":", 1)[1]),
+    ]
 
     up.proc.send_signal(signal.SIGINT)
     assert up.proc.wait(timeout=90) == 0, up.log.read_text()[-3000:]
@@ -156,8 +171,9 @@ def test_ctrl_c_with_a_task_running_leaves_no_process_container_or_socket(
     sockets = [p for p in Path("/tmp").glob(f"taskbus-*/{task_id}/**/*") if p.is_socket()]
     assert sockets == []
     if backend == "docker":
-        containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=taskbus.task_id={task_id}"],
-                                    capture_output=True, text=True, check=True).stdout.split()
+        containers = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=taskbus.task_id={task_id}"], capture_output=True, text=True, check=True
+        ).stdout.split()
         assert containers == []
     text = up.log.read_text()
     order = [text.index(f"stopped {name} ") for name in ("server", "runner", "audit", "model", "nats")]
@@ -171,23 +187,22 @@ def test_up_refuses_a_taken_mcp_port_with_a_clear_error(up_env: dict[str, str]) 
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = subprocess.run([TASKBUS, "up", "--nats-port", "0", "--port", str(port)], env=up_env,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [TASKBUS, "up", "--nats-port", "0", "--port", str(port)], env=up_env, capture_output=True, text=True, timeout=60
+        )
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "--port" in result.stderr
 
 
 def test_down_stops_a_detached_stack(up_env: dict[str, str]) -> None:
     env = {**up_env, "TASKBUS_HTTP_PORT": str(free_port())}
-    started = subprocess.run([TASKBUS, "up", "--detach", "--nats-port", "0"], env=env, capture_output=True,
-                             text=True, timeout=120)
+    started = subprocess.run([TASKBUS, "up", "--detach", "--nats-port", "0"], env=env, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr
         assert "running in the background" in started.stderr
         data = Path(env["TASKBUS_DATA_DIR"])
         state = json.loads((data / "up.json").read_text())
-        status = json.loads(subprocess.run([TASKBUS, "status", "--json"], env=env, capture_output=True,
-                                           text=True, timeout=60).stdout)
+        status = json.loads(subprocess.run([TASKBUS, "status", "--json"], env=env, capture_output=True, text=True, timeout=60).stdout)
         assert status["running"] is True and status["mcp_url"] == state["mcp_url"]
         assert (data / "logs" / "up.log").exists()
     finally:

@@ -16,8 +16,13 @@ from up_kit import ROOT, TASKBUS
 
 def _cli(*args: str, data: Path, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """A separate process with only TASKBUS_DATA_DIR (and the usual PATH/HOME) set."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "TASKBUS_DATA_DIR": str(data),
-           "COLUMNS": "200", **(extra or {})}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "TASKBUS_DATA_DIR": str(data),
+        "COLUMNS": "200",
+        **(extra or {}),
+    }
     return subprocess.run([TASKBUS, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
@@ -49,8 +54,17 @@ def test_cli_commands_find_a_stack_on_another_nats_port_and_strangers_are_refuse
     # TASKBUS_NATS_URL still wins, with whatever credentials are given: wrong ones are one clear line
     wrong = up.data.parent / "wrong.json"
     wrong.write_text(json.dumps({"user": "taskbus-cli", "password": "not-the-password"}))
-    line = _one_clear_line(_cli("submit", "--complete", "--key", key, "hi", data=up.data,
-                                extra={"TASKBUS_NATS_URL": state["nats_url"], "TASKBUS_NATS_CREDENTIALS": str(wrong)}))
+    line = _one_clear_line(
+        _cli(
+            "submit",
+            "--complete",
+            "--key",
+            key,
+            "hi",
+            data=up.data,
+            extra={"TASKBUS_NATS_URL": state["nats_url"], "TASKBUS_NATS_CREDENTIALS": str(wrong)},
+        )
+    )
     assert "refused" in line and "not-the-password" not in line
 
     async def stranger() -> None:  # another local user: no credentials file to read

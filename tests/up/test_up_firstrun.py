@@ -29,26 +29,25 @@ def test_up_in_a_fresh_data_dir_runs_the_readme_task_with_no_extra_step(start_up
     state = up.ready_state()
     assert up.child("runner")["state"] == "ready"
     env = {**up_env, "TASKBUS_NATS_URL": state["nats_url"]}
-    made = subprocess.run([TASKBUS, "keys", "create", "--profile", "developer", "--json"], env=env,
-                          capture_output=True, timeout=60, check=True)
+    made = subprocess.run(
+        [TASKBUS, "keys", "create", "--profile", "developer", "--json"], env=env, capture_output=True, timeout=60, check=True
+    )
     key = json.loads(made.stdout)["key"]
     # The README's example task, offline: the scripted model echoes the description.
-    done = subprocess.run([TASKBUS, "submit", "--key", key, "--json", "Write fizzbuzz.py and run it"], env=env,
-                          capture_output=True, timeout=300, text=True)
+    done = subprocess.run(
+        [TASKBUS, "submit", "--key", key, "--json", "Write fizzbuzz.py and run it"], env=env, capture_output=True, timeout=300, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout)
     assert summary["status"] == "succeeded" and summary["result"] == "Write fizzbuzz.py and run it"
     assert "sandbox_unavailable" not in (up.data / "logs" / "runner.log").read_text(errors="replace")
 
 
-def test_up_without_an_image_and_building_off_stops_with_the_command_that_builds_it(
-    up_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_up_without_an_image_and_building_off_stops_with_the_command_that_builds_it(up_env: dict[str, str], tmp_path: Path) -> None:
     data = _fresh(up_env)
     empty = tmp_path / "empty-cache"
     env = {**up_env, "TASKBUS_IMAGE_CACHE_DIR": str(empty), "TASKBUS_UP_BUILD_IMAGE": "false"}
-    result = subprocess.run([TASKBUS, "up", "--nats-port", "0", "--backend", "bwrap"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([TASKBUS, "up", "--nats-port", "0", "--backend", "bwrap"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "taskbus sandbox build-image" in result.stderr and str(empty) in result.stderr
     assert "Traceback" not in result.stderr
@@ -76,8 +75,9 @@ async def _beats(settings: Settings, runner_id: str, until, timeout: float = 60.
 async def test_a_runner_heartbeats_ready_only_once_its_image_is_there(
     settings: Settings, tmp_path: Path, require_bwrap: None, require_claude: Path
 ) -> None:
-    settings = msgspec.structs.replace(settings, image_cache_dir=str(tmp_path / "cache"), heartbeat_s=0.2,
-                                       claude_path=str(require_claude), sandbox_backend="bwrap")
+    settings = msgspec.structs.replace(
+        settings, image_cache_dir=str(tmp_path / "cache"), heartbeat_s=0.2, claude_path=str(require_claude), sandbox_backend="bwrap"
+    )
     async with Runner(settings, runner_id="firstrun-r1", kinds=("task",)) as runner:
         beat = await _beats(settings, runner.id, lambda b: True)
         assert beat.ready is False and "taskbus sandbox build-image" in beat.problem
@@ -114,8 +114,16 @@ def test_the_panel_says_why_a_runner_is_not_ready(nats_url: str, subjects: Subje
     from cli._up import StatusBoard
 
     board = StatusBoard(_info(nats_url, subjects), list)
-    board.runners["r1"] = (Heartbeat(runner_id="r1", backend="bwrap", slots=2, ready=False,
-                                     problem="sandbox root filesystem not built; run `taskbus sandbox build-image`"), 0.0)
+    board.runners["r1"] = (
+        Heartbeat(
+            runner_id="r1",
+            backend="bwrap",
+            slots=2,
+            ready=False,
+            problem="sandbox root filesystem not built; run `taskbus sandbox build-image`",
+        ),
+        0.0,
+    )
     text = _text(board)
     assert "NOT READY" in text and "taskbus sandbox build-image" in text
     board.runners["r1"] = (Heartbeat(runner_id="r1", backend="bwrap", slots=2, ready=True), 0.0)

@@ -12,9 +12,17 @@ from cli._up import OFFLINE_LABEL, StatusBoard
 
 
 def _info(nats_url: str, subjects: Subjects, **extra: object) -> dict:
-    return {"mcp_url": "http://127.0.0.1:8765/mcp", "nats_url": nats_url, "nats_embedded": True,
-            "offline_model": True, "upstream": "", "data_dir": "/tmp/x", "admin_prefix": "tb_AbCd1234",
-            "subject_prefix": subjects.prefix, **extra}
+    return {
+        "mcp_url": "http://127.0.0.1:8765/mcp",
+        "nats_url": nats_url,
+        "nats_embedded": True,
+        "offline_model": True,
+        "upstream": "",
+        "data_dir": "/tmp/x",
+        "admin_prefix": "tb_AbCd1234",
+        "subject_prefix": subjects.prefix,
+        **extra,
+    }
 
 
 def _text(board: StatusBoard) -> str:
@@ -33,13 +41,18 @@ async def test_the_panel_shows_runner_slots_and_recent_tasks_from_the_bus(bus: B
     try:
         async with asyncio.timeout(10):
             while not board.runners:  # the subscription is live once a heartbeat gets through
-                beat = Heartbeat(runner_id="r-one", backend="bwrap", slots=2, running=[task_id], warm=3,
-                                 warm_agents={"0123456789ab": 2, "ba9876543210": 1})
+                beat = Heartbeat(
+                    runner_id="r-one",
+                    backend="bwrap",
+                    slots=2,
+                    running=[task_id],
+                    warm=3,
+                    warm_agents={"0123456789ab": 2, "ba9876543210": 1},
+                )
                 await bus.nc.publish(subjects.runner("r-one"), encode(beat))
                 await asyncio.sleep(0.05)
             for event in (
-                Accepted(task_id=task_id, seq=1, ts=now, kind="task", key_id="tb_x", profile="developer",
-                         model="claude-haiku-4-5"),
+                Accepted(task_id=task_id, seq=1, ts=now, kind="task", key_id="tb_x", profile="developer", model="claude-haiku-4-5"),
                 Started(task_id=task_id, seq=2, ts=now, runner_id="r-one", backend="bwrap"),
                 Finished(task_id=task_id, seq=3, ts=now, status="succeeded", result="all done", cost_usd=0.125),
             ):

@@ -27,8 +27,7 @@ async def test_a_child_is_ready_once_it_writes_its_own_pid_to_its_ready_file(tmp
         "write_ready_file(__import__('pathlib').Path(sys.argv[1]))\n"  # ... the file is
         "time.sleep(600)\n"
     )
-    spec = ChildSpec(name="worker", argv=[sys.executable, "-c", script, str(path)], env=ENV,
-                     probe=ready_file_probe(path))
+    spec = ChildSpec(name="worker", argv=[sys.executable, "-c", script, str(path)], env=ENV, probe=ready_file_probe(path))
     async with Supervisor([spec], log_dir=tmp_path / "logs", start_timeout_s=60) as supervisor:
         child = supervisor.child("worker")
         assert child.state == "ready"

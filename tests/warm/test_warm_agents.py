@@ -55,12 +55,14 @@ async def test_two_tasks_of_different_policies_each_run_on_a_warm_agent_with_onl
             before = len(model_requests(log))
             beats = runner.warm.taken if runner.warm else 0
 
-            job_a = make_job(settings, bus_module.TaskRequest(
-                description="[script:list] go", files=[_file("a.txt", "file of task A")]), **policy_a)
+            job_a = make_job(
+                settings, bus_module.TaskRequest(description="[script:list] go", files=[_file("a.txt", "file of task A")]), **policy_a
+            )
             await submit(bus, job_a)
             events_a = await follow(bus, job_a.task_id, timeout=180)
-            job_b = make_job(settings, bus_module.TaskRequest(
-                description="[script:list] go", files=[_file("b.txt", "file of task B")]), **policy_b)
+            job_b = make_job(
+                settings, bus_module.TaskRequest(description="[script:list] go", files=[_file("b.txt", "file of task B")]), **policy_b
+            )
             await submit(bus, job_b)
             events_b = await follow(bus, job_b.task_id, timeout=180)
 

@@ -12,23 +12,39 @@ from sandbox._runner._warm import class_template, warm_class, warm_eligible
 
 
 def _policy(**fields: Any) -> bus.Policy:
-    base: dict[str, Any] = {"task_id": "t_1", "kind": "task", "key_id": "tb_a", "profile": "dev", "model": "claude-sonnet-4-6",
-                                "models": ["claude-sonnet-4-6"], "tools": ["Bash", "Read"], "max_cost_usd": 1.0}
+    base: dict[str, Any] = {
+        "task_id": "t_1",
+        "kind": "task",
+        "key_id": "tb_a",
+        "profile": "dev",
+        "model": "claude-sonnet-4-6",
+        "models": ["claude-sonnet-4-6"],
+        "tools": ["Bash", "Read"],
+        "max_cost_usd": 1.0,
+    }
     return bus.Policy(**(base | fields))
 
 
 def test_tasks_differing_only_in_what_is_applied_per_task_share_a_class() -> None:
     a = _policy()
-    same = _policy(task_id="t_2", key_id="tb_b", profile="other", model="claude-haiku-4-5", models=["claude-haiku-4-5"],
-                   max_cost_usd=0.01, agents=["x"], skills=["y"], tools=["Read", "Bash"])
+    same = _policy(
+        task_id="t_2",
+        key_id="tb_b",
+        profile="other",
+        model="claude-haiku-4-5",
+        models=["claude-haiku-4-5"],
+        max_cost_usd=0.01,
+        agents=["x"],
+        skills=["y"],
+        tools=["Read", "Bash"],
+    )
     assert warm_class(a) == warm_class(same)
     for change in ({"tools": ["Read"]}, {"max_turns": 3}, {"memory_mb": 2048}, {"timeout_s": 30}, {"cpus": 2.0}):
         assert warm_class(_policy(**change)) != warm_class(a), change
 
 
 def test_a_class_template_keeps_nothing_of_the_task() -> None:
-    task = _policy(project_root="/srv/p", fs_access="readonly", max_cost_usd=3.0, nonce="n-secret",
-                   agents=["reviewer"], skills=["pdf"])
+    task = _policy(project_root="/srv/p", fs_access="readonly", max_cost_usd=3.0, nonce="n-secret", agents=["reviewer"], skills=["pdf"])
     template = class_template(task, task_id="warm-x")
     encoded = bus.encode(template).decode()
     for leak in ("t_1", "tb_a", "dev", "/srv/p", "n-secret", "reviewer", "pdf"):

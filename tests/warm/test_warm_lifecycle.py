@@ -95,9 +95,11 @@ def _runner_process(settings: Settings, runner_id: str, backend: str, log: Path,
         "TASKBUS_WARM_AGENTS_TOTAL": "2",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task",
-         "--grace", "2", "--slots", "2"],
-        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task", "--grace", "2", "--slots", "2"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

@@ -15,9 +15,7 @@ from sandbox import Runner
 
 
 def warm_settings(settings: Settings, **extra: Any) -> Settings:
-    return msgspec.structs.replace(
-        settings, warm_agents_per_class=1, warm_agents_total=2, heartbeat_s=0.5, **extra
-    )
+    return msgspec.structs.replace(settings, warm_agents_per_class=1, warm_agents_total=2, heartbeat_s=0.5, **extra)
 
 
 async def wait_warm(runner: Runner, classes: int, *, timeout: float = 120) -> dict[str, int]:

@@ -45,11 +45,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     # a fixed cluster name: JetStream knows each node by its server name (<name>-n0..n2) across restarts
-    with EmbeddedCluster(data / "nats", name="taskbus-local",
-                         authorization=server_authorization(data, args.prefix)) as cluster:
+    with EmbeddedCluster(data / "nats", name="taskbus-local", authorization=server_authorization(data, args.prefix)) as cluster:
         for role in ROLES:
-            lines = [f"TASKBUS_NATS_URL={cluster.url}", f"TASKBUS_NATS_CREDENTIALS={credentials_path(data, role)}",
-                     f"TASKBUS_SUBJECT_PREFIX={args.prefix}", "TASKBUS_NATS_REPLICAS=3"]
+            lines = [
+                f"TASKBUS_NATS_URL={cluster.url}",
+                f"TASKBUS_NATS_CREDENTIALS={credentials_path(data, role)}",
+                f"TASKBUS_SUBJECT_PREFIX={args.prefix}",
+                "TASKBUS_NATS_REPLICAS=3",
+            ]
             if role in ("server", "runner"):
                 lines.append(f"TASKBUS_JOB_SECRET={secret}")
             (data / f"env.{role}").unlink(missing_ok=True)  # this run's ports
