@@ -80,10 +80,11 @@ def test_lint_fails_on_a_top_level_package_the_checks_do_not_cover(tree: Path) -
     assert "[tool.setuptools] packages.find.include lacks relay" in done.stderr
 
 
-def test_lint_fails_on_an_ignore_without_a_reason_once_enforced(tree: Path) -> None:
+def test_lint_fails_on_an_ignore_without_a_reason_and_ci_cannot_switch_it_off(tree: Path) -> None:
     (tree / "bus" / "_codec.py").write_text("def encode(x: int) -> int:\n    return x  # type: ignore[return-value]\n")
-    assert lint(tree, "reasons", TASKBUS_LINT_MYPY="1").returncode == 1
-    advisory = lint(tree, "reasons", TASKBUS_LINT_MYPY="0")
+    assert lint(tree, "reasons", CI="").returncode == 1  # enforced by default
+    assert lint(tree, "reasons", TASKBUS_LINT_MYPY="0", CI="true").returncode == 1  # CI always enforces
+    advisory = lint(tree, "reasons", TASKBUS_LINT_MYPY="0", CI="")
     assert advisory.returncode == 0
     assert "bus/_codec.py:2:" in advisory.stderr
     (tree / "bus" / "_codec.py").write_text("def encode(x: int) -> int:\n    return x  # type: ignore[return-value]  # why\n")
