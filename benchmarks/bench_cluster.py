@@ -11,9 +11,8 @@ runner takes the jobs (the work queue holds them). Target: cluster per-call cost
 
     scripts/bench cluster [--requests 400] [--out bench-results/cluster.json]
 
-The servers use separate data dirs when the control plane lives in NATS; with the SQLite
-Store of today they share one data dir (``--shared-data``, the default until then), since
-a key created in one SQLite file is unknown to a server with another.
+The three servers have separate data dirs (the control plane lives in NATS, so a key
+made through one is known to all); ``--shared-data`` gives them one data dir instead.
 """
 
 from __future__ import annotations
@@ -236,7 +235,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--shared-data",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the three servers share one data dir (needed while the Store is SQLite)",
+        default=False,
+        help="the three servers share one data dir (default: one each)",
     )
     asyncio.run(main(parser.parse_args()))
