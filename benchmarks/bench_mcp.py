@@ -265,6 +265,22 @@ async def make_key(env: dict[str, str]) -> str:
         return (await store.create_key("bench"))[0]
 
 
+def stack_env(nats_url: str, data: Path, model_port: int) -> dict[str, str]:
+    """The environment of a benchmark stack's processes: this one's without TASKBUS_*, plus
+    the bench NATS, data dir, scripted model and subject prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
+    env.update(
+        {
+            "TASKBUS_NATS_URL": nats_url,
+            "TASKBUS_DATA_DIR": str(data),
+            "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
+            "TASKBUS_SUBJECT_PREFIX": "bench",
+            "TASKBUS_LOG_LEVEL": "warning",
+        }
+    )
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200, help="Measured calls at 1 client (x2 at 16 clients).")
@@ -276,16 +292,7 @@ def main() -> None:
     nats = EmbeddedNats(tmp / "nats")
     nats.start()
     model_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
-    env.update(
-        {
-            "TASKBUS_NATS_URL": nats.url,
-            "TASKBUS_DATA_DIR": str(tmp / "data"),
-            "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
-            "TASKBUS_SUBJECT_PREFIX": "bench",
-            "TASKBUS_LOG_LEVEL": "warning",
-        }
-    )
+    env = stack_env(nats.url, tmp / "data", model_port)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "cli", "model", "serve", "--script", "hello", "--port", str(model_port)],

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import nats  # noqa: E402 (after the sys.path lines above: run as a script)
-from bench_mcp import free_port, percentile, wait_port  # noqa: E402 (after the sys.path lines above: run as a script)
+from bench_mcp import free_port, percentile, stack_env, wait_port  # noqa: E402 (after the sys.path lines above: run as a script)
 
 from bus import (  # noqa: E402 (after the sys.path lines above: run as a script)
     EmbeddedNats,
@@ -207,16 +207,7 @@ def main() -> None:
     nats_server = EmbeddedNats(tmp / "nats")
     nats_server.start()
     model_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBUS_")}
-    env.update(
-        {
-            "TASKBUS_NATS_URL": nats_server.url,
-            "TASKBUS_DATA_DIR": str(tmp / "data"),
-            "TASKBUS_UPSTREAM_URL": f"http://127.0.0.1:{model_port}",
-            "TASKBUS_SUBJECT_PREFIX": "bench",
-            "TASKBUS_LOG_LEVEL": "warning",
-        }
-    )
+    env = stack_env(nats_server.url, tmp / "data", model_port)
     responder = tmp / "responder.py"
     responder.write_text(RESPONDER)
     procs = [
