@@ -20,6 +20,7 @@ def test_scripts_up_check_runs_the_demo_task_and_verifies_its_audit_trail(up_env
     assert "2 3 5 7 11 13 17 19 23 29 31 37 41 43 47" in output  # the program's output
     assert "def primes(limit):" in output  # the artifact, via the resource
     assert "cost $" in output and "chain ok" in output
+    assert "warm agent)" in output  # a fresh data dir: its runner was seeded with the demo's class
     data = Path(up_env["TASKBUS_DATA_DIR"])
     assert not (data / "up.pid").exists()  # stopped again
     leftovers = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
