@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from bus import Backoff, BusTimeout, retry_async
+from bus import Backoff, BusTimeout, InvalidInput, retry_async
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,49 @@ class _Stale(Exception):
 
 class _Handoff(Exception):
     """The caller writing a batch was cancelled before answering: queue the change again."""
+
+
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$")
+"""What a control-plane entry's key may be: dot-separated tokens of letters, digits, ``_``,
+``=``, ``-``. Ids arrive from callers (a task id in ``get_task``, a key prefix in the CLI);
+one holding ``..``, ``*``, ``>``, a space or a slash would become a malformed or wildcard
+NATS subject, which the server answers with a permissions error or a closed connection."""
+
+
+class SafeKeys:
+    """A KV bucket that refuses keys outside ``SAFE_KEY`` before anything reaches NATS: a read
+    of such a key finds nothing (``KeyNotFoundError``, so callers say "no such task/key"), a
+    write is InvalidInput. Everything else is the bucket's own."""
+
+    def __init__(self, kv: Any) -> None:
+        self._kv = kv
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kv, name)
+
+    async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        if not SAFE_KEY.match(key):
+            raise KeyNotFoundError()
+        return await self._kv.get(key, *args, **kwargs)
+
+    def _writable(self, key: str) -> str:
+        if not SAFE_KEY.match(key):
+            raise InvalidInput(f"{key[:80]!r} is not a valid name (letters, digits, '_', '-' only)")
+        return key
+
+    async def put(self, key: str, *args: Any, **kwargs: Any) -> int:
+        return int(await self._kv.put(self._writable(key), *args, **kwargs))
+
+    async def create(self, key: str, *args: Any, **kwargs: Any) -> int:
+        return int(await self._kv.create(self._writable(key), *args, **kwargs))
+
+    async def update(self, key: str, *args: Any, **kwargs: Any) -> int:
+        return int(await self._kv.update(self._writable(key), *args, **kwargs))
+
+    async def delete(self, key: str, *args: Any, **kwargs: Any) -> bool:
+        if not SAFE_KEY.match(key):
+            return False
+        return bool(await self._kv.delete(key, *args, **kwargs))
 
 
 def dumps(doc: Doc) -> bytes:

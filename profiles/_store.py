@@ -46,7 +46,7 @@ from ._apply import ApplyResult, diff_profiles, plan_apply
 from ._budgets import BudgetStatus, Reservation, to_micro, to_usd
 from ._import import SEEDED
 from ._keys import KeyRecord, check_shape, check_usable, display_prefix, hash_key, lookup, new_key
-from ._kv import CasEntries, Doc, dumps, read, scan
+from ._kv import CasEntries, Doc, SafeKeys, dumps, read, scan
 from ._policy import resolve_policy
 from ._profiles import (
     Profile,
@@ -108,7 +108,9 @@ class Store:
             self._bus = await Bus.for_settings(self._settings, name=f"taskbus-store-{self.actor}")
         try:
             subjects = self._bus.subjects
-            buckets = await ensure_control_plane(self._bus.js, subjects, replicas=self._bus.replicas)
+            buckets = {
+                name: SafeKeys(kv) for name, kv in (await ensure_control_plane(self._bus.js, subjects, replicas=self._bus.replicas)).items()
+            }
             control = buckets[subjects.control_bucket]
             self._control = CasEntries(control)
             self._ledger = CasEntries(buckets[subjects.ledger_bucket])

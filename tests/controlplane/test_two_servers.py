@@ -220,3 +220,16 @@ async def test_the_ledger_entries_stay_small_as_the_history_grows(two: tuple[Sto
     assert [t.task_id for t in await b.list_tasks(other.prefix)] == ["t_other"]
     assert len(await b.list_tasks(key.prefix, limit=500)) == 200
     assert [t.task_id for t in await a.list_tasks(None, status="accepted")] == ["t_other"]
+
+
+@pytest.mark.parametrize("hostile", ["t.../../x", "t_a b", "t_*", "t_>", "../../etc/passwd", "t_\u00e9", ""])
+async def test_a_hostile_id_finds_nothing_and_leaves_the_connection_working(two: tuple[Store, Store], hostile: str) -> None:
+    a, _ = two
+    with pytest.raises(NotFound):
+        await a.get_task(hostile)
+    with pytest.raises(NotFound):
+        await a.get_key(hostile)
+    assert await a.get_reservation(hostile) is None
+    # the same connection still answers: nothing above reached NATS as a malformed subject
+    _, key = await a.create_key("developer")
+    assert (await a.get_key(key.prefix)).prefix == key.prefix
