@@ -104,7 +104,36 @@ async def read(kv: Any, key: str) -> tuple[Doc | None, int]:
 
 async def scan(kv: Any, pattern: str, *, timeout: float = SCAN_TIMEOUT_S) -> list[tuple[str, bytes]]:
     """The current entries whose key matches ``pattern`` (a watch the server filters, so
-    only the matching entries are read), deleted ones left out."""
+    only the matching entries are read), deleted ones left out.
+
+    nats-py's watcher says "no more initial values" at once when the new consumer reports
+    nothing pending; on a replicated stream that report can come before the consumer has
+    counted (seen on a 3-node cluster: a listing came back empty). So an empty answer is
+    checked against the stream's own count of messages on those subjects, and the watch
+    is tried again while the two disagree."""
+    for _ in range(EMPTY_SCAN_CHECKS):
+        out = await _watch_once(kv, pattern, timeout)
+        if out or not await _has_messages(kv, pattern):
+            return out
+        await asyncio.sleep(0.05)
+    return out
+
+
+EMPTY_SCAN_CHECKS = 4
+
+
+async def _has_messages(kv: Any, pattern: str) -> bool:
+    """Whether the bucket's stream holds any message on ``pattern``'s subjects (live or
+    deleted: a delete marker is a message too, so True may still mean "nothing live")."""
+    try:
+        info = await kv._js.stream_info(kv._stream, subjects_filter=f"{kv._pre}{pattern}")
+    except Exception as exc:  # the check is a second opinion; without it the watch's answer stands
+        logger.debug("cannot count %s in %s: %s", pattern, kv._stream, exc)
+        return False
+    return bool(info.state.subjects)
+
+
+async def _watch_once(kv: Any, pattern: str, timeout: float) -> list[tuple[str, bytes]]:
     watcher = await kv.watch(pattern, ignore_deletes=True)
     out: list[tuple[str, bytes]] = []
     try:
