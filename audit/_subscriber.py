@@ -32,7 +32,7 @@ from ._db import WriterLock, default_db_path, open_db
 from ._errors import AuditError
 from ._pull import BatchPull, stream_seq
 from ._rows import EVENTS, NOTICES
-from ._writer import BatchResult, Incoming, Writer, is_busy
+from ._writer import BatchResult, Incoming, Writer, is_full, is_retryable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -271,20 +271,22 @@ class AuditService:
 
     async def _store(self, executor: ThreadPoolExecutor, batch: list[Incoming]) -> BatchResult:
         """Prepare and commit one batch; while another process holds the database's write
-        lock (a long prune), retry with backoff instead of giving up."""
+        lock (a long prune) or the disk is full, retry with backoff instead of giving up
+        (nothing is acked meanwhile, so nothing is lost; the streams keep the messages)."""
         prepared = await self._call(executor, self.writer.prepare, batch)
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 return await self._call(executor, self.writer.commit, prepared)
             except sqlite3.DatabaseError as exc:
-                if not is_busy(exc):
+                if not is_retryable(exc):
                     raise AuditError(
                         f"cannot write the audit database: {exc}. Nothing was acked; fix the cause "
-                        "(disk full? permissions?) and restart: the writer resumes where it stopped"
+                        "(permissions? a damaged file?) and restart: the writer resumes where it stopped"
                     ) from exc
                 delay = backoff.next_delay()
-                logger.warning("audit database is busy (%s); retrying the batch in %.1fs", exc, delay)
+                what = "its disk is full: free space" if is_full(exc) else "it is busy"
+                logger.warning("audit database: %s (%s); nothing acked, retrying the batch in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _ack(self, msgs: Sequence[Msg]) -> None:

@@ -175,7 +175,7 @@ class Writer:
             try:
                 self._commit(batch)
             except sqlite3.OperationalError as exc:
-                if not is_busy(exc):  # busy: rolled back; committing the same batch again is fine
+                if not is_retryable(exc):  # busy or full: rolled back; committing the same batch again is fine
                     self._broken = True
                 raise
             except BaseException:
@@ -200,13 +200,26 @@ class Writer:
             conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                conn.execute("ROLLBACK")
             raise
 
 
 def is_busy(exc: BaseException) -> bool:
     """SQLite could not get the write lock in time (another process holds it, e.g. a prune)."""
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def is_full(exc: BaseException) -> bool:
+    """The disk (or the database's size limit) is full: nothing was written."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A failed commit that leaves nothing written and may succeed later: busy or full."""
+    return is_busy(exc) or is_full(exc)
 
 
 def _reader_for(conn: sqlite3.Connection) -> sqlite3.Connection:

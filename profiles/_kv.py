@@ -45,7 +45,15 @@ SAFE_KEY = re.compile(r"^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$")
 """What a control-plane entry's key may be: dot-separated tokens of letters, digits, ``_``,
 ``=``, ``-``. Ids arrive from callers (a task id in ``get_task``, a key prefix in the CLI);
 one holding ``..``, ``*``, ``>``, a space or a slash would become a malformed or wildcard
-NATS subject, which the server answers with a permissions error or a closed connection."""
+NATS subject, which the server answers with a permissions error or a closed connection;
+one longer than ``MAX_KEY`` makes a control line over NATS's limit, and the server closes
+the whole connection for it."""
+
+MAX_KEY = 512
+
+
+def safe_key(key: str) -> bool:
+    return len(key) <= MAX_KEY and SAFE_KEY.match(key) is not None
 
 
 class SafeKeys:
@@ -60,12 +68,12 @@ class SafeKeys:
         return getattr(self._kv, name)
 
     async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
-        if not SAFE_KEY.match(key):
+        if not safe_key(key):
             raise KeyNotFoundError()
         return await self._kv.get(key, *args, **kwargs)
 
     def _writable(self, key: str) -> str:
-        if not SAFE_KEY.match(key):
+        if not safe_key(key):
             raise InvalidInput(f"{key[:80]!r} is not a valid name (letters, digits, '_', '-' only)")
         return key
 
@@ -79,7 +87,7 @@ class SafeKeys:
         return int(await self._kv.update(self._writable(key), *args, **kwargs))
 
     async def delete(self, key: str, *args: Any, **kwargs: Any) -> bool:
-        if not SAFE_KEY.match(key):
+        if not safe_key(key):
             return False
         return bool(await self._kv.delete(key, *args, **kwargs))
 

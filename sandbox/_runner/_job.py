@@ -20,6 +20,7 @@ The job is acked only after its ``finished`` event is stored.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -218,6 +219,18 @@ class JobHandler:
         except TaskbusError as exc:
             logger.warning("task %s failed: %s", job.task_id, exc)
             outcome = TaskOutcome(status="failed", reason=exc.code, result=exc.describe())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                logger.exception("task %s crashed in the runner", job.task_id)
+                outcome = TaskOutcome(status="failed", reason="runner_error", result="the runner hit an internal error; see its log")
+            else:
+                logger.error("task %s: the runner's disk is full (%s)", job.task_id, exc)
+                outcome = TaskOutcome(
+                    status="failed",
+                    reason="runner_disk_full",
+                    result="the runner's disk is full (no space left in its data dir): the task could not run; "
+                    "retry later or on another runner (operators: free space in the runner's data dir)",
+                )
         except Exception:
             logger.exception("task %s crashed in the runner", job.task_id)
             outcome = TaskOutcome(status="failed", reason="runner_error", result="the runner hit an internal error; see its log")

@@ -222,7 +222,7 @@ async def test_the_ledger_entries_stay_small_as_the_history_grows(two: tuple[Sto
     assert [t.task_id for t in await a.list_tasks(None, status="accepted")] == ["t_other"]
 
 
-@pytest.mark.parametrize("hostile", ["t.../../x", "t_a b", "t_*", "t_>", "../../etc/passwd", "t_\u00e9", ""])
+@pytest.mark.parametrize("hostile", ["t.../../x", "t_a b", "t_*", "t_>", "../../etc/passwd", "t_\u00e9", "", "t_" + "a" * 5000])
 async def test_a_hostile_id_finds_nothing_and_leaves_the_connection_working(two: tuple[Store, Store], hostile: str) -> None:
     a, _ = two
     with pytest.raises(NotFound):
