@@ -285,8 +285,8 @@ class AuditService:
                         "(permissions? a damaged file?) and restart: the writer resumes where it stopped"
                     ) from exc
                 delay = backoff.next_delay()
-                what = "its disk is full: free space" if is_full(exc) else "it is busy"
-                logger.warning("audit database: %s (%s); nothing acked, retrying the batch in %.1fs", what, exc, delay)
+                what = "has a full disk (free space)" if is_full(exc) else "is busy"
+                logger.warning("audit database %s (%s); nothing acked, retrying the batch in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _ack(self, msgs: Sequence[Msg]) -> None:
