@@ -107,7 +107,8 @@ class PublishError(BusError):
 
     def __init__(self, subject: str, attempts: int, cause: str) -> None:
         super().__init__(
-            f"publish to {subject} not acknowledged after {attempts} attempts: {cause}",
+            f"publish to {subject} not acknowledged after {attempts} attempts: {cause}; "
+            "retry in a few seconds (`taskbus doctor` shows whether NATS and its streams are up)",
             subject=subject,
             attempts=attempts,
             cause=cause,

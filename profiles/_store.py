@@ -531,6 +531,30 @@ class Store:
         reservation, _ = await self._close(task_id, None)
         return reservation
 
+    async def abandon(self, task_id: str, key_id: str, *, profile: str, kind: str, error_code: str, summary: str) -> TaskRecord:
+        """Undo an admission that failed half-way (NATS stopped answering between its writes):
+        release the reservation wherever it got to (the account's entry may hold it without
+        its record: the compare-and-set landed but its answer was lost) and record the task
+        ``failed`` with ``error_code``. Every step is safe to repeat."""
+        reservation, _ = await self._close(task_id, None)
+        if reservation is None:
+            account = (await self._status(key_id, None)).account
+            now = self.now()
+
+            def drop(doc: Doc | None) -> tuple[Doc | None, None]:
+                opened = (doc or {}).get("open", {}).get(task_id)
+                if opened is None:
+                    return None, None
+                record = {"amount": opened[1], "day": opened[2], "month": opened[3]}
+                return _ledger.close(doc, task_id, record, None, now), None
+
+            await self.ledger.change(_ledger.account_key(account), drop, fresh=True)
+        await self.registry.record(task_id=task_id, key_id=key_id, profile=profile, kind=kind, reserved=0.0, now=self.now())
+        record, _ = await self.registry.update(
+            task_id, status="failed", cost=0.0, error_code=error_code, result_summary=summary, now=self.now()
+        )
+        return record
+
     async def get_reservation(self, task_id: str) -> Reservation | None:
         record, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
         return None if record is None else _reservation(record)

@@ -70,6 +70,7 @@ from bus import (
 )
 from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog, resolve_policy
 
+from ._admission_undo import finish_unstarted, undo_admission
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
 from ._dispatch_events import TaskWatch, replay_events
@@ -82,6 +83,10 @@ logger = logging.getLogger(__name__)
 
 FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"})
 MAX_CACHED_WATCHES = 1024
+UNDO_PATIENCE_S = 600.0
+"""How long a half-done admission is retried before it is left to the stale-reservation sweep."""
+UNDO_AT_CLOSE_S = 5.0
+"""How long closing the dispatcher waits for admissions still being undone."""
 """Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
 the events stream): 4,096 held ~12 MB of a soak's memory growth."""
 SETTLING_WAIT_S = 5.0
@@ -150,6 +155,7 @@ class Dispatcher:
         self._secret = secret
         self._watches: dict[str, TaskWatch] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._undoing: set[asyncio.Task[None]] = set()
         self._hub = EventsHub(bus)
         self._tg: asyncio.TaskGroup | None = None
         self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
@@ -170,6 +176,12 @@ class Dispatcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._undoing:  # give half-done admissions a moment; what is left goes to the stale sweep
+            await asyncio.wait(set(self._undoing), timeout=UNDO_AT_CLOSE_S)
+            for undo in list(self._undoing):
+                undo.cancel()
+            if self._undoing:
+                await asyncio.wait(set(self._undoing), timeout=1.0)
         # Followers stop here and resume on the next start. Cancel until they are gone:
         # a cancel landing inside a nats-py call can be swallowed.
         for _ in range(20):
@@ -268,6 +280,7 @@ class Dispatcher:
     async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()
         kind = request_kind(request)
+        accepted: Accepted | None = None  # set once admission starts writing (from then on, undo on failure)
         try:
             validate_request(request, max_file_bytes=self.settings.artifact_max_bytes)
             profile, budget = await self.store.begin_request(caller.key_id, caller.profile)
@@ -295,15 +308,6 @@ class Dispatcher:
                 catalog=await self.catalog_entries() if kind == "task" else None,
             )
             check_job_size(policy, request, self.settings.max_message_bytes)
-            await self.store.admit(caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model)
-        except REFUSALS as exc:
-            await self.audit(exc, actor=caller.key_id, task_id=task_id, detail={"via": via, "kind": kind})
-            logger.info("refused %s for %s: %s", kind, caller.key_id, exc.code)
-            raise
-        if key is not None:
-            self._cache_keys[task_id] = (key, route.reason)
-        try:
-            job = Job(task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, self._secret))
             accepted = Accepted(
                 task_id=task_id,
                 seq=1,
@@ -314,12 +318,25 @@ class Dispatcher:
                 model=policy.model,
                 routing_reason=route.reason,
             )
-            events = self.bus.subjects.events(task_id)
+            await self.store.admit(caller.key_id, task_id, policy.max_cost_usd, profile=caller.profile, kind=kind, model=policy.model)
+        except REFUSALS as exc:  # admit's own refusals come from its compare-and-set: nothing was written
+            await self.audit(exc, actor=caller.key_id, task_id=task_id, detail={"via": via, "kind": kind})
+            logger.info("refused %s for %s: %s", kind, caller.key_id, exc.code)
+            raise
+        except BaseException as exc:
+            if accepted is not None:
+                self._undo_admission(accepted, exc)
+            raise
+        if key is not None:
+            self._cache_keys[task_id] = (key, route.reason)
+        events = self.bus.subjects.events(task_id)
+        try:
+            job = Job(task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, self._secret))
             self._follow(task_id, fresh=True)  # its inbox is open before the first event is published
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
             await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)
         except BaseException as exc:
-            await asyncio.shield(self._never_started(task_id, exc))
+            self._undo_admission(accepted, exc)
             raise
         logger.info(
             "accepted %s %s for %s on %s (%.1f ms)",
@@ -340,24 +357,27 @@ class Dispatcher:
         """A cache hit is a task like any other: registered (concurrency applies, $0 reserved),
         audited, and answered with ``accepted`` + ``finished`` on its events subject."""
         reason = f"cache hit (answer of task {hit.task_id}); {hit.routing_reason}"
-        await self.store.admit(caller.key_id, task_id, 0.0, profile=caller.profile, kind="complete", model=hit.model)
+        accepted = Accepted(
+            task_id=task_id,
+            seq=1,
+            ts=utcnow(),
+            kind="complete",
+            key_id=caller.key_id,
+            profile=caller.profile,
+            model=hit.model,
+            routing_reason=reason,
+        )
         events = self.bus.subjects.events(task_id)
         try:
+            await self.store.admit(caller.key_id, task_id, 0.0, profile=caller.profile, kind="complete", model=hit.model)
+        except REFUSALS:
+            raise
+        except BaseException as exc:
+            self._undo_admission(accepted, exc)
+            raise
+        try:
             self._follow(task_id, fresh=True)
-            await self.bus.publish(
-                events,
-                Accepted(
-                    task_id=task_id,
-                    seq=1,
-                    ts=utcnow(),
-                    kind="complete",
-                    key_id=caller.key_id,
-                    profile=caller.profile,
-                    model=hit.model,
-                    routing_reason=reason,
-                ),
-                msg_id=f"{task_id}-1",
-            )
+            await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
             await self.bus.publish(
                 events,
                 Finished(
@@ -374,7 +394,7 @@ class Dispatcher:
                 msg_id=f"{task_id}-2",
             )
         except BaseException as exc:
-            await asyncio.shield(self._never_started(task_id, exc))
+            self._undo_admission(accepted, exc)
             raise
         await self.notice(
             AuditNotice(
@@ -392,20 +412,44 @@ class Dispatcher:
         model, reason = route_model(request, allowed=profile.models, prices=self.settings.prices, remaining_usd=remaining, max_cost_usd=cap)
         return _Routed(model, reason, remaining)
 
-    async def _never_started(self, task_id: str, exc: BaseException) -> None:
-        """Publishing failed: give the money back and record why."""
-        logger.error("task %s never started: %s", task_id, exc)
+    def _undo_admission(self, accepted: Accepted, exc: BaseException) -> None:
+        """Admission failed after it may have written something (``_admission_undo``): undo
+        it in the background, retried with backoff until NATS answers again."""
+        task_id = accepted.task_id
+        logger.warning("task %s: admission failed half-way (%s); undoing it", task_id, _describe(exc))
         follower = self._followers.pop(task_id, None)
         if follower is not None:
             follower.cancel()
-        code = exc.code if isinstance(exc, TaskbusError) else "internal_error"
-        try:
-            await self.store.release(task_id)
-            await self.store.update_task(
-                task_id, status="failed", cost=0.0, error_code=code, result_summary="the job could not be published"
-            )
-        except Exception as inner:
-            logger.error("task %s: release after failed publish failed: %s", task_id, inner)
+        self._cache_keys.pop(task_id, None)
+        undo = asyncio.get_running_loop().create_task(self._run_undo(accepted), name=f"undo-{task_id}")
+        self._undoing.add(undo)
+        undo.add_done_callback(self._undoing.discard)
+
+    async def _run_undo(self, accepted: Accepted) -> None:
+        task_id = accepted.task_id
+        backoff = Backoff(0.5, 10.0)
+        deadline = time.monotonic() + UNDO_PATIENCE_S
+        while True:
+            try:
+                async with asyncio.timeout(30):
+                    if not await undo_admission(self.bus, self.store, accepted):
+                        logger.info("task %s: a runner took its job after all; following it", task_id)
+                        self._follow(task_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "task %s: its half-done admission could not be undone in %.0f s (%s); the stale-reservation sweep releases it",
+                        task_id,
+                        UNDO_PATIENCE_S,
+                        _describe(exc),
+                    )
+                    return
+                delay = backoff.next_delay()
+                logger.warning("task %s: undoing its admission failed (%s); retrying in %.1fs", task_id, _describe(exc), delay)
+                await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ following and settling
 
@@ -561,24 +605,19 @@ class Dispatcher:
         return "cancelling"
 
     async def _finish_if_queued(self, task_id: str, reason: str) -> None:
-        """A job no runner has started yet ends ``cancelled`` here (conditional on seq 1 being last)."""
-        subject = self.bus.subjects.events(task_id)
-        try:
-            last = await self.bus.js.get_last_msg(self.bus.subjects.events_stream, subject)
-        except Exception:
-            return
-        if not last.data or not last.data.startswith(b"{") or b'"type":"accepted"' not in last.data:
-            return
+        """A job no runner has started yet ends ``cancelled`` here (only while ``accepted`` is
+        its last event; otherwise the runner handles the cancel)."""
         finished = Finished(task_id=task_id, seq=2, ts=utcnow(), status="cancelled", reason="cancelled_before_start", result=reason)
         try:
-            await self.bus.js.publish(
-                subject,
-                encode(finished),
-                headers={"Nats-Expected-Last-Subject-Sequence": str(last.seq), "Nats-Msg-Id": f"{task_id}-2", "Taskbus-Schema": "1"},
-                timeout=5,
-            )
-        except Exception as exc:  # a runner published first: it handles the cancel
-            logger.debug("task %s already started; the runner cancels it (%s)", task_id, exc)
+            await finish_unstarted(self.bus, finished)
+        except Exception as exc:  # the runner, if any, still gets the cancel on the control subject
+            logger.debug("task %s: not ended here (%s); the runner cancels it", task_id, exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` for a log line: its type, and its message's first line when it has one."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def check_job_size(policy: Policy, request: Request, limit: int) -> None:

@@ -1,0 +1,120 @@
+"""Ending a task that no runner has started, and undoing an admission that failed half-way.
+
+Admission writes in five places, in order: the account's budget entry (the reservation),
+the reservation's record and the task registry (together), the task's ``accepted`` event,
+the job. When NATS stops answering between two of them (a node restart, a leader election,
+a lost acknowledgement) the caller hears ``bus_error`` and is told to retry, so nothing of
+this admission may keep the caller's money or one of its concurrency slots, and no task may
+stay ``accepted`` for ever. :func:`undo_admission` closes it, in steps that are all safe
+to repeat (the dispatcher retries it with backoff until NATS answers again):
+
+1. the task's event history is ended with ``finished failed (admission_failed)`` at seq 2,
+   published only if ``accepted`` is still the last event (``accepted`` is published first,
+   with its own message id, when it never landed), so a job that did reach the queue is
+   skipped by the runner that takes it (it sees the task finished);
+2. the reservation is released (from the account's entry even when its record was never
+   written) and the task recorded ``failed``.
+
+If a runner wrote first (the job's publish landed though its acknowledgement was lost), the
+task runs and is settled like any other: the caller was told ``bus_error`` for a task that
+does run; an idempotency id (``Nats-Msg-Id`` / ``idempotency_key``) makes its retry return
+that task instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js.errors import APIError, NotFoundError
+
+from bus import (
+    SCHEMA_VERSION,
+    Accepted,
+    Bus,
+    BusError,
+    DuplicateMessage,
+    Event,
+    Finished,
+    MessageDecodeError,
+    decode_event,
+    encode,
+    utcnow,
+)
+from profiles import Store
+
+logger = logging.getLogger(__name__)
+
+ADMISSION_FAILED = "admission_failed"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
+ATTEMPTS = 5
+
+
+async def last_event(bus: Bus, task_id: str) -> tuple[int, Event | None] | None:
+    """The stream sequence and event of ``task_id``'s newest event (event None: unreadable),
+    or None when it has none."""
+    try:
+        msg = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
+    except NotFoundError:
+        return None
+    try:
+        return msg.seq or 0, decode_event(msg.data or b"")
+    except MessageDecodeError:
+        return msg.seq or 0, None
+
+
+async def finish_unstarted(bus: Bus, finished: Finished, *, accepted: Accepted | None = None) -> Event | None:
+    """Publish ``finished`` (its seq must be 2) if ``accepted`` is still the task's last event.
+
+    Returns the task's terminal event (``finished`` or one published earlier), or None
+    when a runner has written since (it owns the task now). With ``accepted``, a task
+    with no event at all gets that ``accepted`` first (its own message id, so a late
+    copy of the original publish is a duplicate); without it, such a task is left alone.
+    """
+    task_id = finished.task_id
+    subject = bus.subjects.events(task_id)
+    for _ in range(ATTEMPTS):
+        last = await last_event(bus, task_id)
+        if last is None:
+            if accepted is None:
+                return None
+            try:
+                await bus.publish_unique(subject, accepted, msg_id=f"{task_id}-1", stream=bus.subjects.events_stream)
+            except DuplicateMessage:
+                pass  # the original ``accepted`` landed meanwhile
+            continue
+        stream_seq, event = last
+        if isinstance(event, Finished):
+            return event
+        if not isinstance(event, Accepted):
+            return None
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(stream_seq),
+            "Nats-Msg-Id": f"{task_id}-{finished.seq}",
+            "Taskbus-Schema": SCHEMA_VERSION,
+        }
+        try:
+            ack = await bus.js.publish(subject, encode(finished), headers=headers, timeout=5)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                continue  # a runner wrote first: read what it wrote
+            raise
+        if not ack.duplicate:
+            return finished
+    raise BusError(f"task {task_id}'s events kept changing while it was being ended; retry")
+
+
+async def undo_admission(bus: Bus, store: Store, accepted: Accepted) -> bool:
+    """Close the half-done admission of ``accepted.task_id`` (see the module's docstring).
+    True: the task is ``failed`` (``admission_failed``) and nothing is reserved for it;
+    False: a runner has the task, to be followed and settled as usual."""
+    task_id = accepted.task_id
+    summary = "the bus did not answer while this task was being admitted; nothing ran and nothing was charged"
+    ending = Finished(task_id=task_id, seq=2, ts=utcnow(), status="failed", reason=ADMISSION_FAILED, result=summary)
+    terminal = await finish_unstarted(bus, ending, accepted=accepted)
+    if not isinstance(terminal, Finished) or terminal.reason != ADMISSION_FAILED:
+        return False
+    await store.abandon(
+        task_id, accepted.key_id, profile=accepted.profile, kind=accepted.kind, error_code=ADMISSION_FAILED, summary=summary
+    )
+    logger.info("task %s: its half-done admission is undone (failed, %s, reservation released)", task_id, ADMISSION_FAILED)
+    return True

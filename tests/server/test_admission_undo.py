@@ -1,0 +1,114 @@
+"""An admission that fails half-way (NATS stopped answering between its writes) is undone:
+the caller's money and concurrency slot come back, the task ends ``failed
+(admission_failed)`` in the registry and in its events, and a job that did reach the
+queue is not run. A runner that wrote first keeps its task. Real nats-server and
+profiles Store; the failures are made real (the jobs stream is gone, a compare-and-set
+landed without its follow-up write)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats
+
+from bus import Accepted, Finished, Settings, Started, SubmitAccepted, SubmitRejected, decode_event, decode_reply, new_task_id, utcnow
+from server._admission_undo import ADMISSION_FAILED, undo_admission
+
+
+async def _submit(nc: Any, subject: str, key: str) -> Any:
+    msg = await nc.request(subject, b'{"description": "undo me"}', headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return decode_reply(msg.data)
+
+
+async def _events(stack: Any, task_id: str) -> list[Any]:
+    sub = await stack.bus.js.subscribe(stack.bus.subjects.events(task_id), ordered_consumer=True)
+    out = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                return out
+            out.append(decode_event(msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+async def _until(check: Any, *, timeout: float = 30) -> Any:
+    async with asyncio.timeout(timeout):
+        while not (result := await check()):
+            await asyncio.sleep(0.05)
+        return result
+
+
+def _accepted(task_id: str, key_id: str) -> Accepted:
+    return Accepted(task_id=task_id, seq=1, ts=utcnow(), kind="task", key_id=key_id, profile="developer", model="claude-haiku-4-5")
+
+
+async def test_a_job_that_cannot_be_queued_gives_back_the_slot_and_the_money(settings: Settings, make_stack) -> None:
+    async with make_stack(settings) as stack:
+        await stack.store.update_profile("developer", max_concurrent=1)
+        key = await stack.key("developer", day_usd=5.0)
+        prefix = (await stack.store.authenticate(key)).prefix
+        await stack.bus.js.delete_stream(stack.bus.subjects.jobs_stream)  # the job's publish now fails
+        nc = await nats.connect(settings.nats_url)
+        try:
+            reply = await _submit(nc, stack.bus.subjects.submit("task"), key)
+            assert isinstance(reply, SubmitRejected), reply
+            assert "retry" in reply.message, reply.message
+
+            async def undone() -> Any:
+                tasks = await stack.store.list_tasks(prefix, limit=10)
+                return tasks if tasks and tasks[0].status == "failed" else None
+
+            [task] = await _until(undone)
+            assert task.error_code == ADMISSION_FAILED and task.cost_usd == 0.0
+            status = await stack.store.remaining_budget(prefix)
+            assert status.running == 0 and status.day.used_usd == 0.0, status
+            events = await _events(stack, task.task_id)
+            assert [type(e).__name__ for e in events] == ["Accepted", "Finished"], events
+            assert events[1].status == "failed" and events[1].reason == ADMISSION_FAILED
+            await stack.bus.ensure_streams()
+            again = await _submit(nc, stack.bus.subjects.submit("task"), key)  # max_concurrent 1: the slot is free
+            assert isinstance(again, SubmitAccepted), again
+        finally:
+            await nc.close()
+
+
+async def test_a_reservation_that_landed_without_its_record_is_released(settings: Settings, make_stack) -> None:
+    async with make_stack(settings) as stack:
+        key = await stack.key("developer", day_usd=5.0)
+        prefix = (await stack.store.authenticate(key)).prefix
+        task_id = new_task_id()
+        await stack.store._reserve(prefix, task_id, 0.5)  # the compare-and-set landed; its answer was "lost"
+        before = await stack.store.remaining_budget(prefix)
+        assert before.running == 1 and before.day.used_usd == 0.5
+        accepted = _accepted(task_id, prefix)
+        for _ in range(2):  # safe to repeat (it is retried until NATS answers)
+            assert await undo_admission(stack.bus, stack.store, accepted)
+            status = await stack.store.remaining_budget(prefix)
+            assert status.running == 0 and status.day.used_usd == 0.0, status
+            task = await stack.store.get_task(task_id)
+            assert task.status == "failed" and task.error_code == ADMISSION_FAILED
+        events = await _events(stack, task_id)
+        assert [(type(e).__name__, e.seq) for e in events] == [("Accepted", 1), ("Finished", 2)]
+
+
+async def test_a_task_a_runner_started_first_is_kept_and_settled_normally(settings: Settings, make_stack) -> None:
+    async with make_stack(settings) as stack:
+        key = await stack.key("developer", day_usd=5.0)
+        prefix = (await stack.store.authenticate(key)).prefix
+        task_id = new_task_id()
+        await stack.store.admit(prefix, task_id, 0.5, profile="developer", kind="task")
+        subject = stack.bus.subjects.events(task_id)
+        await stack.bus.publish(subject, _accepted(task_id, prefix), msg_id=f"{task_id}-1")
+        await stack.bus.publish(
+            subject, Started(task_id=task_id, seq=2, ts=utcnow(), runner_id="r1", backend="bwrap"), msg_id=f"{task_id}-2"
+        )
+        assert not await undo_admission(stack.bus, stack.store, _accepted(task_id, prefix))
+        status = await stack.store.remaining_budget(prefix)
+        assert status.running == 1 and status.day.used_usd == 0.5  # still the runner's to settle
+        assert (await stack.store.get_task(task_id)).status == "accepted"
+        events = await _events(stack, task_id)
+        assert not any(isinstance(e, Finished) for e in events)
