@@ -19,14 +19,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ._catalog import Catalog
-from ._codec import encode
-from ._errors import BusError, DuplicateMessage, PublishError
-from ._messages import SCHEMA_VERSION
+from ._codec import decode_event, encode
+from ._errors import BusError, DuplicateMessage, MessageDecodeError, PublishError
+from ._messages import SCHEMA_VERSION, Event
 from ._natsauth import NatsCredentials, read_credentials
 from ._redact import safe_url
 from ._retry import Backoff
@@ -205,6 +205,18 @@ class Bus:
                     f"message id {msg_id} on {subject} is already taken by another message", subject=subject, msg_id=msg_id
                 )
         return ack.seq
+
+    async def last_event(self, task_id: str) -> tuple[int, Event | None] | None:
+        """The stream sequence and the decoded event of ``task_id``'s newest event (the event
+        is None when that message does not decode), or None when the task has no event."""
+        try:
+            msg = await self.js.get_last_msg(self.subjects.events_stream, self.subjects.events(task_id))
+        except NotFoundError:
+            return None
+        try:
+            return msg.seq or 0, decode_event(msg.data or b"")
+        except MessageDecodeError:
+            return msg.seq or 0, None
 
     async def ensure_streams(self, **kwargs: Any) -> None:
         await ensure_streams(self.js, self.subjects, replicas=self.replicas, **kwargs)

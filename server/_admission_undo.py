@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from bus import (
     SCHEMA_VERSION,
@@ -35,8 +35,6 @@ from bus import (
     DuplicateMessage,
     Event,
     Finished,
-    MessageDecodeError,
-    decode_event,
     encode,
     utcnow,
 )
@@ -47,19 +45,6 @@ logger = logging.getLogger(__name__)
 ADMISSION_FAILED = "admission_failed"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
 ATTEMPTS = 5
-
-
-async def last_event(bus: Bus, task_id: str) -> tuple[int, Event | None] | None:
-    """The stream sequence and event of ``task_id``'s newest event (event None: unreadable),
-    or None when it has none."""
-    try:
-        msg = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
-    except NotFoundError:
-        return None
-    try:
-        return msg.seq or 0, decode_event(msg.data or b"")
-    except MessageDecodeError:
-        return msg.seq or 0, None
 
 
 async def finish_unstarted(bus: Bus, finished: Finished, *, accepted: Accepted | None = None) -> Event | None:
@@ -73,7 +58,7 @@ async def finish_unstarted(bus: Bus, finished: Finished, *, accepted: Accepted |
     task_id = finished.task_id
     subject = bus.subjects.events(task_id)
     for _ in range(ATTEMPTS):
-        last = await last_event(bus, task_id)
+        last = await bus.last_event(task_id)
         if last is None:
             if accepted is None:
                 return None

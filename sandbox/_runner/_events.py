@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from bus import (
     Bus,
@@ -44,15 +43,10 @@ class TaskPreempted(TaskError):
 
 async def last_event(bus: Bus, task_id: str) -> Event | None:
     """The newest event stored for ``task_id`` (None when there is none or it is unreadable)."""
-    try:
-        msg = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
-    except NotFoundError:
-        return None
-    try:
-        return decode_event(msg.data or b"")
-    except MessageDecodeError:
+    found = await bus.last_event(task_id)
+    if found is not None and found[1] is None:
         logger.warning("last event of task %s does not decode; treating the task as started", task_id)
-        return None
+    return None if found is None else found[1]
 
 
 async def task_history(bus: Bus, task_id: str, upto_seq: int, *, timeout: float = 10.0) -> tuple[float, Usage, str | None]:
@@ -109,15 +103,13 @@ class TaskEvents:
 
     @classmethod
     async def resume(cls, bus: Bus, task_id: str) -> tuple[TaskEvents, Event | None]:
-        last = await last_event(bus, task_id)
-        if last is None:
-            # nothing readable: if a message exists at all we must not reuse its seq
-            try:
-                info = await bus.js.get_last_msg(bus.subjects.events_stream, bus.subjects.events(task_id))
-                next_seq = (info.seq or 0) + 1  # fallback keeps us past whatever is there
-            except NotFoundError:
-                next_seq = 1
-            return cls(bus, task_id, next_seq=next_seq), None
+        found = await bus.last_event(task_id)
+        if found is None:
+            return cls(bus, task_id), None
+        stream_seq, last = found
+        if last is None:  # unreadable: we must not reuse its seq (the fallback keeps us past whatever is there)
+            logger.warning("last event of task %s does not decode; treating the task as started", task_id)
+            return cls(bus, task_id, next_seq=stream_seq + 1), None
         events = cls(bus, task_id, next_seq=last.seq + 1)
         if isinstance(last, Finished):
             events.finished = last
