@@ -60,6 +60,7 @@ class Bus:
         """How long a publish keeps retrying past its attempts (a replicated stream electing a leader)."""
         self._closed = False
         self._state: dict[str, bool] = {"closing": False}
+        self._outage: list[float | None] = [None, None]  # monotonic start and end of the last disconnection
 
     @classmethod
     async def open(
@@ -87,6 +88,7 @@ class Bus:
         connected = False
         refused: list[str] = []
         state = {"closing": False}
+        outage: list[float | None] = [None, None]
 
         async def on_error(exc: Exception) -> None:
             if _is_auth_error(exc):
@@ -97,10 +99,12 @@ class Bus:
                 logger.debug("nats connect attempt failed (%s): %s", name, exc)
 
         async def on_disconnect() -> None:
+            outage[:] = [time.monotonic(), None]
             if not state["closing"]:
                 logger.warning("nats disconnected (%s); reconnecting", name)
 
         async def on_reconnect() -> None:
+            outage[1] = time.monotonic()
             logger.info("nats reconnected (%s)", name)
 
         try:
@@ -133,7 +137,17 @@ class Bus:
         connected = True
         bus = cls(nc, subjects or Subjects(), replicas=replicas)
         bus._state = state
+        bus._outage = outage
         return bus
+
+    def offline_between(self, start: float, end: float) -> float:
+        """Seconds of ``[start, end]`` (``time.monotonic``) this connection spent disconnected
+        in its last outage (up to ``end`` while it lasts): a heartbeat not heard then was
+        not missed by its sender."""
+        down, up = self._outage
+        if down is None:
+            return 0.0
+        return max(0.0, min(end, up if up is not None else end) - max(start, down))
 
     @classmethod
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:

@@ -374,8 +374,12 @@ class Runner:
         return runner_id in self.live_runners() and task_id in self._peer_tasks.get(runner_id, set())
 
     def live_runners(self) -> set[str]:
-        horizon = time.monotonic() - 3 * self.settings.heartbeat_s
-        return {rid for rid, seen in self._peers.items() if seen >= horizon} | {self.id}
+        """Runners heard within three heartbeats; time this runner's own NATS connection was
+        down does not count (after a NATS restart, a peer is not dead for having been unheard)."""
+        now = time.monotonic()
+        window = 3 * self.settings.heartbeat_s
+        offline = self.bus.offline_between if self.bus is not None else lambda _start, _end: 0.0
+        return {rid for rid, seen in self._peers.items() if now - seen - offline(seen, now) <= window} | {self.id}
 
     async def _reap(self, *, startup: bool = False) -> None:
         assert self.backend is not None
