@@ -268,7 +268,9 @@ class Dispatcher:
             if not idempotency_key:
                 return await self._admit(caller, request, via, new_task_id())
 
-            async def admit(task_id: str) -> dict[str, Any]:
+            async def admit(task_id: str, takeover: bool) -> dict[str, Any]:
+                if takeover and (earlier := await self._ended_earlier(caller, task_id)) is not None:
+                    return earlier._asdict()
                 return (await self._admit(caller, request, via, task_id))._asdict()
 
             fingerprint = hashlib.sha256(canonical(request)).hexdigest()
@@ -276,6 +278,23 @@ class Dispatcher:
         except NatsError as exc:  # NATS away or electing a leader: a clear refusal, not "unexpected"
             logger.warning("admission for %s failed on NATS: %r", caller.key_id, exc)
             raise BusError(f"the bus did not answer while admitting this request ({type(exc).__name__}); retry in a few seconds") from None
+
+    async def _ended_earlier(self, caller: Caller, task_id: str) -> Submission | None:
+        """A stale claim's task that already ended (its admission was undone, or it ran): the
+        repeat gets that task back rather than a second admission under the same id."""
+        found = await self.bus.last_event(task_id)
+        if found is None or not isinstance(found[1], Finished):
+            return None
+        try:
+            record = await self.store.get_task(task_id)
+        except NotFound:
+            return None
+        if record.key_id != caller.key_id:
+            return None
+        self._follow(task_id)  # reads the stream: the caller's wait sees its ``finished``
+        return Submission(
+            task_id, self.bus.subjects.events(task_id), record.model or "", "the earlier request with this id", record.reserved_usd
+        )
 
     async def _admit(self, caller: Caller, request: Request, via: str, task_id: str) -> Submission:
         started = time.perf_counter()

@@ -36,7 +36,8 @@ STALE_S = 120.0
 WAIT_S = 25.0
 MAX_ID_CHARS = 256
 
-Admit = Callable[[str], Awaitable[dict[str, Any]]]
+Admit = Callable[[str, bool], Awaitable[dict[str, Any]]]
+"""``admit(task_id, takeover)``: ``takeover`` when the task id comes from a stale claim (its first admission may have got anywhere)."""
 
 
 def claim_key(key_id: str, idempotency_id: str) -> str:
@@ -94,7 +95,7 @@ class SubmitClaims:
             pending = _doc(state="pending", task_id=task_id, at=time.time(), fingerprint=fingerprint)
             try:
                 await kv.create(key, pending)
-                return await self._admit(kv, key, task_id, fingerprint, admit)
+                return await self._admit(kv, key, task_id, fingerprint, admit, takeover=False)
             except KeyWrongLastSequenceError:
                 pass
             try:
@@ -117,15 +118,15 @@ class SubmitClaims:
                 except KeyWrongLastSequenceError:
                     continue
                 logger.warning("took over a stale submit claim for task %s", doc["task_id"])
-                return await self._admit(kv, key, doc["task_id"], fingerprint, admit)
+                return await self._admit(kv, key, doc["task_id"], fingerprint, admit, takeover=True)
             if time.monotonic() > deadline:
                 raise BusTimeout("a request with this idempotency id is still being admitted; retry with the same id")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
 
-    async def _admit(self, kv: Any, key: str, task_id: str, fingerprint: str, admit: Admit) -> dict[str, Any]:
+    async def _admit(self, kv: Any, key: str, task_id: str, fingerprint: str, admit: Admit, *, takeover: bool) -> dict[str, Any]:
         try:
-            reply = await admit(task_id)
+            reply = await admit(task_id, takeover)
         except BaseException:
             await asyncio.shield(self._release(kv, key))
             raise

@@ -505,10 +505,10 @@ async def test_a_claim_left_pending_by_a_dead_server_is_taken_over_with_its_task
     from server._idempotency import SubmitClaims, claim_key
 
     async with make_stack(settings) as stack:
-        admitted: list[str] = []
+        admitted: list[tuple[str, bool]] = []
 
-        async def admit(task_id: str) -> dict[str, Any]:
-            admitted.append(task_id)
+        async def admit(task_id: str, takeover: bool) -> dict[str, Any]:
+            admitted.append((task_id, takeover))
             return {"task_id": task_id}
 
         fresh = SubmitClaims(stack.bus, 3600, wait_s=0.2)
@@ -521,4 +521,4 @@ async def test_a_claim_left_pending_by_a_dead_server_is_taken_over_with_its_task
         stale = SubmitClaims(stack.bus, 3600, stale_s=0.0)
         assert await stale.once("tb_k", "id-1", "f", admit) == {"task_id": "t_dead"}
         assert await stale.once("tb_k", "id-1", "f", admit) == {"task_id": "t_dead"}
-        assert admitted == ["t_dead"]  # taken over once, with the dead server's task id
+        assert admitted == [("t_dead", True)]  # taken over once, with the dead server's task id

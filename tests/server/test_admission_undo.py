@@ -8,12 +8,30 @@ landed without its follow-up write)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import time
 from typing import Any
 
 import nats
 
-from bus import Accepted, Finished, Settings, Started, SubmitAccepted, SubmitRejected, decode_event, decode_reply, new_task_id, utcnow
+from bus import (
+    Accepted,
+    Finished,
+    Settings,
+    Started,
+    SubmitAccepted,
+    SubmitRejected,
+    TaskRequest,
+    canonical,
+    decode_event,
+    decode_reply,
+    new_task_id,
+    utcnow,
+)
 from server._admission_undo import ADMISSION_FAILED, undo_admission
+from server._dispatch import Caller
+from server._idempotency import claim_key
 
 
 async def _submit(nc: Any, subject: str, key: str) -> Any:
@@ -112,3 +130,32 @@ async def test_a_task_a_runner_started_first_is_kept_and_settled_normally(settin
         assert (await stack.store.get_task(task_id)).status == "accepted"
         events = await _events(stack, task_id)
         assert not any(isinstance(e, Finished) for e in events)
+
+
+async def test_a_stale_claim_whose_task_was_undone_returns_that_task_not_a_second_admission(settings: Settings, make_stack) -> None:
+    async with make_stack(settings) as stack:
+        key = await stack.key("developer", day_usd=5.0)
+        record = await stack.store.authenticate(key)
+        caller = Caller(record.prefix, record.profile)
+        request = TaskRequest(description="once, even after an undo")
+        task_id = new_task_id()
+        await stack.store.admit(record.prefix, task_id, 0.5, profile="developer", kind="task")
+        assert await undo_admission(stack.bus, stack.store, _accepted(task_id, record.prefix))
+        claims = stack.dispatcher._claims  # its server died before it could let go of the claim
+        pending = {
+            "state": "pending",
+            "task_id": task_id,
+            "at": time.time() - 3600,
+            "fingerprint": hashlib.sha256(canonical(request)).hexdigest(),
+        }
+        await (await claims._bucket()).create(claim_key(record.prefix, "order-7"), json.dumps(pending).encode())
+        submission = await stack.dispatcher.submit(caller, request, idempotency_key="order-7")
+        assert submission.task_id == task_id
+        watch = stack.dispatcher.live(task_id)
+        async with asyncio.timeout(30):
+            async for _ in watch.stream():
+                pass
+        assert watch.finished is not None and watch.finished.status == "failed" and watch.finished.reason == ADMISSION_FAILED
+        assert (await stack.bus.js.stream_info(stack.bus.subjects.jobs_stream)).state.messages == 0  # nothing queued
+        status = await stack.store.remaining_budget(record.prefix)
+        assert status.running == 0 and status.day.used_usd == 0.0
