@@ -126,6 +126,7 @@ class AuditService:
     def __init__(self, bus: Bus, writer: Writer, options: AuditOptions, *, alert_command: str = "", writer_name: str = "") -> None:
         self.bus = bus
         self.consumers = consumer_names(writer_name)
+        self.writer_name = writer_name
         self.writer = writer
         self.options = options
         self.alerter = Alerter(
@@ -329,7 +330,9 @@ class AuditService:
         row, digest = self.writer.head
         self._published_row = row
         try:
-            await self.bus.nc.publish(self.bus.subjects.audit_head(), encode(ChainHead(row=row, hash=digest.hex())))
+            await self.bus.nc.publish(
+                self.bus.subjects.audit_head(), encode(ChainHead(row=row, hash=digest.hex(), writer=self.writer_name))
+            )
         except Exception as exc:
             logger.warning("cannot publish the audit chain head: %s", exc)
 

@@ -370,6 +370,9 @@ class ChainHead(Wire):
     row: Count
     hash: str
     ts: datetime = msgspec.field(default_factory=utcnow)
+    writer: str = ""
+    """The audit writer's name (``TASKBUS_AUDIT_WRITER_NAME``; empty for the default one):
+    each named writer keeps its own copy of the log, and so its own chain."""
 
 
 PUBLIC_TYPES: tuple[type, ...] = (

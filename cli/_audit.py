@@ -305,7 +305,7 @@ def verify_cmd(json_output: JsonOpt = False, db: DbOpt = None, config: ConfigOpt
     if result.problem is not None:
         fail(
             f"audit chain broken: {result.problem.message}. Keep the database as evidence; "
-            "compare with the chain heads published on the auditlog.head subject."
+            "compare with the chain heads published on the auditlog.head subject (their `writer` field names this copy's writer)."
         )
     span = f"rows {result.first_row}..{result.last_row}" if result.rows else "no rows"
     since = f" after checkpoint row {result.checkpoint_row}" if result.checkpoint_row else ""

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from audit_helpers import (
@@ -243,6 +244,12 @@ async def test_two_named_audit_writers_each_keep_a_full_copy_of_the_log(settings
         )
         for name in ("host-a", "host-b")
     ]
+    heads: list[ChainHead] = []
+
+    async def on_head(msg: Any) -> None:
+        heads.append(msgspec.json.decode(msg.data, type=ChainHead))
+
+    sub = await bus.nc.subscribe(bus.subjects.audit_head(), cb=on_head)
     for w in writers:
         await w.start()
     try:
@@ -256,7 +263,13 @@ async def test_two_named_audit_writers_each_keep_a_full_copy_of_the_log(settings
             assert count_rows(w.db) == 51
             assert {r[0] for r in rows(w.db, "SELECT task_id FROM audit WHERE stream = 'events'")} == set(tasks)
             assert verify(open_db(w.db, readonly=True)).ok
+        for w, name in zip(writers, ("host-a", "host-b"), strict=True):  # each copy's chain head says whose it is
+            head_hash = rows(w.db, "SELECT hash FROM audit WHERE id = 51")[0][0].hex()
+            await wait_until(
+                lambda n=name, h=head_hash: any(x.writer == n and x.row == 51 and x.hash == h for x in heads), what=f"{name}'s head"
+            )
     finally:
+        await sub.unsubscribe()
         for w in writers:
             await w.close()
     names = {c.name for c in await bus.js.consumers_info(bus.subjects.events_stream)}
