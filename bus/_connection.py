@@ -140,6 +140,12 @@ class Bus:
         bus._outage = outage
         return bus
 
+    @property
+    def reconnects(self) -> int:
+        """How many times this connection has reconnected (a change means: what was
+        subscribed may have missed messages, and a server-side consumer may be gone)."""
+        return int(self.nc.stats.get("reconnects", 0))
+
     def offline_between(self, start: float, end: float) -> float:
         """Seconds of ``[start, end]`` (``time.monotonic``) this connection spent disconnected
         in its last outage (up to ``end`` while it lasts): a heartbeat not heard then was

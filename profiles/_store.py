@@ -115,7 +115,7 @@ class Store:
             self._control = CasEntries(control)
             self._ledger = CasEntries(buckets[subjects.ledger_bucket])
             self._registry = Registry(buckets[subjects.tasks_bucket])
-            view = ControlView(control)
+            view = ControlView(control, reconnects=lambda: self._bus.reconnects if self._bus is not None else 0)
             await view.start()
             self._view = view
             await self._seed()

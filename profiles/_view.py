@@ -3,7 +3,10 @@ per-account budget overrides.
 
 Authentication and policy resolution read only this view: no disk, no round trip. A KV
 watcher applies every change (from any server) as it is stored; ``caught_up(revision)``
-lets a writer wait until its own write is visible here (read-your-writes).
+lets a writer wait until its own write is visible here (read-your-writes). After the
+connection reconnects (a NATS restart, a node of a cluster lost) or the watcher fails,
+the view loads the bucket again with a new watcher: the old one's server-side consumer
+may be gone, and a change missed then (a tightened profile) must not be ignored.
 
 Entries: ``key.<prefix>`` (the KeyRecord plus the key's SHA-256, never the key),
 ``profile.<name>`` (the profile), ``budget.<account>`` (day/month override).
@@ -19,7 +22,7 @@ from typing import Any
 import msgspec
 from nats.js.errors import KeyNotFoundError
 
-from bus import BusTimeout
+from bus import Backoff, BusTimeout
 
 from ._keys import KeyRecord
 from ._kv import Doc, loads
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 KEY, PROFILE, BUDGET = "key.", "profile.", "budget."
 READY_TIMEOUT_S = 30.0
+RECONNECT_CHECK_S = 0.5
 
 
 class StoredKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,8 +45,10 @@ def encode_key(record: KeyRecord, digest: str) -> bytes:
 
 
 class ControlView:
-    def __init__(self, kv: Any) -> None:
+    def __init__(self, kv: Any, *, reconnects: Callable[[], int] = lambda: 0) -> None:
         self.kv = kv
+        self._reconnects = reconnects
+        """The connection's reconnect count (``Bus.reconnects``): a change means watch again."""
         self.keys: dict[str, StoredKey] = {}
         self.by_hash: dict[str, KeyRecord] = {}
         self.profiles: dict[str, Profile] = {}
@@ -57,14 +63,7 @@ class ControlView:
 
     async def start(self) -> None:
         """Load every entry, then follow changes in the background."""
-        self._watcher = await self.kv.watchall()
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                while (entry := await self._watcher.updates(timeout=READY_TIMEOUT_S)) is not None:
-                    self._apply(entry)
-        except TimeoutError:
-            await self._watcher.stop()
-            raise BusTimeout(f"loading the control plane ({self.kv._name}) took over {READY_TIMEOUT_S:g}s") from None
+        self._watcher = await self._load()
         self._task = asyncio.create_task(self._follow(), name="control-view")
 
     async def stop(self) -> None:
@@ -72,15 +71,65 @@ class ControlView:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._watcher is not None:
+        await self._stop_watcher()
+
+    async def _stop_watcher(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
             try:
-                await self._watcher.stop()
+                await watcher.stop()
             except Exception as exc:  # the connection may already be closed
                 logger.debug("control view watcher stop: %s", exc)
-            self._watcher = None
+
+    async def _load(self) -> Any:
+        """A new watcher, with every current entry applied (and entries gone since the
+        last load dropped); returns the watcher, positioned after the initial values."""
+        watcher = await self.kv.watchall()
+        seen: set[str] = set()
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while (entry := await watcher.updates(timeout=READY_TIMEOUT_S)) is not None:
+                    self._apply(entry)
+                    seen.add(entry.key)
+        except BaseException as exc:
+            await watcher.stop()
+            if isinstance(exc, TimeoutError):
+                raise BusTimeout(f"loading the control plane ({self.kv._name}) took over {READY_TIMEOUT_S:g}s") from None
+            raise
+        for key in set(self.revisions) - seen:  # deleted while this view was not watching
+            self._forget(key)
+        return watcher
 
     async def _follow(self) -> None:
-        async for entry in self._watcher:
+        """Apply changes as they are stored; after a reconnect or a failed watcher, load again."""
+        backoff = Backoff(0.5, 10.0)
+        reconnects = self._reconnects()
+        while True:
+            pump = asyncio.create_task(self._pump(self._watcher), name="control-view-pump")
+            try:
+                while not pump.done() and self._reconnects() == reconnects:
+                    await asyncio.wait({pump}, timeout=RECONNECT_CHECK_S)
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+            reason = "the connection reconnected" if self._reconnects() != reconnects else _ended(pump)
+            reconnects = self._reconnects()
+            await self._stop_watcher()
+            while True:
+                try:
+                    self._watcher = await self._load()
+                    break
+                except Exception as exc:
+                    delay = backoff.next_delay()
+                    logger.warning("control view: loading again failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+            backoff.reset()
+            logger.info("control view: loaded again (%s)", reason)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _pump(self, watcher: Any) -> None:
+        async for entry in watcher:
             if entry is None:
                 continue
             self._apply(entry)
@@ -112,6 +161,11 @@ class ControlView:
             self._apply_key(prefix, entry.value)
         return self.keys.get(prefix)
 
+    def _forget(self, key: str) -> None:
+        """``key`` is gone from the bucket."""
+        self.revisions.pop(key, None)
+        self._set(key, None)
+
     def _apply(self, entry: Any) -> None:
         key: str = entry.key
         deleted = entry.operation in ("DEL", "PURGE")
@@ -120,21 +174,24 @@ class ControlView:
             self.revisions.pop(key, None)
         else:
             self.revisions[key] = int(entry.revision)
+        self._set(key, None if deleted else entry.value)
+
+    def _set(self, key: str, value: bytes | None) -> None:
         try:
             if key.startswith(KEY):
-                self._apply_key(key[len(KEY) :], None if deleted else entry.value)
+                self._apply_key(key[len(KEY) :], value)
             elif key.startswith(PROFILE):
                 name = key[len(PROFILE) :]
-                if deleted:
+                if value is None:
                     self.profiles.pop(name, None)
                 else:
-                    self.profiles[name] = decode_profile(entry.value)
+                    self.profiles[name] = decode_profile(value)
             elif key.startswith(BUDGET):
                 account = key[len(BUDGET) :]
-                if deleted:
+                if value is None:
                     self.budgets.pop(account, None)
                 else:
-                    self.budgets[account] = loads(entry.value)
+                    self.budgets[account] = loads(value)
         except (msgspec.DecodeError, ValueError) as exc:  # one bad entry must not blind the server
             logger.error("control-plane entry %s is not readable, ignored: %s", key, exc)
 
@@ -147,3 +204,10 @@ class ControlView:
         stored = msgspec.json.decode(value, type=StoredKey)
         self.keys[prefix] = stored
         self.by_hash[stored.hash] = stored.record
+
+
+def _ended(pump: asyncio.Task[None]) -> str:
+    if pump.cancelled():
+        return "the watcher was cancelled"
+    exc = pump.exception()
+    return "the watcher ended" if exc is None else f"the watcher failed: {exc!r}"

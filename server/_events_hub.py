@@ -29,6 +29,7 @@ Events already in the watch are skipped, so a replay and the live messages may o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus import Bus, Event, Finished
+from bus import Backoff, Bus, Event, Finished
 
 from ._dispatch_events import TaskWatch, decode_task_event, replay_events
 
@@ -83,8 +84,13 @@ class EventsHub:
         self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EventsHub:
-        self._reconnects = self._reconnect_count()
-        self._sub = await self.bus.js.subscribe(
+        self._reconnects = self.bus.reconnects
+        self._sub = await self._subscribe()
+        self._watcher = asyncio.create_task(self._watch_reconnects(), name="events-hub-reconnects")
+        return self
+
+    async def _subscribe(self) -> Any:
+        sub = await self.bus.js.subscribe(
             self.bus.subjects.events_all(),
             stream=self.bus.subjects.events_stream,
             cb=self._on_msg,
@@ -94,8 +100,7 @@ class EventsHub:
             pending_bytes_limit=-1,
         )
         await self.bus.nc.flush(timeout=10)
-        self._watcher = asyncio.create_task(self._watch_reconnects(), name="events-hub-reconnects")
-        return self
+        return sub
 
     async def __aexit__(self, *exc: object) -> None:
         watcher, self._watcher = self._watcher, None
@@ -129,19 +134,33 @@ class EventsHub:
         if inbox is not None:
             inbox.put(msg.data)
 
-    def _reconnect_count(self) -> int:
-        return int(self.bus.nc.stats.get("reconnects", 0))
-
     async def _watch_reconnects(self) -> None:
-        """After a reconnect, every follower reads the stream for what was published meanwhile."""
+        """After a reconnect: subscribe again (the ordered consumer may have died with the old
+        connection's server: a NATS restart left new tasks unheard for ~19 s, each waiting
+        for its quiet check), then every follower reads the stream for what was published
+        meanwhile."""
+        backoff = Backoff(0.5, 10.0)
         while True:
             await asyncio.sleep(RECONNECT_CHECK_S)
-            count = self._reconnect_count()
-            if count != self._reconnects:
-                self._reconnects = count
-                logger.info("events hub: reconnected; %d followed task(s) catch up from the stream", len(self._inboxes))
-                for inbox in list(self._inboxes.values()):
-                    inbox.catch_up.set()
+            count = self.bus.reconnects
+            if count == self._reconnects:
+                continue
+            try:
+                new = await self._subscribe()
+            except Exception as exc:  # NATS away again: the next check retries
+                delay = backoff.next_delay()
+                logger.warning("events hub: subscribing again after a reconnect failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            old, self._sub = self._sub, new
+            self._reconnects = count
+            if old is not None:
+                with contextlib.suppress(Exception):  # its consumer may be gone with the old server
+                    await old.unsubscribe()
+            logger.info("events hub: reconnected; subscribed again, %d followed task(s) catch up from the stream", len(self._inboxes))
+            for inbox in list(self._inboxes.values()):
+                inbox.catch_up.set()
 
 
 async def follow(

@@ -186,3 +186,37 @@ async def test_a_follow_retried_after_settlement_failed_returns_the_finished_eve
             again = await follow(hub, inbox, watch, fresh=False, on_finished=settle_fails_once)
         hub.close(inbox)
     assert again.seq == 2 and attempts == [2]  # the retry hands it back; the dispatcher settles it
+
+
+async def test_a_task_submitted_after_a_nats_restart_is_heard_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's ordered consumer dies with the server it was on; after the reconnect the hub
+    subscribes again, so a task admitted then is followed from live messages. (Before, it
+    was found only by the quiet check, 10 s later; here that check is switched off.)"""
+    monkeypatch.setattr("server._events_hub.QUIET_CHECK_S", 3600.0)
+    server = EmbeddedNats(tmp_path / "js", name="hub-restart")
+    server.start()
+    try:
+        bus = await Bus.open(server.url, Subjects("hubr"), name="follower")
+        await bus.ensure_streams()
+        async with bus, EventsHub(bus) as hub:
+            reconnects = bus.reconnects
+            server.stop()
+            await asyncio.sleep(1.0)  # the outage
+            server.start()
+            async with asyncio.timeout(DEADLINE_S):  # the hub has handled the reconnect: a later task
+                while bus.reconnects == reconnects or hub._reconnects != bus.reconnects:
+                    await asyncio.sleep(0.02)
+            # the old connection's consumer died with its server; the hub has a new one
+            assert await bus.js.consumers_info(bus.subjects.events_stream), "no consumer: new events go unheard"
+            task_id = new_task_id()
+            watch = TaskWatch(task_id)
+            inbox = hub.open(task_id)
+            follower = asyncio.create_task(follow(hub, inbox, watch, fresh=True))
+            await publish(bus, accepted(task_id))
+            await publish(bus, finished(task_id, 2))
+            async with asyncio.timeout(DEADLINE_S):
+                result = await follower
+            hub.close(inbox)
+    finally:
+        server.stop()
+    assert result.seq == 2 and [e.seq for e in watch.events] == [1, 2]
