@@ -127,7 +127,7 @@ async def wait_for_leader(js: JetStreamContext, stream: str, replicas: int, *, t
             info = await js.stream_info(stream)
             if info.cluster is None or info.cluster.leader:
                 return
-        except _UNANSWERED:
+        except (*_UNANSWERED, NotFoundError):  # "not found" for a moment: the meta layer has not told every node yet
             pass
         if asyncio.get_running_loop().time() > deadline:
             raise BusError(f"the stream {stream} has no leader after {timeout:g}s: check the NATS cluster (taskbus doctor)")

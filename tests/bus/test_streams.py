@@ -9,7 +9,8 @@ import pytest
 from nats.js.api import ConsumerConfig, RetentionPolicy
 
 import bus as bus_module
-from bus import Bus, PublishError, Subjects
+from bus import Bus, BusError, PublishError, Subjects
+from bus._streams import wait_for_leader
 
 
 async def test_ensure_streams_is_idempotent_and_creates_what_the_design_lists(bus: Bus) -> None:
@@ -116,3 +117,17 @@ async def test_events_replay_from_the_first_seq_for_a_late_follower(bus: Bus) ->
     seen = [bus_module.decode_event((await sub.next_msg(timeout=2)).data).seq for _ in range(3)]
     assert seen == [1, 2, 3]
     await sub.unsubscribe()
+
+
+async def test_waiting_for_a_leader_outlasts_a_stream_not_yet_known_everywhere(bus: Bus) -> None:
+    """Right after a replicated stream is created on a loaded cluster, the node asked may still
+    say "stream not found" (CI: a runner crashed at start on exactly that); the wait goes on
+    until its deadline, and then says what to check."""
+    name = f"LATE_{bus.subjects.prefix}"
+    waiter = asyncio.create_task(wait_for_leader(bus.js, name, replicas=3, timeout=30))
+    await asyncio.sleep(0.3)  # the waiter has been told "not found" a few times by now
+    assert not waiter.done()
+    await bus.js.add_stream(name=name, subjects=[f"{bus.subjects.prefix}.late.x"])
+    await asyncio.wait_for(waiter, 30)
+    with pytest.raises(BusError, match=r"has no leader after 0\.5s"):
+        await wait_for_leader(bus.js, f"NEVER_{bus.subjects.prefix}", replicas=3, timeout=0.5)
