@@ -559,6 +559,16 @@ class Store:
         record, _ = await read(self.ledger.kv, _ledger.reservation_key(task_id))
         return None if record is None else _reservation(record)
 
+    async def open_reservations(self, older_than_s: float) -> list[tuple[str, str]]:
+        """(task id, key prefix) of every reservation still open after ``older_than_s``
+        (reads one entry per account)."""
+        cutoff = self.now().timestamp() - older_than_s
+        found: list[tuple[str, str]] = []
+        for _, value in await scan(self.ledger.kv, "a.>"):
+            opened = msgspec.json.decode(value).get("open", {})
+            found += [(task_id, opened[task_id][0]) for task_id in sorted(_ledger.stale({"open": opened}, cutoff))]
+        return found
+
     async def sweep_stale(self, older_than_s: float) -> list[str]:
         """Release reservations still open after ``older_than_s`` (reads one entry per
         account); their tasks, if still live, become ``failed`` (``stale_reservation``)."""

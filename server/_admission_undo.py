@@ -15,6 +15,11 @@ to repeat (the dispatcher retries it with backoff until NATS answers again):
 2. the reservation is released (from the account's entry even when its record was never
    written) and the task recorded ``failed``.
 
+A server that dies mid-admission cannot undo anything: ``sweep_abandoned`` (every server,
+every minute) undoes the admissions whose reservation has been open for minutes while the
+task has no event at all (a live admission publishes ``accepted`` milliseconds after its
+reservation; a queued job has its ``accepted``, so it is never touched).
+
 If a runner wrote first (the job's publish landed though its acknowledgement was lost), the
 task runs and is settled like any other: the caller was told ``bus_error`` for a task that
 does run; an idempotency id (``Nats-Msg-Id`` / ``idempotency_key``) makes its retry return
@@ -35,6 +40,8 @@ from bus import (
     DuplicateMessage,
     Event,
     Finished,
+    JobKind,
+    NotFound,
     encode,
     utcnow,
 )
@@ -103,3 +110,25 @@ async def undo_admission(bus: Bus, store: Store, accepted: Accepted) -> bool:
     )
     logger.info("task %s: its half-done admission is undone (failed, %s, reservation released)", task_id, ADMISSION_FAILED)
     return True
+
+
+async def sweep_abandoned(bus: Bus, store: Store, *, older_than_s: float) -> list[str]:
+    """Undo the admissions left half-done by a server that died: reservations open for
+    ``older_than_s`` whose task has no event. Returns their task ids."""
+    undone: list[str] = []
+    for task_id, key_id in await store.open_reservations(older_than_s):
+        kind: JobKind = "task"
+        if await bus.last_event(task_id) is not None:
+            continue  # accepted (queued or running): its runner or the daily stale sweep ends it
+        try:
+            task = await store.get_task(task_id)
+            profile, model = task.profile, task.model or ""
+            kind = "complete" if task.kind == "complete" else "task"
+        except NotFound:  # the server died before the task's record: what the key says
+            profile, model = (await store.get_key(key_id)).profile, ""
+        accepted = Accepted(task_id=task_id, seq=1, ts=utcnow(), kind=kind, key_id=key_id, profile=profile, model=model)
+        if await undo_admission(bus, store, accepted):
+            undone.append(task_id)
+    if undone:
+        logger.warning("undid %d admission(s) left half-done by a server that stopped: %s", len(undone), ", ".join(undone[:10]))
+    return undone

@@ -15,6 +15,7 @@ from typing import Literal
 from bus import AuthError, Bus, Settings, load_or_create_job_secret
 from profiles import Store
 
+from ._admission_undo import sweep_abandoned
 from ._console import Console, console_enabled
 from ._http import create_http_app, serve_http
 from ._mcp_app import create_mcp_server
@@ -24,18 +25,27 @@ from ._submit_gateway import SubmitGateway
 logger = logging.getLogger(__name__)
 
 Transport = Literal["stdio", "http", "none"]
-SWEEP_EVERY_S = 600.0
+SWEEP_EVERY_S = 60.0
+STALE_EVERY = 10
+"""The daily stale sweep runs every STALE_EVERY sweeps (10 minutes)."""
 STALE_AFTER_S = 86_400.0
+ABANDONED_AFTER_S = 300.0
+"""A reservation open this long for a task with no event is an admission a dead server left."""
 
 
-async def _sweep(store: Store) -> None:
-    """Release reservations of tasks that never finished (a day old)."""
+async def _sweep(bus: Bus, store: Store) -> None:
+    """Every minute, undo the admissions dead servers left half-done; every ten minutes,
+    release reservations of tasks that never finished (a day old)."""
+    rounds = 0
     while True:
         await asyncio.sleep(SWEEP_EVERY_S)
+        rounds += 1
         try:
-            await store.sweep_stale(STALE_AFTER_S)
+            await sweep_abandoned(bus, store, older_than_s=ABANDONED_AFTER_S)
+            if rounds % STALE_EVERY == 0:
+                await store.sweep_stale(STALE_AFTER_S)
         except Exception as exc:
-            logger.warning("stale reservation sweep failed: %s", exc)
+            logger.warning("reservation sweep failed: %s", exc)
 
 
 async def run_server(
@@ -71,7 +81,7 @@ async def run_server(
                     except AuthError as exc:
                         raise AuthError(f"the stdio MCP server needs a valid key in TASKBUS_API_KEY: {exc.message}") from None
                 async with SubmitGateway(dispatcher), asyncio.TaskGroup() as tg:
-                    tasks = [tg.create_task(_sweep(store), name="sweep"), tg.create_task(stop.wait())]
+                    tasks = [tg.create_task(_sweep(bus, store), name="sweep"), tg.create_task(stop.wait())]
                     if transport == "http":
                         app, _ = create_http_app(dispatcher, host=host, port=port)
                         app.router.routes.append(metrics_route(dispatcher))

@@ -100,8 +100,11 @@ async def _counts(settings: Any) -> tuple[int, int]:
         return (len(await store.list_tasks(None, limit=1_000_000)), len(await scan(store.ledger.kv, "res.>")))
 
 
-async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
-    """Every payload on every subject; submit requests must get a decodable rejection."""
+async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> int:
+    """Every payload on every subject; submit requests must get a decodable rejection (or, for
+    a generated payload that happens to be a valid request, an acceptance: counted and
+    returned, as that request rightly leaves a task and a reservation behind)."""
+    accepted = 0
     async with stack.bus() as b:
         s = b.subjects
         auth = {"Authorization": f"Bearer {stack.key}", "Taskbus-Schema": "1"}
@@ -120,8 +123,12 @@ async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
                         answer = {}
                     if answer.get("type") == "rejected" and answer.get("code") and answer.get("message"):
                         row.rejected += 1
-                    elif answer.get("type") == "accepted":  # counted by the registry check (state_changes)
-                        row.notes.append(f"submit.{kind} accepted {payload[:60]!r}")
+                    elif answer.get("type") == "accepted" and headers is auth:  # a valid request: one task, one reservation
+                        accepted += 1
+                        row.notes.append(f"submit.{kind} accepted a valid request {payload[:60]!r}")
+                    elif answer.get("type") == "accepted":
+                        row.unclear += 1
+                        row.notes.append(f"submit.{kind} accepted WITHOUT a key: {payload[:60]!r}")
                     else:
                         row.unclear += 1
                         row.notes.append(f"submit.{kind} answered {reply.data[:200]!r} to {payload[:60]!r}")
@@ -136,6 +143,7 @@ async def bus_attack(stack: ChaosStack, row: Row, n_generated: int) -> None:
                 await b.nc.publish(subject, small)
                 row.rejected += 1
         await b.nc.flush(timeout=10)
+    return accepted
 
 
 def mcp_attacks() -> list[tuple[str, dict[str, Any]]]:
@@ -259,13 +267,14 @@ async def hostile_input_scenario(work: Path, scale: Any) -> Row:
     row = Row("hostile input")
     async with ChaosStack(work, runners={"r-bwrap-1": "bwrap"}, slots=1) as stack:
         before = await _counts(stack.settings)
-        await bus_attack(stack, row, 40 if scale.name == "ci" else 400)
+        accepted = await bus_attack(stack, row, 40 if scale.name == "ci" else 400)
         await mcp_attack(stack, row)
         await raw_http_attack(stack, row)
         after = await _counts(stack.settings)
-        if after != before:
-            row.state_changes += (after[0] - before[0]) + (after[1] - before[1])
-            row.notes.append(f"tasks/ledger rows before {before}, after {after}")
+        expected = (before[0] + accepted, before[1] + accepted)
+        if after != expected:  # a refused request left something behind
+            row.state_changes += abs(after[0] - expected[0]) + abs(after[1] - expected[1])
+            row.notes.append(f"tasks/ledger rows before {before}, after {after}, {accepted} valid request(s) accepted")
         row.crashed += [n for n, alive in stack.alive().items() if not alive]
         async with stack.client() as client:  # still serving: a real request works end to end
             ok = await client.call_tool("complete", {"prompt": "still alive?", "model": "claude-haiku-4-5"})

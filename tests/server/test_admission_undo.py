@@ -29,7 +29,7 @@ from bus import (
     new_task_id,
     utcnow,
 )
-from server._admission_undo import ADMISSION_FAILED, undo_admission
+from server._admission_undo import ADMISSION_FAILED, sweep_abandoned, undo_admission
 from server._dispatch import Caller
 from server._idempotency import claim_key
 
@@ -159,3 +159,31 @@ async def test_a_stale_claim_whose_task_was_undone_returns_that_task_not_a_secon
         assert (await stack.bus.js.stream_info(stack.bus.subjects.jobs_stream)).state.messages == 0  # nothing queued
         status = await stack.store.remaining_budget(record.prefix)
         assert status.running == 0 and status.day.used_usd == 0.0
+
+
+async def test_the_sweep_undoes_what_a_dead_server_left_and_leaves_queued_jobs_alone(settings: Settings, make_stack) -> None:
+    """A server killed between the reservation and ``accepted`` leaves a reservation and a
+    task record with no event: every server's sweep undoes it (here with no age limit). A
+    job waiting in the queue has its ``accepted``: it is not touched."""
+    async with make_stack(settings) as stack:
+        await stack.store.update_profile("developer", max_concurrent=2)
+        key = await stack.key("developer", day_usd=5.0)
+        prefix = (await stack.store.authenticate(key)).prefix
+        dead, bare, queued = new_task_id(), new_task_id(), new_task_id()
+        await stack.store.admit(prefix, dead, 0.5, profile="developer", kind="complete")  # its server died here
+        await stack.store._reserve(prefix, bare, 0.25)  # ... or even before the records
+        assert (await stack.store.remaining_budget(prefix)).running == 2
+        await stack.store.update_profile("developer", max_concurrent=3)
+        await stack.store.admit(prefix, queued, 0.5, profile="developer", kind="task")
+        await stack.bus.publish(stack.bus.subjects.events(queued), _accepted(queued, prefix), msg_id=f"{queued}-1")
+
+        assert sorted(await sweep_abandoned(stack.bus, stack.store, older_than_s=0)) == sorted([dead, bare])
+        status = await stack.store.remaining_budget(prefix)
+        assert status.running == 1 and status.day.used_usd == 0.5, status  # only the queued job's reservation
+        for task_id, kind in ((dead, "complete"), (bare, "task")):
+            task = await stack.store.get_task(task_id)
+            assert (task.status, task.error_code, task.kind) == ("failed", ADMISSION_FAILED, kind)
+            events = await _events(stack, task_id)
+            assert [type(e).__name__ for e in events] == ["Accepted", "Finished"]
+        assert (await stack.store.get_task(queued)).status == "accepted"
+        assert await sweep_abandoned(stack.bus, stack.store, older_than_s=0) == []  # nothing left to undo
