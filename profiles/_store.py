@@ -33,11 +33,13 @@ from bus import (
     AuditNotice,
     AuthError,
     Bus,
+    BusError,
     InvalidInput,
     NotFound,
     Policy,
     Request,
     Settings,
+    TaskbusError,
     ensure_control_plane,
 )
 
@@ -393,8 +395,17 @@ class Store:
         incoming = parse_profiles_toml(text)
         existing = {name: self.view.profiles[name] for name in incoming if name in self.view.profiles}
         result, writes = plan_apply(existing, incoming)
-        for profile in writes:
-            await self._write_profile(profile)
+        for done, profile in enumerate(writes):
+            try:
+                await self._write_profile(profile)
+            except TaskbusError:
+                raise
+            except Exception as exc:  # NATS failed half-way: say what is applied and how to finish
+                written = ", ".join(p.name for p in writes[:done]) or "none"
+                raise BusError(
+                    f"applying the profiles stopped at {profile.name!r} ({type(exc).__name__}: {exc}); "
+                    f"{done} of {len(writes)} written ({written}); apply the file again to finish"
+                ) from None
         for name in result.created:
             await self._emit("profile_changed", profile=name, action="created", source="apply")
         for name in result.updated:
