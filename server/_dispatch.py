@@ -83,12 +83,12 @@ logger = logging.getLogger(__name__)
 
 FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"})
 MAX_CACHED_WATCHES = 1024
+"""Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
+the events stream): 4,096 held ~12 MB of a soak's memory growth."""
 UNDO_PATIENCE_S = 600.0
 """How long a half-done admission is retried before it is left to the stale-reservation sweep."""
 UNDO_AT_CLOSE_S = 5.0
 """How long closing the dispatcher waits for admissions still being undone."""
-"""Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
-the events stream): 4,096 held ~12 MB of a soak's memory growth."""
 SETTLING_WAIT_S = 5.0
 """How long a reader of a task whose record is final waits for its follower's `finished`."""
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
