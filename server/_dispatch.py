@@ -21,7 +21,6 @@ the middle of a task still settles its budget and records its result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -73,24 +72,18 @@ from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog,
 from ._admission_undo import finish_unstarted, undo_admission
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
-from ._dispatch_events import TaskWatch, replay_events
-from ._events_hub import EventsHub, Inbox, follow
+from ._dispatch_events import TaskWatch
+from ._followers import FINAL, Followers
 from ._idempotency import SubmitClaims
 from ._project_path import project_realpath
 from ._router import cheapest_call_usd, route_model
 
 logger = logging.getLogger(__name__)
 
-FINAL = frozenset({"succeeded", "failed", "timeout", "cancelled", "budget_exceeded", "denied"})
-MAX_CACHED_WATCHES = 1024
-"""Finished tasks' watches kept for late waiters (~3 KB each; an older one is replayed from
-the events stream): 4,096 held ~12 MB of a soak's memory growth."""
 UNDO_PATIENCE_S = 600.0
 """How long a half-done admission is retried before it is left to the stale-reservation sweep."""
 UNDO_AT_CLOSE_S = 5.0
 """How long closing the dispatcher waits for admissions still being undone."""
-SETTLING_WAIT_S = 5.0
-"""How long a reader of a task whose record is final waits for its follower's `finished`."""
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
@@ -153,14 +146,10 @@ class Dispatcher:
         self.bus = bus
         self.store = store
         self._secret = secret
-        self._watches: dict[str, TaskWatch] = {}
-        self._followers: dict[str, asyncio.Task[None]] = {}
         self._undoing: set[asyncio.Task[None]] = set()
-        self._hub = EventsHub(bus)
-        self._tg: asyncio.TaskGroup | None = None
         self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
         self._cache = CompletionCache(bus)
-        self._cache_keys: dict[str, tuple[str, str]] = {}
+        self.followers = Followers(settings, bus, store, self._cache, on_event=self._on_event)
         self._claims = SubmitClaims(bus, settings.submit_idempotency_ttl_s)
         self._catalog: Catalog | None = None
 
@@ -168,43 +157,19 @@ class Dispatcher:
 
     async def __aenter__(self) -> Dispatcher:
         await self._auth_audit.__aenter__()
-        await self._hub.__aenter__()
         await self._claims.open()
-        self._tg = asyncio.TaskGroup()
-        await self._tg.__aenter__()
-        await self._resume_unfinished()
+        await self.followers.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._undoing:  # give half-done admissions a moment; what is left goes to the stale sweep
+        if self._undoing:  # give half-done admissions a moment; what is left goes to the sweep
             await asyncio.wait(set(self._undoing), timeout=UNDO_AT_CLOSE_S)
             for undo in list(self._undoing):
                 undo.cancel()
             if self._undoing:
                 await asyncio.wait(set(self._undoing), timeout=1.0)
-        # Followers stop here and resume on the next start. Cancel until they are gone:
-        # a cancel landing inside a nats-py call can be swallowed.
-        for _ in range(20):
-            pending = [t for t in self._followers.values() if not t.done()]
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=0.5)
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            await tg.__aexit__(None, None, None)
-        await self._hub.__aexit__(None, None, None)
+        await self.followers.__aexit__(None, None, None)
         await self._auth_audit.aclose()
-
-    async def _resume_unfinished(self) -> None:
-        rows: list[TaskRecord] = []
-        for status in ("accepted", "running"):
-            rows.extend(await self.store.list_tasks(None, status=status, limit=100_000))
-        for row in rows:
-            self._follow(row.task_id)
-        if rows:
-            logger.info("resumed following %d unfinished tasks", len(rows))
 
     # ------------------------------------------------------------------ auth and audit
 
@@ -291,7 +256,7 @@ class Dispatcher:
             return None
         if record.key_id != caller.key_id:
             return None
-        self._follow(task_id)  # reads the stream: the caller's wait sees its ``finished``
+        self.followers.follow(task_id)  # reads the stream: the caller's wait sees its ``finished``
         return Submission(
             task_id, self.bus.subjects.events(task_id), record.model or "", "the earlier request with this id", record.reserved_usd
         )
@@ -347,11 +312,11 @@ class Dispatcher:
                 self._undo_admission(accepted, exc)
             raise
         if key is not None:
-            self._cache_keys[task_id] = (key, route.reason)
+            self.followers.cache_answer(task_id, key, route.reason)
         events = self.bus.subjects.events(task_id)
         try:
             job = Job(task_id=task_id, policy=policy, request=request, signature=sign_job(task_id, policy, request, self._secret))
-            self._follow(task_id, fresh=True)  # its inbox is open before the first event is published
+            self.followers.follow(task_id, fresh=True)  # its inbox is open before the first event is published
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
             await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)
         except BaseException as exc:
@@ -395,7 +360,7 @@ class Dispatcher:
             self._undo_admission(accepted, exc)
             raise
         try:
-            self._follow(task_id, fresh=True)
+            self.followers.follow(task_id, fresh=True)
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
             await self.bus.publish(
                 events,
@@ -436,10 +401,7 @@ class Dispatcher:
         it in the background, retried with backoff until NATS answers again."""
         task_id = accepted.task_id
         logger.warning("task %s: admission failed half-way (%s); undoing it", task_id, _describe(exc))
-        follower = self._followers.pop(task_id, None)
-        if follower is not None:
-            follower.cancel()
-        self._cache_keys.pop(task_id, None)
+        self.followers.drop(task_id)
         undo = asyncio.get_running_loop().create_task(self._run_undo(accepted), name=f"undo-{task_id}")
         self._undoing.add(undo)
         undo.add_done_callback(self._undoing.discard)
@@ -453,7 +415,7 @@ class Dispatcher:
                 async with asyncio.timeout(30):
                     if not await undo_admission(self.bus, self.store, accepted):
                         logger.info("task %s: a runner took its job after all; following it", task_id)
-                        self._follow(task_id)
+                        self.followers.follow(task_id)
                 return
             except asyncio.CancelledError:
                 raise
@@ -470,99 +432,20 @@ class Dispatcher:
                 logger.warning("task %s: undoing its admission failed (%s); retrying in %.1fs", task_id, _describe(exc), delay)
                 await asyncio.sleep(delay)
 
-    # ------------------------------------------------------------------ following and settling
-
-    def _follow(self, task_id: str, *, fresh: bool = False) -> TaskWatch:
-        """The watch of ``task_id``, with a follower filling it until ``finished`` (``fresh``:
-        none of the task's events is published yet, so the follower need not read the stream)."""
-        watch = self._watches.get(task_id)
-        if watch is None:
-            watch = self._watches[task_id] = TaskWatch(task_id)
-        if task_id not in self._followers and watch.finished is None and self._tg is not None:
-            inbox = self._hub.open(task_id)  # now, not when the task starts: no event slips past
-            self._followers[task_id] = self._tg.create_task(self._run_follower(watch, inbox, fresh=fresh), name=f"follow-{task_id}")
-        return watch
-
-    async def _run_follower(self, watch: TaskWatch, inbox: Inbox, *, fresh: bool) -> None:
-        """Follow until ``finished`` is seen and settled; a failure (NATS gone, Store busy)
-        is retried with backoff, reading the stream again (events already seen are
-        skipped), so a waiting caller is never left hanging."""
-        backoff = Backoff(0.5, 10.0)  # jittered: after a NATS outage every follower retries at once
-        settled = False
-
-        async def settle(finished: Finished) -> None:
-            nonlocal settled
-            await self._settle(finished)
-            settled = True
-
-        try:
-            while True:
-                try:
-                    finished = await follow(
-                        self._hub,
-                        inbox,
-                        watch,
-                        fresh=fresh,
-                        max_bytes=8 * self.settings.max_message_bytes,
-                        on_event=self._on_event,
-                        on_finished=settle,
-                    )
-                    if not settled:  # a retry found the task finished already
-                        await settle(finished)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    fresh = False
-                    delay = backoff.next_delay()
-                    logger.warning("following task %s failed (%s); retrying in %.1fs", watch.task_id, exc, delay)
-                    await asyncio.sleep(delay)
-        finally:
-            self._hub.close(inbox)
-            self._followers.pop(watch.task_id, None)
-            # keep finished watches briefly for waiters; drop the oldest beyond a bound
-            if len(self._watches) > MAX_CACHED_WATCHES:
-                for task_id in [t for t, w in self._watches.items() if w.finished is not None][:256]:
-                    del self._watches[task_id]
+    # ------------------------------------------------------------------ following
 
     async def _on_event(self, event: Event) -> None:
+        """Every event a follower hands to its watch."""
         if isinstance(event, Started):
             await self.store.update_task(event.task_id, "running")
 
-    async def _settle(self, finished: Finished) -> None:
-        cached = self._cache_keys.pop(finished.task_id, None)
-        if cached is not None and finished.status == "succeeded":
-            await self._cache.put(
-                cached[0],
-                CachedCompletion(
-                    text=finished.result,
-                    model=finished.model or "",
-                    routing_reason=cached[1],
-                    usage=finished.usage,
-                    cost_usd=finished.cost_usd,
-                    task_id=finished.task_id,
-                ),
-            )
-        await self.store.finish_task(
-            finished.task_id,
-            finished.cost_usd,
-            finished.status,
-            model=finished.model,
-            result_summary=finished.result[:500] or None,
-            error_code=finished.reason if finished.status != "succeeded" else None,
-        )
-        logger.info("task %s %s, cost $%.6f", finished.task_id, finished.status, finished.cost_usd)
-
     async def cache_written(self, task_id: str, *, timeout: float = 5.0) -> None:
-        """Wait (bounded) until a cacheable task's answer is in the cache, so the caller's
-        next identical request hits it; returns at once for other tasks."""
-        follower = self._followers.get(task_id)
-        if task_id in self._cache_keys and follower is not None:
-            await asyncio.wait({follower}, timeout=timeout)
+        """Wait (bounded) until a cacheable task's answer is in the cache (``Followers``)."""
+        await self.followers.cache_written(task_id, timeout=timeout)
 
     def live(self, task_id: str) -> TaskWatch:
         """The in-memory watch of a task this process submitted or follows."""
-        return self._follow(task_id)
+        return self.followers.follow(task_id)
 
     # ------------------------------------------------------------------ queries (own tasks only)
 
@@ -578,24 +461,7 @@ class Dispatcher:
     async def watch(self, caller: Caller, task_id: str) -> TaskWatch:
         """The live watch of one of the caller's tasks (replayed from the stream if needed)."""
         record = await self.task_record(caller, task_id)
-        watch = self._watches.get(task_id)
-        if watch is not None:
-            if record.status in FINAL and watch.finished is None and task_id in self._followers:
-                # settlement writes the record just before the follower hands `finished` to
-                # the watch: wait that moment rather than answer "final, without a result"
-                with contextlib.suppress(TimeoutError):
-                    await watch.wait_finished(timeout=SETTLING_WAIT_S)
-            return watch
-        watch = TaskWatch(task_id)
-        for event in await replay_events(self.bus, task_id):
-            watch.add(event)
-        if watch.finished is None and record.status not in FINAL:
-            self._watches.setdefault(task_id, watch)  # the follower goes on from what was replayed
-            return self._follow(task_id)
-        # finished (or its events aged out of the stream: the registry row is what is left)
-        if len(self._watches) < MAX_CACHED_WATCHES:
-            self._watches.setdefault(task_id, watch)
-        return watch
+        return await self.followers.watch(task_id, final=record.status in FINAL)
 
     async def list_tasks(self, caller: Caller, *, status: str | None = None, limit: int = 20) -> list[TaskRecord]:
         return await self.store.list_tasks(caller.key_id, status=status, limit=limit)

@@ -199,7 +199,7 @@ class MeteredDispatcher(Dispatcher):
 
     async def _on_event(self, event: Event) -> None:
         await super()._on_event(event)
-        watch = self._watches.get(event.task_id)
+        watch = self.followers.watches.get(event.task_id)
         first = watch.events[0] if watch is not None and watch.events else None
         self.metrics.observe_event(event, first if isinstance(first, Accepted) else None)
 

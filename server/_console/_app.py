@@ -242,7 +242,7 @@ class Console:
     # ------------------------------------------------------------------ tasks
 
     def _runner_of(self, task_id: str) -> str:
-        watch = self.d._watches.get(task_id)
+        watch = self.d.followers.watches.get(task_id)
         for event in watch.events[:3] if watch else []:
             if isinstance(event, Started):
                 return event.runner_id
