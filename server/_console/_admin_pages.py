@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class AdminPages(ConsoleBase):
-    # ------------------------------------------------------------------ runners, spend, audit, keys, profiles
+    """Runners, spend, audit search, keys and profiles."""
 
     async def runners(self, request: Request) -> Response:
         session = self._need(request)

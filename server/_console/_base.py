@@ -13,7 +13,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from bus import (
     AuditNotice,
     NotFound,
-    Started,
     TaskbusError,
 )
 from profiles import TaskRecord
@@ -91,10 +90,3 @@ class ConsoleBase:
         if record is None:
             raise NotFound(f"no task {task_id}", task_id=task_id)
         return record, Caller(record.key_id, record.profile)
-
-    def _runner_of(self, task_id: str) -> str:
-        watch = self.d.followers.watches.get(task_id)
-        for event in watch.events[:3] if watch else []:
-            if isinstance(event, Started):
-                return event.runner_id
-        return ""

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class TaskPages(ConsoleBase):
-    # ------------------------------------------------------------------ tasks
+    """The task list and one task's page."""
 
     def _runner_of(self, task_id: str) -> str:
         watch = self.d.followers.watches.get(task_id)
