@@ -23,6 +23,7 @@ import httpx2
 from bus import free_port
 from bus._natsauth import credentials_path
 from bus._private import private_dir
+from bus._tied import spawn_tied
 
 from .conftest import Cluster
 
@@ -51,7 +52,7 @@ class Proc:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = spawn_tied(
                 self.argv,
                 env=self.env,
                 stdout=log,
