@@ -49,15 +49,9 @@ def _session_alive(folder: Path) -> bool:
         pid = int((folder / ".lock").read_text().strip() or "0")
     except (OSError, ValueError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from cli._up import pid_alive  # here, not at the top: the root conftest imports this module, the CLI is heavy
+
+    return pid > 0 and pid_alive(pid)
 
 
 def sweep_dead_sessions(temp_root: Path, current: Path) -> list[Path]:
