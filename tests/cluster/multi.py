@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from procs import LoggedProcess
 
 from bus import free_port
 from bus._natsauth import credentials_path
 from bus._private import private_dir
-from bus._tied import spawn_tied
 
 from .conftest import Cluster
 
@@ -42,46 +41,8 @@ def claude_path() -> str:
 
 
 @dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
+class Proc(LoggedProcess):
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = spawn_tied(
-                self.argv,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=str(ROOT),
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.proc = None
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
     @property
     def url(self) -> str:
@@ -127,17 +88,17 @@ class MultiServer:
             data = private_dir(self.work / f"data-{i}")  # nothing shared on disk
             port = free_port()
             self.procs[f"server-{i}"] = Proc(
-                f"server-{i}",
-                [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
-                self.env(data, "server"),
-                self.work / f"server-{i}.log",
-                port,
+                name=f"server-{i}",
+                argv=[sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
+                env=self.env(data, "server"),
+                log=self.work / f"server-{i}.log",
+                port=port,
             )
         if self.runner:
             data = private_dir(self.work / "runner-data")
             self.procs["runner"] = Proc(
-                "runner",
-                [
+                name="runner",
+                argv=[
                     sys.executable,
                     "-m",
                     "cli",
@@ -151,8 +112,8 @@ class MultiServer:
                     "--slots",
                     "3",
                 ],
-                self.env(data, "runner"),
-                self.work / "runner.log",
+                env=self.env(data, "runner"),
+                log=self.work / "runner.log",
             )
         for proc in self.procs.values():
             proc.start()
