@@ -1,22 +1,35 @@
 """A process of a test stack (``taskbus serve``, ``runner``, ``audit run``): started in its
 own session with its output appended to a log, tied to the test process (it gets SIGTERM
-if the test process dies, ``bus._tied``), stopped or killed as a whole process group."""
+if the test process dies, ``bus._tied``), stopped or killed as a whole process group; and
+the wait until a ``taskbus serve`` answers HTTP, which tells a port another process took
+between ``free_port()`` and the bind (``PortTaken``: start it again on a fresh port)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx2
 
 from bus._tied import spawn_tied
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVE_ATTEMPTS = 4
+"""Starts of a server whose picked port was taken before it bound it."""
+_PORT_TAKEN = "address already in use"  # EADDRINUSE as uvicorn (and nats-server) report it
+
+
+class PortTaken(RuntimeError):
+    """The server exited at start because its port was in use."""
 
 
 @dataclass
@@ -77,3 +90,23 @@ class LoggedProcess:
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+async def wait_serving(proc: LoggedProcess, url: str, *, timeout: float) -> None:
+    """Until ``url`` answers (a 400, 401, 405 or 406 without a key or session is an answer).
+    Raises PortTaken when ``proc`` exited because its port was in use, RuntimeError when it
+    exited otherwise, TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    async with httpx2.AsyncClient(timeout=2) as http:
+        while True:
+            if not proc.alive:
+                tail = proc.tail()
+                raise (PortTaken if _PORT_TAKEN in tail else RuntimeError)(f"{proc.name} exited: {tail}")
+            try:
+                if (await http.get(url)).status_code in (400, 401, 405, 406):
+                    return
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{proc.name} did not answer on {url} within {timeout}s: {proc.tail()}")
+            await asyncio.sleep(0.1)

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 from nats_users import with_unlimited_user
+from procs import SERVE_ATTEMPTS, PortTaken, wait_serving
 from procs import LoggedProcess as Child
 
 from bus import Bus, EmbeddedCluster, EmbeddedNats, Settings
@@ -126,11 +127,25 @@ class ChaosStack:
         for runner_id, backend in self.runners.items():
             self.add_runner(runner_id, backend)
         self.children["audit"] = self._child("audit", ["audit", "run"], "audit")
-        self.children["server"] = self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"], "server")
+        self.children["server"] = self._server()
         for child in self.children.values():
             child.start()
-        await self.wait_server()
+        for attempt in range(1, SERVE_ATTEMPTS + 1):
+            try:
+                await self.wait_server()
+                break
+            except PortTaken:
+                if attempt == SERVE_ATTEMPTS:
+                    raise
+                logger.warning("port %d was taken before the server bound it; a fresh one", self.http_port)
+                self.http_port = free_port()
+                self.settings = msgspec.structs.replace(self.settings, http_port=self.http_port)
+                self.children["server"] = self._server()
+                self.children["server"].start()
         return self
+
+    def _server(self) -> Child:
+        return self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"], "server")
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -199,22 +214,7 @@ class ChaosStack:
 
     async def wait_server(self, timeout: float = 60) -> None:
         """Until the HTTP server answers (a 401 without a key is an answer)."""
-        import httpx2
-
-        deadline = time.monotonic() + timeout
-        async with httpx2.AsyncClient(timeout=2) as http:
-            while True:
-                server = self.children["server"]
-                if not server.alive:
-                    raise RuntimeError(f"the server exited: {server.tail()}")
-                try:
-                    if (await http.get(self.url)).status_code in (401, 405, 406, 400):
-                        return
-                except httpx2.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the MCP server did not answer within {timeout}s: {server.tail()}")
-                await asyncio.sleep(0.1)
+        await wait_serving(self.children["server"], self.url, timeout=timeout)
 
     async def restart(self, name: str) -> None:
         """SIGKILL ``name`` and start it again (the server: wait until it serves)."""
