@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from mount_guard import mount_points_under
 from runner_kit import exited, first_tool_call, follow, make_job, runner_process, scripted_model, submit
 from warm_kit import wait_warm, warm_settings
@@ -28,13 +27,6 @@ tool_use = [{ name = "Bash", input = { command = "sleep 300", description = "wai
 after_tool_result = true
 text = "done"
 """
-
-
-@pytest.fixture(params=["bwrap", "docker"])
-def backend(request: pytest.FixtureRequest) -> str:
-    request.getfixturevalue(f"require_{request.param}")
-    request.getfixturevalue("require_claude")
-    return str(request.param)
 
 
 async def test_cancelling_a_task_on_a_warm_agent_destroys_its_sandbox_within_two_seconds(
