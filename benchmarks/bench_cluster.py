@@ -27,16 +27,18 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import nats
+from _loops import closed_loop
 from bench_runner import ms, print_table, write_json
 
 from bus import EmbeddedCluster, EmbeddedNats
 from bus._natsauth import credentials_path, read_credentials, server_authorization
 from bus._private import private_dir
+from bus._tied import spawn_tied
 
 PREFIX = "bench"
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +101,7 @@ async def servers(datas: list[Path], url: str, replicas: int, secret: str, work:
             env = base_env(data, url, replicas, secret, "server")
             with (work / f"server-{i}.log").open("ab") as log:
                 procs.append(
-                    subprocess.Popen(
+                    spawn_tied(
                         [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", "0"],
                         env=env,
                         stdout=log,
@@ -119,21 +121,6 @@ async def servers(datas: list[Path], url: str, replicas: int, secret: str, work:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=30)
-
-
-async def closed_loop(n: int, concurrency: int, call: Callable[[], Awaitable[None]]) -> tuple[list[float], float]:
-    samples: list[float] = []
-    queue = iter(range(n))
-
-    async def worker() -> None:
-        for _ in queue:
-            t = time.perf_counter()
-            await call()
-            samples.append(time.perf_counter() - t)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples, time.perf_counter() - started
 
 
 async def measure(url: str, data: Path, key: str, requests: int, *, servers_expected: int) -> dict[str, dict[str, float]]:

@@ -11,30 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 
 import httpx
+from _loops import closed_loop
 from bench_runner import Finisher, make_job, ms, print_table, runner, stack, write_json
 
 import bus
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "ping"}]}
-
-
-async def closed_loop(n: int, concurrency: int, call: Callable[[], Awaitable[object]]) -> tuple[list[float], float]:
-    samples: list[float] = []
-    queue = iter(range(n))
-
-    async def worker() -> None:
-        for _ in queue:
-            t = time.perf_counter()
-            await call()
-            samples.append(time.perf_counter() - t)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return samples, time.perf_counter() - started
 
 
 async def main(args: argparse.Namespace) -> None:

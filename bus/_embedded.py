@@ -2,6 +2,13 @@
 
 ``EmbeddedNats`` starts it on a free loopback port with JetStream stored in a folder,
 waits until it accepts connections, and stops it with TERM, a deadline, then KILL.
+The server gets SIGTERM when the process that started it dies, even by SIGKILL
+(``_tied``): a killed test run or CLI leaves no nats-server behind.
+
+Ports picked here (``free_port``) can be taken by another process before nats-server
+binds them (a loaded machine, parallel test runs): a first start that fails on a port it
+picked itself tries again with fresh ones (``PORT_ATTEMPTS``); an ``EmbeddedCluster``
+re-plans every node's ports. A port the caller gave is never changed.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,8 +33,13 @@ from pathlib import Path
 
 from ._errors import EmbeddedServerError
 from ._private import private_dir
+from ._tied import spawn_tied
 
 logger = logging.getLogger(__name__)
+
+PORT_ATTEMPTS = 4
+"""Starts tried with freshly picked ports when one was taken before nats-server bound it."""
+_PORT_TAKEN = re.compile(rb"\[FTL\].*listen tcp \S*:(\d+): bind: address already in use")
 
 
 def find_nats_server() -> str:
@@ -139,6 +152,11 @@ class EmbeddedNats:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
+        self._picked_port = not port
+        """The client port was picked here, so a first start may pick another (never on a restart)."""
+        self.taken_port: int | None = None
+        """The port another process held when the last start failed (see ``PORT_ATTEMPTS``)."""
+        self._started = False
         self.max_payload = max_payload
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -160,9 +178,24 @@ class EmbeddedNats:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
-        """Start and wait (blocking) until the server accepts TCP connections."""
+        """Start and wait (blocking) until the server accepts TCP connections. A first start
+        whose own picked client port was taken meanwhile tries again on a fresh port."""
         if self.process is not None:
             return
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_once()
+            except EmbeddedServerError:
+                if not (self._picked_port and not self._started and self.taken_port == self.port and attempt < PORT_ATTEMPTS):
+                    raise
+                logger.warning("port %d was taken before nats-server bound it; trying a fresh one", self.port)
+                self.port = free_port(self.host)
+            else:
+                self._started = True
+                return
+
+    def _start_once(self) -> None:
+        self.taken_port = None
         private_dir(self.store_dir, tighten=True)
         binary = find_nats_server()
         config = write_config(
@@ -178,12 +211,18 @@ class EmbeddedNats:
         )
         argv = [binary, "-c", str(config)]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            log_start = log.tell()
+            self.process = spawn_tied(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-800:]
                 self.process = None
+                with open(self.log_path, "rb") as log:
+                    log.seek(log_start)
+                    said = log.read()
+                taken = _PORT_TAKEN.search(said)
+                self.taken_port = int(taken.group(1)) if taken else None
+                tail = said.decode(errors="replace")[-800:]
                 raise EmbeddedServerError(f"nats-server exited at start-up: {tail.strip()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2) as s:
@@ -260,23 +299,34 @@ class EmbeddedCluster:
         self.base = Path(base)
         self.name = name or f"taskbus-{uuid.uuid4().hex[:8]}"
         self.start_timeout = start_timeout
+        self.size = size
+        self.authorization = authorization
+        self.max_payload = max_payload
+        self._password = uuid.uuid4().hex
+        self.nodes = self._plan()
+
+    def _plan(self) -> list[EmbeddedNats]:
+        """The nodes on freshly picked client, route and monitoring ports."""
         host = "127.0.0.1"
-        route_ports = [free_port(host) for _ in range(size)]
-        routes = tuple(f"{host}:{p}" for p in route_ports)
-        password = uuid.uuid4().hex
-        self.nodes = [
+        routes = tuple(f"{host}:{free_port(host)}" for _ in range(self.size))
+        return [
             EmbeddedNats(
                 self.base / f"n{i}",
                 host=host,
                 name=f"{self.name}-n{i}",
-                authorization=authorization,
-                max_payload=max_payload,
+                authorization=self.authorization,
+                max_payload=self.max_payload,
                 monitor_port=free_port(host),
-                start_timeout=start_timeout,
-                cluster=ClusterSpec(name=self.name, listen=routes[i], routes=routes, password=password),
+                start_timeout=self.start_timeout,
+                cluster=ClusterSpec(name=self.name, listen=routes[i], routes=routes, password=self._password),
             )
-            for i in range(size)
+            for i in range(self.size)
         ]
+
+    def _ports(self) -> set[int]:
+        """Every port picked for the nodes: client, monitoring and route."""
+        routes = {int(r.rsplit(":", 1)[1]) for n in self.nodes if n.cluster for r in n.cluster.routes}
+        return {n.port for n in self.nodes} | {n.monitor_port for n in self.nodes} | routes
 
     @property
     def urls(self) -> list[str]:
@@ -289,9 +339,20 @@ class EmbeddedCluster:
 
     def start(self) -> None:
         """Start every node, then wait until each reports JetStream healthy (a meta leader is
-        elected and the node is current)."""
-        for node in self.nodes:
-            node.start()
+        elected and the node is current). When a port picked for a node was taken before it
+        bound it, every node is stopped and the cluster starts again on fresh ports."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                for node in self.nodes:
+                    node.start()
+                break
+            except EmbeddedServerError:
+                taken = {n.taken_port for n in self.nodes if n.taken_port} & self._ports()
+                if not taken or attempt == PORT_ATTEMPTS:
+                    raise
+                logger.warning("cluster %s: port(s) %s were taken before a node bound them; fresh ports", self.name, sorted(taken))
+                self.stop()
+                self.nodes = self._plan()
         for i in range(len(self.nodes)):
             self.wait_healthy(i)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from ci_guard import require
+from mount_guard import detach_all_under, sweep_dead_sessions
 
 from bus import Bus, EmbeddedNats, Settings, Subjects
 
@@ -48,6 +50,29 @@ def require_claude() -> Path:
     require(path is not None, "Claude Code CLI", "scripts/setup claude")
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _unmount_what_dead_sessions_left(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Workspace mounts a killed (or older) test session left under pytest's temp root
+    are detached, so that pytest can remove those folders (else it warns "Device or
+    resource busy" in every later session) and their loop devices are freed."""
+    base = tmp_path_factory.getbasetemp()
+    swept = sweep_dead_sessions(base.parent, base) if base.parent.name.startswith("pytest-of-") else []
+    if swept:
+        warnings.warn(f"unmounted {len(swept)} mount(s) left by an earlier test session: {', '.join(map(str, swept))}", stacklevel=1)
+
+
+@pytest.fixture(autouse=True)
+def _no_mount_left_under_tmp_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used ``tmp_path``: detach any mount still under it (a workspace the
+    test or the runner left) and say which test left it."""
+    folder: Path | None = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        left = detach_all_under(folder)
+        if left:
+            warnings.warn(f"{request.node.nodeid} left mounted: {', '.join(map(str, left))}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

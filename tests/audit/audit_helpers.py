@@ -31,6 +31,7 @@ from bus import (
     ToolResult,
     Usage,
 )
+from bus._tied import spawn_tied
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +128,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 def start_cli(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     """``taskbus <args>`` as a subprocess in its own session, pointed at the test NATS."""
-    return subprocess.Popen(
+    return spawn_tied(
         [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         env=cli_env(settings),

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -30,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats_users import with_unlimited_user
+from procs import SERVE_ATTEMPTS, PortTaken, wait_serving
+from procs import LoggedProcess as Child
 
 from bus import Bus, EmbeddedCluster, EmbeddedNats, Settings
 from bus._embedded import free_port
-from bus._natsauth import credentials_path, server_authorization
+from bus._natsauth import credentials_path
 
 logger = logging.getLogger(__name__)
 
@@ -59,75 +59,7 @@ def _with_harness_user(data: Path) -> str:
     """The users ``taskbus up`` gives its NATS (one per role: every child connects as its
     role), plus one for this harness with no permission limits: hostile-input plays the
     worst client, one that may publish on every subject (a leaked server or runner user)."""
-    from bus._natsauth import hash_password
-    from bus._private import write_private
-
-    password = uuid.uuid4().hex
-    (data / HARNESS_CREDENTIALS).unlink(missing_ok=True)
-    write_private(data / HARNESS_CREDENTIALS, json.dumps({"user": "chaos-harness", "password": password}))
-    block = server_authorization(data, PREFIX)
-    harness = f'    {{ user: "chaos-harness", password: {json.dumps(hash_password(password))} }}\n  ]\n}}\n'
-    assert block.endswith("\n  ]\n}\n")
-    return block[: -len("  ]\n}\n")] + harness
-
-
-@dataclass
-class Child:
-    """One stack process: its argv, its log, the running Popen (None when stopped)."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    kills: int = 0
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=str(ROOT),
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (the fault)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc = None
-        self.kills += 1
-
-    def stop(self, timeout: float = 60) -> int | None:
-        """SIGTERM, wait, then SIGKILL; the exit code (None if it had to be killed)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is not None:
-            return proc.returncode
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop in %ss; killing it", self.name, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            return None
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+    return with_unlimited_user(data, PREFIX, user="chaos-harness", credentials=HARNESS_CREDENTIALS)
 
 
 @dataclass
@@ -195,11 +127,25 @@ class ChaosStack:
         for runner_id, backend in self.runners.items():
             self.add_runner(runner_id, backend)
         self.children["audit"] = self._child("audit", ["audit", "run"], "audit")
-        self.children["server"] = self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"], "server")
+        self.children["server"] = self._server()
         for child in self.children.values():
             child.start()
-        await self.wait_server()
+        for attempt in range(1, SERVE_ATTEMPTS + 1):
+            try:
+                await self.wait_server()
+                break
+            except PortTaken:
+                if attempt == SERVE_ATTEMPTS:
+                    raise
+                logger.warning("port %d was taken before the server bound it; a fresh one", self.http_port)
+                self.http_port = free_port()
+                self.settings = msgspec.structs.replace(self.settings, http_port=self.http_port)
+                self.children["server"] = self._server()
+                self.children["server"].start()
         return self
+
+    def _server(self) -> Child:
+        return self._child("server", ["serve", "--transport", "http", "--host", "127.0.0.1"], "server")
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -268,22 +214,7 @@ class ChaosStack:
 
     async def wait_server(self, timeout: float = 60) -> None:
         """Until the HTTP server answers (a 401 without a key is an answer)."""
-        import httpx2
-
-        deadline = time.monotonic() + timeout
-        async with httpx2.AsyncClient(timeout=2) as http:
-            while True:
-                server = self.children["server"]
-                if not server.alive:
-                    raise RuntimeError(f"the server exited: {server.tail()}")
-                try:
-                    if (await http.get(self.url)).status_code in (401, 405, 406, 400):
-                        return
-                except httpx2.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the MCP server did not answer within {timeout}s: {server.tail()}")
-                await asyncio.sleep(0.1)
+        await wait_serving(self.children["server"], self.url, timeout=timeout)
 
     async def restart(self, name: str) -> None:
         """SIGKILL ``name`` and start it again (the server: wait until it serves)."""

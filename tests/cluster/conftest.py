@@ -9,7 +9,6 @@ ports and store and waits until its JetStream reports healthy (it rejoined).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats_users import with_unlimited_user
 
 from bus import Bus, EmbeddedCluster, Settings
-from bus._natsauth import credentials_path, hash_password, server_authorization
-from bus._private import private_dir, write_private
+from bus._natsauth import credentials_path
+from bus._private import private_dir
 
 ADMIN = "cluster-admin.json"
 
@@ -63,12 +63,7 @@ class Cluster:
 
 def admin_authorization(data: Path, prefix: str) -> str:
     """``taskbus up``'s users for ``prefix`` plus an admin user without subject limits."""
-    password = uuid.uuid4().hex
-    write_private(data / ADMIN, json.dumps({"user": "cluster-admin", "password": password}))
-    block = server_authorization(data, prefix)
-    admin = f'    {{ user: "cluster-admin", password: {json.dumps(hash_password(password))} }}\n  ]\n}}\n'
-    assert block.endswith("\n  ]\n}\n")
-    return block[: -len("  ]\n}\n")] + admin
+    return with_unlimited_user(data, prefix, user="cluster-admin", credentials=ADMIN)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from procs import SERVE_ATTEMPTS, LoggedProcess, PortTaken, wait_serving
 
 from bus import free_port
 from bus._natsauth import credentials_path
@@ -41,46 +40,8 @@ def claude_path() -> str:
 
 
 @dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
+class Proc(LoggedProcess):
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=str(ROOT),
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.proc = None
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
 
     @property
     def url(self) -> str:
@@ -123,20 +84,13 @@ class MultiServer:
     async def __aenter__(self) -> MultiServer:
         self.work.mkdir(parents=True, exist_ok=True)
         for i in range(self.servers):
-            data = private_dir(self.work / f"data-{i}")  # nothing shared on disk
-            port = free_port()
-            self.procs[f"server-{i}"] = Proc(
-                f"server-{i}",
-                [sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
-                self.env(data, "server"),
-                self.work / f"server-{i}.log",
-                port,
-            )
+            private_dir(self.work / f"data-{i}")  # nothing shared on disk
+            self.procs[f"server-{i}"] = self._server(i)
         if self.runner:
             data = private_dir(self.work / "runner-data")
             self.procs["runner"] = Proc(
-                "runner",
-                [
+                name="runner",
+                argv=[
                     sys.executable,
                     "-m",
                     "cli",
@@ -150,34 +104,40 @@ class MultiServer:
                     "--slots",
                     "3",
                 ],
-                self.env(data, "runner"),
-                self.work / "runner.log",
+                env=self.env(data, "runner"),
+                log=self.work / "runner.log",
             )
         for proc in self.procs.values():
             proc.start()
         for i in range(self.servers):
-            await self.wait_serving(i)
+            for attempt in range(1, SERVE_ATTEMPTS + 1):
+                try:
+                    await self.wait_serving(i)
+                    break
+                except PortTaken:
+                    if attempt == SERVE_ATTEMPTS:
+                        raise
+                    self.procs[f"server-{i}"] = self._server(i)  # on a fresh port
+                    self.server(i).start()
         return self
+
+    def _server(self, i: int) -> Proc:
+        """``taskbus serve`` number ``i`` (its own data dir) on a freshly picked port."""
+        port = free_port()
+        return Proc(
+            name=f"server-{i}",
+            argv=[sys.executable, "-m", "cli", "serve", "--transport", "http", "--host", "127.0.0.1", "--port", str(port)],
+            env=self.env(self.work / f"data-{i}", "server"),
+            log=self.work / f"server-{i}.log",
+            port=port,
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         for proc in self.procs.values():
             await asyncio.to_thread(proc.stop)
 
     async def wait_serving(self, i: int, timeout: float = 90) -> None:
-        server = self.server(i)
-        deadline = time.monotonic() + timeout
-        async with httpx2.AsyncClient(timeout=2) as http:
-            while True:
-                if server.proc is None or server.proc.poll() is not None:
-                    raise RuntimeError(f"{server.name} exited: {server.tail()}")
-                try:
-                    if (await http.get(server.url)).status_code in (400, 401, 405, 406):
-                        return
-                except httpx2.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{server.name} did not serve within {timeout}s: {server.tail()}")
-                await asyncio.sleep(0.1)
+        await wait_serving(self.server(i), self.server(i).url, timeout=timeout)
 
     def cli(self, *args: str, data_of: int = 0) -> Any:
         """``taskbus ARGS --json`` as the operator, with server ``data_of``'s data dir."""

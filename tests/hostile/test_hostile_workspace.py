@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from ci_guard import require
+from mount_guard import detach_all_under, mount_points_under
 from workspace_kit import (
     HEARTBEAT_S,
     SPECIAL_RACER,
@@ -341,12 +342,16 @@ async def test_a_restarted_runner_unmounts_workspaces_its_killed_predecessor_lef
     require(os.geteuid() == 0, "root", "only a root runner mounts workspaces; run the tests as root")
     root = run_root(runner_settings, "r-ws-restart")
     left = root / "t_killed" / "workspace"
-    assert mount_workspace(left, 16, 1000, 1000) in ("ext4", "tmpfs")
-    (left / "work.txt").write_text("left behind")
-    assert mounts_under(root) == [left]
-    async with Runner(runner_settings, backend="bwrap", slots=1, runner_id="r-ws-restart"):
-        assert mounts_under(root) == []
-        assert not (root / "t_killed").exists()
+    try:
+        assert mount_workspace(left, 16, 1000, 1000) in ("ext4", "tmpfs")
+        (left / "work.txt").write_text("left behind")
+        assert mounts_under(root) == [left] == mount_points_under(tmp_path)
+        async with Runner(runner_settings, backend="bwrap", slots=1, runner_id="r-ws-restart"):
+            assert mount_points_under(tmp_path) == []
+            assert not (root / "t_killed").exists()
+        assert mount_points_under(tmp_path) == [], "the runner's own folders are not mounted after it stops"
+    finally:
+        detach_all_under(tmp_path)  # whatever happened above, no loop device stays behind
 
 
 def test_doctor_says_whether_the_workspace_size_is_a_hard_total(tmp_path: Path) -> None:
@@ -388,4 +393,5 @@ def test_a_workspace_mount_is_a_hard_total_and_goes_away_whole(tmp_path: Path, e
             assert os.stat(image_of(workspace)).st_blocks * 512 <= 8 << 20
     finally:
         unmount_all(workspace)
-    assert mounts_under(tmp_path) == [] and os.listdir(workspace) == []
+        left = detach_all_under(tmp_path)
+    assert left == [] and mounts_under(tmp_path) == [] and os.listdir(workspace) == []

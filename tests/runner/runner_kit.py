@@ -1,18 +1,26 @@
-"""Helpers for runner tests: the scripted model as upstream, signed jobs, following events."""
+"""Helpers for runner tests: the scripted model as upstream, signed jobs, following events,
+``taskbus runner`` as a separate process (for kill and restart tests)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats.js.api import DeliverPolicy
 
 import bus
-from bus import Bus, Event, Finished, Settings
+from bus import Bus, Event, Finished, Settings, Started, ToolCall
+from bus._tied import spawn_tied
 from sandbox import ScriptedModelServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
@@ -80,8 +88,6 @@ async def submit(b: Bus, job: bus.Job, *, accepted: bool = True) -> None:
 
 async def follow(b: Bus, task_id: str, *, timeout: float = 120) -> list[Event]:
     """Every event of the task from seq 1 until ``finished``."""
-    from nats.js.api import DeliverPolicy
-
     sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     events: list[Event] = []
     try:
@@ -97,3 +103,45 @@ async def follow(b: Bus, task_id: str, *, timeout: float = 120) -> list[Event]:
 def assert_gapless(events: list[Event]) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert sum(isinstance(e, Finished) for e in events) == 1 and isinstance(events[-1], Finished)
+
+
+async def first_tool_call(b: Bus, task_id: str, *, timeout: float = 120) -> Started:
+    """The task's ``started`` event, once the agent made its first tool call (it really runs)."""
+    sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    started: Started | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = bus.decode_event((await sub.next_msg(timeout=timeout)).data)
+                if isinstance(event, Started):
+                    started = event
+                elif isinstance(event, ToolCall) and started is not None:
+                    return started
+    finally:
+        await sub.unsubscribe()
+
+
+def runner_process(
+    settings: Settings, runner_id: str, backend: str, log: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """``taskbus runner`` (kind task, 2 s grace, ``args`` added) on ``settings``' NATS, data dir,
+    secret and upstream, plus ``env``; in its own session, output appended to ``log``; it
+    gets SIGTERM if the test process dies."""
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "TASKBUS_NATS_URL": settings.nats_url,
+        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
+        "TASKBUS_DATA_DIR": settings.data_dir,
+        "TASKBUS_JOB_SECRET": settings.job_secret,
+        "TASKBUS_UPSTREAM_URL": settings.upstream_url,
+        "TASKBUS_UPSTREAM_API_KEY": settings.upstream_api_key,
+    }
+    argv = [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task", "--grace", "2", *args]
+    with log.open("ab") as out:  # the child has its own copy of the descriptor
+        return spawn_tied(argv, env={**base, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(ROOT))
+
+
+async def exited(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for ``proc`` off the event loop (NATS and the model server keep running meanwhile)."""
+    return await asyncio.to_thread(proc.wait, timeout)

@@ -44,14 +44,26 @@ async def test_a_cancel_that_the_task_loses_once_is_asserted_again_until_it_ends
     assert state["cancels"] == 2 and handler.cancel_reasons["t_lost"] == "cancelled_by_caller"
 
 
-async def test_a_task_that_ends_on_its_first_cancel_is_not_cancelled_again(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_task_that_ends_on_its_first_cancel_is_not_cancelled_again(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(_job, "RECANCEL_AFTER_S", 0.05)
     handler = JobHandler(bus, secret="s", runner_id="r-cancel", max_bytes=1 << 20, ack_wait_s=30)
+    rechecked = asyncio.Event()
+    recancel = handler._recancel
+
+    def recheck(task_id: str, work: asyncio.Task[None]) -> None:  # the handler's own re-check, seen to run
+        recancel(task_id, work)
+        rechecked.set()
+
+    monkeypatch.setattr(handler, "_recancel", recheck)
     work = asyncio.create_task(asyncio.sleep(3600))
     handler.running["t_once"] = work
     await asyncio.sleep(0)
     handler.cancel("t_once", "cancelled_by_caller")
     with pytest.raises(asyncio.CancelledError):
         await work
-    await asyncio.sleep(0.2)  # the re-check finds it done and does nothing
+    async with asyncio.timeout(10):  # wait for the re-check itself, not for a fixed time
+        await rechecked.wait()
     assert work.cancelled()
+    assert "cancelling again" not in caplog.text, "a task that already ended was cancelled again"

@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from nats.js.api import DeliverPolicy
-from runner_kit import follow, make_job, scripted_model, submit
+from runner_kit import exited, first_tool_call, follow, make_job, runner_process, scripted_model, submit
 
 import bus as bus_module
 from bus import Finished, Settings, Started
@@ -21,33 +18,7 @@ from sandbox import get_backend
 pytestmark = pytest.mark.usefixtures("require_claude")
 
 
-def _runner_process(settings: Settings, runner_id: str, backend: str, log: Path) -> subprocess.Popen[bytes]:
-    """``taskbus runner`` in its own session, output appended to ``log``."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/root"),
-        "TASKBUS_NATS_URL": settings.nats_url,
-        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
-        "TASKBUS_DATA_DIR": settings.data_dir,
-        "TASKBUS_JOB_SECRET": settings.job_secret,
-        "TASKBUS_UPSTREAM_URL": settings.upstream_url,
-        "TASKBUS_UPSTREAM_API_KEY": settings.upstream_api_key,
-        "TASKBUS_JOB_ACK_WAIT_S": "3",
-        "TASKBUS_HEARTBEAT_S": "1",
-    }
-    with log.open("ab") as out:  # the child has its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task", "--grace", "2"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-async def _exited(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """Wait for ``proc`` off the event loop (NATS, the model server keep running meanwhile)."""
-    return await asyncio.to_thread(proc.wait, timeout)
+CRASH_ENV = {"TASKBUS_JOB_ACK_WAIT_S": "3", "TASKBUS_HEARTBEAT_S": "1"}
 
 
 async def _sandbox_ids(backend: str, settings: Settings) -> list[str]:
@@ -58,22 +29,6 @@ async def _sandbox_ids(backend: str, settings: Settings) -> list[str]:
         await sandboxes.close()
 
 
-async def _wait_started(b: bus_module.Bus, task_id: str) -> Started:
-    """The ``started`` event, once the agent made its first tool call (it is really running)."""
-    sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    started: Started | None = None
-    try:
-        async with asyncio.timeout(90):
-            while True:
-                event = bus_module.decode_event((await sub.next_msg(timeout=90)).data)
-                if isinstance(event, Started):
-                    started = event
-                elif isinstance(event, bus_module.ToolCall) and started is not None:
-                    return started
-    finally:
-        await sub.unsubscribe()
-
-
 @pytest.mark.parametrize("backend", ["bwrap", "docker"])
 async def test_a_task_whose_runner_was_killed_ends_runner_lost_and_its_sandbox_is_reaped(
     backend: str, request: pytest.FixtureRequest, runner_settings: Settings, tmp_path: Path, bus: bus_module.Bus
@@ -81,21 +36,21 @@ async def test_a_task_whose_runner_was_killed_ends_runner_lost_and_its_sandbox_i
     request.getfixturevalue(f"require_{backend}")
     log = tmp_path / "runner.log"
     async with scripted_model(runner_settings, tmp_path) as (settings, model):
-        first = _runner_process(settings, "r-crash", backend, log)
+        first = runner_process(settings, "r-crash", backend, log, env=CRASH_ENV)
         try:
             job = make_job(settings, bus_module.TaskRequest(description="[script:runaway] keep going"), timeout_s=300, max_turns=1000)
             await submit(bus, job)
-            started = await _wait_started(bus, job.task_id)
+            started = await first_tool_call(bus, job.task_id, timeout=90)
             os.killpg(first.pid, signal.SIGKILL)
-            await _exited(first, 10)
+            await exited(first, 10)
             calls_at_kill = len(model.requests())
-            second = _runner_process(settings, "r-crash", backend, log)
+            second = runner_process(settings, "r-crash", backend, log, env=CRASH_ENV)
             try:
                 events = await follow(bus, job.task_id, timeout=90)
                 left = [i for i in await _sandbox_ids(backend, settings) if i == started.sandbox_id]
             finally:
                 second.send_signal(signal.SIGTERM)
-                second_code = await _exited(second, 60)
+                second_code = await exited(second, 60)
         finally:
             if first.poll() is None:
                 os.killpg(first.pid, signal.SIGKILL)
@@ -121,17 +76,17 @@ async def test_sigterm_drains_then_cancels_with_runner_shutdown_and_heartbeats_s
 
     hb = await bus.nc.subscribe(bus.subjects.runner("r-term"), cb=on_beat)
     async with scripted_model(runner_settings, tmp_path) as (settings, _model):
-        proc = _runner_process(settings, "r-term", "bwrap", log)
+        proc = runner_process(settings, "r-term", "bwrap", log, env=CRASH_ENV)
         try:
             job = make_job(settings, bus_module.TaskRequest(description="[script:runaway] forever"), timeout_s=300, max_turns=1000)
             await submit(bus, job)
-            await _wait_started(bus, job.task_id)
+            await first_tool_call(bus, job.task_id, timeout=90)
             async with asyncio.timeout(10):
                 while not any(job.task_id in b.running for b in beats):
                     await asyncio.sleep(0.1)
             os.kill(proc.pid, signal.SIGTERM)
             events = await follow(bus, job.task_id, timeout=90)
-            code = await _exited(proc, 60)
+            code = await exited(proc, 60)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from ci_guard import require
 from up_kit import ROOT, TASKBUS, Up
 
 from bus import Settings, free_port
+from bus._tied import spawn_tied
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def start_up(up_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., U
     def start(*args: str, env: dict[str, str] | None = None) -> Up:
         log = tmp_path / f"up-{len(started)}.log"
         with log.open("wb") as fh:
-            proc = subprocess.Popen(
+            proc = spawn_tied(
                 [TASKBUS, "up", "--nats-port", "0", *args],
                 env={**up_env, **(env or {})},
                 cwd=ROOT,

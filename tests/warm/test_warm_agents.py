@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from runner_kit import follow, make_job, scripted_model, submit
 from warm_kit import init_line, model_requests, started, wait_warm, warm_settings
 
@@ -23,13 +22,6 @@ tool_use = [{ name = "Bash", input = { command = "ls -A /workspace; cat /workspa
 after_tool_result = true
 text = "listed"
 """
-
-
-@pytest.fixture(params=["bwrap", "docker"])
-def backend(request: pytest.FixtureRequest) -> str:
-    request.getfixturevalue(f"require_{request.param}")
-    request.getfixturevalue("require_claude")
-    return str(request.param)
 
 
 def _file(name: str, text: str) -> InputFile:

@@ -7,17 +7,15 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-from nats.js.api import DeliverPolicy
-from runner_kit import follow, make_job, scripted_model, submit
+from mount_guard import mount_points_under
+from runner_kit import exited, first_tool_call, follow, make_job, runner_process, scripted_model, submit
 from warm_kit import wait_warm, warm_settings
 
 import bus as bus_module
-from bus import Finished, Settings, Started, ToolCall
+from bus import Finished, Settings
 from sandbox import Runner, get_backend
 
 SLEEPER = """
@@ -29,28 +27,6 @@ tool_use = [{ name = "Bash", input = { command = "sleep 300", description = "wai
 after_tool_result = true
 text = "done"
 """
-
-
-@pytest.fixture(params=["bwrap", "docker"])
-def backend(request: pytest.FixtureRequest) -> str:
-    request.getfixturevalue(f"require_{request.param}")
-    request.getfixturevalue("require_claude")
-    return str(request.param)
-
-
-async def _first_tool_call(b: bus_module.Bus, task_id: str) -> Started:
-    sub = await b.js.subscribe(b.subjects.events(task_id), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    first: Started | None = None
-    try:
-        async with asyncio.timeout(120):
-            while True:
-                event = bus_module.decode_event((await sub.next_msg(timeout=120)).data)
-                if isinstance(event, Started):
-                    first = event
-                elif isinstance(event, ToolCall) and first is not None:
-                    return first
-    finally:
-        await sub.unsubscribe()
 
 
 async def test_cancelling_a_task_on_a_warm_agent_destroys_its_sandbox_within_two_seconds(
@@ -65,7 +41,7 @@ async def test_cancelling_a_task_on_a_warm_agent_destroys_its_sandbox_within_two
             await wait_warm(runner, 1)
             job = make_job(settings, bus_module.TaskRequest(description="[script:sleeper] wait"))
             await submit(bus, job)
-            began = await _first_tool_call(bus, job.task_id)
+            began = await first_tool_call(bus, job.task_id, timeout=120)
             assert began.warm is True
             assert began.sandbox_id in {s.id for s in await sandboxes.list()}
             cancelled_at = time.monotonic()
@@ -81,26 +57,8 @@ async def test_cancelling_a_task_on_a_warm_agent_destroys_its_sandbox_within_two
 
 
 def _runner_process(settings: Settings, runner_id: str, backend: str, log: Path, *, warm: bool) -> subprocess.Popen[bytes]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/root"),
-        "TASKBUS_NATS_URL": settings.nats_url,
-        "TASKBUS_SUBJECT_PREFIX": settings.subject_prefix,
-        "TASKBUS_DATA_DIR": settings.data_dir,
-        "TASKBUS_JOB_SECRET": settings.job_secret,
-        "TASKBUS_UPSTREAM_URL": settings.upstream_url,
-        "TASKBUS_UPSTREAM_API_KEY": settings.upstream_api_key,
-        "TASKBUS_HEARTBEAT_S": "0.5",
-        "TASKBUS_WARM_AGENTS_PER_CLASS": "1" if warm else "0",
-        "TASKBUS_WARM_AGENTS_TOTAL": "2",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", "runner", "--id", runner_id, "--backend", backend, "--kinds", "task", "--grace", "2", "--slots", "2"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    env = {"TASKBUS_HEARTBEAT_S": "0.5", "TASKBUS_WARM_AGENTS_PER_CLASS": "1" if warm else "0", "TASKBUS_WARM_AGENTS_TOTAL": "2"}
+    return runner_process(settings, runner_id, backend, log, env=env, args=("--slots", "2"))
 
 
 def _warm_claudes() -> set[int]:
@@ -115,10 +73,6 @@ def _warm_claudes() -> set[int]:
             if b"--input-format=stream-json" in argv and any(a.endswith(b"-p") for a in argv):
                 pids.add(int(entry.name))
     return pids
-
-
-def _mounts_under(folder: Path) -> list[str]:
-    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(folder) in line]
 
 
 async def test_a_runner_killed_with_idle_warm_agents_leaves_no_sandbox_process_or_mount_after_its_restart(
@@ -144,20 +98,20 @@ async def test_a_runner_killed_with_idle_warm_agents_leaves_no_sandbox_process_o
                 while not beats or not beats[-1].warm_agents:
                     await asyncio.sleep(0.1)
             warm_ids = {s.id for s in await sandboxes.list() if s.runner_id == runner_id and s.task_id.startswith("warm-")}
-            assert warm_ids and _warm_claudes() and _mounts_under(warm_root), "the warm agent is up before the kill"
+            assert warm_ids and _warm_claudes() and mount_points_under(warm_root), "the warm agent is up before the kill"
             os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=10)
+            await exited(first, 10)
             beats.clear()
             second = _runner_process(settings, runner_id, backend, log, warm=False)
             try:
                 async with asyncio.timeout(60):  # startup reaps the dead life's sandboxes and mounts
                     while not (beats and beats[-1].ready):
                         await asyncio.sleep(0.1)
-                    while warm_ids & {s.id for s in await sandboxes.list()} or _warm_claudes() or _mounts_under(warm_root):
+                    while warm_ids & {s.id for s in await sandboxes.list()} or _warm_claudes() or mount_points_under(warm_root):
                         await asyncio.sleep(0.2)
             finally:
                 second.send_signal(signal.SIGTERM)
-                second.wait(timeout=60)
+                await exited(second, 60)
         finally:
             if first.poll() is None:
                 os.killpg(first.pid, signal.SIGKILL)
