@@ -1,0 +1,317 @@
+"""NATS over TLS with a private CA: a real nats-server with a `tls {}` block and certificates
+made here (a CA, the server's, a client's, and a stranger CA nobody trusts).
+
+What an operator and an attacker observe: a Bus connects over tls:// with the CA and
+JetStream works; without the CA (or with the wrong one) it fails with one line naming the
+setting; a server requiring client certificates refuses a client without one; a TLS-only
+server refuses a plaintext client; and a process told to use TLS sends nothing (no
+credentials) to a server that does not ask for TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bus import Bus, BusError, ConfigError, EmbeddedNats, Settings
+
+WAIT_S = 30
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    stranger_ca: Path
+    misnamed_cert: Path
+    """Signed by the CA for host nats-1 only (not 127.0.0.1)."""
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    san: list[x509.GeneralName] | None = None,
+    days: int = 365,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = issuer or (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(folder: Path) -> Pki:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("taskbus test CA", ca_key, None, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _cert(
+        "nats-1", server_key, (ca.subject, ca_key), san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _cert("taskbus-runner", client_key, (ca.subject, ca_key))
+    stranger_key = ec.generate_private_key(ec.SECP256R1())
+    stranger = _cert("a CA nobody trusts", stranger_key, None, ca=True)
+    misnamed = _cert("nats-1", server_key, (ca.subject, ca_key), san=[x509.DNSName("nats-1")])
+    return Pki(
+        ca=_write(folder / "ca.pem", ca.public_bytes(pem)),
+        server_cert=_write(folder / "server-cert.pem", server.public_bytes(pem)),
+        server_key=_write(folder / "server-key.pem", _key_pem(server_key)),
+        client_cert=_write(folder / "client-cert.pem", client.public_bytes(pem)),
+        client_key=_write(folder / "client-key.pem", _key_pem(client_key)),
+        stranger_ca=_write(folder / "stranger-ca.pem", stranger.public_bytes(pem)),
+        misnamed_cert=_write(folder / "misnamed-cert.pem", misnamed.public_bytes(pem)),
+    )
+
+
+def tls_block(pki: Pki, *, verify: bool, cert: Path | None = None) -> str:
+    """The `tls {}` block of docs/multi-host.md for client connections."""
+    return (
+        "tls {\n"
+        f"  cert_file: {json.dumps(str(cert or pki.server_cert))}\n"
+        f"  key_file: {json.dumps(str(pki.server_key))}\n"
+        f"  ca_file: {json.dumps(str(pki.ca))}\n"
+        f"  verify: {'true' if verify else 'false'}\n"
+        "  timeout: 5\n"
+        "}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki") / "certs")
+
+
+def _server(folder: Path, pki: Pki, *, verify: bool, cert: Path | None = None) -> Iterator[EmbeddedNats]:
+    # write_config appends this block verbatim after the rest of the config (it is not an
+    # authorization block; EmbeddedNats has no other way to add one)
+    server = EmbeddedNats(folder, authorization=tls_block(pki, verify=verify, cert=cert))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[EmbeddedNats]:
+    yield from _server(tmp_path_factory.mktemp("tls-nats"), pki, verify=False)
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[EmbeddedNats]:
+    yield from _server(tmp_path_factory.mktemp("mtls-nats"), pki, verify=True)
+
+
+def tls_url(server: EmbeddedNats, userinfo: str = "") -> str:
+    return f"tls://{userinfo}{server.host}:{server.port}"
+
+
+def settings_for(tmp_path: Path, url: str, **tls: str) -> Settings:
+    return Settings.load(
+        {},
+        data_dir=str(tmp_path / "data"),
+        nats_url=url,
+        subject_prefix="t" + uuid.uuid4().hex[:10],
+        job_secret="test-secret-" + uuid.uuid4().hex,
+        artifacts_store_max_bytes=16 * 1024 * 1024,
+        **tls,
+    )
+
+
+async def _roundtrip(bus: Bus) -> None:
+    """Publish one JetStream message and read it back from the stream."""
+    await bus.ensure_streams()
+    task = uuid.uuid4().hex
+    payload = b'{"over": "tls"}'
+    seq = await bus.publish(bus.subjects.events(task), payload)
+    stored = await bus.js.get_msg(bus.subjects.events_stream, seq)
+    assert stored.data == payload
+
+
+def _peer_cert_subject(bus: Bus) -> str:
+    """The subject of the certificate the server presented on this connection."""
+    transport = bus.nc._transport
+    assert transport is not None
+    ssl_object = transport._io_writer.get_extra_info("ssl_object")  # type: ignore[attr-defined]  # nats-py keeps its asyncio writer private
+    assert ssl_object is not None, "the connection is not TLS"
+    return str(dict(x[0] for x in ssl_object.getpeercert()["subject"]))
+
+
+async def test_a_bus_with_the_private_ca_uses_jetstream_over_tls(tmp_path: Path, pki: Pki, tls_server: EmbeddedNats) -> None:
+    settings = settings_for(tmp_path, tls_url(tls_server), nats_tls_ca=str(pki.ca))
+    async with await Bus.for_settings(settings, name="tls-test") as bus:
+        assert "nats-1" in _peer_cert_subject(bus)
+        await _roundtrip(bus)
+
+
+async def test_a_nats_url_with_the_ca_is_upgraded_to_tls(tmp_path: Path, pki: Pki, tls_server: EmbeddedNats) -> None:
+    """The server's INFO asks for TLS: a nats:// URL with the CA set gets a verified TLS connection."""
+    settings = settings_for(tmp_path, tls_server.url, nats_tls_ca=str(pki.ca))
+    async with await Bus.for_settings(settings, name="tls-test") as bus:
+        assert "nats-1" in _peer_cert_subject(bus)
+        await _roundtrip(bus)
+
+
+@pytest.mark.parametrize("ca", ["system store", "stranger"])
+async def test_a_certificate_that_does_not_verify_is_one_clear_line(tmp_path: Path, pki: Pki, tls_server: EmbeddedNats, ca: str) -> None:
+    extra = {"nats_tls_ca": str(pki.stranger_ca)} if ca == "stranger" else {}
+    settings = settings_for(tmp_path, tls_url(tls_server, "operator:s3cret-pw@"), **extra)
+    async with asyncio.timeout(WAIT_S):
+        with pytest.raises(BusError) as caught:
+            await Bus.for_settings(settings, name="tls-test", open_timeout=WAIT_S)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"tls://operator:***@127.0.0.1:{tls_server.port}" in message
+    assert "s3cret-pw" not in message
+    assert "certificate does not verify" in message and "TASKBUS_NATS_TLS_CA" in message
+
+
+async def test_a_certificate_for_another_host_is_refused(tmp_path: Path, pki: Pki) -> None:
+    """The CA signed it, but for nats-1, and the URL says 127.0.0.1: the host name is checked."""
+    for server in _server(tmp_path / "misnamed-nats", pki, verify=False, cert=pki.misnamed_cert):
+        settings = settings_for(tmp_path, tls_url(server), nats_tls_ca=str(pki.ca))
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(BusError) as caught:
+                await Bus.for_settings(settings, name="tls-test", open_timeout=WAIT_S)
+        assert "certificate does not verify" in str(caught.value) and "127.0.0.1" in str(caught.value)
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path, pki: Pki, mtls_server: EmbeddedNats) -> None:
+    without = settings_for(tmp_path, tls_url(mtls_server), nats_tls_ca=str(pki.ca))
+    async with asyncio.timeout(WAIT_S):
+        with pytest.raises(BusError) as caught:
+            await Bus.for_settings(without, name="tls-test", open_timeout=WAIT_S)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "TASKBUS_NATS_TLS_CERT" in message and f"127.0.0.1:{mtls_server.port}" in message
+
+    with_cert = settings_for(
+        tmp_path, tls_url(mtls_server), nats_tls_ca=str(pki.ca), nats_tls_cert=str(pki.client_cert), nats_tls_key=str(pki.client_key)
+    )
+    async with await Bus.for_settings(with_cert, name="tls-test") as bus:
+        await _roundtrip(bus)
+
+
+async def test_a_tls_only_server_refuses_a_plaintext_client(tls_server: EmbeddedNats) -> None:
+    """A client that never starts TLS (a raw socket speaking the NATS protocol) gets no PONG."""
+    async with asyncio.timeout(WAIT_S):
+        reader, writer = await asyncio.open_connection(tls_server.host, tls_server.port)
+        try:
+            info = json.loads((await reader.readline()).removeprefix(b"INFO ").strip())
+            assert info.get("tls_required") is True
+            writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+            await writer.drain()
+            answer = b""
+            while chunk := await reader.read(4096):  # the server closes the connection
+                answer += chunk
+        finally:
+            writer.close()
+    assert b"PONG" not in answer
+
+
+async def test_tls_settings_send_nothing_to_a_server_that_does_not_ask_for_tls(tmp_path: Path, pki: Pki) -> None:
+    """A server (or a man in the middle) whose INFO does not require TLS gets no CONNECT and
+    so no password: nats-py alone would send both in plaintext."""
+    received = bytearray()
+    connected = asyncio.Event()
+
+    async def plaintext_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        writer.write(b'INFO {"server_id":"mitm","version":"2.10.0","max_payload":1048576,"auth_required":true}\r\n')
+        await writer.drain()
+        try:
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(4096):
+                    received.extend(chunk)
+        except TimeoutError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(plaintext_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = settings_for(tmp_path, f"nats://operator:s3cret-pw@127.0.0.1:{port}", nats_tls_ca=str(pki.ca))
+        with pytest.raises(BusError) as caught:  # at once; without the check, after open_timeout
+            await Bus.for_settings(settings, name="tls-test", open_timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connected.is_set()
+    assert b"CONNECT" not in received and b"s3cret-pw" not in received
+    assert "does not require TLS" in str(caught.value) and "s3cret-pw" not in str(caught.value)
+
+
+async def test_tls_files_are_checked_at_start(tmp_path: Path, pki: Pki, tls_server: EmbeddedNats) -> None:
+    url = tls_url(tls_server)
+    missing = settings_for(tmp_path, url, nats_tls_ca=str(tmp_path / "no-such-ca.pem"))
+    with pytest.raises(ConfigError, match=r"TASKBUS_NATS_TLS_CA.*no-such-ca\.pem"):
+        await Bus.for_settings(missing)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="TASKBUS_NATS_TLS_CA"):
+        await Bus.for_settings(settings_for(tmp_path, url, nats_tls_ca=str(garbage)))
+    with pytest.raises(ConfigError, match=r"TASKBUS_NATS_TLS_KEY.*needs both"):
+        await Bus.for_settings(settings_for(tmp_path, url, nats_tls_ca=str(pki.ca), nats_tls_cert=str(pki.client_cert)))
+    with pytest.raises(ConfigError, match="TASKBUS_NATS_TLS_CERT"):
+        await Bus.for_settings(
+            settings_for(tmp_path, url, nats_tls_ca=str(pki.ca), nats_tls_cert=str(pki.client_cert), nats_tls_key=str(pki.server_key))
+        )
