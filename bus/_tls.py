@@ -10,6 +10,7 @@ plaintext to a server, or a man in the middle, whose INFO does not ask for TLS.
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -105,3 +106,31 @@ def tls_failure(exc: BaseException) -> str | None:
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class TlsState:
+    """What a live connection's TLS session says (for ``taskbus doctor``)."""
+
+    version: str
+    """The protocol version, e.g. ``TLSv1.3``."""
+    server_subject: str
+    """The common name (or whole subject) of the certificate the server presented."""
+    server_not_after: float
+    """When that certificate expires (seconds since the epoch)."""
+
+
+def connection_tls(nc: NatsClient) -> TlsState | None:
+    """The TLS session of ``nc``'s current connection, None when it is plaintext."""
+    writer = getattr(nc._transport, "_io_writer", None)  # nats-py exposes neither its socket nor its TLS session
+    ssl_object = writer.get_extra_info("ssl_object") if writer is not None else None
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert() or {}
+    subject = dict(pair[0] for pair in cert.get("subject", ()))
+    not_after = cert.get("notAfter")
+    return TlsState(
+        version=ssl_object.version() or "?",
+        server_subject=str(subject.get("commonName") or subject or "?"),
+        server_not_after=ssl.cert_time_to_seconds(not_after) if isinstance(not_after, str) else 0.0,
+    )

@@ -17,14 +17,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from typer.testing import CliRunner
 
 from bus import Bus, BusError, ConfigError, EmbeddedNats, Settings
+from cli import app
 
 WAIT_S = 30
 
@@ -39,6 +42,8 @@ class Pki:
     stranger_ca: Path
     misnamed_cert: Path
     """Signed by the CA for host nats-1 only (not 127.0.0.1)."""
+    expiring_cert: Path
+    """Signed by the CA for 127.0.0.1, valid for 10 more days."""
 
 
 def _name(cn: str) -> x509.Name:
@@ -110,6 +115,7 @@ def make_pki(folder: Path) -> Pki:
     stranger_key = ec.generate_private_key(ec.SECP256R1())
     stranger = _cert("a CA nobody trusts", stranger_key, None, ca=True)
     misnamed = _cert("nats-1", server_key, (ca.subject, ca_key), san=[x509.DNSName("nats-1")])
+    expiring = _cert("nats-1", server_key, (ca.subject, ca_key), san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], days=10)
     return Pki(
         ca=_write(folder / "ca.pem", ca.public_bytes(pem)),
         server_cert=_write(folder / "server-cert.pem", server.public_bytes(pem)),
@@ -118,6 +124,7 @@ def make_pki(folder: Path) -> Pki:
         client_key=_write(folder / "client-key.pem", _key_pem(client_key)),
         stranger_ca=_write(folder / "stranger-ca.pem", stranger.public_bytes(pem)),
         misnamed_cert=_write(folder / "misnamed-cert.pem", misnamed.public_bytes(pem)),
+        expiring_cert=_write(folder / "expiring-cert.pem", expiring.public_bytes(pem)),
     )
 
 
@@ -315,3 +322,37 @@ async def test_tls_files_are_checked_at_start(tmp_path: Path, pki: Pki, tls_serv
         await Bus.for_settings(
             settings_for(tmp_path, url, nats_tls_ca=str(pki.ca), nats_tls_cert=str(pki.client_cert), nats_tls_key=str(pki.server_key))
         )
+
+
+def doctor(tmp_path: Path, url: str, **env: str) -> dict[str, dict[str, Any]]:
+    """``taskbus doctor --json`` with these TASKBUS_* variables; its checks by name."""
+    result = CliRunner().invoke(
+        app,
+        ["doctor", "--json"],
+        env={"TASKBUS_DATA_DIR": str(tmp_path / "data"), "TASKBUS_NATS_URL": url, "TASKBUS_SUBJECT_PREFIX": "tlsdoc", **env},
+    )
+    assert result.exit_code in (0, 1), result.output
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
+def test_doctor_reports_tls_with_the_ca_in_use(tmp_path: Path, pki: Pki, tls_server: EmbeddedNats) -> None:
+    checks = doctor(tmp_path, tls_url(tls_server), TASKBUS_NATS_TLS_CA=str(pki.ca))
+    assert checks["nats"]["ok"], checks["nats"]
+    row = checks["nats_tls"]
+    assert row["ok"] and row["detail"].startswith("on (TLSv1.")
+    assert str(pki.ca) in row["detail"] and "'nats-1'" in row["detail"]
+
+
+def test_doctor_warns_of_a_server_certificate_expiring_within_30_days(tmp_path: Path, pki: Pki) -> None:
+    for server in _server(tmp_path / "expiring-nats", pki, verify=False, cert=pki.expiring_cert):
+        row = doctor(tmp_path, tls_url(server), TASKBUS_NATS_TLS_CA=str(pki.ca))["nats_tls"]
+        assert not row["ok"] and not row["required"]
+        assert "expires in 10 days" in row["detail"] or "expires in 9 days" in row["detail"], row
+        assert "renew" in row["fix"]
+
+
+def test_doctor_reports_plaintext_and_a_bad_ca_setting(tmp_path: Path, pki: Pki, nats_url: str, tls_server: EmbeddedNats) -> None:
+    off = doctor(tmp_path, nats_url)["nats_tls"]
+    assert off["ok"] and off["detail"].startswith("off") and "loopback" in off["detail"]
+    bad = doctor(tmp_path, tls_url(tls_server), TASKBUS_NATS_TLS_CA=str(tmp_path / "missing-ca.pem"))
+    assert not bad["nats"]["ok"] and "TASKBUS_NATS_TLS_CA" in bad["nats"]["detail"] and "nats_tls" not in bad
