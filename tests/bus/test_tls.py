@@ -24,9 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from nats.js.errors import APIError
 from typer.testing import CliRunner
 
-from bus import Bus, BusError, ConfigError, EmbeddedNats, Settings
+from bus import Bus, BusError, ConfigError, EmbeddedNats, Settings, free_port
 from cli import app
 
 WAIT_S = 30
@@ -257,21 +258,29 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path,
         await _roundtrip(bus)
 
 
-async def test_a_tls_only_server_refuses_a_plaintext_client(tls_server: EmbeddedNats) -> None:
-    """A client that never starts TLS (a raw socket speaking the NATS protocol) gets no PONG."""
+async def _speak_plaintext(host: str, port: int) -> bytes:
+    """Connect, say CONNECT and PING in plaintext, and return all the port answers until it
+    closes the connection."""
+    answer = b""
     async with asyncio.timeout(WAIT_S):
-        reader, writer = await asyncio.open_connection(tls_server.host, tls_server.port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
-            info = json.loads((await reader.readline()).removeprefix(b"INFO ").strip())
-            assert info.get("tls_required") is True
             writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
             await writer.drain()
-            answer = b""
-            while chunk := await reader.read(4096):  # the server closes the connection
+            while chunk := await reader.read(4096):
                 answer += chunk
         finally:
             writer.close()
-    assert b"PONG" not in answer
+    return answer
+
+
+async def test_a_tls_only_server_refuses_a_plaintext_client(tls_server: EmbeddedNats) -> None:
+    """A client that never starts TLS (a raw socket speaking the NATS protocol) is told TLS
+    is required and gets no PONG."""
+    answer = await _speak_plaintext(tls_server.host, tls_server.port)
+    info, _, rest = answer.partition(b"\r\n")
+    assert json.loads(info.removeprefix(b"INFO ")).get("tls_required") is True
+    assert b"PONG" not in rest
 
 
 async def test_tls_settings_send_nothing_to_a_server_that_does_not_ask_for_tls(tmp_path: Path, pki: Pki) -> None:
@@ -356,3 +365,66 @@ def test_doctor_reports_plaintext_and_a_bad_ca_setting(tmp_path: Path, pki: Pki,
     assert off["ok"] and off["detail"].startswith("off") and "loopback" in off["detail"]
     bad = doctor(tmp_path, tls_url(tls_server), TASKBUS_NATS_TLS_CA=str(tmp_path / "missing-ca.pem"))
     assert not bad["nats"]["ok"] and "TASKBUS_NATS_TLS_CA" in bad["nats"]["detail"] and "nats_tls" not in bad
+
+
+def route_block(pki: Pki, name: str, port: int, ports: list[int]) -> str:
+    """A `cluster {}` block whose routes are TLS with certificates of the CA, both ways."""
+    routes = ", ".join(json.dumps(f"nats-route://127.0.0.1:{p}") for p in ports)
+    return (
+        "cluster {\n"
+        f"  name: {json.dumps(name)}\n"
+        f"  listen: {json.dumps(f'127.0.0.1:{port}')}\n"
+        f"  routes: [{routes}]\n"
+        "  tls {\n"
+        f"    cert_file: {json.dumps(str(pki.server_cert))}\n"
+        f"    key_file: {json.dumps(str(pki.server_key))}\n"
+        f"    ca_file: {json.dumps(str(pki.ca))}\n"
+        "    verify: true\n"
+        "    timeout: 5\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+async def test_a_two_node_cluster_with_tls_routes_replicates_over_them(tmp_path: Path, pki: Pki) -> None:
+    """Clients and routes both TLS: a stream with 2 replicas, written through one node and
+    read through the other."""
+    route_ports = [free_port(), free_port()]
+    nodes = [
+        EmbeddedNats(
+            tmp_path / f"n{i}",
+            name=f"tls-n{i}-{uuid.uuid4().hex[:6]}",
+            authorization=tls_block(pki, verify=False) + route_block(pki, "tls-cluster", route_ports[i], route_ports),
+        )
+        for i in range(2)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        first = settings_for(tmp_path, tls_url(nodes[0]), nats_tls_ca=str(pki.ca))
+        second = settings_for(tmp_path, tls_url(nodes[1]), nats_tls_ca=str(pki.ca))
+        stream, subject = f"TLS_{uuid.uuid4().hex[:8]}", f"tls.{uuid.uuid4().hex[:8]}"
+        async with await Bus.for_settings(first, name="tls-n0") as a, await Bus.for_settings(second, name="tls-n1") as b:
+            async with asyncio.timeout(60):  # until the two nodes have elected a JetStream meta leader
+                while True:
+                    try:
+                        info = await a.js.add_stream(name=stream, subjects=[subject], num_replicas=2)
+                        break
+                    except (APIError, TimeoutError):
+                        await asyncio.sleep(0.2)
+            assert info.config.num_replicas == 2
+            seq = await a.publish(subject, b"replicated over tls routes")
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        stored = await b.js.get_msg(stream, seq)
+                        break
+                    except APIError:
+                        await asyncio.sleep(0.1)
+            assert stored.data == b"replicated over tls routes"
+            assert "nats-1" in _peer_cert_subject(b)
+        for port in route_ports:  # a route port speaks only TLS: a plaintext peer hears nothing
+            assert await _speak_plaintext("127.0.0.1", port) == b""
+    finally:
+        for node in nodes:
+            node.stop()
