@@ -145,6 +145,7 @@ class Bus:
                     f"NATS at {safe_url(url)} refused the connection ({who}): authorization failed. "
                     "Use the credentials of this stack (TASKBUS_NATS_CREDENTIALS; `taskbus up` writes them "
                     "to <data dir>/nats-auth/)"
+                    + (", or a client certificate the server maps to a user (TASKBUS_NATS_TLS_CERT, verify_and_map)" if tls else "")
                 ) from None
             reason = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BusError(

@@ -45,6 +45,8 @@ class Pki:
     """Signed by the CA for host nats-1 only (not 127.0.0.1)."""
     expiring_cert: Path
     """Signed by the CA for 127.0.0.1, valid for 10 more days."""
+    unmapped_cert: Path
+    """A client certificate of the CA whose subject is no NATS user (key: client_key)."""
 
 
 def _name(cn: str) -> x509.Name:
@@ -113,6 +115,7 @@ def make_pki(folder: Path) -> Pki:
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
     client = _cert("taskbus-runner", client_key, (ca.subject, ca_key))
+    unmapped = _cert("somebody-else", client_key, (ca.subject, ca_key))
     stranger_key = ec.generate_private_key(ec.SECP256R1())
     stranger = _cert("a CA nobody trusts", stranger_key, None, ca=True)
     misnamed = _cert("nats-1", server_key, (ca.subject, ca_key), san=[x509.DNSName("nats-1")])
@@ -126,6 +129,7 @@ def make_pki(folder: Path) -> Pki:
         stranger_ca=_write(folder / "stranger-ca.pem", stranger.public_bytes(pem)),
         misnamed_cert=_write(folder / "misnamed-cert.pem", misnamed.public_bytes(pem)),
         expiring_cert=_write(folder / "expiring-cert.pem", expiring.public_bytes(pem)),
+        unmapped_cert=_write(folder / "unmapped-cert.pem", unmapped.public_bytes(pem)),
     )
 
 
@@ -148,9 +152,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _server(folder: Path, pki: Pki, *, verify: bool, cert: Path | None = None) -> Iterator[EmbeddedNats]:
-    # write_config appends this block verbatim after the rest of the config (it is not an
-    # authorization block; EmbeddedNats has no other way to add one)
-    server = EmbeddedNats(folder, authorization=tls_block(pki, verify=verify, cert=cert))
+    yield from _server_with(folder, tls_block(pki, verify=verify, cert=cert))
+
+
+def _server_with(folder: Path, blocks: str) -> Iterator[EmbeddedNats]:
+    # write_config appends ``authorization`` verbatim after the rest of the config: the
+    # only way to give EmbeddedNats a `tls {}` block (bus/_embedded.py is not changed here)
+    server = EmbeddedNats(folder, authorization=blocks)
     server.start()
     try:
         yield server
@@ -272,6 +280,23 @@ async def _speak_plaintext(host: str, port: int) -> bytes:
         finally:
             writer.close()
     return answer
+
+
+async def test_verify_and_map_lets_in_only_the_certificate_of_a_user(tmp_path: Path, pki: Pki) -> None:
+    """`verify_and_map`: the client certificate is the identity, its subject the NATS user."""
+    block = tls_block(pki, verify=True).replace("verify: true", "verify_and_map: true")
+    users = 'authorization {\n  users = [ { user: "CN=taskbus-runner" } ]\n}\n'
+    for server in _server_with(tmp_path / "mapped-nats", block + users):
+        url = tls_url(server)
+        mapped = settings_for(tmp_path, url, nats_tls_ca=str(pki.ca), nats_tls_cert=str(pki.client_cert), nats_tls_key=str(pki.client_key))
+        async with await Bus.for_settings(mapped, name="tls-test") as bus:
+            await _roundtrip(bus)
+        stranger = settings_for(
+            tmp_path, url, nats_tls_ca=str(pki.ca), nats_tls_cert=str(pki.unmapped_cert), nats_tls_key=str(pki.client_key)
+        )
+        with pytest.raises(BusError) as caught:
+            await Bus.for_settings(stranger, name="tls-test", open_timeout=5)
+        assert "authorization failed" in str(caught.value) and "TASKBUS_NATS_TLS_CERT" in str(caught.value)
 
 
 async def test_a_tls_only_server_refuses_a_plaintext_client(tls_server: EmbeddedNats) -> None:
