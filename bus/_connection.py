@@ -275,7 +275,8 @@ def settings_credentials(settings: Settings) -> NatsCredentials | None:
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
-    """``nats.connect`` keyword arguments for the user of ``settings`` (for raw clients)."""
+    """``nats.connect`` keyword arguments for the user and TLS context of ``settings`` (for
+    raw clients; they do not get ``Bus.open``'s refusal of a server that does not require TLS)."""
     return {**_auth_options(settings_credentials(settings)), **tls_options(settings)}
 
 

@@ -63,7 +63,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # -- bus
     nats_url: str = ""
-    """NATS server URL, or several servers of one cluster comma-separated (`nats://a:4222,nats://b:4222`); empty starts an embedded nats-server in the data dir."""
+    """NATS server URL, or several servers of one cluster comma-separated (`nats://a:4222,nats://b:4222`; `tls://...` for TLS, see TASKBUS_NATS_TLS_CA); empty starts an embedded nats-server in the data dir."""
     subject_prefix: Prefix = "taskbus"
     """First token of every subject and prefix of stream names."""
     data_dir: str = msgspec.field(default_factory=_default_data_dir)

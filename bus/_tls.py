@@ -82,7 +82,7 @@ class TlsOnlyClient(NatsClient):
 
 def tls_failure(exc: BaseException) -> str | None:
     """What a connection error says about TLS, as the fix the operator needs; None when it
-    is not a TLS failure."""
+    is not a TLS failure that retrying cannot fix (a handshake cut short is retried)."""
     text = str(exc)
     lowered = text.lower()
     if isinstance(exc, ssl.SSLCertVerificationError) or "certificate verify failed" in lowered:
@@ -96,7 +96,7 @@ def tls_failure(exc: BaseException) -> str | None:
             "the server does not require TLS, so nothing was sent: enable the `tls {}` block of nats-server "
             "(docs/multi-host.md), or unset TASKBUS_NATS_TLS_CA/_CERT/_KEY and use a nats:// URL"
         )
-    if isinstance(exc, ssl.SSLError) or "certificate required" in lowered or "bad certificate" in lowered:
+    if isinstance(exc, ssl.SSLError) and " alert " in lowered:  # the server refused the handshake (not a dropped one)
         return (
             f"the TLS handshake failed ({_reason(exc)}); if the server requires client certificates "
             "(verify: true), set TASKBUS_NATS_TLS_CERT and TASKBUS_NATS_TLS_KEY"
