@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tls_kit import Pki, make_pki, tls_block
 from typer.testing import CliRunner
 
 from bus import Bus, BusError, ConfigError, EmbeddedNats, Settings, free_port
+from bus._tls import tls_context
 from cli import app
 
 WAIT_S = 30
@@ -334,3 +336,11 @@ async def test_a_two_node_cluster_with_tls_routes_replicates_over_them(tmp_path:
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_the_context_refuses_tls_older_than_1_2_and_checks_host_names(tmp_path: Path, pki: Pki) -> None:
+    context = tls_context(settings_for(tmp_path, "tls://nats-1:4222", nats_tls_ca=str(pki.ca)))
+    assert context is not None
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    assert tls_context(settings_for(tmp_path, "nats://127.0.0.1:4222")) is None  # no TLS setting: nats-py's defaults
