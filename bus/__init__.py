@@ -70,6 +70,8 @@ from ._subjects import JobKind as JobKind
 from ._subjects import Subjects as Subjects
 from ._subjects import check_token as check_token
 from ._subjects import new_task_id as new_task_id
+from ._tls import TlsState as TlsState
+from ._tls import connection_tls as connection_tls
 from ._toolnames import CLAUDE_CODE_TOOLS as CLAUDE_CODE_TOOLS
 from ._toolnames import CLAUDE_CODE_VERSION as CLAUDE_CODE_VERSION
 from ._toolnames import TOOL_ALIASES as TOOL_ALIASES
@@ -102,6 +104,8 @@ __all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as
     "Bus",
     "ClusterSpec",
     "connect_options",
+    "connection_tls",
+    "TlsState",
     "EmbeddedCluster",
     "EmbeddedNats",
     "private_database",

