@@ -37,6 +37,10 @@ from ._subjects import Subjects
 logger = logging.getLogger(__name__)
 
 DAY = 86_400
+DEFAULT_TASK_RETENTION_S = 30.0 * DAY
+"""The task registry's retention when the caller passes none (TASKBUS_TASK_RETENTION_DAYS's default)."""
+LEDGER_MIN_AGE_S = 32.0 * DAY
+"""The ledger's entries outlive any budget month (31 days) they count in."""
 JS_INSUFFICIENT_STORAGE = 10047
 """JetStream's error code when a stream's max_bytes cannot be reserved."""
 CLUSTER_PUBLISH_PATIENCE_S = 30.0
@@ -56,6 +60,8 @@ class Bus:
         self.subjects = subjects
         self.replicas = replicas
         """Replicas of every stream, KV bucket and Object Store this bus creates (TASKBUS_NATS_REPLICAS)."""
+        self.task_retention_s = DEFAULT_TASK_RETENTION_S
+        """How long the task registry keeps a record (TASKBUS_TASK_RETENTION_DAYS; ``ensure_control_plane``)."""
         self.publish_patience_s = CLUSTER_PUBLISH_PATIENCE_S if replicas > 1 else 0.0
         """How long a publish keeps retrying past its attempts (a replicated stream electing a leader)."""
         self._closed = False
@@ -138,7 +144,7 @@ class Bus:
     @classmethod
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
         """``open`` with the URL, subject prefix and credentials of ``settings``."""
-        return await cls.open(
+        bus = await cls.open(
             settings.nats_url,
             Subjects(settings.subject_prefix),
             name=name,
@@ -146,6 +152,8 @@ class Bus:
             replicas=settings.nats_replicas,
             **kwargs,
         )
+        bus.task_retention_s = settings.task_retention_days * DAY
+        return bus
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
@@ -398,19 +406,40 @@ async def ensure_streams(
         await Catalog.open(js, subjects.catalog_bucket, replicas=replicas)
 
 
-async def ensure_control_plane(js: JetStreamContext, subjects: Subjects, *, replicas: int = 1) -> dict[str, Any]:
+async def ensure_control_plane(
+    js: JetStreamContext, subjects: Subjects, *, replicas: int = 1, task_retention_s: float | None = None
+) -> dict[str, Any]:
     """The control plane's KV buckets (keys/profiles/budgets, the ledger, the task registry),
     created when missing and raised to ``replicas``. Their reads are direct gets served by
     the stream, not JetStream API requests (which queue behind consumer creations under
     load). Not part of ``ensure_streams``: the runner and audit users are denied these
-    buckets; ``profiles.Store`` (server, CLI) calls this."""
+    buckets; ``profiles.Store`` (server, CLI) calls this.
+
+    Retention (the bucket's max age): the task registry keeps an entry ``task_retention_s``
+    after its last write; the ledger at least ``LEDGER_MIN_AGE_S``, so an account's budget
+    entry only expires once its month is over (an account writes it on every admission;
+    one idle that long starts its new periods at zero anyway) and a task's reservation
+    record lives as long as its task's record. The control bucket (keys, profiles,
+    overrides) never expires. ``task_retention_s`` is applied to existing buckets too;
+    None creates missing buckets with ``DEFAULT_TASK_RETENTION_S`` and leaves existing
+    ones as they are (a caller that does not know the deployment's setting)."""
+    if task_retention_s is not None and task_retention_s <= 0:
+        raise ValueError(f"task retention must be positive (got {task_retention_s})")
+    retention = DEFAULT_TASK_RETENTION_S if task_retention_s is None else task_retention_s
     return {
         bucket: await ensure_kv(
-            js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1, description=description, direct=True), replicas=replicas
+            js,
+            KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1, description=description, direct=True, ttl=ttl),
+            replicas=replicas,
+            apply_ttl=task_retention_s is not None,
         )
-        for bucket, description in (
-            (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides"),
-            (subjects.ledger_bucket, "taskbus ledger: budget entries per account, rate windows, reservations"),
-            (subjects.tasks_bucket, "taskbus task registry"),
+        for bucket, description, ttl in (
+            (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides", None),
+            (
+                subjects.ledger_bucket,
+                "taskbus ledger: budget entries per account, rate windows, reservations",
+                max(retention, LEDGER_MIN_AGE_S),
+            ),
+            (subjects.tasks_bucket, "taskbus task registry", retention),
         )
     }
