@@ -60,8 +60,6 @@ class Bus:
         self.subjects = subjects
         self.replicas = replicas
         """Replicas of every stream, KV bucket and Object Store this bus creates (TASKBUS_NATS_REPLICAS)."""
-        self.task_retention_s = DEFAULT_TASK_RETENTION_S
-        """How long the task registry keeps a record (TASKBUS_TASK_RETENTION_DAYS; ``ensure_control_plane``)."""
         self.publish_patience_s = CLUSTER_PUBLISH_PATIENCE_S if replicas > 1 else 0.0
         """How long a publish keeps retrying past its attempts (a replicated stream electing a leader)."""
         self._closed = False
@@ -144,7 +142,7 @@ class Bus:
     @classmethod
     async def for_settings(cls, settings: Settings, *, name: str = "taskbus", **kwargs: Any) -> Bus:
         """``open`` with the URL, subject prefix and credentials of ``settings``."""
-        bus = await cls.open(
+        return await cls.open(
             settings.nats_url,
             Subjects(settings.subject_prefix),
             name=name,
@@ -152,8 +150,6 @@ class Bus:
             replicas=settings.nats_replicas,
             **kwargs,
         )
-        bus.task_retention_s = settings.task_retention_days * DAY
-        return bus
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:

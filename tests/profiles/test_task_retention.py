@@ -14,6 +14,7 @@ import pytest
 from bus import Bus, NotFound, Settings, ensure_control_plane, new_task_id
 from bus._streams import kv_stream
 from profiles import Store
+from server._service import run_server
 
 DAY = 86_400
 
@@ -39,16 +40,28 @@ async def test_the_registry_and_ledger_buckets_get_the_retention_and_a_change_re
         await ensure_control_plane(bus.js, s, task_retention_s=0)
 
 
-async def test_the_retention_setting_reaches_the_bus(settings: Settings):
-    bus = await Bus.for_settings(msgspec.structs.replace(settings, task_retention_days=2.5))
+async def test_taskbus_serve_applies_the_retention_setting_to_the_buckets(settings: Settings, bus: Bus):
+    """The deployment's TASKBUS_TASK_RETENTION_DAYS reaches buckets made before, at the server's start."""
+    async with Store.for_settings(settings):  # buckets made with the default, as by an older taskbus
+        pass
+    assert await max_age(bus, bus.subjects.tasks_bucket) == 30 * DAY
+    ready, stop = asyncio.Event(), asyncio.Event()
+    configured = msgspec.structs.replace(settings, task_retention_days=2.5)
+    server = asyncio.create_task(run_server(configured, transport="http", host="127.0.0.1", port=0, ready=ready, stop=stop))
     try:
-        assert bus.task_retention_s == 2.5 * DAY
+        async with asyncio.timeout(60):
+            await asyncio.wait({server, asyncio.create_task(ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            server.result()
+        assert await max_age(bus, bus.subjects.tasks_bucket) == 2.5 * DAY
+        assert await max_age(bus, bus.subjects.ledger_bucket) == 32 * DAY
     finally:
-        await bus.close()
+        stop.set()
+        async with asyncio.timeout(60):
+            await server
 
 
 async def test_an_expired_task_says_so_and_an_unknown_one_does_not(bus: Bus, clock):
-    bus.task_retention_s = 1.0  # what TASKBUS_TASK_RETENTION_DAYS gives a Bus
     await ensure_control_plane(bus.js, bus.subjects, task_retention_s=1.0)  # before the Store: it reads the age once
     async with Store(bus, now=clock) as store:
         task_id = new_task_id()
