@@ -8,7 +8,12 @@ transport's own cost). ``--soak N`` then submits N more jobs in rounds of 1,000,
 round once the previous one has finished (so every round starts from an idle stack and
 only the history differs), and reports the last round's accepted/s against the first
 (flat as the registry, the ledger and the rate windows grow) and the server's resident
-memory after the first round and at the end.
+memory after the first round and at the end. Per round it also records what grows: the
+CPU seconds each process spent in the burst (``/proc``), every process's RSS, and each
+stream's messages, deleted sequences and subjects (nats-server's monitoring ``/jsz``); the
+summary adds the median rate of the first and last three rounds and the whole stack's CPU
+seconds per 1,000 admissions (a machine shared with other work moves the rates, much less
+the CPU per admission).
 
 Processes: nats-server (embedded), the scripted model, one runner, the server
 (``taskbus serve --transport none``: the gateway only), the baseline responder; the
@@ -25,11 +30,13 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +80,58 @@ RESPONDER = textwrap.dedent(
     asyncio.run(main())
     """
 )
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def jsz(monitor_port: int) -> dict[str, dict[str, int]]:
+    """Each stream's messages, bytes, deleted sequences, subjects and consumers (nats-server's ``/jsz``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/jsz?streams=1", timeout=10) as reply:
+        data = json.load(reply)
+    out: dict[str, dict[str, int]] = {}
+    for account in data.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            state = stream.get("state", {})
+            out[stream["name"]] = {
+                "messages": state.get("messages", 0),
+                "bytes": state.get("bytes", 0),
+                "first_seq": state.get("first_seq", 0),
+                "last_seq": state.get("last_seq", 0),
+                "num_deleted": state.get("num_deleted", 0),
+                "num_subjects": state.get("num_subjects", 0),
+                "consumers": state.get("consumer_count", 0),
+            }
+    return out
+
+
+def steadiness(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the soak's rounds show beside the first and the last: the median rate of the first
+    and last three (one round is one load burst of the shared machine away from noise), and
+    the CPU seconds all the stack's processes spent per round's burst (what admission costs,
+    whatever the other load on the machine), and nats-server's RSS."""
+    first, last = rounds[: min(3, len(rounds))], rounds[-min(3, len(rounds)) :]
+    rate = [r["accepted_per_s"] for r in rounds]
+    cpu = [sum(r["burst_cpu_s"].values()) for r in rounds]
+    return {
+        "median_first3_per_s": statistics.median(rate[: len(first)]),
+        "median_last3_per_s": statistics.median(rate[-len(last) :]),
+        "median_ratio": statistics.median(rate[-len(last) :]) / statistics.median(rate[: len(first)]),
+        "cpu_s_per_1000_first3": statistics.median(cpu[: len(first)]),
+        "cpu_s_per_1000_last3": statistics.median(cpu[-len(last) :]),
+        "cpu_ratio": statistics.median(cpu[-len(last) :]) / statistics.median(cpu[: len(first)]),
+        "nats_rss_first_mb": rounds[0]["rss_mb"]["nats"],
+        "nats_rss_end_mb": rounds[-1]["rss_mb"]["nats"],
+    }
 
 
 def rss_mb(pid: int) -> float:
@@ -144,7 +203,8 @@ async def make_key(settings: Any) -> str:
         return (await store.create_key("bench"))[0]
 
 
-async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, env: dict[str, str], pids: dict[str, int], monitor_port: int) -> dict[str, Any]:
+    server_pid = pids["server"]
     settings = Settings.load(env)
     subjects = Subjects(settings.subject_prefix)
     key = env["BENCH_KEY"]
@@ -170,12 +230,28 @@ async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int
             rounds = []
             rss_after_warmup = rss_mb(server_pid)
             for index in range(max(1, args.soak // 1000)):
+                before = {name: cpu_s(pid) for name, pid in pids.items()}
                 r = await burst(nc, subjects.submit("complete"), 1000, headers, body)
+                burst_cpu = {name: round(cpu_s(pid) - before[name], 2) for name, pid in pids.items()}
                 done = await all_finished(settings, r["task_ids"], timeout_s=600)
-                rounds.append({**{k: v for k, v in r.items() if k != "task_ids"}, "finished": done})
+                streams = jsz(monitor_port)
+                rounds.append(
+                    {
+                        **{k: v for k, v in r.items() if k != "task_ids"},
+                        "finished": done,
+                        "burst_cpu_s": burst_cpu,
+                        "rss_mb": {name: round(rss_mb(pid), 1) for name, pid in pids.items()},
+                        "streams": streams,
+                    }
+                )
+                kv = {name.removeprefix("KV_bench-"): st for name, st in streams.items() if name.startswith("KV_")}
                 print(
                     f"  soak round {index + 1}: {r['accepted_per_s']:.0f} accepted/s, p99 {r['p99_ms']:.0f} ms, "
-                    f"server RSS {rss_mb(server_pid):.1f} MB",
+                    f"server RSS {rss_mb(server_pid):.1f} MB; CPU s in the burst: "
+                    + ", ".join(f"{name} {cpu:.1f}" for name, cpu in burst_cpu.items())
+                    + "; KV msgs/deleted: "
+                    + ", ".join(f"{name} {st['messages']}/{st['num_deleted']}" for name, st in kv.items() if st["messages"] > 10)
+                    + f"; load {os.getloadavg()[0]:.1f}",
                     file=sys.stderr,
                 )
                 if index == 0:
@@ -189,6 +265,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], server_pid: int
                 "rss_end_mb": rss_mb(server_pid),
             }
             result["soak"]["rss_growth_mb"] = result["soak"]["rss_end_mb"] - rss_after_warmup
+            result["soak"].update(steadiness(rounds))
         for row in (baseline, ours):
             row.pop("task_ids", None)
         return result
@@ -204,7 +281,8 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-submit-"))
-    nats_server = EmbeddedNats(tmp / "nats")
+    monitor_port = free_port()
+    nats_server = EmbeddedNats(tmp / "nats", monitor_port=monitor_port)
     nats_server.start()
     model_port = free_port()
     env = stack_env(nats_server.url, tmp / "data", model_port)
@@ -238,7 +316,9 @@ def main() -> None:
         )
         procs.append(base)
         assert base.stdout is not None and base.stdout.readline().strip() == "ready"
-        result = asyncio.run(measure(args, env, server.pid))
+        assert nats_server.pid is not None
+        pids = {"nats": nats_server.pid, "server": server.pid, "runner": procs[1].pid, "model": procs[0].pid, "publisher": os.getpid()}
+        result = asyncio.run(measure(args, env, pids, monitor_port))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -273,6 +353,12 @@ def main() -> None:
             f"soak: first 1,000 {s['first_per_s']:.0f}/s, last 1,000 {s['last_per_s']:.0f}/s (ratio {s['ratio']:.2f}, "
             f"target >= {TARGET_SOAK_RATIO}); server RSS {s['rss_after_first_round_mb']:.1f} -> {s['rss_end_mb']:.1f} MB "
             f"(+{s['rss_growth_mb']:.1f}, target < {TARGET_RSS_GROWTH_MB:.0f})"
+        )
+        print(
+            f"soak, steadier figures: median of the first 3 rounds {s['median_first3_per_s']:.0f}/s, of the last 3 "
+            f"{s['median_last3_per_s']:.0f}/s (ratio {s['median_ratio']:.2f}); CPU s of the whole stack per 1,000 "
+            f"admissions {s['cpu_s_per_1000_first3']:.1f} -> {s['cpu_s_per_1000_last3']:.1f} (ratio {s['cpu_ratio']:.2f}); "
+            f"nats-server RSS {s['nats_rss_first_mb']:.1f} -> {s['nats_rss_end_mb']:.1f} MB"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
