@@ -194,7 +194,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     audit_writer_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,32}$")] = ""
     """Names this audit writer's durable consumers (`audit-events-<name>`, `audit-notices-<name>`): give every audit writer that keeps its own full copy of the log (another host, another database) a different name. Empty: `audit-events` and `audit-notices`."""
     task_retention_days: PositiveFloat = 30.0
-    """How long a task's record (status, cost, summary: `get_task`, `list_tasks`) is kept after its last change; older ones expire (JetStream drops them) and `get_task` says the task expired. The ledger keeps its per-task reservations at least 32 days (a budget month). Applied to the buckets at start-up."""
+    """How long a task's record (status, cost, summary: `get_task`, `list_tasks`) is kept after its last change; older ones expire (JetStream drops them) and `get_task` says the task expired. The ledger keeps its entries at least 32 days (a budget month). `taskbus serve` applies it to the buckets when it starts."""
 
     def __repr__(self) -> str:
         parts = []
