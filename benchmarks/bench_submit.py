@@ -16,10 +16,10 @@ seconds per 1,000 admissions (a machine shared with other work moves the rates, 
 the CPU per admission).
 
 Processes: nats-server (embedded), the scripted model, one runner, the server
-(``taskbus serve --transport none``: the gateway only), the baseline responder; the
-publisher runs in this process.
+(``taskbus serve --transport none``: the gateway only), the baseline responder, and with
+``--audit`` the audit writer; the publisher runs in this process.
 
-    scripts/bench submit [--jobs 500] [--soak 20000] [--out bench-results/submit.json]
+    scripts/bench submit [--jobs 500] [--soak 20000] [--audit] [--out bench-results/submit.json]
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def steadiness(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ratio": statistics.median(cpu[-len(last) :]) / statistics.median(cpu[: len(first)]),
         "nats_rss_first_mb": rounds[0]["rss_mb"]["nats"],
         "nats_rss_end_mb": rounds[-1]["rss_mb"]["nats"],
+        "rss_first_round_mb": rounds[0]["rss_mb"],
+        "rss_last_round_mb": rounds[-1]["rss_mb"],
     }
 
 
@@ -277,6 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500, help="Requests sent at once.")
     parser.add_argument("--soak", type=int, default=0, help="Then this many more, in rounds of 1,000.")
+    parser.add_argument("--audit", action="store_true", help="Also run the audit writer (`taskbus audit run`) and record it.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "submit.json")
     args = parser.parse_args()
 
@@ -318,6 +321,10 @@ def main() -> None:
         assert base.stdout is not None and base.stdout.readline().strip() == "ready"
         assert nats_server.pid is not None
         pids = {"nats": nats_server.pid, "server": server.pid, "runner": procs[1].pid, "model": procs[0].pid, "publisher": os.getpid()}
+        if args.audit:  # the audit writer beside the stack: its CPU and memory as its table grows
+            audit = subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "warning", "audit", "run"], cwd=ROOT, env=env)
+            procs.append(audit)
+            pids["audit"] = audit.pid
         result = asyncio.run(measure(args, env, pids, monitor_port))
     finally:
         for proc in procs:
@@ -359,6 +366,10 @@ def main() -> None:
             f"{s['median_last3_per_s']:.0f}/s (ratio {s['median_ratio']:.2f}); CPU s of the whole stack per 1,000 "
             f"admissions {s['cpu_s_per_1000_first3']:.1f} -> {s['cpu_s_per_1000_last3']:.1f} (ratio {s['cpu_ratio']:.2f}); "
             f"nats-server RSS {s['nats_rss_first_mb']:.1f} -> {s['nats_rss_end_mb']:.1f} MB"
+        )
+        print(
+            "soak, RSS after the first round -> after the last: "
+            + ", ".join(f"{name} {s['rss_first_round_mb'][name]:.1f} -> {mb:.1f} MB" for name, mb in s["rss_last_round_mb"].items())
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
