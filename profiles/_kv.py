@@ -181,8 +181,34 @@ async def newest(kv: Any, pattern: str, *, timeout: float = SCAN_TIMEOUT_S) -> A
 
 
 async def _range(kv: Any, pattern: str, lo: int, hi: int, timeout: float) -> list[tuple[str, bytes]]:
-    """The entries matching ``pattern`` at stream sequences ``lo`` to ``hi - 1``, oldest first
-    (one pull consumer starting at ``lo``, deleted once read)."""
+    """The entries matching ``pattern`` at stream sequences ``lo`` to ``hi - 1``, oldest first.
+
+    A new consumer on a replicated stream can report nothing pending before it has counted
+    (see ``scan``): an empty answer is checked with one get of the first matching message
+    at or after ``lo``, and the window read again while the two disagree."""
+    for _ in range(EMPTY_SCAN_CHECKS):
+        out, counted = await _range_once(kv, pattern, lo, hi, timeout)
+        if counted:
+            return out
+        first = await _first_at_or_after(kv, pattern, lo)
+        if first is None or first >= hi:
+            return out
+        await asyncio.sleep(0.05)
+    return out
+
+
+async def _first_at_or_after(kv: Any, pattern: str, seq: int) -> int | None:
+    """The stream sequence of the first message matching ``pattern`` at or after ``seq``."""
+    try:
+        msg = await kv._js.get_msg(kv._stream, seq=seq, subject=f"{kv._pre}{pattern}", next=True)
+    except NotFoundError:
+        return None
+    return int(msg.seq) if msg.seq is not None else None
+
+
+async def _range_once(kv: Any, pattern: str, lo: int, hi: int, timeout: float) -> tuple[list[tuple[str, bytes]], int]:
+    """One pull consumer starting at ``lo``, deleted once read: (the entries before ``hi``,
+    how many messages the consumer counted at its creation)."""
     js = kv._js
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -195,15 +221,17 @@ async def _range(kv: Any, pattern: str, lo: int, hi: int, timeout: float) -> lis
     sub = await js.pull_subscribe(f"{kv._pre}{pattern}", stream=kv._stream, config=config)
     out: list[tuple[str, bytes]] = []
     name: str | None = None
+    counted = 0
     try:
         async with asyncio.timeout(timeout):
             consumer = await sub.consumer_info()
-            name, pending = consumer.name, consumer.num_pending
+            name, counted = consumer.name, consumer.num_pending
+            pending = counted
             while pending:
                 for msg in await sub.fetch(min(NEWEST_BATCH, pending), timeout=timeout):
                     pending = msg.metadata.num_pending
                     if msg.metadata.sequence.stream >= hi:
-                        return out
+                        return out, counted
                     if not (msg.headers and msg.headers.get(KV_OP)):  # a delete or purge marker
                         out.append((msg.subject[len(kv._pre) :], msg.data))
     except TimeoutError:
@@ -213,7 +241,7 @@ async def _range(kv: Any, pattern: str, lo: int, hi: int, timeout: float) -> lis
         if name is not None:  # not left to its inactivity threshold: listings may come in bursts
             with contextlib.suppress(NotFoundError, TimeoutError):
                 await js.delete_consumer(kv._stream, name)
-    return out
+    return out, counted
 
 
 class CasEntries:
