@@ -94,6 +94,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every process on the machine has spent so far (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
 def jsz(monitor_port: int) -> dict[str, dict[str, int]]:
     """Each stream's messages, bytes, deleted sequences, subjects and consumers (nats-server's ``/jsz``)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/jsz?streams=1", timeout=10) as reply:
@@ -131,6 +137,8 @@ def steadiness(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ratio": statistics.median(cpu[-len(last) :]) / statistics.median(cpu[: len(first)]),
         "nats_rss_first_mb": rounds[0]["rss_mb"]["nats"],
         "nats_rss_end_mb": rounds[-1]["rss_mb"]["nats"],
+        "others_cores_first3": statistics.median(r["others_cpu_s"] / r["wall_s"] for r in first),
+        "others_cores_last3": statistics.median(r["others_cpu_s"] / r["wall_s"] for r in last),
         "rss_first_round_mb": rounds[0]["rss_mb"],
         "rss_last_round_mb": rounds[-1]["rss_mb"],
     }
@@ -169,6 +177,7 @@ async def burst(nc: Any, subject: str, jobs: int, headers: dict[str, str], body:
         "accepted_per_s": len(task_ids) / wall,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        "wall_s": wall,
         "task_ids": task_ids,
     }
 
@@ -232,9 +241,11 @@ async def measure(args: argparse.Namespace, env: dict[str, str], pids: dict[str,
             rounds = []
             rss_after_warmup = rss_mb(server_pid)
             for index in range(max(1, args.soak // 1000)):
-                before = {name: cpu_s(pid) for name, pid in pids.items()}
+                before, busy = {name: cpu_s(pid) for name, pid in pids.items()}, machine_busy_s()
                 r = await burst(nc, subjects.submit("complete"), 1000, headers, body)
                 burst_cpu = {name: round(cpu_s(pid) - before[name], 2) for name, pid in pids.items()}
+                burst_s = r["wall_s"]
+                others_s = round(machine_busy_s() - busy - sum(burst_cpu.values()), 2)
                 done = await all_finished(settings, r["task_ids"], timeout_s=600)
                 streams = jsz(monitor_port)
                 rounds.append(
@@ -242,6 +253,8 @@ async def measure(args: argparse.Namespace, env: dict[str, str], pids: dict[str,
                         **{k: v for k, v in r.items() if k != "task_ids"},
                         "finished": done,
                         "burst_cpu_s": burst_cpu,
+                        "others_cpu_s": others_s,
+                        "stack_cores": round(sum(burst_cpu.values()) / burst_s, 2),
                         "rss_mb": {name: round(rss_mb(pid), 1) for name, pid in pids.items()},
                         "streams": streams,
                     }
@@ -253,6 +266,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], pids: dict[str,
                     + ", ".join(f"{name} {cpu:.1f}" for name, cpu in burst_cpu.items())
                     + "; KV msgs/deleted: "
                     + ", ".join(f"{name} {st['messages']}/{st['num_deleted']}" for name, st in kv.items() if st["messages"] > 10)
+                    + f"; the stack used {sum(burst_cpu.values()) / burst_s:.2f} cores, other processes {others_s / burst_s:.2f}"
                     + f"; load {os.getloadavg()[0]:.1f}",
                     file=sys.stderr,
                 )
@@ -365,7 +379,8 @@ def main() -> None:
             f"soak, steadier figures: median of the first 3 rounds {s['median_first3_per_s']:.0f}/s, of the last 3 "
             f"{s['median_last3_per_s']:.0f}/s (ratio {s['median_ratio']:.2f}); CPU s of the whole stack per 1,000 "
             f"admissions {s['cpu_s_per_1000_first3']:.1f} -> {s['cpu_s_per_1000_last3']:.1f} (ratio {s['cpu_ratio']:.2f}); "
-            f"nats-server RSS {s['nats_rss_first_mb']:.1f} -> {s['nats_rss_end_mb']:.1f} MB"
+            f"nats-server RSS {s['nats_rss_first_mb']:.1f} -> {s['nats_rss_end_mb']:.1f} MB; other processes on the machine "
+            f"used {s['others_cores_first3']:.2f} cores in the first 3 bursts, {s['others_cores_last3']:.2f} in the last 3"
         )
         print(
             "soak, RSS after the first round -> after the last: "
