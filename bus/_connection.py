@@ -38,6 +38,10 @@ from ._tls import TlsOnlyClient, tls_context, tls_failure, tls_options
 logger = logging.getLogger(__name__)
 
 DAY = 86_400
+DEFAULT_TASK_RETENTION_S = 30.0 * DAY
+"""The task registry's retention when the caller passes none (TASKBUS_TASK_RETENTION_DAYS's default)."""
+LEDGER_MIN_AGE_S = 32.0 * DAY
+"""The ledger's entries outlive any budget month (31 days) they count in."""
 JS_INSUFFICIENT_STORAGE = 10047
 """JetStream's error code when a stream's max_bytes cannot be reserved."""
 CLUSTER_PUBLISH_PATIENCE_S = 30.0
@@ -466,19 +470,40 @@ async def ensure_streams(
         await Catalog.open(js, subjects.catalog_bucket, replicas=replicas)
 
 
-async def ensure_control_plane(js: JetStreamContext, subjects: Subjects, *, replicas: int = 1) -> dict[str, Any]:
+async def ensure_control_plane(
+    js: JetStreamContext, subjects: Subjects, *, replicas: int = 1, task_retention_s: float | None = None
+) -> dict[str, Any]:
     """The control plane's KV buckets (keys/profiles/budgets, the ledger, the task registry),
     created when missing and raised to ``replicas``. Their reads are direct gets served by
     the stream, not JetStream API requests (which queue behind consumer creations under
     load). Not part of ``ensure_streams``: the runner and audit users are denied these
-    buckets; ``profiles.Store`` (server, CLI) calls this."""
+    buckets; ``profiles.Store`` (server, CLI) calls this.
+
+    Retention (the bucket's max age): the task registry keeps an entry ``task_retention_s``
+    after its last write; the ledger at least ``LEDGER_MIN_AGE_S``, so an account's budget
+    entry only expires once its month is over (an account writes it on every admission;
+    one idle that long starts its new periods at zero anyway) and a task's reservation
+    record lives as long as its task's record. The control bucket (keys, profiles,
+    overrides) never expires. ``task_retention_s`` is applied to existing buckets too;
+    None creates missing buckets with ``DEFAULT_TASK_RETENTION_S`` and leaves existing
+    ones as they are (a caller that does not know the deployment's setting)."""
+    if task_retention_s is not None and task_retention_s <= 0:
+        raise ValueError(f"task retention must be positive (got {task_retention_s})")
+    retention = DEFAULT_TASK_RETENTION_S if task_retention_s is None else task_retention_s
     return {
         bucket: await ensure_kv(
-            js, KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1, description=description, direct=True), replicas=replicas
+            js,
+            KeyValueConfig(bucket=bucket, storage=StorageType.FILE, history=1, description=description, direct=True, ttl=ttl),
+            replicas=replicas,
+            apply_ttl=task_retention_s is not None,
         )
-        for bucket, description in (
-            (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides"),
-            (subjects.ledger_bucket, "taskbus ledger: budget entries per account, rate windows, reservations"),
-            (subjects.tasks_bucket, "taskbus task registry"),
+        for bucket, description, ttl in (
+            (subjects.control_bucket, "taskbus control plane: API key hashes, profiles, budget overrides", None),
+            (
+                subjects.ledger_bucket,
+                "taskbus ledger: budget entries per account, rate windows, reservations",
+                max(retention, LEDGER_MIN_AGE_S),
+            ),
+            (subjects.tasks_bucket, "taskbus task registry", retention),
         )
     }

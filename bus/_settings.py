@@ -193,6 +193,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """An idle warm agent older than this is destroyed (and replaced while its class is in demand)."""
     audit_writer_name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,32}$")] = ""
     """Names this audit writer's durable consumers (`audit-events-<name>`, `audit-notices-<name>`): give every audit writer that keeps its own full copy of the log (another host, another database) a different name. Empty: `audit-events` and `audit-notices`."""
+    task_retention_days: PositiveFloat = 30.0
+    """How long a task's record (status, cost, summary: `get_task`, `list_tasks`) is kept after its last change; older ones expire (JetStream drops them) and `get_task` says the task expired. The ledger keeps its entries at least 32 days (a budget month). `taskbus serve` applies it to the buckets when it starts."""
     # -- NATS over TLS
     nats_tls_ca: str = ""
     """PEM file of the CA that signed the NATS servers' certificates (a private CA); set, every connection must be TLS, verified against it with the host name checked (TLS 1.2 or later). Empty: a `tls://` URL is verified against the system's CA store."""

@@ -158,17 +158,29 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas
 
 
 async def ensure_kv(
-    js: JetStreamContext, config: KeyValueConfig, *, replicas: int = 1, create: bool = True, update: bool = True
+    js: JetStreamContext,
+    config: KeyValueConfig,
+    *,
+    replicas: int = 1,
+    create: bool = True,
+    update: bool = True,
+    apply_ttl: bool = False,
 ) -> KeyValue:
     """The KV bucket of ``config``: created with ``replicas``, or found and raised to them.
     ``create=False`` raises ``NotFoundError`` for a missing bucket; ``update=False`` leaves
-    an existing one as it is."""
-    kv = await patient(lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update), f"the KV bucket {config.bucket}")
+    an existing one as it is; ``apply_ttl`` (with ``update``) also gives an existing one
+    ``config.ttl`` as its max age (otherwise the ttl is only set at creation)."""
+    kv = await patient(
+        lambda: _ensure_kv(js, config, replicas=replicas, create=create, update=update, apply_ttl=apply_ttl),
+        f"the KV bucket {config.bucket}",
+    )
     await wait_for_leader(js, kv_stream(config.bucket), replicas)
     return kv
 
 
-async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: int, create: bool, update: bool) -> KeyValue:
+async def _ensure_kv(
+    js: JetStreamContext, config: KeyValueConfig, *, replicas: int, create: bool, update: bool, apply_ttl: bool
+) -> KeyValue:
     try:
         kv = await js.key_value(config.bucket)
     except NotFoundError:
@@ -182,8 +194,26 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig, *, replicas: 
                     raise
         kv = await js.key_value(config.bucket)
     if update:
-        await raise_replicas(js, kv_stream(config.bucket), replicas)
+        info = await apply_max_age(js, kv_stream(config.bucket), config.ttl or 0.0) if apply_ttl else None
+        await raise_replicas(js, kv_stream(config.bucket), replicas, info=info)
     return kv
+
+
+async def apply_max_age(js: JetStreamContext, stream: str, max_age_s: float) -> StreamInfo:
+    """Give an existing ``stream`` (a KV bucket's) the max age ``max_age_s`` (0: none) when it
+    has another one: a retention changed in the settings reaches buckets made before.
+    Returns the stream's info afterwards."""
+    info = await js.stream_info(stream)
+    current = info.config.max_age or 0.0
+    if abs(current - max_age_s) < 0.001:
+        return info
+    config = info.config
+    config.max_age = max_age_s
+    if max_age_s and (config.duplicate_window or 0) > max_age_s:  # JetStream refuses a window longer than the age
+        config.duplicate_window = max_age_s
+    info = await js.update_stream(config)
+    logger.warning("changed the max age of stream %s from %gs to %gs", stream, current, max_age_s)
+    return info
 
 
 async def ensure_object_store(

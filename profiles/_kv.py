@@ -10,14 +10,17 @@ they never conflict with each other: conflicts only come from other processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KV_OP
 
 from bus import Backoff, BusTimeout, InvalidInput, retry_async
 
@@ -153,6 +156,92 @@ async def _watch_once(kv: Any, pattern: str, timeout: float) -> list[tuple[str, 
     finally:
         await watcher.stop()
     return out
+
+
+NEWEST_FIRST_WINDOW = 256
+"""Sequences of a bucket's stream ``newest`` reads first; each further window is twice as long."""
+NEWEST_BATCH = 256
+
+
+async def newest(kv: Any, pattern: str, *, timeout: float = SCAN_TIMEOUT_S) -> AsyncIterator[list[tuple[str, bytes]]]:
+    """The current entries whose key matches ``pattern``, last written first, in batches:
+    the bucket's stream read backwards one window of sequences at a time (each twice the
+    last), so a caller that stops after the first batches reads only the newest part of the
+    bucket, never the whole of it. With one entry per key (history 1), each key is read once.
+    Deleted entries are left out."""
+    info = await kv._js.stream_info(kv._stream)
+    first, hi = max(1, info.state.first_seq), info.state.last_seq + 1  # an empty stream: first 0, last 0
+    window = NEWEST_FIRST_WINDOW
+    while hi > first:
+        lo = max(first, hi - window)
+        found = await _range(kv, pattern, lo, hi, timeout)
+        if found:
+            yield found[::-1]
+        hi, window = lo, window * 2
+
+
+async def _range(kv: Any, pattern: str, lo: int, hi: int, timeout: float) -> list[tuple[str, bytes]]:
+    """The entries matching ``pattern`` at stream sequences ``lo`` to ``hi - 1``, oldest first.
+
+    A new consumer on a replicated stream can report nothing pending before it has counted
+    (see ``scan``): an empty answer is checked with one get of the first matching message
+    at or after ``lo``, and the window read again while the two disagree."""
+    for _ in range(EMPTY_SCAN_CHECKS):
+        out, counted = await _range_once(kv, pattern, lo, hi, timeout)
+        if counted:
+            return out
+        first = await _first_at_or_after(kv, pattern, lo)
+        if first is None or first >= hi:
+            return out
+        await asyncio.sleep(0.05)
+    return out
+
+
+async def _first_at_or_after(kv: Any, pattern: str, seq: int) -> int | None:
+    """The stream sequence of the first message matching ``pattern`` at or after ``seq``."""
+    try:
+        msg = await kv._js.get_msg(kv._stream, seq=seq, subject=f"{kv._pre}{pattern}", next=True)
+    except NotFoundError:
+        return None
+    return int(msg.seq) if msg.seq is not None else None
+
+
+async def _range_once(kv: Any, pattern: str, lo: int, hi: int, timeout: float) -> tuple[list[tuple[str, bytes]], int]:
+    """One pull consumer starting at ``lo``, deleted once read: (the entries before ``hi``,
+    how many messages the consumer counted at its creation)."""
+    js = kv._js
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=lo,
+        ack_policy=AckPolicy.NONE,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=timeout,
+    )
+    sub = await js.pull_subscribe(f"{kv._pre}{pattern}", stream=kv._stream, config=config)
+    out: list[tuple[str, bytes]] = []
+    name: str | None = None
+    counted = 0
+    try:
+        async with asyncio.timeout(timeout):
+            consumer = await sub.consumer_info()
+            name, counted = consumer.name, consumer.num_pending
+            pending = counted
+            while pending:
+                for msg in await sub.fetch(min(NEWEST_BATCH, pending), timeout=timeout):
+                    pending = msg.metadata.num_pending
+                    if msg.metadata.sequence.stream >= hi:
+                        return out, counted
+                    if not (msg.headers and msg.headers.get(KV_OP)):  # a delete or purge marker
+                        out.append((msg.subject[len(kv._pre) :], msg.data))
+    except TimeoutError:
+        raise BusTimeout(f"reading the newest entries {pattern!r} took over {timeout:g}s; is JetStream up?") from None
+    finally:
+        await sub.unsubscribe()
+        if name is not None:  # not left to its inactivity threshold: listings may come in bursts
+            with contextlib.suppress(NotFoundError, TimeoutError):
+                await js.delete_consumer(kv._stream, name)
+    return out, counted
 
 
 class CasEntries:

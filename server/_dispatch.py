@@ -452,7 +452,9 @@ class Dispatcher:
     async def task_record(self, caller: Caller, task_id: str) -> TaskRecord:
         try:
             record: TaskRecord | None = await self.store.get_task(task_id)
-        except NotFound:
+        except NotFound as exc:
+            if getattr(exc, "expired", False):  # said from the id's own time: reveals nothing about the task
+                raise
             record = None
         if record is None or record.key_id != caller.key_id:
             raise NotFound(f"no task {task_id} for this key; list yours with list_tasks", task_id=task_id)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Literal
 
-from bus import AuthError, Bus, Settings, load_or_create_job_secret
+from bus import AuthError, Bus, Settings, ensure_control_plane, load_or_create_job_secret
 from profiles import Store
 
 from ._admission_undo import sweep_abandoned
@@ -73,6 +73,7 @@ async def run_server(
             artifacts_max_bytes=settings.artifacts_store_max_bytes,
             artifacts_max_age_s=settings.artifacts_store_max_age_days * 86_400,
         )
+        await ensure_control_plane(bus.js, bus.subjects, replicas=bus.replicas, task_retention_s=settings.task_retention_days * 86_400)
         async with Store.for_settings(settings, bus=bus) as store:
             async with MeteredDispatcher(settings, bus, store, secret=secret) as dispatcher:
                 if transport == "stdio":

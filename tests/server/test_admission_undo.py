@@ -11,13 +11,16 @@ import asyncio
 import hashlib
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
+import pytest
 
 from bus import (
     Accepted,
     Finished,
+    NotFound,
     Settings,
     Started,
     SubmitAccepted,
@@ -187,3 +190,20 @@ async def test_the_sweep_undoes_what_a_dead_server_left_and_leaves_queued_jobs_a
             assert [type(e).__name__ for e in events] == ["Accepted", "Finished"]
         assert (await stack.store.get_task(queued)).status == "accepted"
         assert await sweep_abandoned(stack.bus, stack.store, older_than_s=0) == []  # nothing left to undo
+
+
+async def test_get_task_of_an_expired_id_says_it_expired_through_the_server(settings: Settings, make_stack) -> None:
+    """The registry forgets tasks after TASKBUS_TASK_RETENTION_DAYS; an MCP caller asking for
+    one hears that it expired (said from the id's own time), not "no task for this key"."""
+    async with make_stack(settings) as stack:
+        key = await stack.key("developer")
+        record = await stack.store.authenticate(key)
+        old = datetime.now(UTC) - timedelta(days=settings.task_retention_days + 1)
+        value = (int(old.timestamp() * 1000) << 80) | 12345
+        alphabet = "0123456789abcdefghjkmnpqrstvwxyz"  # bus.new_task_id's
+        old_id = "t_" + "".join(alphabet[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+        with pytest.raises(NotFound, match=r"has expired.*TASKBUS_TASK_RETENTION_DAYS"):
+            await stack.dispatcher.task_record(Caller(record.prefix, record.profile), old_id)
+        with pytest.raises(NotFound, match="for this key") as unknown:
+            await stack.dispatcher.task_record(Caller(record.prefix, record.profile), new_task_id())
+        assert "expired" not in unknown.value.message
