@@ -204,7 +204,8 @@ def role_denials(prefix: str) -> dict[str, list[str]]:
 
 def _cli_control_plane(buckets: tuple[str, ...]) -> list[str]:
     """What the operator's commands need on the control-plane buckets: create them when
-    missing, read entries (direct get), watch them (ordered consumers), write them."""
+    missing, read entries (direct get), watch them (ordered consumers), read a window of
+    them (pull consumers), write them."""
     out: list[str] = []
     for bucket in buckets:
         stream = f"KV_{bucket}"
@@ -219,6 +220,7 @@ def _cli_control_plane(buckets: tuple[str, ...]) -> list[str]:
             f"$JS.API.CONSUMER.CREATE.{stream}.>",
             f"$JS.API.CONSUMER.DELETE.{stream}.>",
             f"$JS.API.CONSUMER.INFO.{stream}.>",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",  # listings read the tasks index backwards with pull consumers
         ]
     return out
 

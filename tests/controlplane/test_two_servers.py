@@ -186,7 +186,12 @@ async def test_the_cli_user_manages_keys_and_the_runner_user_cannot_read_or_writ
         async with Store.for_settings(secured["as"]["cli"]) as cli_store:  # the operator's commands work
             _, key = await cli_store.create_key("developer")
             assert (await cli_store.remaining_budget(key.prefix)).profile == "developer"
-        await _until("the server's view of the key", lambda: key.prefix in server_store.view.keys)
+            await _until("the server's view of the key", lambda: key.prefix in server_store.view.keys)
+            await server_store.admit(key.prefix, "t_listed", 0.01, profile="developer", kind="complete")
+            # `taskbus tasks list` / `tasks get` as the operator (the listing reads the index backwards)
+            assert [t.task_id for t in await cli_store.list_tasks(key.prefix)] == ["t_listed"]
+            assert [t.task_id for t in await cli_store.list_tasks(None, status="accepted")] == ["t_listed"]
+            assert (await cli_store.get_task("t_listed")).status == "accepted"
 
         for role in ("runner", "audit"):
             errors = await _refused_bucket_access(secured["url"], secured["as"][role], s, key.prefix)
