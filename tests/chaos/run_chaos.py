@@ -16,8 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# as under `python -m pytest`: this folder, the project (its packages) and tests/ (the harness
+# helpers: nats_users, procs). The project must come before tests/: tests/bus and the other
+# test folders would otherwise be imported as namespace packages named like the project's.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests/: the harness helpers (nats_users)
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from chaos_all import ALL
 from report import print_table, write_json

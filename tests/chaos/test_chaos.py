@@ -9,6 +9,8 @@ model) and passes only when nothing was lost, run twice, left behind, overspent 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,18 @@ async def test_a_hostile_agent_is_contained_on_both_backends_and_blocked_command
         assert step["outcome"] != "ESCAPED", step
     audited = {d["step"] for d in row.details if d["outcome"].startswith("audited")}
     assert {"network tool to a host port", "sudo", "fork bomb (classic)", "Docker socket (named)"} <= audited, audited
+
+
+def test_scripts_chaos_starts_from_any_folder(tmp_path: Path) -> None:
+    """`scripts/chaos` imports the harness outside pytest: the project's packages, not the test
+    folders of the same names (tests/bus once shadowed bus and every run failed at import)."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "tests" / "chaos" / "run_chaos.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--cluster" in done.stdout
