@@ -75,7 +75,7 @@ class JobHandler:
         runner_id: str,
         max_bytes: int,
         ack_wait_s: float,
-        is_running: Callable[[str, str], bool] = lambda _runner_id, _task_id: False,
+        is_running: Callable[[str | None, str], bool] = lambda _runner_id, _task_id: False,
         on_event: Callable[[Any], None] | None = None,
     ) -> None:
         self.bus = bus
@@ -133,10 +133,11 @@ class JobHandler:
                 logger.info("task %s: a stale copy of a job this runner is running; ignoring it", job.task_id)
                 return
             cost, usage, owner = await task_history(self.bus, job.task_id, last.seq)  # what it spent is still charged
-            if owner is not None and owner != self.runner_id and self.is_running(owner, job.task_id):
+            if owner != self.runner_id and self.is_running(owner, job.task_id):
                 # its runner's heartbeat still lists it: the ack was late (a NATS blip), not lost.
-                # (A runner restarted under the same id heartbeats too, but without the task.)
-                logger.info("task %s: runner %s still runs it; leaving the redelivered job to it", job.task_id, owner)
+                # (A runner restarted under the same id heartbeats too, but without the task.) A
+                # `complete` has no `started` naming its runner (owner None): any live peer's counts.
+                logger.info("task %s: runner %s still runs it; leaving the redelivered job to it", job.task_id, owner or "(a peer)")
                 await msg.nak(delay=self.keepalive_s * 2)
                 return
             if not job.retryable:

@@ -369,9 +369,11 @@ class Runner:
         self._peers[beat.runner_id] = time.monotonic()
         self._peer_tasks[beat.runner_id] = set(beat.running)
 
-    def peer_runs(self, runner_id: str, task_id: str) -> bool:
-        """Does ``runner_id`` heartbeat, and does its latest heartbeat list ``task_id``?"""
-        return runner_id in self.live_runners() and task_id in self._peer_tasks.get(runner_id, set())
+    def peer_runs(self, runner_id: str | None, task_id: str) -> bool:
+        """Does ``runner_id`` (None: any other runner) heartbeat, and does its latest heartbeat
+        list ``task_id``?"""
+        live = self.live_runners() - {self.id} if runner_id is None else self.live_runners() & {runner_id}
+        return any(task_id in self._peer_tasks.get(rid, set()) for rid in live)
 
     def live_runners(self) -> set[str]:
         """Runners heard within three heartbeats; time this runner's own NATS connection was

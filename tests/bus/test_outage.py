@@ -45,6 +45,8 @@ async def test_time_spent_disconnected_is_measured_and_does_not_age_peers(tmp_pa
             runner._peer_tasks["peer"] = {"t_running"}
             assert offline > 3 * 0.3 and time.monotonic() - before > 3 * 0.3  # unheard for longer than the window ...
             assert runner.peer_runs("peer", "t_running")  # ... but only because we were offline
+            assert runner.peer_runs(None, "t_running")  # a `complete` names no runner: any live peer's heartbeat counts
+            assert not runner.peer_runs(None, "t_nobody_runs")
             runner._peers["gone"] = before - 5  # silent before the outage too: dead
             assert "gone" not in runner.live_runners()
     finally:
