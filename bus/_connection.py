@@ -168,6 +168,11 @@ class Bus:
         subscribed may have missed messages, and a server-side consumer may be gone)."""
         return int(self.nc.stats.get("reconnects", 0))
 
+    @property
+    def reconnected_at(self) -> float | None:
+        """``time.monotonic()`` when this connection last came back after an outage (None: never)."""
+        return self._outage[1]
+
     def offline_between(self, start: float, end: float) -> float:
         """Seconds of ``[start, end]`` (``time.monotonic``) this connection spent disconnected
         in its last outage (up to ``end`` while it lasts): a heartbeat not heard then was

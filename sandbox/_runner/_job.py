@@ -76,6 +76,7 @@ class JobHandler:
         max_bytes: int,
         ack_wait_s: float,
         is_running: Callable[[str | None, str], bool] = lambda _runner_id, _task_id: False,
+        peers_heard: Callable[[], bool] = lambda: True,
         on_event: Callable[[Any], None] | None = None,
     ) -> None:
         self.bus = bus
@@ -85,6 +86,7 @@ class JobHandler:
         self.max_bytes = max_bytes
         self.keepalive_s = max(ack_wait_s / 3, 0.5)
         self.is_running = is_running
+        self.peers_heard = peers_heard
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_reasons: dict[str, str] = {}
         self.on_event = on_event
@@ -138,6 +140,10 @@ class JobHandler:
                 # (A runner restarted under the same id heartbeats too, but without the task.) A
                 # `complete` has no `started` naming its runner (owner None): any live peer's counts.
                 logger.info("task %s: runner %s still runs it; leaving the redelivered job to it", job.task_id, owner or "(a peer)")
+                await msg.nak(delay=self.keepalive_s * 2)
+                return
+            if not self.peers_heard():  # right after our reconnect the peers' task lists are stale: judge later
+                logger.info("task %s: started elsewhere; waiting for the runners' heartbeats after a reconnect", job.task_id)
                 await msg.nak(delay=self.keepalive_s * 2)
                 return
             if not job.retryable:

@@ -144,6 +144,7 @@ class Runner:
             max_bytes=s.max_message_bytes,
             ack_wait_s=s.job_ack_wait_s,
             is_running=self.peer_runs,
+            peers_heard=self.peers_heard,
             on_event=self.metrics.observe_event,
         )
         self.upstream = await self._stack.enter_async_context(Upstream(s))
@@ -374,6 +375,15 @@ class Runner:
         list ``task_id``?"""
         live = self.live_runners() - {self.id} if runner_id is None else self.live_runners() & {runner_id}
         return any(task_id in self._peer_tasks.get(rid, set()) for rid in live)
+
+    def peers_heard(self) -> bool:
+        """Has every live peer's heartbeat arrived since this runner's NATS connection last came
+        back? Until then their lists of running tasks are from before the outage (a task started
+        just before it is missing from them)."""
+        up = self.bus.reconnected_at if self.bus is not None else None
+        if up is None:
+            return True
+        return all(self._peers.get(rid, 0.0) >= up for rid in self.live_runners() - {self.id})
 
     def live_runners(self) -> set[str]:
         """Runners heard within three heartbeats; time this runner's own NATS connection was

@@ -49,5 +49,10 @@ async def test_time_spent_disconnected_is_measured_and_does_not_age_peers(tmp_pa
             assert not runner.peer_runs(None, "t_nobody_runs")
             runner._peers["gone"] = before - 5  # silent before the outage too: dead
             assert "gone" not in runner.live_runners()
+            # its task list is from before the outage (a task started just before is not in it):
+            # no verdict on a redelivered job until every live peer has been heard again
+            assert not runner.peers_heard()
+            runner._peers["peer"] = time.monotonic()  # its next heartbeat
+            assert runner.peers_heard()
     finally:
         server.stop()
