@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -36,6 +39,16 @@ from ._writer import BatchResult, Incoming, Writer, is_full, is_retryable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+UNANSWERED = (
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""What JetStream says while it cannot answer yet; anything else (a refused permission, a bad
+configuration) still stops the writer with its error."""
 
 EVENTS_CONSUMER = "audit-events"
 NOTICES_CONSUMER = "audit-notices"
@@ -93,7 +106,10 @@ async def run_audit(
             writer = Writer(conn)
             try:
                 async with await Bus.for_settings(settings, name="taskbus-audit") as bus:
-                    await bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400)
+                    if not await _until_answered(
+                        lambda: bus.ensure_streams(events_max_age_s=settings.events_max_age_days * 86_400), "its streams", stop
+                    ):
+                        return
                     service = AuditService(
                         bus,
                         writer,
@@ -106,6 +122,22 @@ async def run_audit(
                 writer.close()
         finally:
             conn.close()
+
+
+async def _until_answered(call: Callable[[], Awaitable[Any]], what: str, stop: asyncio.Event) -> bool:
+    """``call()`` until JetStream answers it (see ``UNANSWERED``): a cluster still electing its
+    meta leader, a node that just died or a loaded machine can leave a stream or consumer
+    create unanswered for many seconds, and the writer's job is to wait for the bus, not to
+    crash on it. False when ``stop`` was set first."""
+    backoff = Backoff(0.5, 10.0)
+    while not stop.is_set():
+        try:
+            await call()
+            return True
+        except UNANSWERED as exc:  # say so and keep waiting
+            logger.warning("audit cannot set up %s yet (JetStream: %s %s); retrying", what, type(exc).__name__, exc)
+            await backoff.sleep(until=stop)
+    return False
 
 
 @dataclass(kw_only=False)
@@ -152,7 +184,10 @@ class AuditService:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
         try:
             for source in sources:
-                await self._subscribe(source, self.writer.last_seq.get(source.stream, 0) + 1)
+                first = self.writer.last_seq.get(source.stream, 0) + 1
+                subscribe = functools.partial(self._subscribe, source, first)
+                if not await _until_answered(subscribe, f"its consumer on {source.stream_name}", stop):
+                    return
             logger.info(
                 "audit writer started: head row %d, resuming events after seq %d, notices after seq %d",
                 self.writer.head_id,

@@ -63,6 +63,7 @@ from ._settings import ModelPrice as ModelPrice
 from ._settings import Settings as Settings
 from ._settings import settings_reference as settings_reference
 from ._streams import StreamHealth as StreamHealth
+from ._streams import patient as patient
 from ._streams import stream_health as stream_health
 from ._streams import taskbus_streams as taskbus_streams
 from ._subjects import JOB_KINDS as JOB_KINDS
@@ -158,6 +159,7 @@ __all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as
     "SKILL_FILE",
     "parse_frontmatter",
     "write_config",
+    "patient",
     "write_private",
     "ROLES",
     "authorization_block",

@@ -24,7 +24,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from ._errors import BusError
+from ._errors import BusError, BusTimeout
 from ._retry import Backoff, retry_async
 from ._subjects import Subjects
 
@@ -130,7 +130,7 @@ async def wait_for_leader(js: JetStreamContext, stream: str, replicas: int, *, t
         except (*_UNANSWERED, NotFoundError):  # "not found" for a moment: the meta layer has not told every node yet
             pass
         if asyncio.get_running_loop().time() > deadline:
-            raise BusError(f"the stream {stream} has no leader after {timeout:g}s: check the NATS cluster (taskbus doctor)")
+            raise BusTimeout(f"the stream {stream} has no leader after {timeout:g}s: check the NATS cluster (taskbus doctor)")
         await backoff.sleep()
 
 

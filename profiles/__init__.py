@@ -15,6 +15,7 @@ from ._import import ImportReport as ImportReport
 from ._import import import_database as import_database
 from ._keys import KeyRecord as KeyRecord
 from ._keys import parse_expiry as parse_expiry
+from ._kv import SafeKeys as SafeKeys
 from ._policy import offered_catalog as offered_catalog
 from ._policy import offered_models as offered_models
 from ._policy import resolve_policy as resolve_policy
@@ -47,6 +48,7 @@ __all__ = [
     "Profile",
     "Reservation",
     "STATUSES",
+    "SafeKeys",
     "Store",
     "TaskRecord",
     "check_tool_name",

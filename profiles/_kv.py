@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
+from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KV_OP
 
 from bus import Backoff, BusTimeout, InvalidInput, retry_async
@@ -59,21 +61,49 @@ def safe_key(key: str) -> bool:
     return len(key) <= MAX_KEY and SAFE_KEY.match(key) is not None
 
 
+LEADERLESS = (NoStreamResponseError, NoRespondersError)
+"""What a bucket answers while its stream has no leader (its leader's node just died and the
+others are electing one): the request reached nobody, so nothing was written and a retry is
+safe. A timeout is not in this list: a write that timed out may have landed."""
+
+
 class SafeKeys:
     """A KV bucket that refuses keys outside ``SAFE_KEY`` before anything reaches NATS: a read
     of such a key finds nothing (``KeyNotFoundError``, so callers say "no such task/key"), a
-    write is InvalidInput. Everything else is the bucket's own."""
+    write is InvalidInput. Everything else is the bucket's own.
 
-    def __init__(self, kv: Any) -> None:
+    With ``patience_s`` (a replicated bucket: ``Bus.publish_patience_s``), a read or write
+    that reached no stream leader is tried again until that many seconds have passed, as a
+    JetStream publish is: in a cluster a node's death leaves its buckets leaderless for a few
+    seconds (longer on a loaded machine), and every admission in that window would otherwise
+    be refused."""
+
+    def __init__(self, kv: Any, *, patience_s: float = 0.0) -> None:
         self._kv = kv
+        self._patience_s = patience_s
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._kv, name)
 
+    async def _patient(self, call: Callable[[], Awaitable[T]]) -> T:
+        if self._patience_s <= 0:
+            return await call()
+        deadline = time.monotonic() + self._patience_s
+        backoff = Backoff(0.05, 1.0)
+        while True:
+            try:
+                return await call()
+            except LEADERLESS as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                delay = backoff.next_delay()
+                logger.debug("KV %s has no leader (%s); retrying in %.2fs", getattr(self._kv, "_name", "?"), type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+
     async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
         if not safe_key(key):
             raise KeyNotFoundError()
-        return await self._kv.get(key, *args, **kwargs)
+        return await self._patient(lambda: self._kv.get(key, *args, **kwargs))
 
     def _writable(self, key: str) -> str:
         if not safe_key(key):
@@ -81,18 +111,21 @@ class SafeKeys:
         return key
 
     async def put(self, key: str, *args: Any, **kwargs: Any) -> int:
-        return int(await self._kv.put(self._writable(key), *args, **kwargs))
+        key = self._writable(key)
+        return int(await self._patient(lambda: self._kv.put(key, *args, **kwargs)))
 
     async def create(self, key: str, *args: Any, **kwargs: Any) -> int:
-        return int(await self._kv.create(self._writable(key), *args, **kwargs))
+        key = self._writable(key)
+        return int(await self._patient(lambda: self._kv.create(key, *args, **kwargs)))
 
     async def update(self, key: str, *args: Any, **kwargs: Any) -> int:
-        return int(await self._kv.update(self._writable(key), *args, **kwargs))
+        key = self._writable(key)
+        return int(await self._patient(lambda: self._kv.update(key, *args, **kwargs)))
 
     async def delete(self, key: str, *args: Any, **kwargs: Any) -> bool:
         if not safe_key(key):
             return False
-        return bool(await self._kv.delete(key, *args, **kwargs))
+        return bool(await self._patient(lambda: self._kv.delete(key, *args, **kwargs)))
 
 
 def dumps(doc: Doc) -> bytes:

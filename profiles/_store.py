@@ -109,7 +109,8 @@ class Store(BudgetMethods):
         try:
             subjects = self._bus.subjects
             buckets = {
-                name: SafeKeys(kv) for name, kv in (await ensure_control_plane(self._bus.js, subjects, replicas=self._bus.replicas)).items()
+                name: SafeKeys(kv, patience_s=self._bus.publish_patience_s)
+                for name, kv in (await ensure_control_plane(self._bus.js, subjects, replicas=self._bus.replicas)).items()
             }
             control = buckets[subjects.control_bucket]
             self._control = CasEntries(control)

@@ -15,7 +15,9 @@ Entries: ``key.<prefix>`` (the KeyRecord plus the key's SHA-256, never the key),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,16 @@ logger = logging.getLogger(__name__)
 KEY, PROFILE, BUDGET = "key.", "profile.", "budget."
 READY_TIMEOUT_S = 30.0
 RECONNECT_CHECK_S = 0.5
+PROBE_S = 5.0
+"""How often the view compares its revision with the bucket's last sequence. A watcher whose
+server-side consumer was lost with a cluster node delivers nothing and says nothing (nats-py
+notices only after two missed 5 s heartbeats, and retries that once per 10 s): a view behind
+the bucket on two probes in a row loads again."""
+STATUS_TIMEOUT_S = 2.0
+"""The bucket status request of a probe (a JetStream API request: it can queue under load)."""
+OWN_WRITE_WAIT_S = 2.0
+"""How long ``caught_up`` waits for the watcher before it loads the view again itself: the
+write is known to be stored, so not seeing it means the watcher is deaf."""
 
 
 class StoredKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +70,9 @@ class ControlView:
         self.revision = 0
         """The stream sequence of the last change applied."""
         self._changed = asyncio.Condition()
+        self._reload = asyncio.Event()
+        """Set to make the follower load the view again now (``caught_up`` did not see a write)."""
+        self._behind_since: int | None = None
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -84,6 +99,7 @@ class ControlView:
     async def _load(self) -> Any:
         """A new watcher, with every current entry applied (and entries gone since the
         last load dropped); returns the watcher, positioned after the initial values."""
+        floor = await self._last_seq()  # every change up to here is in what the new watcher delivers
         watcher = await self.kv.watchall()
         seen: set[str] = set()
         try:
@@ -98,7 +114,19 @@ class ControlView:
             raise
         for key in set(self.revisions) - seen:  # deleted while this view was not watching
             self._forget(key)
+        # the newest message may be gone from the stream (a purged delete marker): without the
+        # floor the probe would find the view behind for ever
+        self.revision = max(self.revision, floor)
         return watcher
+
+    async def _last_seq(self) -> int:
+        """The bucket stream's last sequence, 0 when it does not answer right now."""
+        try:
+            async with asyncio.timeout(STATUS_TIMEOUT_S):
+                return int((await self.kv.status()).stream_info.state.last_seq)
+        except Exception as exc:  # the caller asks again later
+            logger.debug("control view: bucket status: %s", exc)
+            return 0
 
     async def _follow(self) -> None:
         """Apply changes as they are stored; after a reconnect or a failed watcher, load again."""
@@ -106,14 +134,26 @@ class ControlView:
         reconnects = self._reconnects()
         while True:
             pump = asyncio.create_task(self._pump(self._watcher), name="control-view-pump")
+            next_probe = time.monotonic() + PROBE_S
+            stale = ""
             try:
-                while not pump.done() and self._reconnects() == reconnects:
+                while not pump.done() and self._reconnects() == reconnects and not self._reload.is_set() and not stale:
                     await asyncio.wait({pump}, timeout=RECONNECT_CHECK_S)
+                    if time.monotonic() >= next_probe:
+                        stale = await self._probe()
+                        next_probe = time.monotonic() + PROBE_S
             finally:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-            reason = "the connection reconnected" if self._reconnects() != reconnects else _ended(pump)
+            if self._reconnects() != reconnects:
+                reason = "the connection reconnected"
+            elif self._reload.is_set():
+                reason = "a write stored in the bucket did not reach the watcher"
+            else:
+                reason = stale or _ended(pump)
             reconnects = self._reconnects()
+            self._reload.clear()
+            self._behind_since = None
             await self._stop_watcher()
             while True:
                 try:
@@ -128,6 +168,15 @@ class ControlView:
             async with self._changed:
                 self._changed.notify_all()
 
+    async def _probe(self) -> str:
+        """Why the watcher looks deaf ("" when it does not): the bucket's last sequence was
+        past the view's revision at the previous probe and the view has not reached it since."""
+        last = await self._last_seq()
+        if self._behind_since is not None and self.revision < self._behind_since:
+            return f"the watcher did not deliver the bucket's revision {self._behind_since} within {PROBE_S:g}s"
+        self._behind_since = last if last > self.revision else None
+        return ""
+
     async def _pump(self, watcher: Any) -> None:
         async for entry in watcher:
             if entry is None:
@@ -137,8 +186,13 @@ class ControlView:
                 self._changed.notify_all()
 
     async def caught_up(self, revision: int, timeout: float = 10.0) -> None:
-        """Wait until the change stored at ``revision`` is in this view."""
-        await self.wait_for(lambda: self.revision >= revision, f"revision {revision}", timeout=timeout)
+        """Wait until the change stored at ``revision`` is in this view; when the watcher has
+        not delivered it after ``OWN_WRITE_WAIT_S``, load the view again (the write is stored,
+        so the watcher is deaf: its consumer went with a cluster node)."""
+        with contextlib.suppress(BusTimeout):
+            return await self.wait_for(lambda: self.revision >= revision, f"revision {revision}", timeout=min(timeout, OWN_WRITE_WAIT_S))
+        self._reload.set()
+        await self.wait_for(lambda: self.revision >= revision, f"revision {revision}", timeout=max(timeout - OWN_WRITE_WAIT_S, 1.0))
 
     async def wait_for(self, predicate: Callable[[], bool], what: str, *, timeout: float = 10.0) -> None:
         """Wait until ``predicate()`` holds for this view (checked after every applied change)."""

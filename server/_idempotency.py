@@ -29,6 +29,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from bus import Bus, BusError, BusTimeout, InvalidInput, new_task_id
+from profiles import SafeKeys
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class SubmitClaims:
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            self._kv = await self.bus.ensure_kv(
+            kv = await self.bus.ensure_kv(
                 KeyValueConfig(
                     bucket=self.bucket,
                     storage=StorageType.FILE,
@@ -72,6 +73,7 @@ class SubmitClaims:
                     description="taskbus submit idempotency claims",
                 )
             )
+            self._kv = SafeKeys(kv, patience_s=self.bus.publish_patience_s)  # a leader election is waited out
         return self._kv
 
     async def once(self, key_id: str, idempotency_id: str, fingerprint: str, admit: Admit) -> dict[str, Any]:

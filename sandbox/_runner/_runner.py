@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -39,6 +40,7 @@ from bus import (
     decode_heartbeat,
     encode,
     load_or_create_job_secret,
+    patient,
     taskbus_version,
 )
 
@@ -174,17 +176,9 @@ class Runner:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         for kind in self.kinds:
-            sub = await self.bus.js.pull_subscribe(
-                self.subjects.jobs(kind),
-                durable=self.subjects.job_consumer(kind),
-                stream=self.subjects.jobs_stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=s.job_ack_wait_s,
-                    max_deliver=s.job_max_deliver,
-                    max_ack_pending=-1,
-                ),
-            )
+            # the consumer create can go unanswered for a while on a cluster that is still
+            # electing (or a loaded machine); the same durable config makes a retry harmless
+            sub = await patient(functools.partial(self._job_consumer, kind), f"the {kind} job consumer")
             self._tg.create_task(self._pull_loop(sub, kind), name=f"pull-{kind}")
         await self._self_check()
         if self.context is not None and "task" in self.kinds and s.warm_agents_per_class > 0:
@@ -196,6 +190,21 @@ class Runner:
         self._tg.create_task(self._heartbeat_loop(), name="heartbeat")
         if self.backend is not None:
             self._tg.create_task(self._reap_loop(), name="reaper")
+
+    async def _job_consumer(self, kind: JobKind) -> Any:
+        s = self.settings
+        assert self.bus is not None
+        return await self.bus.js.pull_subscribe(
+            self.subjects.jobs(kind),
+            durable=self.subjects.job_consumer(kind),
+            stream=self.subjects.jobs_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=s.job_ack_wait_s,
+                max_deliver=s.job_max_deliver,
+                max_ack_pending=-1,
+            ),
+        )
 
     async def _self_check(self) -> None:
         """Can the backend run a task here? Sets ``backend_ready``, else logs what fixes it."""

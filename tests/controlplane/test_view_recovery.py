@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import EmbeddedNats, Settings
+from bus import Bus, EmbeddedNats, KeyRevoked, Settings
 from profiles import Store, profile_from_mapping
 
 DEADLINE_S = 60.0
@@ -39,3 +39,23 @@ async def test_changes_after_a_nats_restart_reach_every_view(tmp_path: Path, cap
             assert "control view: loaded again (the connection reconnected)" in caplog.text
     finally:
         server.stop()
+
+
+async def test_a_revocation_reaches_a_server_whose_watcher_went_deaf(bus: Bus) -> None:
+    """The view's watcher can go deaf without an error (its server-side consumer lived on a
+    cluster node that died); the view probes the bucket's last sequence and loads again."""
+    async with Store(bus, actor="server-a") as store, Store(bus, actor="server-b") as other:
+        key, record = await other.create_key("developer", name="revoked while deaf")
+        await store.view.wait_for(lambda: record.prefix in store.view.keys, "the new key")
+        assert (await store.authenticate(key)).prefix == record.prefix
+        await store.view._watcher._sub.unsubscribe()  # what a lost consumer looks like from here: silence
+        await other.revoke(record.prefix)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            try:
+                await store.authenticate(key)
+            except KeyRevoked:
+                break
+            assert loop.time() < deadline, "the server with the deaf watcher still accepts a key revoked 30 s ago"
+            await asyncio.sleep(0.2)
