@@ -25,8 +25,6 @@ from ._codec import sign_job as sign_job
 from ._codec import verify_job as verify_job
 from ._connection import Bus as Bus
 from ._connection import connect_options as connect_options
-from ._connection import ensure_control_plane as ensure_control_plane
-from ._connection import ensure_streams as ensure_streams
 from ._connection import publish_acked as publish_acked
 from ._duration import is_duration as is_duration
 from ._duration import parse_duration as parse_duration
@@ -51,6 +49,8 @@ from ._paths import input_file_bytes as input_file_bytes
 from ._private import private_database as private_database
 from ._private import private_dir as private_dir
 from ._private import write_private as write_private
+from ._provision import ensure_control_plane as ensure_control_plane
+from ._provision import ensure_streams as ensure_streams
 from ._redact import REDACTED as REDACTED
 from ._redact import redact as redact
 from ._redact import redact_obj as redact_obj

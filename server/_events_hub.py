@@ -18,7 +18,11 @@ something:
 - at the start, unless the inbox was opened before the task's first event was published
   (a task this server submits: ``fresh``);
 - when an event's ``seq`` skips one (a message dropped: slow consumer, inbox overflow);
-- after the connection reconnected (checked every ``RECONNECT_CHECK_S``);
+- after the connection reconnected (checked every ``RECONNECT_CHECK_S``), or after the
+  hub's consumer went deaf (a probe found the events stream past what the hub had received,
+  and by the next probe ``PROBE_S`` later the hub had received nothing at all: its
+  server-side consumer went with a cluster node, which nats-py notices only after two
+  missed 5 s heartbeats);
 - when the task has been quiet for a while (``QUIET_CHECK_S``, doubling to
   ``QUIET_CHECK_MAX_S``): one direct get of the subject's last message, a replay only if
   it is newer than what the watch holds.
@@ -52,6 +56,9 @@ QUIET_CHECK_MAX_S = 60.0
 net: a lost live message shows as a gap or follows a reconnect, both caught sooner). Not
 shorter: a burst of queued tasks would each poll the stream while they wait."""
 RECONNECT_CHECK_S = 0.5
+PROBE_S = 5.0
+"""How often the hub compares the events stream's last sequence with what it received."""
+PROBE_TIMEOUT_S = 2.0
 REPLAY_TIMEOUT_S = 10.0
 
 
@@ -81,15 +88,21 @@ class EventsHub:
         self._sub: Any = None
         self._prefix_len = len(bus.subjects.events("x")) - 1
         self._reconnects = 0
+        self._received = 0
+        """Messages delivered so far (a deaf subscription delivers none)."""
+        self._last_msg: Any = None
+        self._floor = 0
+        """The events stream's last sequence when the hub last subscribed (new messages only)."""
         self._watcher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EventsHub:
         self._reconnects = self.bus.reconnects
         self._sub = await self._subscribe()
-        self._watcher = asyncio.create_task(self._watch_reconnects(), name="events-hub-reconnects")
+        self._watcher = asyncio.create_task(self._watch(), name="events-hub-watch")
         return self
 
     async def _subscribe(self) -> Any:
+        self._floor = await self._stream_last_seq()  # before: what the new consumer will not deliver
         sub = await self.bus.js.subscribe(
             self.bus.subjects.events_all(),
             stream=self.bus.subjects.events_stream,
@@ -130,37 +143,70 @@ class EventsHub:
             del self._inboxes[inbox.task_id]
 
     async def _on_msg(self, msg: Any) -> None:
+        self._received += 1
+        self._last_msg = msg
         inbox = self._inboxes.get(msg.subject[self._prefix_len :])
         if inbox is not None:
             inbox.put(msg.data)
 
-    async def _watch_reconnects(self) -> None:
-        """After a reconnect: subscribe again (the ordered consumer may have died with the old
-        connection's server: a NATS restart left new tasks unheard for ~19 s, each waiting
-        for its quiet check), then every follower reads the stream for what was published
-        meanwhile."""
+    async def _watch(self) -> None:
+        """After a reconnect (the ordered consumer may have died with the old connection's
+        server: a NATS restart left new tasks unheard for ~19 s, each waiting for its quiet
+        check) or when the subscription went deaf: subscribe again, then every follower reads
+        the stream for what was published meanwhile."""
         backoff = Backoff(0.5, 10.0)
+        loop = asyncio.get_running_loop()
+        probe_at = loop.time() + PROBE_S
+        behind: tuple[int, int] | None = None  # (stream last seq, messages received) when last found behind
         while True:
             await asyncio.sleep(RECONNECT_CHECK_S)
             count = self.bus.reconnects
-            if count == self._reconnects:
+            why = "reconnected" if count != self._reconnects else ""
+            if not why and loop.time() >= probe_at:
+                probe_at = loop.time() + PROBE_S
+                seen = self._seen()
+                if behind is not None and seen < behind[0] and self._received == behind[1]:
+                    why = f"the events stream reached seq {behind[0]} and nothing reached the hub for {PROBE_S:g}s"
+                else:
+                    last = await self._stream_last_seq()
+                    behind = (last, self._received) if last > seen else None
+            if not why:
                 continue
             try:
                 new = await self._subscribe()
             except Exception as exc:  # NATS away again: the next check retries
                 delay = backoff.next_delay()
-                logger.warning("events hub: subscribing again after a reconnect failed (%s); retrying in %.1fs", exc, delay)
+                logger.warning("events hub: subscribing again (%s) failed (%s); retrying in %.1fs", why, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
             old, self._sub = self._sub, new
             self._reconnects = count
+            behind = None
             if old is not None:
                 with contextlib.suppress(Exception):  # its consumer may be gone with the old server
                     await old.unsubscribe()
-            logger.info("events hub: reconnected; subscribed again, %d followed task(s) catch up from the stream", len(self._inboxes))
+            logger.info("events hub: %s; subscribed again, %d followed task(s) catch up from the stream", why, len(self._inboxes))
             for inbox in list(self._inboxes.values()):
                 inbox.catch_up.set()
+
+    def _seen(self) -> int:
+        """The highest stream sequence the hub has received, or the floor it subscribed at."""
+        seen = self._floor
+        if self._last_msg is not None:
+            with contextlib.suppress(Exception):  # a message without JetStream metadata: no verdict
+                seen = max(seen, int(self._last_msg.metadata.sequence.stream))
+        return seen
+
+    async def _stream_last_seq(self) -> int:
+        """The events stream's last sequence; 0 when it does not answer now (no verdict)."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                info = await self.bus.js.stream_info(self.bus.subjects.events_stream)
+        except Exception as exc:  # the next probe asks again
+            logger.debug("events hub probe: %s", exc)
+            return 0
+        return int(info.state.last_seq)
 
 
 async def follow(

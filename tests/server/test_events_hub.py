@@ -6,6 +6,7 @@ JetStream consumer per task."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,28 @@ async def test_a_task_submitted_after_a_nats_restart_is_heard_live(tmp_path: Pat
     finally:
         server.stop()
     assert result.seq == 2 and [e.seq for e in watch.events] == [1, 2]
+
+
+async def test_a_hub_whose_consumer_went_deaf_subscribes_again_and_its_followers_catch_up(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a cluster the hub's server-side consumer can go with a node while the connection
+    stays up: nothing fails, nothing arrives. The hub probes the events stream and, when it
+    stays behind with nothing received, subscribes again; here the quiet check is off, so
+    without the probe the follower would wait for ever."""
+    monkeypatch.setattr("server._events_hub.QUIET_CHECK_S", 3600.0)
+    caplog.set_level(logging.INFO, logger="server._events_hub")
+    async with EventsHub(bus) as hub:
+        task_id = new_task_id()
+        watch = TaskWatch(task_id)
+        inbox = hub.open(task_id)
+        follower = asyncio.create_task(follow(hub, inbox, watch, fresh=True))
+        await hub._sub.unsubscribe()  # what a lost consumer looks like from here: silence
+        await publish(bus, accepted(task_id))
+        await publish(bus, log(task_id, 2))
+        await publish(bus, finished(task_id, 3))
+        async with asyncio.timeout(30):
+            result = await follower
+        hub.close(inbox)
+    assert result.seq == 3 and [e.seq for e in watch.events] == [1, 2, 3]
+    assert "nothing reached the hub" in caplog.text
