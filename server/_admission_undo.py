@@ -28,13 +28,16 @@ that task instead of starting a second one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from nats.js.errors import APIError
 
 from bus import (
     SCHEMA_VERSION,
     Accepted,
+    Backoff,
     Bus,
     BusError,
     DuplicateMessage,
@@ -47,11 +50,17 @@ from bus import (
 )
 from profiles import Store
 
+from ._followers import Followers
+
 logger = logging.getLogger(__name__)
 
 ADMISSION_FAILED = "admission_failed"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence
 ATTEMPTS = 5
+UNDO_PATIENCE_S = 600.0
+"""How long a half-done admission is retried before it is left to the stale-reservation sweep."""
+UNDO_AT_CLOSE_S = 5.0
+"""How long closing waits for admissions still being undone."""
 
 
 async def finish_unstarted(bus: Bus, finished: Finished, *, accepted: Accepted | None = None) -> Event | None:
@@ -132,3 +141,65 @@ async def sweep_abandoned(bus: Bus, store: Store, *, older_than_s: float) -> lis
     if undone:
         logger.warning("undid %d admission(s) left half-done by a server that stopped: %s", len(undone), ", ".join(undone[:10]))
     return undone
+
+
+class AdmissionUndo:
+    """The dispatcher's undos of half-done admissions, each a background task retried with
+    backoff until NATS answers (for ``UNDO_PATIENCE_S``; then the sweep's turn)."""
+
+    def __init__(self, bus: Bus, store: Store, followers: Followers) -> None:
+        self.bus = bus
+        self.store = store
+        self.followers = followers
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self, accepted: Accepted, exc: BaseException) -> None:
+        """Admission of ``accepted`` failed with ``exc`` after it may have written something."""
+        task_id = accepted.task_id
+        logger.warning("task %s: admission failed half-way (%s); undoing it", task_id, describe(exc))
+        self.followers.drop(task_id)
+        undo = asyncio.get_running_loop().create_task(self._run(accepted), name=f"undo-{task_id}")
+        self._running.add(undo)
+        undo.add_done_callback(self._running.discard)
+
+    async def _run(self, accepted: Accepted) -> None:
+        task_id = accepted.task_id
+        backoff = Backoff(0.5, 10.0)
+        deadline = time.monotonic() + UNDO_PATIENCE_S
+        while True:
+            try:
+                async with asyncio.timeout(30):
+                    if not await undo_admission(self.bus, self.store, accepted):
+                        logger.info("task %s: a runner took its job after all; following it", task_id)
+                        self.followers.follow(task_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "task %s: its half-done admission could not be undone in %.0f s (%s); the stale-reservation sweep releases it",
+                        task_id,
+                        UNDO_PATIENCE_S,
+                        describe(exc),
+                    )
+                    return
+                delay = backoff.next_delay()
+                logger.warning("task %s: undoing its admission failed (%s); retrying in %.1fs", task_id, describe(exc), delay)
+                await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        """Give the undos still running a moment; what is left goes to the sweep."""
+        if not self._running:
+            return
+        await asyncio.wait(set(self._running), timeout=UNDO_AT_CLOSE_S)
+        for undo in list(self._running):
+            undo.cancel()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=1.0)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` for a log line: its type, and its message's first line when it has one."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

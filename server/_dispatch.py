@@ -32,7 +32,6 @@ from bus import (
     Accepted,
     AuditNotice,
     AuthError,
-    Backoff,
     BudgetExceeded,
     Bus,
     BusError,
@@ -51,39 +50,32 @@ from bus import (
     MessageDecodeError,
     MessageTooLarge,
     NotFound,
-    Policy,
     PolicyDenied,
     RateLimited,
     Request,
     Settings,
     Started,
     TaskbusError,
-    TaskRequest,
     canonical,
-    check_relative_path,
     encode,
-    input_file_bytes,
     new_task_id,
     sign_job,
     utcnow,
 )
 from profiles import Profile, Store, TaskRecord, check_can_pay, offered_catalog, resolve_policy
 
-from ._admission_undo import finish_unstarted, undo_admission
+from ._admission_undo import AdmissionUndo, finish_unstarted
 from ._auth_audit import AuthAuditThrottle
 from ._dispatch_cache import CachedCompletion, CompletionCache, cache_key, cacheable
 from ._dispatch_events import TaskWatch
 from ._followers import FINAL, Followers
 from ._idempotency import SubmitClaims
 from ._project_path import project_realpath
+from ._request_checks import check_job_size, validate_request
 from ._router import cheapest_call_usd, route_model
 
 logger = logging.getLogger(__name__)
 
-UNDO_PATIENCE_S = 600.0
-"""How long a half-done admission is retried before it is left to the stale-reservation sweep."""
-UNDO_AT_CLOSE_S = 5.0
-"""How long closing the dispatcher waits for admissions still being undone."""
 AUDIT_KINDS: dict[type[TaskbusError], str] = {
     AuthError: "auth_failure",
     PolicyDenied: "denied",
@@ -146,10 +138,10 @@ class Dispatcher:
         self.bus = bus
         self.store = store
         self._secret = secret
-        self._undoing: set[asyncio.Task[None]] = set()
         self._auth_audit = AuthAuditThrottle(self.notice, window_s=settings.auth_audit_window_s)
         self._cache = CompletionCache(bus)
         self.followers = Followers(settings, bus, store, self._cache, on_event=self._on_event)
+        self._undo = AdmissionUndo(bus, store, self.followers)
         self._claims = SubmitClaims(bus, settings.submit_idempotency_ttl_s)
         self._catalog: Catalog | None = None
 
@@ -162,12 +154,7 @@ class Dispatcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._undoing:  # give half-done admissions a moment; what is left goes to the sweep
-            await asyncio.wait(set(self._undoing), timeout=UNDO_AT_CLOSE_S)
-            for undo in list(self._undoing):
-                undo.cancel()
-            if self._undoing:
-                await asyncio.wait(set(self._undoing), timeout=1.0)
+        await self._undo.aclose()
         await self.followers.__aexit__(None, None, None)
         await self._auth_audit.aclose()
 
@@ -309,7 +296,7 @@ class Dispatcher:
             raise
         except BaseException as exc:
             if accepted is not None:
-                self._undo_admission(accepted, exc)
+                self._undo.start(accepted, exc)
             raise
         if key is not None:
             self.followers.cache_answer(task_id, key, route.reason)
@@ -320,7 +307,7 @@ class Dispatcher:
             await self.bus.publish(events, accepted, msg_id=f"{task_id}-1")
             await self.bus.publish(self.bus.subjects.jobs(kind), job, msg_id=task_id)
         except BaseException as exc:
-            self._undo_admission(accepted, exc)
+            self._undo.start(accepted, exc)
             raise
         logger.info(
             "accepted %s %s for %s on %s (%.1f ms)",
@@ -357,7 +344,7 @@ class Dispatcher:
         except REFUSALS:
             raise
         except BaseException as exc:
-            self._undo_admission(accepted, exc)
+            self._undo.start(accepted, exc)
             raise
         try:
             self.followers.follow(task_id, fresh=True)
@@ -378,7 +365,7 @@ class Dispatcher:
                 msg_id=f"{task_id}-2",
             )
         except BaseException as exc:
-            self._undo_admission(accepted, exc)
+            self._undo.start(accepted, exc)
             raise
         await self.notice(
             AuditNotice(
@@ -395,42 +382,6 @@ class Dispatcher:
         cap = request.max_cost_usd if request.max_cost_usd is not None else profile.max_cost_per_task_usd
         model, reason = route_model(request, allowed=profile.models, prices=self.settings.prices, remaining_usd=remaining, max_cost_usd=cap)
         return _Routed(model, reason, remaining)
-
-    def _undo_admission(self, accepted: Accepted, exc: BaseException) -> None:
-        """Admission failed after it may have written something (``_admission_undo``): undo
-        it in the background, retried with backoff until NATS answers again."""
-        task_id = accepted.task_id
-        logger.warning("task %s: admission failed half-way (%s); undoing it", task_id, _describe(exc))
-        self.followers.drop(task_id)
-        undo = asyncio.get_running_loop().create_task(self._run_undo(accepted), name=f"undo-{task_id}")
-        self._undoing.add(undo)
-        undo.add_done_callback(self._undoing.discard)
-
-    async def _run_undo(self, accepted: Accepted) -> None:
-        task_id = accepted.task_id
-        backoff = Backoff(0.5, 10.0)
-        deadline = time.monotonic() + UNDO_PATIENCE_S
-        while True:
-            try:
-                async with asyncio.timeout(30):
-                    if not await undo_admission(self.bus, self.store, accepted):
-                        logger.info("task %s: a runner took its job after all; following it", task_id)
-                        self.followers.follow(task_id)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    logger.error(
-                        "task %s: its half-done admission could not be undone in %.0f s (%s); the stale-reservation sweep releases it",
-                        task_id,
-                        UNDO_PATIENCE_S,
-                        _describe(exc),
-                    )
-                    return
-                delay = backoff.next_delay()
-                logger.warning("task %s: undoing its admission failed (%s); retrying in %.1fs", task_id, _describe(exc), delay)
-                await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ following
 
@@ -499,35 +450,3 @@ class Dispatcher:
             await finish_unstarted(self.bus, finished)
         except Exception as exc:  # the runner, if any, still gets the cancel on the control subject
             logger.debug("task %s: not ended here (%s); the runner cancels it", task_id, exc)
-
-
-def _describe(exc: BaseException) -> str:
-    """``exc`` for a log line: its type, and its message's first line when it has one."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
-def check_job_size(policy: Policy, request: Request, limit: int) -> None:
-    """Refuse, before anything is recorded, a job the bus would refuse (or a runner reject)."""
-    size = len(encode(policy)) + len(encode(request)) + 512  # the Job envelope and signature
-    if size > limit:
-        raise MessageTooLarge(size, limit, type_name="job")
-
-
-def validate_request(request: Request, *, max_file_bytes: int | None = None) -> None:
-    """What the schema cannot say: a completion needs a prompt or messages (not both); input
-    files have safe relative paths and decodable content within the size limit."""
-    if isinstance(request, TaskRequest):
-        seen: set[str] = set()
-        for f in request.files:
-            input_file_bytes(f, max_bytes=max_file_bytes if max_file_bytes is not None else 1 << 62)
-            if str(check_relative_path(f.path)) in seen:
-                raise InvalidInput(f"file path {f.path[:200]!r} is given twice")
-            seen.add(str(check_relative_path(f.path)))
-    if isinstance(request, CompleteRequest):
-        if not request.prompt and not request.messages:
-            raise InvalidInput("a completion needs `prompt` (a string) or `messages` (a non-empty list)")
-        if request.prompt and request.messages:
-            raise InvalidInput("give either `prompt` or `messages`, not both (put earlier turns in messages)")
-        if request.messages and request.messages[-1].role != "user":
-            raise InvalidInput("the last of `messages` must have role 'user'")
