@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
+from nats.errors import ConnectionReconnectingError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus import Backoff, Bus, ChainHead, Settings, encode, first_error
+from bus import LEADERLESS, UNANSWERED, Backoff, Bus, ChainHead, Settings, encode, first_error
 
 from ._alerts import Alerter, AlertRules
 from ._db import WriterLock, default_db_path, open_db
@@ -40,13 +39,7 @@ from ._writer import BatchResult, Incoming, Writer, is_full, is_retryable
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-UNANSWERED = (
-    TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionReconnectingError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-)
+NOT_YET = (*UNANSWERED, *LEADERLESS, ConnectionReconnectingError)
 """What JetStream says while it cannot answer yet; anything else (a refused permission, a bad
 configuration) still stops the writer with its error."""
 
@@ -125,7 +118,7 @@ async def run_audit(
 
 
 async def _until_answered(call: Callable[[], Awaitable[Any]], what: str, stop: asyncio.Event) -> bool:
-    """``call()`` until JetStream answers it (see ``UNANSWERED``): a cluster still electing its
+    """``call()`` until JetStream answers it (see ``NOT_YET``): a cluster still electing its
     meta leader, a node that just died or a loaded machine can leave a stream or consumer
     create unanswered for many seconds, and the writer's job is to wait for the bus, not to
     crash on it. False when ``stop`` was set first."""
@@ -134,7 +127,7 @@ async def _until_answered(call: Callable[[], Awaitable[Any]], what: str, stop: a
         try:
             await call()
             return True
-        except UNANSWERED as exc:  # say so and keep waiting
+        except NOT_YET as exc:  # say so and keep waiting
             logger.warning("audit cannot set up %s yet (JetStream: %s %s); retrying", what, type(exc).__name__, exc)
             await backoff.sleep(until=stop)
     return False

@@ -62,6 +62,8 @@ from ._secrets import load_or_create_job_secret as load_or_create_job_secret
 from ._settings import ModelPrice as ModelPrice
 from ._settings import Settings as Settings
 from ._settings import settings_reference as settings_reference
+from ._streams import LEADERLESS as LEADERLESS
+from ._streams import UNANSWERED as UNANSWERED
 from ._streams import StreamHealth as StreamHealth
 from ._streams import patient as patient
 from ._streams import stream_health as stream_health
@@ -160,6 +162,8 @@ __all__ = [  # noqa: PLE0604 (the error tree and the wire messages are public as
     "parse_frontmatter",
     "write_config",
     "patient",
+    "LEADERLESS",
+    "UNANSWERED",
     "write_private",
     "ROLES",
     "authorization_block",

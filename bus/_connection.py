@@ -25,7 +25,7 @@ from ._messages import SCHEMA_VERSION, Event
 from ._natsauth import NatsCredentials, read_credentials
 from ._provision import ensure_streams
 from ._redact import safe_url
-from ._retry import Backoff
+from ._retry import Backoff, retry_async
 from ._settings import Settings
 from ._streams import ensure_kv, ensure_object_store
 from ._subjects import Subjects
@@ -331,19 +331,22 @@ async def publish_acked(
     hdrs = {"Taskbus-Schema": SCHEMA_VERSION, **(headers or {})}
     if msg_id:
         hdrs["Nats-Msg-Id"] = msg_id
-    backoff = Backoff(base_delay, base_delay * 2**attempts)
-    deadline = time.monotonic() + patience_s
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            ack = await js.publish(subject, payload, timeout=timeout, headers=hdrs)
-            return ack if want_ack else ack.seq
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if attempt >= attempts and time.monotonic() >= deadline:
-                raise PublishError(subject, attempt, str(exc) or type(exc).__name__) from exc
-            delay = backoff.next_delay()
-            logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
-            await asyncio.sleep(delay)
+    tries = 1
+
+    def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
+        nonlocal tries
+        tries = attempt + 1
+        logger.debug("publish to %s failed (%s); retry %d in %.2fs", subject, exc, attempt, delay)
+
+    try:
+        ack = await retry_async(
+            lambda: js.publish(subject, payload, timeout=timeout, headers=hdrs),
+            on=Exception,
+            attempts=attempts,
+            backoff=Backoff(base_delay, base_delay * 2**attempts),
+            on_retry=log_retry,
+            patience_s=patience_s,
+        )
+    except Exception as exc:
+        raise PublishError(subject, tries, str(exc) or type(exc).__name__) from exc
+    return ack if want_ack else ack.seq

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -59,23 +60,27 @@ async def retry_async(
     attempts: int,
     backoff: Backoff | None = None,
     on_retry: Callable[[BaseException, int, float], None] | None = None,
+    patience_s: float = 0.0,
 ) -> T:
-    """Await ``call()`` up to ``attempts`` times while it raises one of ``on``; the last
-    failure propagates. ``on_retry(exc, attempt, delay)`` runs before each wait (logging).
-    Cancellation is never retried."""
+    """Await ``call()`` up to ``attempts`` times while it raises one of ``on``, and beyond that
+    until ``patience_s`` seconds have passed since the first try (a replicated stream electing
+    a leader); the last failure propagates. ``on_retry(exc, attempt, delay)`` runs before each
+    wait (logging). Cancellation is never retried."""
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     wait = backoff or Backoff()
-    for attempt in range(1, attempts + 1):
+    deadline = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await call()
         except asyncio.CancelledError:
             raise
         except on as exc:
-            if attempt == attempts:
+            if attempt >= attempts and time.monotonic() >= deadline:
                 raise
             delay = wait.next_delay()
             if on_retry is not None:
                 on_retry(exc, attempt, delay)
             await asyncio.sleep(delay)
-    raise AssertionError("unreachable")

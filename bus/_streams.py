@@ -20,7 +20,7 @@ from typing import TypeVar
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig, StreamInfo
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -33,7 +33,13 @@ T = TypeVar("T")
 
 PATIENT_ATTEMPTS = 6
 """Tries of one create/update when JetStream does not answer (about 40 s in all)."""
-_UNANSWERED = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+UNANSWERED = (TimeoutError, NoRespondersError, ServiceUnavailableError)
+"""What a JetStream API request raises while JetStream cannot answer it yet (a meta leader
+being elected, a node that just died, a loaded machine)."""
+LEADERLESS = (NoStreamResponseError, NoRespondersError)
+"""What a publish or direct get raises while its stream has no leader: the request reached
+nobody, so nothing was written and a retry is safe (unlike a timeout: a write that timed out
+may have landed)."""
 
 JS_INSUFFICIENT_RESOURCES = 10023
 """JetStream's error code when it cannot place a stream's replicas (too few servers)."""
@@ -95,7 +101,7 @@ async def patient(call: Callable[[], Awaitable[T]], what: str) -> T:
     def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
         logger.info("JetStream did not answer for %s (%s); retry %d in %.1fs", what, type(exc).__name__, attempt, delay)
 
-    return await retry_async(call, on=_UNANSWERED, attempts=PATIENT_ATTEMPTS, backoff=Backoff(0.2, 5.0), on_retry=log_retry)
+    return await retry_async(call, on=UNANSWERED, attempts=PATIENT_ATTEMPTS, backoff=Backoff(0.2, 5.0), on_retry=log_retry)
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, replicas: int = 1, update: bool = True) -> None:
@@ -127,7 +133,7 @@ async def wait_for_leader(js: JetStreamContext, stream: str, replicas: int, *, t
             info = await js.stream_info(stream)
             if info.cluster is None or info.cluster.leader:
                 return
-        except (*_UNANSWERED, NotFoundError):  # "not found" for a moment: the meta layer has not told every node yet
+        except (*UNANSWERED, NotFoundError):  # "not found" for a moment: the meta layer has not told every node yet
             pass
         if asyncio.get_running_loop().time() > deadline:
             raise BusTimeout(f"the stream {stream} has no leader after {timeout:g}s: check the NATS cluster (taskbus doctor)")

@@ -13,18 +13,16 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
-from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_OP
 
-from bus import Backoff, BusTimeout, InvalidInput, retry_async
+from bus import LEADERLESS, Backoff, BusTimeout, InvalidInput, retry_async
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +59,6 @@ def safe_key(key: str) -> bool:
     return len(key) <= MAX_KEY and SAFE_KEY.match(key) is not None
 
 
-LEADERLESS = (NoStreamResponseError, NoRespondersError)
-"""What a bucket answers while its stream has no leader (its leader's node just died and the
-others are electing one): the request reached nobody, so nothing was written and a retry is
-safe. A timeout is not in this list: a write that timed out may have landed."""
-
-
 class SafeKeys:
     """A KV bucket that refuses keys outside ``SAFE_KEY`` before anything reaches NATS: a read
     of such a key finds nothing (``KeyNotFoundError``, so callers say "no such task/key"), a
@@ -88,17 +80,13 @@ class SafeKeys:
     async def _patient(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._patience_s <= 0:
             return await call()
-        deadline = time.monotonic() + self._patience_s
-        backoff = Backoff(0.05, 1.0)
-        while True:
-            try:
-                return await call()
-            except LEADERLESS as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                delay = backoff.next_delay()
-                logger.debug("KV %s has no leader (%s); retrying in %.2fs", getattr(self._kv, "_name", "?"), type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+
+        def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
+            logger.debug("KV %s has no leader (%s); retry %d in %.2fs", getattr(self._kv, "_name", "?"), type(exc).__name__, attempt, delay)
+
+        return await retry_async(
+            call, on=LEADERLESS, attempts=1, backoff=Backoff(0.05, 1.0), on_retry=log_retry, patience_s=self._patience_s
+        )
 
     async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
         if not safe_key(key):

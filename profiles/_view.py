@@ -99,7 +99,6 @@ class ControlView:
     async def _load(self) -> Any:
         """A new watcher, with every current entry applied (and entries gone since the
         last load dropped); returns the watcher, positioned after the initial values."""
-        floor = await self._last_seq()  # every change up to here is in what the new watcher delivers
         watcher = await self.kv.watchall()
         seen: set[str] = set()
         try:
@@ -114,9 +113,6 @@ class ControlView:
             raise
         for key in set(self.revisions) - seen:  # deleted while this view was not watching
             self._forget(key)
-        # the newest message may be gone from the stream (a purged delete marker): without the
-        # floor the probe would find the view behind for ever
-        self.revision = max(self.revision, floor)
         return watcher
 
     async def _last_seq(self) -> int:
@@ -152,12 +148,17 @@ class ControlView:
             else:
                 reason = stale or _ended(pump)
             reconnects = self._reconnects()
+            # a reload for a probe's verdict covers the bucket up to the revision the probe saw:
+            # should that message be gone (a purged delete marker), the view still counts it
+            # seen, or the next probes would find it behind for ever
+            floor = (self._behind_since or 0) if stale else 0
             self._reload.clear()
             self._behind_since = None
             await self._stop_watcher()
             while True:
                 try:
                     self._watcher = await self._load()
+                    self.revision = max(self.revision, floor)
                     break
                 except Exception as exc:
                     delay = backoff.next_delay()

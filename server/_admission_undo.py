@@ -156,7 +156,7 @@ class AdmissionUndo:
     def start(self, accepted: Accepted, exc: BaseException) -> None:
         """Admission of ``accepted`` failed with ``exc`` after it may have written something."""
         task_id = accepted.task_id
-        logger.warning("task %s: admission failed half-way (%s); undoing it", task_id, describe(exc))
+        logger.warning("task %s: admission failed half-way (%s); undoing it", task_id, _describe(exc))
         self.followers.drop(task_id)
         undo = asyncio.get_running_loop().create_task(self._run(accepted), name=f"undo-{task_id}")
         self._running.add(undo)
@@ -181,11 +181,11 @@ class AdmissionUndo:
                         "task %s: its half-done admission could not be undone in %.0f s (%s); the stale-reservation sweep releases it",
                         task_id,
                         UNDO_PATIENCE_S,
-                        describe(exc),
+                        _describe(exc),
                     )
                     return
                 delay = backoff.next_delay()
-                logger.warning("task %s: undoing its admission failed (%s); retrying in %.1fs", task_id, describe(exc), delay)
+                logger.warning("task %s: undoing its admission failed (%s); retrying in %.1fs", task_id, _describe(exc), delay)
                 await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
@@ -199,7 +199,7 @@ class AdmissionUndo:
             await asyncio.wait(set(self._running), timeout=1.0)
 
 
-def describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
     """``exc`` for a log line: its type, and its message's first line when it has one."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

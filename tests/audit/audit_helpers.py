@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from polling import count_rows as count_rows
+from polling import wait_until as wait_until
 
 from audit import AuditOptions, run_audit
 from bus import (
@@ -65,26 +65,6 @@ def every_event(task_id: str, *, key_id: str = "tb_k1", ts: datetime | None = No
 async def publish_all(bus: Bus, events: list[Any]) -> None:
     for ev in events:
         await bus.publish(bus.subjects.events(ev.task_id), ev)
-
-
-def count_rows(db: Path) -> int:
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT count(*) FROM audit").fetchone()[0]
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-    finally:
-        conn.close()
-
-
-async def wait_until(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def wait_rows(db: Path, n: int, *, timeout: float = 30.0) -> None:

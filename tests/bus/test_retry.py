@@ -1,4 +1,4 @@
-"""The one retry policy: jittered exponential delays, bounded attempts, no retried cancel."""
+"""The one retry policy: jittered exponential delays, bounded attempts (and patience), no retried cancel."""
 
 from __future__ import annotations
 
@@ -71,3 +71,24 @@ async def test_cancellation_is_not_retried() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_patience_keeps_trying_past_the_attempts_until_its_deadline() -> None:
+    """A replicated stream electing a leader: one attempt, but tried again for ``patience_s``."""
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 0.3
+
+    async def electing() -> str:
+        if loop.time() < back_at:
+            raise ConnectionError("no leader yet")
+        return "ok"
+
+    assert await retry_async(electing, on=ConnectionError, attempts=1, backoff=Backoff(0.01, 0.05), patience_s=10) == "ok"
+
+    back_at = loop.time() + 30
+    began = loop.time()
+    with pytest.raises(ConnectionError, match="no leader yet"):
+        await retry_async(electing, on=ConnectionError, attempts=1, backoff=Backoff(0.01, 0.05), patience_s=0.2)
+    assert loop.time() - began < 5  # gave up at its deadline, not at the leader's return
+    with pytest.raises(ConnectionError):
+        await retry_async(electing, on=ConnectionError, attempts=1)  # no patience: the one attempt

@@ -10,41 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sqlite3
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from polling import count_rows, wait_until
+from procs import LoggedProcess
+
 from bus import Accepted, Bus, Finished, Message, new_task_id
-from bus._tied import spawn_tied
 
 from .conftest import Cluster
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def count_rows(db: Path) -> int:
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-    finally:
-        conn.close()
-
-
-async def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def _audit_env(cluster: Cluster) -> dict[str, str]:
@@ -71,25 +46,20 @@ async def test_an_audit_writer_started_while_the_cluster_has_no_quorum_waits_the
     db, log = tmp_path / "audit.db", tmp_path / "audit.log"
     await asyncio.to_thread(cluster.kill, 1)
     await asyncio.to_thread(cluster.kill, 2)
-    with log.open("wb") as out:
-        proc = spawn_tied(
-            [sys.executable, "-m", "cli", "audit", "run", "--db", str(db)],
-            cwd=ROOT,
-            env=_audit_env(cluster),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = LoggedProcess(
+        name="audit", argv=[sys.executable, "-m", "cli", "audit", "run", "--db", str(db)], log=log, env=_audit_env(cluster)
+    )
+    proc.start()
     try:
         try:
             # JetStream cannot answer without a quorum: the writer says so and keeps waiting
             # (its stream check alone retries for ~40 s before that line)
             await wait_until(
-                lambda: "audit cannot set up" in log.read_text() or proc.poll() is not None,
+                lambda: "audit cannot set up" in log.read_text() or not proc.alive,
                 timeout=150,
                 what="the audit writer's 'cannot set up ... yet' line",
             )
-            assert proc.poll() is None, f"the audit writer exited while the cluster had no quorum:\n{log.read_text()[-3000:]}"
+            assert proc.alive, f"the audit writer exited while the cluster had no quorum:\n{proc.tail()}"
             assert count_rows(db) == 0
         finally:
             await asyncio.to_thread(cluster.restart, 1)
@@ -104,10 +74,8 @@ async def test_an_audit_writer_started_while_the_cluster_has_no_quorum_waits_the
             for event in events:
                 await bus.publish(bus.subjects.events(task_id), event)
         await wait_until(lambda: count_rows(db) >= len(events), timeout=120, what=f"{len(events)} rows in {db}")
-        assert proc.poll() is None
+        assert proc.alive
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 30)
-    assert code == 0, log.read_text()[-3000:]
+        code = await asyncio.to_thread(proc.stop, 30)
+    assert code == 0, proc.tail()
     assert "Traceback" not in log.read_text()
